@@ -1,0 +1,35 @@
+//! Cryptographic building blocks of the key hierarchy: root key → CMK version
+//! backing key → per-request derived key.
+//!
+//! Everything here works on bytes and zeroizing buffers; nothing here knows
+//! about principals, policies, storage or protobuf. The RustCrypto crates do
+//! the primitives; these modules fix how the product combines them (formats,
+//! domain-separation labels, limits) and are pinned by known-answer vectors.
+
+pub mod aead;
+pub mod blob;
+pub mod context;
+pub mod mac;
+pub mod root_key;
+
+use zeroize::Zeroizing;
+
+/// A buffer of secret bytes that is wiped when dropped. Deliberately neither
+/// `Clone` nor `Debug`.
+pub type SecretBytes = Zeroizing<Vec<u8>>;
+
+/// Fills a fresh buffer of `n` bytes from the operating system's CSPRNG.
+pub fn random_bytes(n: usize) -> SecretBytes {
+    let mut buf = Zeroizing::new(vec![0u8; n]);
+    // The OS RNG failing is not recoverable and must never fall back to
+    // anything weaker.
+    getrandom::fill(&mut buf).expect("operating system random number generator failed");
+    buf
+}
+
+/// Fixed-size random array (salts, IVs, identifiers): not secret.
+pub fn random_array<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    getrandom::fill(&mut buf).expect("operating system random number generator failed");
+    buf
+}

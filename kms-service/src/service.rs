@@ -1,0 +1,569 @@
+//! The key management service as a domain object: every RPC of `kms.v1` and
+//! `iam.v1` is a method here, taking plain Rust types. This is the single
+//! policy decision point and the only code that asks the root key for
+//! backing keys.
+//!
+//! Every method follows one shape, enforced by [`Kms::run`]: authenticate,
+//! do the work under the state lock (authorize first, then check key state,
+//! then act), then — before anything is returned — make the audit record and
+//! every state change the answer depends on durable.
+//! **Invariant:** no answer leaves this module without a durable audit record.
+
+mod crypto_ops;
+mod grant_ops;
+mod iam_ops;
+mod key_ops;
+mod maintenance;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use crate::audit::{AuditEvent, AuditLog};
+use crate::clock::Clock;
+use crate::crypto::SecretBytes;
+use crate::crypto::context::EncryptionContext;
+use crate::crypto::root_key::RootKey;
+use crate::error::{AuthFailure, KmsError};
+use crate::identity::{PrincipalKind, token_digest};
+use crate::keys::{KeyRecord, KeyState, KeyUsage, wrap_label};
+use crate::policy::{
+    self, AllowedBy, ConditionContext, Decision, Evaluation, PolicyDocument, PolicyKind, Request,
+};
+use crate::state::{KeyEntry, State};
+use crate::store::{GroupCommitter, Mutation, Store};
+
+pub use iam_ops::BootstrapToken;
+
+/// The principal name used for work the service does by itself (rotation,
+/// deletion), in audit records.
+pub const SERVICE_PRINCIPAL: &str = "service/kms-service";
+const ROOT_CHECK_META: &str = "root_key_check";
+const ROOT_CHECK_LABEL: &[u8] = b"root-key-check";
+const ROOT_CHECK_VALUE: &[u8] = b"lockbox root key check v1";
+
+/// What the transport layer knows about a request before anything is
+/// checked.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// The `authorization` metadata value, e.g. `Bearer lbx_…`.
+    pub authorization: Option<String>,
+    /// The `x-on-behalf-of` metadata value a service forwards.
+    pub on_behalf_of: Option<String>,
+    pub request_id: String,
+    pub source_address: Option<String>,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The principal decisions are made for: the end caller when a service
+    /// forwards one.
+    pub principal: String,
+    pub token_id: String,
+    /// The service that forwarded the call, if any.
+    pub via_service: Option<String>,
+}
+
+pub struct Kms {
+    state: RwLock<State>,
+    committer: GroupCommitter,
+    root: Arc<dyn RootKey>,
+    audit: AuditLog,
+    clock: Arc<dyn Clock>,
+    managed: BTreeMap<String, Arc<PolicyDocument>>,
+}
+
+/// Work done under the state lock for one request.
+pub struct Ctx<'a> {
+    kms: &'a Kms,
+    pub event: AuditEvent,
+    caller: Option<Caller>,
+    seen: u64,
+}
+
+impl Kms {
+    /// Loads the store into memory and checks that `root` is the root key
+    /// this store's material was wrapped with.
+    pub fn open(
+        store: Arc<dyn Store>,
+        root: Arc<dyn RootKey>,
+        audit: AuditLog,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Kms, KmsError> {
+        let snapshot = store.load()?;
+        let mut state = State::default();
+        for mutation in snapshot.into_mutations() {
+            state.apply(&mutation)?;
+        }
+        let mut managed = BTreeMap::new();
+        for (name, text) in policy::managed_policies() {
+            let doc = PolicyDocument::parse(text, PolicyKind::Identity)
+                .map_err(|e| KmsError::Internal(format!("managed policy {name}: {e}")))?;
+            managed.insert(name.to_string(), Arc::new(doc));
+        }
+        let committer = GroupCommitter::start(store);
+        match state.meta.get(ROOT_CHECK_META) {
+            Some(wrapped) => {
+                let check = root.unwrap(ROOT_CHECK_LABEL, wrapped).map_err(|_| {
+                    KmsError::Internal(
+                        "the root key does not match this data directory: its key material \
+                         was wrapped with a different root key"
+                            .into(),
+                    )
+                })?;
+                if check.as_slice() != ROOT_CHECK_VALUE {
+                    return Err(KmsError::Internal("root key check value mismatch".into()));
+                }
+            }
+            None => {
+                if !state.keys.is_empty() {
+                    return Err(KmsError::Internal(
+                        "store holds keys but no root key check value".into(),
+                    ));
+                }
+                let m = Mutation::PutMeta {
+                    name: ROOT_CHECK_META.into(),
+                    value: root.wrap(ROOT_CHECK_LABEL, ROOT_CHECK_VALUE),
+                };
+                state.apply(&m)?;
+                committer.enqueue(vec![m])?;
+            }
+        }
+        Ok(Kms {
+            state: RwLock::new(state),
+            committer,
+            root,
+            audit,
+            clock,
+            managed,
+        })
+    }
+
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs one request: authenticates (unless `public`), calls `work`, then
+    /// writes the audit record and waits for durability of everything the
+    /// answer depends on.
+    async fn run<T>(
+        &self,
+        creds: &Credentials,
+        event_name: &str,
+        work: impl FnOnce(&mut Ctx<'_>) -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        let mut ctx = Ctx {
+            kms: self,
+            event: AuditEvent {
+                request_id: creds.request_id.clone(),
+                event_name: event_name.to_string(),
+                source_address: creds.source_address.clone(),
+                ..AuditEvent::default()
+            },
+            caller: None,
+            seen: 0,
+        };
+        let result = {
+            let auth = {
+                let state = self.read_state();
+                ctx.seen = self.committer.last_enqueued();
+                authenticate(&state, creds)
+            };
+            match auth {
+                Ok(caller) => {
+                    ctx.event.principal = Some(caller.principal.clone());
+                    ctx.event.via_service = caller.via_service.clone();
+                    ctx.caller = Some(caller);
+                    work(&mut ctx)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        self.finish(ctx.event, ctx.seen, result).await
+    }
+
+    async fn finish<T>(
+        &self,
+        mut event: AuditEvent,
+        seen: u64,
+        result: Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        match &result {
+            Ok(_) => {
+                if event.decision.is_empty() {
+                    event.decision = "Allow".into();
+                }
+            }
+            Err(e) => {
+                event.error_code = Some(e.reason().to_string());
+                event.error_message = Some(e.to_string());
+                if event.decision.is_empty() {
+                    event.decision = match e {
+                        KmsError::Unauthenticated { .. } => "Unauthenticated",
+                        KmsError::AccessDenied(_) => "Deny",
+                        _ => "Error",
+                    }
+                    .into();
+                }
+            }
+        }
+        let (audited, durable) =
+            tokio::join!(self.audit.append(event), self.committer.wait_durable(seen));
+        if let Err(e) = audited {
+            tracing::error!(error = %e, "audit record could not be made durable; refusing request");
+            return Err(KmsError::Unavailable(
+                "the audit log cannot record this request, so it was refused; see the service log"
+                    .into(),
+            ));
+        }
+        durable?;
+        result
+    }
+}
+
+/// Parses `Bearer <token>`.
+fn bearer(value: &str) -> Result<&str, AuthFailure> {
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or(AuthFailure::Malformed)?
+        .trim();
+    if token.is_empty() || token.len() > 256 {
+        return Err(AuthFailure::Malformed);
+    }
+    Ok(token)
+}
+
+fn auth_error(failure: AuthFailure, whose: &str) -> KmsError {
+    let message = match failure {
+        AuthFailure::Missing => format!(
+            "missing {whose}: send metadata \"authorization: Bearer <token>\""
+        ),
+        AuthFailure::Malformed => format!("malformed {whose}: expected \"Bearer <token>\""),
+        AuthFailure::Unknown => format!("the {whose} is not a valid access token"),
+        AuthFailure::Revoked => format!("the {whose} has been revoked"),
+    };
+    KmsError::Unauthenticated { failure, message }
+}
+
+/// Resolves a token to its principal; `whose` names it in errors.
+fn token_principal(
+    state: &State,
+    header: &str,
+    whose: &str,
+) -> Result<(String, String, PrincipalKind), KmsError> {
+    let token = bearer(header).map_err(|f| auth_error(f, whose))?;
+    let record = state
+        .tokens
+        .get(&token_digest(token))
+        .ok_or_else(|| auth_error(AuthFailure::Unknown, whose))?;
+    if record.revoked.is_some() {
+        return Err(auth_error(AuthFailure::Revoked, whose));
+    }
+    let principal = state
+        .principals
+        .get(&record.principal)
+        .ok_or_else(|| auth_error(AuthFailure::Unknown, whose))?;
+    Ok((
+        record.principal.clone(),
+        record.token_id.clone(),
+        principal.record.kind,
+    ))
+}
+
+fn authenticate(state: &State, creds: &Credentials) -> Result<Caller, KmsError> {
+    let header = creds
+        .authorization
+        .as_deref()
+        .ok_or_else(|| auth_error(AuthFailure::Missing, "credential"))?;
+    let (principal, token_id, kind) = token_principal(state, header, "credential")?;
+    let Some(forwarded) = creds.on_behalf_of.as_deref() else {
+        return Ok(Caller {
+            principal,
+            token_id,
+            via_service: None,
+        });
+    };
+    if kind != PrincipalKind::Service {
+        return Err(KmsError::AccessDenied(format!(
+            "User: {principal} is not a service principal and may not act on behalf of another principal (x-on-behalf-of)"
+        )));
+    }
+    let (end_principal, end_token, _) =
+        token_principal(state, forwarded, "forwarded credential (x-on-behalf-of)")?;
+    Ok(Caller {
+        principal: end_principal,
+        token_id: end_token,
+        via_service: Some(principal),
+    })
+}
+
+/// What a request is about, for authorization.
+enum Target<'a> {
+    Key(&'a KeyEntry),
+    /// A non-key resource (`*`, `table/orders`, `user/bob`): identity
+    /// policies alone decide.
+    Resource(&'a str),
+}
+
+impl<'a> Ctx<'a> {
+    fn caller(&self) -> &Caller {
+        self.caller
+            .as_ref()
+            .expect("work runs only after authentication")
+    }
+
+    pub fn principal(&self) -> &str {
+        &self.caller().principal
+    }
+
+    fn state(&mut self) -> RwLockReadGuard<'a, State> {
+        let guard = self.kms.read_state();
+        self.seen = self.seen.max(self.kms.committer.last_enqueued());
+        guard
+    }
+
+    /// Applies mutations built by `work` from the current state, atomically
+    /// with respect to other writers, and queues them for commit.
+    fn write<T>(
+        &mut self,
+        work: impl FnOnce(&mut Self, &State) -> Result<(T, Vec<Mutation>), KmsError>,
+    ) -> Result<T, KmsError> {
+        let mut state = self.kms.state.write().unwrap_or_else(|e| e.into_inner());
+        let (value, mutations) = work(self, &state)?;
+        if mutations.is_empty() {
+            self.seen = self.seen.max(self.kms.committer.last_enqueued());
+            return Ok(value);
+        }
+        for m in &mutations {
+            state.apply(m).map_err(|e| KmsError::Internal(e.to_string()))?;
+        }
+        self.seen = self.kms.committer.enqueue(mutations)?;
+        Ok(value)
+    }
+
+    fn condition_context(&self, context: &EncryptionContext) -> ConditionContext {
+        let caller = self.caller();
+        let mut c = ConditionContext::new();
+        c.set("kms:CallerPrincipal", caller.principal.clone());
+        if let Some(via) = &caller.via_service {
+            c.set("kms:ViaService", via.clone());
+        }
+        for (k, v) in context {
+            c.set(&format!("kms:EncryptionContext:{k}"), v.clone());
+        }
+        c.set_multi("kms:EncryptionContextKeys", context.keys().cloned().collect());
+        c
+    }
+
+    /// Decides `action` on `target` for the caller and records the decision
+    /// in the audit event. Denial is an error naming the action, the
+    /// resource and why, in AWS's words.
+    fn authorize(
+        &mut self,
+        state: &State,
+        action: &str,
+        target: Target<'_>,
+        context: &EncryptionContext,
+        extra: &[(&str, Vec<String>)],
+    ) -> Result<(), KmsError> {
+        let mut conditions = self.condition_context(context);
+        for (key, values) in extra {
+            conditions.set_multi(key, values.clone());
+        }
+        let principal = self.caller().principal.clone();
+        let mut identity: Vec<(String, Arc<PolicyDocument>)> = Vec::new();
+        if let Some(entry) = state.principals.get(&principal) {
+            for name in &entry.record.attached {
+                if let Some(doc) = self.kms.managed.get(name) {
+                    identity.push((name.clone(), doc.clone()));
+                }
+            }
+            identity.extend(entry.inline.iter().cloned());
+        }
+        let identity_refs: Vec<(&str, &PolicyDocument)> =
+            identity.iter().map(|(n, d)| (n.as_str(), d.as_ref())).collect();
+        let (resource, key_policy, grant) = match &target {
+            Target::Key(entry) => {
+                let grant = entry
+                    .grants
+                    .iter()
+                    .filter_map(|id| state.grants.get(id))
+                    .find(|g| g.allows(&principal, action, context))
+                    .map(|g| g.grant_id.clone());
+                (entry.record.resource(), Some(entry.policy.as_ref()), grant)
+            }
+            Target::Resource(r) => (r.to_string(), None, None),
+        };
+        let request = Request {
+            principal: &principal,
+            action,
+            resource: &resource,
+            context: &conditions,
+        };
+        let decision = policy::evaluate(
+            &request,
+            &Evaluation {
+                key_policy,
+                identity_policies: &identity_refs,
+                grant: grant.as_deref(),
+            },
+        );
+        match decision {
+            Decision::Allow { via, matched } => {
+                self.event.decision = "Allow".into();
+                self.event.matched_statements = matched;
+                if via == AllowedBy::Grant {
+                    self.event.grant_id = grant;
+                }
+                Ok(())
+            }
+            Decision::ExplicitDeny { matched } => {
+                self.event.decision = "Deny".into();
+                self.event.matched_statements = matched;
+                Err(KmsError::AccessDenied(format!(
+                    "User: {principal} is not authorized to perform: {action} on resource: {resource} with an explicit deny in a policy"
+                )))
+            }
+            Decision::ImplicitDeny { reason } => {
+                self.event.decision = "Deny".into();
+                Err(KmsError::AccessDenied(format!(
+                    "User: {principal} is not authorized to perform: {action} on resource: {resource} {}",
+                    reason.explain(action)
+                )))
+            }
+        }
+    }
+
+    /// Validates grant tokens: each must be well-formed and name a grant
+    /// that exists.
+    fn check_grant_tokens(&self, state: &State, tokens: &[String]) -> Result<(), KmsError> {
+        if tokens.len() > crate::grants::MAX_GRANT_TOKENS {
+            return Err(KmsError::validation(format!(
+                "at most {} grant tokens may be sent",
+                crate::grants::MAX_GRANT_TOKENS
+            )));
+        }
+        for token in tokens {
+            let known = crate::grants::grant_id_from_token(token)
+                .is_some_and(|id| state.grants.contains_key(id));
+            if !known {
+                return Err(KmsError::InvalidGrantToken(
+                    "a grant token is malformed or names a grant that does not exist".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Unwraps the backing key of one version.
+    fn backing_key(&self, entry: &KeyEntry, version: u32) -> Result<SecretBytes, KmsError> {
+        let v = entry.versions.get(&version).ok_or_else(|| {
+            KmsError::Internal(format!(
+                "key {} has no version {version}",
+                entry.record.key_id
+            ))
+        })?;
+        self.kms
+            .root
+            .unwrap(&wrap_label(&entry.record.key_id, version), &v.wrapped)
+            .map_err(|_| {
+                KmsError::Internal(format!(
+                    "backing key of {} version {version} failed to unwrap",
+                    entry.record.key_id
+                ))
+            })
+    }
+}
+
+/// Finds a key by id, `key/<id>` or `alias/<name>`.
+fn resolve_key<'s>(state: &'s State, key_id: &str) -> Result<&'s KeyEntry, KmsError> {
+    if key_id.is_empty() {
+        return Err(KmsError::validation(
+            "key_id is required: a key id, key/<id> or alias/<name>",
+        ));
+    }
+    if key_id.len() > 2048 {
+        return Err(KmsError::validation("key_id is longer than 2048 characters"));
+    }
+    if key_id.starts_with("alias/") {
+        let alias = state
+            .aliases
+            .get(key_id)
+            .ok_or_else(|| KmsError::NotFound(format!("Alias {key_id} is not found.")))?;
+        return state
+            .keys
+            .get(&alias.key_id)
+            .ok_or_else(|| KmsError::NotFound(format!("Alias {key_id} is not found.")));
+    }
+    let id = key_id.strip_prefix("key/").unwrap_or(key_id);
+    state
+        .keys
+        .get(id)
+        .ok_or_else(|| KmsError::NotFound(format!("Key '{id}' does not exist")))
+}
+
+/// Refuses cryptographic use of a key that is not enabled.
+fn require_enabled(record: &KeyRecord) -> Result<(), KmsError> {
+    match record.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled => Err(KmsError::Disabled {
+            key_id: record.key_id.clone(),
+        }),
+        KeyState::PendingDeletion => Err(KmsError::InvalidState(format!(
+            "key {} is pending deletion, so it cannot be used",
+            record.key_id
+        ))),
+    }
+}
+
+fn require_usage(record: &KeyRecord, usage: KeyUsage, operation: &str) -> Result<(), KmsError> {
+    if record.spec.usage() == usage {
+        Ok(())
+    } else {
+        Err(KmsError::InvalidKeyUsage(format!(
+            "{operation} needs a key with usage {}, but key {} has usage {} (key spec {})",
+            usage.name(),
+            record.key_id,
+            record.spec.usage().name(),
+            record.spec.name()
+        )))
+    }
+}
+
+/// Validates a `limit` of a list call: 0 means the default.
+fn page_limit(limit: u32) -> Result<usize, KmsError> {
+    match limit {
+        0 => Ok(100),
+        1..=1000 => Ok(limit as usize),
+        _ => Err(KmsError::validation(format!(
+            "limit {limit} is out of range; use 1–1000"
+        ))),
+    }
+}
+
+/// One page of `items` after `marker` (exclusive), by `key`.
+fn paginate<T, K: Ord>(
+    items: impl Iterator<Item = T>,
+    key: impl Fn(&T) -> K,
+    marker: Option<K>,
+    limit: usize,
+) -> (Vec<T>, bool) {
+    let mut page: Vec<T> = items
+        .filter(|item| marker.as_ref().is_none_or(|m| key(item) > *m))
+        .take(limit + 1)
+        .collect();
+    let truncated = page.len() > limit;
+    page.truncate(limit);
+    (page, truncated)
+}

@@ -1,0 +1,510 @@
+//! `iam.v1`: principals, access tokens, identity policies, caller identity,
+//! and `Authorize`, the policy decision point for other services.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::key_ops::Page;
+use super::{Caller, Credentials, Kms, Target, page_limit, paginate};
+use crate::audit::AuditEvent;
+use crate::crypto::context::EncryptionContext;
+use crate::error::KmsError;
+use crate::identity::{
+    PrincipalKind, PrincipalRecord, TokenRecord, mint_token, principal_from_request,
+};
+use crate::policy::{PolicyDocument, PolicyKind};
+use crate::state::State;
+use crate::store::Mutation;
+
+pub const MAX_INLINE_POLICIES: usize = 10;
+pub const MAX_TOKENS_PER_PRINCIPAL: usize = 10;
+pub const MAX_AUTHORIZE_QUESTIONS: usize = 100;
+
+/// A token minted without a caller, at first start.
+pub struct BootstrapToken {
+    pub principal: String,
+    pub token_id: String,
+    pub token: zeroize::Zeroizing<String>,
+}
+
+/// One answer of `Authorize`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationAnswer {
+    pub action: String,
+    pub resource: String,
+    pub allowed: bool,
+    pub explicit_deny: bool,
+    pub message: String,
+}
+
+fn principal_arg(user_name: &str) -> Result<String, KmsError> {
+    principal_from_request(user_name).map_err(KmsError::Validation)
+}
+
+fn existing<'s>(state: &'s State, principal: &str) -> Result<&'s PrincipalRecord, KmsError> {
+    state
+        .principals
+        .get(principal)
+        .map(|e| &e.record)
+        .ok_or_else(|| KmsError::NotFound(format!("principal {principal} does not exist")))
+}
+
+fn validate_policy_name(name: &str) -> Result<(), KmsError> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    {
+        return Err(KmsError::validation(format!(
+            "policy_name {name:?} must have 1–128 characters of A–Z a–z 0–9 +=,.@_-"
+        )));
+    }
+    Ok(())
+}
+
+impl Kms {
+    /// Creates `principal` with the given managed policies and a token,
+    /// unless it exists. Used at first start for the administrator and for
+    /// service credentials; audited as the service itself.
+    pub async fn bootstrap_principal(
+        &self,
+        principal: &str,
+        kind: PrincipalKind,
+        policies: &[&str],
+    ) -> Result<Option<BootstrapToken>, KmsError> {
+        let now = self.now();
+        let minted = {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            if state.principals.contains_key(principal) {
+                return Ok(None);
+            }
+            let minted = mint_token(principal, now);
+            let mutations = vec![
+                Mutation::PutPrincipal(PrincipalRecord {
+                    principal: principal.to_string(),
+                    kind,
+                    created: now,
+                    attached: policies.iter().map(|p| p.to_string()).collect(),
+                    inline: BTreeMap::new(),
+                }),
+                Mutation::PutToken(minted.record.clone()),
+            ];
+            for m in &mutations {
+                state.apply(m)?;
+            }
+            let seq = self.committer.enqueue(mutations)?;
+            (minted, seq)
+        };
+        let (token, seq) = minted;
+        let event = AuditEvent {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            event_name: "BootstrapPrincipal".into(),
+            principal: Some(super::SERVICE_PRINCIPAL.into()),
+            resources: vec![principal.to_string()],
+            ..AuditEvent::default()
+        };
+        self.finish(event, seq, Ok(())).await?;
+        Ok(Some(BootstrapToken {
+            principal: principal.to_string(),
+            token_id: token.record.token_id,
+            token: token.secret,
+        }))
+    }
+
+    pub async fn create_user(
+        &self,
+        creds: &Credentials,
+        user_name: &str,
+        kind: PrincipalKind,
+    ) -> Result<PrincipalRecord, KmsError> {
+        self.run(creds, "CreateUser", |ctx| {
+            let principal = if user_name.contains('/') {
+                principal_arg(user_name)?
+            } else {
+                crate::identity::validate_name(user_name).map_err(KmsError::Validation)?;
+                format!("{}/{user_name}", kind.prefix())
+            };
+            let kind = if principal.starts_with("service/") {
+                PrincipalKind::Service
+            } else {
+                PrincipalKind::User
+            };
+            ctx.event.resources = vec![principal.clone()];
+            let now = ctx.kms.now();
+            ctx.write(|ctx, state| {
+                ctx.authorize(state, "iam:CreateUser", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+                if state.principals.contains_key(&principal) {
+                    return Err(KmsError::AlreadyExists(format!(
+                        "principal {principal} already exists"
+                    )));
+                }
+                let record = PrincipalRecord {
+                    principal: principal.clone(),
+                    kind,
+                    created: now,
+                    attached: BTreeSet::new(),
+                    inline: BTreeMap::new(),
+                };
+                Ok((record.clone(), vec![Mutation::PutPrincipal(record)]))
+            })
+        })
+        .await
+    }
+
+    pub async fn get_user(
+        &self,
+        creds: &Credentials,
+        user_name: &str,
+    ) -> Result<PrincipalRecord, KmsError> {
+        self.run(creds, "GetUser", |ctx| {
+            let principal = principal_arg(user_name)?;
+            ctx.event.resources = vec![principal.clone()];
+            let state = ctx.state();
+            ctx.authorize(&state, "iam:GetUser", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+            existing(&state, &principal).cloned()
+        })
+        .await
+    }
+
+    pub async fn list_users(
+        &self,
+        creds: &Credentials,
+        limit: u32,
+        marker: &str,
+    ) -> Result<Page<PrincipalRecord>, KmsError> {
+        self.run(creds, "ListUsers", |ctx| {
+            let limit = page_limit(limit)?;
+            let state = ctx.state();
+            ctx.authorize(&state, "iam:ListUsers", Target::Resource("*"), &EncryptionContext::new(), &[])?;
+            let marker = (!marker.is_empty()).then_some(marker);
+            let (items, truncated) = paginate(
+                state.principals.values().map(|e| &e.record),
+                |p| p.principal.as_str(),
+                marker,
+                limit,
+            );
+            let next_marker = truncated
+                .then(|| items.last().map(|p| p.principal.clone()))
+                .flatten();
+            Ok(Page {
+                items: items.into_iter().cloned().collect(),
+                next_marker,
+            })
+        })
+        .await
+    }
+
+    pub async fn delete_user(&self, creds: &Credentials, user_name: &str) -> Result<(), KmsError> {
+        self.run(creds, "DeleteUser", |ctx| {
+            let principal = principal_arg(user_name)?;
+            if principal == ctx.principal() {
+                return Err(KmsError::validation(
+                    "you cannot delete the principal you are signed in as",
+                ));
+            }
+            ctx.event.resources = vec![principal.clone()];
+            ctx.write(|ctx, state| {
+                ctx.authorize(state, "iam:DeleteUser", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+                existing(state, &principal)?;
+                Ok(((), vec![Mutation::DeletePrincipal { principal: principal.clone() }]))
+            })
+        })
+        .await
+    }
+
+    pub async fn create_access_token(
+        &self,
+        creds: &Credentials,
+        user_name: &str,
+    ) -> Result<BootstrapToken, KmsError> {
+        self.run(creds, "CreateAccessToken", |ctx| {
+            let principal = principal_arg(user_name)?;
+            ctx.event.resources = vec![principal.clone()];
+            let now = ctx.kms.now();
+            ctx.write(|ctx, state| {
+                ctx.authorize(state, "iam:CreateAccessToken", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+                existing(state, &principal)?;
+                let live = state
+                    .tokens
+                    .values()
+                    .filter(|t| t.principal == principal && t.revoked.is_none())
+                    .count();
+                if live >= MAX_TOKENS_PER_PRINCIPAL {
+                    return Err(KmsError::LimitExceeded(format!(
+                        "{principal} already has {MAX_TOKENS_PER_PRINCIPAL} active tokens; delete one first"
+                    )));
+                }
+                let minted = mint_token(&principal, now);
+                let record = minted.record.clone();
+                Ok((
+                    BootstrapToken {
+                        principal: principal.clone(),
+                        token_id: record.token_id.clone(),
+                        token: minted.secret,
+                    },
+                    vec![Mutation::PutToken(record)],
+                ))
+            })
+        })
+        .await
+    }
+
+    pub async fn list_access_tokens(
+        &self,
+        creds: &Credentials,
+        user_name: &str,
+    ) -> Result<Vec<TokenRecord>, KmsError> {
+        self.run(creds, "ListAccessTokens", |ctx| {
+            let principal = principal_arg(user_name)?;
+            ctx.event.resources = vec![principal.clone()];
+            let state = ctx.state();
+            ctx.authorize(&state, "iam:ListAccessTokens", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+            existing(&state, &principal)?;
+            let mut tokens: Vec<TokenRecord> = state
+                .tokens
+                .values()
+                .filter(|t| t.principal == principal)
+                .cloned()
+                .collect();
+            tokens.sort_by(|a, b| (a.created, &a.token_id).cmp(&(b.created, &b.token_id)));
+            Ok(tokens)
+        })
+        .await
+    }
+
+    /// Revokes a token. The record stays (marked revoked) so that a later
+    /// use is reported as revoked rather than unknown.
+    pub async fn delete_access_token(
+        &self,
+        creds: &Credentials,
+        user_name: &str,
+        token_id: &str,
+    ) -> Result<(), KmsError> {
+        self.run(creds, "DeleteAccessToken", |ctx| {
+            let principal = principal_arg(user_name)?;
+            ctx.event.resources = vec![principal.clone()];
+            let now = ctx.kms.now();
+            ctx.write(|ctx, state| {
+                ctx.authorize(state, "iam:DeleteAccessToken", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+                let token = state
+                    .tokens
+                    .values()
+                    .find(|t| t.token_id == token_id && t.principal == principal && t.revoked.is_none())
+                    .ok_or_else(|| {
+                        KmsError::NotFound(format!(
+                            "{principal} has no active token {token_id}"
+                        ))
+                    })?;
+                let mut revoked = token.clone();
+                revoked.revoked = Some(now);
+                Ok(((), vec![Mutation::PutToken(revoked)]))
+            })
+        })
+        .await
+    }
+
+    /// Edits a principal's record after authorizing `action` on it.
+    async fn edit_principal(
+        &self,
+        creds: &Credentials,
+        event: &str,
+        action: &str,
+        user_name: &str,
+        edit: impl FnOnce(&mut PrincipalRecord) -> Result<(), KmsError>,
+    ) -> Result<(), KmsError> {
+        self.run(creds, event, |ctx| {
+            let principal = principal_arg(user_name)?;
+            ctx.event.resources = vec![principal.clone()];
+            ctx.write(|ctx, state| {
+                ctx.authorize(state, action, Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+                let mut record = existing(state, &principal)?.clone();
+                edit(&mut record)?;
+                Ok(((), vec![Mutation::PutPrincipal(record)]))
+            })
+        })
+        .await
+    }
+
+    pub async fn attach_user_policy(
+        &self,
+        creds: &Credentials,
+        user_name: &str,
+        policy_name: &str,
+    ) -> Result<(), KmsError> {
+        if !self.managed.contains_key(policy_name) {
+            let known: Vec<&str> = self.managed.keys().map(String::as_str).collect();
+            let err = KmsError::NotFound(format!(
+                "managed policy {policy_name:?} does not exist; choose one of {}",
+                known.join(", ")
+            ));
+            return self
+                .run(creds, "AttachUserPolicy", |_| Err::<(), _>(err))
+                .await;
+        }
+        self.edit_principal(creds, "AttachUserPolicy", "iam:AttachUserPolicy", user_name, |r| {
+            r.attached.insert(policy_name.to_string());
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn detach_user_policy(
+        &self,
+        creds: &Credentials,
+        user_name: &str,
+        policy_name: &str,
+    ) -> Result<(), KmsError> {
+        self.edit_principal(creds, "DetachUserPolicy", "iam:DetachUserPolicy", user_name, |r| {
+            if r.attached.remove(policy_name) {
+                Ok(())
+            } else {
+                Err(KmsError::NotFound(format!(
+                    "policy {policy_name} is not attached to {}",
+                    r.principal
+                )))
+            }
+        })
+        .await
+    }
+
+    pub async fn put_user_policy(
+        &self,
+        creds: &Credentials,
+        user_name: &str,
+        policy_name: &str,
+        document: &str,
+    ) -> Result<(), KmsError> {
+        let checked = validate_policy_name(policy_name).and_then(|_| {
+            PolicyDocument::parse(document, PolicyKind::Identity)
+                .map(drop)
+                .map_err(|e| KmsError::MalformedPolicy(format!("identity policy: {e}")))
+        });
+        if let Err(e) = checked {
+            return self.run(creds, "PutUserPolicy", |_| Err::<(), _>(e)).await;
+        }
+        self.edit_principal(creds, "PutUserPolicy", "iam:PutUserPolicy", user_name, |r| {
+            if !r.inline.contains_key(policy_name) && r.inline.len() >= MAX_INLINE_POLICIES {
+                return Err(KmsError::LimitExceeded(format!(
+                    "{} already has {MAX_INLINE_POLICIES} inline policies",
+                    r.principal
+                )));
+            }
+            r.inline.insert(policy_name.to_string(), document.to_string());
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn delete_user_policy(
+        &self,
+        creds: &Credentials,
+        user_name: &str,
+        policy_name: &str,
+    ) -> Result<(), KmsError> {
+        self.edit_principal(creds, "DeleteUserPolicy", "iam:DeleteUserPolicy", user_name, |r| {
+            r.inline.remove(policy_name).map(drop).ok_or_else(|| {
+                KmsError::NotFound(format!(
+                    "{} has no inline policy {policy_name}",
+                    r.principal
+                ))
+            })
+        })
+        .await
+    }
+
+    pub async fn list_user_policies(
+        &self,
+        creds: &Credentials,
+        user_name: &str,
+    ) -> Result<PrincipalRecord, KmsError> {
+        self.run(creds, "ListUserPolicies", |ctx| {
+            let principal = principal_arg(user_name)?;
+            ctx.event.resources = vec![principal.clone()];
+            let state = ctx.state();
+            ctx.authorize(&state, "iam:ListUserPolicies", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+            existing(&state, &principal).cloned()
+        })
+        .await
+    }
+
+    /// The managed policies that ship with the product.
+    pub async fn list_policies(
+        &self,
+        creds: &Credentials,
+    ) -> Result<Vec<(&'static str, &'static str)>, KmsError> {
+        self.run(creds, "ListPolicies", |ctx| {
+            let state = ctx.state();
+            ctx.authorize(&state, "iam:ListPolicies", Target::Resource("*"), &EncryptionContext::new(), &[])?;
+            Ok(crate::policy::managed_policies().to_vec())
+        })
+        .await
+    }
+
+    pub async fn get_caller_identity(&self, creds: &Credentials) -> Result<Caller, KmsError> {
+        self.run(creds, "GetCallerIdentity", |ctx| Ok(ctx.caller().clone()))
+            .await
+    }
+
+    /// Answers, for the end caller a service forwards, whether each
+    /// action/resource pair is allowed. Only services may ask, only on behalf
+    /// of someone, and only about non-key resources (key use is decided by
+    /// the cryptographic call itself).
+    pub async fn authorize_questions(
+        &self,
+        creds: &Credentials,
+        questions: &[(String, String)],
+    ) -> Result<(String, Vec<AuthorizationAnswer>), KmsError> {
+        self.run(creds, "Authorize", |ctx| {
+            if ctx.caller().via_service.is_none() {
+                return Err(KmsError::validation(
+                    "Authorize is for services: call it as a service principal with the end caller's token in x-on-behalf-of",
+                ));
+            }
+            if questions.is_empty() || questions.len() > MAX_AUTHORIZE_QUESTIONS {
+                return Err(KmsError::validation(format!(
+                    "questions must have 1–{MAX_AUTHORIZE_QUESTIONS} entries"
+                )));
+            }
+            for (action, resource) in questions {
+                if resource.starts_with("key/") || resource.starts_with("alias/") {
+                    return Err(KmsError::validation(format!(
+                        "Authorize does not decide key use ({resource}); call the key operation itself"
+                    )));
+                }
+                if action.is_empty() || resource.is_empty() {
+                    return Err(KmsError::validation("every question needs an action and a resource"));
+                }
+            }
+            let state = ctx.state();
+            let principal = ctx.principal().to_string();
+            let mut answers = Vec::with_capacity(questions.len());
+            let mut any_allowed = false;
+            for (action, resource) in questions {
+                let outcome = ctx.authorize(&state, action, Target::Resource(resource), &EncryptionContext::new(), &[]);
+                let explicit = ctx.event.decision == "Deny"
+                    && matches!(&outcome, Err(KmsError::AccessDenied(m)) if m.contains("explicit deny"));
+                any_allowed |= outcome.is_ok();
+                answers.push(AuthorizationAnswer {
+                    action: action.clone(),
+                    resource: resource.clone(),
+                    allowed: outcome.is_ok(),
+                    explicit_deny: explicit,
+                    message: outcome.err().map(|e| e.to_string()).unwrap_or_default(),
+                });
+            }
+            ctx.event.resources = questions.iter().map(|(_, r)| r.clone()).collect();
+            ctx.event.matched_statements.clear();
+            ctx.event.decision = if answers.iter().all(|a| a.allowed) {
+                "Allow"
+            } else if any_allowed {
+                "Partial"
+            } else {
+                "Deny"
+            }
+            .into();
+            Ok((principal, answers))
+        })
+        .await
+    }
+}
+

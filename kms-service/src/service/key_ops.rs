@@ -1,0 +1,751 @@
+//! Key management: create, describe, list, enable/disable, deletion
+//! windows, aliases, key policies, rotation and tags.
+
+use std::collections::BTreeMap;
+
+use super::{Credentials, Ctx, Kms, Target, page_limit, paginate, resolve_key};
+use crate::crypto::context::EncryptionContext;
+use crate::crypto::random_bytes;
+use crate::error::KmsError;
+use crate::keys::{
+    AliasRecord, DEFAULT_PENDING_WINDOW_DAYS, DEFAULT_ROTATION_PERIOD_DAYS, KeyRecord, KeySpec,
+    KeyState, KeyUsage, KeyVersionRecord, MAX_DESCRIPTION_LEN, MAX_TAGS, PENDING_WINDOW_DAYS,
+    ROTATION_PERIOD_DAYS, SECONDS_PER_DAY, VersionOrigin, validate_alias_name, wrap_label,
+};
+use crate::policy::{self, PolicyDocument, PolicyKind};
+use crate::state::State;
+use crate::store::Mutation;
+
+/// What `CreateKey` asks for.
+#[derive(Debug, Clone)]
+pub struct CreateKeyInput {
+    pub description: String,
+    pub spec: KeySpec,
+    pub usage: Option<KeyUsage>,
+    pub policy: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// One page of a list call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_marker: Option<String>,
+}
+
+/// The rotation settings of a key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotationStatus {
+    pub key_id: String,
+    pub enabled: bool,
+    pub period_days: u32,
+    pub next_rotation: Option<i64>,
+}
+
+const NO_CONTEXT: &EncryptionContext = &BTreeMap::new();
+
+pub(super) fn validate_policy(text: &str) -> Result<PolicyDocument, KmsError> {
+    PolicyDocument::parse(text, PolicyKind::Key)
+        .map_err(|e| KmsError::MalformedPolicy(format!("key policy: {e}")))
+}
+
+fn validate_description(description: &str) -> Result<(), KmsError> {
+    if description.len() > MAX_DESCRIPTION_LEN {
+        return Err(KmsError::validation(format!(
+            "description is {} bytes; at most {MAX_DESCRIPTION_LEN} are allowed",
+            description.len()
+        )));
+    }
+    Ok(())
+}
+
+fn apply_tags(
+    tags: &mut BTreeMap<String, String>,
+    new: &[(String, String)],
+) -> Result<(), KmsError> {
+    for (k, v) in new {
+        if k.is_empty() || k.len() > 128 {
+            return Err(KmsError::validation(format!(
+                "tag key {k:?} must have 1–128 characters"
+            )));
+        }
+        if v.len() > 256 {
+            return Err(KmsError::validation(format!(
+                "tag value for {k:?} must have at most 256 characters"
+            )));
+        }
+        tags.insert(k.clone(), v.clone());
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(KmsError::LimitExceeded(format!(
+            "a key may have at most {MAX_TAGS} tags"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn new_version_for(
+    kms: &Kms,
+    record: &KeyRecord,
+    version: u32,
+    origin: VersionOrigin,
+    now: i64,
+) -> KeyVersionRecord {
+    let material = random_bytes(record.spec.material_len());
+    KeyVersionRecord {
+        key_id: record.key_id.clone(),
+        version,
+        wrapped: kms.root.wrap(&wrap_label(&record.key_id, version), &material),
+        created: now,
+        origin,
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// Resolves a key and authorizes `action` on it; returns a copy of its
+    /// record.
+    fn key_for(&mut self, state: &State, key_id: &str, action: &str) -> Result<KeyRecord, KmsError> {
+        let entry = resolve_key(state, key_id)?;
+        self.event.key_id = Some(entry.record.key_id.clone());
+        self.event.resources = vec![entry.record.resource()];
+        self.authorize(state, action, Target::Key(entry), NO_CONTEXT, &[])?;
+        Ok(entry.record.clone())
+    }
+
+    /// Authorizes `action`, then lets `change` edit the key record, and
+    /// stores it.
+    fn update_key(
+        &mut self,
+        key_id: &str,
+        action: &str,
+        change: impl FnOnce(&mut KeyRecord, i64) -> Result<(), KmsError>,
+    ) -> Result<KeyRecord, KmsError> {
+        let now = self.kms.now();
+        self.write(|ctx, state| {
+            let mut record = ctx.key_for(state, key_id, action)?;
+            change(&mut record, now)?;
+            Ok((record.clone(), vec![Mutation::PutKey(record)]))
+        })
+    }
+}
+
+fn not_pending(record: &KeyRecord, what: &str) -> Result<(), KmsError> {
+    if record.state == KeyState::PendingDeletion {
+        return Err(KmsError::InvalidState(format!(
+            "key {} is pending deletion; cancel the deletion before you {what}",
+            record.key_id
+        )));
+    }
+    Ok(())
+}
+
+impl Kms {
+    pub async fn create_key(
+        &self,
+        creds: &Credentials,
+        input: CreateKeyInput,
+    ) -> Result<KeyRecord, KmsError> {
+        self.run(creds, "CreateKey", |ctx| {
+            validate_description(&input.description)?;
+            if let Some(usage) = input.usage
+                && usage != input.spec.usage()
+            {
+                return Err(KmsError::validation(format!(
+                    "key spec {} only supports key usage {}, not {}",
+                    input.spec.name(),
+                    input.spec.usage().name(),
+                    usage.name()
+                )));
+            }
+            let mut tags = BTreeMap::new();
+            apply_tags(&mut tags, &input.tags)?;
+            let principal = ctx.principal().to_string();
+            let policy = match &input.policy {
+                Some(text) if !text.is_empty() => text.clone(),
+                _ => policy::default_key_policy(&principal),
+            };
+            validate_policy(&policy)?;
+            let now = ctx.kms.now();
+            ctx.write(|ctx, state| {
+                ctx.authorize(state, "kms:CreateKey", Target::Resource("*"), NO_CONTEXT, &[])?;
+                let record = KeyRecord {
+                    key_id: uuid::Uuid::new_v4().to_string(),
+                    created: now,
+                    creator: principal,
+                    description: input.description,
+                    spec: input.spec,
+                    state: KeyState::Enabled,
+                    deletion_date: None,
+                    pending_window_days: 0,
+                    policy,
+                    tags,
+                    rotation_period_days: None,
+                    next_rotation: None,
+                    current_version: 1,
+                };
+                ctx.event.key_id = Some(record.key_id.clone());
+                ctx.event.key_version = Some(1);
+                ctx.event.resources = vec![record.resource()];
+                let version = new_version_for(ctx.kms, &record, 1, VersionOrigin::Created, now);
+                Ok((
+                    record.clone(),
+                    vec![Mutation::PutKey(record), Mutation::PutKeyVersion(version)],
+                ))
+            })
+        })
+        .await
+    }
+
+    pub async fn describe_key(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        grant_tokens: &[String],
+    ) -> Result<KeyRecord, KmsError> {
+        self.run(creds, "DescribeKey", |ctx| {
+            let state = ctx.state();
+            ctx.check_grant_tokens(&state, grant_tokens)?;
+            ctx.key_for(&state, key_id, "kms:DescribeKey")
+        })
+        .await
+    }
+
+    pub async fn list_keys(
+        &self,
+        creds: &Credentials,
+        limit: u32,
+        marker: &str,
+    ) -> Result<Page<String>, KmsError> {
+        self.run(creds, "ListKeys", |ctx| {
+            let limit = page_limit(limit)?;
+            let state = ctx.state();
+            ctx.authorize(&state, "kms:ListKeys", Target::Resource("*"), NO_CONTEXT, &[])?;
+            let marker = (!marker.is_empty()).then_some(marker);
+            let (items, truncated) =
+                paginate(state.keys.keys().map(String::as_str), |k| *k, marker, limit);
+            let next_marker = truncated.then(|| items.last().map(|s| s.to_string())).flatten();
+            Ok(Page {
+                items: items.into_iter().map(str::to_string).collect(),
+                next_marker,
+            })
+        })
+        .await
+    }
+
+    pub async fn update_key_description(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        description: &str,
+    ) -> Result<(), KmsError> {
+        self.run(creds, "UpdateKeyDescription", |ctx| {
+            validate_description(description)?;
+            ctx.update_key(key_id, "kms:UpdateKeyDescription", |r, _| {
+                r.description = description.to_string();
+                Ok(())
+            })
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn enable_key(&self, creds: &Credentials, key_id: &str) -> Result<(), KmsError> {
+        self.run(creds, "EnableKey", |ctx| {
+            ctx.update_key(key_id, "kms:EnableKey", |r, _| {
+                not_pending(r, "enable it")?;
+                r.state = KeyState::Enabled;
+                Ok(())
+            })
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn disable_key(&self, creds: &Credentials, key_id: &str) -> Result<(), KmsError> {
+        self.run(creds, "DisableKey", |ctx| {
+            ctx.update_key(key_id, "kms:DisableKey", |r, _| {
+                not_pending(r, "disable it")?;
+                r.state = KeyState::Disabled;
+                Ok(())
+            })
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn schedule_key_deletion(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        pending_window_in_days: Option<u32>,
+    ) -> Result<KeyRecord, KmsError> {
+        self.run(creds, "ScheduleKeyDeletion", |ctx| {
+            let days = pending_window_in_days.unwrap_or(DEFAULT_PENDING_WINDOW_DAYS);
+            if !PENDING_WINDOW_DAYS.contains(&days) {
+                return Err(KmsError::validation(format!(
+                    "pending_window_in_days {days} is out of range; use 7–30 (default 30)"
+                )));
+            }
+            ctx.update_key(key_id, "kms:ScheduleKeyDeletion", |r, now| {
+                if r.state == KeyState::PendingDeletion {
+                    return Err(KmsError::InvalidState(format!(
+                        "key {} is already pending deletion",
+                        r.key_id
+                    )));
+                }
+                r.state = KeyState::PendingDeletion;
+                r.pending_window_days = days;
+                r.deletion_date = Some(now + i64::from(days) * SECONDS_PER_DAY);
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    pub async fn cancel_key_deletion(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+    ) -> Result<String, KmsError> {
+        self.run(creds, "CancelKeyDeletion", |ctx| {
+            ctx.update_key(key_id, "kms:CancelKeyDeletion", |r, _| {
+                if r.state != KeyState::PendingDeletion {
+                    return Err(KmsError::InvalidState(format!(
+                        "key {} is not pending deletion",
+                        r.key_id
+                    )));
+                }
+                r.state = KeyState::Disabled;
+                r.deletion_date = None;
+                r.pending_window_days = 0;
+                Ok(())
+            })
+            .map(|r| r.key_id)
+        })
+        .await
+    }
+
+    pub async fn create_alias(
+        &self,
+        creds: &Credentials,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> Result<(), KmsError> {
+        self.run(creds, "CreateAlias", |ctx| {
+            validate_alias_name(alias_name).map_err(KmsError::Validation)?;
+            let now = ctx.kms.now();
+            ctx.write(|ctx, state| {
+                if target_key_id.starts_with("alias/") {
+                    return Err(KmsError::validation(
+                        "target_key_id must be a key id, not an alias",
+                    ));
+                }
+                let key = ctx.key_for(state, target_key_id, "kms:CreateAlias")?;
+                not_pending(&key, "give it an alias")?;
+                if state.aliases.contains_key(alias_name) {
+                    return Err(KmsError::AlreadyExists(format!(
+                        "alias {alias_name} already exists"
+                    )));
+                }
+                Ok((
+                    (),
+                    vec![Mutation::PutAlias(AliasRecord {
+                        alias_name: alias_name.to_string(),
+                        key_id: key.key_id,
+                        created: now,
+                    })],
+                ))
+            })
+        })
+        .await
+    }
+
+    pub async fn update_alias(
+        &self,
+        creds: &Credentials,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> Result<(), KmsError> {
+        self.run(creds, "UpdateAlias", |ctx| {
+            ctx.write(|ctx, state| {
+                let alias = state
+                    .aliases
+                    .get(alias_name)
+                    .ok_or_else(|| KmsError::NotFound(format!("Alias {alias_name} is not found.")))?
+                    .clone();
+                if target_key_id.starts_with("alias/") {
+                    return Err(KmsError::validation(
+                        "target_key_id must be a key id, not an alias",
+                    ));
+                }
+                ctx.key_for(state, &alias.key_id, "kms:UpdateAlias")?;
+                let key = ctx.key_for(state, target_key_id, "kms:UpdateAlias")?;
+                not_pending(&key, "point an alias at it")?;
+                Ok((
+                    (),
+                    vec![Mutation::PutAlias(AliasRecord {
+                        key_id: key.key_id,
+                        ..alias
+                    })],
+                ))
+            })
+        })
+        .await
+    }
+
+    pub async fn delete_alias(&self, creds: &Credentials, alias_name: &str) -> Result<(), KmsError> {
+        self.run(creds, "DeleteAlias", |ctx| {
+            ctx.write(|ctx, state| {
+                let alias = state
+                    .aliases
+                    .get(alias_name)
+                    .ok_or_else(|| KmsError::NotFound(format!("Alias {alias_name} is not found.")))?;
+                ctx.key_for(state, &alias.key_id, "kms:DeleteAlias")?;
+                Ok((
+                    (),
+                    vec![Mutation::DeleteAlias {
+                        alias_name: alias_name.to_string(),
+                    }],
+                ))
+            })
+        })
+        .await
+    }
+
+    pub async fn list_aliases(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        limit: u32,
+        marker: &str,
+    ) -> Result<Page<AliasRecord>, KmsError> {
+        self.run(creds, "ListAliases", |ctx| {
+            let limit = page_limit(limit)?;
+            let state = ctx.state();
+            let only = if key_id.is_empty() {
+                ctx.authorize(&state, "kms:ListAliases", Target::Resource("*"), NO_CONTEXT, &[])?;
+                None
+            } else {
+                Some(ctx.key_for(&state, key_id, "kms:ListAliases")?.key_id)
+            };
+            let marker = (!marker.is_empty()).then_some(marker);
+            let (items, truncated) = paginate(
+                state
+                    .aliases
+                    .values()
+                    .filter(|a| only.as_ref().is_none_or(|k| &a.key_id == k)),
+                |a| a.alias_name.as_str(),
+                marker,
+                limit,
+            );
+            let next_marker = truncated
+                .then(|| items.last().map(|a| a.alias_name.clone()))
+                .flatten();
+            Ok(Page {
+                items: items.into_iter().cloned().collect(),
+                next_marker,
+            })
+        })
+        .await
+    }
+
+    pub async fn get_key_policy(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        policy_name: &str,
+    ) -> Result<String, KmsError> {
+        self.run(creds, "GetKeyPolicy", |ctx| {
+            check_policy_name(policy_name)?;
+            let state = ctx.state();
+            Ok(ctx.key_for(&state, key_id, "kms:GetKeyPolicy")?.policy)
+        })
+        .await
+    }
+
+    pub async fn put_key_policy(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        policy_name: &str,
+        policy: &str,
+    ) -> Result<(), KmsError> {
+        self.run(creds, "PutKeyPolicy", |ctx| {
+            check_policy_name(policy_name)?;
+            let document = validate_policy(policy)?;
+            let principal = ctx.principal().to_string();
+            ctx.update_key(key_id, "kms:PutKeyPolicy", |r, _| {
+                // Lockout safety check, as AWS: the new policy must still let
+                // the caller change the policy, or nobody could repair it.
+                let request = policy::Request {
+                    principal: &principal,
+                    action: "kms:PutKeyPolicy",
+                    resource: &r.resource(),
+                    context: &policy::ConditionContext::new(),
+                };
+                let allowed = matches!(
+                    policy::evaluate(
+                        &request,
+                        &policy::Evaluation {
+                            key_policy: Some(&document),
+                            identity_policies: &[],
+                            grant: None,
+                        }
+                    ),
+                    policy::Decision::Allow { .. }
+                ) || document_delegates(&document, &principal, &r.resource());
+                if !allowed {
+                    return Err(KmsError::MalformedPolicy(format!(
+                        "the new key policy will not allow {principal} to update the key policy in the future; \
+                         include a statement that allows kms:PutKeyPolicy for {principal} or for \"account\""
+                    )));
+                }
+                r.policy = policy.to_string();
+                Ok(())
+            })
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn enable_key_rotation(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        period_days: Option<u32>,
+    ) -> Result<(), KmsError> {
+        self.run(creds, "EnableKeyRotation", |ctx| {
+            let days = period_days.unwrap_or(DEFAULT_ROTATION_PERIOD_DAYS);
+            if !ROTATION_PERIOD_DAYS.contains(&days) {
+                return Err(KmsError::validation(format!(
+                    "rotation_period_in_days {days} is out of range; use 90–2560 (default 365)"
+                )));
+            }
+            ctx.update_key(key_id, "kms:EnableKeyRotation", |r, now| {
+                symmetric_only(r, "automatic rotation")?;
+                super::require_enabled(r)?;
+                r.rotation_period_days = Some(days);
+                r.next_rotation = Some(now + i64::from(days) * SECONDS_PER_DAY);
+                Ok(())
+            })
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn disable_key_rotation(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+    ) -> Result<(), KmsError> {
+        self.run(creds, "DisableKeyRotation", |ctx| {
+            ctx.update_key(key_id, "kms:DisableKeyRotation", |r, _| {
+                symmetric_only(r, "automatic rotation")?;
+                super::require_enabled(r)?;
+                r.rotation_period_days = None;
+                r.next_rotation = None;
+                Ok(())
+            })
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn get_key_rotation_status(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+    ) -> Result<RotationStatus, KmsError> {
+        self.run(creds, "GetKeyRotationStatus", |ctx| {
+            let state = ctx.state();
+            let r = ctx.key_for(&state, key_id, "kms:GetKeyRotationStatus")?;
+            Ok(RotationStatus {
+                key_id: r.key_id,
+                enabled: r.rotation_period_days.is_some(),
+                period_days: r.rotation_period_days.unwrap_or(0),
+                next_rotation: r.next_rotation,
+            })
+        })
+        .await
+    }
+
+    pub async fn rotate_key_on_demand(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+    ) -> Result<(String, u32), KmsError> {
+        self.run(creds, "RotateKeyOnDemand", |ctx| {
+            let now = ctx.kms.now();
+            ctx.write(|ctx, state| {
+                let mut r = ctx.key_for(state, key_id, "kms:RotateKeyOnDemand")?;
+                symmetric_only(&r, "rotation")?;
+                super::require_enabled(&r)?;
+                r.current_version += 1;
+                let version =
+                    new_version_for(ctx.kms, &r, r.current_version, VersionOrigin::OnDemandRotation, now);
+                ctx.event.key_version = Some(r.current_version);
+                Ok((
+                    (r.key_id.clone(), r.current_version),
+                    vec![Mutation::PutKeyVersion(version), Mutation::PutKey(r)],
+                ))
+            })
+        })
+        .await
+    }
+
+    pub async fn list_key_rotations(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        limit: u32,
+        marker: &str,
+    ) -> Result<Page<KeyVersionRecord>, KmsError> {
+        self.run(creds, "ListKeyRotations", |ctx| {
+            let limit = page_limit(limit)?;
+            let marker = if marker.is_empty() {
+                None
+            } else {
+                Some(marker.parse::<u32>().map_err(|_| {
+                    KmsError::validation(format!("marker {marker:?} is not one this call returned"))
+                })?)
+            };
+            let state = ctx.state();
+            let r = ctx.key_for(&state, key_id, "kms:ListKeyRotations")?;
+            let entry = &state.keys[&r.key_id];
+            let (items, truncated) = paginate(
+                entry.versions.values().filter(|v| v.version > 1),
+                |v| v.version,
+                marker,
+                limit,
+            );
+            let next_marker = truncated
+                .then(|| items.last().map(|v| v.version.to_string()))
+                .flatten();
+            Ok(Page {
+                items: items.into_iter().cloned().collect(),
+                next_marker,
+            })
+        })
+        .await
+    }
+
+    pub async fn tag_resource(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        tags: &[(String, String)],
+    ) -> Result<(), KmsError> {
+        self.run(creds, "TagResource", |ctx| {
+            if tags.is_empty() {
+                return Err(KmsError::validation("tags must not be empty"));
+            }
+            ctx.update_key(key_id, "kms:TagResource", |r, _| {
+                not_pending(r, "tag it")?;
+                apply_tags(&mut r.tags, tags)
+            })
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn untag_resource(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        tag_keys: &[String],
+    ) -> Result<(), KmsError> {
+        self.run(creds, "UntagResource", |ctx| {
+            if tag_keys.is_empty() {
+                return Err(KmsError::validation("tag_keys must not be empty"));
+            }
+            ctx.update_key(key_id, "kms:UntagResource", |r, _| {
+                not_pending(r, "untag it")?;
+                for k in tag_keys {
+                    r.tags.remove(k);
+                }
+                Ok(())
+            })
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn list_resource_tags(
+        &self,
+        creds: &Credentials,
+        key_id: &str,
+        limit: u32,
+        marker: &str,
+    ) -> Result<Page<(String, String)>, KmsError> {
+        self.run(creds, "ListResourceTags", |ctx| {
+            let limit = page_limit(limit)?;
+            let state = ctx.state();
+            let r = ctx.key_for(&state, key_id, "kms:ListResourceTags")?;
+            let marker = (!marker.is_empty()).then_some(marker);
+            let (items, truncated) =
+                paginate(r.tags.iter(), |(k, _)| k.as_str(), marker, limit);
+            let next_marker = truncated
+                .then(|| items.last().map(|(k, _)| k.to_string()))
+                .flatten();
+            Ok(Page {
+                items: items
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                next_marker,
+            })
+        })
+        .await
+    }
+}
+
+fn check_policy_name(name: &str) -> Result<(), KmsError> {
+    if name.is_empty() || name == "default" {
+        Ok(())
+    } else {
+        Err(KmsError::validation(format!(
+            "policy_name {name:?} is not valid; the only key policy is \"default\""
+        )))
+    }
+}
+
+fn symmetric_only(record: &KeyRecord, what: &str) -> Result<(), KmsError> {
+    if record.spec == KeySpec::SymmetricDefault {
+        Ok(())
+    } else {
+        Err(KmsError::UnsupportedOperation(format!(
+            "{what} is only supported for SYMMETRIC_DEFAULT keys; key {} is {}",
+            record.key_id,
+            record.spec.name()
+        )))
+    }
+}
+
+/// Whether the policy delegates kms:PutKeyPolicy to identity policies (the
+/// `account` principal), which also keeps an administrator able to repair it.
+fn document_delegates(document: &PolicyDocument, principal: &str, resource: &str) -> bool {
+    let request = policy::Request {
+        principal,
+        action: "kms:PutKeyPolicy",
+        resource,
+        context: &policy::ConditionContext::new(),
+    };
+    let allow_all = PolicyDocument::parse(
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
+        PolicyKind::Identity,
+    );
+    match allow_all {
+        Ok(identity) => matches!(
+            policy::evaluate(
+                &request,
+                &policy::Evaluation {
+                    key_policy: Some(document),
+                    identity_policies: &[("lockout-check", &identity)],
+                    grant: None,
+                }
+            ),
+            policy::Decision::Allow { .. }
+        ),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,236 @@
+//! The embedded engine: SQLite (bundled) in WAL mode with `synchronous=FULL`,
+//! one database file under the data directory. Records are rows keyed by
+//! their identifiers with a JSON body, except wrapped key material, which is
+//! kept in a BLOB column.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Mutation, Snapshot, Store, StoreError};
+use crate::keys::{KeyVersionRecord, VersionOrigin};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS key_versions (
+    key_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    wrapped BLOB NOT NULL,
+    created INTEGER NOT NULL,
+    origin TEXT NOT NULL,
+    PRIMARY KEY (key_id, version)
+);
+CREATE TABLE IF NOT EXISTS aliases (alias_name TEXT PRIMARY KEY, key_id TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS principals (principal TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (token_id TEXT PRIMARY KEY, principal TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS grants (grant_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, body TEXT NOT NULL);
+";
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn engine(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(engine)
+}
+
+fn origin_name(origin: VersionOrigin) -> &'static str {
+    match origin {
+        VersionOrigin::Created => "created",
+        VersionOrigin::AutomaticRotation => "automatic",
+        VersionOrigin::OnDemandRotation => "on-demand",
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(engine)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(engine)?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        // WAL keeps readers off the writer's back; FULL makes every commit
+        // durable before `commit` returns.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(engine)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(engine)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(engine)?;
+        conn.execute_batch(SCHEMA).map_err(engine)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+}
+
+fn load_bodies<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    table: &str,
+    order: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn
+        .prepare(&format!("SELECT body FROM {table} ORDER BY {order}"))
+        .map_err(engine)?;
+    let rows = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(engine)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let body = row.map_err(engine)?;
+        out.push(
+            serde_json::from_str(&body)
+                .map_err(|e| StoreError::Corrupt(format!("{table}: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+impl Store for SqliteStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut snapshot = Snapshot::default();
+        {
+            let mut stmt = conn
+                .prepare("SELECT name, value FROM meta ORDER BY name")
+                .map_err(engine)?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)))
+                .map_err(engine)?;
+            for row in rows {
+                let (name, value) = row.map_err(engine)?;
+                snapshot.meta.insert(name, value);
+            }
+        }
+        snapshot.keys = load_bodies(&conn, "keys", "key_id")?;
+        {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT key_id, version, wrapped, created, origin FROM key_versions ORDER BY key_id, version",
+                )
+                .map_err(engine)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, u32>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, String>(4)?,
+                    ))
+                })
+                .map_err(engine)?;
+            for row in rows {
+                let (key_id, version, wrapped, created, origin) = row.map_err(engine)?;
+                let origin = match origin.as_str() {
+                    "created" => VersionOrigin::Created,
+                    "automatic" => VersionOrigin::AutomaticRotation,
+                    "on-demand" => VersionOrigin::OnDemandRotation,
+                    other => {
+                        return Err(StoreError::Corrupt(format!(
+                            "key_versions: unknown origin {other:?}"
+                        )));
+                    }
+                };
+                snapshot.versions.push(KeyVersionRecord {
+                    key_id,
+                    version,
+                    wrapped,
+                    created,
+                    origin,
+                });
+            }
+        }
+        snapshot.aliases = load_bodies(&conn, "aliases", "alias_name")?;
+        snapshot.principals = load_bodies(&conn, "principals", "principal")?;
+        snapshot.tokens = load_bodies(&conn, "tokens", "token_id")?;
+        snapshot.grants = load_bodies(&conn, "grants", "grant_id")?;
+        Ok(snapshot)
+    }
+
+    fn commit(&self, batch: &[Mutation]) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let tx = conn.transaction().map_err(engine)?;
+        for mutation in batch {
+            match mutation {
+                Mutation::PutMeta { name, value } => tx.execute(
+                    "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                    params![name, value],
+                ),
+                Mutation::PutKey(key) => tx.execute(
+                    "INSERT INTO keys (key_id, body) VALUES (?1, ?2)
+                     ON CONFLICT (key_id) DO UPDATE SET body = excluded.body",
+                    params![key.key_id, json(key)?],
+                ),
+                Mutation::DeleteKey { key_id } => {
+                    for table in ["key_versions", "aliases", "grants", "keys"] {
+                        tx.execute(&format!("DELETE FROM {table} WHERE key_id = ?1"), [key_id])
+                            .map_err(engine)?;
+                    }
+                    Ok(0)
+                }
+                Mutation::PutKeyVersion(v) => tx.execute(
+                    "INSERT INTO key_versions (key_id, version, wrapped, created, origin)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (key_id, version) DO UPDATE SET wrapped = excluded.wrapped,
+                       created = excluded.created, origin = excluded.origin",
+                    params![v.key_id, v.version, v.wrapped, v.created, origin_name(v.origin)],
+                ),
+                Mutation::PutAlias(alias) => tx.execute(
+                    "INSERT INTO aliases (alias_name, key_id, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (alias_name) DO UPDATE SET key_id = excluded.key_id, body = excluded.body",
+                    params![alias.alias_name, alias.key_id, json(alias)?],
+                ),
+                Mutation::DeleteAlias { alias_name } => {
+                    tx.execute("DELETE FROM aliases WHERE alias_name = ?1", [alias_name])
+                }
+                Mutation::PutPrincipal(p) => tx.execute(
+                    "INSERT INTO principals (principal, body) VALUES (?1, ?2)
+                     ON CONFLICT (principal) DO UPDATE SET body = excluded.body",
+                    params![p.principal, json(p)?],
+                ),
+                Mutation::DeletePrincipal { principal } => {
+                    tx.execute("DELETE FROM tokens WHERE principal = ?1", [principal])
+                        .map_err(engine)?;
+                    tx.execute("DELETE FROM principals WHERE principal = ?1", [principal])
+                }
+                Mutation::PutToken(t) => tx.execute(
+                    "INSERT INTO tokens (token_id, principal, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (token_id) DO UPDATE SET body = excluded.body",
+                    params![t.token_id, t.principal, json(t)?],
+                ),
+                Mutation::PutGrant(g) => tx.execute(
+                    "INSERT INTO grants (grant_id, key_id, body) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (grant_id) DO UPDATE SET body = excluded.body",
+                    params![g.grant_id, g.key_id, json(g)?],
+                ),
+                Mutation::DeleteGrant { grant_id } => {
+                    tx.execute("DELETE FROM grants WHERE grant_id = ?1", [grant_id])
+                }
+            }
+            .map_err(engine)?;
+        }
+        tx.commit().map_err(engine)
+    }
+}
+
+/// Reads one meta value without loading everything (used by `init`).
+pub fn read_meta(path: &Path, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let conn = Connection::open(path).map_err(engine)?;
+    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
+        .optional()
+        .map_err(engine)
+}

@@ -1,0 +1,1 @@
+//! table-service: placeholder crate; the item store arrives with its own issue.
