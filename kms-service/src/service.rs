@@ -34,7 +34,11 @@ use crate::policy::{
 use crate::state::{KeyEntry, State};
 use crate::store::{GroupCommitter, Mutation, Store};
 
-pub use iam_ops::BootstrapToken;
+pub use crypto_ops::{DataKey, DataKeyLength, Decrypted, Encrypted, data_key_length};
+pub use grant_ops::CreateGrantInput;
+pub use iam_ops::{AuthorizationAnswer, BootstrapToken};
+pub use key_ops::{CreateKeyInput, Page, RotationStatus};
+pub use maintenance::MaintenanceReport;
 
 /// The principal name used for work the service does by itself (rotation,
 /// deletion), in audit records.

@@ -20,4 +20,5 @@ pub mod iam {
 }
 
 /// Encoded `FileDescriptorSet` of every proto in this crate, for reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lockbox_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/lockbox_descriptor.bin"));

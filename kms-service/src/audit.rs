@@ -1,0 +1,210 @@
+//! Tamper-evident audit log: one CloudTrail-shaped JSON record per KMS call,
+//! hash-chained, group-committed to an append-only file, with HMAC-signed
+//! checkpoints in a separate file, and failing closed.
+//!
+//! # Why it is shaped this way
+//!
+//! A key use that cannot be audited must not happen, so [`AuditLog::append`]
+//! answers only once the record is durable (written and `fsync`ed), and the
+//! first write or sync failure poisons the log: every later append fails with
+//! [`AuditError::Unavailable`] until the service reopens it, and the service is
+//! expected to refuse the key use on any `Err`. The converse does not hold: a
+//! record whose append returned `Err` (or whose caller gave up waiting) may
+//! still reach the log. Over-reporting an attempt is harmless; an unlogged
+//! decrypt is not.
+//!
+//! Durability is paid for once per batch, not once per call: a dedicated
+//! writer thread drains everything queued (up to `max_batch` records), seals
+//! the records in queue order, writes them with one `write`, syncs once and
+//! then answers every waiter (group commit). Sealing happens on that one thread
+//! because each record's hash depends on the record before it.
+//!
+//! # Log file (JSON Lines, one record per line, `\n`-terminated)
+//!
+//! Every line is a JSON object whose keys are exactly, in this order:
+//! `sequence` (u64, 1 for the first record, then +1 with no gaps),
+//! `event_id` (random UUID v4), `event_time` (RFC 3339 UTC with milliseconds,
+//! e.g. `2024-05-01T12:00:00.123Z`, taken when the writer seals the record),
+//! the [`AuditEvent`] fields in declaration order (`request_id`, `event_name`,
+//! `principal`, `via_service`, `source_address`, `key_id`, `key_version`,
+//! `encryption_context`, `grant_id`, `decision`, `matched_statements`,
+//! `error_code`, `error_message`, `resources`; absent options are `null`),
+//! `previous_hash`, and last `hash`. The JSON is compact (no spaces) and
+//! `encryption_context` keys are sorted.
+//!
+//! * `hash` is the lowercase hex SHA-256 of the record's JSON *without* the
+//!   hash field: the line text up to but excluding `,"hash":"…"`, followed by
+//!   the closing `}`. Editing any byte of record N therefore fails at record N.
+//! * The *record hash* of a record is the SHA-256 of its whole line (all of its
+//!   text, without the terminating `\n`, hash field included).
+//! * `previous_hash` is the lowercase hex record hash of the previous record,
+//!   and 64 zeros for sequence 1. Deleting, duplicating or reordering records
+//!   is detected through `sequence` and `previous_hash`.
+//!
+//! Removing records from the end keeps a valid chain, which is what
+//! checkpoints are for.
+//!
+//! # Checkpoint file (JSON Lines)
+//!
+//! `{"sequence":N,"record_hash":"<hex record hash of record N>","time":"<RFC 3339>","mac":"<hex>"}`
+//! where `mac` is HMAC-SHA256, under the checkpoint key, of the 8-byte
+//! big-endian `sequence` followed by the 32 raw bytes of `record_hash`. The
+//! writer appends (and syncs) one after a batch crosses a multiple of
+//! `checkpoint_every`, naming the batch's last record, and one on
+//! [`AuditLog::close`]. Checkpoints are written only after the records they
+//! name are durable, so the log can never legitimately be behind one; a log
+//! that ends before a checkpointed record has lost its tail.
+//!
+//! # Recovery
+//!
+//! [`AuditLog::open`] verifies both files before appending. A trailing line
+//! without its `\n` (a crash during a write, so never acknowledged) is cut
+//! off; anything else that does not verify makes `open` refuse, because
+//! appending to a broken chain would bury the damage. One process at a time
+//! may write a given log.
+
+mod checkpoint;
+mod record;
+mod sink;
+mod verify;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+pub use sink::{AuditSink, FileSink};
+pub use verify::{AuditFile, VerifyFailure, VerifyReport, verify};
+pub use writer::{AuditLog, CheckpointSink};
+
+/// Default number of records between two checkpoints.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+/// Default largest number of records written with one sync.
+pub const DEFAULT_MAX_BATCH: usize = 1024;
+/// Largest accepted `max_batch`; it also sizes the request queue, so it is
+/// bounded to keep that queue's memory bounded.
+pub const MAX_BATCH_LIMIT: usize = 65_536;
+
+/// What a caller records about one call. The writer adds the sequence, event
+/// id, time and hashes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub request_id: String,
+    /// API operation: "Decrypt", "CreateKey", "Authenticate"…
+    pub event_name: String,
+    /// End caller, e.g. "user/bob"; `None` when authentication failed.
+    pub principal: Option<String>,
+    /// Forwarding service, e.g. "service/table-service".
+    pub via_service: Option<String>,
+    pub source_address: Option<String>,
+    pub key_id: Option<String>,
+    pub key_version: Option<u32>,
+    pub encryption_context: Option<BTreeMap<String, String>>,
+    pub grant_id: Option<String>,
+    /// "Allow" | "Deny" | "Unauthenticated" | "Error".
+    pub decision: String,
+    pub matched_statements: Vec<String>,
+    /// AWS-style reason, e.g. "AccessDeniedException".
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub resources: Vec<String>,
+}
+
+/// Where the log lives and how it is written.
+pub struct AuditConfig {
+    pub log_path: PathBuf,
+    pub checkpoint_path: PathBuf,
+    /// HMAC-SHA256 key for checkpoints.
+    pub checkpoint_key: Zeroizing<[u8; 32]>,
+    /// Write a checkpoint after every this many records (and on close);
+    /// 0 means only on close.
+    pub checkpoint_every: u64,
+    /// At most this many records per write+sync; 1..=[`MAX_BATCH_LIMIT`].
+    pub max_batch: usize,
+}
+
+impl AuditConfig {
+    /// A configuration with the default checkpoint interval and batch size.
+    pub fn new(
+        log_path: impl Into<PathBuf>,
+        checkpoint_path: impl Into<PathBuf>,
+        checkpoint_key: Zeroizing<[u8; 32]>,
+    ) -> AuditConfig {
+        AuditConfig {
+            log_path: log_path.into(),
+            checkpoint_path: checkpoint_path.into(),
+            checkpoint_key,
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+// Hand-written so that printing a config can never print the key.
+impl fmt::Debug for AuditConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditConfig")
+            .field("log_path", &self.log_path)
+            .field("checkpoint_path", &self.checkpoint_path)
+            .field("checkpoint_key", &"<redacted>")
+            .field("checkpoint_every", &self.checkpoint_every)
+            .field("max_batch", &self.max_batch)
+            .finish()
+    }
+}
+
+/// The end of a chain: the last record's sequence and record hash (SHA-256 of
+/// its whole line). A new log starts after [`ChainHead::GENESIS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainHead {
+    pub sequence: u64,
+    pub hash: [u8; 32],
+}
+
+impl ChainHead {
+    /// Before the first record: sequence 0, all-zero hash.
+    pub const GENESIS: ChainHead = ChainHead {
+        sequence: 0,
+        hash: [0; 32],
+    };
+}
+
+/// Everything that can go wrong with the audit log. Any of them means the
+/// call being audited must be refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// Opening, reading or repairing a file failed.
+    #[error("audit log I/O error: {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An existing file does not verify; the service must not append to it.
+    #[error("audit file {} does not verify: {failure}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        failure: VerifyFailure,
+    },
+    /// The configuration cannot work.
+    #[error("invalid audit configuration: {0}")]
+    Config(String),
+    /// A write or sync failed (now or earlier): the log is poisoned until it
+    /// is reopened.
+    #[error("audit log unavailable: {reason}")]
+    Unavailable { reason: String },
+    /// [`AuditLog::close`] was called.
+    #[error("audit log is closed")]
+    Closed,
+    /// This one record could not be encoded; nothing was written for it.
+    #[error("audit record could not be encoded: {0}")]
+    Encode(String),
+}

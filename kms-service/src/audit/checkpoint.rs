@@ -1,0 +1,135 @@
+//! Signed checkpoints: the writer's periodic, MAC-ed statement "record N
+//! existed with this record hash". The hash chain alone cannot show that
+//! records were cut off the end; a checkpoint naming a record the log no
+//! longer has can, and without the key nobody can write one for a shortened
+//! log.
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::record::{now_rfc3339, parse_hash_hex};
+use super::{AuditError, AuditSink, ChainHead};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// One line of the checkpoint file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckpointLine {
+    pub(crate) sequence: u64,
+    pub(crate) record_hash: String,
+    pub(crate) time: String,
+    pub(crate) mac: String,
+}
+
+/// The MAC input is fixed-width (8 + 32 bytes), so no two (sequence, hash)
+/// pairs share an encoding.
+fn keyed_mac(key: &[u8; 32], sequence: u64, record_hash: &[u8; 32]) -> Result<HmacSha256, String> {
+    // `new_from_slice` because `KeyInit::new` wants a block-sized (64-byte)
+    // key array; HMAC accepts every key length, so the error is theoretical.
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
+        .map_err(|e| format!("cannot key HMAC-SHA256: {e}"))?;
+    mac.update(&sequence.to_be_bytes());
+    mac.update(record_hash);
+    Ok(mac)
+}
+
+/// Hex MAC for a checkpoint of `sequence` with `record_hash`.
+pub(crate) fn sign(
+    key: &[u8; 32],
+    sequence: u64,
+    record_hash: &[u8; 32],
+) -> Result<String, String> {
+    Ok(hex::encode(
+        keyed_mac(key, sequence, record_hash)?
+            .finalize()
+            .into_bytes(),
+    ))
+}
+
+/// A checkpoint line that parsed and (when a key was given) authenticated.
+pub(crate) struct Checkpoint {
+    pub(crate) sequence: u64,
+    pub(crate) record_hash: [u8; 32],
+}
+
+/// Parses one checkpoint line and, with a key, checks its MAC in constant
+/// time. Errors are reasons for a [`super::VerifyFailure`].
+pub(crate) fn parse_line(line: &[u8], key: Option<&[u8; 32]>) -> Result<Checkpoint, String> {
+    let parsed: CheckpointLine =
+        serde_json::from_slice(line).map_err(|e| format!("not a valid checkpoint: {e}"))?;
+    if parsed.sequence == 0 {
+        return Err("checkpoint names record 0, which cannot exist".into());
+    }
+    let record_hash = parse_hash_hex(&parsed.record_hash)
+        .ok_or("checkpoint record_hash is not 64 lowercase hex digits")?;
+    if let Some(key) = key {
+        let tag = hex::decode(&parsed.mac).map_err(|_| "checkpoint mac is not hex")?;
+        keyed_mac(key, parsed.sequence, &record_hash)?
+            .verify_slice(&tag)
+            .map_err(|_| "checkpoint MAC does not verify (wrong key or forged checkpoint)")?;
+    }
+    Ok(Checkpoint {
+        sequence: parsed.sequence,
+        record_hash,
+    })
+}
+
+/// The writer thread's side: signs and appends checkpoints.
+pub(crate) struct CheckpointWriter {
+    sink: Box<dyn AuditSink>,
+    key: Zeroizing<[u8; 32]>,
+    every: u64,
+    /// Highest sequence already checkpointed, so close does not repeat it.
+    last: u64,
+}
+
+impl CheckpointWriter {
+    pub(crate) fn new(
+        sink: Box<dyn AuditSink>,
+        key: Zeroizing<[u8; 32]>,
+        every: u64,
+        last: u64,
+    ) -> CheckpointWriter {
+        CheckpointWriter {
+            sink,
+            key,
+            every,
+            last,
+        }
+    }
+
+    /// Whether a batch that moved the chain from `before` to `after` crossed
+    /// a multiple of `every`.
+    pub(crate) fn due(&self, before: u64, after: u64) -> bool {
+        self.every != 0 && after / self.every > before / self.every
+    }
+
+    /// Whether `head` is newer than the last checkpoint (for close).
+    pub(crate) fn behind(&self, head: &ChainHead) -> bool {
+        head.sequence > self.last
+    }
+
+    /// Appends and syncs a checkpoint for `head`. Any failure is reported as
+    /// unavailability because the caller poisons the log on it.
+    pub(crate) fn write(&mut self, head: &ChainHead) -> Result<(), AuditError> {
+        let line = CheckpointLine {
+            sequence: head.sequence,
+            record_hash: hex::encode(head.hash),
+            time: now_rfc3339()?,
+            mac: sign(&self.key, head.sequence, &head.hash).map_err(AuditError::Encode)?,
+        };
+        let mut bytes = serde_json::to_vec(&line).map_err(|e| AuditError::Encode(e.to_string()))?;
+        bytes.push(b'\n');
+        self.sink
+            .append(&bytes)
+            .and_then(|()| self.sink.sync())
+            .map_err(|e| AuditError::Unavailable {
+                reason: format!("checkpoint write failed: {e}"),
+            })?;
+        self.last = head.sequence;
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! Where the writer's bytes go: a trait so tests can inject failures, and the
+//! append-only file used in production.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use super::AuditError;
+
+/// A destination for audit bytes. The writer thread owns it, so it needs to
+/// be `Send` but not `Sync`.
+pub trait AuditSink: Send + 'static {
+    /// Appends all of `bytes` (whole lines) after everything appended before.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Makes everything appended so far durable (for a file: `sync_data`).
+    /// An acknowledgement to a caller is only ever sent after this succeeds.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// An append-only file. New files are created with mode 0600 on unix, since
+/// audit records name principals, keys and encryption contexts.
+#[derive(Debug)]
+pub struct FileSink {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileSink {
+    /// Opens `path` for appending, creating it if needed. A newly created file
+    /// also has its directory synced so the file itself survives a crash.
+    pub fn open(path: &Path) -> Result<FileSink, AuditError> {
+        let io_err = |action: &'static str| {
+            move |source: io::Error| AuditError::Io {
+                action,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
+        let file = match options(true).open(path) {
+            Ok(file) => {
+                sync_parent_dir(path).map_err(io_err("sync the directory of"))?;
+                file
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                options(false).open(path).map_err(io_err("open"))?
+            }
+            Err(e) => return Err(io_err("create")(e)),
+        };
+        Ok(FileSink {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file this sink appends to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn options(create_new: bool) -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.append(true).create_new(create_new);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+}
+
+#[cfg(unix)]
+fn sync_parent_dir(path: &Path) -> io::Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+// Directories cannot be opened for syncing elsewhere; the file's own sync is
+// the best available.
+#[cfg(not(unix))]
+fn sync_parent_dir(_path: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+impl AuditSink for FileSink {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}

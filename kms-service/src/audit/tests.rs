@@ -1,0 +1,1148 @@
+//! Unit tests for the audit log: format, chaining, group commit, tamper
+//! detection, checkpoints, recovery on open, and failing closed.
+//!
+//! Tamper tests edit real files written by the real writer and then check
+//! that [`verify`] (and [`AuditLog::open`]) point at the edited record, since
+//! "it failed somewhere" is not good enough for an auditor.
+
+use std::collections::BTreeMap;
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use zeroize::Zeroizing;
+
+use super::record::StoredRecord;
+use super::*;
+
+type TestResult = Result<(), Box<dyn Error>>;
+
+const KEY: [u8; 32] = [7; 32];
+const OTHER_KEY: [u8; 32] = [8; 32];
+
+/// The keys of a stored record, in the documented order.
+const RECORD_KEYS: [&str; 19] = [
+    "sequence",
+    "event_id",
+    "event_time",
+    "request_id",
+    "event_name",
+    "principal",
+    "via_service",
+    "source_address",
+    "key_id",
+    "key_version",
+    "encryption_context",
+    "grant_id",
+    "decision",
+    "matched_statements",
+    "error_code",
+    "error_message",
+    "resources",
+    "previous_hash",
+    "hash",
+];
+
+fn event(i: usize) -> AuditEvent {
+    AuditEvent {
+        request_id: format!("req-{i}"),
+        event_name: "Decrypt".into(),
+        principal: Some("user/bob".into()),
+        via_service: Some("service/table-service".into()),
+        source_address: Some("127.0.0.1".into()),
+        key_id: Some("key-1".into()),
+        key_version: Some(3),
+        encryption_context: Some(BTreeMap::from([
+            ("table".to_string(), "orders".to_string()),
+            ("column".to_string(), format!("c{i}")),
+        ])),
+        grant_id: None,
+        decision: "Allow".into(),
+        matched_statements: vec!["allow-table-service".into()],
+        error_code: None,
+        error_message: None,
+        resources: vec!["key/key-1".into()],
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A temporary directory holding one log and its checkpoint file.
+struct Fixture {
+    _dir: TempDir,
+    log: PathBuf,
+    checkpoints: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> io::Result<Fixture> {
+        let dir = tempfile::tempdir()?;
+        Ok(Fixture {
+            log: dir.path().join("audit.log"),
+            checkpoints: dir.path().join("audit.checkpoints"),
+            _dir: dir,
+        })
+    }
+
+    fn config(&self, every: u64, key: [u8; 32]) -> AuditConfig {
+        let mut config = AuditConfig::new(&self.log, &self.checkpoints, Zeroizing::new(key));
+        config.checkpoint_every = every;
+        config
+    }
+
+    fn open(&self, every: u64) -> Result<AuditLog, AuditError> {
+        AuditLog::open(self.config(every, KEY))
+    }
+
+    /// Writes `n` records one at a time (so every batch is one record and
+    /// checkpoints land exactly on multiples of `every`), then closes.
+    async fn write(&self, n: usize, every: u64) -> TestResult {
+        let log = self.open(every)?;
+        for i in 0..n {
+            log.append(event(i)).await?;
+        }
+        log.close().await?;
+        Ok(())
+    }
+
+    fn verify(&self) -> Result<VerifyReport, VerifyFailure> {
+        verify(&self.log, Some(&self.checkpoints), Some(&KEY))
+    }
+
+    fn lines(&self) -> io::Result<Vec<String>> {
+        read_lines(&self.log)
+    }
+
+    fn rewrite(&self, lines: &[String]) -> io::Result<()> {
+        write_lines(&self.log, lines)
+    }
+}
+
+fn read_lines(path: &Path) -> io::Result<Vec<String>> {
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+fn write_lines(path: &Path, lines: &[String]) -> io::Result<()> {
+    let mut text = lines.join("\n");
+    if !lines.is_empty() {
+        text.push('\n');
+    }
+    std::fs::write(path, text)
+}
+
+fn checkpoint_lines(fx: &Fixture) -> Result<Vec<checkpoint::CheckpointLine>, Box<dyn Error>> {
+    read_lines(&fx.checkpoints)?
+        .iter()
+        .map(|line| serde_json::from_str(line).map_err(Into::into))
+        .collect()
+}
+
+/// What a test sink has seen; shared with the test after the sink moves into
+/// the writer thread.
+#[derive(Debug, Default)]
+struct Counters {
+    appends: AtomicUsize,
+    syncs: AtomicUsize,
+    max_lines_per_append: AtomicUsize,
+}
+
+/// A file sink that counts calls, can be slowed down (to let a queue build
+/// up) and can fail its n-th append or sync (1-based) once.
+struct TestSink {
+    inner: FileSink,
+    counters: Arc<Counters>,
+    sync_delay: Duration,
+    fail_append_on: Option<usize>,
+    fail_sync_on: Option<usize>,
+}
+
+impl TestSink {
+    fn new(path: &Path) -> Result<(TestSink, Arc<Counters>), AuditError> {
+        let counters = Arc::new(Counters::default());
+        let sink = TestSink {
+            inner: FileSink::open(path)?,
+            counters: Arc::clone(&counters),
+            sync_delay: Duration::ZERO,
+            fail_append_on: None,
+            fail_sync_on: None,
+        };
+        Ok((sink, counters))
+    }
+}
+
+impl AuditSink for TestSink {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let call = self.counters.appends.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_append_on == Some(call) {
+            return Err(io::Error::other("injected append failure"));
+        }
+        let lines = bytes.iter().filter(|b| **b == b'\n').count();
+        self.counters
+            .max_lines_per_append
+            .fetch_max(lines, Ordering::SeqCst);
+        self.inner.append(bytes)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let call = self.counters.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        std::thread::sleep(self.sync_delay);
+        if self.fail_sync_on == Some(call) {
+            return Err(io::Error::other("injected sync failure"));
+        }
+        self.inner.sync()
+    }
+}
+
+/// Collects a JSON object's keys in the order they appear in the text.
+struct KeysInOrder(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for KeysInOrder {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = KeysInOrder;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeysInOrder, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(KeysInOrder(keys))
+            }
+        }
+        deserializer.deserialize_map(KeyVisitor)
+    }
+}
+
+fn expect_failure<T: fmt::Debug>(
+    result: Result<T, VerifyFailure>,
+) -> Result<VerifyFailure, Box<dyn Error>> {
+    match result {
+        Ok(ok) => Err(format!("expected verification to fail, got {ok:?}").into()),
+        Err(failure) => Ok(failure),
+    }
+}
+
+fn expect_corrupt(
+    result: Result<AuditLog, AuditError>,
+) -> Result<(PathBuf, VerifyFailure), Box<dyn Error>> {
+    match result {
+        Err(AuditError::Corrupt { path, failure }) => Ok((path, failure)),
+        Err(other) => Err(format!("expected Corrupt, got {other}").into()),
+        Ok(_) => Err("expected open to refuse the log".into()),
+    }
+}
+
+// ---------------------------------------------------------------- format --
+
+#[tokio::test]
+async fn appended_records_verify() -> TestResult {
+    // (records, checkpoint_every)
+    for (n, every) in [
+        (0u64, 10u64),
+        (1, 1000),
+        (25, 10),
+        (30, 10),
+        (7, 1),
+        (12, 0),
+    ] {
+        let fx = Fixture::new()?;
+        fx.write(usize::try_from(n)?, every).await?;
+        let report = fx.verify()?;
+        let periodic = n.checked_div(every).unwrap_or(0);
+        let on_close = u64::from(n > 0 && (every == 0 || n % every != 0));
+        assert_eq!(
+            report,
+            VerifyReport {
+                records: n,
+                checkpoints: periodic + on_close,
+                last_sequence: n,
+            },
+            "n={n} every={every}"
+        );
+        // The auditor's view without checkpoints agrees on the records.
+        assert_eq!(verify(&fx.log, None, None)?.records, n);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn records_have_exactly_the_documented_keys_in_order() -> TestResult {
+    let fx = Fixture::new()?;
+    let log = fx.open(1000)?;
+    // A fully populated event and an empty one: `None` must not drop keys and
+    // nothing else may appear.
+    log.append(event(1)).await?;
+    log.append(AuditEvent::default()).await?;
+    log.close().await?;
+    let lines = fx.lines()?;
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let KeysInOrder(keys) = serde_json::from_str(line)?;
+        assert_eq!(keys, RECORD_KEYS, "{line}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn hashes_follow_the_documented_construction() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(5, 1000).await?;
+    let mut previous = "0".repeat(64);
+    for line in fx.lines()? {
+        let record: StoredRecord = serde_json::from_str(&line)?;
+        // `hash` covers the text before `,"hash":"…"` plus `}`.
+        let cut = line.rfind(",\"hash\":\"").ok_or("no hash field")?;
+        let body = format!("{}}}", &line[..cut]);
+        assert_eq!(record.hash, sha256_hex(body.as_bytes()));
+        assert_eq!(
+            line,
+            format!("{},\"hash\":\"{}\"}}", &line[..cut], record.hash)
+        );
+        // `previous_hash` is the SHA-256 of the previous whole line.
+        assert_eq!(record.previous_hash, previous);
+        previous = sha256_hex(line.as_bytes());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn event_time_and_event_id_have_the_documented_shapes() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(3, 1000).await?;
+    let mut ids = Vec::new();
+    for line in fx.lines()? {
+        let record: StoredRecord = serde_json::from_str(&line)?;
+        // 2024-05-01T12:00:00.123Z
+        let shape: String = record
+            .event_time
+            .chars()
+            .map(|c| if c.is_ascii_digit() { 'd' } else { c })
+            .collect();
+        assert_eq!(shape, "dddd-dd-ddTdd:dd:dd.dddZ", "{}", record.event_time);
+        let id = uuid::Uuid::parse_str(&record.event_id)?;
+        assert_eq!(id.get_version_num(), 4);
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "event ids must be unique");
+    Ok(())
+}
+
+#[tokio::test]
+async fn awkward_strings_round_trip_and_stay_on_one_line() -> TestResult {
+    let awkward = [
+        "line one\nline two",
+        "carriage\rreturn",
+        "quote \" and backslash \\",
+        "unicode line separator \u{2028} and paragraph \u{2029}",
+        "nul \u{0} bell \u{7}",
+        ",\"hash\":\"0000000000000000000000000000000000000000000000000000000000000000\"}",
+        "ünïcødé 🔑",
+    ];
+    let fx = Fixture::new()?;
+    let log = fx.open(1000)?;
+    let mut sent = Vec::new();
+    for (i, text) in awkward.iter().enumerate() {
+        let mut e = event(i);
+        e.error_message = Some((*text).to_string());
+        e.encryption_context = Some(BTreeMap::from([((*text).to_string(), (*text).to_string())]));
+        e.decision = "Error".into();
+        log.append(e.clone()).await?;
+        sent.push(e);
+    }
+    log.close().await?;
+    let lines = fx.lines()?;
+    assert_eq!(lines.len(), awkward.len(), "every record must be one line");
+    for (line, original) in lines.iter().zip(&sent) {
+        let record: StoredRecord = serde_json::from_str(line)?;
+        assert_eq!(&record.event(), original);
+    }
+    assert_eq!(fx.verify()?.records, 7);
+    Ok(())
+}
+
+// --------------------------------------------------------- group commit --
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_share_syncs_and_stay_consecutive() -> TestResult {
+    const N: usize = 200;
+    let fx = Fixture::new()?;
+    let (mut sink, counters) = TestSink::new(&fx.log)?;
+    // A slow disk, so callers pile up behind the first sync.
+    sink.sync_delay = Duration::from_millis(2);
+    let checkpoints = CheckpointSink {
+        sink: Box::new(FileSink::open(&fx.checkpoints)?),
+        key: Zeroizing::new(KEY),
+        every: 50,
+    };
+    let log = AuditLog::with_sink(Box::new(sink), Some(checkpoints), ChainHead::GENESIS, 1024)?;
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(event(i)).await })
+        })
+        .collect();
+    let mut sequences = Vec::with_capacity(N);
+    for task in tasks {
+        sequences.push(task.await??);
+    }
+    log.close().await?;
+    sequences.sort_unstable();
+    let expected: Vec<u64> = (1..=200).collect();
+    assert_eq!(sequences, expected);
+    let syncs = counters.syncs.load(Ordering::SeqCst);
+    assert!(syncs < N, "{syncs} syncs for {N} records: no group commit");
+    assert!(counters.max_lines_per_append.load(Ordering::SeqCst) > 1);
+    let report = fx.verify()?;
+    assert_eq!((report.records, report.last_sequence), (200, 200));
+    assert!(report.checkpoints >= 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_never_exceed_max_batch() -> TestResult {
+    const N: usize = 40;
+    let fx = Fixture::new()?;
+    let (mut sink, counters) = TestSink::new(&fx.log)?;
+    sink.sync_delay = Duration::from_millis(2);
+    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 4)?;
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(event(i)).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    log.close().await?;
+    assert!(counters.max_lines_per_append.load(Ordering::SeqCst) <= 4);
+    // One sync per batch of at most 4, plus the one on close.
+    assert!(counters.syncs.load(Ordering::SeqCst) > N / 4);
+    assert_eq!(verify(&fx.log, None, None)?.records, 40);
+    Ok(())
+}
+
+// ------------------------------------------------------------ tampering --
+
+/// Where in a line (without its `\n`) to flip a byte.
+type Locate = fn(&str) -> Option<usize>;
+
+fn after(line: &str, key: &str) -> Option<usize> {
+    line.find(key).map(|at| at + key.len())
+}
+
+#[tokio::test]
+async fn a_flipped_byte_is_detected_at_its_record() -> TestResult {
+    let cases: [(usize, &str, Locate, u8); 11] = [
+        (1, "first byte", |_| Some(0), 0x01),
+        (
+            4,
+            "event_name value",
+            |l| after(l, "\"event_name\":\""),
+            0x01,
+        ),
+        (5, "sequence digit", |l| after(l, "\"sequence\":"), 0x01),
+        (
+            6,
+            "previous_hash",
+            |l| after(l, "\"previous_hash\":\"").map(|a| a + 10),
+            0x01,
+        ),
+        (7, "hash value", |l| Some(l.len() - 5), 0x01),
+        (
+            8,
+            "hash letter case",
+            |l| {
+                let start = l.rfind(",\"hash\":\"")? + 9;
+                l[start..]
+                    .find(|c: char| c.is_ascii_lowercase())
+                    .map(|i| start + i)
+            },
+            0x20,
+        ),
+        (
+            3,
+            "key name",
+            |l| after(l, "\"decision").map(|a| a - 2),
+            0x01,
+        ),
+        (9, "invalid UTF-8", |l| after(l, "\"request_id\":\""), 0x80),
+        (2, "closing brace", |l| Some(l.len() - 1), 0x01),
+        (10, "last record", |l| after(l, "\"principal\":\""), 0x01),
+        (5, "newline (joins two records)", |l| Some(l.len()), 0x01),
+    ];
+    for (k, what, locate, mask) in cases {
+        let fx = Fixture::new()?;
+        fx.write(10, 1000).await?;
+        let mut bytes = std::fs::read(&fx.log)?;
+        let lines = fx.lines()?;
+        let line_start: usize = lines[..k - 1].iter().map(|l| l.len() + 1).sum();
+        let offset = locate(&lines[k - 1]).ok_or(what)?;
+        bytes[line_start + offset] ^= mask;
+        std::fs::write(&fx.log, &bytes)?;
+
+        let failure = expect_failure(fx.verify())?;
+        assert_eq!(failure.file, AuditFile::Log, "{what}: {failure}");
+        assert_eq!(failure.sequence, Some(k as u64), "{what}: {failure}");
+        assert_eq!(failure.line, k, "{what}: {failure}");
+        assert!(
+            failure
+                .to_string()
+                .starts_with(&format!("record {k} (line {k}): ")),
+            "{what}: {failure}"
+        );
+        // Same verdict without checkpoints: the chain alone catches edits.
+        assert_eq!(
+            expect_failure(verify(&fx.log, None, None))?.line,
+            k,
+            "{what}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_deleted_record_is_detected_where_it_was() -> TestResult {
+    for deleted in [1usize, 5, 9] {
+        let fx = Fixture::new()?;
+        fx.write(10, 1000).await?;
+        let mut lines = fx.lines()?;
+        lines.remove(deleted - 1);
+        fx.rewrite(&lines)?;
+        let failure = expect_failure(fx.verify())?;
+        assert_eq!(failure.line, deleted, "{failure}");
+        assert_eq!(failure.sequence, Some(deleted as u64 + 1), "{failure}");
+        assert!(
+            failure
+                .reason
+                .contains(&format!("expected record {deleted} here")),
+            "{failure}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn reordered_duplicated_or_foreign_records_are_detected() -> TestResult {
+    // Each case edits the 10 lines and names the first line that must fail.
+    type Edit = fn(&mut Vec<String>, &[String]);
+    let cases: [(&str, Edit, usize, &str); 4] = [
+        ("swap 3 and 4", |l, _| l.swap(2, 3), 3, "expected record 3"),
+        (
+            "duplicate 6",
+            |l, _| l.insert(6, l[5].clone()),
+            7,
+            "expected record 7",
+        ),
+        (
+            "record from another log",
+            |l, other| l[3] = other[3].clone(),
+            4,
+            "previous_hash does not match the hash of record 3",
+        ),
+        (
+            "first record from another log",
+            |l, other| l[0] = other[0].clone(),
+            2,
+            "previous_hash does not match the hash of record 1",
+        ),
+    ];
+    let other = Fixture::new()?;
+    other.write(10, 1000).await?;
+    let other_lines = other.lines()?;
+    for (what, edit, line, reason) in cases {
+        let fx = Fixture::new()?;
+        fx.write(10, 1000).await?;
+        let mut lines = fx.lines()?;
+        edit(&mut lines, &other_lines);
+        fx.rewrite(&lines)?;
+        let failure = expect_failure(verify(&fx.log, None, None))?;
+        assert_eq!(failure.line, line, "{what}: {failure}");
+        assert!(failure.reason.contains(reason), "{what}: {failure}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_injected_field_is_rejected_even_with_a_valid_hash() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(3, 1000).await?;
+    let mut lines = fx.lines()?;
+    // Rebuild record 3 the way a forger who knows the format would: extra
+    // field, own hash recomputed, link to record 2 kept.
+    let cut = lines[2].rfind(",\"hash\":\"").ok_or("no hash field")?;
+    let body = format!("{},\"approved_by\":\"mallory\"}}", &lines[2][..cut]);
+    let hash = sha256_hex(body.as_bytes());
+    lines[2] = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
+    fx.rewrite(&lines)?;
+    let failure = expect_failure(verify(&fx.log, None, None))?;
+    assert_eq!((failure.sequence, failure.line), (Some(3), 3), "{failure}");
+    assert!(failure.reason.contains("unknown field"), "{failure}");
+    Ok(())
+}
+
+// ---------------------------------------------------------- checkpoints --
+
+#[tokio::test]
+async fn checkpoints_are_written_every_n_records_and_on_close() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(25, 10).await?;
+    let lines = fx.lines()?;
+    let checkpoints = checkpoint_lines(&fx)?;
+    let sequences: Vec<u64> = checkpoints.iter().map(|c| c.sequence).collect();
+    assert_eq!(sequences, [10, 20, 25]);
+    for cp in &checkpoints {
+        let index = usize::try_from(cp.sequence)? - 1;
+        assert_eq!(cp.record_hash, sha256_hex(lines[index].as_bytes()));
+        // MAC over the 8-byte big-endian sequence then the raw record hash.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&KEY)?;
+        mac.update(&cp.sequence.to_be_bytes());
+        mac.update(&hex::decode(&cp.record_hash)?);
+        assert_eq!(cp.mac, hex::encode(mac.finalize().into_bytes()));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_truncated_tail_is_caught_by_the_checkpoint() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(50, 10).await?;
+    let lines = fx.lines()?;
+    fx.rewrite(&lines[..40])?;
+    // The chain alone cannot tell: what is left is a valid prefix.
+    assert_eq!(verify(&fx.log, None, None)?.records, 40);
+    let failure = expect_failure(fx.verify())?;
+    assert_eq!(failure.file, AuditFile::Checkpoints);
+    assert_eq!(failure.sequence, Some(50));
+    assert!(
+        failure
+            .reason
+            .contains("log ends at record 40 but checkpoint says record 50 existed"),
+        "{failure}"
+    );
+    // Without the key the checkpoint's claim is still checked.
+    let keyless = expect_failure(verify(&fx.log, Some(&fx.checkpoints), None))?;
+    assert_eq!(keyless, failure);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_wrong_checkpoint_key_fails() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(20, 10).await?;
+    let failure = expect_failure(verify(&fx.log, Some(&fx.checkpoints), Some(&OTHER_KEY)))?;
+    assert_eq!((failure.file, failure.line), (AuditFile::Checkpoints, 1));
+    assert!(failure.reason.contains("MAC does not verify"), "{failure}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn forged_checkpoints_fail() -> TestResult {
+    // Each case rewrites the checkpoint lines (seq 10, 20, 30) and names the
+    // line that must fail.
+    type Forge = fn(&mut Vec<String>) -> Result<(), Box<dyn Error>>;
+    let cases: [(&str, Forge, usize); 4] = [
+        (
+            "flipped mac digit",
+            |cps| {
+                let at = cps[1].find("\"mac\":\"").ok_or("no mac")? + 7;
+                let mut bytes = std::mem::take(&mut cps[1]).into_bytes();
+                bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+                cps[1] = String::from_utf8(bytes)?;
+                Ok(())
+            },
+            2,
+        ),
+        (
+            "mac copied from another checkpoint",
+            |cps| {
+                let mut forged: checkpoint::CheckpointLine = serde_json::from_str(&cps[0])?;
+                let donor: checkpoint::CheckpointLine = serde_json::from_str(&cps[2])?;
+                forged.mac = donor.mac;
+                cps[0] = serde_json::to_string(&forged)?;
+                Ok(())
+            },
+            1,
+        ),
+        (
+            "made-up later checkpoint",
+            |cps| {
+                let mut forged: checkpoint::CheckpointLine = serde_json::from_str(&cps[2])?;
+                forged.sequence = 40;
+                cps.push(serde_json::to_string(&forged)?);
+                Ok(())
+            },
+            4,
+        ),
+        (
+            "mac signed with another key",
+            |cps| {
+                let mut forged: checkpoint::CheckpointLine = serde_json::from_str(&cps[0])?;
+                let hash = record::parse_hash_hex(&forged.record_hash).ok_or("bad hash")?;
+                forged.mac = checkpoint::sign(&OTHER_KEY, forged.sequence, &hash)?;
+                cps[0] = serde_json::to_string(&forged)?;
+                Ok(())
+            },
+            1,
+        ),
+    ];
+    for (what, forge, line) in cases {
+        let fx = Fixture::new()?;
+        fx.write(30, 10).await?;
+        let mut cps = read_lines(&fx.checkpoints)?;
+        forge(&mut cps)?;
+        write_lines(&fx.checkpoints, &cps)?;
+        let failure = expect_failure(fx.verify())?;
+        assert_eq!(
+            (failure.file, failure.line),
+            (AuditFile::Checkpoints, line),
+            "{what}: {failure}"
+        );
+        assert!(
+            failure.reason.contains("MAC does not verify"),
+            "{what}: {failure}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn checkpoint_hashes_are_checked_even_without_the_key() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(30, 10).await?;
+    let lines = fx.lines()?;
+    let mut cps = read_lines(&fx.checkpoints)?;
+    // Checkpoint 2 (record 20) now claims record 19's hash.
+    let mut forged: checkpoint::CheckpointLine = serde_json::from_str(&cps[1])?;
+    forged.record_hash = sha256_hex(lines[18].as_bytes());
+    cps[1] = serde_json::to_string(&forged)?;
+    write_lines(&fx.checkpoints, &cps)?;
+    let failure = expect_failure(verify(&fx.log, Some(&fx.checkpoints), None))?;
+    assert_eq!(
+        failure.to_string(),
+        "record 20 (line 20): hash differs from the one signed in checkpoint line 2"
+    );
+    Ok(())
+}
+
+// ------------------------------------------------------------- recovery --
+
+#[tokio::test]
+async fn reopening_continues_the_chain() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(5, 1000).await?;
+    let log = fx.open(1000)?;
+    assert_eq!(log.append(event(5)).await?, 6);
+    assert_eq!(log.append(event(6)).await?, 7);
+    log.close().await?;
+    // Reopening with nothing new must not add a duplicate checkpoint.
+    fx.open(1000)?.close().await?;
+
+    let lines = fx.lines()?;
+    let sixth: StoredRecord = serde_json::from_str(&lines[5])?;
+    assert_eq!(sixth.sequence, 6);
+    assert_eq!(sixth.previous_hash, sha256_hex(lines[4].as_bytes()));
+    let sequences: Vec<u64> = checkpoint_lines(&fx)?.iter().map(|c| c.sequence).collect();
+    assert_eq!(sequences, [5, 7]);
+    assert_eq!(
+        fx.verify()?,
+        VerifyReport {
+            records: 7,
+            checkpoints: 2,
+            last_sequence: 7
+        }
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_partial_last_line_is_cut_off_on_open_and_the_chain_continues() -> TestResult {
+    // Partial tails a crash could leave: part of a real record, one byte,
+    // anything without a newline.
+    let tails: [fn(&str) -> String; 3] = [
+        |next| next[..next.len() / 2].to_string(),
+        |_| "{".to_string(),
+        |_| "not json at all".to_string(),
+    ];
+    for tail in tails {
+        let fx = Fixture::new()?;
+        fx.write(6, 1000).await?;
+        let mut lines = fx.lines()?;
+        let sixth = lines.pop().ok_or("no records")?;
+        // Record 6 never became durable: remove it (and its close checkpoint)
+        // and leave a piece of it behind.
+        fx.rewrite(&lines)?;
+        std::fs::write(&fx.checkpoints, "")?;
+        let mut bytes = std::fs::read(&fx.log)?;
+        bytes.extend_from_slice(tail(&sixth).as_bytes());
+        std::fs::write(&fx.log, &bytes)?;
+        let failure = expect_failure(fx.verify())?;
+        assert_eq!((failure.sequence, failure.line), (Some(6), 6), "{failure}");
+        assert!(failure.reason.contains("incomplete"), "{failure}");
+
+        let log = fx.open(1000)?;
+        assert_eq!(log.append(event(6)).await?, 6);
+        log.close().await?;
+        assert_eq!(fx.verify()?.last_sequence, 6);
+        assert!(std::fs::read(&fx.log)?.ends_with(b"\"}\n"));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_partial_checkpoint_line_is_cut_off_on_open() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(10, 5).await?;
+    let mut cps = std::fs::read(&fx.checkpoints)?;
+    cps.extend_from_slice(b"{\"sequence\":1");
+    std::fs::write(&fx.checkpoints, &cps)?;
+    assert_eq!(expect_failure(fx.verify())?.file, AuditFile::Checkpoints);
+    let log = fx.open(5)?;
+    log.append(event(10)).await?;
+    log.close().await?;
+    assert_eq!(
+        fx.verify()?,
+        VerifyReport {
+            records: 11,
+            checkpoints: 3,
+            last_sequence: 11
+        }
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_refuses_a_log_that_does_not_verify() -> TestResult {
+    // (what, damage, file that must be named, record that must be named)
+    type Damage = fn(&Fixture) -> io::Result<()>;
+    let cases: [(&str, Damage, AuditFile, u64); 4] = [
+        (
+            "edited record 3",
+            |fx| {
+                let mut lines = fx.lines()?;
+                lines[2] = lines[2].replace("Decrypt", "Encrypt");
+                fx.rewrite(&lines)
+            },
+            AuditFile::Log,
+            3,
+        ),
+        (
+            "deleted record 7",
+            |fx| {
+                let mut lines = fx.lines()?;
+                lines.remove(6);
+                fx.rewrite(&lines)
+            },
+            AuditFile::Log,
+            8,
+        ),
+        (
+            "truncated tail",
+            |fx| {
+                let lines = fx.lines()?;
+                fx.rewrite(&lines[..15])
+            },
+            AuditFile::Checkpoints,
+            20,
+        ),
+        (
+            "forged checkpoint",
+            |fx| {
+                let mut cps = read_lines(&fx.checkpoints)?;
+                cps[0] = cps[0].replace("\"sequence\":10", "\"sequence\":9");
+                write_lines(&fx.checkpoints, &cps)
+            },
+            AuditFile::Checkpoints,
+            0,
+        ),
+    ];
+    for (what, damage, file, sequence) in cases {
+        let fx = Fixture::new()?;
+        fx.write(20, 10).await?;
+        damage(&fx)?;
+        let before = (std::fs::read(&fx.log)?, std::fs::read(&fx.checkpoints)?);
+        let (path, failure) = expect_corrupt(fx.open(10))?;
+        let expected_path = match file {
+            AuditFile::Log => &fx.log,
+            AuditFile::Checkpoints => &fx.checkpoints,
+        };
+        assert_eq!(&path, expected_path, "{what}: {failure}");
+        assert_eq!(failure.file, file, "{what}: {failure}");
+        if sequence != 0 {
+            assert_eq!(failure.sequence, Some(sequence), "{what}: {failure}");
+        }
+        // Refusing means not touching: both files are exactly as found.
+        let after = (std::fs::read(&fx.log)?, std::fs::read(&fx.checkpoints)?);
+        assert!(before == after, "{what}: open modified the files");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_refuses_the_wrong_checkpoint_key() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(10, 5).await?;
+    let (path, failure) = expect_corrupt(AuditLog::open(fx.config(5, OTHER_KEY)))?;
+    assert_eq!(path, fx.checkpoints);
+    assert!(failure.reason.contains("MAC does not verify"), "{failure}");
+    Ok(())
+}
+
+// --------------------------------------------------------- fail closed --
+
+#[tokio::test]
+async fn a_failing_sink_poisons_the_log() -> TestResult {
+    // (fail the n-th append, fail the n-th sync, appends that succeed first)
+    let cases = [
+        (Some(1), None, 0u64),
+        (None, Some(1), 0),
+        (Some(4), None, 3),
+        (None, Some(4), 3),
+    ];
+    for (fail_append_on, fail_sync_on, ok_first) in cases {
+        let case = format!("append={fail_append_on:?} sync={fail_sync_on:?}");
+        let fx = Fixture::new()?;
+        let (mut sink, counters) = TestSink::new(&fx.log)?;
+        sink.fail_append_on = fail_append_on;
+        sink.fail_sync_on = fail_sync_on;
+        let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 16)?;
+        for i in 0..ok_first {
+            assert_eq!(log.append(event(0)).await?, i + 1, "{case}");
+        }
+        let failed = log.append(event(0)).await;
+        assert!(
+            matches!(failed, Err(AuditError::Unavailable { .. })),
+            "{case}: {failed:?}"
+        );
+        // The sink would work again now; the log must still refuse, and
+        // without even trying the sink.
+        let calls = counters.appends.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            let later = log.append(event(0)).await;
+            assert!(
+                matches!(&later, Err(AuditError::Unavailable { reason }) if reason.contains("injected")),
+                "{case}: {later:?}"
+            );
+        }
+        assert_eq!(counters.appends.load(Ordering::SeqCst), calls, "{case}");
+        assert!(
+            matches!(log.close().await, Err(AuditError::Unavailable { .. })),
+            "{case}"
+        );
+        // Whatever did become durable is still a valid chain.
+        assert!(verify(&fx.log, None, None)?.records >= ok_first, "{case}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_waiter_of_a_failed_batch_gets_an_error() -> TestResult {
+    let fx = Fixture::new()?;
+    let (mut sink, counters) = TestSink::new(&fx.log)?;
+    sink.sync_delay = Duration::from_millis(5);
+    sink.fail_sync_on = Some(1);
+    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(event(i)).await })
+        })
+        .collect();
+    for task in tasks {
+        let result = task.await?;
+        assert!(
+            matches!(result, Err(AuditError::Unavailable { .. })),
+            "{result:?}"
+        );
+    }
+    assert_eq!(counters.syncs.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_checkpoint_poisons_the_log_after_its_records_are_durable() -> TestResult {
+    let fx = Fixture::new()?;
+    let (mut checkpoint_sink, _) = TestSink::new(&fx.checkpoints)?;
+    checkpoint_sink.fail_append_on = Some(1);
+    let checkpoints = CheckpointSink {
+        sink: Box::new(checkpoint_sink),
+        key: Zeroizing::new(KEY),
+        every: 2,
+    };
+    let log = AuditLog::with_sink(
+        Box::new(FileSink::open(&fx.log)?),
+        Some(checkpoints),
+        ChainHead::GENESIS,
+        16,
+    )?;
+    assert_eq!(log.append(event(0)).await?, 1);
+    // Record 2 is durable when acknowledged; its checkpoint then fails.
+    assert_eq!(log.append(event(1)).await?, 2);
+    let refused = log.append(event(2)).await;
+    assert!(
+        matches!(&refused, Err(AuditError::Unavailable { reason }) if reason.contains("checkpoint")),
+        "{refused:?}"
+    );
+    assert_eq!(verify(&fx.log, None, None)?.records, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn close_refuses_later_appends_and_can_be_repeated() -> TestResult {
+    let fx = Fixture::new()?;
+    let log = fx.open(1000)?;
+    let other_handle = log.clone();
+    log.append(event(0)).await?;
+    log.close().await?;
+    assert!(matches!(
+        other_handle.append(event(1)).await,
+        Err(AuditError::Closed)
+    ));
+    other_handle.close().await?;
+    assert_eq!(fx.verify()?.records, 1);
+    assert_eq!(read_lines(&fx.checkpoints)?.len(), 1);
+    Ok(())
+}
+
+// ------------------------------------------------------ edges and APIs --
+
+#[tokio::test]
+async fn with_sink_resumes_after_the_given_head() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(3, 1000).await?;
+    let lines = fx.lines()?;
+    let resume = ChainHead {
+        sequence: 3,
+        hash: Sha256::digest(lines[2].as_bytes()).into(),
+    };
+    let log = AuditLog::with_sink(Box::new(FileSink::open(&fx.log)?), None, resume, 8)?;
+    assert_eq!(log.append(event(3)).await?, 4);
+    log.close().await?;
+    assert_eq!(verify(&fx.log, None, None)?.last_sequence, 4);
+    Ok(())
+}
+
+#[test]
+fn verify_reports_missing_and_empty_files() -> TestResult {
+    let fx = Fixture::new()?;
+    let missing = expect_failure(verify(&fx.log, None, None))?;
+    assert_eq!((missing.file, missing.line), (AuditFile::Log, 0));
+    assert!(
+        missing.to_string().starts_with("audit log: cannot open"),
+        "{missing}"
+    );
+
+    std::fs::write(&fx.log, "")?;
+    let missing_cp = expect_failure(fx.verify())?;
+    assert_eq!(missing_cp.file, AuditFile::Checkpoints);
+    assert!(
+        missing_cp
+            .to_string()
+            .starts_with("checkpoint file: cannot open"),
+        "{missing_cp}"
+    );
+
+    std::fs::write(&fx.checkpoints, "")?;
+    assert_eq!(
+        fx.verify()?,
+        VerifyReport {
+            records: 0,
+            checkpoints: 0,
+            last_sequence: 0
+        }
+    );
+    Ok(())
+}
+
+#[test]
+fn failures_display_the_record_and_line() {
+    let failure = |file, sequence, line| VerifyFailure {
+        file,
+        sequence,
+        line,
+        reason: "hash does not match its contents".into(),
+    };
+    let cases = [
+        (
+            failure(AuditFile::Log, Some(17), 17),
+            "record 17 (line 17): hash does not match its contents",
+        ),
+        (
+            failure(AuditFile::Log, None, 4),
+            "line 4: hash does not match its contents",
+        ),
+        (
+            failure(AuditFile::Checkpoints, Some(50), 5),
+            "checkpoint line 5 (record 50): hash does not match its contents",
+        ),
+        (
+            failure(AuditFile::Checkpoints, None, 2),
+            "checkpoint line 2: hash does not match its contents",
+        ),
+        (
+            failure(AuditFile::Log, None, 0),
+            "audit log: hash does not match its contents",
+        ),
+    ];
+    for (failure, text) in cases {
+        assert_eq!(failure.to_string(), text);
+    }
+}
+
+#[test]
+fn bad_configurations_are_refused() -> TestResult {
+    let fx = Fixture::new()?;
+    let same_paths = AuditConfig::new(&fx.log, &fx.log, Zeroizing::new(KEY));
+    let mut cases = vec![("same paths", same_paths)];
+    for max_batch in [0, MAX_BATCH_LIMIT + 1] {
+        let mut config = fx.config(10, KEY);
+        config.max_batch = max_batch;
+        cases.push(("max_batch", config));
+    }
+    for (what, config) in cases {
+        let debug = format!("{config:?}");
+        assert!(
+            debug.contains("<redacted>") && !debug.contains("[7, 7"),
+            "{debug}"
+        );
+        assert!(
+            matches!(AuditLog::open(config), Err(AuditError::Config(_))),
+            "{what}"
+        );
+    }
+    // Nothing was created for a refused configuration.
+    assert!(!fx.log.exists() && !fx.checkpoints.exists());
+    Ok(())
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn new_files_are_private() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new()?;
+    fx.write(1, 1000).await?;
+    for path in [&fx.log, &fx.checkpoints] {
+        let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", path.display());
+    }
+    Ok(())
+}

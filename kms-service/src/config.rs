@@ -1,0 +1,138 @@
+//! The typed, validated configuration of kms-service. Every flag has an
+//! environment variable (`KMS_…`), so containers configure it without a
+//! command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "kms-service", version, about = "Self-hosted key management service")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the gRPC server (creating the root key and the administrator on
+    /// first start).
+    Serve(ServeConfig),
+    /// Prepares a data directory ahead of time: root key, store, administrator
+    /// token; then exits.
+    Init(StorageConfig),
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Checks the hash chain of an audit log and its signed checkpoints;
+    /// reports the first bad record.
+    Verify(VerifyConfig),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where state lives and where secrets come from.
+#[derive(Debug, Clone, Args)]
+pub struct StorageConfig {
+    /// Directory for the key store, audit log and (by default) the root key.
+    #[arg(long, env = "KMS_DATA_DIR", default_value = "./data/kms-service")]
+    pub data_dir: PathBuf,
+    /// Root key file (64 hex characters). Default: `<data-dir>/root.key`,
+    /// created on first start. When set, the file must exist.
+    #[arg(long, env = "KMS_ROOT_KEY_FILE")]
+    pub root_key_file: Option<PathBuf>,
+    /// Where the bootstrap administrator's token is written on first start
+    /// (mode 0600). Default: `<data-dir>/admin.token`.
+    #[arg(long, env = "KMS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Directory of the audit log. Default: `<data-dir>/audit`.
+    #[arg(long, env = "KMS_AUDIT_DIR")]
+    pub audit_dir: Option<PathBuf>,
+}
+
+impl StorageConfig {
+    pub fn root_key_path(&self) -> PathBuf {
+        self.root_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("root.key"))
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.token"))
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.audit_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit"))
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("kms.db")
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "KMS_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub storage: StorageConfig,
+    /// Log format.
+    #[arg(long, env = "KMS_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Largest request message accepted, in bytes.
+    #[arg(long, env = "KMS_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024,
+          value_parser = clap::value_parser!(u32).range(16 * 1024..=16 * 1024 * 1024))]
+    pub max_message_bytes: u32,
+    /// Seconds between maintenance passes (automatic rotation, destruction
+    /// of keys whose deletion window has passed).
+    #[arg(long, env = "KMS_MAINTENANCE_INTERVAL", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub maintenance_interval_secs: u64,
+}
+
+impl ServeConfig {
+    /// Defaults for a data directory, as tests and embedders use them.
+    pub fn for_data_dir(data_dir: PathBuf) -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            storage: StorageConfig {
+                data_dir,
+                root_key_file: None,
+                admin_token_file: None,
+                audit_dir: None,
+            },
+            log_format: LogFormat::Text,
+            max_message_bytes: 256 * 1024,
+            maintenance_interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyConfig {
+    /// The audit log (JSON Lines).
+    pub path: PathBuf,
+    /// The checkpoint file. Default: the log path with `.checkpoints` appended.
+    #[arg(long)]
+    pub checkpoints: Option<PathBuf>,
+    /// Root key file, to check checkpoint signatures. Without it only the
+    /// hash chain and the checkpoints' record hashes are checked.
+    #[arg(long, env = "KMS_ROOT_KEY_FILE")]
+    pub root_key_file: Option<PathBuf>,
+}

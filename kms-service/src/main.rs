@@ -1,0 +1,124 @@
+//! The kms-service binary: parses configuration, installs logging, and hands
+//! over to the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use kms_service::config::{AuditCommand, Cli, Command, LogFormat};
+use kms_service::crypto::root_key::{RootKey, SoftwareRootKey};
+use kms_service::server;
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(config) => {
+            init_tracing(config.log_format);
+            let clock = Arc::new(kms_service::clock::SystemClock);
+            let result = async {
+                let opened = server::open(&config.storage, clock).await?;
+                let listener = server::bind(config.listen).await?;
+                tracing::info!(listen = %config.listen, data_dir = %config.storage.data_dir.display(), "kms-service ready");
+                server::serve(&config, opened.kms, listener, shutdown_signal()).await
+            }
+            .await;
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kms-service: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Init(storage) => {
+            init_tracing(LogFormat::Text);
+            let clock = Arc::new(kms_service::clock::SystemClock);
+            match server::open(&storage, clock).await {
+                Ok(opened) => {
+                    let _ = opened.kms.audit_log().close().await;
+                    match opened.admin_token_file {
+                        Some(path) => println!("administrator token written to {}", path.display()),
+                        None => println!(
+                            "data directory {} was already initialised",
+                            storage.data_dir.display()
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("kms-service init: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Audit {
+            command: AuditCommand::Verify(v),
+        } => {
+            let checkpoints = v.checkpoints.clone().unwrap_or_else(|| {
+                let mut p = v.path.clone().into_os_string();
+                p.push(".checkpoints");
+                p.into()
+            });
+            let key = match &v.root_key_file {
+                Some(path) => match SoftwareRootKey::read_file(path) {
+                    Ok(root) => Some(root.derive(kms_service::AUDIT_CHECKPOINT_PURPOSE)),
+                    Err(e) => {
+                        eprintln!("kms-service audit verify: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                None => None,
+            };
+            let checkpoint_path = checkpoints.exists().then_some(checkpoints.as_path());
+            match kms_service::audit::verify(&v.path, checkpoint_path, key.as_deref()) {
+                Ok(report) => {
+                    println!(
+                        "OK: {} records (last sequence {}), {} checkpoints{}",
+                        report.records,
+                        report.last_sequence,
+                        report.checkpoints,
+                        if key.is_some() {
+                            ", signatures checked"
+                        } else {
+                            ", signatures not checked (no --root-key-file)"
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(failure) => {
+                    println!("FAILED: {failure}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Start-up and serving: prepares the data directory (root key, store, audit
+//! log, bootstrap administrator), then serves both gRPC services plus
+//! reflection (v1 and v1alpha) and health on one port, and shuts down
+//! cleanly: stop accepting, finish in-flight requests, close the audit log.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockbox_proto::iam::v1::identity_service_server::IdentityServiceServer;
+use lockbox_proto::kms::v1::key_management_service_server::KeyManagementServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::audit::{AuditConfig, AuditLog};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{ServeConfig, StorageConfig};
+use crate::crypto::root_key::{RootKey, SoftwareRootKey};
+use crate::error::KmsError;
+use crate::grpc;
+use crate::identity::PrincipalKind;
+use crate::service::Kms;
+use crate::store::sqlite::SqliteStore;
+
+/// The bootstrap administrator.
+pub const ADMIN_PRINCIPAL: &str = "user/admin";
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let context = context.into();
+    move |source| StartError::Io { context, source }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), StartError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(path)
+        .map_err(io(format!("cannot create directory {}", path.display())))
+}
+
+/// Writes a secret to a new file readable only by its owner.
+pub fn write_secret_file(path: &Path, secret: &str) -> Result<(), StartError> {
+    use std::io::Write;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_private_dir(parent)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let context = format!("cannot write {}", path.display());
+    let mut file = options.open(path).map_err(io(context.clone()))?;
+    file.write_all(secret.as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .map_err(io(context))
+}
+
+/// Loads the root key, creating it only for a brand-new data directory:
+/// generating a new key beside existing key material would orphan it.
+fn root_key(storage: &StorageConfig) -> Result<SoftwareRootKey, StartError> {
+    let path = storage.root_key_path();
+    if path.exists() {
+        return SoftwareRootKey::read_file(&path).map_err(|e| StartError::Config(e.to_string()));
+    }
+    if storage.root_key_file.is_some() {
+        return Err(StartError::Config(format!(
+            "root key file {} does not exist (KMS_ROOT_KEY_FILE / --root-key-file)",
+            path.display()
+        )));
+    }
+    if storage.store_path().exists() {
+        return Err(StartError::Config(format!(
+            "the key store {} exists but its root key {} is missing; restore the root key file",
+            storage.store_path().display(),
+            path.display()
+        )));
+    }
+    let key =
+        SoftwareRootKey::create_file(&path).map_err(|e| StartError::Config(e.to_string()))?;
+    tracing::info!(path = %path.display(), "created a new root key (development mode)");
+    Ok(key)
+}
+
+/// An opened service, ready to serve.
+pub struct Opened {
+    pub kms: Arc<Kms>,
+    /// Path of the administrator token file, when this start created it.
+    pub admin_token_file: Option<std::path::PathBuf>,
+}
+
+/// Prepares the data directory and opens the service.
+pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Opened, StartError> {
+    create_private_dir(&storage.data_dir)?;
+    let root: Arc<dyn RootKey> = Arc::new(root_key(storage)?);
+    let store = SqliteStore::open(&storage.store_path()).map_err(KmsError::from)?;
+    let audit_dir = storage.audit_path();
+    create_private_dir(&audit_dir)?;
+    let audit = AuditLog::open(AuditConfig::new(
+        audit_dir.join("audit.jsonl"),
+        audit_dir.join("audit.jsonl.checkpoints"),
+        root.derive(crate::AUDIT_CHECKPOINT_PURPOSE),
+    ))
+    .map_err(|e| StartError::Config(format!("cannot open the audit log: {e}")))?;
+    let kms = Arc::new(Kms::open(Arc::new(store), root, audit, clock)?);
+    let mut admin_token_file = None;
+    if let Some(token) = kms
+        .bootstrap_principal(ADMIN_PRINCIPAL, PrincipalKind::User, &["AdministratorAccess"])
+        .await?
+    {
+        let path = storage.admin_token_path();
+        write_secret_file(&path, &token.token)?;
+        tracing::info!(path = %path.display(), principal = ADMIN_PRINCIPAL, "bootstrap administrator created; its token is in this file (mode 0600)");
+        admin_token_file = Some(path);
+    }
+    Ok(Opened {
+        kms,
+        admin_token_file,
+    })
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains and closes
+/// the audit log.
+pub async fn serve(
+    config: &ServeConfig,
+    kms: Arc<Kms>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (kms_grpc, iam_grpc) = grpc::services(kms.clone());
+    let limit = config.max_message_bytes as usize;
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<KeyManagementServiceServer<grpc::KeyManagementGrpc>>()
+        .await;
+    health_reporter
+        .set_serving::<IdentityServiceServer<grpc::IdentityGrpc>>()
+        .await;
+
+    let maintenance = {
+        let kms = kms.clone();
+        let every = Duration::from_secs(config.maintenance_interval_secs);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                match kms.run_maintenance().await {
+                    Ok(report) if !report.rotated.is_empty() || !report.destroyed.is_empty() => {
+                        tracing::info!(rotated = ?report.rotated, destroyed = ?report.destroyed, "maintenance");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(%error, "maintenance failed"),
+                }
+            }
+        })
+    };
+
+    let result = tonic::transport::Server::builder()
+        .add_service(
+            KeyManagementServiceServer::new(kms_grpc)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            IdentityServiceServer::new(iam_grpc)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(health)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    maintenance.abort();
+    if let Err(error) = kms.audit_log().close().await {
+        tracing::error!(%error, "closing the audit log failed");
+    }
+    result.map_err(StartError::from)
+}
+
+/// Reflection over our contract plus the descriptors clients need to
+/// render it: health, and `google.rpc` so grpcurl shows `ErrorInfo`.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(lockbox_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+}
+
+/// Binds `addr`, with a message that names the address when it is taken.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(io(format!("cannot listen on {addr}")))
+}
+
+/// A server running in this process (tests, benchmarks, embedding).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub kms: Arc<Kms>,
+    pub admin_token_file: Option<std::path::PathBuf>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), StartError>>,
+}
+
+impl RunningServer {
+    /// Opens the data directory and serves on `config.listen` (port 0 picks
+    /// a free port).
+    pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(
+        config: ServeConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<RunningServer, StartError> {
+        let opened = open(&config.storage, clock).await?;
+        let listener = bind(config.listen).await?;
+        let addr = listener.local_addr().map_err(io("local address"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let kms = opened.kms.clone();
+        let task = tokio::spawn(async move {
+            serve(&config, kms, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        Ok(RunningServer {
+            addr,
+            kms: opened.kms,
+            admin_token_file: opened.admin_token_file,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Stops accepting, waits for in-flight requests and closes the audit log.
+    pub async fn stop(mut self) -> Result<(), StartError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(StartError::Config(format!("server task failed: {e}"))),
+        }
+    }
+}
