@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "kms-service", version, about = "Self-hosted key management service")]
+#[command(
+    name = "kms-service",
+    version,
+    about = "Self-hosted key management service"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -33,3 +33,6 @@ pub fn random_array<const N: usize>() -> [u8; N] {
     getrandom::fill(&mut buf).expect("operating system random number generator failed");
     buf
 }
+
+#[cfg(test)]
+mod tests;

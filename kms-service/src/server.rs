@@ -96,8 +96,7 @@ fn root_key(storage: &StorageConfig) -> Result<SoftwareRootKey, StartError> {
             path.display()
         )));
     }
-    let key =
-        SoftwareRootKey::create_file(&path).map_err(|e| StartError::Config(e.to_string()))?;
+    let key = SoftwareRootKey::create_file(&path).map_err(|e| StartError::Config(e.to_string()))?;
     tracing::info!(path = %path.display(), "created a new root key (development mode)");
     Ok(key)
 }
@@ -125,7 +124,11 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     let kms = Arc::new(Kms::open(Arc::new(store), root, audit, clock)?);
     let mut admin_token_file = None;
     if let Some(token) = kms
-        .bootstrap_principal(ADMIN_PRINCIPAL, PrincipalKind::User, &["AdministratorAccess"])
+        .bootstrap_principal(
+            ADMIN_PRINCIPAL,
+            PrincipalKind::User,
+            &["AdministratorAccess"],
+        )
         .await?
     {
         let path = storage.admin_token_path();

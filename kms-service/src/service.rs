@@ -250,9 +250,9 @@ fn bearer(value: &str) -> Result<&str, AuthFailure> {
 
 fn auth_error(failure: AuthFailure, whose: &str) -> KmsError {
     let message = match failure {
-        AuthFailure::Missing => format!(
-            "missing {whose}: send metadata \"authorization: Bearer <token>\""
-        ),
+        AuthFailure::Missing => {
+            format!("missing {whose}: send metadata \"authorization: Bearer <token>\"")
+        }
         AuthFailure::Malformed => format!("malformed {whose}: expected \"Bearer <token>\""),
         AuthFailure::Unknown => format!("the {whose} is not a valid access token"),
         AuthFailure::Revoked => format!("the {whose} has been revoked"),
@@ -350,7 +350,9 @@ impl<'a> Ctx<'a> {
             return Ok(value);
         }
         for m in &mutations {
-            state.apply(m).map_err(|e| KmsError::Internal(e.to_string()))?;
+            state
+                .apply(m)
+                .map_err(|e| KmsError::Internal(e.to_string()))?;
         }
         self.seen = self.kms.committer.enqueue(mutations)?;
         Ok(value)
@@ -366,7 +368,10 @@ impl<'a> Ctx<'a> {
         for (k, v) in context {
             c.set(&format!("kms:EncryptionContext:{k}"), v.clone());
         }
-        c.set_multi("kms:EncryptionContextKeys", context.keys().cloned().collect());
+        c.set_multi(
+            "kms:EncryptionContextKeys",
+            context.keys().cloned().collect(),
+        );
         c
     }
 
@@ -395,8 +400,10 @@ impl<'a> Ctx<'a> {
             }
             identity.extend(entry.inline.iter().cloned());
         }
-        let identity_refs: Vec<(&str, &PolicyDocument)> =
-            identity.iter().map(|(n, d)| (n.as_str(), d.as_ref())).collect();
+        let identity_refs: Vec<(&str, &PolicyDocument)> = identity
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_ref()))
+            .collect();
         let (resource, key_policy, grant) = match &target {
             Target::Key(entry) => {
                 let grant = entry
@@ -498,7 +505,9 @@ fn resolve_key<'s>(state: &'s State, key_id: &str) -> Result<&'s KeyEntry, KmsEr
         ));
     }
     if key_id.len() > 2048 {
-        return Err(KmsError::validation("key_id is longer than 2048 characters"));
+        return Err(KmsError::validation(
+            "key_id is longer than 2048 characters",
+        ));
     }
     if key_id.starts_with("alias/") {
         let alias = state

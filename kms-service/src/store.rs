@@ -23,20 +23,31 @@ use crate::keys::{AliasRecord, KeyRecord, KeyVersionRecord};
 /// One change to the durable state. Puts are upserts of whole records.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
-    PutMeta { name: String, value: Vec<u8> },
+    PutMeta {
+        name: String,
+        value: Vec<u8>,
+    },
     PutKey(KeyRecord),
     /// Destroys a key: its record, every version's material, its aliases and
     /// grants.
-    DeleteKey { key_id: String },
+    DeleteKey {
+        key_id: String,
+    },
     PutKeyVersion(KeyVersionRecord),
     PutAlias(AliasRecord),
-    DeleteAlias { alias_name: String },
+    DeleteAlias {
+        alias_name: String,
+    },
     PutPrincipal(PrincipalRecord),
     /// Removes a principal and its tokens.
-    DeletePrincipal { principal: String },
+    DeletePrincipal {
+        principal: String,
+    },
     PutToken(TokenRecord),
     PutGrant(GrantRecord),
-    DeleteGrant { grant_id: String },
+    DeleteGrant {
+        grant_id: String,
+    },
 }
 
 /// Everything a store holds, as loaded at start-up.

@@ -160,8 +160,7 @@ pub(crate) fn line_hash(line: &[u8]) -> [u8; 32] {
 /// decoded bytes, so even a change of letter case in the field is caught here
 /// rather than one record later.
 pub(crate) fn check_own_hash(line: &[u8]) -> Result<(), &'static str> {
-    // The shortest possible body is `{` … but a real record is far longer;
-    // anything shorter than `{}` plus the field cannot be one.
+    // At least `{` must precede the field; anything shorter is not a record.
     let Some(split) = line.len().checked_sub(HASH_FIELD_LEN).filter(|s| *s >= 1) else {
         return Err("record does not end with its hash field");
     };

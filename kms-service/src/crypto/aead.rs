@@ -23,7 +23,13 @@ pub struct OpenError;
 pub fn seal(key: &[u8; KEY_LEN], iv: &[u8; IV_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let cipher = Aes256Gcm::new(key.into());
     cipher
-        .encrypt(&Nonce::from(*iv), Payload { msg: plaintext, aad })
+        .encrypt(
+            &Nonce::from(*iv),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         // Only fails for inputs over 2^36 bytes, which every caller caps far below.
         .expect("AES-GCM input within limits")
 }

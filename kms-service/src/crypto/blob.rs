@@ -17,8 +17,8 @@
 //! 65-byte header followed by the canonical encryption context, so changing
 //! any header byte or the context makes decryption fail.
 
-use super::aead::{self, IV_LEN, TAG_LEN};
 use super::SecretBytes;
+use super::aead::{self, IV_LEN, TAG_LEN};
 
 pub const FORMAT_VERSION: u8 = 1;
 pub const SALT_LEN: usize = 32;
@@ -84,7 +84,12 @@ pub fn seal(
 ) -> Vec<u8> {
     let encoded = header.encode();
     let key = aead::derive_key(backing_key, &header.salt, INFO);
-    let sealed = aead::seal(&key, &header.iv, &aad(&encoded, canonical_context), plaintext);
+    let sealed = aead::seal(
+        &key,
+        &header.iv,
+        &aad(&encoded, canonical_context),
+        plaintext,
+    );
     let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
     out.extend_from_slice(&encoded);
     out.extend_from_slice(&sealed);

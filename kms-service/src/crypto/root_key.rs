@@ -71,12 +71,13 @@ impl SoftwareRootKey {
     /// Reads a root key file written by [`SoftwareRootKey::create_file`] or by
     /// an operator.
     pub fn read_file(path: &Path) -> Result<Self, RootKeyError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            RootKeyError::Io {
-                path: path.display().to_string(),
-                source,
-            }
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| RootKeyError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            );
         Self::from_hex(&text, &format!("file {}", path.display()))
     }
 

@@ -20,11 +20,15 @@ pub fn context(map: HashMap<String, String>) -> EncryptionContext {
 
 pub fn key_spec(value: i32) -> Result<KeySpec, KmsError> {
     match pb::KeySpec::try_from(value) {
-        Ok(pb::KeySpec::Unspecified | pb::KeySpec::SymmetricDefault) => Ok(KeySpec::SymmetricDefault),
+        Ok(pb::KeySpec::Unspecified | pb::KeySpec::SymmetricDefault) => {
+            Ok(KeySpec::SymmetricDefault)
+        }
         Ok(pb::KeySpec::Hmac256) => Ok(KeySpec::Hmac256),
         Ok(pb::KeySpec::Hmac384) => Ok(KeySpec::Hmac384),
         Ok(pb::KeySpec::Hmac512) => Ok(KeySpec::Hmac512),
-        Err(_) => Err(KmsError::validation(format!("key_spec {value} is not a known KeySpec"))),
+        Err(_) => Err(KmsError::validation(format!(
+            "key_spec {value} is not a known KeySpec"
+        ))),
     }
 }
 
@@ -33,7 +37,9 @@ pub fn key_usage(value: i32) -> Result<Option<KeyUsage>, KmsError> {
         Ok(pb::KeyUsage::Unspecified) => Ok(None),
         Ok(pb::KeyUsage::EncryptDecrypt) => Ok(Some(KeyUsage::EncryptDecrypt)),
         Ok(pb::KeyUsage::GenerateVerifyMac) => Ok(Some(KeyUsage::GenerateVerifyMac)),
-        Err(_) => Err(KmsError::validation(format!("key_usage {value} is not a known KeyUsage"))),
+        Err(_) => Err(KmsError::validation(format!(
+            "key_usage {value} is not a known KeyUsage"
+        ))),
     }
 }
 
@@ -91,7 +97,12 @@ pub fn key_metadata(r: &KeyRecord) -> pb::KeyMetadata {
         .into(),
         deletion_date: r.deletion_date.and_then(timestamp),
         pending_deletion_window_in_days: r.pending_window_days,
-        mac_algorithms: r.spec.mac_algorithm().map(mac_algorithm_out).into_iter().collect(),
+        mac_algorithms: r
+            .spec
+            .mac_algorithm()
+            .map(mac_algorithm_out)
+            .into_iter()
+            .collect(),
         current_key_version: r.current_version,
         creator: r.creator.clone(),
     }
@@ -165,7 +176,12 @@ pub fn grant_entry(g: &GrantRecord) -> pb::GrantListEntry {
         grantee_principal: g.grantee.clone(),
         retiring_principal: g.retiring.clone().unwrap_or_default(),
         issuing_principal: g.issuing.clone(),
-        operations: g.operations.iter().copied().map(grant_operation_out).collect(),
+        operations: g
+            .operations
+            .iter()
+            .copied()
+            .map(grant_operation_out)
+            .collect(),
         constraints: (g.constraints != GrantConstraints::default()).then(|| pb::GrantConstraints {
             encryption_context_equals: g
                 .constraints

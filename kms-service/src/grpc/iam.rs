@@ -123,16 +123,18 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.list_access_tokens(&creds, &r.user_name).await;
-        reply(result.map(|tokens| pb::ListAccessTokensResponse {
-            tokens: tokens
-                .into_iter()
-                .map(|t| pb::AccessTokenMetadata {
-                    token_id: t.token_id,
-                    principal: t.principal,
-                    create_date: timestamp(t.created),
-                    revoked: t.revoked.is_some(),
-                })
-                .collect(),
+        reply(result.map(|tokens| {
+            pb::ListAccessTokensResponse {
+                tokens: tokens
+                    .into_iter()
+                    .map(|t| pb::AccessTokenMetadata {
+                        token_id: t.token_id,
+                        principal: t.principal,
+                        create_date: timestamp(t.created),
+                        revoked: t.revoked.is_some(),
+                    })
+                    .collect(),
+            }
         }))
     }
 
@@ -220,14 +222,16 @@ impl IdentityService for IdentityGrpc {
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
         let creds = credentials(&request);
         let result = self.kms.list_policies(&creds).await;
-        reply(result.map(|policies| pb::ListPoliciesResponse {
-            policies: policies
-                .into_iter()
-                .map(|(name, doc)| pb::ManagedPolicy {
-                    policy_name: name.to_string(),
-                    policy_document: doc.to_string(),
-                })
-                .collect(),
+        reply(result.map(|policies| {
+            pb::ListPoliciesResponse {
+                policies: policies
+                    .into_iter()
+                    .map(|(name, doc)| pb::ManagedPolicy {
+                        policy_name: name.to_string(),
+                        policy_document: doc.to_string(),
+                    })
+                    .collect(),
+            }
         }))
     }
 
@@ -256,24 +260,26 @@ impl IdentityService for IdentityGrpc {
             .map(|q| (q.action, q.resource))
             .collect();
         let result = self.kms.authorize_questions(&creds, &questions).await;
-        reply(result.map(|(principal, answers)| pb::AuthorizeResponse {
-            principal,
-            answers: answers
-                .into_iter()
-                .map(|a| pb::AuthorizationAnswer {
-                    decision: if a.allowed {
-                        pb::Decision::Allow
-                    } else if a.explicit_deny {
-                        pb::Decision::ExplicitDeny
-                    } else {
-                        pb::Decision::ImplicitDeny
-                    }
-                    .into(),
-                    action: a.action,
-                    resource: a.resource,
-                    message: a.message,
-                })
-                .collect(),
+        reply(result.map(|(principal, answers)| {
+            pb::AuthorizeResponse {
+                principal,
+                answers: answers
+                    .into_iter()
+                    .map(|a| pb::AuthorizationAnswer {
+                        decision: if a.allowed {
+                            pb::Decision::Allow
+                        } else if a.explicit_deny {
+                            pb::Decision::ExplicitDeny
+                        } else {
+                            pb::Decision::ImplicitDeny
+                        }
+                        .into(),
+                        action: a.action,
+                        resource: a.resource,
+                        message: a.message,
+                    })
+                    .collect(),
+            }
         }))
     }
 }

@@ -50,7 +50,11 @@ impl KeyManagementService for KeyManagementGrpc {
                 spec: convert::key_spec(r.key_spec)?,
                 usage: convert::key_usage(r.key_usage)?,
                 policy: (!r.policy.is_empty()).then_some(r.policy),
-                tags: r.tags.into_iter().map(|t| (t.tag_key, t.tag_value)).collect(),
+                tags: r
+                    .tags
+                    .into_iter()
+                    .map(|t| (t.tag_key, t.tag_value))
+                    .collect(),
             })
         })();
         let result = match input {
@@ -68,7 +72,10 @@ impl KeyManagementService for KeyManagementGrpc {
     ) -> Result<Response<pb::DescribeKeyResponse>, Status> {
         let creds = credentials(&request);
         let r = request.into_inner();
-        let result = self.kms.describe_key(&creds, &r.key_id, &r.grant_tokens).await;
+        let result = self
+            .kms
+            .describe_key(&creds, &r.key_id, &r.grant_tokens)
+            .await;
         reply(result.map(|k| pb::DescribeKeyResponse {
             key_metadata: Some(convert::key_metadata(&k)),
         }))
@@ -81,17 +88,19 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.list_keys(&creds, r.limit, &r.marker).await;
-        reply(result.map(|page| pb::ListKeysResponse {
-            keys: page
-                .items
-                .into_iter()
-                .map(|id| pb::KeyListEntry {
-                    resource: format!("key/{id}"),
-                    key_id: id,
-                })
-                .collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
+        reply(result.map(|page| {
+            pb::ListKeysResponse {
+                keys: page
+                    .items
+                    .into_iter()
+                    .map(|id| pb::KeyListEntry {
+                        resource: format!("key/{id}"),
+                        key_id: id,
+                    })
+                    .collect(),
+                truncated: page.next_marker.is_some(),
+                next_marker: page.next_marker.unwrap_or_default(),
+            }
         }))
     }
 
@@ -114,7 +123,12 @@ impl KeyManagementService for KeyManagementGrpc {
     ) -> Result<Response<pb::EnableKeyResponse>, Status> {
         let creds = credentials(&request);
         let r = request.into_inner();
-        reply(self.kms.enable_key(&creds, &r.key_id).await.map(|()| pb::EnableKeyResponse {}))
+        reply(
+            self.kms
+                .enable_key(&creds, &r.key_id)
+                .await
+                .map(|()| pb::EnableKeyResponse {}),
+        )
     }
 
     async fn disable_key(
@@ -123,7 +137,12 @@ impl KeyManagementService for KeyManagementGrpc {
     ) -> Result<Response<pb::DisableKeyResponse>, Status> {
         let creds = credentials(&request);
         let r = request.into_inner();
-        reply(self.kms.disable_key(&creds, &r.key_id).await.map(|()| pb::DisableKeyResponse {}))
+        reply(
+            self.kms
+                .disable_key(&creds, &r.key_id)
+                .await
+                .map(|()| pb::DisableKeyResponse {}),
+        )
     }
 
     async fn schedule_key_deletion(
@@ -200,18 +219,20 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .list_aliases(&creds, &r.key_id, r.limit, &r.marker)
             .await;
-        reply(result.map(|page| pb::ListAliasesResponse {
-            aliases: page
-                .items
-                .into_iter()
-                .map(|a| pb::AliasListEntry {
-                    alias_name: a.alias_name,
-                    target_key_id: a.key_id,
-                    creation_date: timestamp(a.created),
-                })
-                .collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
+        reply(result.map(|page| {
+            pb::ListAliasesResponse {
+                aliases: page
+                    .items
+                    .into_iter()
+                    .map(|a| pb::AliasListEntry {
+                        alias_name: a.alias_name,
+                        target_key_id: a.key_id,
+                        creation_date: timestamp(a.created),
+                    })
+                    .collect(),
+                truncated: page.next_marker.is_some(),
+                next_marker: page.next_marker.unwrap_or_default(),
+            }
         }))
     }
 
@@ -373,10 +394,12 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.rotate_key_on_demand(&creds, &r.key_id).await;
-        reply(result.map(|(key_id, key_version)| pb::RotateKeyOnDemandResponse {
-            key_id,
-            key_version,
-        }))
+        reply(
+            result.map(|(key_id, key_version)| pb::RotateKeyOnDemandResponse {
+                key_id,
+                key_version,
+            }),
+        )
     }
 
     async fn list_key_rotations(
@@ -389,19 +412,21 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .list_key_rotations(&creds, &r.key_id, r.limit, &r.marker)
             .await;
-        reply(result.map(|page| pb::ListKeyRotationsResponse {
-            rotations: page
-                .items
-                .into_iter()
-                .map(|v| pb::KeyRotation {
-                    rotation_type: convert::rotation_type(v.origin),
-                    rotation_date: timestamp(v.created),
-                    key_version: v.version,
-                    key_id: v.key_id,
-                })
-                .collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
+        reply(result.map(|page| {
+            pb::ListKeyRotationsResponse {
+                rotations: page
+                    .items
+                    .into_iter()
+                    .map(|v| pb::KeyRotation {
+                        rotation_type: convert::rotation_type(v.origin),
+                        rotation_date: timestamp(v.created),
+                        key_version: v.version,
+                        key_id: v.key_id,
+                    })
+                    .collect(),
+                truncated: page.next_marker.is_some(),
+                next_marker: page.next_marker.unwrap_or_default(),
+            }
         }))
     }
 
@@ -411,8 +436,11 @@ impl KeyManagementService for KeyManagementGrpc {
     ) -> Result<Response<pb::TagResourceResponse>, Status> {
         let creds = credentials(&request);
         let r = request.into_inner();
-        let tags: Vec<(String, String)> =
-            r.tags.into_iter().map(|t| (t.tag_key, t.tag_value)).collect();
+        let tags: Vec<(String, String)> = r
+            .tags
+            .into_iter()
+            .map(|t| (t.tag_key, t.tag_value))
+            .collect();
         let result = self.kms.tag_resource(&creds, &r.key_id, &tags).await;
         reply(result.map(|()| pb::TagResourceResponse {}))
     }
@@ -423,7 +451,10 @@ impl KeyManagementService for KeyManagementGrpc {
     ) -> Result<Response<pb::UntagResourceResponse>, Status> {
         let creds = credentials(&request);
         let r = request.into_inner();
-        let result = self.kms.untag_resource(&creds, &r.key_id, &r.tag_keys).await;
+        let result = self
+            .kms
+            .untag_resource(&creds, &r.key_id, &r.tag_keys)
+            .await;
         reply(result.map(|()| pb::UntagResourceResponse {}))
     }
 
@@ -437,14 +468,16 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .list_resource_tags(&creds, &r.key_id, r.limit, &r.marker)
             .await;
-        reply(result.map(|page| pb::ListResourceTagsResponse {
-            tags: page
-                .items
-                .into_iter()
-                .map(|(tag_key, tag_value)| pb::Tag { tag_key, tag_value })
-                .collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
+        reply(result.map(|page| {
+            pb::ListResourceTagsResponse {
+                tags: page
+                    .items
+                    .into_iter()
+                    .map(|(tag_key, tag_value)| pb::Tag { tag_key, tag_value })
+                    .collect(),
+                truncated: page.next_marker.is_some(),
+                next_marker: page.next_marker.unwrap_or_default(),
+            }
         }))
     }
 
@@ -530,8 +563,8 @@ impl KeyManagementService for KeyManagementGrpc {
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
         let creds = credentials(&request);
         let r = request.into_inner();
-        let length = data_key_spec(r.key_spec)
-            .and_then(|spec| data_key_length(spec, r.number_of_bytes));
+        let length =
+            data_key_spec(r.key_spec).and_then(|spec| data_key_length(spec, r.number_of_bytes));
         let result = match length {
             Ok(length) => {
                 self.kms
@@ -560,8 +593,8 @@ impl KeyManagementService for KeyManagementGrpc {
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
         let creds = credentials(&request);
         let r = request.into_inner();
-        let length = data_key_spec(r.key_spec)
-            .and_then(|spec| data_key_length(spec, r.number_of_bytes));
+        let length =
+            data_key_spec(r.key_spec).and_then(|spec| data_key_length(spec, r.number_of_bytes));
         let result = match length {
             Ok(length) => {
                 self.kms

@@ -141,7 +141,10 @@ impl<'a> Ctx<'a> {
         }
         let header = blob::parse_header(blob_bytes).map_err(|_| KmsError::InvalidCiphertext)?;
         let blob_key = uuid::Uuid::from_bytes(header.key_id).to_string();
-        let entry = state.keys.get(&blob_key).ok_or(KmsError::InvalidCiphertext)?;
+        let entry = state
+            .keys
+            .get(&blob_key)
+            .ok_or(KmsError::InvalidCiphertext)?;
         if !expected_key.is_empty() {
             let named = resolve_key(state, expected_key)?;
             if named.record.key_id != blob_key {
@@ -181,6 +184,9 @@ impl<'a> Ctx<'a> {
         action: &str,
     ) -> Result<DataKey, KmsError> {
         check_context(context)?;
+        if let DataKeyLength::Bytes(n) = length {
+            data_key_length(None, Some(n))?;
+        }
         self.event.encryption_context = Some(context.clone());
         let state = self.state();
         self.check_grant_tokens(&state, grant_tokens)?;
@@ -212,7 +218,13 @@ impl<'a> Ctx<'a> {
         let record = &entry.record;
         self.event.key_id = Some(record.key_id.clone());
         self.event.resources.push(record.resource());
-        self.authorize(state, action, Target::Key(entry), &EncryptionContext::new(), &[])?;
+        self.authorize(
+            state,
+            action,
+            Target::Key(entry),
+            &EncryptionContext::new(),
+            &[],
+        )?;
         require_enabled(record)?;
         require_usage(record, KeyUsage::GenerateVerifyMac, action)?;
         if record.spec.mac_algorithm() != Some(algorithm) {

@@ -60,10 +60,13 @@ impl Kms {
                 ));
             }
             if (c.equals.is_some() || c.subset.is_some())
-                && !operations.iter().all(|op| op.uses_context())
+                && !operations.iter().all(|op| {
+                    op.uses_context()
+                        || matches!(op, GrantOperation::CreateGrant | GrantOperation::RetireGrant)
+                })
             {
                 return Err(KmsError::validation(
-                    "encryption context constraints are only allowed when every operation takes an encryption context",
+                    "encryption context constraints are only allowed with operations that take an encryption context (and CreateGrant, RetireGrant)",
                 ));
             }
             for m in [&c.equals, &c.subset].into_iter().flatten() {
@@ -127,7 +130,13 @@ impl Kms {
             let state = ctx.state();
             let entry = resolve_key(&state, key_id)?;
             ctx.event.key_id = Some(entry.record.key_id.clone());
-            ctx.authorize(&state, "kms:ListGrants", Target::Key(entry), &EncryptionContext::new(), &[])?;
+            ctx.authorize(
+                &state,
+                "kms:ListGrants",
+                Target::Key(entry),
+                &EncryptionContext::new(),
+                &[],
+            )?;
             let marker = (!marker.is_empty()).then_some(marker);
             let (items, truncated) = paginate(
                 entry
@@ -193,7 +202,13 @@ impl Kms {
                     ctx.event.decision = "Allow".into();
                 } else {
                     let entry = &state.keys[&grant.key_id];
-                    ctx.authorize(state, "kms:RetireGrant", Target::Key(entry), &EncryptionContext::new(), &[])?;
+                    ctx.authorize(
+                        state,
+                        "kms:RetireGrant",
+                        Target::Key(entry),
+                        &EncryptionContext::new(),
+                        &[],
+                    )?;
                 }
                 Ok((
                     (),
@@ -217,7 +232,13 @@ impl Kms {
                 let entry = resolve_key(state, key_id)?;
                 ctx.event.key_id = Some(entry.record.key_id.clone());
                 ctx.event.grant_id = Some(grant_id.to_string());
-                ctx.authorize(state, "kms:RevokeGrant", Target::Key(entry), &EncryptionContext::new(), &[])?;
+                ctx.authorize(
+                    state,
+                    "kms:RevokeGrant",
+                    Target::Key(entry),
+                    &EncryptionContext::new(),
+                    &[],
+                )?;
                 if !entry.grants.contains(grant_id) {
                     return Err(KmsError::NotFound(format!(
                         "grant {grant_id} does not exist on key {}",

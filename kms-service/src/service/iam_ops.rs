@@ -132,7 +132,13 @@ impl Kms {
             ctx.event.resources = vec![principal.clone()];
             let now = ctx.kms.now();
             ctx.write(|ctx, state| {
-                ctx.authorize(state, "iam:CreateUser", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+                ctx.authorize(
+                    state,
+                    "iam:CreateUser",
+                    Target::Resource(&principal),
+                    &EncryptionContext::new(),
+                    &[],
+                )?;
                 if state.principals.contains_key(&principal) {
                     return Err(KmsError::AlreadyExists(format!(
                         "principal {principal} already exists"
@@ -160,7 +166,13 @@ impl Kms {
             let principal = principal_arg(user_name)?;
             ctx.event.resources = vec![principal.clone()];
             let state = ctx.state();
-            ctx.authorize(&state, "iam:GetUser", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+            ctx.authorize(
+                &state,
+                "iam:GetUser",
+                Target::Resource(&principal),
+                &EncryptionContext::new(),
+                &[],
+            )?;
             existing(&state, &principal).cloned()
         })
         .await
@@ -175,7 +187,13 @@ impl Kms {
         self.run(creds, "ListUsers", |ctx| {
             let limit = page_limit(limit)?;
             let state = ctx.state();
-            ctx.authorize(&state, "iam:ListUsers", Target::Resource("*"), &EncryptionContext::new(), &[])?;
+            ctx.authorize(
+                &state,
+                "iam:ListUsers",
+                Target::Resource("*"),
+                &EncryptionContext::new(),
+                &[],
+            )?;
             let marker = (!marker.is_empty()).then_some(marker);
             let (items, truncated) = paginate(
                 state.principals.values().map(|e| &e.record),
@@ -204,9 +222,20 @@ impl Kms {
             }
             ctx.event.resources = vec![principal.clone()];
             ctx.write(|ctx, state| {
-                ctx.authorize(state, "iam:DeleteUser", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+                ctx.authorize(
+                    state,
+                    "iam:DeleteUser",
+                    Target::Resource(&principal),
+                    &EncryptionContext::new(),
+                    &[],
+                )?;
                 existing(state, &principal)?;
-                Ok(((), vec![Mutation::DeletePrincipal { principal: principal.clone() }]))
+                Ok((
+                    (),
+                    vec![Mutation::DeletePrincipal {
+                        principal: principal.clone(),
+                    }],
+                ))
             })
         })
         .await
@@ -258,7 +287,13 @@ impl Kms {
             let principal = principal_arg(user_name)?;
             ctx.event.resources = vec![principal.clone()];
             let state = ctx.state();
-            ctx.authorize(&state, "iam:ListAccessTokens", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+            ctx.authorize(
+                &state,
+                "iam:ListAccessTokens",
+                Target::Resource(&principal),
+                &EncryptionContext::new(),
+                &[],
+            )?;
             existing(&state, &principal)?;
             let mut tokens: Vec<TokenRecord> = state
                 .tokens
@@ -285,15 +320,21 @@ impl Kms {
             ctx.event.resources = vec![principal.clone()];
             let now = ctx.kms.now();
             ctx.write(|ctx, state| {
-                ctx.authorize(state, "iam:DeleteAccessToken", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+                ctx.authorize(
+                    state,
+                    "iam:DeleteAccessToken",
+                    Target::Resource(&principal),
+                    &EncryptionContext::new(),
+                    &[],
+                )?;
                 let token = state
                     .tokens
                     .values()
-                    .find(|t| t.token_id == token_id && t.principal == principal && t.revoked.is_none())
+                    .find(|t| {
+                        t.token_id == token_id && t.principal == principal && t.revoked.is_none()
+                    })
                     .ok_or_else(|| {
-                        KmsError::NotFound(format!(
-                            "{principal} has no active token {token_id}"
-                        ))
+                        KmsError::NotFound(format!("{principal} has no active token {token_id}"))
                     })?;
                 let mut revoked = token.clone();
                 revoked.revoked = Some(now);
@@ -316,7 +357,13 @@ impl Kms {
             let principal = principal_arg(user_name)?;
             ctx.event.resources = vec![principal.clone()];
             ctx.write(|ctx, state| {
-                ctx.authorize(state, action, Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+                ctx.authorize(
+                    state,
+                    action,
+                    Target::Resource(&principal),
+                    &EncryptionContext::new(),
+                    &[],
+                )?;
                 let mut record = existing(state, &principal)?.clone();
                 edit(&mut record)?;
                 Ok(((), vec![Mutation::PutPrincipal(record)]))
@@ -341,10 +388,16 @@ impl Kms {
                 .run(creds, "AttachUserPolicy", |_| Err::<(), _>(err))
                 .await;
         }
-        self.edit_principal(creds, "AttachUserPolicy", "iam:AttachUserPolicy", user_name, |r| {
-            r.attached.insert(policy_name.to_string());
-            Ok(())
-        })
+        self.edit_principal(
+            creds,
+            "AttachUserPolicy",
+            "iam:AttachUserPolicy",
+            user_name,
+            |r| {
+                r.attached.insert(policy_name.to_string());
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -354,16 +407,22 @@ impl Kms {
         user_name: &str,
         policy_name: &str,
     ) -> Result<(), KmsError> {
-        self.edit_principal(creds, "DetachUserPolicy", "iam:DetachUserPolicy", user_name, |r| {
-            if r.attached.remove(policy_name) {
-                Ok(())
-            } else {
-                Err(KmsError::NotFound(format!(
-                    "policy {policy_name} is not attached to {}",
-                    r.principal
-                )))
-            }
-        })
+        self.edit_principal(
+            creds,
+            "DetachUserPolicy",
+            "iam:DetachUserPolicy",
+            user_name,
+            |r| {
+                if r.attached.remove(policy_name) {
+                    Ok(())
+                } else {
+                    Err(KmsError::NotFound(format!(
+                        "policy {policy_name} is not attached to {}",
+                        r.principal
+                    )))
+                }
+            },
+        )
         .await
     }
 
@@ -382,16 +441,23 @@ impl Kms {
         if let Err(e) = checked {
             return self.run(creds, "PutUserPolicy", |_| Err::<(), _>(e)).await;
         }
-        self.edit_principal(creds, "PutUserPolicy", "iam:PutUserPolicy", user_name, |r| {
-            if !r.inline.contains_key(policy_name) && r.inline.len() >= MAX_INLINE_POLICIES {
-                return Err(KmsError::LimitExceeded(format!(
-                    "{} already has {MAX_INLINE_POLICIES} inline policies",
-                    r.principal
-                )));
-            }
-            r.inline.insert(policy_name.to_string(), document.to_string());
-            Ok(())
-        })
+        self.edit_principal(
+            creds,
+            "PutUserPolicy",
+            "iam:PutUserPolicy",
+            user_name,
+            |r| {
+                if !r.inline.contains_key(policy_name) && r.inline.len() >= MAX_INLINE_POLICIES {
+                    return Err(KmsError::LimitExceeded(format!(
+                        "{} already has {MAX_INLINE_POLICIES} inline policies",
+                        r.principal
+                    )));
+                }
+                r.inline
+                    .insert(policy_name.to_string(), document.to_string());
+                Ok(())
+            },
+        )
         .await
     }
 
@@ -401,14 +467,20 @@ impl Kms {
         user_name: &str,
         policy_name: &str,
     ) -> Result<(), KmsError> {
-        self.edit_principal(creds, "DeleteUserPolicy", "iam:DeleteUserPolicy", user_name, |r| {
-            r.inline.remove(policy_name).map(drop).ok_or_else(|| {
-                KmsError::NotFound(format!(
-                    "{} has no inline policy {policy_name}",
-                    r.principal
-                ))
-            })
-        })
+        self.edit_principal(
+            creds,
+            "DeleteUserPolicy",
+            "iam:DeleteUserPolicy",
+            user_name,
+            |r| {
+                r.inline.remove(policy_name).map(drop).ok_or_else(|| {
+                    KmsError::NotFound(format!(
+                        "{} has no inline policy {policy_name}",
+                        r.principal
+                    ))
+                })
+            },
+        )
         .await
     }
 
@@ -421,7 +493,13 @@ impl Kms {
             let principal = principal_arg(user_name)?;
             ctx.event.resources = vec![principal.clone()];
             let state = ctx.state();
-            ctx.authorize(&state, "iam:ListUserPolicies", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+            ctx.authorize(
+                &state,
+                "iam:ListUserPolicies",
+                Target::Resource(&principal),
+                &EncryptionContext::new(),
+                &[],
+            )?;
             existing(&state, &principal).cloned()
         })
         .await
@@ -434,7 +512,13 @@ impl Kms {
     ) -> Result<Vec<(&'static str, &'static str)>, KmsError> {
         self.run(creds, "ListPolicies", |ctx| {
             let state = ctx.state();
-            ctx.authorize(&state, "iam:ListPolicies", Target::Resource("*"), &EncryptionContext::new(), &[])?;
+            ctx.authorize(
+                &state,
+                "iam:ListPolicies",
+                Target::Resource("*"),
+                &EncryptionContext::new(),
+                &[],
+            )?;
             Ok(crate::policy::managed_policies().to_vec())
         })
         .await
@@ -507,4 +591,3 @@ impl Kms {
         .await
     }
 }
-

@@ -95,7 +95,9 @@ pub(super) fn new_version_for(
     KeyVersionRecord {
         key_id: record.key_id.clone(),
         version,
-        wrapped: kms.root.wrap(&wrap_label(&record.key_id, version), &material),
+        wrapped: kms
+            .root
+            .wrap(&wrap_label(&record.key_id, version), &material),
         created: now,
         origin,
     }
@@ -104,7 +106,12 @@ pub(super) fn new_version_for(
 impl<'a> Ctx<'a> {
     /// Resolves a key and authorizes `action` on it; returns a copy of its
     /// record.
-    fn key_for(&mut self, state: &State, key_id: &str, action: &str) -> Result<KeyRecord, KmsError> {
+    fn key_for(
+        &mut self,
+        state: &State,
+        key_id: &str,
+        action: &str,
+    ) -> Result<KeyRecord, KmsError> {
         let entry = resolve_key(state, key_id)?;
         self.event.key_id = Some(entry.record.key_id.clone());
         self.event.resources = vec![entry.record.resource()];
@@ -167,7 +174,13 @@ impl Kms {
             validate_policy(&policy)?;
             let now = ctx.kms.now();
             ctx.write(|ctx, state| {
-                ctx.authorize(state, "kms:CreateKey", Target::Resource("*"), NO_CONTEXT, &[])?;
+                ctx.authorize(
+                    state,
+                    "kms:CreateKey",
+                    Target::Resource("*"),
+                    NO_CONTEXT,
+                    &[],
+                )?;
                 let record = KeyRecord {
                     key_id: uuid::Uuid::new_v4().to_string(),
                     created: now,
@@ -219,11 +232,19 @@ impl Kms {
         self.run(creds, "ListKeys", |ctx| {
             let limit = page_limit(limit)?;
             let state = ctx.state();
-            ctx.authorize(&state, "kms:ListKeys", Target::Resource("*"), NO_CONTEXT, &[])?;
+            ctx.authorize(
+                &state,
+                "kms:ListKeys",
+                Target::Resource("*"),
+                NO_CONTEXT,
+                &[],
+            )?;
             let marker = (!marker.is_empty()).then_some(marker);
             let (items, truncated) =
                 paginate(state.keys.keys().map(String::as_str), |k| *k, marker, limit);
-            let next_marker = truncated.then(|| items.last().map(|s| s.to_string())).flatten();
+            let next_marker = truncated
+                .then(|| items.last().map(|s| s.to_string()))
+                .flatten();
             Ok(Page {
                 items: items.into_iter().map(str::to_string).collect(),
                 next_marker,
@@ -393,13 +414,16 @@ impl Kms {
         .await
     }
 
-    pub async fn delete_alias(&self, creds: &Credentials, alias_name: &str) -> Result<(), KmsError> {
+    pub async fn delete_alias(
+        &self,
+        creds: &Credentials,
+        alias_name: &str,
+    ) -> Result<(), KmsError> {
         self.run(creds, "DeleteAlias", |ctx| {
             ctx.write(|ctx, state| {
-                let alias = state
-                    .aliases
-                    .get(alias_name)
-                    .ok_or_else(|| KmsError::NotFound(format!("Alias {alias_name} is not found.")))?;
+                let alias = state.aliases.get(alias_name).ok_or_else(|| {
+                    KmsError::NotFound(format!("Alias {alias_name} is not found."))
+                })?;
                 ctx.key_for(state, &alias.key_id, "kms:DeleteAlias")?;
                 Ok((
                     (),
@@ -423,7 +447,13 @@ impl Kms {
             let limit = page_limit(limit)?;
             let state = ctx.state();
             let only = if key_id.is_empty() {
-                ctx.authorize(&state, "kms:ListAliases", Target::Resource("*"), NO_CONTEXT, &[])?;
+                ctx.authorize(
+                    &state,
+                    "kms:ListAliases",
+                    Target::Resource("*"),
+                    NO_CONTEXT,
+                    &[],
+                )?;
                 None
             } else {
                 Some(ctx.key_for(&state, key_id, "kms:ListAliases")?.key_id)
@@ -581,8 +611,13 @@ impl Kms {
                 symmetric_only(&r, "rotation")?;
                 super::require_enabled(&r)?;
                 r.current_version += 1;
-                let version =
-                    new_version_for(ctx.kms, &r, r.current_version, VersionOrigin::OnDemandRotation, now);
+                let version = new_version_for(
+                    ctx.kms,
+                    &r,
+                    r.current_version,
+                    VersionOrigin::OnDemandRotation,
+                    now,
+                );
                 ctx.event.key_version = Some(r.current_version);
                 Ok((
                     (r.key_id.clone(), r.current_version),
@@ -682,8 +717,7 @@ impl Kms {
             let state = ctx.state();
             let r = ctx.key_for(&state, key_id, "kms:ListResourceTags")?;
             let marker = (!marker.is_empty()).then_some(marker);
-            let (items, truncated) =
-                paginate(r.tags.iter(), |(k, _)| k.as_str(), marker, limit);
+            let (items, truncated) = paginate(r.tags.iter(), |(k, _)| k.as_str(), marker, limit);
             let next_marker = truncated
                 .then(|| items.last().map(|(k, _)| k.to_string()))
                 .flatten();

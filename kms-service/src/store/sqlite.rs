@@ -107,7 +107,9 @@ impl Store for SqliteStore {
                 .prepare("SELECT name, value FROM meta ORDER BY name")
                 .map_err(engine)?;
             let rows = stmt
-                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?)))
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+                })
                 .map_err(engine)?;
             for row in rows {
                 let (name, value) = row.map_err(engine)?;
@@ -230,7 +232,9 @@ impl Store for SqliteStore {
 /// Reads one meta value without loading everything (used by `init`).
 pub fn read_meta(path: &Path, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
     let conn = Connection::open(path).map_err(engine)?;
-    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0))
-        .optional()
-        .map_err(engine)
+    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(engine)
 }

@@ -1,0 +1,1376 @@
+//! Domain-level tests of the service: every RPC's denial and bad-input
+//! paths, forwarded identity, grants, rotation, deletion, persistence and
+//! fail-closed auditing. Each area has one small `check`-style helper.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::*;
+use crate::audit::{AuditConfig, AuditSink, ChainHead};
+use crate::clock::ManualClock;
+use crate::crypto::mac::MacAlgorithm;
+use crate::crypto::root_key::SoftwareRootKey;
+use crate::grants::{GrantConstraints, GrantOperation};
+use crate::keys::KeySpec;
+use crate::store::sqlite::SqliteStore;
+
+const T0: i64 = 1_800_000_000;
+const DAY: i64 = 86_400;
+
+struct Fixture {
+    kms: Kms,
+    admin: Credentials,
+    clock: Arc<ManualClock>,
+    dir: tempfile::TempDir,
+}
+
+fn creds(token: &str) -> Credentials {
+    Credentials {
+        authorization: Some(format!("Bearer {token}")),
+        request_id: "test".into(),
+        ..Credentials::default()
+    }
+}
+
+fn audit_for(dir: &std::path::Path, root: &dyn RootKey) -> AuditLog {
+    AuditLog::open(AuditConfig::new(
+        dir.join("audit.jsonl"),
+        dir.join("audit.jsonl.checkpoints"),
+        root.derive(crate::AUDIT_CHECKPOINT_PURPOSE),
+    ))
+    .expect("audit log opens")
+}
+
+async fn open_at(
+    dir: &std::path::Path,
+    root: Arc<SoftwareRootKey>,
+    clock: Arc<ManualClock>,
+) -> Kms {
+    let store = SqliteStore::open(&dir.join("kms.db")).expect("store opens");
+    let audit = audit_for(dir, root.as_ref());
+    Kms::open(Arc::new(store), root, audit, clock).expect("kms opens")
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(T0));
+    let root = Arc::new(SoftwareRootKey::generate());
+    let kms = open_at(dir.path(), root, clock.clone()).await;
+    let token = kms
+        .bootstrap_principal("user/admin", PrincipalKind::User, &["AdministratorAccess"])
+        .await
+        .expect("bootstrap")
+        .expect("fresh store");
+    Fixture {
+        kms,
+        admin: creds(&token.token),
+        clock,
+        dir,
+    }
+}
+
+impl Fixture {
+    async fn key(&self, spec: KeySpec) -> String {
+        self.kms
+            .create_key(
+                &self.admin,
+                CreateKeyInput {
+                    description: "test".into(),
+                    spec,
+                    usage: None,
+                    policy: None,
+                    tags: vec![],
+                },
+            )
+            .await
+            .expect("create key")
+            .key_id
+    }
+
+    /// Creates a user with the given managed policies; returns its credentials.
+    async fn user(&self, name: &str, kind: PrincipalKind, policies: &[&str]) -> Credentials {
+        let record = self
+            .kms
+            .create_user(&self.admin, name, kind)
+            .await
+            .expect("create user");
+        for p in policies {
+            self.kms
+                .attach_user_policy(&self.admin, &record.principal, p)
+                .await
+                .expect("attach");
+        }
+        let token = self
+            .kms
+            .create_access_token(&self.admin, &record.principal)
+            .await
+            .expect("token");
+        creds(&token.token)
+    }
+
+    fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .expect("audit log")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect()
+    }
+}
+
+fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Asserts an error's AWS reason and that its message contains `needle`.
+#[track_caller]
+fn check_err<T>(result: Result<T, KmsError>, reason: &str, needle: &str) {
+    match result {
+        Ok(_) => panic!("expected {reason} ({needle}), got Ok"),
+        Err(e) => {
+            assert_eq!(e.reason(), reason, "wrong reason for error: {e}");
+            assert!(
+                e.to_string().contains(needle),
+                "message {:?} does not contain {needle:?}",
+                e.to_string()
+            );
+        }
+    }
+}
+
+const USER_POLICY: &str = r#"{
+  "Version": "2012-10-17",
+  "Statement": [
+    {"Sid": "EnableIdentityPolicies", "Effect": "Allow", "Principal": {"AWS": "account"}, "Action": "kms:*", "Resource": "*"},
+    {"Sid": "AllowAdmin", "Effect": "Allow", "Principal": {"AWS": "user/admin"}, "Action": "kms:*", "Resource": "*"},
+    {"Sid": "AllowKeyUse", "Effect": "Allow", "Principal": {"AWS": "user/bob"},
+     "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"], "Resource": "*"}
+  ]
+}"#;
+
+#[tokio::test]
+async fn seed_story_denied_then_granted_by_key_policy() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let c = ctx(&[("table", "orders")]);
+    let blob = f
+        .kms
+        .encrypt(&f.admin, &key, b"secret", &c, &[])
+        .await
+        .expect("encrypt")
+        .ciphertext_blob;
+    let bob = f
+        .user("bob", PrincipalKind::User, &["TableFullAccess"])
+        .await;
+    check_err(
+        f.kms.decrypt(&bob, &blob, &c, "", &[]).await,
+        "AccessDeniedException",
+        &format!(
+            "User: user/bob is not authorized to perform: kms:Decrypt on resource: key/{key} because no identity-based policy allows the kms:Decrypt action"
+        ),
+    );
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", USER_POLICY)
+        .await
+        .expect("put policy");
+    let plain = f
+        .kms
+        .decrypt(&bob, &blob, &c, "", &[])
+        .await
+        .expect("bob decrypts");
+    assert_eq!(plain.plaintext.as_slice(), b"secret");
+    // Both decisions are in the audit log.
+    let decisions: Vec<(String, String)> = f
+        .audit_lines()
+        .iter()
+        .filter(|r| r["event_name"] == "Decrypt" && r["principal"] == "user/bob")
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap_or("").to_string(),
+                r["error_code"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        vec![
+            ("Deny".to_string(), "AccessDeniedException".to_string()),
+            ("Allow".to_string(), String::new())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_reason_and_message() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let hmac = f.key(KeySpec::Hmac256).await;
+    let none = EncryptionContext::new();
+    let blob = f
+        .kms
+        .encrypt(&f.admin, &key, b"x", &ctx(&[("a", "b")]), &[])
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    let k = &f.kms;
+    let a = &f.admin;
+    check_err(
+        k.encrypt(a, &key, b"", &none, &[]).await,
+        "ValidationException",
+        "plaintext must have 1–4096 bytes; it has 0",
+    );
+    check_err(
+        k.encrypt(a, &key, &[0u8; 4097], &none, &[]).await,
+        "ValidationException",
+        "it has 4097",
+    );
+    check_err(
+        k.generate_data_key(a, &key, &none, DataKeyLength::Bytes(0), &[])
+            .await,
+        "ValidationException",
+        "",
+    );
+    check_err(
+        data_key_length(None, Some(0)),
+        "ValidationException",
+        "number_of_bytes 0 is out of range",
+    );
+    check_err(
+        data_key_length(None, Some(1025)),
+        "ValidationException",
+        "number_of_bytes 1025",
+    );
+    check_err(
+        data_key_length(None, None),
+        "ValidationException",
+        "specify key_spec",
+    );
+    check_err(
+        data_key_length(Some(DataKeyLength::Aes256), Some(3)),
+        "ValidationException",
+        "not both",
+    );
+    check_err(
+        k.encrypt(a, "00000000-0000-0000-0000-000000000000", b"x", &none, &[])
+            .await,
+        "NotFoundException",
+        "does not exist",
+    );
+    check_err(
+        k.encrypt(a, "alias/nope", b"x", &none, &[]).await,
+        "NotFoundException",
+        "Alias alias/nope is not found",
+    );
+    check_err(
+        k.encrypt(a, "", b"x", &none, &[]).await,
+        "ValidationException",
+        "key_id is required",
+    );
+    check_err(
+        k.put_key_policy(a, &key, "default", "{not json").await,
+        "MalformedPolicyDocumentException",
+        "key policy",
+    );
+    let huge = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"{}","Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}}]}}"#,
+        "x".repeat(33 * 1024)
+    );
+    check_err(
+        k.put_key_policy(a, &key, "default", &huge).await,
+        "MalformedPolicyDocumentException",
+        "",
+    );
+    let bad_op = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"StringEqualz":{"kms:ViaService":"x"}}}]}"#;
+    check_err(
+        k.put_key_policy(a, &key, "default", bad_op).await,
+        "MalformedPolicyDocumentException",
+        "StringEqualz",
+    );
+    check_err(
+        k.schedule_key_deletion(a, &key, Some(6)).await,
+        "ValidationException",
+        "pending_window_in_days 6",
+    );
+    check_err(
+        k.schedule_key_deletion(a, &key, Some(31)).await,
+        "ValidationException",
+        "pending_window_in_days 31",
+    );
+    check_err(
+        k.encrypt(a, &hmac, b"x", &none, &[]).await,
+        "InvalidKeyUsageException",
+        "GENERATE_VERIFY_MAC",
+    );
+    check_err(
+        k.generate_mac(a, &key, b"x", MacAlgorithm::HmacSha256, &[])
+            .await,
+        "InvalidKeyUsageException",
+        "ENCRYPT_DECRYPT",
+    );
+    check_err(
+        k.generate_mac(a, &hmac, b"x", MacAlgorithm::HmacSha512, &[])
+            .await,
+        "InvalidKeyUsageException",
+        "HMAC_SHA_512",
+    );
+    check_err(
+        k.decrypt(a, &blob[..blob.len() - 1], &ctx(&[("a", "b")]), "", &[])
+            .await,
+        "InvalidCiphertextException",
+        "",
+    );
+    check_err(
+        k.decrypt(a, &blob[..10], &ctx(&[("a", "b")]), "", &[])
+            .await,
+        "InvalidCiphertextException",
+        "",
+    );
+    check_err(
+        k.decrypt(a, &blob, &none, "", &[]).await,
+        "InvalidCiphertextException",
+        "",
+    );
+    check_err(
+        k.decrypt(a, &blob, &ctx(&[("a", "c")]), "", &[]).await,
+        "InvalidCiphertextException",
+        "",
+    );
+    check_err(
+        k.decrypt(a, b"", &none, "", &[]).await,
+        "ValidationException",
+        "ciphertext_blob",
+    );
+    for i in [0usize, 1, 17, 20, 30, 60, 70, blob.len() - 1] {
+        let mut flipped = blob.clone();
+        flipped[i] ^= 0x01;
+        check_err(
+            k.decrypt(a, &flipped, &ctx(&[("a", "b")]), "", &[]).await,
+            "InvalidCiphertextException",
+            "",
+        );
+    }
+    let mut foreign = blob.clone();
+    foreign[1..17].copy_from_slice(&[7u8; 16]);
+    check_err(
+        k.decrypt(a, &foreign, &ctx(&[("a", "b")]), "", &[]).await,
+        "InvalidCiphertextException",
+        "",
+    );
+    let other = f.key(KeySpec::SymmetricDefault).await;
+    check_err(
+        k.decrypt(a, &blob, &ctx(&[("a", "b")]), &other, &[]).await,
+        "IncorrectKeyException",
+        "not encrypted under key",
+    );
+    check_err(
+        k.encrypt(a, &key, b"x", &none, &["gt-nope".into()]).await,
+        "InvalidGrantTokenException",
+        "",
+    );
+    check_err(
+        k.generate_random(a, Some(0)).await,
+        "ValidationException",
+        "number_of_bytes 0",
+    );
+    check_err(
+        k.generate_random(a, Some(1025)).await,
+        "ValidationException",
+        "1025",
+    );
+    check_err(
+        k.list_keys(a, 1001, "").await,
+        "ValidationException",
+        "limit 1001",
+    );
+    check_err(
+        k.create_alias(a, "orders", &key).await,
+        "ValidationException",
+        "must start with \"alias/\"",
+    );
+    check_err(
+        k.create_alias(a, "alias/aws/x", &key).await,
+        "ValidationException",
+        "reserved",
+    );
+    let too_big_ctx: EncryptionContext = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    check_err(
+        k.encrypt(a, &key, b"x", &too_big_ctx, &[]).await,
+        "ValidationException",
+        "65 pairs",
+    );
+    check_err(
+        k.enable_key_rotation(a, &hmac, None).await,
+        "UnsupportedOperationException",
+        "SYMMETRIC_DEFAULT",
+    );
+    check_err(
+        k.enable_key_rotation(a, &key, Some(89)).await,
+        "ValidationException",
+        "90–2560",
+    );
+    // None of it changed the key.
+    let after = k.describe_key(a, &key, &[]).await.unwrap();
+    assert_eq!(after.state, KeyState::Enabled);
+    assert_eq!(after.rotation_period_days, None);
+    assert!(
+        k.decrypt(a, &blob, &ctx(&[("a", "b")]), "", &[])
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn missing_malformed_unknown_and_revoked_tokens_are_unauthenticated() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let bob = f
+        .kms
+        .create_user(&f.admin, "bob", PrincipalKind::User)
+        .await
+        .unwrap();
+    let t = f
+        .kms
+        .create_access_token(&f.admin, &bob.principal)
+        .await
+        .unwrap();
+    f.kms
+        .delete_access_token(&f.admin, "bob", &t.token_id)
+        .await
+        .unwrap();
+    let cases: Vec<(Credentials, &str, &str)> = vec![
+        (
+            Credentials::default(),
+            "MissingAuthenticationTokenException",
+            "missing credential",
+        ),
+        (
+            Credentials {
+                authorization: Some("Basic abc".into()),
+                ..Credentials::default()
+            },
+            "IncompleteSignatureException",
+            "malformed",
+        ),
+        (
+            creds("lbx_not-a-real-token"),
+            "UnrecognizedClientException",
+            "not a valid access token",
+        ),
+        (creds(&t.token), "UnrecognizedClientException", "revoked"),
+    ];
+    for (c, reason, needle) in cases {
+        check_err(f.kms.describe_key(&c, &key, &[]).await, reason, needle);
+    }
+    let unauth = f
+        .audit_lines()
+        .iter()
+        .filter(|r| r["decision"] == "Unauthenticated")
+        .count();
+    assert_eq!(unauth, 4, "every failed authentication is audited");
+}
+
+#[tokio::test]
+async fn forwarded_identity_is_decided_for_the_end_caller() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let svc = f.user("table-service", PrincipalKind::Service, &[]).await;
+    let bob = f
+        .user("bob", PrincipalKind::User, &["TableFullAccess"])
+        .await;
+    let c = ctx(&[("t", "1")]);
+    // The service alone cannot use a customer key.
+    check_err(
+        f.kms
+            .generate_data_key(&svc, &key, &c, DataKeyLength::Aes256, &[])
+            .await,
+        "AccessDeniedException",
+        "User: service/table-service is not authorized to perform: kms:GenerateDataKey",
+    );
+    let via = |user: &Credentials| Credentials {
+        on_behalf_of: user.authorization.clone(),
+        ..svc.clone()
+    };
+    // Bob through the service, without key permission: denied for bob.
+    check_err(
+        f.kms
+            .generate_data_key(&via(&bob), &key, &c, DataKeyLength::Aes256, &[])
+            .await,
+        "AccessDeniedException",
+        "User: user/bob is not authorized to perform: kms:GenerateDataKey",
+    );
+    // Forged and revoked forwarded tokens are refused.
+    check_err(
+        f.kms
+            .describe_key(&via(&creds("lbx_forged")), &key, &[])
+            .await,
+        "UnrecognizedClientException",
+        "forwarded credential",
+    );
+    // A user cannot act on behalf of someone else.
+    let bob_fwd = Credentials {
+        on_behalf_of: f.admin.authorization.clone(),
+        ..bob.clone()
+    };
+    check_err(
+        f.kms.describe_key(&bob_fwd, &key, &[]).await,
+        "AccessDeniedException",
+        "not a service principal",
+    );
+    // A key policy can allow bob only via the table service.
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"BobViaTables","Effect":"Allow","Principal":{"AWS":"user/bob"},"Action":["kms:GenerateDataKey","kms:Decrypt"],"Resource":"*",
+       "Condition":{"StringEquals":{"kms:ViaService":"service/table-service"}}}]}"#;
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", policy)
+        .await
+        .unwrap();
+    check_err(
+        f.kms
+            .generate_data_key(&bob, &key, &c, DataKeyLength::Aes256, &[])
+            .await,
+        "AccessDeniedException",
+        "user/bob",
+    );
+    let dk = f
+        .kms
+        .generate_data_key(&via(&bob), &key, &c, DataKeyLength::Aes256, &[])
+        .await
+        .expect("bob via service");
+    assert_eq!(dk.plaintext.len(), 32);
+    let back = f
+        .kms
+        .decrypt(&via(&bob), &dk.ciphertext_blob, &c, "", &[])
+        .await
+        .expect("decrypt via service");
+    assert_eq!(back.plaintext.as_slice(), dk.plaintext.as_slice());
+    let caller = f.kms.get_caller_identity(&via(&bob)).await.unwrap();
+    assert_eq!(
+        (caller.principal.as_str(), caller.via_service.as_deref()),
+        ("user/bob", Some("service/table-service"))
+    );
+    let last = f
+        .audit_lines()
+        .into_iter()
+        .rev()
+        .find(|r| r["event_name"] == "Decrypt")
+        .unwrap();
+    assert_eq!(last["principal"], "user/bob");
+    assert_eq!(last["via_service"], "service/table-service");
+    // Revoke bob's token: the forwarded call fails.
+    let bob_tokens = f.kms.list_access_tokens(&f.admin, "bob").await.unwrap();
+    f.kms
+        .delete_access_token(&f.admin, "bob", &bob_tokens[0].token_id)
+        .await
+        .unwrap();
+    check_err(
+        f.kms
+            .decrypt(&via(&bob), &dk.ciphertext_blob, &c, "", &[])
+            .await,
+        "UnrecognizedClientException",
+        "revoked",
+    );
+}
+
+#[tokio::test]
+async fn authorize_answers_for_the_forwarded_caller() {
+    let f = fixture().await;
+    let svc = f.user("table-service", PrincipalKind::Service, &[]).await;
+    let bob = f
+        .user("bob", PrincipalKind::User, &["TableReadOnlyAccess"])
+        .await;
+    let via = Credentials {
+        on_behalf_of: bob.authorization.clone(),
+        ..svc.clone()
+    };
+    let q = |a: &str, r: &str| (a.to_string(), r.to_string());
+    let (principal, answers) = f
+        .kms
+        .authorize_questions(
+            &via,
+            &[
+                q("table:GetItem", "table/orders"),
+                q("table:PutItem", "table/orders"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(principal, "user/bob");
+    assert_eq!(
+        answers.iter().map(|a| a.allowed).collect::<Vec<_>>(),
+        vec![true, false]
+    );
+    assert!(
+        answers[1]
+            .message
+            .contains("not authorized to perform: table:PutItem on resource: table/orders")
+    );
+    check_err(
+        f.kms
+            .authorize_questions(&svc, &[q("table:GetItem", "table/x")])
+            .await,
+        "ValidationException",
+        "x-on-behalf-of",
+    );
+    check_err(
+        f.kms
+            .authorize_questions(&via, &[q("kms:Decrypt", "key/abc")])
+            .await,
+        "ValidationException",
+        "does not decide key use",
+    );
+    check_err(
+        f.kms.authorize_questions(&via, &[]).await,
+        "ValidationException",
+        "1–100",
+    );
+}
+
+#[tokio::test]
+async fn grants_allow_within_their_constraints_until_revoked() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let c = ctx(&[("tenant", "acme")]);
+    let blob = f
+        .kms
+        .encrypt(&f.admin, &key, b"payload", &c, &[])
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    let blob2 = f
+        .kms
+        .encrypt(&f.admin, &key, b"payload", &ctx(&[("tenant", "evil")]), &[])
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    check_err(
+        f.kms.decrypt(&bob, &blob, &c, "", &[]).await,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    let grant = f
+        .kms
+        .create_grant(
+            &f.admin,
+            CreateGrantInput {
+                key_id: key.clone(),
+                grantee: "user/bob".into(),
+                retiring: None,
+                operations: vec![GrantOperation::Decrypt, GrantOperation::RetireGrant],
+                constraints: GrantConstraints {
+                    equals: None,
+                    subset: Some(c.clone()),
+                },
+                name: "bob-reads-acme".into(),
+                grant_tokens: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        f.kms
+            .decrypt(&bob, &blob, &c, "", &[grant.token()])
+            .await
+            .is_ok()
+    );
+    check_err(
+        f.kms
+            .decrypt(&bob, &blob2, &ctx(&[("tenant", "evil")]), "", &[])
+            .await,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    check_err(
+        f.kms.encrypt(&bob, &key, b"x", &c, &[]).await,
+        "AccessDeniedException",
+        "kms:Encrypt",
+    );
+    let listed = f
+        .kms
+        .list_grants(&f.admin, &key, "", "", 0, "")
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let audit = f
+        .audit_lines()
+        .into_iter()
+        .rev()
+        .find(|r| r["event_name"] == "Decrypt" && r["decision"] == "Allow")
+        .unwrap();
+    assert_eq!(audit["grant_id"], grant.grant_id.as_str());
+    // The grantee may retire it (RetireGrant is among its operations).
+    f.kms
+        .retire_grant(&bob, &grant.token(), "", "")
+        .await
+        .expect("retire");
+    check_err(
+        f.kms.decrypt(&bob, &blob, &c, "", &[]).await,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    // Revoke path, and bad constraints.
+    let g2 = f
+        .kms
+        .create_grant(
+            &f.admin,
+            CreateGrantInput {
+                key_id: key.clone(),
+                grantee: "user/bob".into(),
+                retiring: None,
+                operations: vec![GrantOperation::Decrypt],
+                constraints: GrantConstraints::default(),
+                name: String::new(),
+                grant_tokens: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        f.kms
+            .decrypt(&bob, &blob2, &ctx(&[("tenant", "evil")]), "", &[])
+            .await
+            .is_ok()
+    );
+    f.kms
+        .revoke_grant(&f.admin, &key, &g2.grant_id)
+        .await
+        .unwrap();
+    check_err(
+        f.kms
+            .decrypt(&bob, &blob2, &ctx(&[("tenant", "evil")]), "", &[])
+            .await,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    check_err(
+        f.kms
+            .create_grant(
+                &f.admin,
+                CreateGrantInput {
+                    key_id: key.clone(),
+                    grantee: "bob".into(),
+                    retiring: None,
+                    operations: vec![GrantOperation::Decrypt],
+                    constraints: GrantConstraints::default(),
+                    name: String::new(),
+                    grant_tokens: vec![],
+                },
+            )
+            .await,
+        "ValidationException",
+        "grantee_principal",
+    );
+    check_err(
+        f.kms
+            .create_grant(
+                &f.admin,
+                CreateGrantInput {
+                    key_id: key.clone(),
+                    grantee: "user/bob".into(),
+                    retiring: None,
+                    operations: vec![GrantOperation::DescribeKey],
+                    constraints: GrantConstraints {
+                        equals: Some(c.clone()),
+                        subset: None,
+                    },
+                    name: String::new(),
+                    grant_tokens: vec![],
+                },
+            )
+            .await,
+        "ValidationException",
+        "constraints",
+    );
+    check_err(
+        f.kms.revoke_grant(&bob, &key, &g2.grant_id).await,
+        "AccessDeniedException",
+        "kms:RevokeGrant",
+    );
+}
+
+#[tokio::test]
+async fn rotation_keeps_every_version_and_reencrypt_moves_forward() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let c = ctx(&[("x", "y")]);
+    let v1 = f
+        .kms
+        .encrypt(&f.admin, &key, b"old", &c, &[])
+        .await
+        .unwrap();
+    assert_eq!(v1.key_version, 1);
+    let (_, v) = f.kms.rotate_key_on_demand(&f.admin, &key).await.unwrap();
+    assert_eq!(v, 2);
+    let v2 = f
+        .kms
+        .encrypt(&f.admin, &key, b"new", &c, &[])
+        .await
+        .unwrap();
+    assert_eq!(v2.key_version, 2);
+    assert_eq!(
+        f.kms
+            .decrypt(&f.admin, &v1.ciphertext_blob, &c, "", &[])
+            .await
+            .unwrap()
+            .plaintext
+            .as_slice(),
+        b"old"
+    );
+    let moved = f
+        .kms
+        .re_encrypt(&f.admin, &v1.ciphertext_blob, &c, "", &key, &c, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (moved.key_version, moved.source.clone()),
+        (2, Some((key.clone(), 1)))
+    );
+    assert_eq!(
+        f.kms
+            .decrypt(&f.admin, &moved.ciphertext_blob, &c, "", &[])
+            .await
+            .unwrap()
+            .plaintext
+            .as_slice(),
+        b"old"
+    );
+    // To another key, with another context.
+    let other = f.key(KeySpec::SymmetricDefault).await;
+    let c2 = ctx(&[("x", "z")]);
+    let across = f
+        .kms
+        .re_encrypt(&f.admin, &v1.ciphertext_blob, &c, "", &other, &c2, &[])
+        .await
+        .unwrap();
+    assert_eq!(across.key_id, other);
+    check_err(
+        f.kms
+            .decrypt(&f.admin, &across.ciphertext_blob, &c, "", &[])
+            .await,
+        "InvalidCiphertextException",
+        "",
+    );
+    assert_eq!(
+        f.kms
+            .decrypt(&f.admin, &across.ciphertext_blob, &c2, "", &[])
+            .await
+            .unwrap()
+            .plaintext
+            .as_slice(),
+        b"old"
+    );
+    // Automatic rotation.
+    f.kms
+        .enable_key_rotation(&f.admin, &key, Some(90))
+        .await
+        .unwrap();
+    let status = f.kms.get_key_rotation_status(&f.admin, &key).await.unwrap();
+    assert_eq!(
+        (status.enabled, status.period_days, status.next_rotation),
+        (true, 90, Some(T0 + 90 * DAY))
+    );
+    f.clock.advance(89 * DAY);
+    assert!(f.kms.run_maintenance().await.unwrap().rotated.is_empty());
+    f.clock.advance(DAY);
+    assert_eq!(
+        f.kms.run_maintenance().await.unwrap().rotated,
+        vec![key.clone()]
+    );
+    let rotations = f
+        .kms
+        .list_key_rotations(&f.admin, &key, 0, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        rotations
+            .items
+            .iter()
+            .map(|v| (v.version, v.origin))
+            .collect::<Vec<_>>(),
+        vec![
+            (2, crate::keys::VersionOrigin::OnDemandRotation),
+            (3, crate::keys::VersionOrigin::AutomaticRotation),
+        ]
+    );
+    assert_eq!(
+        f.kms
+            .decrypt(&f.admin, &v2.ciphertext_blob, &c, "", &[])
+            .await
+            .unwrap()
+            .key_version,
+        2
+    );
+}
+
+#[tokio::test]
+async fn disabled_and_pending_keys_refuse_crypto_and_deleted_keys_are_gone() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let none = EncryptionContext::new();
+    let blob = f
+        .kms
+        .encrypt(&f.admin, &key, b"x", &none, &[])
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    f.kms.disable_key(&f.admin, &key).await.unwrap();
+    check_err(
+        f.kms.encrypt(&f.admin, &key, b"x", &none, &[]).await,
+        "DisabledException",
+        &key,
+    );
+    check_err(
+        f.kms.decrypt(&f.admin, &blob, &none, "", &[]).await,
+        "DisabledException",
+        &key,
+    );
+    f.kms.enable_key(&f.admin, &key).await.unwrap();
+    let scheduled = f
+        .kms
+        .schedule_key_deletion(&f.admin, &key, Some(7))
+        .await
+        .unwrap();
+    assert_eq!(scheduled.deletion_date, Some(T0 + 7 * DAY));
+    check_err(
+        f.kms.decrypt(&f.admin, &blob, &none, "", &[]).await,
+        "KMSInvalidStateException",
+        "pending deletion",
+    );
+    check_err(
+        f.kms
+            .generate_data_key(&f.admin, &key, &none, DataKeyLength::Aes128, &[])
+            .await,
+        "KMSInvalidStateException",
+        "pending deletion",
+    );
+    check_err(
+        f.kms.enable_key(&f.admin, &key).await,
+        "KMSInvalidStateException",
+        "cancel the deletion",
+    );
+    assert_eq!(
+        f.kms.cancel_key_deletion(&f.admin, &key).await.unwrap(),
+        key
+    );
+    assert_eq!(
+        f.kms.describe_key(&f.admin, &key, &[]).await.unwrap().state,
+        KeyState::Disabled
+    );
+    f.kms
+        .schedule_key_deletion(&f.admin, &key, None)
+        .await
+        .unwrap();
+    f.clock.advance(30 * DAY - 1);
+    assert!(f.kms.run_maintenance().await.unwrap().destroyed.is_empty());
+    f.clock.advance(1);
+    assert_eq!(
+        f.kms.run_maintenance().await.unwrap().destroyed,
+        vec![key.clone()]
+    );
+    check_err(
+        f.kms.describe_key(&f.admin, &key, &[]).await,
+        "NotFoundException",
+        &key,
+    );
+    check_err(
+        f.kms.decrypt(&f.admin, &blob, &none, "", &[]).await,
+        "InvalidCiphertextException",
+        "",
+    );
+}
+
+#[tokio::test]
+async fn mac_keys_generate_and_verify_in_constant_time() {
+    let f = fixture().await;
+    for (spec, alg, len) in [
+        (KeySpec::Hmac256, MacAlgorithm::HmacSha256, 32),
+        (KeySpec::Hmac384, MacAlgorithm::HmacSha384, 48),
+        (KeySpec::Hmac512, MacAlgorithm::HmacSha512, 64),
+    ] {
+        let key = f.key(spec).await;
+        let (_, mac) = f
+            .kms
+            .generate_mac(&f.admin, &key, b"message", alg, &[])
+            .await
+            .unwrap();
+        assert_eq!(mac.len(), len);
+        assert!(
+            f.kms
+                .verify_mac(&f.admin, &key, b"message", &mac, alg, &[])
+                .await
+                .is_ok()
+        );
+        let mut bad = mac.clone();
+        bad[0] ^= 1;
+        check_err(
+            f.kms
+                .verify_mac(&f.admin, &key, b"message", &bad, alg, &[])
+                .await,
+            "KMSInvalidMacException",
+            "",
+        );
+        check_err(
+            f.kms
+                .verify_mac(&f.admin, &key, b"other", &mac, alg, &[])
+                .await,
+            "KMSInvalidMacException",
+            "",
+        );
+        check_err(
+            f.kms
+                .verify_mac(&f.admin, &key, b"message", &mac[..16], alg, &[])
+                .await,
+            "KMSInvalidMacException",
+            "",
+        );
+    }
+}
+
+#[tokio::test]
+async fn aliases_tags_and_listing() {
+    let f = fixture().await;
+    let a = f.key(KeySpec::SymmetricDefault).await;
+    let b = f.key(KeySpec::SymmetricDefault).await;
+    f.kms
+        .create_alias(&f.admin, "alias/orders", &a)
+        .await
+        .unwrap();
+    check_err(
+        f.kms.create_alias(&f.admin, "alias/orders", &b).await,
+        "AlreadyExistsException",
+        "alias/orders",
+    );
+    let blob = f
+        .kms
+        .encrypt(
+            &f.admin,
+            "alias/orders",
+            b"x",
+            &EncryptionContext::new(),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(blob.key_id, a);
+    f.kms
+        .update_alias(&f.admin, "alias/orders", &b)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.kms
+            .describe_key(&f.admin, "alias/orders", &[])
+            .await
+            .unwrap()
+            .key_id,
+        b
+    );
+    let aliases = f.kms.list_aliases(&f.admin, "", 0, "").await.unwrap();
+    assert_eq!(aliases.items.len(), 1);
+    f.kms.delete_alias(&f.admin, "alias/orders").await.unwrap();
+    check_err(
+        f.kms.describe_key(&f.admin, "alias/orders", &[]).await,
+        "NotFoundException",
+        "alias/orders",
+    );
+    f.kms
+        .tag_resource(
+            &f.admin,
+            &a,
+            &[("team".into(), "db".into()), ("env".into(), "prod".into())],
+        )
+        .await
+        .unwrap();
+    f.kms
+        .untag_resource(&f.admin, &a, &["env".into()])
+        .await
+        .unwrap();
+    let tags = f.kms.list_resource_tags(&f.admin, &a, 0, "").await.unwrap();
+    assert_eq!(tags.items, vec![("team".to_string(), "db".to_string())]);
+    // Pagination covers every key exactly once.
+    for _ in 0..3 {
+        f.key(KeySpec::SymmetricDefault).await;
+    }
+    let mut seen = Vec::new();
+    let mut marker = String::new();
+    loop {
+        let page = f.kms.list_keys(&f.admin, 2, &marker).await.unwrap();
+        seen.extend(page.items);
+        match page.next_marker {
+            Some(m) => marker = m,
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!((seen.len(), sorted.len()), (5, 5));
+}
+
+#[tokio::test]
+async fn key_policy_lockout_is_refused_and_users_without_rights_are_denied() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let lockout = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"user/bob"},"Action":"kms:Decrypt","Resource":"*"}]}"#;
+    check_err(
+        f.kms.put_key_policy(&f.admin, &key, "", lockout).await,
+        "MalformedPolicyDocumentException",
+        "will not allow user/admin",
+    );
+    let bob = f
+        .user("bob", PrincipalKind::User, &["TableFullAccess"])
+        .await;
+    check_err(
+        f.kms.describe_key(&bob, &key, &[]).await,
+        "AccessDeniedException",
+        "kms:DescribeKey",
+    );
+    check_err(
+        f.kms
+            .create_key(
+                &bob,
+                CreateKeyInput {
+                    description: String::new(),
+                    spec: KeySpec::SymmetricDefault,
+                    usage: None,
+                    policy: None,
+                    tags: vec![],
+                },
+            )
+            .await,
+        "AccessDeniedException",
+        "kms:CreateKey",
+    );
+    check_err(
+        f.kms.create_user(&bob, "eve", PrincipalKind::User).await,
+        "AccessDeniedException",
+        "iam:CreateUser",
+    );
+    check_err(
+        f.kms
+            .attach_user_policy(&f.admin, "bob", "NoSuchPolicy")
+            .await,
+        "NotFoundException",
+        "TableFullAccess",
+    );
+    check_err(
+        f.kms.get_key_policy(&f.admin, &key, "other").await,
+        "ValidationException",
+        "default",
+    );
+    // Inline identity policy with an explicit deny wins over AdministratorAccess.
+    let deny = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"kms:Decrypt","Resource":"*"}]}"#;
+    let carol = f
+        .user("carol", PrincipalKind::User, &["AdministratorAccess"])
+        .await;
+    let blob = f
+        .kms
+        .encrypt(&carol, &key, b"x", &EncryptionContext::new(), &[])
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    f.kms
+        .put_user_policy(&f.admin, "carol", "NoDecrypt", deny)
+        .await
+        .unwrap();
+    check_err(
+        f.kms
+            .decrypt(&carol, &blob, &EncryptionContext::new(), "", &[])
+            .await,
+        "AccessDeniedException",
+        "explicit deny",
+    );
+    check_err(
+        f.kms.put_user_policy(&f.admin, "carol", "Bad", "{}").await,
+        "MalformedPolicyDocumentException",
+        "identity policy",
+    );
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let root_path = dir.path().join("root.key");
+    let root = Arc::new(SoftwareRootKey::create_file(&root_path).unwrap());
+    let kms = open_at(dir.path(), root, clock.clone()).await;
+    let admin = creds(
+        &kms.bootstrap_principal("user/admin", PrincipalKind::User, &["AdministratorAccess"])
+            .await
+            .unwrap()
+            .unwrap()
+            .token,
+    );
+    let key = kms
+        .create_key(
+            &admin,
+            CreateKeyInput {
+                description: "d".into(),
+                spec: KeySpec::SymmetricDefault,
+                usage: None,
+                policy: None,
+                tags: vec![],
+            },
+        )
+        .await
+        .unwrap()
+        .key_id;
+    kms.create_alias(&admin, "alias/keep", &key).await.unwrap();
+    kms.rotate_key_on_demand(&admin, &key).await.unwrap();
+    let c = ctx(&[("k", "v")]);
+    let blob = kms
+        .encrypt(&admin, &key, b"persist", &c, &[])
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    kms.create_user(&admin, "bob", PrincipalKind::User)
+        .await
+        .unwrap();
+    kms.audit_log().close().await.unwrap();
+    drop(kms);
+
+    let root = Arc::new(SoftwareRootKey::read_file(&root_path).unwrap());
+    let kms = open_at(dir.path(), root, clock.clone()).await;
+    assert!(
+        kms.bootstrap_principal("user/admin", PrincipalKind::User, &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let d = kms
+        .decrypt(&admin, &blob, &c, "alias/keep", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.plaintext.as_slice(), d.key_version),
+        (&b"persist"[..], 2)
+    );
+    assert!(kms.get_user(&admin, "bob").await.is_ok());
+    kms.audit_log().close().await.unwrap();
+    drop(kms);
+
+    // Another root key cannot open this store.
+    let store = SqliteStore::open(&dir.path().join("kms.db")).unwrap();
+    let wrong = Arc::new(SoftwareRootKey::generate());
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = audit_for(audit_dir.path(), wrong.as_ref());
+    check_err(
+        Kms::open(Arc::new(store), wrong, audit, clock).map(drop),
+        "KMSInternalException",
+        "does not match",
+    );
+    crate::audit::verify(
+        &dir.path().join("audit.jsonl"),
+        Some(&dir.path().join("audit.jsonl.checkpoints")),
+        None,
+    )
+    .expect("audit verifies across restarts");
+}
+
+/// A sink whose writes fail, standing for a full or broken audit disk.
+struct FailingSink;
+
+impl AuditSink for FailingSink {
+    fn append(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other("disk full"))
+    }
+    fn sync(&mut self) -> std::io::Result<()> {
+        Err(std::io::Error::other("disk full"))
+    }
+}
+
+#[tokio::test]
+async fn key_use_is_refused_when_the_audit_record_cannot_be_made_durable() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let root = Arc::new(SoftwareRootKey::generate());
+    // Prepare a key with a working audit log, then reopen the same store
+    // with a failing one.
+    let dir = tempfile::tempdir().unwrap();
+    let kms = open_at(dir.path(), root.clone(), clock.clone()).await;
+    let admin = creds(
+        &kms.bootstrap_principal("user/admin", PrincipalKind::User, &["AdministratorAccess"])
+            .await
+            .unwrap()
+            .unwrap()
+            .token,
+    );
+    let key = kms
+        .create_key(
+            &admin,
+            CreateKeyInput {
+                description: String::new(),
+                spec: KeySpec::SymmetricDefault,
+                usage: None,
+                policy: None,
+                tags: vec![],
+            },
+        )
+        .await
+        .unwrap()
+        .key_id;
+    kms.audit_log().close().await.unwrap();
+    drop(kms);
+    let store = SqliteStore::open(&dir.path().join("kms.db")).unwrap();
+    let audit = AuditLog::with_sink(Box::new(FailingSink), None, ChainHead::GENESIS, 16).unwrap();
+    let kms = Kms::open(Arc::new(store), root, audit, clock).unwrap();
+    check_err(
+        kms.encrypt(&admin, &key, b"x", &EncryptionContext::new(), &[])
+            .await,
+        "KMSUnavailableException",
+        "audit log",
+    );
+    check_err(
+        kms.generate_data_key(
+            &admin,
+            &key,
+            &EncryptionContext::new(),
+            DataKeyLength::Aes256,
+            &[],
+        )
+        .await,
+        "KMSUnavailableException",
+        "audit log",
+    );
+    check_err(
+        kms.describe_key(&admin, &key, &[]).await,
+        "KMSUnavailableException",
+        "audit log",
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_all_get_durable_audit_records() {
+    let f = Arc::new(fixture().await);
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let mut tasks = Vec::new();
+    for i in 0..64u8 {
+        let f = f.clone();
+        let key = key.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = BTreeMap::from([("i".to_string(), i.to_string())]);
+            let e = f.kms.encrypt(&f.admin, &key, &[i], &c, &[]).await.unwrap();
+            f.kms
+                .decrypt(&f.admin, &e.ciphertext_blob, &c, "", &[])
+                .await
+                .unwrap()
+                .plaintext
+                .to_vec()
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), vec![i as u8]);
+    }
+    let lines = f.audit_lines();
+    let decrypts = lines
+        .iter()
+        .filter(|r| r["event_name"] == "Decrypt")
+        .count();
+    assert_eq!(decrypts, 64);
+    let seqs: Vec<u64> = lines
+        .iter()
+        .map(|r| r["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
