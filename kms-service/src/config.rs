@@ -105,7 +105,7 @@ pub struct ServeConfig {
     pub max_message_bytes: u32,
     /// Seconds between maintenance passes (automatic rotation, destruction
     /// of keys whose deletion window has passed).
-    #[arg(long, env = "KMS_MAINTENANCE_INTERVAL", default_value_t = 60,
+    #[arg(long = "maintenance-interval", env = "KMS_MAINTENANCE_INTERVAL", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub maintenance_interval_secs: u64,
 }
