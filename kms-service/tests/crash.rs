@@ -49,8 +49,12 @@ async fn connect(port: u16) -> Channel {
 
 fn request<T>(token: &str, id: &str, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
-    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("token"));
-    r.metadata_mut().insert("x-request-id", id.parse().expect("id"));
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("token"),
+    );
+    r.metadata_mut()
+        .insert("x-request-id", id.parse().expect("id"));
     r
 }
 
@@ -68,7 +72,10 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let port = free_port();
     let mut child = spawn(dir.path(), port);
     let ch = connect(port).await;
-    let token = std::fs::read_to_string(dir.path().join("admin.token")).expect("token").trim().to_string();
+    let token = std::fs::read_to_string(dir.path().join("admin.token"))
+        .expect("token")
+        .trim()
+        .to_string();
     let mut client = KeyManagementServiceClient::new(ch.clone());
     let first = client
         .create_key(request(&token, "setup", pb::CreateKeyRequest::default()))
@@ -93,19 +100,51 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                         .create_key(request(&token, &id, pb::CreateKeyRequest::default()))
                         .await
                         .map(|r| {
-                            let k = r.into_inner().key_metadata.map(|m| m.key_id).unwrap_or_default();
+                            let k = r
+                                .into_inner()
+                                .key_metadata
+                                .map(|m| m.key_id)
+                                .unwrap_or_default();
                             acked.lock().unwrap().keys.push(k);
                         }),
                     1 => client
-                        .encrypt(request(&token, &id, pb::EncryptRequest { key_id: key.clone(), plaintext: id.as_bytes().to_vec(), encryption_context: ctx, ..Default::default() }))
+                        .encrypt(request(
+                            &token,
+                            &id,
+                            pb::EncryptRequest {
+                                key_id: key.clone(),
+                                plaintext: id.as_bytes().to_vec(),
+                                encryption_context: ctx,
+                                ..Default::default()
+                            },
+                        ))
                         .await
-                        .map(|r| acked.lock().unwrap().blobs.push((r.into_inner().ciphertext_blob, id.as_bytes().to_vec(), id.clone()))),
+                        .map(|r| {
+                            acked.lock().unwrap().blobs.push((
+                                r.into_inner().ciphertext_blob,
+                                id.as_bytes().to_vec(),
+                                id.clone(),
+                            ))
+                        }),
                     _ => client
-                        .generate_data_key(request(&token, &id, pb::GenerateDataKeyRequest { key_id: key.clone(), encryption_context: ctx, key_spec: pb::DataKeySpec::Aes256.into(), ..Default::default() }))
+                        .generate_data_key(request(
+                            &token,
+                            &id,
+                            pb::GenerateDataKeyRequest {
+                                key_id: key.clone(),
+                                encryption_context: ctx,
+                                key_spec: pb::DataKeySpec::Aes256.into(),
+                                ..Default::default()
+                            },
+                        ))
                         .await
                         .map(|r| {
                             let r = r.into_inner();
-                            acked.lock().unwrap().blobs.push((r.ciphertext_blob, r.plaintext, id.clone()));
+                            acked.lock().unwrap().blobs.push((
+                                r.ciphertext_blob,
+                                r.plaintext,
+                                id.clone(),
+                            ));
                         }),
                 };
                 match result {
@@ -122,19 +161,38 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         let _ = w.await;
     }
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    assert!(acked.request_ids.len() > 30, "load too light to mean anything: {}", acked.request_ids.len());
+    assert!(
+        acked.request_ids.len() > 30,
+        "load too light to mean anything: {}",
+        acked.request_ids.len()
+    );
 
     let mut child = spawn(dir.path(), port);
     let mut client = KeyManagementServiceClient::new(connect(port).await);
     for key in &acked.keys {
         client
-            .describe_key(request(&token, "check", pb::DescribeKeyRequest { key_id: key.clone(), ..Default::default() }))
+            .describe_key(request(
+                &token,
+                "check",
+                pb::DescribeKeyRequest {
+                    key_id: key.clone(),
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap_or_else(|e| panic!("acknowledged key {key} lost: {e}"));
     }
     for (blob, plaintext, n) in &acked.blobs {
         let got = client
-            .decrypt(request(&token, "check", pb::DecryptRequest { ciphertext_blob: blob.clone(), encryption_context: HashMap::from([("n".to_string(), n.clone())]), ..Default::default() }))
+            .decrypt(request(
+                &token,
+                "check",
+                pb::DecryptRequest {
+                    ciphertext_blob: blob.clone(),
+                    encryption_context: HashMap::from([("n".to_string(), n.clone())]),
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap_or_else(|e| panic!("acknowledged ciphertext {n} does not decrypt: {e}"))
             .into_inner()
@@ -145,8 +203,18 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     child.wait().expect("reap");
 
     let log = dir.path().join("audit/audit.jsonl");
-    let verify = Command::new(BIN).args(["audit", "verify"]).arg(&log).arg("--root-key-file").arg(dir.path().join("root.key")).output().expect("verify");
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let verify = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(&log)
+        .arg("--root-key-file")
+        .arg(dir.path().join("root.key"))
+        .output()
+        .expect("verify");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     let text = std::fs::read_to_string(&log).expect("audit log");
     let recorded: std::collections::HashSet<String> = text
         .lines()
@@ -154,7 +222,15 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         .filter_map(|v| v["request_id"].as_str().map(str::to_string))
         .collect();
     for id in &acked.request_ids {
-        assert!(recorded.contains(id), "acknowledged call {id} has no audit record");
+        assert!(
+            recorded.contains(id),
+            "acknowledged call {id} has no audit record"
+        );
     }
-    eprintln!("acknowledged: {} keys, {} ciphertexts, {} calls", acked.keys.len(), acked.blobs.len(), acked.request_ids.len());
+    eprintln!(
+        "acknowledged: {} keys, {} ciphertexts, {} calls",
+        acked.keys.len(),
+        acked.blobs.len(),
+        acked.request_ids.len()
+    );
 }

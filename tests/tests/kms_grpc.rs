@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use kms_service::config::ServeConfig;
+use kms_service::server::RunningServer;
 use lockbox_proto::iam::v1 as iam;
 use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
 use lockbox_proto::kms::v1 as pb;
 use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
-use kms_service::config::ServeConfig;
-use kms_service::server::RunningServer;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -51,12 +51,21 @@ fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
 
 /// Asserts the status code, the `ErrorInfo` reason and a message fragment.
 #[track_caller]
-fn check_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, reason: &str, needle: &str) {
+fn check_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: Code,
+    reason: &str,
+    needle: &str,
+) {
     let status = result.expect_err("expected an error status");
     assert_eq!(status.code(), code, "{status:?}");
     let info = status.get_details_error_info().expect("ErrorInfo detail");
     assert_eq!(info.reason, reason);
-    assert!(status.message().contains(needle), "{:?} lacks {needle:?}", status.message());
+    assert!(
+        status.message().contains(needle),
+        "{:?} lacks {needle:?}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -67,7 +76,13 @@ async fn seed_walkthrough_over_grpc() {
     let mut client = KeyManagementServiceClient::new(ch.clone());
     let mut iam_client = IdentityServiceClient::new(ch);
     let key = client
-        .create_key(authed(&kms.admin, pb::CreateKeyRequest { description: "seed".into(), ..Default::default() }))
+        .create_key(authed(
+            &kms.admin,
+            pb::CreateKeyRequest {
+                description: "seed".into(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -76,29 +91,92 @@ async fn seed_walkthrough_over_grpc() {
         .key_id;
     let context = std::collections::HashMap::from([("table".to_string(), "orders".to_string())]);
     let blob = client
-        .encrypt(authed(&kms.admin, pb::EncryptRequest { key_id: key.clone(), plaintext: b"hello".to_vec(), encryption_context: context.clone(), ..Default::default() }))
+        .encrypt(authed(
+            &kms.admin,
+            pb::EncryptRequest {
+                key_id: key.clone(),
+                plaintext: b"hello".to_vec(),
+                encryption_context: context.clone(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
         .ciphertext_blob;
     let decrypt = |token: &str, ctx: std::collections::HashMap<String, String>| {
-        authed(token, pb::DecryptRequest { ciphertext_blob: blob.clone(), encryption_context: ctx, ..Default::default() })
+        authed(
+            token,
+            pb::DecryptRequest {
+                ciphertext_blob: blob.clone(),
+                encryption_context: ctx,
+                ..Default::default()
+            },
+        )
     };
-    let plain = client.decrypt(decrypt(&kms.admin, context.clone())).await.unwrap().into_inner();
+    let plain = client
+        .decrypt(decrypt(&kms.admin, context.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(plain.plaintext, b"hello");
     let wrong = std::collections::HashMap::from([("table".to_string(), "other".to_string())]);
-    check_status(client.decrypt(decrypt(&kms.admin, wrong)).await, Code::InvalidArgument, "InvalidCiphertextException", "");
+    check_status(
+        client.decrypt(decrypt(&kms.admin, wrong)).await,
+        Code::InvalidArgument,
+        "InvalidCiphertextException",
+        "",
+    );
 
-    iam_client.create_user(authed(&kms.admin, iam::CreateUserRequest { user_name: "nextwork-kms-user".into(), kind: 0 })).await.unwrap();
-    iam_client.attach_user_policy(authed(&kms.admin, iam::AttachUserPolicyRequest { user_name: "nextwork-kms-user".into(), policy_name: "TableFullAccess".into() })).await.unwrap();
-    let user = iam_client.create_access_token(authed(&kms.admin, iam::CreateAccessTokenRequest { user_name: "nextwork-kms-user".into() })).await.unwrap().into_inner().token;
+    iam_client
+        .create_user(authed(
+            &kms.admin,
+            iam::CreateUserRequest {
+                user_name: "nextwork-kms-user".into(),
+                kind: 0,
+            },
+        ))
+        .await
+        .unwrap();
+    iam_client
+        .attach_user_policy(authed(
+            &kms.admin,
+            iam::AttachUserPolicyRequest {
+                user_name: "nextwork-kms-user".into(),
+                policy_name: "TableFullAccess".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let user = iam_client
+        .create_access_token(authed(
+            &kms.admin,
+            iam::CreateAccessTokenRequest {
+                user_name: "nextwork-kms-user".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
     check_status(
         client.decrypt(decrypt(&user, context.clone())).await,
         Code::PermissionDenied,
         "AccessDeniedException",
         "User: user/nextwork-kms-user is not authorized to perform: kms:Decrypt",
     );
-    let policy = client.get_key_policy(authed(&kms.admin, pb::GetKeyPolicyRequest { key_id: key.clone(), policy_name: String::new() })).await.unwrap().into_inner().policy;
+    let policy = client
+        .get_key_policy(authed(
+            &kms.admin,
+            pb::GetKeyPolicyRequest {
+                key_id: key.clone(),
+                policy_name: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .policy;
     let mut doc: serde_json::Value = serde_json::from_str(&policy).unwrap();
     doc["Statement"].as_array_mut().unwrap().push(serde_json::json!({
         "Sid": "AllowKeyUse",
@@ -107,10 +185,33 @@ async fn seed_walkthrough_over_grpc() {
         "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
         "Resource": "*"
     }));
-    client.put_key_policy(authed(&kms.admin, pb::PutKeyPolicyRequest { key_id: key.clone(), policy_name: "default".into(), policy: doc.to_string() })).await.unwrap();
-    assert_eq!(client.decrypt(decrypt(&user, context)).await.unwrap().into_inner().plaintext, b"hello");
+    client
+        .put_key_policy(authed(
+            &kms.admin,
+            pb::PutKeyPolicyRequest {
+                key_id: key.clone(),
+                policy_name: "default".into(),
+                policy: doc.to_string(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .decrypt(decrypt(&user, context))
+            .await
+            .unwrap()
+            .into_inner()
+            .plaintext,
+        b"hello"
+    );
     kms.server.stop().await.unwrap();
-    let report = kms_service::audit::verify(&dir.path().join("audit/audit.jsonl"), Some(&dir.path().join("audit/audit.jsonl.checkpoints")), None).unwrap();
+    let report = kms_service::audit::verify(
+        &dir.path().join("audit/audit.jsonl"),
+        Some(&dir.path().join("audit/audit.jsonl.checkpoints")),
+        None,
+    )
+    .unwrap();
     assert!(report.records >= 10);
 }
 
@@ -119,36 +220,140 @@ async fn statuses_carry_error_info_and_limits_hold() {
     let dir = tempfile::tempdir().unwrap();
     let kms = start(dir.path()).await;
     let mut client = KeyManagementServiceClient::new(channel(&kms).await);
-    check_status(client.list_keys(authed("", pb::ListKeysRequest::default())).await, Code::Unauthenticated, "MissingAuthenticationTokenException", "authorization: Bearer");
-    check_status(client.list_keys(authed("lbx_unknown", pb::ListKeysRequest::default())).await, Code::Unauthenticated, "UnrecognizedClientException", "not a valid access token");
-    check_status(client.describe_key(authed(&kms.admin, pb::DescribeKeyRequest { key_id: "alias/missing".into(), ..Default::default() })).await, Code::NotFound, "NotFoundException", "alias/missing");
-    check_status(client.generate_random(authed(&kms.admin, pb::GenerateRandomRequest { number_of_bytes: Some(0) })).await, Code::InvalidArgument, "ValidationException", "1–1024");
+    check_status(
+        client
+            .list_keys(authed("", pb::ListKeysRequest::default()))
+            .await,
+        Code::Unauthenticated,
+        "MissingAuthenticationTokenException",
+        "authorization: Bearer",
+    );
+    check_status(
+        client
+            .list_keys(authed("lbx_unknown", pb::ListKeysRequest::default()))
+            .await,
+        Code::Unauthenticated,
+        "UnrecognizedClientException",
+        "not a valid access token",
+    );
+    check_status(
+        client
+            .describe_key(authed(
+                &kms.admin,
+                pb::DescribeKeyRequest {
+                    key_id: "alias/missing".into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::NotFound,
+        "NotFoundException",
+        "alias/missing",
+    );
+    check_status(
+        client
+            .generate_random(authed(
+                &kms.admin,
+                pb::GenerateRandomRequest {
+                    number_of_bytes: Some(0),
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "1–1024",
+    );
     let key = client
-        .create_key(authed(&kms.admin, pb::CreateKeyRequest { key_spec: pb::KeySpec::Hmac256.into(), ..Default::default() }))
+        .create_key(authed(
+            &kms.admin,
+            pb::CreateKeyRequest {
+                key_spec: pb::KeySpec::Hmac256.into(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
         .key_metadata
         .unwrap();
-    assert_eq!(key.mac_algorithms, vec![i32::from(pb::MacAlgorithm::HmacSha256)]);
-    check_status(client.encrypt(authed(&kms.admin, pb::EncryptRequest { key_id: key.key_id.clone(), plaintext: b"x".to_vec(), ..Default::default() })).await, Code::InvalidArgument, "InvalidKeyUsageException", "GENERATE_VERIFY_MAC");
-    check_status(client.generate_data_key(authed(&kms.admin, pb::GenerateDataKeyRequest { key_id: key.key_id.clone(), number_of_bytes: Some(1025), ..Default::default() })).await, Code::InvalidArgument, "ValidationException", "1025");
-    check_status(client.schedule_key_deletion(authed(&kms.admin, pb::ScheduleKeyDeletionRequest { key_id: key.key_id.clone(), pending_window_in_days: Some(31) })).await, Code::InvalidArgument, "ValidationException", "7–30");
+    assert_eq!(
+        key.mac_algorithms,
+        vec![i32::from(pb::MacAlgorithm::HmacSha256)]
+    );
+    check_status(
+        client
+            .encrypt(authed(
+                &kms.admin,
+                pb::EncryptRequest {
+                    key_id: key.key_id.clone(),
+                    plaintext: b"x".to_vec(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+        "InvalidKeyUsageException",
+        "GENERATE_VERIFY_MAC",
+    );
+    check_status(
+        client
+            .generate_data_key(authed(
+                &kms.admin,
+                pb::GenerateDataKeyRequest {
+                    key_id: key.key_id.clone(),
+                    number_of_bytes: Some(1025),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "1025",
+    );
+    check_status(
+        client
+            .schedule_key_deletion(authed(
+                &kms.admin,
+                pb::ScheduleKeyDeletionRequest {
+                    key_id: key.key_id.clone(),
+                    pending_window_in_days: Some(31),
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "7–30",
+    );
     // Over the message-size limit: refused before any work, nothing audited as a key use.
     let huge = client
-        .encrypt(authed(&kms.admin, pb::EncryptRequest { key_id: key.key_id.clone(), plaintext: vec![0; 300 * 1024], ..Default::default() }))
+        .encrypt(authed(
+            &kms.admin,
+            pb::EncryptRequest {
+                key_id: key.key_id.clone(),
+                plaintext: vec![0; 300 * 1024],
+                ..Default::default()
+            },
+        ))
         .await
         .expect_err("oversized request refused");
-    assert!(matches!(huge.code(), Code::OutOfRange | Code::ResourceExhausted), "{huge:?}");
+    assert!(
+        matches!(huge.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{huge:?}"
+    );
     // Health answers SERVING for the services.
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&kms).await);
     let serving = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "kms.v1.KeyManagementService".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "kms.v1.KeyManagementService".into(),
+        })
         .await
         .unwrap()
         .into_inner()
         .status;
-    assert_eq!(serving, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        serving,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
     kms.server.stop().await.unwrap();
 }
 
@@ -157,23 +362,114 @@ async fn state_and_ciphertexts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let kms = start(dir.path()).await;
     let mut client = KeyManagementServiceClient::new(channel(&kms).await);
-    let key = client.create_key(authed(&kms.admin, pb::CreateKeyRequest::default())).await.unwrap().into_inner().key_metadata.unwrap().key_id;
-    client.create_alias(authed(&kms.admin, pb::CreateAliasRequest { alias_name: "alias/app".into(), target_key_id: key.clone() })).await.unwrap();
-    let grant = client.create_grant(authed(&kms.admin, pb::CreateGrantRequest { key_id: key.clone(), grantee_principal: "user/admin".into(), operations: vec![pb::GrantOperation::Decrypt.into()], ..Default::default() })).await.unwrap().into_inner();
-    let blob = client.encrypt(authed(&kms.admin, pb::EncryptRequest { key_id: "alias/app".into(), plaintext: b"kept".to_vec(), ..Default::default() })).await.unwrap().into_inner().ciphertext_blob;
-    client.rotate_key_on_demand(authed(&kms.admin, pb::RotateKeyOnDemandRequest { key_id: key.clone() })).await.unwrap();
+    let key = client
+        .create_key(authed(&kms.admin, pb::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    client
+        .create_alias(authed(
+            &kms.admin,
+            pb::CreateAliasRequest {
+                alias_name: "alias/app".into(),
+                target_key_id: key.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    let grant = client
+        .create_grant(authed(
+            &kms.admin,
+            pb::CreateGrantRequest {
+                key_id: key.clone(),
+                grantee_principal: "user/admin".into(),
+                operations: vec![pb::GrantOperation::Decrypt.into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let blob = client
+        .encrypt(authed(
+            &kms.admin,
+            pb::EncryptRequest {
+                key_id: "alias/app".into(),
+                plaintext: b"kept".to_vec(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+    client
+        .rotate_key_on_demand(authed(
+            &kms.admin,
+            pb::RotateKeyOnDemandRequest {
+                key_id: key.clone(),
+            },
+        ))
+        .await
+        .unwrap();
     let admin = kms.admin.clone();
     kms.server.stop().await.unwrap();
 
-    let server = RunningServer::start(ServeConfig::for_data_dir(dir.path().to_path_buf())).await.unwrap();
+    let server = RunningServer::start(ServeConfig::for_data_dir(dir.path().to_path_buf()))
+        .await
+        .unwrap();
     assert!(server.admin_token_file.is_none(), "no second bootstrap");
-    let ch = Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await.unwrap();
+    let ch = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = KeyManagementServiceClient::new(ch);
-    let plain = client.decrypt(authed(&admin, pb::DecryptRequest { ciphertext_blob: blob, key_id: "alias/app".into(), ..Default::default() })).await.unwrap().into_inner();
-    assert_eq!((plain.plaintext.as_slice(), plain.key_version), (&b"kept"[..], 1));
-    let meta = client.describe_key(authed(&admin, pb::DescribeKeyRequest { key_id: key.clone(), grant_tokens: vec![grant.grant_token] })).await.unwrap().into_inner().key_metadata.unwrap();
+    let plain = client
+        .decrypt(authed(
+            &admin,
+            pb::DecryptRequest {
+                ciphertext_blob: blob,
+                key_id: "alias/app".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (plain.plaintext.as_slice(), plain.key_version),
+        (&b"kept"[..], 1)
+    );
+    let meta = client
+        .describe_key(authed(
+            &admin,
+            pb::DescribeKeyRequest {
+                key_id: key.clone(),
+                grant_tokens: vec![grant.grant_token],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap();
     assert_eq!(meta.current_key_version, 2);
-    let grants = client.list_grants(authed(&admin, pb::ListGrantsRequest { key_id: key, ..Default::default() })).await.unwrap().into_inner().grants;
+    let grants = client
+        .list_grants(authed(
+            &admin,
+            pb::ListGrantsRequest {
+                key_id: key,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
     assert_eq!(grants.len(), 1);
     server.stop().await.unwrap();
 }

@@ -21,7 +21,12 @@ fn every_readme_command_is_exercised() {
     let script_lines: Vec<String> = script.lines().map(normalize).collect();
     // Run by .ci/run directly, or set-up lines whose values the script takes
     // from its environment.
-    let run_by_ci = ["deploy/run-local.sh", "deploy/test.sh", "KMS=", "ADMIN=$(cat data/kms-service/admin.token)"];
+    let run_by_ci = [
+        "deploy/run-local.sh",
+        "deploy/test.sh",
+        "KMS=",
+        "ADMIN=$(cat data/kms-service/admin.token)",
+    ];
     let mut in_sh = false;
     let mut checked = 0;
     for line in readme.lines() {

@@ -21,7 +21,7 @@ const TOP_LEVEL_FIELDS: &str = "Version, Id and Statement";
 const STATEMENT_FIELDS: &str =
     "Sid, Effect, Principal, Action, NotAction, Resource, NotResource and Condition";
 const SERVICE_PREFIXES: [&str; 3] = ["kms", "table", "iam"];
-const RESOURCE_TYPES: [&str; 4] = ["key", "alias", "table", "user"];
+const RESOURCE_TYPES: [&str; 5] = ["key", "alias", "table", "user", "service"];
 const PRINCIPAL_TYPES: [&str; 2] = ["user", "service"];
 const MAX_PRINCIPAL_NAME: usize = 64;
 const STRING_LIST: &str = "a string or an array of strings";

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use super::{Mutation, Store, StoreError};
 
@@ -25,7 +25,6 @@ pub struct GroupCommitter {
     durable: watch::Receiver<u64>,
     poisoned: Arc<AtomicBool>,
     max_batch: usize,
-    _finished: Option<oneshot::Receiver<()>>,
 }
 
 /// Largest number of mutations merged into one transaction.
@@ -47,7 +46,6 @@ impl GroupCommitter {
             durable,
             poisoned,
             max_batch: DEFAULT_MAX_BATCH,
-            _finished: None,
         }
     }
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use super::{Mutation, Snapshot, Store, StoreError};
 use crate::keys::{KeyVersionRecord, VersionOrigin};
@@ -211,12 +211,12 @@ impl Store for SqliteStore {
                 }
                 Mutation::PutToken(t) => tx.execute(
                     "INSERT INTO tokens (token_id, principal, body) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (token_id) DO UPDATE SET body = excluded.body",
+                     ON CONFLICT (token_id) DO UPDATE SET principal = excluded.principal, body = excluded.body",
                     params![t.token_id, t.principal, json(t)?],
                 ),
                 Mutation::PutGrant(g) => tx.execute(
                     "INSERT INTO grants (grant_id, key_id, body) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (grant_id) DO UPDATE SET body = excluded.body",
+                     ON CONFLICT (grant_id) DO UPDATE SET key_id = excluded.key_id, body = excluded.body",
                     params![g.grant_id, g.key_id, json(g)?],
                 ),
                 Mutation::DeleteGrant { grant_id } => {
@@ -227,14 +227,4 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(engine)
     }
-}
-
-/// Reads one meta value without loading everything (used by `init`).
-pub fn read_meta(path: &Path, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    let conn = Connection::open(path).map_err(engine)?;
-    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
-        r.get(0)
-    })
-    .optional()
-    .map_err(engine)
 }
