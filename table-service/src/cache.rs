@@ -1,0 +1,154 @@
+//! Two optional caches that save round trips to kms-service.
+//!
+//! - [`DataKeyCache`]: plaintext data keys, keyed by *(principal, SHA-256 of
+//!   the wrapped key)*. **Invariant:** an entry earned by one principal never
+//!   serves another; each principal earns its own entry through its own
+//!   kms:Decrypt. Values are zeroized when evicted or expired.
+//! - [`AuthzCache`]: allow decisions of `Authorize`, keyed by *(SHA-256 of the
+//!   caller's credential, action, resource)*. Denials are never cached, so a
+//!   new permission works at once; a revoked one stops within the TTL.
+//!
+//! Both are bounded in size and time; a TTL or size of 0 disables them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Size and lifetime of a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub ttl: Duration,
+    pub capacity: usize,
+}
+
+impl CacheConfig {
+    pub fn enabled(&self) -> bool {
+        !self.ttl.is_zero() && self.capacity > 0
+    }
+}
+
+struct Bounded<K, V> {
+    config: CacheConfig,
+    entries: Mutex<HashMap<K, (V, Instant)>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
+    fn new(config: CacheConfig) -> Self {
+        Bounded {
+            config,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get<R>(&self, key: &K, read: impl FnOnce(&V) -> R) -> Option<R> {
+        if !self.config.enabled() {
+            return None;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.get(key) {
+            Some((value, expires)) if *expires > Instant::now() => Some(read(value)),
+            Some(_) => {
+                entries.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&self, key: K, value: V) {
+        if !self.config.enabled() {
+            return;
+        }
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= self.config.capacity && !entries.contains_key(&key) {
+            entries.retain(|_, (_, expires)| *expires > now);
+            if entries.len() >= self.config.capacity {
+                // Full of live entries: drop the one closest to expiry.
+                if let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, (_, expires))| *expires)
+                    .map(|(k, _)| k.clone())
+                {
+                    entries.remove(&oldest);
+                }
+            }
+        }
+        entries.insert(key, (value, now + self.config.ttl));
+    }
+
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Plaintext data keys per principal.
+pub struct DataKeyCache(Bounded<(String, [u8; 32]), Zeroizing<Vec<u8>>>);
+
+impl DataKeyCache {
+    pub fn new(config: CacheConfig) -> Self {
+        DataKeyCache(Bounded::new(config))
+    }
+
+    fn key(principal: &str, wrapped: &[u8]) -> (String, [u8; 32]) {
+        (principal.to_string(), Sha256::digest(wrapped).into())
+    }
+
+    /// The data key `principal` unwrapped earlier from `wrapped`, if live.
+    pub fn get(&self, principal: &str, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        self.0.get(&Self::key(principal, wrapped), |k| {
+            Zeroizing::new(k.to_vec())
+        })
+    }
+
+    pub fn insert(&self, principal: &str, wrapped: &[u8], plaintext: &[u8]) {
+        self.0.insert(
+            Self::key(principal, wrapped),
+            Zeroizing::new(plaintext.to_vec()),
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Allow decisions per credential.
+pub struct AuthzCache(Bounded<([u8; 32], String, String), String>);
+
+impl AuthzCache {
+    pub fn new(config: CacheConfig) -> Self {
+        AuthzCache(Bounded::new(config))
+    }
+
+    fn key(credential: &str, action: &str, resource: &str) -> ([u8; 32], String, String) {
+        (
+            Sha256::digest(credential.as_bytes()).into(),
+            action.to_string(),
+            resource.to_string(),
+        )
+    }
+
+    /// The principal a live allow was recorded for.
+    pub fn allowed(&self, credential: &str, action: &str, resource: &str) -> Option<String> {
+        self.0
+            .get(&Self::key(credential, action, resource), String::clone)
+    }
+
+    pub fn record_allow(&self, credential: &str, action: &str, resource: &str, principal: &str) {
+        self.0.insert(
+            Self::key(credential, action, resource),
+            principal.to_string(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

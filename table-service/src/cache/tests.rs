@@ -1,0 +1,78 @@
+//! Cache invariants: per-principal isolation, expiry, bounds, disabling.
+
+use std::time::Duration;
+
+use super::*;
+
+fn config(ttl_ms: u64, capacity: usize) -> CacheConfig {
+    CacheConfig {
+        ttl: Duration::from_millis(ttl_ms),
+        capacity,
+    }
+}
+
+#[test]
+fn an_entry_of_one_principal_never_serves_another() {
+    let cache = DataKeyCache::new(config(60_000, 10));
+    cache.insert("user/alice", b"wrapped", b"data key");
+    assert_eq!(
+        cache
+            .get("user/alice", b"wrapped")
+            .as_deref()
+            .map(Vec::as_slice),
+        Some(&b"data key"[..])
+    );
+    assert!(cache.get("user/bob", b"wrapped").is_none());
+    assert!(cache.get("user/alice", b"other wrapped").is_none());
+}
+
+#[test]
+fn entries_expire() {
+    let cache = DataKeyCache::new(config(30, 10));
+    cache.insert("user/alice", b"w", b"k");
+    assert!(cache.get("user/alice", b"w").is_some());
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(cache.get("user/alice", b"w").is_none());
+}
+
+#[test]
+fn size_is_bounded() {
+    let cache = DataKeyCache::new(config(60_000, 3));
+    for i in 0..10u8 {
+        cache.insert("user/a", &[i], b"k");
+    }
+    assert_eq!(cache.len(), 3);
+    assert!(
+        cache.get("user/a", &[9]).is_some(),
+        "the newest entry stays"
+    );
+}
+
+#[test]
+fn zero_ttl_or_size_disables() {
+    for (ttl, capacity) in [(0, 10), (60_000, 0)] {
+        let cache = DataKeyCache::new(config(ttl, capacity));
+        cache.insert("user/a", b"w", b"k");
+        assert!(cache.get("user/a", b"w").is_none());
+        assert!(cache.is_empty());
+    }
+}
+
+#[test]
+fn authz_allows_are_per_credential_action_and_resource() {
+    let cache = AuthzCache::new(config(60_000, 10));
+    cache.record_allow("Bearer a", "table:GetItem", "table/t", "user/a");
+    assert_eq!(
+        cache
+            .allowed("Bearer a", "table:GetItem", "table/t")
+            .as_deref(),
+        Some("user/a")
+    );
+    for (cred, action, resource) in [
+        ("Bearer b", "table:GetItem", "table/t"),
+        ("Bearer a", "table:PutItem", "table/t"),
+        ("Bearer a", "table:GetItem", "table/u"),
+    ] {
+        assert!(cache.allowed(cred, action, resource).is_none());
+    }
+}

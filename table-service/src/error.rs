@@ -1,0 +1,64 @@
+//! The one error type of table-service's domain layer; `grpc/status.rs`
+//! turns it into a status. Errors that kms-service returned keep its code,
+//! reason and message, so a refusal for lack of `kms:Decrypt` reaches the
+//! caller in kms-service's words.
+
+use crate::model::ModelError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TableError {
+    /// kms-service answered with an error (access denied, disabled key,
+    /// unauthenticated, …); passed through as it came.
+    #[error("{message}")]
+    Kms {
+        code: tonic::Code,
+        reason: String,
+        message: String,
+    },
+    /// kms-service could not be reached in time.
+    #[error("kms-service at {endpoint} is unavailable: {detail}")]
+    KmsUnavailable { endpoint: String, detail: String },
+    #[error("Requested resource not found: {0}")]
+    ResourceNotFound(String),
+    #[error("{0}")]
+    ResourceInUse(String),
+    #[error("{0}")]
+    Validation(String),
+    #[error("The conditional request failed: {0}")]
+    ConditionalCheckFailed(String),
+    /// Stored item bytes failed authentication: tampered, or copied from
+    /// another item or table. Never answered with data.
+    #[error("item integrity check failed for table {table}: the stored item was altered or moved")]
+    ItemIntegrity { table: String },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl TableError {
+    pub fn reason(&self) -> &str {
+        match self {
+            TableError::Kms { reason, .. } => reason,
+            TableError::KmsUnavailable { .. } => "KMSUnavailableException",
+            TableError::ResourceNotFound(_) => "ResourceNotFoundException",
+            TableError::ResourceInUse(_) => "ResourceInUseException",
+            TableError::Validation(_) => "ValidationException",
+            TableError::ConditionalCheckFailed(_) => "ConditionalCheckFailedException",
+            TableError::ItemIntegrity { .. } => "ItemIntegrityException",
+            TableError::Unavailable(_) => "ServiceUnavailableException",
+            TableError::Internal(_) => "InternalServerError",
+        }
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        TableError::Validation(message.into())
+    }
+}
+
+impl From<ModelError> for TableError {
+    fn from(e: ModelError) -> Self {
+        TableError::Validation(e.to_string())
+    }
+}

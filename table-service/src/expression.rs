@@ -1,0 +1,230 @@
+//! Typed conditions and update actions on items (the structured counterpart
+//! of DynamoDB's condition and update expressions), evaluated on decrypted
+//! items inside table-service.
+
+use std::cmp::Ordering;
+
+use crate::error::TableError;
+use crate::model::{AttributeValue, Item, KeySchema};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operator {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    BeginsWith,
+    Between,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    Exists(String),
+    NotExists(String),
+    Compare {
+        attribute: String,
+        operator: Operator,
+        value: AttributeValue,
+        upper: Option<AttributeValue>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateAction {
+    Set(String, AttributeValue),
+    Remove(String),
+    Add(String, AttributeValue),
+    Delete(String, AttributeValue),
+}
+
+/// Order of two scalar values of the same type (S, N, B); `None` otherwise.
+pub fn compare(a: &AttributeValue, b: &AttributeValue) -> Option<Ordering> {
+    match (a, b) {
+        (AttributeValue::S(x), AttributeValue::S(y)) => Some(x.as_bytes().cmp(y.as_bytes())),
+        (AttributeValue::N(x), AttributeValue::N(y)) => Some(x.cmp(y)),
+        (AttributeValue::B(x), AttributeValue::B(y)) => Some(x.cmp(y)),
+        _ => None,
+    }
+}
+
+fn begins_with(a: &AttributeValue, prefix: &AttributeValue) -> bool {
+    match (a, prefix) {
+        (AttributeValue::S(x), AttributeValue::S(p)) => x.starts_with(p.as_str()),
+        (AttributeValue::B(x), AttributeValue::B(p)) => x.starts_with(p),
+        _ => false,
+    }
+}
+
+impl Condition {
+    /// Whether `item` (None when no item exists) satisfies the condition.
+    pub fn holds(&self, item: Option<&Item>) -> bool {
+        let get = |name: &str| item.and_then(|i| i.get(name));
+        match self {
+            Condition::Exists(name) => get(name).is_some(),
+            Condition::NotExists(name) => get(name).is_none(),
+            Condition::Compare {
+                attribute,
+                operator,
+                value,
+                upper,
+            } => {
+                let Some(actual) = get(attribute) else {
+                    // As DynamoDB: a missing attribute is "not equal" to anything.
+                    return *operator == Operator::Ne;
+                };
+                match operator {
+                    Operator::Eq => actual == value,
+                    Operator::Ne => actual != value,
+                    Operator::BeginsWith => begins_with(actual, value),
+                    Operator::Between => upper.as_ref().is_some_and(|hi| {
+                        compare(actual, value).is_some_and(|o| o != Ordering::Less)
+                            && compare(actual, hi).is_some_and(|o| o != Ordering::Greater)
+                    }),
+                    op => compare(actual, value).is_some_and(|o| match op {
+                        Operator::Lt => o == Ordering::Less,
+                        Operator::Le => o != Ordering::Greater,
+                        Operator::Gt => o == Ordering::Greater,
+                        Operator::Ge => o != Ordering::Less,
+                        _ => false,
+                    }),
+                }
+            }
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Condition::Exists(n) => format!("attribute_exists({n})"),
+            Condition::NotExists(n) => format!("attribute_not_exists({n})"),
+            Condition::Compare {
+                attribute,
+                operator,
+                ..
+            } => format!("{attribute} {operator:?} value"),
+        }
+    }
+}
+
+/// Fails with `ConditionalCheckFailedException` naming the first condition
+/// that does not hold.
+pub fn check_all(conditions: &[Condition], item: Option<&Item>) -> Result<(), TableError> {
+    match conditions.iter().find(|c| !c.holds(item)) {
+        Some(c) => Err(TableError::ConditionalCheckFailed(format!(
+            "{} is not satisfied",
+            c.describe()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Applies update actions to an item (creating it when absent); key
+/// attributes cannot be changed.
+pub fn apply(
+    schema: &KeySchema,
+    item: &mut Item,
+    actions: &[UpdateAction],
+) -> Result<(), TableError> {
+    for action in actions {
+        let name = match action {
+            UpdateAction::Set(n, _)
+            | UpdateAction::Remove(n)
+            | UpdateAction::Add(n, _)
+            | UpdateAction::Delete(n, _) => n,
+        };
+        if name.is_empty() {
+            return Err(TableError::validation(
+                "an update action names an empty attribute",
+            ));
+        }
+        if schema.is_key_attribute(name) {
+            return Err(TableError::validation(format!(
+                "Cannot update attribute {name}. This attribute is part of the key"
+            )));
+        }
+        match action {
+            UpdateAction::Set(n, v) => {
+                item.insert(n.clone(), v.clone());
+            }
+            UpdateAction::Remove(n) => {
+                item.remove(n);
+            }
+            UpdateAction::Add(n, v) => {
+                let merged = match (item.remove(n), v) {
+                    (
+                        None,
+                        v @ (AttributeValue::N(_)
+                        | AttributeValue::Ss(_)
+                        | AttributeValue::Ns(_)
+                        | AttributeValue::Bs(_)),
+                    ) => v.clone(),
+                    (Some(AttributeValue::N(a)), AttributeValue::N(b)) => {
+                        AttributeValue::N(a.checked_add(b)?)
+                    }
+                    (Some(AttributeValue::Ss(mut a)), AttributeValue::Ss(b)) => {
+                        b.iter().for_each(|m| {
+                            a.insert(m.clone());
+                        });
+                        AttributeValue::Ss(a)
+                    }
+                    (Some(AttributeValue::Ns(mut a)), AttributeValue::Ns(b)) => {
+                        b.iter().for_each(|m| {
+                            a.insert(m.clone());
+                        });
+                        AttributeValue::Ns(a)
+                    }
+                    (Some(AttributeValue::Bs(mut a)), AttributeValue::Bs(b)) => {
+                        b.iter().for_each(|m| {
+                            a.insert(m.clone());
+                        });
+                        AttributeValue::Bs(a)
+                    }
+                    (old, v) => {
+                        return Err(TableError::validation(format!(
+                            "ADD to {n}: cannot add {} to {}; ADD works on numbers and sets of the same type",
+                            v.type_name(),
+                            old.as_ref()
+                                .map_or("a missing attribute", |o| o.type_name())
+                        )));
+                    }
+                };
+                item.insert(n.clone(), merged);
+            }
+            UpdateAction::Delete(n, v) => {
+                let remaining = match (item.remove(n), v) {
+                    (None, _) => None,
+                    (Some(AttributeValue::Ss(mut a)), AttributeValue::Ss(b)) => {
+                        b.iter().for_each(|m| {
+                            a.remove(m);
+                        });
+                        (!a.is_empty()).then_some(AttributeValue::Ss(a))
+                    }
+                    (Some(AttributeValue::Ns(mut a)), AttributeValue::Ns(b)) => {
+                        b.iter().for_each(|m| {
+                            a.remove(m);
+                        });
+                        (!a.is_empty()).then_some(AttributeValue::Ns(a))
+                    }
+                    (Some(AttributeValue::Bs(mut a)), AttributeValue::Bs(b)) => {
+                        b.iter().for_each(|m| {
+                            a.remove(m);
+                        });
+                        (!a.is_empty()).then_some(AttributeValue::Bs(a))
+                    }
+                    (Some(old), v) => {
+                        return Err(TableError::validation(format!(
+                            "DELETE from {n}: cannot remove {} members from {}; DELETE works on sets of the same type",
+                            v.type_name(),
+                            old.type_name()
+                        )));
+                    }
+                };
+                if let Some(r) = remaining {
+                    item.insert(n.clone(), r);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! The client side of kms-service as table-service uses it. Every call
+//! carries table-service's own credential in `authorization` and the end
+//! caller's in `x-on-behalf-of`, so kms-service decides for the end caller
+//! (with `kms:ViaService = service/table-service`) and audits both.
+//! **Invariant:** table-service never calls a key operation on its own
+//! behalf alone; every method here takes the caller it acts for.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lockbox_proto::iam::v1 as iam;
+use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
+use lockbox_proto::kms::v1 as pb;
+use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+use zeroize::Zeroizing;
+
+use crate::error::TableError;
+
+/// The end caller of a request, as table-service received it.
+#[derive(Clone)]
+pub struct CallerCredential {
+    /// The caller's `authorization` value (`Bearer …`), forwarded verbatim.
+    pub authorization: Zeroizing<String>,
+    pub request_id: String,
+}
+
+impl std::fmt::Debug for CallerCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerCredential")
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One answer of `Authorize`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub allowed: bool,
+    pub message: String,
+}
+
+/// A fresh data key.
+pub struct DataKey {
+    pub plaintext: Zeroizing<Vec<u8>>,
+    pub wrapped: Vec<u8>,
+}
+
+/// What table-service needs to know about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub state: String,
+}
+
+#[derive(Clone)]
+pub struct KmsClient {
+    endpoint: String,
+    kms: KeyManagementServiceClient<Channel>,
+    iam: IdentityServiceClient<Channel>,
+    service_token: std::sync::Arc<Zeroizing<String>>,
+    timeout: Duration,
+}
+
+impl KmsClient {
+    /// Connects lazily: the first call dials, and a kms-service that is down
+    /// only fails the calls made while it is down.
+    pub fn new(
+        endpoint: &str,
+        service_token: Zeroizing<String>,
+        timeout: Duration,
+    ) -> Result<Self, TableError> {
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| {
+                TableError::validation(format!("kms endpoint {endpoint:?} is not a valid URL: {e}"))
+            })?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(KmsClient {
+            endpoint: endpoint.to_string(),
+            kms: KeyManagementServiceClient::new(channel.clone()),
+            iam: IdentityServiceClient::new(channel),
+            service_token: std::sync::Arc::new(service_token),
+            timeout,
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn request<T>(
+        &self,
+        caller: &CallerCredential,
+        message: T,
+    ) -> Result<tonic::Request<T>, TableError> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        let meta = request.metadata_mut();
+        let bad = |_| TableError::Internal("credential is not valid metadata".into());
+        meta.insert(
+            "authorization",
+            format!("Bearer {}", self.service_token.as_str())
+                .parse()
+                .map_err(bad)?,
+        );
+        meta.insert(
+            "x-on-behalf-of",
+            caller
+                .authorization
+                .as_str()
+                .parse()
+                .map_err(|_| TableError::Kms {
+                    code: tonic::Code::Unauthenticated,
+                    reason: "IncompleteSignatureException".into(),
+                    message: "malformed credential: expected \"Bearer <token>\"".into(),
+                })?,
+        );
+        if let Ok(id) = caller.request_id.parse() {
+            meta.insert("x-request-id", id);
+        }
+        Ok(request)
+    }
+
+    fn error(&self, status: tonic::Status) -> TableError {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                if status.get_details_error_info().is_none() =>
+            {
+                TableError::KmsUnavailable {
+                    endpoint: self.endpoint.clone(),
+                    detail: status.message().to_string(),
+                }
+            }
+            code => TableError::Kms {
+                code,
+                reason: status
+                    .get_details_error_info()
+                    .map(|i| i.reason)
+                    .unwrap_or_else(|| "KMSInternalException".into()),
+                message: status.message().to_string(),
+            },
+        }
+    }
+
+    /// Asks whether the caller may do each (action, resource); returns the
+    /// caller's principal and the answers in order.
+    pub async fn authorize(
+        &self,
+        caller: &CallerCredential,
+        questions: &[(String, String)],
+    ) -> Result<(String, Vec<Answer>), TableError> {
+        let request = self.request(
+            caller,
+            iam::AuthorizeRequest {
+                questions: questions
+                    .iter()
+                    .map(|(action, resource)| iam::AuthorizationQuestion {
+                        action: action.clone(),
+                        resource: resource.clone(),
+                    })
+                    .collect(),
+            },
+        )?;
+        let reply = self
+            .iam
+            .clone()
+            .authorize(request)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        let answers = reply
+            .answers
+            .into_iter()
+            .map(|a| Answer {
+                allowed: a.decision == i32::from(iam::Decision::Allow),
+                message: a.message,
+            })
+            .collect();
+        Ok((reply.principal, answers))
+    }
+
+    pub async fn describe_key(
+        &self,
+        caller: &CallerCredential,
+        key_id: &str,
+    ) -> Result<KeyInfo, TableError> {
+        let request = self.request(
+            caller,
+            pb::DescribeKeyRequest {
+                key_id: key_id.to_string(),
+                grant_tokens: vec![],
+            },
+        )?;
+        let meta = self
+            .kms
+            .clone()
+            .describe_key(request)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner()
+            .key_metadata
+            .ok_or_else(|| TableError::Internal("DescribeKey returned no metadata".into()))?;
+        let state = pb::KeyState::try_from(meta.key_state)
+            .map(|s| match s {
+                pb::KeyState::Enabled => "Enabled",
+                pb::KeyState::Disabled => "Disabled",
+                pb::KeyState::PendingDeletion => "PendingDeletion",
+                pb::KeyState::Unspecified => "Unknown",
+            })
+            .unwrap_or("Unknown");
+        Ok(KeyInfo {
+            key_id: meta.key_id,
+            state: state.to_string(),
+        })
+    }
+
+    pub async fn generate_data_key(
+        &self,
+        caller: &CallerCredential,
+        key_id: &str,
+        context: HashMap<String, String>,
+    ) -> Result<DataKey, TableError> {
+        let request = self.request(
+            caller,
+            pb::GenerateDataKeyRequest {
+                key_id: key_id.to_string(),
+                encryption_context: context,
+                key_spec: pb::DataKeySpec::Aes256.into(),
+                ..Default::default()
+            },
+        )?;
+        let reply = self
+            .kms
+            .clone()
+            .generate_data_key(request)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        Ok(DataKey {
+            plaintext: Zeroizing::new(reply.plaintext),
+            wrapped: reply.ciphertext_blob,
+        })
+    }
+
+    pub async fn decrypt(
+        &self,
+        caller: &CallerCredential,
+        key_id: &str,
+        wrapped: &[u8],
+        context: HashMap<String, String>,
+    ) -> Result<Zeroizing<Vec<u8>>, TableError> {
+        let request = self.request(
+            caller,
+            pb::DecryptRequest {
+                ciphertext_blob: wrapped.to_vec(),
+                encryption_context: context,
+                key_id: key_id.to_string(),
+                grant_tokens: vec![],
+            },
+        )?;
+        let reply = self
+            .kms
+            .clone()
+            .decrypt(request)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner();
+        Ok(Zeroizing::new(reply.plaintext))
+    }
+}

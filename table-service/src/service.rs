@@ -1,0 +1,292 @@
+//! The table service as a domain object: one method per RPC, taking plain
+//! Rust types. Every method first asks kms-service whether the caller may do
+//! `table:<Action>` on `table/<name>`; every key use goes to kms-service on
+//! behalf of the caller. **Invariant:** nothing is ever stored unencrypted:
+//! an item is written only after its envelope is sealed under a data key
+//! kms-service generated for that item.
+
+mod items;
+mod query;
+mod tables;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use crate::cache::{AuthzCache, CacheConfig, DataKeyCache};
+use crate::envelope;
+use crate::error::TableError;
+use crate::kms::{CallerCredential, KmsClient};
+use crate::model::{self, Item, ItemKey};
+use crate::store::{GroupCommit, StoreError, StoredItem, TableRecord, TableStore};
+
+pub use items::{BatchWrite, ReturnValues};
+pub use query::{Page, SortCondition};
+pub use tables::TableView;
+
+/// The alias of the key tables use when the creator names none.
+pub const SERVICE_MANAGED_ALIAS: &str = "alias/table-service";
+const STRIPES: usize = 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct TablesConfig {
+    pub data_key_cache: CacheConfig,
+    pub authz_cache: CacheConfig,
+}
+
+pub struct Tables {
+    store: Arc<dyn TableStore>,
+    commit: GroupCommit,
+    kms: KmsClient,
+    tables: RwLock<BTreeMap<String, TableRecord>>,
+    data_keys: DataKeyCache,
+    authz: AuthzCache,
+    /// Per-item locks (striped) so a conditional write's read, check and
+    /// write are atomic with respect to other writers of the same item.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Serializes table creation and deletion.
+    ddl: tokio::sync::Mutex<()>,
+}
+
+/// What one request did, for its structured event.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub principal: Option<String>,
+    pub kms_calls: u32,
+    pub cache_hits: u32,
+}
+
+/// A request in progress: who is calling and what it cost.
+pub struct Call {
+    pub caller: CallerCredential,
+    pub outcome: Outcome,
+}
+
+impl Call {
+    pub fn new(caller: CallerCredential) -> Self {
+        Call {
+            caller,
+            outcome: Outcome::default(),
+        }
+    }
+
+    fn principal(&self) -> &str {
+        self.outcome.principal.as_deref().unwrap_or("")
+    }
+}
+
+fn store_error(e: StoreError) -> TableError {
+    TableError::Unavailable(format!("item store unavailable: {e}"))
+}
+
+impl Tables {
+    pub fn open(
+        store: Arc<dyn TableStore>,
+        kms: KmsClient,
+        config: TablesConfig,
+    ) -> Result<Arc<Tables>, TableError> {
+        let tables = store
+            .load_tables()
+            .map_err(store_error)?
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+        Ok(Arc::new(Tables {
+            commit: GroupCommit::start(store.clone()),
+            store,
+            kms,
+            tables: RwLock::new(tables),
+            data_keys: DataKeyCache::new(config.data_key_cache),
+            authz: AuthzCache::new(config.authz_cache),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            ddl: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    pub fn kms_endpoint(&self) -> &str {
+        self.kms.endpoint()
+    }
+
+    /// Asks kms-service (or the allow cache) whether the caller may do
+    /// `action` on `resource`; records the caller's principal.
+    async fn authorize(
+        &self,
+        call: &mut Call,
+        action: &str,
+        resource: &str,
+    ) -> Result<(), TableError> {
+        let credential = call.caller.authorization.as_str();
+        if let Some(principal) = self.authz.allowed(credential, action, resource) {
+            call.outcome.principal = Some(principal);
+            call.outcome.cache_hits += 1;
+            return Ok(());
+        }
+        call.outcome.kms_calls += 1;
+        let (principal, answers) = self
+            .kms
+            .authorize(&call.caller, &[(action.to_string(), resource.to_string())])
+            .await?;
+        call.outcome.principal = Some(principal.clone());
+        match answers.first() {
+            Some(a) if a.allowed => {
+                self.authz
+                    .record_allow(credential, action, resource, &principal);
+                Ok(())
+            }
+            Some(a) => Err(TableError::Kms {
+                code: tonic::Code::PermissionDenied,
+                reason: "AccessDeniedException".into(),
+                message: a.message.clone(),
+            }),
+            None => Err(TableError::Internal("Authorize returned no answer".into())),
+        }
+    }
+
+    fn table(&self, name: &str) -> Result<TableRecord, TableError> {
+        self.tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TableError::ResourceNotFound(format!("Table: {name} not found")))
+    }
+
+    fn stripe(&self, table: &TableRecord, key: &ItemKey) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&table.table_id, key).hash(&mut h);
+        &self.stripes[(h.finish() as usize) % STRIPES]
+    }
+
+    /// Seals `attributes` for the item at `key` under a fresh data key.
+    async fn seal(
+        &self,
+        call: &mut Call,
+        table: &TableRecord,
+        key: &ItemKey,
+        attributes: &Item,
+    ) -> Result<Vec<u8>, TableError> {
+        let encoded = zeroize::Zeroizing::new(model::encode_attributes(attributes));
+        call.outcome.kms_calls += 1;
+        let data_key = self
+            .kms
+            .generate_data_key(
+                &call.caller,
+                &table.kms_key_id,
+                envelope::data_key_context(&table.table_id, key),
+            )
+            .await?;
+        let mut iv = [0u8; 12];
+        getrandom::fill(&mut iv).map_err(|e| TableError::Internal(format!("random IV: {e}")))?;
+        envelope::seal(
+            &table.table_id,
+            key,
+            &data_key.plaintext,
+            &data_key.wrapped,
+            iv,
+            &encoded,
+        )
+        .map_err(|_| TableError::Internal("sealing an item failed".into()))
+    }
+
+    /// Opens a stored item for the caller: unwraps its data key through
+    /// kms-service (or the caller's own cache entry) and authenticates it.
+    async fn open_item(
+        &self,
+        call: &mut Call,
+        table: &TableRecord,
+        stored: &StoredItem,
+    ) -> Result<Item, TableError> {
+        let integrity = || TableError::ItemIntegrity {
+            table: table.name.clone(),
+        };
+        let parsed = envelope::parse(&stored.envelope).map_err(|_| integrity())?;
+        let principal = call.principal().to_string();
+        let data_key = match self.data_keys.get(&principal, parsed.wrapped_key) {
+            Some(k) => {
+                call.outcome.cache_hits += 1;
+                k
+            }
+            None => {
+                call.outcome.kms_calls += 1;
+                let k = self
+                    .kms
+                    .decrypt(
+                        &call.caller,
+                        "",
+                        parsed.wrapped_key,
+                        envelope::data_key_context(&table.table_id, &stored.key),
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        // The wrapped key does not belong to this item: it was
+                        // copied from elsewhere.
+                        TableError::Kms { reason, .. }
+                            if reason == "InvalidCiphertextException" =>
+                        {
+                            integrity()
+                        }
+                        other => other,
+                    })?;
+                self.data_keys.insert(&principal, parsed.wrapped_key, &k);
+                k
+            }
+        };
+        let plain = parsed
+            .open(&table.table_id, &stored.key, &data_key)
+            .map_err(|_| integrity())?;
+        let attributes = model::decode_attributes(&plain).map_err(|_| integrity())?;
+        model::join_item(&table.schema, &stored.key, attributes).map_err(|_| integrity())
+    }
+
+    /// Opens many items with their data keys unwrapped concurrently, in
+    /// order. Each item is one kms-service round trip unless cached, and
+    /// they overlap instead of following one another.
+    async fn open_all(
+        self: &Arc<Self>,
+        call: &mut Call,
+        table: &TableRecord,
+        stored: Vec<StoredItem>,
+    ) -> Result<Vec<Item>, TableError> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, item) in stored.into_iter().enumerate() {
+            let this = self.clone();
+            let table = table.clone();
+            let mut sub = Call {
+                caller: call.caller.clone(),
+                outcome: Outcome {
+                    principal: call.outcome.principal.clone(),
+                    ..Outcome::default()
+                },
+            };
+            set.spawn(async move {
+                let r = this.open_item(&mut sub, &table, &item).await;
+                (i, r, sub.outcome)
+            });
+        }
+        let mut out: Vec<Option<Item>> = Vec::new();
+        let mut first_error = None;
+        while let Some(joined) = set.join_next().await {
+            let (i, result, outcome) =
+                joined.map_err(|e| TableError::Internal(format!("item task: {e}")))?;
+            call.outcome.kms_calls += outcome.kms_calls;
+            call.outcome.cache_hits += outcome.cache_hits;
+            match result {
+                Ok(item) => {
+                    if out.len() <= i {
+                        out.resize(i + 1, None);
+                    }
+                    out[i] = Some(item);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+}

@@ -1,0 +1,306 @@
+//! PutItem, GetItem, UpdateItem, DeleteItem, BatchGetItem, BatchWriteItem.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{Call, Tables, store_error};
+use crate::error::TableError;
+use crate::expression::{self, Condition, UpdateAction};
+use crate::model::{self, Item, ItemKey};
+use crate::store::{Mutation, StoredItem, TableRecord};
+
+pub const MAX_BATCH_GET_KEYS: usize = 100;
+pub const MAX_BATCH_WRITES: usize = 25;
+/// BatchGetItem answers at most this many bytes of items; the rest come
+/// back as unprocessed keys.
+pub const MAX_BATCH_GET_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReturnValues {
+    #[default]
+    None,
+    AllOld,
+    AllNew,
+}
+
+fn resource(name: &str) -> String {
+    format!("table/{name}")
+}
+
+impl Tables {
+    /// Reads and opens the current item at `key`, if any.
+    async fn current(
+        &self,
+        call: &mut Call,
+        table: &TableRecord,
+        key: &ItemKey,
+    ) -> Result<Option<Item>, TableError> {
+        let store = self.store.clone();
+        let (table_id, lookup) = (table.table_id.clone(), key.clone());
+        let stored = tokio::task::spawn_blocking(move || store.get_item(&table_id, &lookup))
+            .await
+            .map_err(|e| TableError::Internal(e.to_string()))?
+            .map_err(store_error)?;
+        match stored {
+            None => Ok(None),
+            Some(envelope) => Ok(Some(
+                self.open_item(
+                    call,
+                    table,
+                    &StoredItem {
+                        key: key.clone(),
+                        envelope,
+                    },
+                )
+                .await?,
+            )),
+        }
+    }
+
+    pub async fn put_item(
+        &self,
+        call: &mut Call,
+        table_name: &str,
+        item: Item,
+        conditions: &[Condition],
+        return_values: ReturnValues,
+    ) -> Result<Option<Item>, TableError> {
+        self.authorize(call, "table:PutItem", &resource(table_name))
+            .await?;
+        let table = self.table(table_name)?;
+        if return_values == ReturnValues::AllNew {
+            return Err(TableError::validation(
+                "PutItem supports return_values NONE or ALL_OLD",
+            ));
+        }
+        let (key, attributes) = model::split_item(&table.schema, item)?;
+        let _guard = self.stripe(&table, &key).lock().await;
+        let old = if !conditions.is_empty() || return_values == ReturnValues::AllOld {
+            let old = self.current(call, &table, &key).await?;
+            expression::check_all(conditions, old.as_ref())?;
+            old
+        } else {
+            None
+        };
+        let envelope = self.seal(call, &table, &key, &attributes).await?;
+        self.commit
+            .commit(vec![Mutation::PutItem {
+                table_id: table.table_id.clone(),
+                key,
+                envelope,
+            }])
+            .await
+            .map_err(store_error)?;
+        Ok(old.filter(|_| return_values == ReturnValues::AllOld))
+    }
+
+    pub async fn get_item(
+        &self,
+        call: &mut Call,
+        table_name: &str,
+        key: &Item,
+    ) -> Result<Option<Item>, TableError> {
+        self.authorize(call, "table:GetItem", &resource(table_name))
+            .await?;
+        let table = self.table(table_name)?;
+        let key = table.schema.validate_key_map(key)?;
+        self.current(call, &table, &key).await
+    }
+
+    pub async fn delete_item(
+        &self,
+        call: &mut Call,
+        table_name: &str,
+        key: &Item,
+        conditions: &[Condition],
+        return_values: ReturnValues,
+    ) -> Result<Option<Item>, TableError> {
+        self.authorize(call, "table:DeleteItem", &resource(table_name))
+            .await?;
+        let table = self.table(table_name)?;
+        if return_values == ReturnValues::AllNew {
+            return Err(TableError::validation(
+                "DeleteItem supports return_values NONE or ALL_OLD",
+            ));
+        }
+        let key = table.schema.validate_key_map(key)?;
+        let _guard = self.stripe(&table, &key).lock().await;
+        let old = if !conditions.is_empty() || return_values == ReturnValues::AllOld {
+            let old = self.current(call, &table, &key).await?;
+            expression::check_all(conditions, old.as_ref())?;
+            old
+        } else {
+            None
+        };
+        self.commit
+            .commit(vec![Mutation::DeleteItem {
+                table_id: table.table_id.clone(),
+                key,
+            }])
+            .await
+            .map_err(store_error)?;
+        Ok(old.filter(|_| return_values == ReturnValues::AllOld))
+    }
+
+    pub async fn update_item(
+        &self,
+        call: &mut Call,
+        table_name: &str,
+        key_map: &Item,
+        actions: &[UpdateAction],
+        conditions: &[Condition],
+        return_values: ReturnValues,
+    ) -> Result<Option<Item>, TableError> {
+        self.authorize(call, "table:UpdateItem", &resource(table_name))
+            .await?;
+        let table = self.table(table_name)?;
+        if actions.is_empty() {
+            return Err(TableError::validation(
+                "UpdateItem needs at least one action",
+            ));
+        }
+        let key = table.schema.validate_key_map(key_map)?;
+        let _guard = self.stripe(&table, &key).lock().await;
+        let old = self.current(call, &table, &key).await?;
+        expression::check_all(conditions, old.as_ref())?;
+        let mut new = old.clone().unwrap_or_else(|| key_map.clone());
+        expression::apply(&table.schema, &mut new, actions)?;
+        let (new_key, attributes) = model::split_item(&table.schema, new.clone())?;
+        debug_assert_eq!(new_key, key);
+        let envelope = self.seal(call, &table, &key, &attributes).await?;
+        self.commit
+            .commit(vec![Mutation::PutItem {
+                table_id: table.table_id.clone(),
+                key,
+                envelope,
+            }])
+            .await
+            .map_err(store_error)?;
+        Ok(match return_values {
+            ReturnValues::None => None,
+            ReturnValues::AllOld => old,
+            ReturnValues::AllNew => Some(new),
+        })
+    }
+
+    /// Reads up to 100 keys across tables. Keys beyond the response size cap
+    /// come back unprocessed rather than dropped.
+    pub async fn batch_get_item(
+        self: &Arc<Self>,
+        call: &mut Call,
+        requests: &BTreeMap<String, Vec<Item>>,
+    ) -> Result<(BTreeMap<String, Vec<Item>>, BTreeMap<String, Vec<Item>>), TableError> {
+        let total: usize = requests.values().map(Vec::len).sum();
+        if total == 0 || total > MAX_BATCH_GET_KEYS {
+            return Err(TableError::validation(format!(
+                "BatchGetItem takes 1–{MAX_BATCH_GET_KEYS} keys; this request has {total}"
+            )));
+        }
+        let mut responses = BTreeMap::new();
+        let mut unprocessed: BTreeMap<String, Vec<Item>> = BTreeMap::new();
+        let mut bytes = 0usize;
+        for (name, keys) in requests {
+            self.authorize(call, "table:BatchGetItem", &resource(name))
+                .await?;
+            let table = self.table(name)?;
+            let mut stored = Vec::new();
+            let mut seen = std::collections::BTreeSet::new();
+            for key_map in keys {
+                let key = table.schema.validate_key_map(key_map)?;
+                if !seen.insert(key.clone()) {
+                    return Err(TableError::validation(
+                        "Provided list of item keys contains duplicates",
+                    ));
+                }
+                let store = self.store.clone();
+                let (table_id, lookup) = (table.table_id.clone(), key.clone());
+                let found = tokio::task::spawn_blocking(move || store.get_item(&table_id, &lookup))
+                    .await
+                    .map_err(|e| TableError::Internal(e.to_string()))?
+                    .map_err(store_error)?;
+                if let Some(envelope) = found {
+                    if bytes + envelope.len() > MAX_BATCH_GET_BYTES {
+                        unprocessed
+                            .entry(name.clone())
+                            .or_default()
+                            .push(key_map.clone());
+                        continue;
+                    }
+                    bytes += envelope.len();
+                    stored.push(StoredItem { key, envelope });
+                }
+            }
+            let items = self.open_all(call, &table, stored).await?;
+            responses.insert(name.clone(), items);
+        }
+        Ok((responses, unprocessed))
+    }
+
+    /// Up to 25 puts and deletes across tables, committed together. Items
+    /// whose data key could not be obtained because kms-service was
+    /// unavailable come back unprocessed; every other error fails the whole
+    /// batch, and nothing of it is written.
+    pub async fn batch_write_item(
+        self: &Arc<Self>,
+        call: &mut Call,
+        requests: &BTreeMap<String, Vec<BatchWrite>>,
+    ) -> Result<BTreeMap<String, Vec<BatchWrite>>, TableError> {
+        let total: usize = requests.values().map(Vec::len).sum();
+        if total == 0 || total > MAX_BATCH_WRITES {
+            return Err(TableError::validation(format!(
+                "BatchWriteItem takes 1–{MAX_BATCH_WRITES} requests; this request has {total}"
+            )));
+        }
+        let mut mutations = Vec::new();
+        let mut unprocessed: BTreeMap<String, Vec<BatchWrite>> = BTreeMap::new();
+        for (name, writes) in requests {
+            self.authorize(call, "table:BatchWriteItem", &resource(name))
+                .await?;
+            let table = self.table(name)?;
+            let mut seen = std::collections::BTreeSet::new();
+            for write in writes {
+                let key = match write {
+                    BatchWrite::Put(item) => table.schema.extract_key(item)?,
+                    BatchWrite::Delete(key) => table.schema.validate_key_map(key)?,
+                };
+                if !seen.insert(key.clone()) {
+                    return Err(TableError::validation(
+                        "Provided list of item keys contains duplicates",
+                    ));
+                }
+                match write {
+                    BatchWrite::Put(item) => {
+                        let (key, attributes) = model::split_item(&table.schema, item.clone())?;
+                        match self.seal(call, &table, &key, &attributes).await {
+                            Ok(envelope) => mutations.push(Mutation::PutItem {
+                                table_id: table.table_id.clone(),
+                                key,
+                                envelope,
+                            }),
+                            Err(TableError::KmsUnavailable { .. }) => unprocessed
+                                .entry(name.clone())
+                                .or_default()
+                                .push(write.clone()),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    BatchWrite::Delete(_) => mutations.push(Mutation::DeleteItem {
+                        table_id: table.table_id.clone(),
+                        key,
+                    }),
+                }
+            }
+        }
+        if !mutations.is_empty() {
+            self.commit.commit(mutations).await.map_err(store_error)?;
+        }
+        Ok(unprocessed)
+    }
+}
+
+/// One request of BatchWriteItem.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchWrite {
+    Put(Item),
+    Delete(Item),
+}

@@ -1,0 +1,247 @@
+//! Query (one partition, optional sort-key condition, either order) and Scan
+//! (whole table, optionally one segment of a parallel scan). Pages stop at
+//! `limit` items or 1 MiB of item data, whichever comes first, and every
+//! page's data keys are unwrapped concurrently.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::{Call, Tables, store_error};
+use crate::error::TableError;
+use crate::expression::Operator;
+use crate::model::{self, AttributeValue, Item, ItemKey, ScalarType};
+use crate::store::{RangeQuery, ScanQuery, StoredItem, TableRecord};
+
+pub const MAX_PAGE_ITEMS: u32 = 1000;
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+pub const MAX_SEGMENTS: u32 = 1_000_000;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortCondition {
+    pub operator: Operator,
+    pub value: AttributeValue,
+    pub upper: Option<AttributeValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// Where the next page starts; `None` when this page is the last.
+    pub last_evaluated_key: Option<Item>,
+}
+
+fn encode_scalar(
+    name: &str,
+    kind: ScalarType,
+    value: &AttributeValue,
+) -> Result<Vec<u8>, TableError> {
+    match (kind, value) {
+        (ScalarType::S, AttributeValue::S(s)) => Ok(s.as_bytes().to_vec()),
+        (ScalarType::B, AttributeValue::B(b)) => Ok(b.clone()),
+        (ScalarType::N, AttributeValue::N(n)) => Ok(n.encode_key()),
+        (kind, other) => Err(TableError::validation(format!(
+            "One or more parameter values were invalid: Condition parameter type does not match schema type for {name}: expected {kind}, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Bound::Excluded(end);
+        }
+    }
+    Bound::Unbounded
+}
+
+fn page_limit(limit: u32) -> Result<usize, TableError> {
+    match limit {
+        0 => Ok(MAX_PAGE_ITEMS as usize),
+        1..=MAX_PAGE_ITEMS => Ok(limit as usize),
+        _ => Err(TableError::validation(format!(
+            "limit {limit} is out of range; use 1–{MAX_PAGE_ITEMS}"
+        ))),
+    }
+}
+
+impl Tables {
+    /// Opens a fetched page, cuts it at 1 MiB, and computes where the next
+    /// page starts.
+    async fn finish_page(
+        self: &Arc<Self>,
+        call: &mut Call,
+        table: &TableRecord,
+        stored: Vec<StoredItem>,
+        limit: usize,
+    ) -> Result<Page, TableError> {
+        let full = stored.len() >= limit;
+        let keys: Vec<ItemKey> = stored.iter().map(|s| s.key.clone()).collect();
+        let items = self.open_all(call, table, stored).await?;
+        let mut page = Page::default();
+        let mut bytes = 0usize;
+        let mut cut = false;
+        for item in items {
+            let size = model::item_size(&item);
+            if !page.items.is_empty() && bytes + size > MAX_PAGE_BYTES {
+                cut = true;
+                break;
+            }
+            bytes += size;
+            page.items.push(item);
+        }
+        if (full || cut) && !page.items.is_empty() {
+            let last = &keys[page.items.len() - 1];
+            page.last_evaluated_key = Some(table.schema.key_attributes(last)?);
+        }
+        Ok(page)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn query(
+        self: &Arc<Self>,
+        call: &mut Call,
+        table_name: &str,
+        partition_value: &AttributeValue,
+        sort: Option<&SortCondition>,
+        descending: bool,
+        limit: u32,
+        exclusive_start_key: Option<&Item>,
+    ) -> Result<Page, TableError> {
+        self.authorize(call, "table:Query", &format!("table/{table_name}"))
+            .await?;
+        let table = self.table(table_name)?;
+        let limit = page_limit(limit)?;
+        let (pk_name, pk_type) = &table.schema.partition;
+        let partition = encode_scalar(pk_name, *pk_type, partition_value)?;
+        let (mut lower, mut upper) = (Bound::Unbounded, Bound::Unbounded);
+        if let Some(cond) = sort {
+            let Some((sk_name, sk_type)) = &table.schema.sort else {
+                return Err(TableError::validation(format!(
+                    "table {table_name} has no sort key, so a sort key condition cannot be used"
+                )));
+            };
+            let v = encode_scalar(sk_name, *sk_type, &cond.value)?;
+            match cond.operator {
+                Operator::Eq => (lower, upper) = (Bound::Included(v.clone()), Bound::Included(v)),
+                Operator::Lt => upper = Bound::Excluded(v),
+                Operator::Le => upper = Bound::Included(v),
+                Operator::Gt => lower = Bound::Excluded(v),
+                Operator::Ge => lower = Bound::Included(v),
+                Operator::Between => {
+                    let hi = cond
+                        .upper
+                        .as_ref()
+                        .ok_or_else(|| TableError::validation("BETWEEN needs value2"))?;
+                    let hi = encode_scalar(sk_name, *sk_type, hi)?;
+                    if hi < v {
+                        return Err(TableError::validation(
+                            "Invalid KeyConditionExpression: the BETWEEN bounds are in the wrong order (value must be ≤ value2)",
+                        ));
+                    }
+                    (lower, upper) = (Bound::Included(v), Bound::Included(hi));
+                }
+                Operator::BeginsWith => {
+                    if *sk_type == ScalarType::N {
+                        return Err(TableError::validation(
+                            "BEGINS_WITH works on S and B sort keys, not N",
+                        ));
+                    }
+                    upper = prefix_end(&v);
+                    lower = Bound::Included(v);
+                }
+                Operator::Ne => {
+                    return Err(TableError::validation(
+                        "a sort key condition uses EQ, LT, LE, GT, GE, BETWEEN or BEGINS_WITH",
+                    ));
+                }
+            }
+        }
+        if let Some(start) = exclusive_start_key {
+            let start = table.schema.validate_key_map(start)?;
+            if start.partition != partition {
+                return Err(TableError::validation(
+                    "exclusive_start_key is not in the queried partition",
+                ));
+            }
+            let after = Bound::Excluded(start.sort);
+            if descending {
+                upper = tighter(upper, after, true);
+            } else {
+                lower = tighter(lower, after, false);
+            }
+        }
+        let request = RangeQuery {
+            table_id: table.table_id.clone(),
+            partition,
+            lower,
+            upper,
+            descending,
+            limit,
+        };
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.query(&request))
+            .await
+            .map_err(|e| TableError::Internal(e.to_string()))?
+            .map_err(store_error)?;
+        self.finish_page(call, &table, stored, limit).await
+    }
+
+    pub async fn scan(
+        self: &Arc<Self>,
+        call: &mut Call,
+        table_name: &str,
+        limit: u32,
+        exclusive_start_key: Option<&Item>,
+        segment: u32,
+        total_segments: u32,
+    ) -> Result<Page, TableError> {
+        self.authorize(call, "table:Scan", &format!("table/{table_name}"))
+            .await?;
+        let table = self.table(table_name)?;
+        let limit = page_limit(limit)?;
+        let segment = match total_segments {
+            0 if segment == 0 => None,
+            1..=MAX_SEGMENTS if segment < total_segments => Some((segment, total_segments)),
+            _ => {
+                return Err(TableError::validation(format!(
+                    "segment {segment} of total_segments {total_segments} is invalid: total_segments is 1–{MAX_SEGMENTS} and segment is below it"
+                )));
+            }
+        };
+        let after = exclusive_start_key
+            .map(|k| table.schema.validate_key_map(k))
+            .transpose()?;
+        let request = ScanQuery {
+            table_id: table.table_id.clone(),
+            after,
+            segment,
+            limit,
+        };
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.scan(&request))
+            .await
+            .map_err(|e| TableError::Internal(e.to_string()))?
+            .map_err(store_error)?;
+        self.finish_page(call, &table, stored, limit).await
+    }
+}
+
+/// The stricter of two bounds on the same side.
+fn tighter(current: Bound<Vec<u8>>, new: Bound<Vec<u8>>, upper: bool) -> Bound<Vec<u8>> {
+    let value = |b: &Bound<Vec<u8>>| match b {
+        Bound::Included(v) | Bound::Excluded(v) => Some(v.clone()),
+        Bound::Unbounded => None,
+    };
+    match (value(&current), value(&new)) {
+        (None, _) => new,
+        (_, None) => current,
+        (Some(c), Some(n)) => {
+            let new_is_tighter = if upper { n <= c } else { n >= c };
+            if new_is_tighter { new } else { current }
+        }
+    }
+}
