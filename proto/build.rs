@@ -1,9 +1,13 @@
-//! Compiles `kms/v1`, `iam/v1` with protox (pure Rust: no `protoc` needed) and
+//! Compiles `kms/v1`, `iam/v1`, `table/v1` with protox (pure Rust: no `protoc` needed) and
 //! generates tonic clients and servers plus a descriptor set for reflection.
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["kms/v1/kms.proto", "iam/v1/iam.proto"];
+const PROTOS: &[&str] = &[
+    "kms/v1/kms.proto",
+    "iam/v1/iam.proto",
+    "table/v1/table.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

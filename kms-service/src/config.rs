@@ -60,6 +60,11 @@ pub struct StorageConfig {
     /// (mode 0600). Default: `<data-dir>/admin.token`.
     #[arg(long, env = "KMS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// When set, the principal `service/table-service` and the
+    /// service-managed key `alias/table-service` are created on first start,
+    /// and the service's token is written to this file (mode 0600).
+    #[arg(long, env = "KMS_TABLE_SERVICE_TOKEN_FILE")]
+    pub table_service_token_file: Option<PathBuf>,
     /// Directory of the audit log. Default: `<data-dir>/audit`.
     #[arg(long, env = "KMS_AUDIT_DIR")]
     pub audit_dir: Option<PathBuf>,
@@ -119,6 +124,7 @@ impl ServeConfig {
                 data_dir,
                 root_key_file: None,
                 admin_token_file: None,
+                table_service_token_file: None,
                 audit_dir: None,
             },
             log_format: LogFormat::Text,

@@ -26,6 +26,9 @@ use crate::store::sqlite::SqliteStore;
 
 /// The bootstrap administrator.
 pub const ADMIN_PRINCIPAL: &str = "user/admin";
+/// The table service's principal and the alias of its service-managed key.
+pub const TABLE_SERVICE_PRINCIPAL: &str = "service/table-service";
+pub const TABLE_SERVICE_KEY_ALIAS: &str = "alias/table-service";
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +138,21 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
         write_secret_file(&path, &token.token)?;
         tracing::info!(path = %path.display(), principal = ADMIN_PRINCIPAL, "bootstrap administrator created; its token is in this file (mode 0600)");
         admin_token_file = Some(path);
+    }
+    if let Some(path) = &storage.table_service_token_file {
+        if let Some(token) = kms
+            .bootstrap_principal(TABLE_SERVICE_PRINCIPAL, PrincipalKind::Service, &[])
+            .await?
+        {
+            write_secret_file(path, &token.token)?;
+            tracing::info!(path = %path.display(), principal = TABLE_SERVICE_PRINCIPAL, "service principal created; its token is in this file (mode 0600)");
+        }
+        if let Some(key_id) = kms
+            .bootstrap_service_managed_key(TABLE_SERVICE_KEY_ALIAS, TABLE_SERVICE_PRINCIPAL)
+            .await?
+        {
+            tracing::info!(%key_id, alias = TABLE_SERVICE_KEY_ALIAS, "service-managed key created");
+        }
     }
     Ok(Opened {
         kms,

@@ -1,5 +1,5 @@
 //! The gRPC contract of the product: generated message types, clients and
-//! servers for `kms.v1` and `iam.v1`, and the encoded descriptor set that the
+//! servers for `kms.v1`, `iam.v1` and `table.v1`, and the encoded descriptor set that the
 //! services publish through server reflection.
 //!
 //! The `.proto` files beside this crate are the source of truth; clients in
@@ -16,6 +16,12 @@ pub mod kms {
 pub mod iam {
     pub mod v1 {
         tonic::include_proto!("iam.v1");
+    }
+}
+
+pub mod table {
+    pub mod v1 {
+        tonic::include_proto!("table.v1");
     }
 }
 

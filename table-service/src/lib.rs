@@ -4,10 +4,13 @@
 //! caller, so the key policy decides who reads plaintext.
 
 pub mod cache;
+pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod expression;
+pub mod grpc;
 pub mod kms;
 pub mod model;
+pub mod server;
 pub mod service;
 pub mod store;

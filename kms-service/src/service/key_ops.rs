@@ -146,7 +146,85 @@ fn not_pending(record: &KeyRecord, what: &str) -> Result<(), KmsError> {
     Ok(())
 }
 
+/// The key policy of a service-managed key: anyone may use it, but only
+/// through `service`; identity policies may only read its metadata. Like an
+/// AWS managed key, nobody can change this policy.
+pub fn service_managed_policy(service: &str) -> String {
+    serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "AllowReadViaIdentityPolicies", "Effect": "Allow", "Principal": {"AWS": "account"},
+             "Action": ["kms:Describe*", "kms:Get*", "kms:List*"], "Resource": "*"},
+            {"Sid": "AllowUseOnlyViaService", "Effect": "Allow", "Principal": {"AWS": "*"},
+             "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
+             "Resource": "*",
+             "Condition": {"StringEquals": {"kms:ViaService": service}}}
+        ]
+    })
+    .to_string()
+}
+
 impl Kms {
+    /// Creates the service-managed key behind `alias` unless the alias
+    /// exists. Audited as the service itself.
+    pub async fn bootstrap_service_managed_key(
+        &self,
+        alias: &str,
+        service: &str,
+    ) -> Result<Option<String>, KmsError> {
+        validate_alias_name(alias).map_err(KmsError::Validation)?;
+        let now = self.now();
+        let (key_id, seq) = {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            if state.aliases.contains_key(alias) {
+                return Ok(None);
+            }
+            let record = KeyRecord {
+                key_id: uuid::Uuid::new_v4().to_string(),
+                created: now,
+                creator: super::SERVICE_PRINCIPAL.into(),
+                description: format!("Service-managed key of {service}"),
+                spec: KeySpec::SymmetricDefault,
+                state: KeyState::Enabled,
+                deletion_date: None,
+                pending_window_days: 0,
+                policy: service_managed_policy(service),
+                tags: BTreeMap::new(),
+                rotation_period_days: Some(DEFAULT_ROTATION_PERIOD_DAYS),
+                next_rotation: Some(
+                    now + i64::from(DEFAULT_ROTATION_PERIOD_DAYS) * SECONDS_PER_DAY,
+                ),
+                current_version: 1,
+            };
+            validate_policy(&record.policy)?;
+            let version = new_version_for(self, &record, 1, VersionOrigin::Created, now);
+            let mutations = vec![
+                Mutation::PutKey(record.clone()),
+                Mutation::PutKeyVersion(version),
+                Mutation::PutAlias(AliasRecord {
+                    alias_name: alias.to_string(),
+                    key_id: record.key_id.clone(),
+                    created: now,
+                }),
+            ];
+            for m in &mutations {
+                state.apply(m)?;
+            }
+            (record.key_id, self.committer.enqueue(mutations)?)
+        };
+        let event = crate::audit::AuditEvent {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            event_name: "CreateKey".into(),
+            principal: Some(super::SERVICE_PRINCIPAL.into()),
+            key_id: Some(key_id.clone()),
+            key_version: Some(1),
+            resources: vec![format!("key/{key_id}"), alias.to_string()],
+            ..crate::audit::AuditEvent::default()
+        };
+        self.finish(event, seq, Ok(())).await?;
+        Ok(Some(key_id))
+    }
+
     pub async fn create_key(
         &self,
         creds: &Credentials,

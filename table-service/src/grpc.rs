@@ -1,0 +1,38 @@
+//! The gRPC face of table-service. **Architecture invariant:** this is the
+//! only module that touches protobuf types. It also writes the structured
+//! event of every data-plane request (principal, action, table, outcome,
+//! kms-service calls, cache hits).
+
+mod convert;
+mod status;
+mod table;
+
+pub use status::to_status;
+pub use table::TableGrpc;
+
+use crate::error::TableError;
+use crate::kms::CallerCredential;
+
+/// The caller's credential, forwarded to kms-service; refused here only when
+/// it is missing altogether.
+fn caller<T>(request: &tonic::Request<T>) -> Result<CallerCredential, TableError> {
+    let meta = request.metadata();
+    let authorization = meta
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| TableError::Kms {
+            code: tonic::Code::Unauthenticated,
+            reason: "MissingAuthenticationTokenException".into(),
+            message: "missing credential: send metadata \"authorization: Bearer <token>\"".into(),
+        })?;
+    let request_id = meta
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+    Ok(CallerCredential {
+        authorization: zeroize::Zeroizing::new(authorization.to_string()),
+        request_id,
+    })
+}

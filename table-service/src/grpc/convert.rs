@@ -1,0 +1,268 @@
+//! Conversions between `table.v1` messages and the item model.
+
+use std::collections::HashMap;
+
+use lockbox_proto::table::v1 as pb;
+
+use crate::error::TableError;
+use crate::expression::{Condition, Operator, UpdateAction};
+use crate::model::{AttributeValue, Item, KeySchema, Number, ScalarType, Set};
+use crate::service::{ReturnValues, SortCondition, TableView};
+
+fn number(text: &str) -> Result<Number, TableError> {
+    text.parse::<Number>().map_err(TableError::from)
+}
+
+pub fn value(name: &str, v: pb::AttributeValue) -> Result<AttributeValue, TableError> {
+    use pb::attribute_value::Value as V;
+    Ok(match v.value {
+        Some(V::S(s)) => AttributeValue::S(s),
+        Some(V::N(n)) => AttributeValue::N(number(&n)?),
+        Some(V::B(b)) => AttributeValue::B(b),
+        Some(V::Bool(b)) => AttributeValue::Bool(b),
+        Some(V::Null(true)) => AttributeValue::Null,
+        Some(V::Null(false)) => {
+            return Err(TableError::validation(format!(
+                "attribute {name}: null must be true"
+            )));
+        }
+        Some(V::M(m)) => AttributeValue::M(item(m.fields)?),
+        Some(V::L(l)) => AttributeValue::L(
+            l.values
+                .into_iter()
+                .map(|v| value(name, v))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(V::Ss(s)) => AttributeValue::Ss(Set::try_from_members(s.values)?),
+        Some(V::Ns(s)) => AttributeValue::Ns(Set::try_from_members(
+            s.values
+                .iter()
+                .map(|n| number(n))
+                .collect::<Result<Vec<_>, _>>()?,
+        )?),
+        Some(V::Bs(s)) => AttributeValue::Bs(Set::try_from_members(s.values)?),
+        None => {
+            return Err(TableError::validation(format!(
+                "attribute {name} has no value: set one of s, n, b, bool, null, m, l, ss, ns, bs"
+            )));
+        }
+    })
+}
+
+pub fn item(map: HashMap<String, pb::AttributeValue>) -> Result<Item, TableError> {
+    map.into_iter()
+        .map(|(k, v)| value(&k, v).map(|v| (k, v)))
+        .collect()
+}
+
+pub fn value_out(v: &AttributeValue) -> pb::AttributeValue {
+    use pb::attribute_value::Value as V;
+    let value = match v {
+        AttributeValue::S(s) => V::S(s.clone()),
+        AttributeValue::N(n) => V::N(n.to_string()),
+        AttributeValue::B(b) => V::B(b.clone()),
+        AttributeValue::Bool(b) => V::Bool(*b),
+        AttributeValue::Null => V::Null(true),
+        AttributeValue::M(m) => V::M(pb::MapValue {
+            fields: item_out(m),
+        }),
+        AttributeValue::L(l) => V::L(pb::ListValue {
+            values: l.iter().map(value_out).collect(),
+        }),
+        AttributeValue::Ss(s) => V::Ss(pb::StringSet {
+            values: s.iter().cloned().collect(),
+        }),
+        AttributeValue::Ns(s) => V::Ns(pb::NumberSet {
+            values: s.iter().map(|n| n.to_string()).collect(),
+        }),
+        AttributeValue::Bs(s) => V::Bs(pb::BinarySet {
+            values: s.iter().cloned().collect(),
+        }),
+    };
+    pb::AttributeValue { value: Some(value) }
+}
+
+pub fn item_out(item: &Item) -> HashMap<String, pb::AttributeValue> {
+    item.iter()
+        .map(|(k, v)| (k.clone(), value_out(v)))
+        .collect()
+}
+
+fn scalar(t: i32, which: &str) -> Result<ScalarType, TableError> {
+    match pb::ScalarType::try_from(t) {
+        Ok(pb::ScalarType::S) => Ok(ScalarType::S),
+        Ok(pb::ScalarType::N) => Ok(ScalarType::N),
+        Ok(pb::ScalarType::B) => Ok(ScalarType::B),
+        _ => Err(TableError::validation(format!(
+            "{which} type must be SCALAR_TYPE_S, SCALAR_TYPE_N or SCALAR_TYPE_B"
+        ))),
+    }
+}
+
+fn scalar_out(t: ScalarType) -> i32 {
+    match t {
+        ScalarType::S => pb::ScalarType::S,
+        ScalarType::N => pb::ScalarType::N,
+        ScalarType::B => pb::ScalarType::B,
+    }
+    .into()
+}
+
+pub fn schema(s: Option<pb::KeySchema>) -> Result<KeySchema, TableError> {
+    let s = s.ok_or_else(|| TableError::validation("key_schema is required"))?;
+    let pk = s
+        .partition_key
+        .ok_or_else(|| TableError::validation("key_schema.partition_key is required"))?;
+    let partition = (pk.name, scalar(pk.r#type, "partition_key")?);
+    let sort = match s.sort_key {
+        Some(sk) if !sk.name.is_empty() => Some((sk.name, scalar(sk.r#type, "sort_key")?)),
+        _ => None,
+    };
+    Ok(KeySchema::new(partition, sort)?)
+}
+
+pub fn table_description(view: &TableView) -> pb::TableDescription {
+    let r = &view.record;
+    pb::TableDescription {
+        table_name: r.name.clone(),
+        table_id: r.table_id.clone(),
+        key_schema: Some(pb::KeySchema {
+            partition_key: Some(pb::KeyElement {
+                name: r.schema.partition.0.clone(),
+                r#type: scalar_out(r.schema.partition.1),
+            }),
+            sort_key: r.schema.sort.as_ref().map(|(name, t)| pb::KeyElement {
+                name: name.clone(),
+                r#type: scalar_out(*t),
+            }),
+        }),
+        table_status: if r.rewrap.is_some() {
+            pb::TableStatus::Updating
+        } else {
+            pb::TableStatus::Active
+        }
+        .into(),
+        sse_description: Some(pb::SseDescription {
+            kms_key_id: r.kms_key_id.clone(),
+            key_state: view.key_state.clone(),
+            service_managed: r.service_managed,
+        }),
+        creation_date: Some(prost_types::Timestamp {
+            seconds: r.created,
+            nanos: 0,
+        }),
+        item_count: view.item_count,
+        rewrap_progress: r.rewrap.as_ref().map(|w| pb::RewrapProgress {
+            target_kms_key_id: w.target_key_id.clone(),
+            items_done: w.items_done,
+            items_total: view.item_count,
+        }),
+    }
+}
+
+pub fn operator(op: i32) -> Result<Operator, TableError> {
+    use pb::ComparisonOperator as C;
+    Ok(match C::try_from(op) {
+        Ok(C::Eq) => Operator::Eq,
+        Ok(C::Ne) => Operator::Ne,
+        Ok(C::Lt) => Operator::Lt,
+        Ok(C::Le) => Operator::Le,
+        Ok(C::Gt) => Operator::Gt,
+        Ok(C::Ge) => Operator::Ge,
+        Ok(C::BeginsWith) => Operator::BeginsWith,
+        Ok(C::Between) => Operator::Between,
+        _ => {
+            return Err(TableError::validation(
+                "operator is required: EQ, NE, LT, LE, GT, GE, BEGINS_WITH or BETWEEN",
+            ));
+        }
+    })
+}
+
+fn required(name: &str, v: Option<pb::AttributeValue>) -> Result<AttributeValue, TableError> {
+    value(
+        name,
+        v.ok_or_else(|| TableError::validation(format!("{name}: value is required")))?,
+    )
+}
+
+pub fn conditions(list: Vec<pb::Condition>) -> Result<Vec<Condition>, TableError> {
+    use pb::condition::Kind;
+    list.into_iter()
+        .map(|c| match c.kind {
+            Some(Kind::AttributeExists(n)) => Ok(Condition::Exists(n)),
+            Some(Kind::AttributeNotExists(n)) => Ok(Condition::NotExists(n)),
+            Some(Kind::Comparison(cmp)) => {
+                let operator = operator(cmp.operator)?;
+                Ok(Condition::Compare {
+                    value: required(&cmp.attribute, cmp.value)?,
+                    upper: cmp.value2.map(|v| value(&cmp.attribute, v)).transpose()?,
+                    attribute: cmp.attribute,
+                    operator,
+                })
+            }
+            None => Err(TableError::validation(
+                "a condition needs attribute_exists, attribute_not_exists or comparison",
+            )),
+        })
+        .collect()
+}
+
+pub fn actions(list: Vec<pb::UpdateAction>) -> Result<Vec<UpdateAction>, TableError> {
+    use pb::update_action::Action;
+    list.into_iter()
+        .map(|a| match a.action {
+            Some(Action::Set(s)) => Ok(UpdateAction::Set(
+                s.attribute.clone(),
+                required(&s.attribute, s.value)?,
+            )),
+            Some(Action::Remove(n)) => Ok(UpdateAction::Remove(n)),
+            Some(Action::Add(s)) => Ok(UpdateAction::Add(
+                s.attribute.clone(),
+                required(&s.attribute, s.value)?,
+            )),
+            Some(Action::Delete(s)) => Ok(UpdateAction::Delete(
+                s.attribute.clone(),
+                required(&s.attribute, s.value)?,
+            )),
+            None => Err(TableError::validation(
+                "an update action needs set, remove, add or delete",
+            )),
+        })
+        .collect()
+}
+
+pub fn return_values(v: i32) -> Result<ReturnValues, TableError> {
+    match pb::ReturnValues::try_from(v) {
+        Ok(pb::ReturnValues::Unspecified | pb::ReturnValues::None) => Ok(ReturnValues::None),
+        Ok(pb::ReturnValues::AllOld) => Ok(ReturnValues::AllOld),
+        Ok(pb::ReturnValues::AllNew) => Ok(ReturnValues::AllNew),
+        Err(_) => Err(TableError::validation(format!(
+            "return_values {v} is not known"
+        ))),
+    }
+}
+
+pub fn sort_condition(
+    c: Option<pb::SortKeyCondition>,
+) -> Result<Option<SortCondition>, TableError> {
+    c.map(|c| {
+        Ok(SortCondition {
+            operator: operator(c.operator)?,
+            value: required("sort_key_condition", c.value)?,
+            upper: c
+                .value2
+                .map(|v| value("sort_key_condition", v))
+                .transpose()?,
+        })
+    })
+    .transpose()
+}
+
+pub fn optional_key(map: HashMap<String, pb::AttributeValue>) -> Result<Option<Item>, TableError> {
+    if map.is_empty() {
+        Ok(None)
+    } else {
+        item(map).map(Some)
+    }
+}

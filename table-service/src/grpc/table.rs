@@ -1,0 +1,493 @@
+//! `table.v1.TableService` over [`Tables`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lockbox_proto::table::v1 as pb;
+use lockbox_proto::table::v1::table_service_server::TableService;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::{caller, to_status};
+use crate::error::TableError;
+use crate::service::{BatchWrite, Call, Outcome, Tables};
+
+pub struct TableGrpc {
+    tables: Arc<Tables>,
+}
+
+impl TableGrpc {
+    pub fn new(tables: Arc<Tables>) -> Self {
+        TableGrpc { tables }
+    }
+}
+
+/// Writes the request's structured event and maps the result.
+fn finish<T>(
+    action: &str,
+    table: &str,
+    request_id: &str,
+    outcome: &Outcome,
+    result: Result<T, TableError>,
+) -> Result<Response<T>, Status> {
+    let principal = outcome.principal.as_deref().unwrap_or("-");
+    match &result {
+        Ok(_) => tracing::info!(
+            target: "table_event",
+            request_id, principal, action, table, outcome = "ok",
+            kms_calls = outcome.kms_calls, cache_hits = outcome.cache_hits,
+        ),
+        Err(e) => tracing::info!(
+            target: "table_event",
+            request_id, principal, action, table, outcome = e.reason(),
+            kms_calls = outcome.kms_calls, cache_hits = outcome.cache_hits,
+        ),
+    }
+    result.map(Response::new).map_err(|e| to_status(&e))
+}
+
+/// Runs one request: extracts the caller, runs `work`, logs the event.
+macro_rules! handle {
+    ($request:expr, $action:literal, |$call:ident, $r:ident| $body:expr) => {{
+        let request = $request;
+        let credential = caller(&request);
+        let $r = request.into_inner();
+        let table = table_of(&$r);
+        match credential {
+            Err(e) => finish($action, &table, "-", &Outcome::default(), Err(e)),
+            Ok(credential) => {
+                let request_id = credential.request_id.clone();
+                let mut call = Call::new(credential);
+                let result = {
+                    let $call = &mut call;
+                    $body
+                };
+                finish($action, &table, &request_id, &call.outcome, result)
+            }
+        }
+    }};
+}
+
+trait NamesTable {
+    fn table_name(&self) -> String;
+}
+
+macro_rules! names_table {
+    ($($t:ty),*) => { $(impl NamesTable for $t { fn table_name(&self) -> String { self.table_name.clone() } })* };
+}
+names_table!(
+    pb::CreateTableRequest,
+    pb::DescribeTableRequest,
+    pb::UpdateTableRequest,
+    pb::DeleteTableRequest,
+    pb::PutItemRequest,
+    pb::GetItemRequest,
+    pb::UpdateItemRequest,
+    pb::DeleteItemRequest,
+    pb::QueryRequest,
+    pb::ScanRequest
+);
+impl NamesTable for pb::ListTablesRequest {
+    fn table_name(&self) -> String {
+        "*".into()
+    }
+}
+impl NamesTable for pb::BatchGetItemRequest {
+    fn table_name(&self) -> String {
+        self.request_items
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+impl NamesTable for pb::BatchWriteItemRequest {
+    fn table_name(&self) -> String {
+        self.request_items
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn table_of<R: NamesTable>(r: &R) -> String {
+    r.table_name()
+}
+
+fn items_out(items: &[crate::model::Item]) -> Vec<pb::Item> {
+    items
+        .iter()
+        .map(|i| pb::Item {
+            attributes: convert::item_out(i),
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl TableService for TableGrpc {
+    async fn create_table(
+        &self,
+        request: Request<pb::CreateTableRequest>,
+    ) -> Result<Response<pb::CreateTableResponse>, Status> {
+        handle!(request, "CreateTable", |call, r| {
+            match convert::schema(r.key_schema) {
+                Ok(schema) => {
+                    let key = r
+                        .sse_specification
+                        .map(|s| s.kms_key_id)
+                        .unwrap_or_default();
+                    self.tables
+                        .create_table(call, &r.table_name, schema, &key)
+                        .await
+                        .map(|v| pb::CreateTableResponse {
+                            table_description: Some(convert::table_description(&v)),
+                        })
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn describe_table(
+        &self,
+        request: Request<pb::DescribeTableRequest>,
+    ) -> Result<Response<pb::DescribeTableResponse>, Status> {
+        handle!(request, "DescribeTable", |call, r| {
+            self.tables
+                .describe_table(call, &r.table_name)
+                .await
+                .map(|v| pb::DescribeTableResponse {
+                    table: Some(convert::table_description(&v)),
+                })
+        })
+    }
+
+    async fn list_tables(
+        &self,
+        request: Request<pb::ListTablesRequest>,
+    ) -> Result<Response<pb::ListTablesResponse>, Status> {
+        handle!(request, "ListTables", |call, r| {
+            self.tables
+                .list_tables(call, r.limit, &r.exclusive_start_table_name)
+                .await
+                .map(|(names, last)| pb::ListTablesResponse {
+                    table_names: names,
+                    last_evaluated_table_name: last.unwrap_or_default(),
+                })
+        })
+    }
+
+    async fn update_table(
+        &self,
+        request: Request<pb::UpdateTableRequest>,
+    ) -> Result<Response<pb::UpdateTableResponse>, Status> {
+        handle!(request, "UpdateTable", |call, r| {
+            let key = r
+                .sse_specification
+                .map(|s| s.kms_key_id)
+                .unwrap_or_default();
+            self.tables
+                .update_table(call, &r.table_name, &key)
+                .await
+                .map(|v| pb::UpdateTableResponse {
+                    table_description: Some(convert::table_description(&v)),
+                })
+        })
+    }
+
+    async fn delete_table(
+        &self,
+        request: Request<pb::DeleteTableRequest>,
+    ) -> Result<Response<pb::DeleteTableResponse>, Status> {
+        handle!(request, "DeleteTable", |call, r| {
+            self.tables
+                .delete_table(call, &r.table_name)
+                .await
+                .map(|v| pb::DeleteTableResponse {
+                    table_description: Some(convert::table_description(&v)),
+                })
+        })
+    }
+
+    async fn put_item(
+        &self,
+        request: Request<pb::PutItemRequest>,
+    ) -> Result<Response<pb::PutItemResponse>, Status> {
+        handle!(request, "PutItem", |call, r| {
+            let parsed = (|| {
+                Ok((
+                    convert::item(r.item)?,
+                    convert::conditions(r.conditions)?,
+                    convert::return_values(r.return_values)?,
+                ))
+            })();
+            match parsed {
+                Ok((item, conditions, rv)) => self
+                    .tables
+                    .put_item(call, &r.table_name, item, &conditions, rv)
+                    .await
+                    .map(|old| pb::PutItemResponse {
+                        attributes: old.as_ref().map(convert::item_out).unwrap_or_default(),
+                    }),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn get_item(
+        &self,
+        request: Request<pb::GetItemRequest>,
+    ) -> Result<Response<pb::GetItemResponse>, Status> {
+        handle!(request, "GetItem", |call, r| {
+            match convert::item(r.key) {
+                Ok(key) => self
+                    .tables
+                    .get_item(call, &r.table_name, &key)
+                    .await
+                    .map(|item| pb::GetItemResponse {
+                        item: item.as_ref().map(convert::item_out).unwrap_or_default(),
+                    }),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn update_item(
+        &self,
+        request: Request<pb::UpdateItemRequest>,
+    ) -> Result<Response<pb::UpdateItemResponse>, Status> {
+        handle!(request, "UpdateItem", |call, r| {
+            let parsed = (|| {
+                Ok((
+                    convert::item(r.key)?,
+                    convert::actions(r.actions)?,
+                    convert::conditions(r.conditions)?,
+                    convert::return_values(r.return_values)?,
+                ))
+            })();
+            match parsed {
+                Ok((key, actions, conditions, rv)) => self
+                    .tables
+                    .update_item(call, &r.table_name, &key, &actions, &conditions, rv)
+                    .await
+                    .map(|item| pb::UpdateItemResponse {
+                        attributes: item.as_ref().map(convert::item_out).unwrap_or_default(),
+                    }),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn delete_item(
+        &self,
+        request: Request<pb::DeleteItemRequest>,
+    ) -> Result<Response<pb::DeleteItemResponse>, Status> {
+        handle!(request, "DeleteItem", |call, r| {
+            let parsed = (|| {
+                Ok((
+                    convert::item(r.key)?,
+                    convert::conditions(r.conditions)?,
+                    convert::return_values(r.return_values)?,
+                ))
+            })();
+            match parsed {
+                Ok((key, conditions, rv)) => self
+                    .tables
+                    .delete_item(call, &r.table_name, &key, &conditions, rv)
+                    .await
+                    .map(|old| pb::DeleteItemResponse {
+                        attributes: old.as_ref().map(convert::item_out).unwrap_or_default(),
+                    }),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn query(
+        &self,
+        request: Request<pb::QueryRequest>,
+    ) -> Result<Response<pb::QueryResponse>, Status> {
+        handle!(request, "Query", |call, r| {
+            let parsed = (|| {
+                let pk = r
+                    .partition_key_value
+                    .ok_or_else(|| TableError::validation("partition_key_value is required"))?;
+                Ok((
+                    convert::value("partition_key_value", pk)?,
+                    convert::sort_condition(r.sort_key_condition)?,
+                    convert::optional_key(r.exclusive_start_key)?,
+                ))
+            })();
+            match parsed {
+                Ok((pk, sort, start)) => self
+                    .tables
+                    .query(
+                        call,
+                        &r.table_name,
+                        &pk,
+                        sort.as_ref(),
+                        r.descending,
+                        r.limit,
+                        start.as_ref(),
+                    )
+                    .await
+                    .map(|page| pb::QueryResponse {
+                        items: items_out(&page.items),
+                        last_evaluated_key: page
+                            .last_evaluated_key
+                            .as_ref()
+                            .map(convert::item_out)
+                            .unwrap_or_default(),
+                    }),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanResponse>, Status> {
+        handle!(request, "Scan", |call, r| {
+            match convert::optional_key(r.exclusive_start_key) {
+                Ok(start) => self
+                    .tables
+                    .scan(
+                        call,
+                        &r.table_name,
+                        r.limit,
+                        start.as_ref(),
+                        r.segment,
+                        r.total_segments,
+                    )
+                    .await
+                    .map(|page| pb::ScanResponse {
+                        items: items_out(&page.items),
+                        last_evaluated_key: page
+                            .last_evaluated_key
+                            .as_ref()
+                            .map(convert::item_out)
+                            .unwrap_or_default(),
+                    }),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn batch_get_item(
+        &self,
+        request: Request<pb::BatchGetItemRequest>,
+    ) -> Result<Response<pb::BatchGetItemResponse>, Status> {
+        handle!(request, "BatchGetItem", |call, r| {
+            let parsed: Result<BTreeMap<String, Vec<crate::model::Item>>, TableError> = r
+                .request_items
+                .into_iter()
+                .map(|(table, keys)| {
+                    keys.keys
+                        .into_iter()
+                        .map(|k| convert::item(k.attributes))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(|keys| (table, keys))
+                })
+                .collect();
+            match parsed {
+                Ok(requests) => self.tables.batch_get_item(call, &requests).await.map(
+                    |(responses, unprocessed)| pb::BatchGetItemResponse {
+                        responses: responses
+                            .iter()
+                            .map(|(t, items)| {
+                                (
+                                    t.clone(),
+                                    pb::ItemList {
+                                        items: items_out(items),
+                                    },
+                                )
+                            })
+                            .collect(),
+                        unprocessed_keys: unprocessed
+                            .iter()
+                            .map(|(t, keys)| {
+                                (
+                                    t.clone(),
+                                    pb::KeysAndAttributes {
+                                        keys: items_out(keys),
+                                    },
+                                )
+                            })
+                            .collect(),
+                    },
+                ),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    async fn batch_write_item(
+        &self,
+        request: Request<pb::BatchWriteItemRequest>,
+    ) -> Result<Response<pb::BatchWriteItemResponse>, Status> {
+        handle!(request, "BatchWriteItem", |call, r| {
+            use pb::write_request::Request as W;
+            let parsed: Result<BTreeMap<String, Vec<BatchWrite>>, TableError> = r
+                .request_items
+                .into_iter()
+                .map(|(table, writes)| {
+                    writes
+                        .requests
+                        .into_iter()
+                        .map(|w| match w.request {
+                            Some(W::PutRequest(i)) => {
+                                convert::item(i.attributes).map(BatchWrite::Put)
+                            }
+                            Some(W::DeleteRequest(k)) => {
+                                convert::item(k.attributes).map(BatchWrite::Delete)
+                            }
+                            None => Err(TableError::validation(
+                                "a write request needs put_request or delete_request",
+                            )),
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(|w| (table, w))
+                })
+                .collect();
+            match parsed {
+                Ok(requests) => {
+                    self.tables
+                        .batch_write_item(call, &requests)
+                        .await
+                        .map(|unprocessed| pb::BatchWriteItemResponse {
+                            unprocessed_items: unprocessed
+                                .iter()
+                                .map(|(t, writes)| {
+                                    (
+                                        t.clone(),
+                                        pb::WriteRequests {
+                                            requests: writes
+                                                .iter()
+                                                .map(|w| pb::WriteRequest {
+                                                    request: Some(match w {
+                                                        BatchWrite::Put(i) => {
+                                                            W::PutRequest(pb::Item {
+                                                                attributes: convert::item_out(i),
+                                                            })
+                                                        }
+                                                        BatchWrite::Delete(k) => {
+                                                            W::DeleteRequest(pb::Item {
+                                                                attributes: convert::item_out(k),
+                                                            })
+                                                        }
+                                                    }),
+                                                })
+                                                .collect(),
+                                        },
+                                    )
+                                })
+                                .collect(),
+                        })
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+}

@@ -1,0 +1,611 @@
+//! The seed walk-through end to end, against both services started as real
+//! servers: a table encrypted with a customer managed key, a user with full
+//! table rights but no key permission refused with kms:Decrypt /
+//! kms:GenerateDataKey, granted through the key policy, then reading and
+//! writing; disabling the key refuses everyone; the audit log shows the
+//! user's refused and allowed Decrypt via the table service.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kms_service::config::ServeConfig as KmsConfig;
+use kms_service::server::RunningServer as KmsServer;
+use lockbox_proto::iam::v1 as iam;
+use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
+use lockbox_proto::kms::v1 as kms;
+use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+use lockbox_proto::table::v1 as pb;
+use lockbox_proto::table::v1::table_service_client::TableServiceClient;
+use table_service::config::ServeConfig as TableConfig;
+use table_service::server::RunningServer as TableServer;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+struct Stack {
+    kms: KmsServer,
+    tables: TableServer,
+    admin: String,
+    dir: tempfile::TempDir,
+}
+
+async fn start(data_key_cache_ttl: u64) -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
+    let token_file = dir.path().join("kms/table-service.token");
+    kms_config.storage.table_service_token_file = Some(token_file.clone());
+    let kms = KmsServer::start(kms_config)
+        .await
+        .expect("kms-service starts");
+    let mut table_config = TableConfig::for_data_dir(
+        dir.path().join("tables"),
+        format!("http://{}", kms.addr),
+        token_file,
+    );
+    table_config.data_key_cache_ttl_secs = data_key_cache_ttl;
+    table_config.authz_cache_ttl_secs = 0;
+    let tables = TableServer::start(table_config)
+        .await
+        .expect("table-service starts");
+    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    Stack {
+        kms,
+        tables,
+        admin,
+        dir,
+    }
+}
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+fn s(v: &str) -> pb::AttributeValue {
+    pb::AttributeValue {
+        value: Some(pb::attribute_value::Value::S(v.into())),
+    }
+}
+
+fn n(v: &str) -> pb::AttributeValue {
+    pb::AttributeValue {
+        value: Some(pb::attribute_value::Value::N(v.into())),
+    }
+}
+
+fn item(pairs: &[(&str, pb::AttributeValue)]) -> HashMap<String, pb::AttributeValue> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+#[track_caller]
+fn check_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: Code,
+    reason: &str,
+    needle: &str,
+) {
+    let status = result.expect_err("expected an error");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().map(|i| i.reason).as_deref(),
+        Some(reason),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains(needle),
+        "{:?} lacks {needle:?}",
+        status.message()
+    );
+}
+
+const USER: &str = "nextwork-kms-user";
+
+#[tokio::test]
+async fn seed_walkthrough_end_to_end() {
+    let stack = start(0).await;
+    let kms_ch = channel(stack.kms.addr).await;
+    let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
+    let mut iam_client = IdentityServiceClient::new(kms_ch);
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let admin = stack.admin.clone();
+
+    // Admin creates a CMK and a table encrypted with it.
+    let key = keys
+        .create_key(authed(
+            &admin,
+            kms::CreateKeyRequest {
+                description: "nextwork-kms-key".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let created = tables
+        .create_table(authed(
+            &admin,
+            pb::CreateTableRequest {
+                table_name: "nextwork-kms-table".into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "id".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: Some(pb::KeyElement {
+                        name: "seq".into(),
+                        r#type: pb::ScalarType::N.into(),
+                    }),
+                }),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: key.clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .table_description
+        .unwrap();
+    assert_eq!(created.sse_description.unwrap().kms_key_id, key);
+
+    // Admin puts and gets items.
+    for i in 1..=3 {
+        tables
+            .put_item(authed(
+                &admin,
+                pb::PutItemRequest {
+                    table_name: "nextwork-kms-table".into(),
+                    item: item(&[
+                        ("id", s("order")),
+                        ("seq", n(&i.to_string())),
+                        ("note", s(&format!("bikes {i}"))),
+                    ]),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let get = |token: &str| {
+        authed(
+            token,
+            pb::GetItemRequest {
+                table_name: "nextwork-kms-table".into(),
+                key: item(&[("id", s("order")), ("seq", n("2"))]),
+            },
+        )
+    };
+    let got = tables
+        .get_item(get(&admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .item;
+    assert_eq!(got.get("note"), Some(&s("bikes 2")));
+
+    // A user with TableFullAccess only.
+    iam_client
+        .create_user(authed(
+            &admin,
+            iam::CreateUserRequest {
+                user_name: USER.into(),
+                kind: 0,
+            },
+        ))
+        .await
+        .unwrap();
+    iam_client
+        .attach_user_policy(authed(
+            &admin,
+            iam::AttachUserPolicyRequest {
+                user_name: USER.into(),
+                policy_name: "TableFullAccess".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let user = iam_client
+        .create_access_token(authed(
+            &admin,
+            iam::CreateAccessTokenRequest {
+                user_name: USER.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+
+    let denied = format!(
+        "User: user/{USER} is not authorized to perform: kms:Decrypt on resource: key/{key}"
+    );
+    check_status(
+        tables.get_item(get(&user)).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        &denied,
+    );
+    let query = |token: &str| {
+        authed(
+            token,
+            pb::QueryRequest {
+                table_name: "nextwork-kms-table".into(),
+                partition_key_value: Some(s("order")),
+                ..Default::default()
+            },
+        )
+    };
+    check_status(
+        tables.query(query(&user)).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        &denied,
+    );
+    let scan = |token: &str| {
+        authed(
+            token,
+            pb::ScanRequest {
+                table_name: "nextwork-kms-table".into(),
+                ..Default::default()
+            },
+        )
+    };
+    check_status(
+        tables.scan(scan(&user)).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        &denied,
+    );
+    let put = |token: &str, i: &str| {
+        authed(
+            token,
+            pb::PutItemRequest {
+                table_name: "nextwork-kms-table".into(),
+                item: item(&[("id", s("order")), ("seq", n(i)), ("note", s("from user"))]),
+                ..Default::default()
+            },
+        )
+    };
+    check_status(
+        tables.put_item(put(&user, "10")).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        "kms:GenerateDataKey",
+    );
+
+    // Admin adds the user to the key policy with the seed's key-user actions.
+    let policy = keys
+        .get_key_policy(authed(
+            &admin,
+            kms::GetKeyPolicyRequest {
+                key_id: key.clone(),
+                policy_name: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .policy;
+    let mut doc: serde_json::Value = serde_json::from_str(&policy).unwrap();
+    doc["Statement"].as_array_mut().unwrap().push(serde_json::json!({
+        "Sid": "AllowUseOfTheKey", "Effect": "Allow", "Principal": {"AWS": format!("user/{USER}")},
+        "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"], "Resource": "*"
+    }));
+    keys.put_key_policy(authed(
+        &admin,
+        kms::PutKeyPolicyRequest {
+            key_id: key.clone(),
+            policy_name: "default".into(),
+            policy: doc.to_string(),
+        },
+    ))
+    .await
+    .unwrap();
+
+    // The user now reads and writes.
+    assert_eq!(
+        tables
+            .get_item(get(&user))
+            .await
+            .unwrap()
+            .into_inner()
+            .item
+            .get("note"),
+        Some(&s("bikes 2"))
+    );
+    assert_eq!(
+        tables
+            .query(query(&user))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .len(),
+        3
+    );
+    assert_eq!(
+        tables
+            .scan(scan(&user))
+            .await
+            .unwrap()
+            .into_inner()
+            .items
+            .len(),
+        3
+    );
+    tables.put_item(put(&user, "10")).await.unwrap();
+
+    // Disabling the key refuses everyone; re-enabling restores access.
+    keys.disable_key(authed(
+        &admin,
+        kms::DisableKeyRequest {
+            key_id: key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    for token in [&admin, &user] {
+        check_status(
+            tables.get_item(get(token)).await,
+            Code::FailedPrecondition,
+            "DisabledException",
+            &key,
+        );
+        check_status(
+            tables.put_item(put(token, "11")).await,
+            Code::FailedPrecondition,
+            "DisabledException",
+            &key,
+        );
+    }
+    keys.enable_key(authed(
+        &admin,
+        kms::EnableKeyRequest {
+            key_id: key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    assert!(tables.get_item(get(&user)).await.is_ok());
+    assert!(tables.get_item(get(&admin)).await.is_ok());
+
+    // The audit log holds the user's refused and allowed Decrypt via the table service.
+    stack.tables.stop().await.unwrap();
+    stack.kms.stop().await.unwrap();
+    let log = stack.dir.path().join("kms/audit/audit.jsonl");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let user_decrypts: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| {
+            r["event_name"] == "Decrypt" && r["principal"] == format!("user/{USER}").as_str()
+        })
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap(),
+                r["via_service"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert!(
+        user_decrypts.contains(&("Deny", "service/table-service")),
+        "{user_decrypts:?}"
+    );
+    assert!(
+        user_decrypts.contains(&("Allow", "service/table-service")),
+        "{user_decrypts:?}"
+    );
+    kms_service::audit::verify(
+        &log,
+        Some(&stack.dir.path().join("kms/audit/audit.jsonl.checkpoints")),
+        None,
+    )
+    .expect("audit log verifies");
+}
+
+#[tokio::test]
+async fn service_managed_key_only_works_via_the_table_service() {
+    let stack = start(0).await;
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let admin = stack.admin.clone();
+    let created = tables
+        .create_table(authed(
+            &admin,
+            pb::CreateTableRequest {
+                table_name: "managed".into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "pk".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: None,
+                }),
+                sse_specification: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .table_description
+        .unwrap();
+    let sse = created.sse_description.unwrap();
+    assert!(sse.service_managed);
+    tables
+        .put_item(authed(
+            &admin,
+            pb::PutItemRequest {
+                table_name: "managed".into(),
+                item: item(&[("pk", s("a")), ("v", n("1.50"))]),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let got = tables
+        .get_item(authed(
+            &admin,
+            pb::GetItemRequest {
+                table_name: "managed".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .item;
+    assert_eq!(got.get("v"), Some(&n("1.5")));
+    // Directly, even the administrator cannot use the service-managed key.
+    let mut keys = KeyManagementServiceClient::new(channel(stack.kms.addr).await);
+    check_status(
+        keys.generate_data_key(authed(
+            &admin,
+            kms::GenerateDataKeyRequest {
+                key_id: "alias/table-service".into(),
+                key_spec: kms::DataKeySpec::Aes256.into(),
+                ..Default::default()
+            },
+        ))
+        .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        "kms:GenerateDataKey",
+    );
+    stack.tables.stop().await.unwrap();
+    stack.kms.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn data_key_cache_is_per_principal_and_expires() {
+    let stack = start(1).await;
+    let kms_ch = channel(stack.kms.addr).await;
+    let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
+    let mut iam_client = IdentityServiceClient::new(kms_ch);
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let admin = stack.admin.clone();
+    let key = keys
+        .create_key(authed(&admin, kms::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    tables
+        .create_table(authed(
+            &admin,
+            pb::CreateTableRequest {
+                table_name: "cached".into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "pk".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: None,
+                }),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: key.clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    tables
+        .put_item(authed(
+            &admin,
+            pb::PutItemRequest {
+                table_name: "cached".into(),
+                item: item(&[("pk", s("a")), ("secret", s("x"))]),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    iam_client
+        .create_user(authed(
+            &admin,
+            iam::CreateUserRequest {
+                user_name: "bob".into(),
+                kind: 0,
+            },
+        ))
+        .await
+        .unwrap();
+    iam_client
+        .attach_user_policy(authed(
+            &admin,
+            iam::AttachUserPolicyRequest {
+                user_name: "bob".into(),
+                policy_name: "TableFullAccess".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let bob = iam_client
+        .create_access_token(authed(
+            &admin,
+            iam::CreateAccessTokenRequest {
+                user_name: "bob".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let get = |token: &str| {
+        authed(
+            token,
+            pb::GetItemRequest {
+                table_name: "cached".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        )
+    };
+    // Admin's read fills admin's cache entry; it must not serve bob.
+    assert!(tables.get_item(get(&admin)).await.is_ok());
+    check_status(
+        tables.get_item(get(&bob)).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    // After the key is disabled, the cached entry serves admin only until the TTL passes.
+    keys.disable_key(authed(
+        &admin,
+        kms::DisableKeyRequest {
+            key_id: key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    check_status(
+        tables.get_item(get(&admin)).await,
+        Code::FailedPrecondition,
+        "DisabledException",
+        &key,
+    );
+    stack.tables.stop().await.unwrap();
+    stack.kms.stop().await.unwrap();
+}
