@@ -1,12 +1,30 @@
 #!/usr/bin/env bash
-# Runs the product locally with embedded storage under ./data (created on the
-# first run: root key, key store, audit log, administrator token). Ctrl-C
-# stops it cleanly; running it again reuses the data.
+# Runs the product locally with embedded storage under ./data: kms-service on
+# 127.0.0.1:50051 and table-service on 127.0.0.1:50052. The first run creates
+# the root key, the key store, the audit log, the administrator's token and
+# table-service's credential. Ctrl-C stops both cleanly; running it again
+# reuses the data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p kms-service
-DATA=${DATA:-./data/kms-service}
-LISTEN=${KMS_LISTEN:-127.0.0.1:50051}
-echo "kms-service on $LISTEN; administrator token in $DATA/admin.token"
-echo "try: grpcurl -plaintext $LISTEN list"
-exec ./target/release/kms-service serve --data-dir "$DATA" --listen "$LISTEN"
+cargo build --release -p kms-service -p table-service
+DATA=${DATA:-./data}
+KMS_LISTEN=${KMS_LISTEN:-127.0.0.1:50051}
+TABLE_LISTEN=${TABLE_LISTEN:-127.0.0.1:50052}
+mkdir -p "$DATA"
+
+./target/release/kms-service serve --data-dir "$DATA/kms-service" --listen "$KMS_LISTEN" \
+  --table-service-token-file "$DATA/kms-service/table-service.token" &
+kms=$!
+trap 'kill -TERM $kms ${tables:-} 2>/dev/null || true; wait' INT TERM
+for _ in $(seq 100); do
+  [ -s "$DATA/kms-service/table-service.token" ] && break
+  kill -0 "$kms" 2>/dev/null || { echo "kms-service failed to start" >&2; exit 1; }
+  sleep 0.1
+done
+./target/release/table-service serve --data-dir "$DATA/table-service" --listen "$TABLE_LISTEN" \
+  --kms-endpoint "http://$KMS_LISTEN" --token-file "$DATA/kms-service/table-service.token" &
+tables=$!
+echo "kms-service on $KMS_LISTEN, table-service on $TABLE_LISTEN"
+echo "administrator token: $DATA/kms-service/admin.token"
+echo "try: grpcurl -plaintext $KMS_LISTEN list"
+wait

@@ -23,16 +23,27 @@ else
   exit 1
 fi
 
-cargo build -q -p kms-service
+cargo build -q -p kms-service -p table-service
 data=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-./target/debug/kms-service serve --data-dir "$data" --listen "127.0.0.1:$port" >"$data/kms.log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+kms_port=$(free_port)
+table_port=$(free_port)
+./target/debug/kms-service serve --data-dir "$data/kms" --listen "127.0.0.1:$kms_port" \
+  --table-service-token-file "$data/kms/table-service.token" >"$data/kms.log" 2>&1 &
+kms_pid=$!
+cleanup() {
+  kill "$kms_pid" ${table_pid:-} 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$data"
+}
 trap 'cleanup; printf "\n"; for s in "${summary[@]}"; do echo "$s"; done' EXIT
+for _ in $(seq 100); do [ -s "$data/kms/table-service.token" ] && break; sleep 0.1; done
+./target/debug/table-service serve --data-dir "$data/tables" --listen "127.0.0.1:$table_port" \
+  --kms-endpoint "http://127.0.0.1:$kms_port" --token-file "$data/kms/table-service.token" >"$data/tables.log" 2>&1 &
+table_pid=$!
 for _ in $(seq 50); do
-  grpcurl -plaintext "127.0.0.1:$port" list >/dev/null 2>&1 && break
+  grpcurl -plaintext "127.0.0.1:$table_port" list >/dev/null 2>&1 && grpcurl -plaintext "127.0.0.1:$kms_port" list >/dev/null 2>&1 && break
   sleep 0.2
 done
-KMS="127.0.0.1:$port" DATA="$data" KMS_BIN=./target/debug/kms-service deploy/walkthrough.sh
+KMS="127.0.0.1:$kms_port" TABLES="127.0.0.1:$table_port" DATA="$data/kms" KMS_BIN=./target/debug/kms-service deploy/walkthrough.sh
 summary+=("suite grpcurl-walkthrough: passed")

@@ -4,14 +4,16 @@
 # user through the key policy, decrypt as the user, verify the audit log.
 # Every command here is the one the README shows; each answer is checked.
 #
-#   KMS=127.0.0.1:50051 ADMIN_TOKEN_FILE=data/kms-service/admin.token deploy/walkthrough.sh
+#   KMS=127.0.0.1:50051 TABLES=127.0.0.1:50052 DATA=data/kms-service deploy/walkthrough.sh
 set -euo pipefail
 
 KMS=${KMS:-127.0.0.1:50051}
+TABLES=${TABLES:-127.0.0.1:50052}
 DATA=${DATA:-data/kms-service}
 KMS_BIN=${KMS_BIN:-target/release/kms-service}
 ADMIN_TOKEN_FILE=${ADMIN_TOKEN_FILE:-$DATA/admin.token}
 USER_NAME=${USER_NAME:-nextwork-kms-user-$RANDOM}
+TABLE=${TABLE:-nextwork-kms-table-$RANDOM}
 
 step() { printf '\n== %s\n' "$*"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
@@ -25,6 +27,9 @@ out=$(grpcurl -plaintext "$KMS" list)
 echo "$out"
 expect kms.v1.KeyManagementService "$out"
 expect iam.v1.IdentityService "$out"
+out=$(grpcurl -plaintext "$TABLES" list)
+echo "$out"
+expect table.v1.TableService "$out"
 
 ADMIN=$(cat "$ADMIN_TOKEN_FILE")
 
@@ -39,6 +44,20 @@ BLOB=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN" \
   -d "{\"key_id\": \"$KEY\", \"plaintext\": \"$(printf 'order 42: 3 bikes' | base64)\", \"encryption_context\": {\"table\": \"orders\"}}" \
   "$KMS" kms.v1.KeyManagementService/Encrypt | json '["ciphertextBlob"]')
 echo "BLOB=$BLOB"
+
+step "create a table encrypted with the key, put and get an item"
+grpcurl -plaintext -H "authorization: Bearer $ADMIN" \
+  -d "{\"table_name\": \"$TABLE\", \"key_schema\": {\"partition_key\": {\"name\": \"id\", \"type\": \"SCALAR_TYPE_S\"}}, \"sse_specification\": {\"kms_key_id\": \"$KEY\"}}" \
+  "$TABLES" table.v1.TableService/CreateTable
+grpcurl -plaintext -H "authorization: Bearer $ADMIN" \
+  -d "{\"table_name\": \"$TABLE\", \"item\": {\"id\": {\"s\": \"42\"}, \"order\": {\"s\": \"3 bikes\"}, \"total\": {\"n\": \"1499.50\"}}}" \
+  "$TABLES" table.v1.TableService/PutItem
+out=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN" \
+  -d "{\"table_name\": \"$TABLE\", \"key\": {\"id\": {\"s\": \"42\"}}}" \
+  "$TABLES" table.v1.TableService/GetItem)
+echo "$out"
+expect '"s": "3 bikes"' "$out"
+expect '"n": "1499.5"' "$out"
 
 step "decrypt returns the plaintext"
 out=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN" \
@@ -73,6 +92,21 @@ expect "Code: PermissionDenied" "$out"
 expect "not authorized to perform: kms:Decrypt" "$out"
 expect "AccessDeniedException" "$out"
 
+step "the user reads the table and is refused kms:Decrypt"
+out=$(grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" \
+  -d "{\"table_name\": \"$TABLE\", \"key\": {\"id\": {\"s\": \"42\"}}}" \
+  "$TABLES" table.v1.TableService/GetItem 2>&1 || true)
+echo "$out"
+expect "Code: PermissionDenied" "$out"
+expect "not authorized to perform: kms:Decrypt" "$out"
+
+step "the user writes to the table and is refused kms:GenerateDataKey"
+out=$(grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" \
+  -d "{\"table_name\": \"$TABLE\", \"item\": {\"id\": {\"s\": \"43\"}}}" \
+  "$TABLES" table.v1.TableService/PutItem 2>&1 || true)
+echo "$out"
+expect "not authorized to perform: kms:GenerateDataKey" "$out"
+
 step "add the user to the key policy with the key-user actions"
 POLICY=$(cat <<JSON
 {"Version": "2012-10-17", "Statement": [
@@ -93,9 +127,17 @@ out=$(grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" \
 echo "$out"
 [ "$(echo "$out" | json '["plaintext"]' | base64 -d)" = "order 42: 3 bikes" ] || fail "wrong plaintext for the user"
 
+step "the user now reads the table"
+out=$(grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" \
+  -d "{\"table_name\": \"$TABLE\", \"key\": {\"id\": {\"s\": \"42\"}}}" \
+  "$TABLES" table.v1.TableService/GetItem)
+echo "$out"
+expect '"s": "3 bikes"' "$out"
+
 step "the audit log holds both decisions and verifies"
 grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"event_name":"Decrypt"' | grep -q '"decision":"Deny"' || fail "no Deny record"
 grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"event_name":"Decrypt"' | grep -q '"decision":"Allow"' || fail "no Allow record"
+grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"via_service":"service/table-service"' | grep -q '"decision":"Deny"' || fail "no refused Decrypt via table-service"
 "$KMS_BIN" audit verify "$DATA/audit/audit.jsonl" --root-key-file "$DATA/root.key"
 
 step "one changed byte in a copy of the log is caught and named"
