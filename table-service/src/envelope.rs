@@ -114,6 +114,21 @@ pub fn parse(bytes: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     })
 }
 
+/// The same envelope with its wrapped data key replaced (after ReEncrypt:
+/// same data key, wrapped under another CMK). The wrapped key is not part of
+/// the AAD, so the sealed attributes stay valid.
+pub fn with_wrapped_key(bytes: &[u8], wrapped_key: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+    let old = parse(bytes)?;
+    let wrapped_len = u16::try_from(wrapped_key.len()).map_err(|_| EnvelopeError)?;
+    let mut out = Vec::with_capacity(3 + wrapped_key.len() + old.iv.len() + old.sealed.len());
+    out.push(VERSION);
+    out.extend_from_slice(&wrapped_len.to_be_bytes());
+    out.extend_from_slice(wrapped_key);
+    out.extend_from_slice(old.iv);
+    out.extend_from_slice(old.sealed);
+    Ok(out)
+}
+
 impl Envelope<'_> {
     /// Authenticates and decrypts the attributes of the item at `key`.
     pub fn open(
@@ -136,3 +151,6 @@ impl Envelope<'_> {
             .map_err(|_| EnvelopeError)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,8 +2,11 @@
 //! carries table-service's own credential in `authorization` and the end
 //! caller's in `x-on-behalf-of`, so kms-service decides for the end caller
 //! (with `kms:ViaService = service/table-service`) and audits both.
-//! **Invariant:** table-service never calls a key operation on its own
-//! behalf alone; every method here takes the caller it acts for.
+//! **Invariant:** table-service never unwraps a data key on its own behalf:
+//! every method that can return key material takes the caller it acts for.
+//! The only calls it makes as itself are ReEncrypt (no plaintext leaves
+//! kms-service) under grants an end caller created for a key change, and
+//! retiring those grants.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -125,6 +128,23 @@ impl KmsClient {
         Ok(request)
     }
 
+    /// A request made by table-service alone, with no end caller: only for
+    /// ReEncrypt under grants the end caller created, which never returns
+    /// plaintext, and for retiring those grants.
+    fn service_request<T>(&self, message: T) -> Result<tonic::Request<T>, TableError> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.service_token.as_str())
+                .parse()
+                .map_err(|_| {
+                    TableError::Internal("service credential is not valid metadata".into())
+                })?,
+        );
+        Ok(request)
+    }
+
     fn error(&self, status: tonic::Status) -> TableError {
         match status.code() {
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
@@ -216,6 +236,82 @@ impl KmsClient {
             key_id: meta.key_id,
             state: state.to_string(),
         })
+    }
+
+    /// Creates, on behalf of the caller, a grant for `grantee` on `key_id`
+    /// limited to contexts containing `subset`; returns the grant id.
+    pub async fn create_grant(
+        &self,
+        caller: &CallerCredential,
+        key_id: &str,
+        grantee: &str,
+        operations: &[pb::GrantOperation],
+        subset: HashMap<String, String>,
+    ) -> Result<String, TableError> {
+        let request = self.request(
+            caller,
+            pb::CreateGrantRequest {
+                key_id: key_id.to_string(),
+                grantee_principal: grantee.to_string(),
+                retiring_principal: grantee.to_string(),
+                operations: operations.iter().map(|o| i32::from(*o)).collect(),
+                constraints: Some(pb::GrantConstraints {
+                    encryption_context_equals: HashMap::new(),
+                    encryption_context_subset: subset,
+                }),
+                name: "table-service key change".into(),
+                grant_tokens: vec![],
+            },
+        )?;
+        Ok(self
+            .kms
+            .clone()
+            .create_grant(request)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner()
+            .grant_id)
+    }
+
+    /// Re-wraps a data key under `destination_key_id` as table-service
+    /// itself, relying on grants; the plaintext never leaves kms-service.
+    pub async fn re_encrypt_under_grant(
+        &self,
+        wrapped: &[u8],
+        context: HashMap<String, String>,
+        destination_key_id: &str,
+    ) -> Result<Vec<u8>, TableError> {
+        let request = self.service_request(pb::ReEncryptRequest {
+            ciphertext_blob: wrapped.to_vec(),
+            source_encryption_context: context.clone(),
+            source_key_id: String::new(),
+            destination_key_id: destination_key_id.to_string(),
+            destination_encryption_context: context,
+            grant_tokens: vec![],
+        })?;
+        Ok(self
+            .kms
+            .clone()
+            .re_encrypt(request)
+            .await
+            .map_err(|s| self.error(s))?
+            .into_inner()
+            .ciphertext_blob)
+    }
+
+    /// Retires a grant table-service is the retiring principal of.
+    pub async fn retire_grant(&self, key_id: &str, grant_id: &str) -> Result<(), TableError> {
+        let request = self.service_request(pb::RetireGrantRequest {
+            grant_token: String::new(),
+            key_id: key_id.to_string(),
+            grant_id: grant_id.to_string(),
+        })?;
+        self.kms
+            .clone()
+            .retire_grant(request)
+            .await
+            .map_err(|s| self.error(s))?;
+        Ok(())
     }
 
     pub async fn generate_data_key(

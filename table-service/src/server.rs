@@ -74,6 +74,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let limit = config.max_message_bytes as usize;
+    tables.resume_rewraps();
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<TableServiceServer<TableGrpc>>()
@@ -84,9 +85,9 @@ pub async fn serve(
     let v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
-    tonic::transport::Server::builder()
+    let result = tonic::transport::Server::builder()
         .add_service(
-            TableServiceServer::new(TableGrpc::new(tables))
+            TableServiceServer::new(TableGrpc::new(tables.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
@@ -94,8 +95,9 @@ pub async fn serve(
         .add_service(v1alpha)
         .add_service(health)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
-    Ok(())
+        .await;
+    tables.stop_jobs();
+    Ok(result?)
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

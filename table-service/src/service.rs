@@ -7,6 +7,7 @@
 
 mod items;
 mod query;
+mod rewrap;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,8 @@ pub struct Tables {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Serializes table creation and deletion.
     ddl: tokio::sync::Mutex<()>,
+    /// Background jobs (key-change re-wraps), stopped at shutdown.
+    jobs: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// What one request did, for its structured event.
@@ -101,7 +104,21 @@ impl Tables {
             authz: AuthzCache::new(config.authz_cache),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             ddl: tokio::sync::Mutex::new(()),
+            jobs: std::sync::Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Stops background jobs; they resume from their saved progress at the
+    /// next start.
+    pub fn stop_jobs(&self) {
+        for job in self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            job.abort();
+        }
     }
 
     pub fn kms_endpoint(&self) -> &str {
@@ -152,11 +169,15 @@ impl Tables {
             .ok_or_else(|| TableError::ResourceNotFound(format!("Table: {name} not found")))
     }
 
-    fn stripe(&self, table: &TableRecord, key: &ItemKey) -> &tokio::sync::Mutex<()> {
+    fn stripe_index(&self, table: &TableRecord, key: &ItemKey) -> usize {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&table.table_id, key).hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
+        (h.finish() as usize) % STRIPES
+    }
+
+    fn stripe(&self, table: &TableRecord, key: &ItemKey) -> &tokio::sync::Mutex<()> {
+        &self.stripes[self.stripe_index(table, key)]
     }
 
     /// Seals `attributes` for the item at `key` under a fresh data key.

@@ -26,6 +26,13 @@ pub struct Rewrap {
     /// Items done so far; the job resumes after `resume_after`.
     pub items_done: u64,
     pub resume_after: Option<(Vec<u8>, Vec<u8>)>,
+    /// The key items were under before the change.
+    #[serde(default)]
+    pub source_key_id: String,
+    /// (key id, grant id) of the grants that let table-service re-wrap;
+    /// retired when the job ends.
+    #[serde(default)]
+    pub grants: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -194,22 +194,90 @@ impl Tables {
         })
     }
 
-    /// Changing a table's key needs a resumable background re-wrap of every
-    /// data key, which this version does not do yet; the request is refused
-    /// without changing anything.
+    /// Switches the table to another customer managed key. New writes use
+    /// the new key at once; existing items' data keys are re-wrapped with
+    /// ReEncrypt in the background (see `rewrap.rs`), resumably, while the
+    /// table stays online. The caller must be allowed to create grants on
+    /// both keys: the grants let table-service re-wrap, and nothing else.
     pub async fn update_table(
         self: &Arc<Self>,
         call: &mut Call,
         name: &str,
-        _kms_key_id: &str,
+        kms_key_id: &str,
     ) -> Result<TableView, TableError> {
         self.authorize(call, "table:UpdateTable", &resource(name))
             .await?;
-        self.table(name)?;
-        Err(TableError::Kms {
-            code: tonic::Code::FailedPrecondition,
-            reason: "UnsupportedOperationException".into(),
-            message: "changing the key of an existing table is not supported by this version; nothing was changed".into(),
+        if kms_key_id.is_empty() {
+            return Err(TableError::validation(
+                "sse_specification.kms_key_id is required: the customer managed key to switch to",
+            ));
+        }
+        let current = self.table(name)?;
+        if current.rewrap.is_some() {
+            return Err(TableError::ResourceInUse(format!(
+                "table {name} is already changing its key; wait until DescribeTable shows it ACTIVE"
+            )));
+        }
+        if current.service_managed {
+            return Err(TableError::validation(
+                "this table uses the service-managed key, whose grants only table-service may manage; changing it is not supported",
+            ));
+        }
+        call.outcome.kms_calls += 1;
+        let key = self.kms.describe_key(&call.caller, kms_key_id).await?;
+        if key.state != "Enabled" {
+            return Err(TableError::Kms {
+                code: tonic::Code::FailedPrecondition,
+                reason: if key.state == "Disabled" {
+                    "DisabledException"
+                } else {
+                    "KMSInvalidStateException"
+                }
+                .into(),
+                message: format!(
+                    "key {} is {}; a table needs an enabled key",
+                    key.key_id, key.state
+                ),
+            });
+        }
+        if key.key_id == current.kms_key_id {
+            return Err(TableError::validation(format!(
+                "table {name} already uses key {}",
+                key.key_id
+            )));
+        }
+        let grants = self
+            .create_rewrap_grants(call, &current, &key.key_id)
+            .await?;
+        let _ddl = self.ddl.lock().await;
+        let mut record = self.table(name)?;
+        if record.table_id != current.table_id || record.rewrap.is_some() {
+            return Err(TableError::ResourceInUse(format!(
+                "table {name} changed while its key was being switched; retry"
+            )));
+        }
+        record.rewrap = Some(crate::store::Rewrap {
+            target_key_id: key.key_id.clone(),
+            target_service_managed: false,
+            items_done: 0,
+            resume_after: None,
+            source_key_id: record.kms_key_id.clone(),
+            grants,
+        });
+        record.kms_key_id = key.key_id;
+        self.commit
+            .commit(vec![Mutation::PutTable(record.clone())])
+            .await
+            .map_err(store_error)?;
+        self.tables
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), record.clone());
+        self.spawn_rewrap(name.to_string());
+        Ok(TableView {
+            record,
+            key_state: key.state,
+            item_count: 0,
         })
     }
 }

@@ -1,0 +1,219 @@
+//! The background re-wrap after UpdateTable changed a table's key: every
+//! item's data key is moved under the new key with ReEncrypt (the plaintext
+//! data key never leaves kms-service), page by page, with the progress stored
+//! in the table record so the job resumes after a restart. Reads and writes
+//! continue meanwhile: a blob names its own key, and each item is re-wrapped
+//! under its item lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lockbox_proto::kms::v1::GrantOperation;
+
+use super::{Call, Tables, store_error};
+use crate::envelope;
+use crate::error::TableError;
+use crate::store::{Mutation, ScanQuery, TableRecord};
+
+const PAGE: usize = 100;
+/// The principal the grants are for.
+pub const SELF_PRINCIPAL: &str = "service/table-service";
+
+impl Tables {
+    /// Grants (made on behalf of the caller) that let table-service re-wrap
+    /// this table's data keys, limited to its encryption context.
+    pub(super) async fn create_rewrap_grants(
+        &self,
+        call: &mut Call,
+        table: &TableRecord,
+        target_key_id: &str,
+    ) -> Result<Vec<(String, String)>, TableError> {
+        let subset =
+            std::collections::HashMap::from([("table_id".to_string(), table.table_id.clone())]);
+        let mut grants = Vec::new();
+        for (key, ops) in [
+            (
+                table.kms_key_id.as_str(),
+                &[GrantOperation::ReEncryptFrom, GrantOperation::RetireGrant][..],
+            ),
+            (
+                target_key_id,
+                &[
+                    GrantOperation::ReEncryptFrom,
+                    GrantOperation::ReEncryptTo,
+                    GrantOperation::RetireGrant,
+                ][..],
+            ),
+        ] {
+            call.outcome.kms_calls += 1;
+            let grant = self
+                .kms
+                .create_grant(&call.caller, key, SELF_PRINCIPAL, ops, subset.clone())
+                .await?;
+            grants.push((key.to_string(), grant));
+        }
+        Ok(grants)
+    }
+
+    /// Starts the re-wrap of every table that has one pending (at start-up).
+    pub fn resume_rewraps(self: &Arc<Self>) {
+        let pending: Vec<String> = self
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|t| t.rewrap.is_some())
+            .map(|t| t.name.clone())
+            .collect();
+        for name in pending {
+            self.spawn_rewrap(name);
+        }
+    }
+
+    pub(super) fn spawn_rewrap(self: &Arc<Self>, name: String) {
+        let this = self.clone();
+        let job = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match this.rewrap_page(&name).await {
+                    Ok(true) => backoff = Duration::from_millis(200),
+                    Ok(false) => return,
+                    Err(error) => {
+                        tracing::warn!(table = %name, %error, "re-wrap paused; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        });
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.retain(|j| !j.is_finished());
+        jobs.push(job);
+    }
+
+    /// Re-wraps one page; returns whether there may be more work.
+    async fn rewrap_page(&self, name: &str) -> Result<bool, TableError> {
+        let Ok(table) = self.table(name) else {
+            return Ok(false);
+        };
+        let Some(rewrap) = table.rewrap.clone() else {
+            return Ok(false);
+        };
+        let store = self.store.clone();
+        let query = ScanQuery {
+            table_id: table.table_id.clone(),
+            after: rewrap
+                .resume_after
+                .clone()
+                .map(|(partition, sort)| crate::model::ItemKey { partition, sort }),
+            segment: None,
+            limit: PAGE,
+        };
+        let page = tokio::task::spawn_blocking(move || store.scan(&query))
+            .await
+            .map_err(|e| TableError::Internal(e.to_string()))?
+            .map_err(store_error)?;
+        if page.is_empty() {
+            for (key, grant) in &rewrap.grants {
+                if let Err(error) = self.kms.retire_grant(key, grant).await {
+                    tracing::warn!(%error, %grant, "could not retire a re-wrap grant");
+                }
+            }
+            self.save_progress(&table, None).await?;
+            tracing::info!(table = %name, items = rewrap.items_done, "re-wrap finished");
+            return Ok(false);
+        }
+        // Lock the page's items (in one global order), re-read them, re-wrap
+        // their data keys concurrently, and commit the page at once.
+        let stripes: std::collections::BTreeSet<usize> = page
+            .iter()
+            .map(|i| self.stripe_index(&table, &i.key))
+            .collect();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            guards.push(self.stripes[i].lock().await);
+        }
+        let store = self.store.clone();
+        let (table_id, keys) = (
+            table.table_id.clone(),
+            page.iter().map(|i| i.key.clone()).collect::<Vec<_>>(),
+        );
+        let current = tokio::task::spawn_blocking(move || {
+            keys.into_iter()
+                .map(|k| store.get_item(&table_id, &k).map(|e| (k, e)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| TableError::Internal(e.to_string()))?
+        .map_err(store_error)?;
+        let mut set = tokio::task::JoinSet::new();
+        for (key, bytes) in current {
+            // Deleted meanwhile: nothing to re-wrap.
+            let Some(bytes) = bytes else { continue };
+            let kms = self.kms.clone();
+            let (table_id, target, name) = (
+                table.table_id.clone(),
+                rewrap.target_key_id.clone(),
+                table.name.clone(),
+            );
+            set.spawn(async move {
+                let parsed = envelope::parse(&bytes)
+                    .map_err(|_| TableError::ItemIntegrity { table: name })?;
+                let wrapped = kms
+                    .re_encrypt_under_grant(
+                        parsed.wrapped_key,
+                        envelope::data_key_context(&table_id, &key),
+                        &target,
+                    )
+                    .await?;
+                let rewrapped = envelope::with_wrapped_key(&bytes, &wrapped).map_err(|_| {
+                    TableError::Internal("re-wrapped data key does not fit an envelope".into())
+                })?;
+                Ok::<_, TableError>(Mutation::PutItem {
+                    table_id,
+                    key,
+                    envelope: rewrapped,
+                })
+            });
+        }
+        let mut mutations = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            mutations.push(joined.map_err(|e| TableError::Internal(e.to_string()))??);
+        }
+        let done = mutations.len() as u64;
+        if !mutations.is_empty() {
+            self.commit.commit(mutations).await.map_err(store_error)?;
+        }
+        drop(guards);
+        let last = page.last().map(|i| i.key.clone());
+        let mut progress = rewrap;
+        progress.items_done += done;
+        progress.resume_after = last.map(|k| (k.partition, k.sort));
+        self.save_progress(&table, Some(progress)).await?;
+        Ok(true)
+    }
+
+    async fn save_progress(
+        &self,
+        table: &TableRecord,
+        rewrap: Option<crate::store::Rewrap>,
+    ) -> Result<(), TableError> {
+        let _ddl = self.ddl.lock().await;
+        let Ok(mut record) = self.table(&table.name) else {
+            return Ok(());
+        };
+        if record.table_id != table.table_id {
+            return Ok(());
+        }
+        record.rewrap = rewrap;
+        self.commit
+            .commit(vec![Mutation::PutTable(record.clone())])
+            .await
+            .map_err(store_error)?;
+        self.tables
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(record.name.clone(), record);
+        Ok(())
+    }
+}
