@@ -228,3 +228,6 @@ pub fn apply(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

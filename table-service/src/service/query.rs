@@ -13,6 +13,7 @@ use crate::model::{self, AttributeValue, Item, ItemKey, ScalarType};
 use crate::store::{RangeQuery, ScanQuery, StoredItem, TableRecord};
 
 pub const MAX_PAGE_ITEMS: u32 = 1000;
+pub const DEFAULT_PAGE_ITEMS: usize = 100;
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 pub const MAX_SEGMENTS: u32 = 1_000_000;
 
@@ -60,7 +61,7 @@ fn prefix_end(prefix: &[u8]) -> Bound<Vec<u8>> {
 
 fn page_limit(limit: u32) -> Result<usize, TableError> {
     match limit {
-        0 => Ok(MAX_PAGE_ITEMS as usize),
+        0 => Ok(DEFAULT_PAGE_ITEMS),
         1..=MAX_PAGE_ITEMS => Ok(limit as usize),
         _ => Err(TableError::validation(format!(
             "limit {limit} is out of range; use 1–{MAX_PAGE_ITEMS}"
@@ -75,10 +76,21 @@ impl Tables {
         self: &Arc<Self>,
         call: &mut Call,
         table: &TableRecord,
-        stored: Vec<StoredItem>,
+        mut stored: Vec<StoredItem>,
         limit: usize,
     ) -> Result<Page, TableError> {
-        let full = stored.len() >= limit;
+        let mut full = stored.len() >= limit;
+        // Cut on stored size before decrypting, so a page never unwraps data
+        // keys of items it will not return (the envelope is about the size
+        // of the item's non-key attributes).
+        let mut stored_bytes = 0usize;
+        if let Some(cut) = stored.iter().position(|s| {
+            stored_bytes += s.envelope.len() + s.key.partition.len() + s.key.sort.len();
+            stored_bytes > MAX_PAGE_BYTES
+        }) {
+            stored.truncate(cut.max(1));
+            full = true;
+        }
         let keys: Vec<ItemKey> = stored.iter().map(|s| s.key.clone()).collect();
         let items = self.open_all(call, table, stored).await?;
         let mut page = Page::default();

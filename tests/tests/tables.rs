@@ -1,0 +1,2096 @@
+//! table-service end to end over gRPC (admin token), with kms-service running
+//! in the same process: the data model round trip, validation errors,
+//! conditional writes and updates, Query and Scan paging, batches, envelope
+//! integrity against rows moved inside the SQLite file, and behaviour while
+//! kms-service is down.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kms_service::config::ServeConfig as KmsConfig;
+use kms_service::server::RunningServer as KmsServer;
+use lockbox_proto::table::v1 as pb;
+use lockbox_proto::table::v1::table_service_client::TableServiceClient;
+use pb::ComparisonOperator as Op;
+use pb::ScalarType::{B, N, S};
+use pb::attribute_value::Value as V;
+use table_service::config::ServeConfig as TableConfig;
+use table_service::server::RunningServer as TableServer;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+type Av = pb::AttributeValue;
+type Item = HashMap<String, Av>;
+
+// ---------------------------------------------------------------- the stack
+
+struct Stack {
+    /// `None` while a test has kms-service stopped.
+    kms: Option<KmsServer>,
+    tables: TableServer,
+    client: TableServiceClient<Channel>,
+    admin: String,
+    dir: tempfile::TempDir,
+}
+
+fn kms_config(dir: &Path) -> KmsConfig {
+    let mut config = KmsConfig::for_data_dir(dir.join("kms"));
+    config.storage.table_service_token_file = Some(dir.join("kms/table-service.token"));
+    config
+}
+
+/// Both services on ephemeral ports; `tweak` adjusts table-service's config
+/// (the allow cache is off unless `tweak` turns it on).
+async fn start_with(tweak: impl FnOnce(&mut TableConfig)) -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = KmsServer::start(kms_config(dir.path()))
+        .await
+        .expect("kms-service starts");
+    let mut config = TableConfig::for_data_dir(
+        dir.path().join("tables"),
+        format!("http://{}", kms.addr),
+        dir.path().join("kms/table-service.token"),
+    );
+    config.authz_cache_ttl_secs = 0;
+    tweak(&mut config);
+    let tables = TableServer::start(config)
+        .await
+        .expect("table-service starts");
+    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let channel = Channel::from_shared(format!("http://{}", tables.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Stack {
+        kms: Some(kms),
+        tables,
+        client: TableServiceClient::new(channel),
+        admin,
+        dir,
+    }
+}
+
+async fn start() -> Stack {
+    start_with(|_| {}).await
+}
+
+fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+impl Stack {
+    fn c(&self) -> TableServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    fn req<T>(&self, message: T) -> tonic::Request<T> {
+        authed(&self.admin, message)
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        pk: (&str, pb::ScalarType),
+        sk: Option<(&str, pb::ScalarType)>,
+    ) -> pb::TableDescription {
+        self.c()
+            .create_table(self.req(create_request(name, pk, sk)))
+            .await
+            .unwrap()
+            .into_inner()
+            .table_description
+            .unwrap()
+    }
+
+    async fn put(&self, table: &str, item: Item) {
+        self.c()
+            .put_item(self.req(pb::PutItemRequest {
+                table_name: table.into(),
+                item,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+    }
+
+    async fn try_put(
+        &self,
+        table: &str,
+        item: Item,
+        conditions: Vec<pb::Condition>,
+    ) -> Result<Item, Status> {
+        self.c()
+            .put_item(self.req(pb::PutItemRequest {
+                table_name: table.into(),
+                item,
+                conditions,
+                ..Default::default()
+            }))
+            .await
+            .map(|r| r.into_inner().attributes)
+    }
+
+    async fn try_get(&self, table: &str, key: Item) -> Result<Item, Status> {
+        self.c()
+            .get_item(self.req(pb::GetItemRequest {
+                table_name: table.into(),
+                key,
+            }))
+            .await
+            .map(|r| r.into_inner().item)
+    }
+
+    async fn get(&self, table: &str, key: Item) -> Item {
+        self.try_get(table, key).await.unwrap()
+    }
+
+    async fn query(&self, request: pb::QueryRequest) -> Result<pb::QueryResponse, Status> {
+        self.c()
+            .query(self.req(request))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn scan(&self, request: pb::ScanRequest) -> Result<pb::ScanResponse, Status> {
+        self.c()
+            .scan(self.req(request))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn stop(self) {
+        self.tables.stop().await.unwrap();
+        if let Some(kms) = self.kms {
+            kms.stop().await.unwrap();
+        }
+    }
+}
+
+fn create_request(
+    name: &str,
+    pk: (&str, pb::ScalarType),
+    sk: Option<(&str, pb::ScalarType)>,
+) -> pb::CreateTableRequest {
+    let element = |(name, t): (&str, pb::ScalarType)| pb::KeyElement {
+        name: name.into(),
+        r#type: t.into(),
+    };
+    pb::CreateTableRequest {
+        table_name: name.into(),
+        key_schema: Some(pb::KeySchema {
+            partition_key: Some(element(pk)),
+            sort_key: sk.map(element),
+        }),
+        sse_specification: None,
+    }
+}
+
+// ------------------------------------------------------------------- values
+
+fn v(value: V) -> Av {
+    Av { value: Some(value) }
+}
+
+fn s(x: &str) -> Av {
+    v(V::S(x.into()))
+}
+
+fn n(x: &str) -> Av {
+    v(V::N(x.into()))
+}
+
+fn b(x: &[u8]) -> Av {
+    v(V::B(x.to_vec()))
+}
+
+fn ss(xs: &[&str]) -> Av {
+    v(V::Ss(pb::StringSet {
+        values: xs.iter().map(|x| x.to_string()).collect(),
+    }))
+}
+
+fn ns(xs: &[&str]) -> Av {
+    v(V::Ns(pb::NumberSet {
+        values: xs.iter().map(|x| x.to_string()).collect(),
+    }))
+}
+
+fn bs(xs: &[&[u8]]) -> Av {
+    v(V::Bs(pb::BinarySet {
+        values: xs.iter().map(|x| x.to_vec()).collect(),
+    }))
+}
+
+fn m(pairs: &[(&str, Av)]) -> Av {
+    v(V::M(pb::MapValue {
+        fields: item(pairs),
+    }))
+}
+
+fn l(values: Vec<Av>) -> Av {
+    v(V::L(pb::ListValue { values }))
+}
+
+fn item(pairs: &[(&str, Av)]) -> Item {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+/// `base` with `extra` added (or replaced).
+fn with(base: &Item, extra: &[(&str, Av)]) -> Item {
+    let mut out = base.clone();
+    out.extend(item(extra));
+    out
+}
+
+/// The text of an S or N value.
+fn text(value: Option<&Av>) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(V::S(x) | V::N(x)) => x.clone(),
+        other => panic!("expected S or N, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn check_status<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    reason: &str,
+    needle: &str,
+) {
+    let status = result.expect_err("expected an error");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().map(|i| i.reason).as_deref(),
+        Some(reason),
+        "{status:?}"
+    );
+    assert!(
+        status.message().contains(needle),
+        "{:?} lacks {needle:?}",
+        status.message()
+    );
+}
+
+// --------------------------------------------------------------- data model
+
+#[tokio::test]
+async fn every_attribute_type_round_trips_normalised() {
+    let stack = start().await;
+    let non_key = |sent: bool| {
+        let pick = |a: &str, b: &str| if sent { a.to_string() } else { b.to_string() };
+        item(&[
+            ("s", s("héllo ✓")),
+            ("n_trailing", n(&pick("0.10", "0.1"))),
+            ("n_38", n("12345678901234567890123456789012345678")),
+            (
+                "n_38_fraction",
+                n(&pick(
+                    "-0.12345678901234567890123456789012345678000",
+                    "-0.12345678901234567890123456789012345678",
+                )),
+            ),
+            ("n_padded", n(&pick("-000.5000", "-0.5"))),
+            ("n_exponent", n(&pick("1.5e3", "1500"))),
+            ("n_zero", n(&pick("-0.0", "0"))),
+            ("b", b(&[0, 1, 254, 255])),
+            ("empty_s", s("")),
+            ("bool", v(V::Bool(true))),
+            ("null", v(V::Null(true))),
+            (
+                "m",
+                m(&[
+                    ("inner", s("x")),
+                    ("deeper", m(&[("n", n(&pick("007", "7")))])),
+                    ("empty", m(&[])),
+                ]),
+            ),
+            (
+                "l",
+                l(vec![
+                    s("a"),
+                    n(&pick("1.500", "1.5")),
+                    v(V::Bool(false)),
+                    l(vec![]),
+                    v(V::Null(true)),
+                ]),
+            ),
+            (
+                "ss",
+                if sent {
+                    ss(&["b", "c", "a"])
+                } else {
+                    ss(&["a", "b", "c"])
+                },
+            ),
+            (
+                "ns",
+                if sent {
+                    ns(&["10", "2", "1.0", "-3"])
+                } else {
+                    ns(&["-3", "1", "2", "10"])
+                },
+            ),
+            (
+                "bs",
+                if sent {
+                    bs(&[b"\x02", b"\x01\x00", b"\xff"])
+                } else {
+                    bs(&[b"\x01\x00", b"\x02", b"\xff"])
+                },
+            ),
+        ])
+    };
+    // (table, key type, key as sent, key as returned)
+    let cases = [
+        ("types_s", S, s("all"), s("all")),
+        ("types_n", N, n("0042.50"), n("42.5")),
+        ("types_b", B, b(&[0, 0xff]), b(&[0, 0xff])),
+    ];
+    for (table, key_type, sent_key, returned_key) in cases {
+        stack.create(table, ("id", key_type), None).await;
+        stack
+            .put(table, with(&non_key(true), &[("id", sent_key.clone())]))
+            .await;
+        let expected = with(&non_key(false), &[("id", returned_key)]);
+        let got = stack.get(table, item(&[("id", sent_key)])).await;
+        assert_eq!(got, expected, "{table}");
+        // The same item read through Query and Scan.
+        let queried = stack
+            .query(pb::QueryRequest {
+                table_name: table.into(),
+                partition_key_value: expected.get("id").cloned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            queried.items,
+            vec![pb::Item {
+                attributes: expected.clone()
+            }],
+            "{table}"
+        );
+        let scanned = stack
+            .scan(pb::ScanRequest {
+                table_name: table.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            scanned.items,
+            vec![pb::Item {
+                attributes: expected
+            }],
+            "{table}"
+        );
+    }
+    stack.stop().await;
+}
+
+// ---------------------------------------------------------------- validation
+
+/// One refused request of the validation table.
+enum Call {
+    Put(&'static str, Item),
+    Get(&'static str, Item),
+    Create(pb::CreateTableRequest),
+}
+
+async fn run(stack: &Stack, call: Call) -> Result<(), Status> {
+    match call {
+        Call::Put(table, item) => stack.try_put(table, item, vec![]).await.map(drop),
+        Call::Get(table, key) => stack.try_get(table, key).await.map(drop),
+        Call::Create(r) => stack.c().create_table(stack.req(r)).await.map(drop),
+    }
+}
+
+fn create_with_key(name: &str, kms_key_id: &str) -> Call {
+    Call::Create(pb::CreateTableRequest {
+        sse_specification: Some(pb::SseSpecification {
+            kms_key_id: kms_key_id.into(),
+        }),
+        ..create_request(name, ("id", S), None)
+    })
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_helpful_message() {
+    let stack = start().await;
+    stack.create("vals", ("id", S), Some(("sk", S))).await;
+    let key = item(&[("id", s("x")), ("sk", s("y"))]);
+    let long = |len: usize| "k".repeat(len);
+    // The key plus `extra`; a whole item; a key map; a new table.
+    let extra = |extra: &[(&str, Av)]| Call::Put("vals", with(&key, extra));
+    let whole = |pk: Av, sk: Av| Call::Put("vals", item(&[("id", pk), ("sk", sk)]));
+    let get = |key: Item| Call::Get("vals", key);
+    let create = |name: &str, sk: Option<(&str, pb::ScalarType)>| {
+        Call::Create(create_request(name, ("id", S), sk))
+    };
+    let invalid: Vec<(Call, &str)> = vec![
+        (
+            extra(&[("tags", ss(&[]))]),
+            "empty set is not allowed for attribute tags",
+        ),
+        (
+            extra(&[("nums", ns(&[]))]),
+            "empty set is not allowed for attribute nums",
+        ),
+        (
+            extra(&[("tags", ss(&["a", "b", "a"]))]),
+            "contains duplicates: \"a\"",
+        ),
+        (extra(&[("nums", ns(&["1", "1.0"]))]), "contains duplicates"),
+        (extra(&[("bins", bs(&[b"x", b"x"]))]), "contains duplicates"),
+        (
+            extra(&[("n", n(&"9".repeat(39)))]),
+            "has 39 significant digits: at most 38",
+        ),
+        (extra(&[("n", n("abc"))]), "\"abc\" is not a valid number"),
+        (extra(&[("n", n("1e126"))]), "out of range"),
+        (extra(&[("z", v(V::Null(false)))]), "null must be true"),
+        (
+            extra(&[("z", Av { value: None })]),
+            "attribute z has no value",
+        ),
+        (
+            Call::Put("vals", item(&[("id", s("x"))])),
+            "Missing the key sk in the item",
+        ),
+        (
+            Call::Put("vals", item(&[("sk", s("y"))])),
+            "Missing the key id in the item",
+        ),
+        (
+            whole(s("x"), n("1")),
+            "Type mismatch for key sk expected: S actual: N",
+        ),
+        (
+            whole(b(b"x"), s("y")),
+            "Type mismatch for key id expected: S actual: B",
+        ),
+        (
+            whole(s(""), s("y")),
+            "cannot contain an empty string value. Key: id",
+        ),
+        (
+            whole(s("x"), s("")),
+            "cannot contain an empty string value. Key: sk",
+        ),
+        (
+            whole(s(&long(2049)), s("y")),
+            "Size of partition key id is 2049 bytes, which exceeds the maximum size limit of 2048",
+        ),
+        (
+            whole(s("x"), s(&long(1025))),
+            "Size of sort key sk is 1025 bytes, which exceeds the maximum size limit of 1024",
+        ),
+        // Sizes count names and values: 3 + 3 of key, 3 + 409_592 of "big".
+        (
+            extra(&[("big", s(&long(409_592)))]),
+            "the item is 409601 bytes, the limit is 409600",
+        ),
+        (
+            get(with(&key, &[("extra", s("z"))])),
+            "give exactly the key attributes [id, sk]",
+        ),
+        (
+            get(item(&[("id", s("x"))])),
+            "The provided key element does not match the schema",
+        ),
+        (
+            get(item(&[("id", s("x")), ("sk", b(b"y"))])),
+            "Type mismatch for key sk",
+        ),
+        (
+            create("ab", None),
+            "table name \"ab\" must have 3–255 characters",
+        ),
+        (
+            create("bad name!", None),
+            "table name \"bad name!\" must have 3–255 characters",
+        ),
+        (create(&long(256), None), "must have 3–255 characters"),
+        (
+            create("twins", Some(("id", N))),
+            "give them different names",
+        ),
+        (
+            Call::Create(create_request(
+                "untyped",
+                ("id", pb::ScalarType::Unspecified),
+                None,
+            )),
+            "partition_key type must be SCALAR_TYPE_S, SCALAR_TYPE_N or SCALAR_TYPE_B",
+        ),
+        (
+            Call::Create(pb::CreateTableRequest {
+                table_name: "noschema".into(),
+                ..Default::default()
+            }),
+            "key_schema is required",
+        ),
+    ];
+    let unknown_key = "0f0e0d0c-0b0a-4908-8706-050403020100";
+    let other: Vec<(Call, Code, &str, &str)> = vec![
+        (
+            Call::Get("nope", key.clone()),
+            Code::NotFound,
+            "ResourceNotFoundException",
+            "Table: nope not found",
+        ),
+        (
+            Call::Put("nope", key.clone()),
+            Code::NotFound,
+            "ResourceNotFoundException",
+            "Table: nope not found",
+        ),
+        (
+            create("vals", Some(("sk", S))),
+            Code::AlreadyExists,
+            "ResourceInUseException",
+            "Table already exists: vals",
+        ),
+        (
+            create_with_key("unknown_key", unknown_key),
+            Code::NotFound,
+            "NotFoundException",
+            unknown_key,
+        ),
+        (
+            create_with_key("unknown_alias", "alias/nope"),
+            Code::NotFound,
+            "NotFoundException",
+            "Alias alias/nope is not found",
+        ),
+    ];
+    let cases = invalid
+        .into_iter()
+        .map(|(call, needle)| (call, Code::InvalidArgument, "ValidationException", needle))
+        .chain(other);
+    for (call, code, reason, needle) in cases {
+        let result = run(&stack, call).await;
+        assert!(result.is_err(), "accepted; expected {needle:?}");
+        check_status(result, code, reason, needle);
+    }
+
+    // The limits themselves are accepted.
+    let boundary = [
+        item(&[("id", s(&long(2048))), ("sk", s("y"))]),
+        item(&[("id", s("x")), ("sk", s(&long(1024)))]),
+        with(&key, &[("big", s(&long(409_591)))]),
+    ];
+    for accepted in &boundary {
+        stack
+            .try_put("vals", accepted.clone(), vec![])
+            .await
+            .unwrap();
+    }
+    // Nothing refused was written, and no refused table was created.
+    let all = stack
+        .scan(pb::ScanRequest {
+            table_name: "vals".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(all.len(), boundary.len());
+    let names = stack
+        .c()
+        .list_tables(stack.req(pb::ListTablesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .table_names;
+    assert_eq!(names, vec!["vals".to_string()]);
+    stack.stop().await;
+}
+
+// ------------------------------------------------------- conditional writes
+
+fn not_exists(name: &str) -> pb::Condition {
+    pb::Condition {
+        kind: Some(pb::condition::Kind::AttributeNotExists(name.into())),
+    }
+}
+
+fn exists(name: &str) -> pb::Condition {
+    pb::Condition {
+        kind: Some(pb::condition::Kind::AttributeExists(name.into())),
+    }
+}
+
+fn compare(attribute: &str, op: Op, value: Av, value2: Option<Av>) -> pb::Condition {
+    pb::Condition {
+        kind: Some(pb::condition::Kind::Comparison(pb::Comparison {
+            attribute: attribute.into(),
+            operator: op.into(),
+            value: Some(value),
+            value2,
+        })),
+    }
+}
+
+#[tokio::test]
+async fn conditional_puts_and_deletes() {
+    let stack = start().await;
+    stack.create("cond", ("id", S), None).await;
+    let key = item(&[("id", s("c"))]);
+    let first = with(&key, &[("n", n("10")), ("tag", s("first"))]);
+
+    // attribute_not_exists: create once.
+    stack
+        .try_put("cond", first.clone(), vec![not_exists("id")])
+        .await
+        .unwrap();
+    check_status(
+        stack
+            .try_put(
+                "cond",
+                with(&first, &[("tag", s("second"))]),
+                vec![not_exists("id")],
+            )
+            .await,
+        Code::FailedPrecondition,
+        "ConditionalCheckFailedException",
+        "attribute_not_exists(id) is not satisfied",
+    );
+    assert_eq!(stack.get("cond", key.clone()).await, first);
+
+    // Each condition is tried on a put that would not change the item.
+    let cases: Vec<(pb::Condition, bool)> = vec![
+        (exists("n"), true),
+        (exists("missing"), false),
+        (not_exists("missing"), true),
+        (compare("n", Op::Eq, n("10.0"), None), true),
+        (compare("n", Op::Eq, n("1e1"), None), true),
+        (compare("n", Op::Eq, s("10"), None), false),
+        (compare("n", Op::Ne, n("10"), None), false),
+        (compare("n", Op::Ne, n("11"), None), true),
+        // As strings "10" < "9"; as numbers it is not.
+        (compare("n", Op::Lt, n("9"), None), false),
+        (compare("n", Op::Lt, n("10.5"), None), true),
+        (compare("n", Op::Lt, n("10"), None), false),
+        (compare("n", Op::Le, n("10"), None), true),
+        (compare("n", Op::Le, n("9.99"), None), false),
+        (compare("n", Op::Gt, n("9"), None), true),
+        (compare("n", Op::Gt, n("-100"), None), true),
+        (compare("n", Op::Gt, n("10"), None), false),
+        (compare("n", Op::Ge, n("10.00"), None), true),
+        (compare("n", Op::Ge, n("100"), None), false),
+        (compare("n", Op::Between, n("5"), Some(n("10"))), true),
+        (compare("n", Op::Between, n("10"), Some(n("10"))), true),
+        (
+            compare("n", Op::Between, n("10.000001"), Some(n("20"))),
+            false,
+        ),
+        (compare("n", Op::Between, n("-1"), Some(n("9.9"))), false),
+        (compare("tag", Op::BeginsWith, s("fir"), None), true),
+        (compare("tag", Op::BeginsWith, s("sec"), None), false),
+        (compare("missing", Op::Eq, n("1"), None), false),
+        (compare("missing", Op::Ne, n("1"), None), true),
+    ];
+    for (condition, holds) in cases {
+        let label = format!("{condition:?}");
+        let result = stack.try_put("cond", first.clone(), vec![condition]).await;
+        if holds {
+            result.unwrap_or_else(|e| panic!("{label}: {e:?}"));
+        } else {
+            check_status(
+                result,
+                Code::FailedPrecondition,
+                "ConditionalCheckFailedException",
+                "is not satisfied",
+            );
+        }
+    }
+    // Conditions combine with AND.
+    check_status(
+        stack
+            .try_put(
+                "cond",
+                first.clone(),
+                vec![exists("n"), compare("n", Op::Gt, n("10"), None)],
+            )
+            .await,
+        Code::FailedPrecondition,
+        "ConditionalCheckFailedException",
+        "n Gt value is not satisfied",
+    );
+    assert_eq!(stack.get("cond", key.clone()).await, first);
+
+    let delete = |conditions: Vec<pb::Condition>, rv: pb::ReturnValues| pb::DeleteItemRequest {
+        table_name: "cond".into(),
+        key: key.clone(),
+        conditions,
+        return_values: rv.into(),
+    };
+    check_status(
+        stack
+            .c()
+            .delete_item(stack.req(delete(
+                vec![compare("n", Op::Lt, n("10"), None)],
+                pb::ReturnValues::AllOld,
+            )))
+            .await,
+        Code::FailedPrecondition,
+        "ConditionalCheckFailedException",
+        "is not satisfied",
+    );
+    check_status(
+        stack
+            .c()
+            .delete_item(stack.req(delete(vec![], pb::ReturnValues::AllNew)))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "DeleteItem supports return_values NONE or ALL_OLD",
+    );
+    assert_eq!(stack.get("cond", key.clone()).await, first);
+    let old = stack
+        .c()
+        .delete_item(stack.req(delete(
+            vec![compare("n", Op::Ge, n("10"), None)],
+            pb::ReturnValues::AllOld,
+        )))
+        .await
+        .unwrap()
+        .into_inner()
+        .attributes;
+    assert_eq!(old, first);
+    assert!(stack.get("cond", key.clone()).await.is_empty());
+    // Deleting what is not there returns nothing; a condition on it fails.
+    let gone = stack
+        .c()
+        .delete_item(stack.req(delete(vec![], pb::ReturnValues::AllOld)))
+        .await
+        .unwrap()
+        .into_inner()
+        .attributes;
+    assert!(gone.is_empty(), "{gone:?}");
+    check_status(
+        stack
+            .c()
+            .delete_item(stack.req(delete(vec![exists("id")], pb::ReturnValues::None)))
+            .await,
+        Code::FailedPrecondition,
+        "ConditionalCheckFailedException",
+        "attribute_exists(id) is not satisfied",
+    );
+
+    // PutItem ALL_OLD returns the replaced item.
+    stack.put("cond", first.clone()).await;
+    let replaced = stack
+        .c()
+        .put_item(stack.req(pb::PutItemRequest {
+            table_name: "cond".into(),
+            item: with(&first, &[("tag", s("second"))]),
+            return_values: pb::ReturnValues::AllOld.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .attributes;
+    assert_eq!(replaced, first);
+    stack.stop().await;
+}
+
+fn set(name: &str, value: Av) -> pb::UpdateAction {
+    pb::UpdateAction {
+        action: Some(pb::update_action::Action::Set(pb::SetAction {
+            attribute: name.into(),
+            value: Some(value),
+        })),
+    }
+}
+
+fn remove(name: &str) -> pb::UpdateAction {
+    pb::UpdateAction {
+        action: Some(pb::update_action::Action::Remove(name.into())),
+    }
+}
+
+fn add(name: &str, value: Av) -> pb::UpdateAction {
+    pb::UpdateAction {
+        action: Some(pb::update_action::Action::Add(pb::SetAction {
+            attribute: name.into(),
+            value: Some(value),
+        })),
+    }
+}
+
+fn delete_members(name: &str, value: Av) -> pb::UpdateAction {
+    pb::UpdateAction {
+        action: Some(pb::update_action::Action::Delete(pb::SetAction {
+            attribute: name.into(),
+            value: Some(value),
+        })),
+    }
+}
+
+#[tokio::test]
+async fn update_item_actions_return_all_new() {
+    let stack = start().await;
+    stack.create("upd", ("id", S), None).await;
+    let key = item(&[("id", s("u"))]);
+    stack
+        .put(
+            "upd",
+            with(
+                &key,
+                &[
+                    ("count", n("5")),
+                    ("tags", ss(&["a", "b"])),
+                    ("nums", ns(&["1", "2"])),
+                    ("bins", bs(&[b"x"])),
+                    ("gone", s("x")),
+                ],
+            ),
+        )
+        .await;
+    let update =
+        |actions: Vec<pb::UpdateAction>, conditions: Vec<pb::Condition>| pb::UpdateItemRequest {
+            table_name: "upd".into(),
+            key: key.clone(),
+            actions,
+            conditions,
+            return_values: pb::ReturnValues::AllNew.into(),
+        };
+    // (actions, the item afterwards)
+    let steps: Vec<(Vec<pb::UpdateAction>, Item)> = vec![
+        (
+            vec![
+                set("name", s("new")),
+                remove("gone"),
+                add("count", n("2.50")),
+                add("tags", ss(&["c"])),
+                delete_members("tags", ss(&["a", "zzz"])),
+                add("nums", ns(&["3", "2.0"])),
+                delete_members("nums", ns(&["1.00"])),
+                add("bins", bs(&[b"y"])),
+                add("fresh", n("-1")),
+            ],
+            with(
+                &key,
+                &[
+                    ("count", n("7.5")),
+                    ("tags", ss(&["b", "c"])),
+                    ("nums", ns(&["2", "3"])),
+                    ("bins", bs(&[b"x", b"y"])),
+                    ("name", s("new")),
+                    ("fresh", n("-1")),
+                ],
+            ),
+        ),
+        (
+            // Removing every member removes the attribute; removing an absent one is a no-op.
+            vec![
+                delete_members("tags", ss(&["b", "c"])),
+                remove("never"),
+                add("count", n("-7.5")),
+                set("name", m(&[("first", s("a")), ("list", l(vec![n("1.0")]))])),
+            ],
+            with(
+                &key,
+                &[
+                    ("count", n("0")),
+                    ("nums", ns(&["2", "3"])),
+                    ("bins", bs(&[b"x", b"y"])),
+                    ("name", m(&[("first", s("a")), ("list", l(vec![n("1")]))])),
+                    ("fresh", n("-1")),
+                ],
+            ),
+        ),
+    ];
+    let mut expected = Item::new();
+    for (i, (actions, after)) in steps.into_iter().enumerate() {
+        let got = stack
+            .c()
+            .update_item(stack.req(update(actions, vec![])))
+            .await
+            .unwrap()
+            .into_inner()
+            .attributes;
+        let mut got_sorted: Vec<_> = got.iter().collect();
+        got_sorted.sort_by_key(|(k, _)| k.as_str());
+        assert_eq!(got, after, "step {i}: {got_sorted:?}");
+        assert_eq!(stack.get("upd", key.clone()).await, after, "step {i}");
+        expected = after;
+    }
+
+    // Refused updates change nothing.
+    check_status(
+        stack
+            .c()
+            .update_item(stack.req(update(
+                vec![set("name", s("z"))],
+                vec![compare("count", Op::Gt, n("0"), None)],
+            )))
+            .await,
+        Code::FailedPrecondition,
+        "ConditionalCheckFailedException",
+        "count Gt value is not satisfied",
+    );
+    assert_eq!(stack.get("upd", key.clone()).await, expected);
+    let invalid: Vec<(Vec<pb::UpdateAction>, &str)> = vec![
+        (
+            vec![set("id", s("other"))],
+            "Cannot update attribute id. This attribute is part of the key",
+        ),
+        (vec![remove("id")], "Cannot update attribute id"),
+        (vec![add("name", s("x"))], "ADD works on numbers and sets"),
+        (
+            vec![add("nums", ss(&["x"]))],
+            "ADD works on numbers and sets of the same type",
+        ),
+        (
+            vec![delete_members("count", ns(&["1"]))],
+            "DELETE works on sets",
+        ),
+        (vec![set("n", n("1e200"))], "out of range"),
+        (vec![set("s", ss(&[]))], "empty set"),
+        (vec![set("", s("x"))], "names an empty attribute"),
+        // The first action is valid; the batch is refused as a whole.
+        (
+            vec![set("name", s("z")), add("name", n("1"))],
+            "ADD works on numbers and sets",
+        ),
+        (vec![], "UpdateItem needs at least one action"),
+    ];
+    for (actions, needle) in invalid {
+        check_status(
+            stack
+                .c()
+                .update_item(stack.req(update(actions, vec![])))
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+            needle,
+        );
+        assert_eq!(stack.get("upd", key.clone()).await, expected, "{needle}");
+    }
+
+    // UpdateItem of an absent key creates the item; ALL_OLD of it is empty.
+    let new_key = item(&[("id", s("new"))]);
+    let old = stack
+        .c()
+        .update_item(stack.req(pb::UpdateItemRequest {
+            table_name: "upd".into(),
+            key: new_key.clone(),
+            actions: vec![add("hits", n("1"))],
+            return_values: pb::ReturnValues::AllOld.into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .attributes;
+    assert!(old.is_empty(), "{old:?}");
+    assert_eq!(
+        stack.get("upd", new_key.clone()).await,
+        with(&new_key, &[("hits", n("1"))])
+    );
+    stack.stop().await;
+}
+
+// ---------------------------------------------------------------------- query
+
+fn sort_condition(op: Op, value: Av, value2: Option<Av>) -> Option<pb::SortKeyCondition> {
+    Some(pb::SortKeyCondition {
+        operator: op.into(),
+        value: Some(value),
+        value2,
+    })
+}
+
+/// Follows `last_evaluated_key` to the end; returns the pages.
+async fn query_pages(stack: &Stack, request: &pb::QueryRequest) -> Vec<Vec<Item>> {
+    let mut pages = Vec::new();
+    let mut start = Item::new();
+    for _ in 0..1000 {
+        let page = stack
+            .query(pb::QueryRequest {
+                exclusive_start_key: start,
+                ..request.clone()
+            })
+            .await
+            .unwrap();
+        let items: Vec<Item> = page.items.into_iter().map(|i| i.attributes).collect();
+        if request.limit > 0 {
+            assert!(
+                items.len() <= request.limit as usize,
+                "{} > limit {}",
+                items.len(),
+                request.limit
+            );
+        }
+        if !page.last_evaluated_key.is_empty() {
+            // The key of the page's last item, nothing else.
+            let last = items
+                .last()
+                .expect("a non-empty page before a last_evaluated_key");
+            for (name, value) in &page.last_evaluated_key {
+                assert_eq!(last.get(name), Some(value));
+            }
+        }
+        pages.push(items);
+        if page.last_evaluated_key.is_empty() {
+            return pages;
+        }
+        start = page.last_evaluated_key;
+    }
+    panic!("query pagination does not end");
+}
+
+async fn scan_pages(stack: &Stack, request: &pb::ScanRequest) -> Vec<Vec<Item>> {
+    let mut pages = Vec::new();
+    let mut start = Item::new();
+    for _ in 0..1000 {
+        let page = stack
+            .scan(pb::ScanRequest {
+                exclusive_start_key: start,
+                ..request.clone()
+            })
+            .await
+            .unwrap();
+        let items: Vec<Item> = page.items.into_iter().map(|i| i.attributes).collect();
+        if request.limit > 0 {
+            assert!(items.len() <= request.limit as usize);
+        }
+        pages.push(items);
+        if page.last_evaluated_key.is_empty() {
+            return pages;
+        }
+        start = page.last_evaluated_key;
+    }
+    panic!("scan pagination does not end");
+}
+
+/// The values of `attribute` over all pages, in order.
+fn column(pages: &[Vec<Item>], attribute: &str) -> Vec<String> {
+    pages
+        .iter()
+        .flatten()
+        .map(|i| text(i.get(attribute)))
+        .collect()
+}
+
+#[tokio::test]
+async fn query_orders_filters_and_pages() {
+    let stack = start().await;
+    stack.create("q_num", ("p", S), Some(("k", N))).await;
+    stack.create("q_str", ("p", S), Some(("k", S))).await;
+    stack.create("q_bin", ("p", S), Some(("k", B))).await;
+    for k in ["10", "2", "-3", "1", "20", "0.50"] {
+        stack
+            .put("q_num", item(&[("p", s("a")), ("k", n(k)), ("sent", s(k))]))
+            .await;
+    }
+    // Neighbouring partitions must not leak in.
+    for (p, k) in [("b", "1"), ("aa", "5"), ("A", "3")] {
+        stack.put("q_num", item(&[("p", s(p)), ("k", n(k))])).await;
+    }
+    for k in ["banana", "ap", "apricot", "b", "a", "apple", "aq", "Zebra"] {
+        stack
+            .put("q_str", item(&[("p", s("a")), ("k", s(k))]))
+            .await;
+    }
+    for k in [&[0xfe][..], &[0xff], &[0xff, 0x00], &[0xff, 0xff], &[0x01]] {
+        stack
+            .put("q_bin", item(&[("p", s("a")), ("k", b(k))]))
+            .await;
+    }
+
+    let all = ["-3", "0.5", "1", "2", "10", "20"];
+    // (table, condition, descending, sort keys expected in order)
+    let cases: Vec<(&str, Option<pb::SortKeyCondition>, bool, Vec<&str>)> = vec![
+        ("q_num", None, false, all.to_vec()),
+        ("q_num", None, true, all.iter().rev().copied().collect()),
+        (
+            "q_num",
+            sort_condition(Op::Eq, n("2"), None),
+            false,
+            vec!["2"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Eq, n("2.000"), None),
+            false,
+            vec!["2"],
+        ),
+        ("q_num", sort_condition(Op::Eq, n("3"), None), false, vec![]),
+        (
+            "q_num",
+            sort_condition(Op::Lt, n("2"), None),
+            false,
+            vec!["-3", "0.5", "1"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Lt, n("-3"), None),
+            false,
+            vec![],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Le, n("2"), None),
+            false,
+            vec!["-3", "0.5", "1", "2"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Gt, n("2"), None),
+            false,
+            vec!["10", "20"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Gt, n("-4"), None),
+            true,
+            all.iter().rev().copied().collect(),
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Ge, n("2"), None),
+            false,
+            vec!["2", "10", "20"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Ge, n("2"), None),
+            true,
+            vec!["20", "10", "2"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Between, n("0.5"), Some(n("10"))),
+            false,
+            vec!["0.5", "1", "2", "10"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Between, n("0.5"), Some(n("10"))),
+            true,
+            vec!["10", "2", "1", "0.5"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Between, n("-2"), Some(n("-2"))),
+            false,
+            vec![],
+        ),
+        (
+            "q_str",
+            None,
+            false,
+            vec!["Zebra", "a", "ap", "apple", "apricot", "aq", "b", "banana"],
+        ),
+        (
+            "q_str",
+            sort_condition(Op::BeginsWith, s("ap"), None),
+            false,
+            vec!["ap", "apple", "apricot"],
+        ),
+        (
+            "q_str",
+            sort_condition(Op::BeginsWith, s("ap"), None),
+            true,
+            vec!["apricot", "apple", "ap"],
+        ),
+        (
+            "q_str",
+            sort_condition(Op::BeginsWith, s("b"), None),
+            false,
+            vec!["b", "banana"],
+        ),
+        (
+            "q_str",
+            sort_condition(Op::BeginsWith, s("c"), None),
+            false,
+            vec![],
+        ),
+        (
+            "q_str",
+            sort_condition(Op::Lt, s("apple"), None),
+            false,
+            vec!["Zebra", "a", "ap"],
+        ),
+        (
+            "q_str",
+            sort_condition(Op::Between, s("ap"), Some(s("b"))),
+            false,
+            vec!["ap", "apple", "apricot", "aq", "b"],
+        ),
+        (
+            "q_str",
+            sort_condition(Op::Gt, s("aq"), None),
+            false,
+            vec!["b", "banana"],
+        ),
+    ];
+    for (table, condition, descending, expected) in cases {
+        let sort_keys = |pages: &[Vec<Item>]| -> Vec<String> {
+            pages.iter().flatten().map(|i| text(i.get("k"))).collect()
+        };
+        for limit in [0, 1, 2, 4] {
+            let request = pb::QueryRequest {
+                table_name: table.into(),
+                partition_key_value: Some(s("a")),
+                sort_key_condition: condition.clone(),
+                descending,
+                limit,
+                ..Default::default()
+            };
+            let pages = query_pages(&stack, &request).await;
+            assert_eq!(
+                sort_keys(&pages),
+                expected,
+                "{table} {condition:?} desc={descending} limit={limit}"
+            );
+            if limit == 0 {
+                assert_eq!(pages.len(), 1, "one page without a limit");
+            }
+        }
+    }
+    // Every item of "q_num" comes back whole.
+    let pages = query_pages(
+        &stack,
+        &pb::QueryRequest {
+            table_name: "q_num".into(),
+            partition_key_value: Some(s("a")),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        column(&pages, "sent"),
+        vec!["-3", "0.50", "1", "2", "10", "20"]
+    );
+
+    // B sort keys: BEGINS_WITH 0xff has no upper byte string to stop at.
+    let binary = |op: Op, value: &[u8]| pb::QueryRequest {
+        table_name: "q_bin".into(),
+        partition_key_value: Some(s("a")),
+        sort_key_condition: sort_condition(op, b(value), None),
+        ..Default::default()
+    };
+    let keys = |pages: Vec<Vec<Item>>| -> Vec<Vec<u8>> {
+        pages
+            .into_iter()
+            .flatten()
+            .map(|i| match i.get("k").and_then(|v| v.value.clone()) {
+                Some(V::B(k)) => k,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(
+        keys(query_pages(&stack, &binary(Op::BeginsWith, &[0xff])).await),
+        vec![vec![0xff], vec![0xff, 0x00], vec![0xff, 0xff]]
+    );
+    assert_eq!(
+        keys(query_pages(&stack, &binary(Op::Lt, &[0xff])).await),
+        vec![vec![0x01], vec![0xfe]]
+    );
+
+    // Refused queries.
+    let base = pb::QueryRequest {
+        table_name: "q_num".into(),
+        partition_key_value: Some(s("a")),
+        ..Default::default()
+    };
+    let refused: Vec<(pb::QueryRequest, Code, &str, &str)> = vec![
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::BeginsWith, n("1"), None),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "BEGINS_WITH works on S and B sort keys",
+        ),
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Between, n("10"), Some(n("2"))),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "wrong order",
+        ),
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Between, n("1"), None),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "BETWEEN needs value2",
+        ),
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Ne, n("1"), None),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "a sort key condition uses EQ, LT",
+        ),
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Eq, s("1"), None),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "expected N, got S",
+        ),
+        (
+            pb::QueryRequest {
+                partition_key_value: Some(n("1")),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "expected S, got N",
+        ),
+        (
+            pb::QueryRequest {
+                partition_key_value: None,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "partition_key_value is required",
+        ),
+        (
+            pb::QueryRequest {
+                limit: 1001,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "limit 1001 is out of range",
+        ),
+        (
+            pb::QueryRequest {
+                exclusive_start_key: item(&[("p", s("b")), ("k", n("1"))]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "not in the queried partition",
+        ),
+        (
+            pb::QueryRequest {
+                table_name: "nope".into(),
+                ..base.clone()
+            },
+            Code::NotFound,
+            "ResourceNotFoundException",
+            "Table: nope not found",
+        ),
+    ];
+    for (request, code, reason, needle) in refused {
+        check_status(stack.query(request).await, code, reason, needle);
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn query_pages_stop_at_one_mib() {
+    let stack = start().await;
+    stack.create("big", ("p", S), Some(("i", N))).await;
+    let blob = vec![7u8; 100 * 1024];
+    for i in 0..12 {
+        stack
+            .put(
+                "big",
+                item(&[
+                    ("p", s("one")),
+                    ("i", n(&i.to_string())),
+                    ("blob", b(&blob)),
+                ]),
+            )
+            .await;
+    }
+    let request = pb::QueryRequest {
+        table_name: "big".into(),
+        partition_key_value: Some(s("one")),
+        ..Default::default()
+    };
+    let first = stack.query(request.clone()).await.unwrap();
+    assert!(
+        !first.items.is_empty() && first.items.len() < 12,
+        "first page has {} items",
+        first.items.len()
+    );
+    let bytes: usize = first
+        .items
+        .iter()
+        .map(
+            |i| match i.attributes.get("blob").and_then(|v| v.value.as_ref()) {
+                Some(V::B(x)) => x.len(),
+                _ => 0,
+            },
+        )
+        .sum();
+    assert!(bytes <= 1024 * 1024, "{bytes} bytes in one page");
+    assert!(!first.last_evaluated_key.is_empty());
+    let pages = query_pages(&stack, &request).await;
+    assert!(pages.len() >= 2);
+    let expected: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+    assert_eq!(column(&pages, "i"), expected);
+    assert!(
+        pages
+            .iter()
+            .flatten()
+            .all(|i| i.get("blob") == Some(&b(&blob)))
+    );
+    // The same cap applies to Scan.
+    let scanned = scan_pages(
+        &stack,
+        &pb::ScanRequest {
+            table_name: "big".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(scanned[0].len() < 12);
+    assert_eq!(column(&scanned, "i"), expected);
+    stack.stop().await;
+}
+
+// ----------------------------------------------------------------------- scan
+
+#[tokio::test]
+async fn scan_pages_and_parallel_segments() {
+    let stack = start().await;
+    stack.create("scan", ("p", S), Some(("i", N))).await;
+    let count = 40;
+    for i in 0..count {
+        stack
+            .put(
+                "scan",
+                item(&[
+                    ("p", s(&format!("part{}", i % 13))),
+                    ("i", n(&i.to_string())),
+                ]),
+            )
+            .await;
+    }
+    let id = |i: &Item| format!("{}/{}", text(i.get("p")), text(i.get("i")));
+    let base = pb::ScanRequest {
+        table_name: "scan".into(),
+        ..Default::default()
+    };
+    let full: Vec<String> = scan_pages(&stack, &base)
+        .await
+        .iter()
+        .flatten()
+        .map(id)
+        .collect();
+    assert_eq!(full.len(), count);
+    assert_eq!(
+        full.iter().collect::<BTreeSet<_>>().len(),
+        count,
+        "{full:?}"
+    );
+    for limit in [1, 3, 7, 40, 1000] {
+        let paged: Vec<String> = scan_pages(
+            &stack,
+            &pb::ScanRequest {
+                limit,
+                ..base.clone()
+            },
+        )
+        .await
+        .iter()
+        .flatten()
+        .map(id)
+        .collect();
+        assert_eq!(paged, full, "limit {limit}");
+    }
+
+    for total in [1u32, 3] {
+        let mut union = Vec::new();
+        for segment in 0..total {
+            let items: Vec<Item> = scan_pages(
+                &stack,
+                &pb::ScanRequest {
+                    segment,
+                    total_segments: total,
+                    limit: 4,
+                    ..base.clone()
+                },
+            )
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+            assert!(!items.is_empty(), "segment {segment} of {total} is empty");
+            union.extend(items.iter().map(id));
+        }
+        assert_eq!(
+            union.len(),
+            count,
+            "segments of {total} overlap or miss: {union:?}"
+        );
+        assert_eq!(
+            union.iter().cloned().collect::<BTreeSet<_>>(),
+            full.iter().cloned().collect::<BTreeSet<_>>()
+        );
+    }
+
+    let invalid = [(3, 3), (1, 0), (5, 3), (0, 1_000_001)];
+    for (segment, total_segments) in invalid {
+        check_status(
+            stack
+                .scan(pb::ScanRequest {
+                    segment,
+                    total_segments,
+                    ..base.clone()
+                })
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+            &format!("segment {segment} of total_segments {total_segments} is invalid"),
+        );
+    }
+    check_status(
+        stack
+            .scan(pb::ScanRequest {
+                limit: 1001,
+                ..base.clone()
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "limit 1001 is out of range",
+    );
+    check_status(
+        stack
+            .scan(pb::ScanRequest {
+                exclusive_start_key: item(&[("p", s("x"))]),
+                ..base.clone()
+            })
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "does not match the schema",
+    );
+    stack.stop().await;
+}
+
+// -------------------------------------------------------------------- batches
+
+fn write_put(item: Item) -> pb::WriteRequest {
+    pb::WriteRequest {
+        request: Some(pb::write_request::Request::PutRequest(pb::Item {
+            attributes: item,
+        })),
+    }
+}
+
+fn write_delete(key: Item) -> pb::WriteRequest {
+    pb::WriteRequest {
+        request: Some(pb::write_request::Request::DeleteRequest(pb::Item {
+            attributes: key,
+        })),
+    }
+}
+
+fn batch_write(tables: Vec<(&str, Vec<pb::WriteRequest>)>) -> pb::BatchWriteItemRequest {
+    pb::BatchWriteItemRequest {
+        request_items: tables
+            .into_iter()
+            .map(|(t, requests)| (t.to_string(), pb::WriteRequests { requests }))
+            .collect(),
+    }
+}
+
+fn batch_get(tables: Vec<(&str, Vec<Item>)>) -> pb::BatchGetItemRequest {
+    pb::BatchGetItemRequest {
+        request_items: tables
+            .into_iter()
+            .map(|(t, keys)| {
+                (
+                    t.to_string(),
+                    pb::KeysAndAttributes {
+                        keys: keys
+                            .into_iter()
+                            .map(|attributes| pb::Item { attributes })
+                            .collect(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn batch_write_then_batch_get_across_tables() {
+    let stack = start().await;
+    stack.create("bw1", ("id", S), None).await;
+    stack.create("bw2", ("p", S), Some(("n", N))).await;
+    let k1 = |id: &str| item(&[("id", s(id))]);
+    let k2 = |p: &str, x: &str| item(&[("p", s(p)), ("n", n(x))]);
+    stack.put("bw1", with(&k1("old"), &[("v", s("old"))])).await;
+    stack
+        .put("bw2", with(&k2("old", "1"), &[("v", s("old"))]))
+        .await;
+    stack
+        .put("bw1", with(&k1("x2"), &[("v", s("before"))]))
+        .await;
+
+    let puts1 = [
+        with(&k1("x1"), &[("v", s("one"))]),
+        with(&k1("x2"), &[("v", s("two")), ("ns", ns(&["2", "1"]))]),
+    ];
+    let puts2 = [
+        with(&k2("p", "1"), &[("v", s("p1"))]),
+        with(&k2("p", "2.0"), &[("v", s("p2"))]),
+    ];
+    let unprocessed = stack
+        .c()
+        .batch_write_item(stack.req(batch_write(vec![
+                (
+                    "bw1",
+                    puts1
+                        .iter()
+                        .cloned()
+                        .map(write_put)
+                        .chain([write_delete(k1("old"))])
+                        .collect(),
+                ),
+                (
+                    "bw2",
+                    puts2
+                        .iter()
+                        .cloned()
+                        .map(write_put)
+                        .chain([write_delete(k2("old", "1"))])
+                        .collect(),
+                ),
+            ])))
+        .await
+        .unwrap()
+        .into_inner()
+        .unprocessed_items;
+    assert!(unprocessed.is_empty(), "{unprocessed:?}");
+
+    let got = stack
+        .c()
+        .batch_get_item(stack.req(batch_get(vec![
+            ("bw1", vec![k1("x1"), k1("x2"), k1("old"), k1("never")]),
+            ("bw2", vec![k2("p", "1"), k2("p", "2"), k2("old", "1")]),
+        ])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        got.unprocessed_keys.is_empty(),
+        "{:?}",
+        got.unprocessed_keys
+    );
+    let sorted = |table: &str, by: &str| -> Vec<Item> {
+        let mut items: Vec<Item> = got.responses[table]
+            .items
+            .iter()
+            .map(|i| i.attributes.clone())
+            .collect();
+        items.sort_by_key(|i| text(i.get(by)));
+        items
+    };
+    assert_eq!(
+        sorted("bw1", "id"),
+        vec![
+            with(&k1("x1"), &[("v", s("one"))]),
+            with(&k1("x2"), &[("v", s("two")), ("ns", ns(&["1", "2"]))])
+        ]
+    );
+    assert_eq!(
+        sorted("bw2", "n"),
+        vec![
+            with(&k2("p", "1"), &[("v", s("p1"))]),
+            with(&k2("p", "2"), &[("v", s("p2"))])
+        ]
+    );
+
+    // Limits: 25 writes and 100 keys pass, one more is refused and writes nothing.
+    let writes = |count: usize, prefix: &str| -> Vec<pb::WriteRequest> {
+        (0..count)
+            .map(|i| write_put(k1(&format!("{prefix}{i}"))))
+            .collect()
+    };
+    check_status(
+        stack
+            .c()
+            .batch_write_item(stack.req(batch_write(vec![("bw1", writes(26, "over"))])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "BatchWriteItem takes 1–25 requests; this request has 26",
+    );
+    check_status(
+        stack
+            .c()
+            .batch_write_item(stack.req(batch_write(vec![
+                    ("bw1", writes(13, "over")),
+                    (
+                        "bw2",
+                        (0..13)
+                            .map(|i| write_put(k2("over", &i.to_string())))
+                            .collect(),
+                    ),
+                ])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "this request has 26",
+    );
+    assert!(stack.get("bw1", k1("over0")).await.is_empty());
+    check_status(
+        stack
+            .c()
+            .batch_write_item(stack.req(batch_write(vec![])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "this request has 0",
+    );
+    check_status(
+        stack
+            .c()
+            .batch_write_item(stack.req(batch_write(vec![(
+                "bw1",
+                vec![write_put(k1("dup")), write_delete(k1("dup"))],
+            )])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "duplicates",
+    );
+    check_status(
+        stack
+            .c()
+            .batch_write_item(stack.req(batch_write(vec![(
+                "bw1",
+                vec![
+                    write_put(k1("fine")),
+                    write_put(with(&k1("bad"), &[("x", ss(&[]))])),
+                ],
+            )])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "empty set",
+    );
+    assert!(
+        stack.get("bw1", k1("fine")).await.is_empty(),
+        "a refused batch wrote part of itself"
+    );
+    stack
+        .c()
+        .batch_write_item(stack.req(batch_write(vec![("bw1", writes(25, "ok"))])))
+        .await
+        .unwrap();
+    let keys = |count: usize| -> Vec<Item> { (0..count).map(|i| k1(&format!("ok{i}"))).collect() };
+    let hundred = stack
+        .c()
+        .batch_get_item(stack.req(batch_get(vec![("bw1", keys(100))])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hundred.responses["bw1"].items.len(), 25);
+    check_status(
+        stack
+            .c()
+            .batch_get_item(stack.req(batch_get(vec![("bw1", keys(101))])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "BatchGetItem takes 1–100 keys; this request has 101",
+    );
+    check_status(
+        stack
+            .c()
+            .batch_get_item(stack.req(batch_get(vec![
+                ("bw1", keys(60)),
+                ("bw2", (0..41).map(|i| k2("p", &i.to_string())).collect()),
+            ])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "this request has 101",
+    );
+    check_status(
+        stack
+            .c()
+            .batch_get_item(stack.req(batch_get(vec![("bw1", vec![k1("a"), k1("a")])])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "duplicates",
+    );
+    check_status(
+        stack
+            .c()
+            .batch_get_item(stack.req(batch_get(vec![("nope", vec![k1("a")])])))
+            .await,
+        Code::NotFound,
+        "ResourceNotFoundException",
+        "Table: nope not found",
+    );
+    stack.stop().await;
+}
+
+// ------------------------------------------------------------------ integrity
+
+/// Overwrites the stored envelope of `to` with that of `from`; keys are
+/// (table id, partition key bytes) of tables without a sort key.
+fn copy_envelope(db: &Path, from: (&str, &[u8]), to: (&str, &[u8])) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let envelope: Vec<u8> = conn
+        .query_row(
+            "SELECT envelope FROM items WHERE table_id = ?1 AND pk = ?2 AND sk = x''",
+            rusqlite::params![from.0, from.1],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE items SET envelope = ?3 WHERE table_id = ?1 AND pk = ?2 AND sk = x''",
+            rusqlite::params![to.0, to.1, envelope],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+}
+
+#[tokio::test]
+async fn an_envelope_moved_to_another_item_or_table_is_refused() {
+    // Once with the data-key cache warm for the moved key, once without it.
+    for cache_ttl in [0, 60] {
+        let stack = start_with(|c| c.data_key_cache_ttl_secs = cache_ttl).await;
+        let one = stack.create("integ", ("id", S), None).await.table_id;
+        let two = stack.create("integ2", ("id", S), None).await.table_id;
+        let a = item(&[("id", s("A"))]);
+        let bkey = item(&[("id", s("B"))]);
+        stack
+            .put("integ", with(&a, &[("secret", s("alpha-plaintext"))]))
+            .await;
+        stack
+            .put("integ", with(&bkey, &[("secret", s("bravo"))]))
+            .await;
+        stack
+            .put("integ2", with(&a, &[("secret", s("other"))]))
+            .await;
+        assert_eq!(
+            stack.get("integ", a.clone()).await.get("secret"),
+            Some(&s("alpha-plaintext"))
+        );
+        let db = stack.dir.path().join("tables/tables.db");
+
+        copy_envelope(&db, (&one, b"A"), (&one, b"B"));
+        let moved = stack.try_get("integ", bkey.clone()).await;
+        assert!(!format!("{moved:?}").contains("alpha"), "{moved:?}");
+        check_status(
+            moved,
+            Code::DataLoss,
+            "ItemIntegrityException",
+            "item integrity check failed for table integ",
+        );
+        check_status(
+            stack
+                .scan(pb::ScanRequest {
+                    table_name: "integ".into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::DataLoss,
+            "ItemIntegrityException",
+            "integ",
+        );
+        check_status(
+            stack
+                .c()
+                .update_item(stack.req(pb::UpdateItemRequest {
+                    table_name: "integ".into(),
+                    key: bkey.clone(),
+                    actions: vec![set("x", s("y"))],
+                    ..Default::default()
+                }))
+                .await,
+            Code::DataLoss,
+            "ItemIntegrityException",
+            "integ",
+        );
+
+        copy_envelope(&db, (&one, b"A"), (&two, b"A"));
+        let moved = stack.try_get("integ2", a.clone()).await;
+        assert!(!format!("{moved:?}").contains("alpha"), "{moved:?}");
+        check_status(
+            moved,
+            Code::DataLoss,
+            "ItemIntegrityException",
+            "item integrity check failed for table integ2",
+        );
+
+        // The source is untouched, and overwriting the damaged item repairs it.
+        assert_eq!(
+            stack.get("integ", a.clone()).await.get("secret"),
+            Some(&s("alpha-plaintext"))
+        );
+        stack
+            .put("integ", with(&bkey, &[("secret", s("bravo2"))]))
+            .await;
+        assert_eq!(
+            stack.get("integ", bkey.clone()).await.get("secret"),
+            Some(&s("bravo2"))
+        );
+        stack.stop().await;
+    }
+}
+
+// ------------------------------------------------------- kms-service outage
+
+/// Accepts connections on `addr` and never answers: a hung kms-service.
+async fn unresponsive(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            held.push(connection);
+        }
+    })
+}
+
+#[tokio::test]
+async fn kms_service_down_fails_fast_and_writes_nothing() {
+    let mut stack = start_with(|c| {
+        c.data_key_cache_ttl_secs = 0;
+        c.authz_cache_ttl_secs = 0;
+        c.kms_timeout_ms = 1000;
+    })
+    .await;
+    stack.create("avail", ("id", S), None).await;
+    let before = item(&[("id", s("before"))]);
+    stack.put("avail", with(&before, &[("v", s("1"))])).await;
+
+    let kms = stack.kms.take().unwrap();
+    let kms_addr = kms.addr;
+    kms.stop().await.unwrap();
+    let named = format!("kms-service at http://{kms_addr} is unavailable");
+    let refused = |phase: &str| item(&[("id", s(&format!("refused-{phase}")))]);
+    // First nothing listens at kms-service's address, then something that
+    // accepts connections but never answers.
+    for phase in ["stopped", "hung"] {
+        let hung = match phase {
+            "hung" => Some(unresponsive(kms_addr).await),
+            _ => None,
+        };
+        for attempt in 0..2 {
+            let started = Instant::now();
+            let result = stack.try_get("avail", before.clone()).await;
+            let elapsed = started.elapsed();
+            check_status(result, Code::Unavailable, "KMSUnavailableException", &named);
+            assert!(
+                elapsed < Duration::from_secs(5),
+                "{phase}: GetItem #{attempt} took {elapsed:?}"
+            );
+
+            let started = Instant::now();
+            let result = stack
+                .try_put("avail", with(&refused(phase), &[("v", s("2"))]), vec![])
+                .await;
+            let elapsed = started.elapsed();
+            check_status(result, Code::Unavailable, "KMSUnavailableException", &named);
+            assert!(
+                elapsed < Duration::from_secs(5),
+                "{phase}: PutItem #{attempt} took {elapsed:?}"
+            );
+        }
+        if let Some(task) = hung {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    // kms-service back on the same data directory and address; table-service
+    // is not restarted and recovers by itself.
+    let mut config = kms_config(stack.dir.path());
+    config.listen = kms_addr;
+    stack.kms = Some(
+        KmsServer::start(config)
+            .await
+            .expect("kms-service restarts"),
+    );
+    assert_eq!(
+        stack.get("avail", before.clone()).await,
+        with(&before, &[("v", s("1"))])
+    );
+    for phase in ["stopped", "hung"] {
+        assert!(
+            stack.get("avail", refused(phase)).await.is_empty(),
+            "{phase}: a refused put was written"
+        );
+        stack
+            .put("avail", with(&refused(phase), &[("v", s("3"))]))
+            .await;
+        assert_eq!(
+            stack.get("avail", refused(phase)).await,
+            with(&refused(phase), &[("v", s("3"))])
+        );
+    }
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn query_and_scan_pages_default_to_100_items() {
+    let stack = start().await;
+    stack.create("many", ("p", S), Some(("i", N))).await;
+    for i in 0..150 {
+        stack
+            .put("many", item(&[("p", s("one")), ("i", n(&i.to_string()))]))
+            .await;
+    }
+    let first = stack
+        .query(pb::QueryRequest {
+            table_name: "many".into(),
+            partition_key_value: Some(s("one")),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 100);
+    assert!(!first.last_evaluated_key.is_empty());
+    let mut client = stack.client.clone();
+    let scanned = client
+        .scan(authed(
+            &stack.admin,
+            pb::ScanRequest {
+                table_name: "many".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(scanned.items.len(), 100);
+    assert!(!scanned.last_evaluated_key.is_empty());
+}
