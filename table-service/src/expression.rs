@@ -192,6 +192,16 @@ pub fn apply(
                 item.insert(n.clone(), merged);
             }
             UpdateAction::Delete(n, v) => {
+                // As DynamoDB: the operand must be a set whatever is stored.
+                if !matches!(
+                    v,
+                    AttributeValue::Ss(_) | AttributeValue::Ns(_) | AttributeValue::Bs(_)
+                ) {
+                    return Err(TableError::validation(format!(
+                        "DELETE from {n}: the value must be a set (SS, NS or BS), not {}",
+                        v.type_name()
+                    )));
+                }
                 let remaining = match (item.remove(n), v) {
                     (None, _) => None,
                     (Some(AttributeValue::Ss(mut a)), AttributeValue::Ss(b)) => {

@@ -688,7 +688,7 @@ fn type_errors_are_explained() {
         (
             with(&[("c", s("a"))]),
             delete("c", s("a")),
-            "cannot remove S members from S",
+            "DELETE from c: the value must be a set (SS, NS or BS), not S",
         ),
         (
             with(&[("c", n("1"))]),
@@ -755,4 +755,17 @@ fn key_attributes_and_empty_names_are_refused() {
         &[set("ts", n("2"))],
         Ok(&item(&[("id", s("k")), ("ts", n("2"))])),
     );
+}
+
+#[test]
+fn delete_needs_a_set_operand_even_when_the_attribute_is_missing() {
+    let schema = schema();
+    for value in [s("x"), n("1"), b(b"x")] {
+        check_apply(
+            &schema,
+            &key_only(),
+            &[delete("tags", value)],
+            Err("DELETE from tags: the value must be a set"),
+        );
+    }
 }
