@@ -135,9 +135,9 @@ echo "$out"
 expect '"s": "3 bikes"' "$out"
 
 step "the audit log holds both decisions and verifies"
-grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"event_name":"Decrypt"' | grep -q '"decision":"Deny"' || fail "no Deny record"
-grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"event_name":"Decrypt"' | grep -q '"decision":"Allow"' || fail "no Allow record"
-grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"via_service":"service/table-service"' | grep -q '"decision":"Deny"' || fail "no refused Decrypt via table-service"
+grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"event_name":"Decrypt"' | grep '"decision":"Deny"' >/dev/null || fail "no Deny record"
+grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"event_name":"Decrypt"' | grep '"decision":"Allow"' >/dev/null || fail "no Allow record"
+grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"via_service":"service/table-service"' | grep '"decision":"Deny"' >/dev/null || fail "no refused Decrypt via table-service"
 "$KMS_BIN" audit verify "$DATA/audit/audit.jsonl" --root-key-file "$DATA/root.key"
 
 step "one changed byte in a copy of the log is caught and named"
