@@ -47,3 +47,6 @@ for _ in $(seq 50); do
 done
 KMS="127.0.0.1:$kms_port" TABLES="127.0.0.1:$table_port" DATA="$data/kms" KMS_BIN=./target/debug/kms-service deploy/walkthrough.sh
 summary+=("suite grpcurl-walkthrough: passed")
+KMS_ADDR="127.0.0.1:$kms_port" TABLES_ADDR="127.0.0.1:$table_port" ADMIN_TOKEN_FILE="$data/kms/admin.token" \
+  PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -p no:cacheprovider -v tests/python
+summary+=("suite python-client: passed")
