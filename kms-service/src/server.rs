@@ -12,7 +12,6 @@ use std::time::Duration;
 use lockbox_proto::iam::v1::identity_service_server::IdentityServiceServer;
 use lockbox_proto::kms::v1::key_management_service_server::KeyManagementServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::audit::{AuditConfig, AuditLog};
 use crate::clock::{Clock, SystemClock};
@@ -216,7 +215,11 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(health)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY small responses wait for the peer's delayed ACK.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     maintenance.abort();
     if let Err(error) = kms.audit_log().close().await {

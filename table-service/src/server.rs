@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use lockbox_proto::table::v1::table_service_server::TableServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::ServeConfig;
 use crate::error::TableError;
@@ -94,7 +93,11 @@ pub async fn serve(
         .add_service(v1)
         .add_service(v1alpha)
         .add_service(health)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY small responses wait for the peer's delayed ACK.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     tables.stop_jobs();
     Ok(result?)

@@ -24,7 +24,7 @@
 //! requests back to back on one shared tonic `Channel` (one HTTP/2
 //! connection, multiplexed), the same scheme for every workload; both
 //! servers accept connections the same way (`serve_with_incoming_shutdown`
-//! over a `TcpListenerStream`). Throughput counts the requests that completed
+//! over a `TcpIncoming` with TCP_NODELAY). Throughput counts the requests that completed
 //! inside the measured window; latency is per request, client-observed.
 //!
 //! Client and servers share one multi-threaded tokio runtime in this process,
@@ -326,7 +326,7 @@ async fn start_echo() -> Result<
         tonic::transport::Server::builder()
             .add_service(health)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {
                     let _ = stopped.await;
                 },

@@ -48,9 +48,13 @@
 //! run has `c` client tasks issuing requests back to back on one shared tonic
 //! `Channel` per server (one HTTP/2 connection, multiplexed), the same scheme
 //! for every workload; all servers accept connections the same way
-//! (`serve_with_incoming_shutdown` over a `TcpListenerStream`). Throughput
-//! counts the requests that completed inside the measured window; latency is
-//! per request, client-observed. "kms calls/req" is the number of kms-service
+//! (`serve_with_incoming_shutdown` over a `TcpIncoming` with TCP_NODELAY). A run warms
+//! up for 0.3 s and until every client task has had an answer; its measured
+//! window is `BENCH_SECONDS` long, extended if needed until it holds at least
+//! max(c, 10) requests (a cache-off Query at concurrency 64 puts 6,400 kms
+//! Decrypts in flight, and its rounds take longer than a short window).
+//! Throughput counts the requests that completed inside the measured window;
+//! latency is per request, client-observed. "kms calls/req" is the number of kms-service
 //! audit records written during the run divided by the requests made (warm-up
 //! and tail included): it shows what each request costs in kms round trips
 //! (e.g. 0 for a cached GetItem, 101 for a cache-off Query of 100 items).
@@ -62,16 +66,22 @@
 //!
 //! Targets (informative only, never fail the run): GetItem with the cache off
 //! ≥ 0.6× the two-hop echo; GetItem with the cache on ≥ 0.6× the one-hop
-//! echo; Query/Scan unwrap their page's data keys in parallel, which the
-//! report shows by comparing, at concurrency 1, the latency of a Query of 100
-//! items with that of one cache-off GetItem.
+//! echo; Query/Scan unwrap their page's data keys in parallel. For the last,
+//! the report compares, at concurrency 1, the latency of a Query of 100 items
+//! with that of one cache-off GetItem, and, after the runs, reads kms-service's
+//! audit log around 20 single requests: the spread of the `event_time`s of
+//! one Query's 100 Decrypts against the gap between a GetItem's Authorize and
+//! its Decrypt (one table-service → kms-service round trip, which a
+//! one-after-another unwrapping would pay 99 times). The audit times do not
+//! depend on the client ↔ table-service hop, whose latency can hide the
+//! difference.
 //!
 //! Any failed request (or a wrong answer) aborts the benchmark with a message
 //! and a non-zero exit code: a failure is never counted as throughput.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it runs as a
-//! quick smoke test with very short windows and 200 items: that checks it
-//! works, not how fast.
+//! quick smoke test with very short windows, 200 items and concurrency 1 and
+//! 4 only: that checks it works, not how fast.
 
 use std::collections::{HashMap, HashSet};
 use std::error::Error;
@@ -81,7 +91,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kms_service::config::ServeConfig as KmsConfig;
@@ -103,6 +114,9 @@ type BoxError = Box<dyn Error + Send + Sync>;
 type Attributes = HashMap<String, pb::AttributeValue>;
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
+/// Concurrency of a smoke run: a debug build cannot keep 6,400 Decrypts
+/// within table-service's kms-service deadline.
+const SMOKE_CONCURRENCY: [usize; 2] = [1, 4];
 const WORKLOADS: [Workload; 7] = [
     Workload::Echo1,
     Workload::Echo2,
@@ -113,6 +127,13 @@ const WORKLOADS: [Workload; 7] = [
     Workload::Scan,
 ];
 const TARGET_RATIO: f64 = 0.6;
+/// Fewest requests a measured window holds (and at least one per task).
+const MIN_SAMPLES: usize = 10;
+/// The same in a smoke run.
+const SMOKE_MIN_SAMPLES: usize = 2;
+/// Single GetItem + Query pairs of the parallel-unwrapping probe.
+const PROBES: usize = 20;
+const SMOKE_PROBES: usize = 3;
 const DEFAULT_SECONDS: f64 = 2.0;
 const WARMUP: Duration = Duration::from_millis(300);
 /// Items per partition, per Query page and per Scan page.
@@ -345,8 +366,15 @@ impl Clients {
 /// One request of `workload`, its answer checked.
 async fn call(fx: &Fixture, clients: &mut Clients, workload: Workload) -> Result<(), String> {
     let fail = |status: tonic::Status| {
+        // Transport failures carry their cause as the source.
+        let mut cause = String::new();
+        let mut source = Error::source(&status);
+        while let Some(e) = source {
+            cause.push_str(&format!(": {e}"));
+            source = e.source();
+        }
         format!(
-            "{} failed: {:?}: {}",
+            "{} failed: {:?}: {}{cause}",
             workload.name(),
             status.code(),
             status.message()
@@ -475,53 +503,83 @@ async fn get_item(
     Ok(())
 }
 
-/// The measured window of one run.
-#[derive(Clone, Copy)]
-struct Window {
-    start: Instant,
-    end: Instant,
+/// When one run measures: shared by its client tasks.
+///
+/// The warm-up lasts `warmup` and until every task has completed one
+/// request (a Query at concurrency 64 keeps kms-service busy with 6,400
+/// Decrypts before its first answer). The measured window then lasts
+/// `measure`, and longer if needed until `min_samples` requests completed
+/// inside it, so that slow workloads are measured over whole rounds of
+/// requests rather than over a burst or nothing.
+struct RunClock {
+    begin: Instant,
+    warmup: Duration,
+    measure: Duration,
+    tasks: usize,
+    min_samples: usize,
+    /// Tasks that have completed a request.
+    warmed: AtomicUsize,
+    /// Start of the measured window, once every task has warmed up.
+    start: OnceLock<Instant>,
+    /// Requests completed in the measured window so far.
+    counted: AtomicUsize,
+    abort: AtomicBool,
 }
 
-/// What one client task saw.
-struct TaskResult {
-    /// Latencies of the requests that completed inside the window.
-    latencies: Vec<Duration>,
-    /// Every successful request, warm-up and tail included.
-    succeeded: u64,
+impl RunClock {
+    /// Whether a task should issue another request at `now`.
+    fn go_on(&self, now: Instant) -> bool {
+        if self.abort.load(Ordering::Relaxed) {
+            return false;
+        }
+        match self.start.get() {
+            None => true,
+            Some(&start) => {
+                now < start + self.measure
+                    || self.counted.load(Ordering::Relaxed) < self.min_samples
+            }
+        }
+    }
+
+    /// Records that a task completed a request at `done`.
+    fn completed(&self, done: Instant, first: bool) {
+        if first && self.warmed.fetch_add(1, Ordering::AcqRel) + 1 == self.tasks {
+            let _ = self.start.set(done.max(self.begin + self.warmup));
+        }
+        if self.start.get().is_some_and(|&start| done >= start) {
+            self.counted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
-/// Issues requests back to back until the window ends. A request counts when
-/// it completes inside the window (unbiased in steady state); requests in
-/// flight at the end are still awaited and checked, but not counted.
+/// What one client task saw: (completion time, latency) of every
+/// successful request, warm-up and tail included.
+type TaskResult = Vec<(Instant, Duration)>;
+
+/// Issues requests back to back until the run's clock says stop; requests in
+/// flight at the end are still awaited and checked.
 async fn client_task(
     fx: Arc<Fixture>,
     task: usize,
     workload: Workload,
-    window: Window,
-    abort: Arc<AtomicBool>,
+    clock: Arc<RunClock>,
 ) -> Result<TaskResult, String> {
     let mut clients = Clients::new(&fx, task);
-    let mut latencies = Vec::with_capacity(4096);
-    let mut succeeded = 0;
+    let mut completions = Vec::with_capacity(4096);
     loop {
         let start = Instant::now();
-        if start >= window.end || abort.load(Ordering::Relaxed) {
+        if !clock.go_on(start) {
             break;
         }
         if let Err(message) = call(&fx, &mut clients, workload).await {
-            abort.store(true, Ordering::Relaxed);
+            clock.abort.store(true, Ordering::Relaxed);
             return Err(message);
         }
         let done = Instant::now();
-        succeeded += 1;
-        if done >= window.start && done <= window.end {
-            latencies.push(done - start);
-        }
+        clock.completed(done, completions.is_empty());
+        completions.push((done, done - start));
     }
-    Ok(TaskResult {
-        latencies,
-        succeeded,
-    })
+    Ok(completions)
 }
 
 /// The outcome of one (workload, concurrency) run.
@@ -531,6 +589,10 @@ struct RunResult {
     throughput: f64,
     p50: Duration,
     p99: Duration,
+    /// Length of the measured window.
+    window: Duration,
+    /// Requests completed inside it.
+    samples: usize,
     /// kms-service audit records written during the run per successful
     /// request (warm-up and tail included).
     kms_calls_per_request: f64,
@@ -543,36 +605,30 @@ async fn run(
     concurrency: usize,
     warmup: Duration,
     measure: Duration,
+    min_samples: usize,
 ) -> Result<RunResult, String> {
     audit
         .take()
         .map_err(|e| format!("reading the audit log: {e}"))?;
-    let start = Instant::now() + warmup;
-    let window = Window {
-        start,
-        end: start + measure,
-    };
-    let abort = Arc::new(AtomicBool::new(false));
+    let clock = Arc::new(RunClock {
+        begin: Instant::now(),
+        warmup,
+        measure,
+        tasks: concurrency,
+        min_samples: concurrency.max(min_samples),
+        warmed: AtomicUsize::new(0),
+        start: OnceLock::new(),
+        counted: AtomicUsize::new(0),
+        abort: AtomicBool::new(false),
+    });
     let tasks: Vec<_> = (0..concurrency)
-        .map(|task| {
-            tokio::spawn(client_task(
-                fx.clone(),
-                task,
-                workload,
-                window,
-                abort.clone(),
-            ))
-        })
+        .map(|task| tokio::spawn(client_task(fx.clone(), task, workload, clock.clone())))
         .collect();
-    let mut latencies = Vec::new();
-    let mut succeeded = 0;
+    let mut completions = Vec::new();
     let mut first_error = None;
     for task in tasks {
         match task.await {
-            Ok(Ok(result)) => {
-                latencies.extend(result.latencies);
-                succeeded += result.succeeded;
-            }
+            Ok(Ok(result)) => completions.extend(result),
             Ok(Err(message)) => {
                 first_error.get_or_insert(message);
             }
@@ -581,29 +637,52 @@ async fn run(
             }
         }
     }
-    if let Some(message) = first_error {
-        return Err(format!(
+    let context = |message: String| {
+        format!(
             "{} at concurrency {concurrency}: {message}",
             workload.name()
-        ));
-    }
-    if latencies.is_empty() {
-        return Err(format!(
-            "{} at concurrency {concurrency}: no request completed in the window",
-            workload.name()
-        ));
+        )
+    };
+    if let Some(message) = first_error {
+        return Err(context(message));
     }
     // Every acknowledged kms-service call has its audit record on disk.
     let kms_calls = audit
         .take()
-        .map_err(|e| format!("reading the audit log: {e}"))?;
+        .map_err(|e| context(format!("reading the audit log: {e}")))?;
+    let succeeded = completions.len();
+    let start = *clock
+        .start
+        .get()
+        .ok_or_else(|| context("the warm-up never ended".into()))?;
+    // The window: `measure` long, or up to the completion that brought it
+    // to `min_samples` requests.
+    completions.sort_unstable_by_key(|&(done, _)| done);
+    let inside: Vec<_> = completions
+        .iter()
+        .filter(|&&(done, _)| done >= start)
+        .collect();
+    let end = inside
+        .get(clock.min_samples.saturating_sub(1))
+        .map_or(start + measure, |&&(done, _)| done.max(start + measure));
+    let mut latencies: Vec<Duration> = inside
+        .iter()
+        .filter(|&&&(done, _)| done <= end)
+        .map(|&&(_, latency)| latency)
+        .collect();
+    if latencies.is_empty() {
+        return Err(context("no request completed in the window".into()));
+    }
     latencies.sort_unstable();
+    let window = end - start;
     Ok(RunResult {
         workload,
         concurrency,
-        throughput: latencies.len() as f64 / measure.as_secs_f64(),
+        throughput: latencies.len() as f64 / window.as_secs_f64(),
         p50: quantile(&latencies, 0.50),
         p99: quantile(&latencies, 0.99),
+        window,
+        samples: latencies.len(),
         kms_calls_per_request: kms_calls as f64 / succeeded.max(1) as f64,
     })
 }
@@ -626,16 +705,119 @@ struct AuditCounter {
 }
 
 impl AuditCounter {
-    fn take(&mut self) -> Result<u64, BoxError> {
+    /// The complete records appended since the last look; a partial line is
+    /// left for the next one.
+    fn take_records(&mut self) -> Result<Vec<u8>, BoxError> {
         let mut file = std::fs::File::open(&self.path)?;
         file.seek(SeekFrom::Start(self.offset))?;
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
-        // Count complete lines only; a partial one is counted next time.
         let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        data.truncate(complete);
         self.offset += complete as u64;
-        Ok(data[..complete].iter().filter(|&&b| b == b'\n').count() as u64)
+        Ok(data)
     }
+
+    /// How many records were appended since the last look.
+    fn take(&mut self) -> Result<u64, BoxError> {
+        Ok(self.take_records()?.iter().filter(|&&b| b == b'\n').count() as u64)
+    }
+
+    /// `(event_name, event_time in ms)` of the records appended since the
+    /// last look.
+    fn take_events(&mut self) -> Result<Vec<(String, i64)>, BoxError> {
+        let data = self.take_records()?;
+        let mut events = Vec::new();
+        for line in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let record: serde_json::Value = serde_json::from_slice(line)?;
+            let name = record["event_name"]
+                .as_str()
+                .ok_or("an audit record without event_name")?;
+            let time = record["event_time"]
+                .as_str()
+                .ok_or("an audit record without event_time")?;
+            let ms = rfc3339_ms(time).ok_or_else(|| format!("audit event_time {time:?}"))?;
+            events.push((name.to_owned(), ms));
+        }
+        Ok(events)
+    }
+}
+
+/// Milliseconds since 1970 of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn rfc3339_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() != 24 || b[23] != b'Z' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, millis) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    // Days from civil (proleptic Gregorian), 1970-01-01 = 0.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((((days * 24 + hh) * 60 + mm) * 60 + ss) * 1000 + millis)
+}
+
+/// How a page's data keys were unwrapped, read off kms-service's audit log
+/// (`event_time` is taken when a record is sealed, to the millisecond), from
+/// single requests at concurrency 1 on the otherwise idle services.
+struct UnwrapProbe {
+    probes: usize,
+    /// Mean time from a cache-off GetItem's Authorize record to its Decrypt
+    /// record: one table-service → kms-service round trip, as a sequential
+    /// unwrapping would pay it per item.
+    round_trip_ms: f64,
+    /// Mean time from the first to the last Decrypt record of one cache-off
+    /// Query of `PAGE` items.
+    query_span_ms: f64,
+}
+
+async fn probe_unwrapping(
+    fx: &Fixture,
+    audit: &mut AuditCounter,
+    probes: usize,
+) -> Result<UnwrapProbe, BoxError> {
+    let mut clients = Clients::new(fx, 0);
+    let (mut round_trips, mut spans) = (0i64, 0i64);
+    for _ in 0..probes {
+        audit.take()?;
+        call(fx, &mut clients, Workload::GetItemCacheOff).await?;
+        let events = audit.take_events()?;
+        let time_of = |name: &str| {
+            events
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|&(_, t)| t)
+                .ok_or_else(|| format!("a cache-off GetItem left no {name} audit record"))
+        };
+        round_trips += time_of("Decrypt")? - time_of("Authorize")?;
+
+        call(fx, &mut clients, Workload::Query).await?;
+        let decrypts: Vec<i64> = audit
+            .take_events()?
+            .into_iter()
+            .filter(|(n, _)| n == "Decrypt")
+            .map(|(_, t)| t)
+            .collect();
+        if decrypts.len() != PAGE {
+            return Err(format!(
+                "a cache-off Query of {PAGE} items left {} Decrypt audit records",
+                decrypts.len()
+            )
+            .into());
+        }
+        let (first, last) = (decrypts.iter().min(), decrypts.iter().max());
+        spans += last.zip(first).map_or(0, |(l, f)| l - f);
+    }
+    Ok(UnwrapProbe {
+        probes,
+        round_trip_ms: round_trips as f64 / probes as f64,
+        query_span_ms: spans as f64 / probes as f64,
+    })
 }
 
 /// A tonic server of this process.
@@ -660,7 +842,7 @@ async fn spawn(router: tonic::transport::server::Router) -> Result<Spawned, BoxE
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(router.serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         async {
             let _ = stopped.await;
         },
@@ -858,6 +1040,10 @@ struct Settings {
     measure: Duration,
     smoke: bool,
     partitions: usize,
+    concurrency: &'static [usize],
+    min_samples: usize,
+    /// Single requests of the parallel-unwrapping probe.
+    probes: usize,
 }
 
 fn settings() -> Result<Settings, BoxError> {
@@ -883,18 +1069,27 @@ fn settings() -> Result<Settings, BoxError> {
             measure: Duration::from_secs_f64(seconds.unwrap_or(DEFAULT_SECONDS)),
             smoke,
             partitions: PARTITIONS,
+            concurrency: &CONCURRENCY,
+            min_samples: MIN_SAMPLES,
+            probes: PROBES,
         },
         (true, None) => Settings {
             warmup: Duration::from_millis(20),
             measure: Duration::from_millis(100),
             smoke,
             partitions: SMOKE_PARTITIONS,
+            concurrency: &SMOKE_CONCURRENCY,
+            min_samples: SMOKE_MIN_SAMPLES,
+            probes: SMOKE_PROBES,
         },
         (true, Some(seconds)) => Settings {
             warmup: WARMUP,
             measure: Duration::from_secs_f64(seconds),
             smoke,
             partitions: SMOKE_PARTITIONS,
+            concurrency: &SMOKE_CONCURRENCY,
+            min_samples: SMOKE_MIN_SAMPLES,
+            probes: SMOKE_PROBES,
         },
     })
 }
@@ -909,7 +1104,12 @@ fn ratio(results: &[RunResult], r: &RunResult, reference: Workload) -> f64 {
     find(results, reference, r.concurrency).map_or(f64::NAN, |e| r.throughput / e.throughput)
 }
 
-fn print_report(settings: &Settings, item_count: usize, results: &[RunResult]) {
+fn print_report(
+    settings: &Settings,
+    item_count: usize,
+    results: &[RunResult],
+    probe: &UnwrapProbe,
+) {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!();
     println!("## table-service throughput vs bare tonic RPCs");
@@ -920,9 +1120,12 @@ fn print_report(settings: &Settings, item_count: usize, results: &[RunResult]) {
     }
     println!(
         "{cores} cores shared by client and servers (one process, one tokio runtime); \
-         {:.1} s measured per run after {:.1} s warm-up; one HTTP/2 channel per server and run.",
+         {:.1} s measured per run after a warm-up of {:.1} s and until every client task has \
+         had an answer; windows are extended until they hold at least max(c, {}) \
+         requests; one HTTP/2 channel per server and run.",
         settings.measure.as_secs_f64(),
-        settings.warmup.as_secs_f64()
+        settings.warmup.as_secs_f64(),
+        settings.min_samples,
     );
     println!(
         "echo 1-hop = `grpc.health.v1.Health/Check` on a bare in-process tonic server \
@@ -943,9 +1146,9 @@ fn print_report(settings: &Settings, item_count: usize, results: &[RunResult]) {
     println!();
     println!(
         "| workload | concurrency | req/s | items/s | p50 ms | p99 ms | kms calls/req \
-         | ÷ echo 1-hop | ÷ echo 2-hop |"
+         | ÷ echo 1-hop | ÷ echo 2-hop | requests | window s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
         let items = r.workload.items().map_or_else(
             || "–".to_owned(),
@@ -957,7 +1160,7 @@ fn print_report(settings: &Settings, item_count: usize, results: &[RunResult]) {
             format!("{:.2}", r.kms_calls_per_request)
         };
         println!(
-            "| {} | {} | {:.0} | {items} | {:.3} | {:.3} | {kms} | {:.2} | {:.2} |",
+            "| {} | {} | {:.0} | {items} | {:.3} | {:.3} | {kms} | {:.2} | {:.2} | {} | {:.2} |",
             r.workload.name(),
             r.concurrency,
             r.throughput,
@@ -965,6 +1168,8 @@ fn print_report(settings: &Settings, item_count: usize, results: &[RunResult]) {
             ms(r.p99),
             ratio(results, r, Workload::Echo1),
             ratio(results, r, Workload::Echo2),
+            r.samples,
+            r.window.as_secs_f64(),
         );
     }
     println!();
@@ -972,7 +1177,8 @@ fn print_report(settings: &Settings, item_count: usize, results: &[RunResult]) {
         (Workload::GetItemCacheOff, Workload::Echo2, "two-hop"),
         (Workload::GetItemCacheOn, Workload::Echo1, "one-hop"),
     ] {
-        let verdicts: Vec<String> = CONCURRENCY
+        let verdicts: Vec<String> = settings
+            .concurrency
             .iter()
             .filter_map(|&c| find(results, workload, c))
             .map(|r| {
@@ -992,20 +1198,10 @@ fn print_report(settings: &Settings, item_count: usize, results: &[RunResult]) {
         find(results, Workload::GetItemCacheOff, 1),
     ) {
         let times = query.p50.as_secs_f64() / get.p50.as_secs_f64();
-        // A GetItem makes `get` kms round trips one after the other
-        // (Authorize, then Decrypt); a Query that unwrapped one key after
-        // another would make `query` of them in a row.
-        let sequential = query.kms_calls_per_request / get.kms_calls_per_request.max(1.0);
-        let verdict = if times <= sequential / 4.0 {
-            "PARALLEL"
-        } else {
-            "NOT CLEARLY PARALLEL"
-        };
         println!(
-            "Parallel unwrapping (concurrency 1, p50): a Query of {PAGE} items took {:.3} ms \
+            "Query vs GetItem (concurrency 1, p50): a Query of {PAGE} items took {:.3} ms \
              = {times:.1}× one cache-off GetItem ({:.3} ms) = {:.3}× {PAGE} GetItems; it made \
-             {:.0} kms calls against the GetItem's {:.0}, so unwrapping one key after another \
-             would take ~{sequential:.0}× a GetItem: {verdict} (informative only).",
+             {:.0} kms calls against the GetItem's {:.0}.",
             ms(query.p50),
             ms(get.p50),
             times / PAGE as f64,
@@ -1013,6 +1209,24 @@ fn print_report(settings: &Settings, item_count: usize, results: &[RunResult]) {
             get.kms_calls_per_request,
         );
     }
+    // One after another, the Decrypts of a page would be one round trip
+    // apart: their span would be (PAGE - 1) round trips.
+    let sequential = (PAGE - 1) as f64 * probe.round_trip_ms;
+    let verdict = if probe.query_span_ms * 4.0 <= sequential {
+        "PARALLEL"
+    } else {
+        "NOT CLEARLY PARALLEL"
+    };
+    println!(
+        "Parallel unwrapping (kms-service audit times, ms resolution, mean of {} single \
+         requests at concurrency 1): the {PAGE} Decrypts of one Query were sealed within \
+         {:.1} ms; one after another they would span ~{} × {:.2} ms (a GetItem's \
+         Authorize → Decrypt round trip) = {sequential:.0} ms: {verdict} (informative only).",
+        probe.probes,
+        probe.query_span_ms,
+        PAGE - 1,
+        probe.round_trip_ms,
+    );
 }
 
 async fn bench() -> Result<(), BoxError> {
@@ -1041,32 +1255,16 @@ async fn bench() -> Result<(), BoxError> {
         config
     };
     let cache_off = TableServer::start(table_config("tables-cache-off", 0)).await?;
-    let cache_on = if std::env::var_os("EXPERIMENT_NODELAY").is_some() {
-        let config = table_config("tables-cache-on", CACHE_TTL_SECS);
-        let tables = table_service::server::open(&config)?;
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.set_nodelay(true)?;
-        socket.bind("127.0.0.1:0".parse()?)?;
-        let listener = socket.listen(1024)?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move {
-            table_service::server::serve(&config, tables, listener, std::future::pending()).await
-        });
-        ExpServer::Mine(addr)
-    } else {
-        ExpServer::Theirs(
-            TableServer::start(table_config("tables-cache-on", CACHE_TTL_SECS)).await?,
-        )
-    };
+    let cache_on = TableServer::start(table_config("tables-cache-on", CACHE_TTL_SECS)).await?;
 
     // Run, then stop every server whatever happened.
-    let outcome: Result<(usize, Vec<RunResult>), BoxError> = async {
+    let outcome: Result<(usize, Vec<RunResult>, UnwrapProbe), BoxError> = async {
         let fx = prepare(
             connect(kms.addr).await?,
             connect(echo.addr).await?,
             connect(proxy.addr).await?,
             connect(cache_off.addr).await?,
-            connect(cache_on.addr()).await?,
+            connect(cache_on.addr).await?,
             &token_file,
             settings.partitions,
         )
@@ -1076,7 +1274,7 @@ async fn bench() -> Result<(), BoxError> {
             offset: 0,
         };
         let mut results = Vec::new();
-        for concurrency in CONCURRENCY {
+        for &concurrency in settings.concurrency {
             for workload in WORKLOADS {
                 if workload == Workload::GetItemCacheOn {
                     warm_cache(&fx).await?;
@@ -1088,36 +1286,37 @@ async fn bench() -> Result<(), BoxError> {
                     concurrency,
                     settings.warmup,
                     settings.measure,
+                    settings.min_samples,
                 )
                 .await?;
                 eprintln!(
-                    "{:>28} c={concurrency:<3} {:>8.0} req/s",
+                    "{:>28} c={concurrency:<3} {:>8.0} req/s ({} requests in {:.2} s)",
                     workload.name(),
-                    result.throughput
+                    result.throughput,
+                    result.samples,
+                    result.window.as_secs_f64()
                 );
                 results.push(result);
             }
         }
-        Ok((fx.item_count, results))
+        let probe = probe_unwrapping(&fx, &mut audit, settings.probes).await?;
+        Ok((fx.item_count, results, probe))
     }
     .await;
 
     let cache_off_stopped = cache_off.stop().await;
-    let cache_on_stopped: Result<(), BoxError> = match cache_on {
-        ExpServer::Theirs(s) => s.stop().await.map_err(Into::into),
-        ExpServer::Mine(_) => Ok(()),
-    };
+    let cache_on_stopped = cache_on.stop().await;
     let proxy_stopped = proxy.stop().await;
     let echo_stopped = echo.stop().await;
     let kms_stopped = kms.stop().await;
-    let (item_count, results) = outcome?;
+    let (item_count, results, probe) = outcome?;
     cache_off_stopped?;
     cache_on_stopped?;
     proxy_stopped?;
     echo_stopped?;
     kms_stopped?;
 
-    print_report(&settings, item_count, &results);
+    print_report(&settings, item_count, &results, &probe);
     Ok(())
 }
 
@@ -1139,19 +1338,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("table_throughput: benchmark aborted: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-enum ExpServer {
-    Theirs(TableServer),
-    Mine(SocketAddr),
-}
-impl ExpServer {
-    fn addr(&self) -> SocketAddr {
-        match self {
-            ExpServer::Theirs(s) => s.addr,
-            ExpServer::Mine(a) => *a,
         }
     }
 }
