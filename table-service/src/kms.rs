@@ -147,7 +147,12 @@ impl KmsClient {
 
     fn error(&self, status: tonic::Status) -> TableError {
         match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            // kms-service always attaches ErrorInfo; a status without it
+            // came from the transport (connection refused, reset, timeout).
+            tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
                 if status.get_details_error_info().is_none() =>
             {
                 TableError::KmsUnavailable {
