@@ -35,11 +35,11 @@ impl Tables {
         table: &TableRecord,
         key: &ItemKey,
     ) -> Result<Option<Item>, TableError> {
-        let store = self.store.clone();
-        let (table_id, lookup) = (table.table_id.clone(), key.clone());
-        let stored = tokio::task::spawn_blocking(move || store.get_item(&table_id, &lookup))
-            .await
-            .map_err(|e| TableError::Internal(e.to_string()))?
+        // A point read by primary key takes microseconds; a hop to the
+        // blocking pool would cost more than it saves.
+        let stored = self
+            .store
+            .get_item(&table.table_id, key)
             .map_err(store_error)?;
         match stored {
             None => Ok(None),
