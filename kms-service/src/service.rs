@@ -312,6 +312,13 @@ fn authenticate(state: &State, creds: &Credentials) -> Result<Caller, KmsError> 
     })
 }
 
+/// A refused authorization: the error to answer with, and whether a Deny
+/// statement matched (as opposed to nothing allowing).
+struct Denial {
+    error: KmsError,
+    explicit: bool,
+}
+
 /// What a request is about, for authorization.
 enum Target<'a> {
     Key(&'a KeyEntry),
@@ -386,6 +393,19 @@ impl<'a> Ctx<'a> {
         context: &EncryptionContext,
         extra: &[(&str, Vec<String>)],
     ) -> Result<(), KmsError> {
+        self.decide(state, action, target, context, extra)
+            .map_err(|denial| denial.error)
+    }
+
+    /// [`Ctx::authorize`], keeping whether a denial was explicit.
+    fn decide(
+        &mut self,
+        state: &State,
+        action: &str,
+        target: Target<'_>,
+        context: &EncryptionContext,
+        extra: &[(&str, Vec<String>)],
+    ) -> Result<(), Denial> {
         let mut conditions = self.condition_context(context);
         for (key, values) in extra {
             conditions.set_multi(key, values.clone());
@@ -442,16 +462,22 @@ impl<'a> Ctx<'a> {
             Decision::ExplicitDeny { matched } => {
                 self.event.decision = "Deny".into();
                 self.event.matched_statements = matched;
-                Err(KmsError::AccessDenied(format!(
-                    "User: {principal} is not authorized to perform: {action} on resource: {resource} with an explicit deny in a policy"
-                )))
+                Err(Denial {
+                    explicit: true,
+                    error: KmsError::AccessDenied(format!(
+                        "User: {principal} is not authorized to perform: {action} on resource: {resource} with an explicit deny in a policy"
+                    )),
+                })
             }
             Decision::ImplicitDeny { reason } => {
                 self.event.decision = "Deny".into();
-                Err(KmsError::AccessDenied(format!(
-                    "User: {principal} is not authorized to perform: {action} on resource: {resource} {}",
-                    reason.explain(action)
-                )))
+                Err(Denial {
+                    explicit: false,
+                    error: KmsError::AccessDenied(format!(
+                        "User: {principal} is not authorized to perform: {action} on resource: {resource} {}",
+                        reason.explain(action)
+                    )),
+                })
             }
         }
     }

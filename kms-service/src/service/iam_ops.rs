@@ -564,16 +564,14 @@ impl Kms {
             let mut answers = Vec::with_capacity(questions.len());
             let mut any_allowed = false;
             for (action, resource) in questions {
-                let outcome = ctx.authorize(&state, action, Target::Resource(resource), &EncryptionContext::new(), &[]);
-                let explicit = ctx.event.decision == "Deny"
-                    && matches!(&outcome, Err(KmsError::AccessDenied(m)) if m.contains("explicit deny"));
+                let outcome = ctx.decide(&state, action, Target::Resource(resource), &EncryptionContext::new(), &[]);
                 any_allowed |= outcome.is_ok();
                 answers.push(AuthorizationAnswer {
                     action: action.clone(),
                     resource: resource.clone(),
                     allowed: outcome.is_ok(),
-                    explicit_deny: explicit,
-                    message: outcome.err().map(|e| e.to_string()).unwrap_or_default(),
+                    explicit_deny: outcome.as_ref().is_err_and(|d| d.explicit),
+                    message: outcome.err().map(|d| d.error.to_string()).unwrap_or_default(),
                 });
             }
             ctx.event.resources = questions.iter().map(|(_, r)| r.clone()).collect();

@@ -607,6 +607,35 @@ async fn authorize_answers_for_the_forwarded_caller() {
             .message
             .contains("not authorized to perform: table:PutItem on resource: table/orders")
     );
+    assert!(
+        !answers[1].explicit_deny,
+        "nothing denied PutItem explicitly"
+    );
+    // An explicit Deny is reported as such.
+    let deny = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"table:GetItem","Resource":"table/secret"}]}"#;
+    f.kms
+        .put_user_policy(&f.admin, "bob", "NoSecret", deny)
+        .await
+        .unwrap();
+    let (_, denied) = f
+        .kms
+        .authorize_questions(
+            &via,
+            &[
+                q("table:GetItem", "table/secret"),
+                q("table:GetItem", "table/orders"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        denied
+            .iter()
+            .map(|a| (a.allowed, a.explicit_deny))
+            .collect::<Vec<_>>(),
+        vec![(false, true), (true, false)]
+    );
+    assert!(denied[0].message.contains("with an explicit deny"));
     check_err(
         f.kms
             .authorize_questions(&svc, &[q("table:GetItem", "table/x")])
