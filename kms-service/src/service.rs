@@ -12,7 +12,7 @@
 mod crypto_ops;
 mod grant_ops;
 mod iam_ops;
-mod key_ops;
+pub(crate) mod key_ops;
 mod maintenance;
 #[cfg(test)]
 mod tests;

@@ -240,3 +240,201 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
 }
+
+async fn wait_active(
+    tables: &mut TableServiceClient<Channel>,
+    token: &str,
+    name: &str,
+) -> pb::TableDescription {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = tables
+            .describe_table(authed(
+                token,
+                pb::DescribeTableRequest {
+                    table_name: name.into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .table
+            .unwrap();
+        if t.table_status == pb::TableStatus::Active as i32 {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "re-wrap did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn read_all(tables: &mut TableServiceClient<Channel>, token: &str, name: &str, n: usize) {
+    for i in 0..n {
+        let item = tables
+            .get_item(authed(
+                token,
+                pb::GetItemRequest {
+                    table_name: name.into(),
+                    key: HashMap::from([("id".to_string(), s(&format!("{i:04}")))]),
+                },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("item {i}: {e}"))
+            .into_inner()
+            .item;
+        assert_eq!(item.get("v"), Some(&s(&format!("value {i}"))));
+    }
+}
+
+/// A table moves from the service-managed key to a customer managed key and
+/// back: the caller gives table-service re-wrap grants on the service-managed
+/// key through table-service (its policy allows exactly that), while nobody
+/// may create grants on it directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_table_moves_between_the_service_managed_key_and_a_customer_key() {
+    const N: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
+    let token_file = dir.path().join("kms/table-service.token");
+    kms_config.storage.table_service_token_file = Some(token_file.clone());
+    let kms_server = KmsServer::start(kms_config).await.unwrap();
+    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut table_config = TableConfig::for_data_dir(
+        dir.path().join("tables"),
+        format!("http://{}", kms_server.addr),
+        token_file.clone(),
+    );
+    table_config.data_key_cache_ttl_secs = 0;
+    let tables_server = TableServer::start(table_config).await.unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    tables
+        .create_table(authed(
+            &admin,
+            pb::CreateTableRequest {
+                table_name: "managed".into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "id".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: None,
+                }),
+                sse_specification: None,
+            },
+        ))
+        .await
+        .unwrap();
+    for i in 0..N {
+        tables
+            .put_item(authed(
+                &admin,
+                pb::PutItemRequest {
+                    table_name: "managed".into(),
+                    item: HashMap::from([
+                        ("id".to_string(), s(&format!("{i:04}"))),
+                        ("v".to_string(), s(&format!("value {i}"))),
+                    ]),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    }
+
+    // Nobody creates grants on the service-managed key directly, not even an
+    // administrator.
+    let direct = keys
+        .create_grant(authed(
+            &admin,
+            kms::CreateGrantRequest {
+                key_id: "alias/table-service".into(),
+                grantee_principal: "user/admin".into(),
+                operations: vec![kms::GrantOperation::Decrypt.into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("a direct grant on the service-managed key is refused");
+    assert_eq!(direct.code(), tonic::Code::PermissionDenied, "{direct:?}");
+
+    // An UpdateTable without sse_specification says what is missing.
+    let missing = tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "managed".into(),
+                sse_specification: None,
+            },
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(missing.code(), tonic::Code::InvalidArgument);
+    assert!(
+        missing.message().contains("sse_specification"),
+        "{missing:?}"
+    );
+
+    // Service-managed → customer managed key.
+    let cmk = keys
+        .create_key(authed(&admin, kms::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let updated = tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "managed".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: cmk.clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .table_description
+        .unwrap();
+    let sse = updated.sse_description.unwrap();
+    assert_eq!(sse.kms_key_id, cmk);
+    assert!(!sse.service_managed);
+    wait_active(&mut tables, &admin, "managed").await;
+    read_all(&mut tables, &admin, "managed", N).await;
+
+    // Customer managed key → service-managed (empty kms_key_id); afterwards
+    // the customer key can be disabled and every item still reads.
+    let back = tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "managed".into(),
+                sse_specification: Some(pb::SseSpecification::default()),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .table_description
+        .unwrap();
+    assert!(back.sse_description.unwrap().service_managed);
+    let done = wait_active(&mut tables, &admin, "managed").await;
+    assert!(done.sse_description.unwrap().service_managed);
+    keys.disable_key(authed(
+        &admin,
+        kms::DisableKeyRequest {
+            key_id: cmk.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    read_all(&mut tables, &admin, "managed", N).await;
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}

@@ -1951,3 +1951,82 @@ fn deny_reason_text() {
         assert!(expected.contains(reason.phrase()), "{reason:?}");
     }
 }
+
+/// The service-managed key's policy: anyone may use the key through the
+/// service, and may give the service itself re-wrap grants through the
+/// service; nothing else (no grants to others, no Decrypt grants, nothing
+/// directly).
+#[test]
+fn service_managed_key_policy_allows_only_rewrap_grants_to_the_service() {
+    let policy = crate::service::key_ops::service_managed_policy(TABLES);
+    let base = Case {
+        key_policy: Some(&policy),
+        action: "kms:CreateGrant",
+        ..BASE
+    };
+    const GRANTEE: &str = "kms:GranteePrincipal";
+    check(&[
+        Case {
+            name: "re-wrap grant to the service, through the service",
+            context: &[
+                (VIA, &[TABLES]),
+                (GRANTEE, &[TABLES]),
+                (OPS, &["ReEncryptFrom", "ReEncryptTo", "RetireGrant"]),
+            ],
+            expect: Expect::Allow(
+                KeyPolicy,
+                &["key-policy:AllowRewrapGrantsToTheServiceViaService"],
+            ),
+            ..base
+        },
+        Case {
+            name: "re-wrap grant to the service, directly",
+            context: &[(GRANTEE, &[TABLES]), (OPS, &["ReEncryptFrom"])],
+            expect: Expect::Implicit(NoIdentityPolicyAllows),
+            ..base
+        },
+        Case {
+            name: "grant to another principal, through the service",
+            context: &[
+                (VIA, &[TABLES]),
+                (GRANTEE, &["user/bob"]),
+                (OPS, &["ReEncryptFrom"]),
+            ],
+            expect: Expect::Implicit(NoIdentityPolicyAllows),
+            ..base
+        },
+        Case {
+            name: "Decrypt grant to the service, through the service",
+            context: &[
+                (VIA, &[TABLES]),
+                (GRANTEE, &[TABLES]),
+                (OPS, &["ReEncryptFrom", "Decrypt"]),
+            ],
+            expect: Expect::Implicit(NoIdentityPolicyAllows),
+            ..base
+        },
+        Case {
+            name: "grant through another service",
+            context: &[
+                (VIA, &["service/other"]),
+                (GRANTEE, &[TABLES]),
+                (OPS, &["ReEncryptFrom"]),
+            ],
+            expect: Expect::Implicit(NoIdentityPolicyAllows),
+            ..base
+        },
+        Case {
+            name: "Decrypt through the service",
+            action: "kms:Decrypt",
+            context: &[(VIA, &[TABLES])],
+            expect: Expect::Allow(KeyPolicy, &["key-policy:AllowUseOnlyViaService"]),
+            ..base
+        },
+        Case {
+            name: "Decrypt directly",
+            action: "kms:Decrypt",
+            expect: Expect::Implicit(NoIdentityPolicyAllows),
+            ..base
+        },
+    ]);
+}

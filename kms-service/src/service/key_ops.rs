@@ -148,7 +148,10 @@ fn not_pending(record: &KeyRecord, what: &str) -> Result<(), KmsError> {
 
 /// The key policy of a service-managed key: anyone may use it, but only
 /// through `service`; identity policies may only read its metadata. Like an
-/// AWS managed key, nobody can change this policy.
+/// AWS managed key, nobody can change this policy. Through `service`, anyone
+/// may also give `service` itself a grant for re-wrapping (ReEncrypt and
+/// retiring the grant, never Decrypt), which is how a table moves from or
+/// to this key.
 pub fn service_managed_policy(service: &str) -> String {
     serde_json::json!({
         "Version": "2012-10-17",
@@ -158,7 +161,12 @@ pub fn service_managed_policy(service: &str) -> String {
             {"Sid": "AllowUseOnlyViaService", "Effect": "Allow", "Principal": {"AWS": "*"},
              "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"],
              "Resource": "*",
-             "Condition": {"StringEquals": {"kms:ViaService": service}}}
+             "Condition": {"StringEquals": {"kms:ViaService": service}}},
+            {"Sid": "AllowRewrapGrantsToTheServiceViaService", "Effect": "Allow", "Principal": {"AWS": "*"},
+             "Action": "kms:CreateGrant", "Resource": "*",
+             "Condition": {
+                 "StringEquals": {"kms:ViaService": service, "kms:GranteePrincipal": service},
+                 "ForAllValues:StringEquals": {"kms:GrantOperations": ["ReEncryptFrom", "ReEncryptTo", "RetireGrant"]}}}
         ]
     })
     .to_string()

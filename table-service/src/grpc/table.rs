@@ -183,16 +183,18 @@ impl TableService for TableGrpc {
         request: Request<pb::UpdateTableRequest>,
     ) -> Result<Response<pb::UpdateTableResponse>, Status> {
         handle!(request, "UpdateTable", |call, r| {
-            let key = r
-                .sse_specification
-                .map(|s| s.kms_key_id)
-                .unwrap_or_default();
-            self.tables
-                .update_table(call, &r.table_name, &key)
-                .await
-                .map(|v| pb::UpdateTableResponse {
-                    table_description: Some(convert::table_description(&v)),
-                })
+            match r.sse_specification {
+                None => Err(TableError::validation(
+                    "sse_specification is required: its kms_key_id names the key to switch to (empty for the service-managed key)",
+                )),
+                Some(sse) => self
+                    .tables
+                    .update_table(call, &r.table_name, &sse.kms_key_id)
+                    .await
+                    .map(|v| pb::UpdateTableResponse {
+                        table_description: Some(convert::table_description(&v)),
+                    }),
+            }
         })
     }
 

@@ -194,11 +194,14 @@ impl Tables {
         })
     }
 
-    /// Switches the table to another customer managed key. New writes use
-    /// the new key at once; existing items' data keys are re-wrapped with
+    /// Switches the table to another key: a customer managed key, or the
+    /// service-managed key when `kms_key_id` is empty. New writes use the
+    /// new key at once; existing items' data keys are re-wrapped with
     /// ReEncrypt in the background (see `rewrap.rs`), resumably, while the
     /// table stays online. The caller must be allowed to create grants on
-    /// both keys: the grants let table-service re-wrap, and nothing else.
+    /// both keys (on the service-managed key anyone may, through
+    /// table-service, for table-service and re-wrapping only): the grants
+    /// let table-service re-wrap, and nothing else.
     pub async fn update_table(
         self: &Arc<Self>,
         call: &mut Call,
@@ -207,21 +210,17 @@ impl Tables {
     ) -> Result<TableView, TableError> {
         self.authorize(call, "table:UpdateTable", &resource(name))
             .await?;
-        if kms_key_id.is_empty() {
-            return Err(TableError::validation(
-                "sse_specification.kms_key_id is required: the customer managed key to switch to",
-            ));
-        }
+        let target_service_managed = kms_key_id.is_empty();
+        let kms_key_id = if target_service_managed {
+            SERVICE_MANAGED_ALIAS
+        } else {
+            kms_key_id
+        };
         let current = self.table(name)?;
         if current.rewrap.is_some() {
             return Err(TableError::ResourceInUse(format!(
                 "table {name} is already changing its key; wait until DescribeTable shows it ACTIVE"
             )));
-        }
-        if current.service_managed {
-            return Err(TableError::validation(
-                "this table uses the service-managed key, whose grants only table-service may manage; changing it is not supported",
-            ));
         }
         call.outcome.kms_calls += 1;
         let key = self.kms.describe_key(&call.caller, kms_key_id).await?;
@@ -258,13 +257,14 @@ impl Tables {
         }
         record.rewrap = Some(crate::store::Rewrap {
             target_key_id: key.key_id.clone(),
-            target_service_managed: false,
+            target_service_managed,
             items_done: 0,
             resume_after: None,
             source_key_id: record.kms_key_id.clone(),
             grants,
         });
         record.kms_key_id = key.key_id;
+        record.service_managed = target_service_managed;
         self.commit
             .commit(vec![Mutation::PutTable(record.clone())])
             .await
