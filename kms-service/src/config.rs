@@ -31,6 +31,13 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Creates a private CA and certificates for kms-service and
+    /// table-service (ECDSA P-256, PEM; keys mode 0600). Does nothing when
+    /// `<out-dir>/ca.crt` already exists.
+    TlsInit(TlsInitConfig),
+    /// Calls grpc.health.v1.Health/Check on a running server; prints
+    /// SERVING and exits 0, otherwise prints the reason and exits 1.
+    Healthcheck(HealthcheckConfig),
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +101,41 @@ impl StorageConfig {
     }
 }
 
+/// TLS of the server (plaintext when no certificate is set).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsConfig {
+    /// PEM certificate (chain) the server presents; turns TLS on. Needs
+    /// --tls-key.
+    #[arg(long, env = "KMS_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "KMS_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, clients must present a certificate
+    /// signed by it (mutual TLS).
+    #[arg(long, env = "KMS_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The tonic server configuration, with every file read and checked;
+    /// `None` for plaintext.
+    pub fn server_config(
+        &self,
+    ) -> Result<Option<tonic::transport::ServerTlsConfig>, crate::tls::TlsConfigError> {
+        use crate::tls::FileSetting;
+        crate::tls::server_config(
+            FileSetting::new(self.tls_cert.as_ref(), "--tls-cert", "KMS_TLS_CERT"),
+            FileSetting::new(self.tls_key.as_ref(), "--tls-key", "KMS_TLS_KEY"),
+            FileSetting::new(
+                self.tls_client_ca.as_ref(),
+                "--tls-client-ca",
+                "KMS_TLS_CLIENT_CA",
+            ),
+        )
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// Address to listen on.
@@ -113,6 +155,8 @@ pub struct ServeConfig {
     #[arg(long = "maintenance-interval", env = "KMS_MAINTENANCE_INTERVAL", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub maintenance_interval_secs: u64,
+    #[command(flatten)]
+    pub tls: TlsConfig,
 }
 
 impl ServeConfig {
@@ -130,6 +174,7 @@ impl ServeConfig {
             log_format: LogFormat::Text,
             max_message_bytes: 256 * 1024,
             maintenance_interval_secs: 60,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -145,4 +190,61 @@ pub struct VerifyConfig {
     /// hash chain and the checkpoints' record hashes are checked.
     #[arg(long, env = "KMS_ROOT_KEY_FILE")]
     pub root_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TlsInitConfig {
+    /// Directory to write ca.crt, ca.key, kms-service.crt/.key and
+    /// table-service.crt/.key to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+    /// Another name (DNS name or IP address) the services are reached by;
+    /// added to both certificates beside their service name, localhost and
+    /// 127.0.0.1. Repeatable.
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckConfig {
+    /// Address of the server: http://… for plaintext, https://… for TLS
+    /// (the TLS name checked is the host of the address).
+    #[arg(
+        long,
+        env = "KMS_HEALTHCHECK_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        value_name = "URL"
+    )]
+    pub addr: String,
+    /// PEM CA certificate to verify the server with (required for https://).
+    #[arg(long, env = "KMS_HEALTHCHECK_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires mutual TLS.
+    #[arg(long, env = "KMS_HEALTHCHECK_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "KMS_HEALTHCHECK_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+impl HealthcheckConfig {
+    pub fn client_tls(
+        &self,
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, crate::tls::TlsConfigError> {
+        use crate::tls::{AddrSetting, FileSetting};
+        crate::tls::client_config(
+            AddrSetting {
+                value: &self.addr,
+                flag: "--addr",
+                env: "KMS_HEALTHCHECK_ADDR",
+            },
+            FileSetting::new(
+                self.ca_file.as_ref(),
+                "--ca-file",
+                "KMS_HEALTHCHECK_CA_FILE",
+            ),
+            FileSetting::new(self.cert.as_ref(), "--cert", "KMS_HEALTHCHECK_CERT"),
+            FileSetting::new(self.key.as_ref(), "--key", "KMS_HEALTHCHECK_KEY"),
+        )
+    }
 }

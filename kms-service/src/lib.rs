@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod error;
 pub mod grants;
 pub mod grpc;
+pub mod healthcheck;
 pub mod identity;
 pub mod keys;
 pub mod policy;
@@ -17,6 +18,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 /// HKDF purpose of the key that signs audit checkpoints (derived from the
 /// root key, so `audit verify` can check signatures given the root key).

@@ -8,6 +8,7 @@ use clap::Parser;
 use kms_service::config::{AuditCommand, Cli, Command, LogFormat};
 use kms_service::crypto::root_key::{RootKey, SoftwareRootKey};
 use kms_service::server;
+use kms_service::tls::{self, InitOutcome};
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -40,15 +41,24 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    tls::install_crypto_provider();
     match cli.command {
         Command::Serve(config) => {
             init_tracing(config.log_format);
             let clock = Arc::new(kms_service::clock::SystemClock);
             let result = async {
-                let opened = server::open(&config.storage, clock).await?;
+                // Configuration and the port first: nothing in the data
+                // directory is touched when either is wrong.
+                let tls = config.tls.server_config()?;
                 let listener = server::bind(config.listen).await?;
-                tracing::info!(listen = %config.listen, data_dir = %config.storage.data_dir.display(), "kms-service ready");
-                server::serve(&config, opened.kms, listener, shutdown_signal()).await
+                let opened = server::open(&config.storage, clock).await?;
+                let transport = match (&tls, &config.tls.tls_client_ca) {
+                    (None, _) => "plaintext",
+                    (Some(_), None) => "TLS",
+                    (Some(_), Some(_)) => "mutual TLS",
+                };
+                tracing::info!(listen = %config.listen, transport, data_dir = %config.storage.data_dir.display(), "kms-service ready");
+                server::serve_with_tls(&config, tls, opened.kms, listener, shutdown_signal()).await
             }
             .await;
             match result {
@@ -76,6 +86,55 @@ async fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("kms-service init: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::TlsInit(init) => match tls::init(&init.out_dir, &init.hosts) {
+            Ok(InitOutcome::AlreadyInitialised { ca_cert }) => {
+                println!(
+                    "{} already exists: nothing written (tls-init only creates a new CA; remove the files to start over)",
+                    ca_cert.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(InitOutcome::Written(files)) => {
+                for (path, what) in files {
+                    println!("wrote {}: {what}", path.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kms-service tls-init: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Healthcheck(check) => {
+            let tls = match check.client_tls() {
+                Ok(tls) => tls,
+                Err(e) => {
+                    eprintln!("kms-service healthcheck: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match kms_service::healthcheck::check(
+                &check.addr,
+                tls,
+                kms_service::healthcheck::DEADLINE,
+            )
+            .await
+            {
+                Ok(()) => {
+                    println!("SERVING");
+                    ExitCode::SUCCESS
+                }
+                Err(reason) => {
+                    let hint = if check.addr.starts_with("https://") && check.cert.is_none() {
+                        " (if the server requires mutual TLS, give --cert and --key: KMS_HEALTHCHECK_CERT / KMS_HEALTHCHECK_KEY)"
+                    } else {
+                        ""
+                    };
+                    eprintln!("kms-service healthcheck: {reason}{hint}");
                     ExitCode::FAILURE
                 }
             }

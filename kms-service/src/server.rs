@@ -43,6 +43,8 @@ pub enum StartError {
     Kms(#[from] KmsError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
@@ -82,8 +84,14 @@ pub fn write_secret_file(path: &Path, secret: &str) -> Result<(), StartError> {
 /// generating a new key beside existing key material would orphan it.
 fn root_key(storage: &StorageConfig) -> Result<SoftwareRootKey, StartError> {
     let path = storage.root_key_path();
+    let origin = if storage.root_key_file.is_some() {
+        "set by --root-key-file / KMS_ROOT_KEY_FILE"
+    } else {
+        "the default <data-dir>/root.key; another can be set with --root-key-file / KMS_ROOT_KEY_FILE"
+    };
     if path.exists() {
-        return SoftwareRootKey::read_file(&path).map_err(|e| StartError::Config(e.to_string()));
+        return SoftwareRootKey::read_file(&path)
+            .map_err(|e| StartError::Config(format!("cannot use the root key: {e} ({origin})")));
     }
     if storage.root_key_file.is_some() {
         return Err(StartError::Config(format!(
@@ -98,7 +106,8 @@ fn root_key(storage: &StorageConfig) -> Result<SoftwareRootKey, StartError> {
             path.display()
         )));
     }
-    let key = SoftwareRootKey::create_file(&path).map_err(|e| StartError::Config(e.to_string()))?;
+    let key = SoftwareRootKey::create_file(&path)
+        .map_err(|e| StartError::Config(format!("cannot create the root key: {e} ({origin})")))?;
     tracing::info!(path = %path.display(), "created a new root key (development mode)");
     Ok(key)
 }
@@ -160,13 +169,30 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains and closes
-/// the audit log.
+/// the audit log. TLS as `config.tls` says.
 pub async fn serve(
     config: &ServeConfig,
     kms: Arc<Kms>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let tls = config.tls.server_config()?;
+    serve_with_tls(config, tls, kms, listener, shutdown).await
+}
+
+/// [`serve`] with a TLS configuration already loaded (see
+/// [`crate::config::TlsConfig::server_config`]); `None` serves plaintext.
+pub async fn serve_with_tls(
+    config: &ServeConfig,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    kms: Arc<Kms>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
     let (kms_grpc, iam_grpc) = grpc::services(kms.clone());
     let limit = config.max_message_bytes as usize;
     let reflection_v1 = reflection()
@@ -201,7 +227,7 @@ pub async fn serve(
         })
     };
 
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .add_service(
             KeyManagementServiceServer::new(kms_grpc)
                 .max_decoding_message_size(limit)
@@ -240,9 +266,17 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 /// Binds `addr`, with a message that names the address when it is taken.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(io(format!("cannot listen on {addr}")))
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::Config(format!(
+                "cannot listen on {addr}: the address is already in use (is another kms-service running? choose another with --listen / KMS_LISTEN)"
+            ))
+        } else {
+            StartError::Config(format!(
+                "cannot listen on {addr} (--listen / KMS_LISTEN): {e}"
+            ))
+        }
+    })
 }
 
 /// A server running in this process (tests, benchmarks, embedding).
@@ -265,13 +299,14 @@ impl RunningServer {
         config: ServeConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<RunningServer, StartError> {
+        let tls = config.tls.server_config()?;
         let opened = open(&config.storage, clock).await?;
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(io("local address"))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let kms = opened.kms.clone();
         let task = tokio::spawn(async move {
-            serve(&config, kms, listener, async {
+            serve_with_tls(&config, tls, kms, listener, async {
                 let _ = rx.await;
             })
             .await

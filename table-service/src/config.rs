@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
+
 use crate::cache::CacheConfig;
+use crate::server::tls::{self, AddrSetting, FileSetting, TlsConfigError};
 use crate::service::TablesConfig;
 
 #[derive(Debug, Parser)]
@@ -23,14 +26,49 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Runs the gRPC server.
-    Serve(ServeConfig),
+    /// Runs the gRPC server (after checking that kms-service answers).
+    Serve(Box<ServeConfig>),
+    /// Calls grpc.health.v1.Health/Check on a running server; prints
+    /// SERVING and exits 0, otherwise prints the reason and exits 1.
+    Healthcheck(HealthcheckConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// TLS of table-service's own server (plaintext when no certificate is set).
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsConfig {
+    /// PEM certificate (chain) the server presents; turns TLS on. Needs
+    /// --tls-key.
+    #[arg(long, env = "TABLE_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TABLE_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, clients must present a certificate
+    /// signed by it (mutual TLS).
+    #[arg(long, env = "TABLE_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The tonic server configuration, with every file read and checked;
+    /// `None` for plaintext.
+    pub fn server_config(&self) -> Result<Option<ServerTlsConfig>, TlsConfigError> {
+        tls::server_config(
+            FileSetting::new(self.tls_cert.as_ref(), "--tls-cert", "TABLE_TLS_CERT"),
+            FileSetting::new(self.tls_key.as_ref(), "--tls-key", "TABLE_TLS_KEY"),
+            FileSetting::new(
+                self.tls_client_ca.as_ref(),
+                "--tls-client-ca",
+                "TABLE_TLS_CLIENT_CA",
+            ),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -40,7 +78,8 @@ pub struct ServeConfig {
     /// Directory of the item store.
     #[arg(long, env = "TABLE_DATA_DIR", default_value = "./data/table-service")]
     pub data_dir: PathBuf,
-    /// URL of kms-service.
+    /// URL of kms-service: http://… for plaintext, https://… for TLS (the
+    /// TLS name checked is the host of the URL).
     #[arg(
         long,
         env = "TABLE_KMS_ENDPOINT",
@@ -55,6 +94,21 @@ pub struct ServeConfig {
         default_value = "./data/kms-service/table-service.token"
     )]
     pub token_file: PathBuf,
+    /// PEM CA certificate that signed kms-service's certificate; required
+    /// when --kms-endpoint is https://.
+    #[arg(long, env = "TABLE_KMS_CA_FILE", value_name = "FILE")]
+    pub kms_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to kms-service (mutual TLS).
+    #[arg(long, env = "TABLE_KMS_CLIENT_CERT", value_name = "FILE")]
+    pub kms_client_cert: Option<PathBuf>,
+    /// PEM private key of --kms-client-cert.
+    #[arg(long, env = "TABLE_KMS_CLIENT_KEY", value_name = "FILE")]
+    pub kms_client_key: Option<PathBuf>,
+    /// How long start-up waits for kms-service to answer, in seconds
+    /// (retrying with back-off from 250 ms to 5 s); 0 probes once.
+    #[arg(long, env = "TABLE_KMS_WAIT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub kms_wait_secs: u64,
     /// Deadline of each call to kms-service, in milliseconds.
     #[arg(long, env = "TABLE_KMS_TIMEOUT_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(50..=120_000))]
@@ -77,6 +131,8 @@ pub struct ServeConfig {
     #[arg(long, env = "TABLE_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024,
           value_parser = clap::value_parser!(u32).range(1024 * 1024..=64 * 1024 * 1024))]
     pub max_message_bytes: u32,
+    #[command(flatten)]
+    pub tls: TlsConfig,
 }
 
 impl ServeConfig {
@@ -107,6 +163,79 @@ impl ServeConfig {
             authz_cache_size: 10_000,
             log_format: LogFormat::Text,
             max_message_bytes: 16 * 1024 * 1024,
+            tls: TlsConfig::default(),
+            kms_ca_file: None,
+            kms_client_cert: None,
+            kms_client_key: None,
+            kms_wait_secs: 60,
         }
+    }
+
+    /// The client TLS configuration for kms-service: `None` for an
+    /// `http://` endpoint.
+    pub fn kms_tls(&self) -> Result<Option<ClientTlsConfig>, TlsConfigError> {
+        tls::client_config(
+            AddrSetting {
+                value: &self.kms_endpoint,
+                flag: "--kms-endpoint",
+                env: "TABLE_KMS_ENDPOINT",
+            },
+            FileSetting::new(
+                self.kms_ca_file.as_ref(),
+                "--kms-ca-file",
+                "TABLE_KMS_CA_FILE",
+            ),
+            FileSetting::new(
+                self.kms_client_cert.as_ref(),
+                "--kms-client-cert",
+                "TABLE_KMS_CLIENT_CERT",
+            ),
+            FileSetting::new(
+                self.kms_client_key.as_ref(),
+                "--kms-client-key",
+                "TABLE_KMS_CLIENT_KEY",
+            ),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckConfig {
+    /// Address of the server: http://… for plaintext, https://… for TLS
+    /// (the TLS name checked is the host of the address).
+    #[arg(
+        long,
+        env = "TABLE_HEALTHCHECK_ADDR",
+        default_value = "http://127.0.0.1:50052",
+        value_name = "URL"
+    )]
+    pub addr: String,
+    /// PEM CA certificate to verify the server with (required for https://).
+    #[arg(long, env = "TABLE_HEALTHCHECK_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires mutual TLS.
+    #[arg(long, env = "TABLE_HEALTHCHECK_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "TABLE_HEALTHCHECK_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+}
+
+impl HealthcheckConfig {
+    pub fn client_tls(&self) -> Result<Option<ClientTlsConfig>, TlsConfigError> {
+        tls::client_config(
+            AddrSetting {
+                value: &self.addr,
+                flag: "--addr",
+                env: "TABLE_HEALTHCHECK_ADDR",
+            },
+            FileSetting::new(
+                self.ca_file.as_ref(),
+                "--ca-file",
+                "TABLE_HEALTHCHECK_CA_FILE",
+            ),
+            FileSetting::new(self.cert.as_ref(), "--cert", "TABLE_HEALTHCHECK_CERT"),
+            FileSetting::new(self.key.as_ref(), "--key", "TABLE_HEALTHCHECK_KEY"),
+        )
     }
 }

@@ -15,7 +15,7 @@ use lockbox_proto::iam::v1 as iam;
 use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
 use lockbox_proto::kms::v1 as pb;
 use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_types::StatusExt;
 use zeroize::Zeroizing;
 
@@ -68,20 +68,28 @@ pub struct KmsClient {
 
 impl KmsClient {
     /// Connects lazily: the first call dials, and a kms-service that is down
-    /// only fails the calls made while it is down.
+    /// only fails the calls made while it is down (the channel dials again
+    /// on the next call). `tls` is required for an `https://` endpoint
+    /// (see `ServeConfig::kms_tls`).
     pub fn new(
         endpoint: &str,
         service_token: Zeroizing<String>,
         timeout: Duration,
+        tls: Option<ClientTlsConfig>,
     ) -> Result<Self, TableError> {
-        let channel = Endpoint::from_shared(endpoint.to_string())
+        let mut builder = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| {
                 TableError::validation(format!("kms endpoint {endpoint:?} is not a valid URL: {e}"))
             })?
             .connect_timeout(timeout)
             .timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).map_err(|e| {
+                TableError::validation(format!("TLS for kms endpoint {endpoint:?}: {e}"))
+            })?;
+        }
+        let channel = builder.connect_lazy();
         Ok(KmsClient {
             endpoint: endpoint.to_string(),
             kms: KeyManagementServiceClient::new(channel.clone()),
@@ -93,6 +101,23 @@ impl KmsClient {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// GetCallerIdentity as table-service itself: proves at start-up that
+    /// kms-service is reachable (over TLS when configured) and accepts the
+    /// service token. Returns the principal, or the raw status so the caller
+    /// can tell a transport failure from an answer.
+    pub async fn service_identity(&self) -> Result<String, tonic::Status> {
+        let request = self
+            .service_request(iam::GetCallerIdentityRequest {})
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        Ok(self
+            .iam
+            .clone()
+            .get_caller_identity(request)
+            .await?
+            .into_inner()
+            .principal)
     }
 
     fn request<T>(

@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use table_service::config::{Cli, Command, LogFormat};
-use table_service::server;
+use table_service::config::{Cli, Command, LogFormat, ServeConfig};
+use table_service::server::{self, tls};
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -37,13 +37,55 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Command::Serve(config) = Cli::parse().command;
+    tls::install_crypto_provider();
+    match Cli::parse().command {
+        Command::Serve(config) => serve(*config).await,
+        Command::Healthcheck(check) => {
+            let client_tls = match check.client_tls() {
+                Ok(client_tls) => client_tls,
+                Err(e) => {
+                    eprintln!("table-service healthcheck: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match tls::healthcheck(&check.addr, client_tls, tls::HEALTHCHECK_DEADLINE).await {
+                Ok(()) => {
+                    println!("SERVING");
+                    ExitCode::SUCCESS
+                }
+                Err(reason) => {
+                    let hint = if check.addr.starts_with("https://") && check.cert.is_none() {
+                        " (if the server requires mutual TLS, give --cert and --key: TABLE_HEALTHCHECK_CERT / TABLE_HEALTHCHECK_KEY)"
+                    } else {
+                        ""
+                    };
+                    eprintln!("table-service healthcheck: {reason}{hint}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: ServeConfig) -> ExitCode {
     init_tracing(config.log_format);
     let result = async {
-        let tables = server::open(&config)?;
+        // Every file and the port first, then the store, then kms-service.
+        let server_tls = config.tls.server_config()?;
+        let kms = server::kms_client(&config)?;
         let listener = server::bind(config.listen).await?;
-        tracing::info!(listen = %config.listen, kms = %config.kms_endpoint, "table-service ready");
-        server::serve(&config, tables, listener, shutdown_signal()).await
+        let tables = server::open_with(&config, kms.clone())?;
+        let principal = tokio::select! {
+            principal = server::wait_for_kms(&kms, &config) => principal?,
+            () = shutdown_signal() => return Ok(()),
+        };
+        let transport = match (&server_tls, &config.tls.tls_client_ca) {
+            (None, _) => "plaintext",
+            (Some(_), None) => "TLS",
+            (Some(_), Some(_)) => "mutual TLS",
+        };
+        tracing::info!(listen = %config.listen, transport, kms = %config.kms_endpoint, %principal, "table-service ready");
+        server::serve_with_tls(&config, server_tls, tables, listener, shutdown_signal()).await
     }
     .await;
     match result {

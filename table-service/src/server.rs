@@ -1,11 +1,14 @@
 //! Start-up and serving of table-service: opens the item store, reads the
-//! service credential, serves `table.v1` plus reflection (v1 and v1alpha)
-//! and health, and shuts down cleanly.
+//! service credential, waits until kms-service answers (and accepts the
+//! credential), serves `table.v1` plus reflection (v1 and v1alpha) and
+//! health, over plaintext, TLS or mutual TLS, and shuts down cleanly.
+
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lockbox_proto::table::v1::table_service_server::TableServiceServer;
 use tokio::net::TcpListener;
@@ -25,16 +28,21 @@ pub enum StartError {
     Table(#[from] TableError),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsConfigError),
 }
 
 /// Opens the store and the kms-service client.
 pub fn open(config: &ServeConfig) -> Result<Arc<Tables>, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        StartError::Config(format!(
-            "cannot create data directory {}: {e}",
-            config.data_dir.display()
-        ))
-    })?;
+    let kms = kms_client(config)?;
+    open_with(config, kms)
+}
+
+/// Reads the service token and makes the (lazily connecting) kms-service
+/// client, with TLS when the endpoint is `https://`; every file is checked
+/// here.
+pub fn kms_client(config: &ServeConfig) -> Result<KmsClient, StartError> {
+    let kms_tls = config.kms_tls()?;
     let token = std::fs::read_to_string(&config.token_file).map_err(|e| {
         StartError::Config(format!(
             "cannot read the service token file {} (TABLE_TOKEN_FILE / --token-file): {e}; kms-service writes it when started with --table-service-token-file",
@@ -44,18 +52,181 @@ pub fn open(config: &ServeConfig) -> Result<Arc<Tables>, StartError> {
     let token = zeroize::Zeroizing::new(token.trim().to_string());
     if token.is_empty() {
         return Err(StartError::Config(format!(
-            "service token file {} is empty",
+            "the service token file {} (TABLE_TOKEN_FILE / --token-file) is empty",
             config.token_file.display()
         )));
     }
-    let kms = KmsClient::new(
+    Ok(KmsClient::new(
         &config.kms_endpoint,
         token,
         Duration::from_millis(config.kms_timeout_ms),
-    )?;
+        kms_tls,
+    )?)
+}
+
+/// Opens the item store with a kms-service client.
+pub fn open_with(config: &ServeConfig, kms: KmsClient) -> Result<Arc<Tables>, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        StartError::Config(format!(
+            "cannot create data directory {} (TABLE_DATA_DIR / --data-dir): {e}",
+            config.data_dir.display()
+        ))
+    })?;
     let store = SqliteTableStore::open(&config.data_dir.join("tables.db"))
         .map_err(|e| StartError::Config(format!("cannot open the item store: {e}")))?;
     Ok(Tables::open(Arc::new(store), kms, config.tables_config())?)
+}
+
+/// First delay between two start-up probes of kms-service; it doubles up
+/// to [`KMS_WAIT_MAX_DELAY`].
+pub const KMS_WAIT_FIRST_DELAY: Duration = Duration::from_millis(250);
+pub const KMS_WAIT_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// Waits until kms-service answers GetCallerIdentity for table-service's
+/// own token, for at most `config.kms_wait_secs` (0: one probe). A
+/// transport failure (refused, unresolvable, timed out) is retried with
+/// back-off, logged at warn each time; a refused token, a server
+/// certificate that does not verify, or any other answer ends the wait at
+/// once. Returns table-service's principal.
+pub async fn wait_for_kms(kms: &KmsClient, config: &ServeConfig) -> Result<String, StartError> {
+    let url = kms.endpoint();
+    let budget = Duration::from_secs(config.kms_wait_secs);
+    let started = Instant::now();
+    let mut delay = KMS_WAIT_FIRST_DELAY;
+    let mut attempt = 1u32;
+    loop {
+        let cause = match kms.service_identity().await {
+            Ok(principal) => {
+                if attempt > 1 {
+                    tracing::info!(kms = %url, attempt, "kms-service answered");
+                }
+                return Ok(principal);
+            }
+            Err(status) => match classify_probe_failure(&status, config) {
+                ProbeFailure::Fatal(message) => return Err(StartError::Config(message)),
+                ProbeFailure::Transport(cause) => cause,
+            },
+        };
+        let remaining = budget.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            let hint = if url.starts_with("https://") {
+                "; over https:// also check that kms-service accepts the client certificate (--kms-client-cert / TABLE_KMS_CLIENT_CERT, when it requires mutual TLS)"
+            } else {
+                ""
+            };
+            return Err(StartError::Config(format!(
+                "kms-service at {url} did not answer within {} s (--kms-wait-secs / TABLE_KMS_WAIT_SECS) after {attempt} attempt(s); last error: {cause}{hint}",
+                config.kms_wait_secs
+            )));
+        }
+        let wait = delay.min(remaining);
+        tracing::warn!(
+            "waiting for kms-service at {url} (attempt {attempt}, retrying in {} ms): {cause}",
+            wait.as_millis()
+        );
+        tokio::time::sleep(wait).await;
+        delay = (delay * 2).min(KMS_WAIT_MAX_DELAY);
+        attempt += 1;
+    }
+}
+
+enum ProbeFailure {
+    /// Not reached: worth retrying.
+    Transport(String),
+    /// Reached, or will never be: give up now with this message.
+    Fatal(String),
+}
+
+/// The rustls error behind a transport failure, if any (tokio-rustls wraps
+/// it in an `io::Error`, whose `source()` skips it).
+fn rustls_error(status: &tonic::Status) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(status);
+    while let Some(error) = next {
+        if let Some(found) = error.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        if let Some(found) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(found);
+        }
+        next = error.source();
+    }
+    None
+}
+
+fn classify_probe_failure(status: &tonic::Status, config: &ServeConfig) -> ProbeFailure {
+    use rustls::AlertDescription as Alert;
+    use tonic_types::StatusExt;
+
+    let url = &config.kms_endpoint;
+    let cause = tls::status_chain(status);
+    match rustls_error(status) {
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) => {
+            let ca = config
+                .kms_ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            return ProbeFailure::Fatal(format!(
+                "kms-service at {url} presented a certificate that does not verify against the CA file {ca} (--kms-ca-file / TABLE_KMS_CA_FILE), or not for the host of the URL: {cause}"
+            ));
+        }
+        Some(rustls::Error::AlertReceived(
+            Alert::BadCertificate
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA
+            | Alert::AccessDenied
+            | Alert::CertificateRequired,
+        )) => {
+            return ProbeFailure::Fatal(format!(
+                "kms-service at {url} refused table-service's client certificate (--kms-client-cert / TABLE_KMS_CLIENT_CERT; it requires one signed by its --tls-client-ca): {cause}"
+            ));
+        }
+        Some(rustls::Error::InvalidMessage(_)) => {
+            return ProbeFailure::Fatal(format!(
+                "kms-service at {url} does not answer in TLS (if it serves plaintext, use an http:// endpoint): {cause}"
+            ));
+        }
+        _ => {}
+    }
+    // kms-service attaches ErrorInfo to every answer it makes; a status
+    // without it came from the transport.
+    let from_kms = status.get_details_error_info().is_some();
+    match status.code() {
+        tonic::Code::Unavailable
+        | tonic::Code::DeadlineExceeded
+        | tonic::Code::Cancelled
+        | tonic::Code::Unknown
+            if !from_kms =>
+        {
+            ProbeFailure::Transport(cause)
+        }
+        code if !from_kms && code != tonic::Code::Unauthenticated => {
+            let hint = if url.starts_with("http://") {
+                " (if kms-service serves TLS, use an https:// endpoint and --kms-ca-file)"
+            } else {
+                ""
+            };
+            ProbeFailure::Fatal(format!(
+                "kms-service at {url} did not answer as a gRPC server ({code:?}): {cause}{hint}"
+            ))
+        }
+        tonic::Code::Unauthenticated => ProbeFailure::Fatal(format!(
+            "kms-service at {url} refused table-service's token from {} (TABLE_TOKEN_FILE / --token-file): {}; use the token kms-service wrote with --table-service-token-file",
+            config.token_file.display(),
+            status.message()
+        )),
+        code => ProbeFailure::Fatal(format!(
+            "kms-service at {url} answered table-service's GetCallerIdentity with {code:?}: {}",
+            status.message()
+        )),
+    }
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -66,12 +237,30 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
 }
 
+/// Serves until `shutdown` completes; TLS as `config.tls` says.
 pub async fn serve(
     config: &ServeConfig,
     tables: Arc<Tables>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let tls = config.tls.server_config()?;
+    serve_with_tls(config, tls, tables, listener, shutdown).await
+}
+
+/// [`serve`] with a TLS configuration already loaded (see
+/// [`crate::config::TlsConfig::server_config`]); `None` serves plaintext.
+pub async fn serve_with_tls(
+    config: &ServeConfig,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    tables: Arc<Tables>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
     let limit = config.max_message_bytes as usize;
     tables.resume_rewraps();
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -84,7 +273,7 @@ pub async fn serve(
     let v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
-    let result = tonic::transport::Server::builder()
+    let result = builder
         .add_service(
             TableServiceServer::new(TableGrpc::new(tables.clone()))
                 .max_decoding_message_size(limit)
@@ -103,13 +292,23 @@ pub async fn serve(
     Ok(result?)
 }
 
+/// Binds `addr`, with a message that names the address when it is taken.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| StartError::Config(format!("cannot listen on {addr}: {e}")))
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            StartError::Config(format!(
+                "cannot listen on {addr}: the address is already in use (is another table-service running? choose another with --listen / TABLE_LISTEN)"
+            ))
+        } else {
+            StartError::Config(format!(
+                "cannot listen on {addr} (--listen / TABLE_LISTEN): {e}"
+            ))
+        }
+    })
 }
 
-/// A server running in this process (tests, benchmarks).
+/// A server running in this process (tests, benchmarks). It does not wait
+/// for kms-service: the lazy channel connects on the first call.
 pub struct RunningServer {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -118,6 +317,7 @@ pub struct RunningServer {
 
 impl RunningServer {
     pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
+        let tls = config.tls.server_config()?;
         let tables = open(&config)?;
         let listener = bind(config.listen).await?;
         let addr = listener
@@ -125,7 +325,7 @@ impl RunningServer {
             .map_err(|e| StartError::Config(format!("local address: {e}")))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            serve(&config, tables, listener, async {
+            serve_with_tls(&config, tls, tables, listener, async {
                 let _ = rx.await;
             })
             .await

@@ -1,0 +1,497 @@
+//! The kms-service binary's command line: bad configuration ends start-up
+//! at once with a message naming the file or address and the flag and
+//! variable to fix; `tls-init` makes a working private CA; `healthcheck`
+//! answers for plaintext, TLS and mutual TLS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lockbox_proto::iam::v1 as iam;
+use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kms-service");
+
+/// The binary with no `KMS_…` variable inherited from the test's own
+/// environment.
+fn kms() -> Command {
+    let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KMS_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("RUST_LOG", "warn");
+    command
+}
+
+/// Runs to completion (at most 15 s) and returns the output.
+fn run(command: &mut Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kms-service starts");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "kms-service did not exit within 15 s; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts a start-up failure: exit code 1 and every fragment in stderr.
+fn assert_fails_with(out: &Output, fragments: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit code 1; stdout: {}; stderr: {err}",
+        stdout(out)
+    );
+    for fragment in fragments {
+        assert!(
+            err.contains(fragment),
+            "stderr does not mention {fragment:?}: {err}"
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `kms-service serve` on a free port with a new data directory in `dir`.
+fn serve(dir: &Path) -> Command {
+    let mut command = kms();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"));
+    command
+}
+
+fn tls_init(dir: &Path) -> PathBuf {
+    let out = run(kms().args(["tls-init", "--out-dir"]).arg(dir));
+    assert!(out.status.success(), "tls-init: {}", stderr(&out));
+    dir.to_path_buf()
+}
+
+#[test]
+fn missing_root_key_file_is_refused_naming_the_file_and_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-root.key");
+    let out = run(serve(dir.path()).arg("--root-key-file").arg(&missing));
+    assert_fails_with(
+        &out,
+        &[
+            &missing.display().to_string(),
+            "does not exist",
+            "KMS_ROOT_KEY_FILE",
+        ],
+    );
+    let out = run(serve(dir.path()).env("KMS_ROOT_KEY_FILE", &missing));
+    assert_fails_with(&out, &[&missing.display().to_string(), "KMS_ROOT_KEY_FILE"]);
+}
+
+#[test]
+fn unreadable_or_malformed_root_key_file_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory cannot be read as a file (even by root, unlike mode 000).
+    let unreadable = dir.path().join("root-key-dir");
+    std::fs::create_dir(&unreadable).unwrap();
+    let out = run(serve(dir.path()).arg("--root-key-file").arg(&unreadable));
+    assert_fails_with(
+        &out,
+        &[&unreadable.display().to_string(), "KMS_ROOT_KEY_FILE"],
+    );
+
+    let malformed = dir.path().join("root.key");
+    std::fs::write(&malformed, "not hex\n").unwrap();
+    let out = run(serve(dir.path()).arg("--root-key-file").arg(&malformed));
+    assert_fails_with(
+        &out,
+        &[
+            &malformed.display().to_string(),
+            "64 hexadecimal characters",
+        ],
+    );
+}
+
+#[test]
+fn port_in_use_is_refused_naming_the_address_before_touching_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(kms()
+        .args(["serve", "--listen", &addr, "--data-dir"])
+        .arg(dir.path().join("data")));
+    assert_fails_with(&out, &[&addr, "already in use", "KMS_LISTEN"]);
+    assert!(
+        !dir.path().join("data/root.key").exists(),
+        "no root key may be created when the port is taken"
+    );
+}
+
+#[test]
+fn tls_certificate_without_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tls_init(&dir.path().join("tls"));
+    let out = run(serve(dir.path())
+        .arg("--tls-cert")
+        .arg(certs.join("kms-service.crt")));
+    assert_fails_with(
+        &out,
+        &["--tls-cert", "--tls-key", "KMS_TLS_KEY", "give both"],
+    );
+    let out = run(serve(dir.path()).env("KMS_TLS_KEY", certs.join("kms-service.key")));
+    assert_fails_with(&out, &["KMS_TLS_KEY", "KMS_TLS_CERT", "give both"]);
+}
+
+#[test]
+fn missing_tls_files_are_refused_naming_the_file_and_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tls_init(&dir.path().join("tls"));
+    let missing = dir.path().join("missing.crt");
+    let out = run(serve(dir.path())
+        .env("KMS_TLS_CERT", &missing)
+        .env("KMS_TLS_KEY", certs.join("kms-service.key")));
+    assert_fails_with(
+        &out,
+        &[
+            &missing.display().to_string(),
+            "cannot read",
+            "KMS_TLS_CERT",
+        ],
+    );
+
+    let out = run(serve(dir.path())
+        .arg("--tls-cert")
+        .arg(certs.join("kms-service.crt"))
+        .arg("--tls-key")
+        .arg(dir.path().join("missing.key")));
+    assert_fails_with(&out, &["missing.key", "--tls-key", "KMS_TLS_KEY"]);
+
+    let out = run(serve(dir.path())
+        .arg("--tls-cert")
+        .arg(certs.join("kms-service.crt"))
+        .arg("--tls-key")
+        .arg(certs.join("kms-service.key"))
+        .arg("--tls-client-ca")
+        .arg(dir.path().join("missing-ca.crt")));
+    assert_fails_with(&out, &["missing-ca.crt", "KMS_TLS_CLIENT_CA"]);
+    assert!(!dir.path().join("data/root.key").exists());
+}
+
+#[test]
+fn a_file_without_a_pem_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tls_init(&dir.path().join("tls"));
+    // The key file holds no certificate.
+    let out = run(serve(dir.path())
+        .arg("--tls-cert")
+        .arg(certs.join("kms-service.key"))
+        .arg("--tls-key")
+        .arg(certs.join("kms-service.key")));
+    assert_fails_with(
+        &out,
+        &["kms-service.key", "no PEM certificate", "KMS_TLS_CERT"],
+    );
+    // Nor does an empty CA file.
+    std::fs::write(dir.path().join("empty-ca.crt"), "").unwrap();
+    let out = run(serve(dir.path())
+        .arg("--tls-cert")
+        .arg(certs.join("kms-service.crt"))
+        .arg("--tls-key")
+        .arg(certs.join("kms-service.key"))
+        .arg("--tls-client-ca")
+        .arg(dir.path().join("empty-ca.crt")));
+    assert_fails_with(
+        &out,
+        &["empty-ca.crt", "no PEM certificate", "KMS_TLS_CLIENT_CA"],
+    );
+    // And a certificate is no private key.
+    let out = run(serve(dir.path())
+        .arg("--tls-cert")
+        .arg(certs.join("kms-service.crt"))
+        .arg("--tls-key")
+        .arg(certs.join("kms-service.crt")));
+    assert_fails_with(&out, &["no PEM private key", "KMS_TLS_KEY"]);
+}
+
+#[test]
+fn a_private_key_that_does_not_match_the_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = tls_init(&dir.path().join("one"));
+    let two = tls_init(&dir.path().join("two"));
+    let out = run(serve(dir.path())
+        .arg("--tls-cert")
+        .arg(one.join("kms-service.crt"))
+        .arg("--tls-key")
+        .arg(two.join("kms-service.key")));
+    assert_fails_with(
+        &out,
+        &[
+            "does not match",
+            &two.join("kms-service.key").display().to_string(),
+            &one.join("kms-service.crt").display().to_string(),
+        ],
+    );
+    assert!(!dir.path().join("data/root.key").exists());
+}
+
+#[test]
+fn tls_init_writes_a_ca_and_two_leaf_pairs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("tls");
+    let out = run(kms().args(["tls-init", "--out-dir"]).arg(&out_dir).args([
+        "--host",
+        "kms.internal",
+        "--host",
+        "10.1.2.3",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    for name in [
+        "ca.crt",
+        "ca.key",
+        "kms-service.crt",
+        "kms-service.key",
+        "table-service.crt",
+        "table-service.key",
+    ] {
+        let path = out_dir.join(name);
+        assert!(path.exists(), "{name} was not written");
+        assert!(printed.contains(&path.display().to_string()), "{printed}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            if name.ends_with(".key") {
+                assert_eq!(mode, 0o600, "{name} must be private");
+                assert!(text.contains("-----BEGIN PRIVATE KEY-----"), "{name}");
+            } else {
+                assert!(text.contains("-----BEGIN CERTIFICATE-----"), "{name}");
+            }
+        }
+    }
+    let ca_before = std::fs::read(out_dir.join("ca.crt")).unwrap();
+    let again = run(kms().args(["tls-init", "--out-dir"]).arg(&out_dir));
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("already exists"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(std::fs::read(out_dir.join("ca.crt")).unwrap(), ca_before);
+}
+
+/// A kms-service binary serving until dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, extra: &[&std::ffi::OsStr]) -> Server {
+    let port = free_port();
+    let child = kms()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
+        .spawn()
+        .expect("kms-service starts");
+    Server {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+    }
+}
+
+/// Runs `healthcheck` until it reports SERVING (at most 15 s).
+fn wait_serving(server: &mut Server, args: &[&std::ffi::OsStr]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            panic!(
+                "kms-service exited with {status}: {}",
+                std::fs::read_to_string(server.dir.join("serve.log")).unwrap_or_default()
+            );
+        }
+        let out = run(kms().arg("healthcheck").args(args));
+        if out.status.success() {
+            assert_eq!(stdout(&out).trim(), "SERVING");
+            return;
+        }
+        assert!(Instant::now() < deadline, "never healthy: {}", stderr(&out));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn healthcheck_over_plaintext_and_with_nothing_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), &[]);
+    let addr = format!("http://127.0.0.1:{}", server.port);
+    wait_serving(&mut server, &["--addr".as_ref(), addr.as_ref()]);
+    // The address from the environment.
+    let out = run(kms().arg("healthcheck").env("KMS_HEALTHCHECK_ADDR", &addr));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "SERVING");
+    drop(server);
+
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let out = run(kms().args(["healthcheck", "--addr", &closed]));
+    assert_fails_with(&out, &[&closed]);
+    assert!(!stdout(&out).contains("SERVING"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_serves_verified_clients_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tls_init(&dir.path().join("tls"));
+    let other = tls_init(&dir.path().join("other"));
+    let file = |name: &str| certs.join(name).into_os_string();
+    let mut server = start(
+        dir.path(),
+        &[
+            "--tls-cert".as_ref(),
+            &file("kms-service.crt"),
+            "--tls-key".as_ref(),
+            &file("kms-service.key"),
+            "--tls-client-ca".as_ref(),
+            &file("ca.crt"),
+        ],
+    );
+    let https = format!("https://127.0.0.1:{}", server.port);
+    let localhost = format!("https://localhost:{}", server.port);
+
+    // CA and client certificate: SERVING (by IP address and by name).
+    wait_serving(
+        &mut server,
+        &[
+            "--addr".as_ref(),
+            https.as_ref(),
+            "--ca-file".as_ref(),
+            &file("ca.crt"),
+            "--cert".as_ref(),
+            &file("table-service.crt"),
+            "--key".as_ref(),
+            &file("table-service.key"),
+        ],
+    );
+    let out = run(kms()
+        .arg("healthcheck")
+        .env("KMS_HEALTHCHECK_ADDR", &localhost)
+        .env("KMS_HEALTHCHECK_CA_FILE", file("ca.crt"))
+        .env("KMS_HEALTHCHECK_CERT", file("kms-service.crt"))
+        .env("KMS_HEALTHCHECK_KEY", file("kms-service.key")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "SERVING");
+
+    // No CA: refused before connecting, naming the setting.
+    let out = run(kms().args(["healthcheck", "--addr", &https]));
+    assert_fails_with(&out, &["--ca-file", "KMS_HEALTHCHECK_CA_FILE"]);
+
+    // Another CA: the server's certificate does not verify.
+    let out = run(kms()
+        .args(["healthcheck", "--addr", &https, "--ca-file"])
+        .arg(other.join("ca.crt"))
+        .arg("--cert")
+        .arg(file("table-service.crt"))
+        .arg("--key")
+        .arg(file("table-service.key")));
+    assert_fails_with(&out, &["certificate"]);
+
+    // Right CA but no client certificate: mutual TLS refuses.
+    let out = run(kms()
+        .args(["healthcheck", "--addr", &https, "--ca-file"])
+        .arg(file("ca.crt")));
+    assert_fails_with(&out, &["mutual TLS"]);
+
+    // A client certificate from another CA: refused too.
+    let out = run(kms()
+        .args(["healthcheck", "--addr", &https, "--ca-file"])
+        .arg(file("ca.crt"))
+        .arg("--cert")
+        .arg(other.join("table-service.crt"))
+        .arg("--key")
+        .arg(other.join("table-service.key")));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // Plaintext to the TLS port: no answer.
+    let out = run(kms().args([
+        "healthcheck",
+        "--addr",
+        &format!("http://127.0.0.1:{}", server.port),
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+
+    // A gRPC call through mutual TLS works.
+    let admin = std::fs::read_to_string(dir.path().join("data/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(
+            std::fs::read(certs.join("ca.crt")).unwrap(),
+        ))
+        .identity(Identity::from_pem(
+            std::fs::read(certs.join("table-service.crt")).unwrap(),
+            std::fs::read(certs.join("table-service.key")).unwrap(),
+        ));
+    let channel = Channel::from_shared(localhost.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("mutual TLS connection");
+    let mut request = tonic::Request::new(iam::GetCallerIdentityRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let me = IdentityServiceClient::new(channel)
+        .get_caller_identity(request)
+        .await
+        .expect("GetCallerIdentity over mutual TLS")
+        .into_inner();
+    assert_eq!(me.principal, "user/admin");
+}
