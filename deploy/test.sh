@@ -18,6 +18,13 @@ summary+=("suite rust: passed")
 if command -v buf >/dev/null 2>&1; then
   (cd proto && buf lint)
   summary+=("suite buf-lint: passed")
+  # The contract must stay wire- and source-compatible with the previous commit.
+  if git rev-parse -q --verify HEAD~1 >/dev/null 2>&1 && git cat-file -e HEAD~1:proto/buf.yaml 2>/dev/null; then
+    buf breaking proto --against '.git#ref=HEAD~1,subdir=proto'
+    summary+=("suite buf-breaking: passed (against HEAD~1)")
+  else
+    summary+=("suite buf-breaking: skipped (no previous commit with proto/buf.yaml)")
+  fi
 else
   echo "buf not found: install with 'pip install buf-bin'" >&2
   exit 1
@@ -47,6 +54,9 @@ for _ in $(seq 50); do
 done
 KMS="127.0.0.1:$kms_port" TABLES="127.0.0.1:$table_port" DATA="$data/kms" KMS_BIN=./target/debug/kms-service deploy/walkthrough.sh
 summary+=("suite grpcurl-walkthrough: passed")
+KMS_ADDR="http://127.0.0.1:$kms_port" TABLES_ADDR="http://127.0.0.1:$table_port" ADMIN_TOKEN_FILE="$data/kms/admin.token" \
+  cargo run -q -p lockbox-proto --example quickstart
+summary+=("suite rust-client-example: passed")
 KMS_ADDR="127.0.0.1:$kms_port" TABLES_ADDR="127.0.0.1:$table_port" ADMIN_TOKEN_FILE="$data/kms/admin.token" \
   PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -p no:cacheprovider -v tests/python
 summary+=("suite python-client: passed")

@@ -135,6 +135,9 @@ echo "$out"
 expect '"s": "3 bikes"' "$out"
 
 step "the audit log holds both decisions and verifies"
+# A deployment whose audit log is not on this machine's disk (Docker Compose)
+# copies it and the root key into $DATA first.
+if [ -n "${FETCH_AUDIT:-}" ]; then eval "$FETCH_AUDIT"; fi
 grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"event_name":"Decrypt"' | grep '"decision":"Deny"' >/dev/null || fail "no Deny record"
 grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"event_name":"Decrypt"' | grep '"decision":"Allow"' >/dev/null || fail "no Allow record"
 grep "\"principal\":\"user/$USER_NAME\"" "$DATA/audit/audit.jsonl" | grep '"via_service":"service/table-service"' | grep '"decision":"Deny"' >/dev/null || fail "no refused Decrypt via table-service"

@@ -1,6 +1,8 @@
 //! The README's commands are the ones the tests run: every line of its `sh`
 //! blocks is either one of the scripts CI runs or a line of
-//! `deploy/walkthrough.sh`, which the test suite runs against a fresh server.
+//! `deploy/walkthrough.sh` (which the test suite runs against fresh servers)
+//! or of `deploy/compose-test.sh` (which CI runs against the Docker Compose
+//! deployment, on its own published ports).
 
 fn normalize(line: &str) -> String {
     let line = line
@@ -9,7 +11,8 @@ fn normalize(line: &str) -> String {
         .replace("\"$KMS_BIN\"", "target/release/kms-service")
         .replace("\"$DATA/", "data/kms-service/")
         .replace(".jsonl\"", ".jsonl")
-        .replace(".key\"", ".key");
+        .replace(".key\"", ".key")
+        .replace("localhost:$KMS_PORT", "localhost:50051");
     line.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
@@ -17,8 +20,11 @@ fn normalize(line: &str) -> String {
 fn every_readme_command_is_exercised() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
-    let script = std::fs::read_to_string(root.join("deploy/walkthrough.sh")).expect("walkthrough");
-    let script_lines: Vec<String> = script.lines().map(normalize).collect();
+    let mut script_lines: Vec<String> = Vec::new();
+    for script in ["deploy/walkthrough.sh", "deploy/compose-test.sh"] {
+        let text = std::fs::read_to_string(root.join(script)).expect(script);
+        script_lines.extend(text.lines().map(normalize));
+    }
     // Run by .ci/run directly, or set-up lines whose values the script takes
     // from its environment.
     let run_by_ci = [
@@ -48,7 +54,7 @@ fn every_readme_command_is_exercised() {
         let wanted = normalize(line);
         assert!(
             script_lines.iter().any(|l| l.contains(&wanted)),
-            "README line is not in deploy/walkthrough.sh: {line}"
+            "README line is in neither deploy/walkthrough.sh nor deploy/compose-test.sh: {line}"
         );
         checked += 1;
     }
