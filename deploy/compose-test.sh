@@ -4,25 +4,26 @@
 # services), runs the grpcurl walk-through through the published ports over
 # TLS, restarts the kms-service container and checks that the data survived
 # and that table-service recovered by itself, then tears everything down.
-# Exit status 3 means no Docker engine answers (the suite is skipped).
+# Exit status 77 means no Docker engine answers, 78 that no compose tool is
+# installed (the suite is skipped); anything else non-zero is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! docker info >/dev/null 2>&1; then
   echo "no Docker engine answers (docker info failed)" >&2
-  exit 3
+  exit 77
 fi
 # The README's commands say `docker compose`; where only the older
 # `docker-compose` is installed, the same commands run through it.
 if ! command docker compose version >/dev/null 2>&1; then
   command -v docker-compose >/dev/null 2>&1 || {
     echo "neither 'docker compose' nor 'docker-compose' is installed" >&2
-    exit 3
+    exit 78
   }
   docker() { if [ "$1" = compose ]; then shift; command docker-compose "$@"; else command docker "$@"; fi; }
 fi
 
-work=$(mktemp -d)
+work=
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 export COMPOSE_FILE=$PWD/deploy/docker-compose.yml
 export COMPOSE_PROJECT_NAME="lockbox-test-$$"
@@ -34,10 +35,11 @@ cleanup() {
   local rc=$?
   if [ "$rc" != 0 ]; then docker compose logs --no-color --tail 80 || true; fi
   docker compose down -v --remove-orphans >/dev/null 2>&1 || true
-  rm -rf "$work"
+  if [ -n "$work" ]; then rm -rf "$work"; fi
   exit "$rc"
 }
 trap cleanup EXIT
+work=$(mktemp -d)
 
 step() { printf '\n=== %s\n' "$*"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
@@ -62,7 +64,7 @@ wait_healthy table-service 120
 docker compose ps
 
 step "fetch the CA certificate and the administrator's token from the volumes"
-docker cp "$(docker compose ps -q kms-service)":/var/lib/lockbox/secrets/pki/ca.crt .
+docker cp "$(docker compose ps -q kms-service)":/var/lib/lockbox/tls/ca.crt .
 docker cp "$(docker compose ps -q kms-service)":/var/lib/lockbox/kms/admin.token .
 test -s ca.crt && test -s admin.token || fail "missing CA or token"
 mkdir -p "$work/kms"
@@ -86,12 +88,24 @@ SHIM
 chmod +x "$work/bin/grpcurl"
 
 step "the grpcurl walk-through through the published ports, over TLS"
-kms_bin=$(ls "$repo"/target/*/release/kms-service | head -n1)
+kms_bin="$repo/target/$(rustc -vV | sed -n 's/^host: //p')/release/kms-service"
 TABLE="compose-orders-$$"
 PATH="$work/bin:$PATH" KMS="localhost:$KMS_PORT" TABLES="localhost:$TABLE_PORT" DATA="$work/kms" \
   KMS_BIN="$kms_bin" TABLE="$TABLE" \
   FETCH_AUDIT="docker cp '$kms:/var/lib/lockbox/audit/.' '$work/kms/audit' && docker cp '$kms:/var/lib/lockbox/kms/root.key' '$work/kms/root.key'" \
   "$repo/deploy/walkthrough.sh"
+
+step "each service holds only its own private key; no service holds the CA's"
+for svc in kms-service table-service; do
+  mkdir -p "$work/seen/$svc"
+  docker cp "$(container "$svc")":/var/lib/lockbox/tls/. "$work/seen/$svc"
+  found=$(cd "$work/seen/$svc" && ls | sort | tr '\n' ' ')
+  [ "$found" = "ca.crt $svc.crt $svc.key " ] || fail "$svc sees: $found"
+done
+if docker cp "$(container kms-service)":/var/lib/lockbox/pki/ca.key "$work/seen/" 2>/dev/null \
+  && [ -s "$work/seen/ca.key" ]; then
+  fail "kms-service can read the CA's private key"
+fi
 
 step "plaintext is refused on the TLS ports"
 if grpcurl -plaintext -max-time 5 "localhost:$KMS_PORT" list >/dev/null 2>&1; then

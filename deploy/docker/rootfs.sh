@@ -7,13 +7,15 @@ set -eu
 bin=$1
 out=$2
 rm -rf "$out"
-mkdir -p "$out/bin" "$out/var/lib/lockbox/kms" "$out/var/lib/lockbox/audit" \
-  "$out/var/lib/lockbox/table" "$out/var/lib/lockbox/secrets" "$out/tmp"
+dirs="kms audit table pki kms-tls table-tls tls credentials"
+mkdir -p "$out/bin" "$out/etc" "$out/tmp"
+for d in $dirs; do mkdir -p "$out/var/lib/lockbox/$d"; done
+# Host names from /etc/hosts (which the container engine provides) first.
+echo "hosts: files dns" > "$out/etc/nsswitch.conf"
 for exe in kms-service table-service; do
   cp "$bin/$exe" "$out/bin/$exe"
   # Debug info is kept for local profiling; the image does not need it.
   strip "$out/bin/$exe" 2>/dev/null || true
 done
-chmod 0700 "$out/var/lib/lockbox/kms" "$out/var/lib/lockbox/audit" \
-  "$out/var/lib/lockbox/table" "$out/var/lib/lockbox/secrets"
+for d in $dirs; do chmod 0700 "$out/var/lib/lockbox/$d"; done
 chmod 1777 "$out/tmp"

@@ -203,6 +203,14 @@ pub struct TlsInitConfig {
     /// 127.0.0.1. Repeatable.
     #[arg(long = "host", value_name = "NAME")]
     pub hosts: Vec<String>,
+    /// Write kms-service's certificate and key (and a copy of ca.crt) here
+    /// instead of the out-dir, so that kms-service sees only its own key.
+    #[arg(long, value_name = "DIR")]
+    pub kms_out_dir: Option<PathBuf>,
+    /// Write table-service's certificate and key (and a copy of ca.crt)
+    /// here instead of the out-dir.
+    #[arg(long, value_name = "DIR")]
+    pub table_out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -90,7 +90,12 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::TlsInit(init) => match tls::init(&init.out_dir, &init.hosts) {
+        Command::TlsInit(init) => match tls::init_split(
+            &init.out_dir,
+            init.kms_out_dir.as_deref(),
+            init.table_out_dir.as_deref(),
+            &init.hosts,
+        ) {
             Ok(InitOutcome::AlreadyInitialised { ca_cert }) => {
                 println!(
                     "{} already exists: nothing written (tls-init only creates a new CA; remove the files to start over)",

@@ -121,8 +121,17 @@ pub struct Opened {
 
 /// Prepares the data directory and opens the service.
 pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Opened, StartError> {
+    // A root key named in the configuration is checked before the data
+    // directory is touched; the development default may be created in it.
+    let named = match storage.root_key_file {
+        Some(_) => Some(root_key(storage)?),
+        None => None,
+    };
     create_private_dir(&storage.data_dir)?;
-    let root: Arc<dyn RootKey> = Arc::new(root_key(storage)?);
+    let root: Arc<dyn RootKey> = Arc::new(match named {
+        Some(key) => key,
+        None => root_key(storage)?,
+    });
     let store = SqliteStore::open(&storage.store_path()).map_err(KmsError::from)?;
     let audit_dir = storage.audit_path();
     create_private_dir(&audit_dir)?;

@@ -13,6 +13,7 @@ mod crypto_ops;
 mod grant_ops;
 mod iam_ops;
 pub(crate) mod key_ops;
+pub use key_ops::service_managed_policy;
 mod maintenance;
 #[cfg(test)]
 mod tests;

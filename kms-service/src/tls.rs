@@ -354,18 +354,34 @@ const CA_VALIDITY_DAYS: i64 = 3650;
 /// be the mutual-TLS client of the other (and of its own healthcheck).
 /// Does nothing when `ca.crt` exists.
 pub fn init(out_dir: &Path, hosts: &[String]) -> Result<InitOutcome, TlsConfigError> {
+    init_split(out_dir, None, None, hosts)
+}
+
+/// As [`init`], but each service's certificate and key (with a copy of
+/// `ca.crt`) go to a directory of their own when one is given, so that a
+/// deployment can hand each service only its own key and keep the CA's key
+/// where no service sees it. `out_dir` gets `ca.key` and `ca.crt` (written
+/// last: its presence means everything was written).
+pub fn init_split(
+    out_dir: &Path,
+    kms_dir: Option<&Path>,
+    table_dir: Option<&Path>,
+    hosts: &[String],
+) -> Result<InitOutcome, TlsConfigError> {
     let ca_cert_path = out_dir.join("ca.crt");
     if ca_cert_path.exists() {
         return Ok(InitOutcome::AlreadyInitialised {
             ca_cert: ca_cert_path,
         });
     }
-    std::fs::create_dir_all(out_dir).map_err(|e| {
-        err(format!(
-            "cannot create the directory {}: {e}",
-            out_dir.display()
-        ))
-    })?;
+    for dir in [Some(out_dir), kms_dir, table_dir].into_iter().flatten() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            err(format!(
+                "cannot create the directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
     let rc = |e: rcgen::Error| err(format!("cannot generate a certificate: {e}"));
     let now = time::OffsetDateTime::now_utc();
     let not_before = now - time::Duration::hours(1);
@@ -396,7 +412,9 @@ pub fn init(out_dir: &Path, hosts: &[String]) -> Result<InitOutcome, TlsConfigEr
         out_dir.join("ca.key"),
         "private key of the CA (keep it offline)",
     ));
-    for service in ["kms-service", "table-service"] {
+    let mut leaf_dirs = Vec::new();
+    for (service, dir) in [("kms-service", kms_dir), ("table-service", table_dir)] {
+        let dir = dir.unwrap_or(out_dir);
         let mut names = vec![
             service.to_string(),
             "localhost".to_string(),
@@ -424,12 +442,20 @@ pub fn init(out_dir: &Path, hosts: &[String]) -> Result<InitOutcome, TlsConfigEr
         params.not_after = now + time::Duration::days(LEAF_VALIDITY_DAYS);
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rc)?;
         let cert = params.signed_by(&key, &*ca).map_err(rc)?;
-        let cert_path = out_dir.join(format!("{service}.crt"));
-        let key_path = out_dir.join(format!("{service}.key"));
+        let cert_path = dir.join(format!("{service}.crt"));
+        let key_path = dir.join(format!("{service}.key"));
+        if dir != out_dir {
+            leaf_dirs.push(dir.to_path_buf());
+        }
         write_file(&key_path, &key.serialize_pem(), true)?;
         write_file(&cert_path, &cert.pem(), false)?;
         written.push((cert_path, "certificate (serverAuth, clientAuth)"));
         written.push((key_path, "private key"));
+    }
+    for dir in leaf_dirs {
+        let copy = dir.join("ca.crt");
+        write_file(&copy, &ca.pem(), false)?;
+        written.push((copy, "CA certificate (copy)"));
     }
     // ca.crt last: its presence means everything was written.
     write_file(&ca_cert_path, &ca.pem(), false)?;
@@ -487,6 +513,45 @@ mod tests {
             init(dir.path(), &[]).unwrap(),
             InitOutcome::AlreadyInitialised { .. }
         ));
+    }
+
+    #[test]
+    fn init_split_gives_each_service_only_its_own_key() {
+        let root = tempfile::tempdir().unwrap();
+        let (ca, kms, table) = (
+            root.path().join("ca"),
+            root.path().join("kms"),
+            root.path().join("table"),
+        );
+        init_split(&ca, Some(&kms), Some(&table), &[]).unwrap();
+        let names = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(&ca), ["ca.crt", "ca.key"]);
+        assert_eq!(
+            names(&kms),
+            ["ca.crt", "kms-service.crt", "kms-service.key"]
+        );
+        assert_eq!(
+            names(&table),
+            ["ca.crt", "table-service.crt", "table-service.key"]
+        );
+        for (dir, service) in [(&kms, "kms-service"), (&table, "table-service")] {
+            load_identity(
+                file(&dir.join(format!("{service}.crt"))),
+                file(&dir.join(format!("{service}.key"))),
+            )
+            .unwrap();
+            assert_eq!(
+                std::fs::read(dir.join("ca.crt")).unwrap(),
+                std::fs::read(ca.join("ca.crt")).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -113,6 +113,10 @@ fn missing_root_key_file_is_refused_naming_the_file_and_variable() {
     );
     let out = run(serve(dir.path()).env("KMS_ROOT_KEY_FILE", &missing));
     assert_fails_with(&out, &[&missing.display().to_string(), "KMS_ROOT_KEY_FILE"]);
+    assert!(
+        !dir.path().join("data").exists(),
+        "the data directory was created although the root key is missing"
+    );
 }
 
 #[test]

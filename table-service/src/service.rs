@@ -50,6 +50,8 @@ pub struct Tables {
     ddl: tokio::sync::Mutex<()>,
     /// Background jobs (key-change re-wraps), stopped at shutdown.
     jobs: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The key id behind `alias/table-service`, once looked up.
+    service_managed_key_id: std::sync::OnceLock<String>,
 }
 
 /// What one request did, for its structured event.
@@ -105,6 +107,7 @@ impl Tables {
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             ddl: tokio::sync::Mutex::new(()),
             jobs: std::sync::Mutex::new(Vec::new()),
+            service_managed_key_id: std::sync::OnceLock::new(),
         }))
     }
 

@@ -408,14 +408,89 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
     wait_active(&mut tables, &admin, "managed").await;
     read_all(&mut tables, &admin, "managed", N).await;
 
-    // Customer managed key → service-managed (empty kms_key_id); afterwards
-    // the customer key can be disabled and every item still reads.
-    let back = tables
+    // An empty key id is refused rather than read as "the service-managed key".
+    let empty = tables
         .update_table(authed(
             &admin,
             pb::UpdateTableRequest {
                 table_name: "managed".into(),
                 sse_specification: Some(pb::SseSpecification::default()),
+            },
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+    assert!(empty.message().contains("alias/table-service"), "{empty:?}");
+
+    // A target key on which the caller may not create grants: refused, and
+    // the grant already made on the current key is retired, not left behind.
+    let closed_policy = r#"{"Version":"2012-10-17","Statement":[{"Sid":"AdminManagesOnly","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":["kms:DescribeKey","kms:GetKeyPolicy","kms:PutKeyPolicy","kms:ListGrants"],"Resource":"*"}]}"#;
+    let closed = keys
+        .create_key(authed(
+            &admin,
+            kms::CreateKeyRequest {
+                policy: closed_policy.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let refused = tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "managed".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: closed.clone(),
+                }),
+            },
+        ))
+        .await
+        .expect_err("no CreateGrant on the target key");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let left = keys
+        .list_grants(authed(
+            &admin,
+            kms::ListGrantsRequest {
+                key_id: cmk.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert!(left.is_empty(), "grants left behind: {left:?}");
+
+    // Customer managed key → service-managed, named by its key id (not the
+    // alias): DescribeTable still knows it is the service-managed key.
+    // Afterwards the customer key can be disabled and every item still reads.
+    let managed_id = keys
+        .describe_key(authed(
+            &admin,
+            kms::DescribeKeyRequest {
+                key_id: "alias/table-service".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let back = tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "managed".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: managed_id,
+                }),
             },
         ))
         .await

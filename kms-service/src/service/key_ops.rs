@@ -175,6 +175,46 @@ pub fn service_managed_policy(service: &str) -> String {
 impl Kms {
     /// Creates the service-managed key behind `alias` unless the alias
     /// exists. Audited as the service itself.
+    /// Brings the policy of an existing service-managed key up to the one
+    /// this version writes (nobody can change it through the API). Only a
+    /// key that kms-service created itself is touched. Audited as
+    /// PutKeyPolicy by kms-service.
+    async fn upgrade_service_managed_policy(
+        &self,
+        key_id: &str,
+        service: &str,
+    ) -> Result<(), KmsError> {
+        let wanted = service_managed_policy(service);
+        let seq = {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let Some(entry) = state.keys.get(key_id) else {
+                return Ok(());
+            };
+            if entry.record.policy == wanted || entry.record.creator != super::SERVICE_PRINCIPAL {
+                return Ok(());
+            }
+            validate_policy(&wanted)?;
+            let mut record = entry.record.clone();
+            record.policy = wanted;
+            let mutations = vec![Mutation::PutKey(record)];
+            for m in &mutations {
+                state.apply(m)?;
+            }
+            self.committer.enqueue(mutations)?
+        };
+        let event = crate::audit::AuditEvent {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            event_name: "PutKeyPolicy".into(),
+            principal: Some(super::SERVICE_PRINCIPAL.into()),
+            key_id: Some(key_id.to_string()),
+            resources: vec![format!("key/{key_id}")],
+            ..crate::audit::AuditEvent::default()
+        };
+        self.finish(event, seq, Ok(())).await?;
+        tracing::info!(%key_id, "service-managed key policy brought up to date");
+        Ok(())
+    }
+
     pub async fn bootstrap_service_managed_key(
         &self,
         alias: &str,
@@ -182,6 +222,15 @@ impl Kms {
     ) -> Result<Option<String>, KmsError> {
         validate_alias_name(alias).map_err(KmsError::Validation)?;
         let now = self.now();
+        let existing = {
+            let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+            state.aliases.get(alias).map(|a| a.key_id.clone())
+        };
+        if let Some(key_id) = existing {
+            self.upgrade_service_managed_policy(&key_id, service)
+                .await?;
+            return Ok(None);
+        }
         let (key_id, seq) = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             if state.aliases.contains_key(alias) {

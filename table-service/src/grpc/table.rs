@@ -185,7 +185,7 @@ impl TableService for TableGrpc {
         handle!(request, "UpdateTable", |call, r| {
             match r.sse_specification {
                 None => Err(TableError::validation(
-                    "sse_specification is required: its kms_key_id names the key to switch to (empty for the service-managed key)",
+                    "sse_specification is required: its kms_key_id names the key to switch to (alias/table-service for the service-managed key)",
                 )),
                 Some(sse) => self
                     .tables

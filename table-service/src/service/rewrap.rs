@@ -46,13 +46,30 @@ impl Tables {
             ),
         ] {
             call.outcome.kms_calls += 1;
-            let grant = self
+            match self
                 .kms
                 .create_grant(&call.caller, key, SELF_PRINCIPAL, ops, subset.clone())
-                .await?;
-            grants.push((key.to_string(), grant));
+                .await
+            {
+                Ok(grant) => grants.push((key.to_string(), grant)),
+                Err(e) => {
+                    self.retire_rewrap_grants(&grants).await;
+                    return Err(e);
+                }
+            }
         }
         Ok(grants)
+    }
+
+    /// Retires re-wrap grants (as table-service, their grantee). A grant
+    /// that cannot be retired now is logged; it allows nothing but
+    /// re-wrapping this table's data keys for table-service.
+    pub(super) async fn retire_rewrap_grants(&self, grants: &[(String, String)]) {
+        for (key, grant) in grants {
+            if let Err(error) = self.kms.retire_grant(key, grant).await {
+                tracing::warn!(%error, %grant, %key, "could not retire a re-wrap grant");
+            }
+        }
     }
 
     /// Starts the re-wrap of every table that has one pending (at start-up).
@@ -114,11 +131,7 @@ impl Tables {
             .map_err(|e| TableError::Internal(e.to_string()))?
             .map_err(store_error)?;
         if page.is_empty() {
-            for (key, grant) in &rewrap.grants {
-                if let Err(error) = self.kms.retire_grant(key, grant).await {
-                    tracing::warn!(%error, %grant, "could not retire a re-wrap grant");
-                }
-            }
+            self.retire_rewrap_grants(&rewrap.grants).await;
             self.save_progress(&table, None).await?;
             tracing::info!(table = %name, items = rewrap.items_done, "re-wrap finished");
             return Ok(false);

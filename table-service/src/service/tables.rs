@@ -52,8 +52,7 @@ impl Tables {
         schema.validate()?;
         self.authorize(call, "table:CreateTable", &resource(name))
             .await?;
-        let service_managed = kms_key_id.is_empty();
-        let requested = if service_managed {
+        let requested = if kms_key_id.is_empty() {
             SERVICE_MANAGED_ALIAS
         } else {
             kms_key_id
@@ -62,6 +61,9 @@ impl Tables {
         // refuses keys the caller has no business naming.
         call.outcome.kms_calls += 1;
         let key = self.kms.describe_key(&call.caller, requested).await?;
+        let service_managed = self
+            .is_service_managed(call, requested, &key.key_id)
+            .await?;
         if key.state != "Enabled" {
             return Err(TableError::Kms {
                 code: tonic::Code::FailedPrecondition,
@@ -187,6 +189,10 @@ impl Tables {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
+        // A key change in progress stops with the table; so do its grants.
+        if let Some(rewrap) = &record.rewrap {
+            self.retire_rewrap_grants(&rewrap.grants).await;
+        }
         Ok(TableView {
             record,
             key_state: String::new(),
@@ -194,8 +200,38 @@ impl Tables {
         })
     }
 
+    /// Whether a resolved key is the service-managed key, however it was
+    /// named (alias, key id or ARN-like `key/<id>`).
+    async fn is_service_managed(
+        &self,
+        call: &mut Call,
+        requested: &str,
+        key_id: &str,
+    ) -> Result<bool, TableError> {
+        if requested == SERVICE_MANAGED_ALIAS {
+            return Ok(true);
+        }
+        if let Some(id) = self.service_managed_key_id.get() {
+            return Ok(id == key_id);
+        }
+        call.outcome.kms_calls += 1;
+        match self
+            .kms
+            .describe_key(&call.caller, SERVICE_MANAGED_ALIAS)
+            .await
+        {
+            Ok(managed) => {
+                let _ = self.service_managed_key_id.set(managed.key_id.clone());
+                Ok(managed.key_id == key_id)
+            }
+            // A kms-service without table-service's key.
+            Err(TableError::Kms { reason, .. }) if reason == "NotFoundException" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Switches the table to another key: a customer managed key, or the
-    /// service-managed key when `kms_key_id` is empty. New writes use the
+    /// service-managed key (`alias/table-service`). New writes use the
     /// new key at once; existing items' data keys are re-wrapped with
     /// ReEncrypt in the background (see `rewrap.rs`), resumably, while the
     /// table stays online. The caller must be allowed to create grants on
@@ -210,12 +246,11 @@ impl Tables {
     ) -> Result<TableView, TableError> {
         self.authorize(call, "table:UpdateTable", &resource(name))
             .await?;
-        let target_service_managed = kms_key_id.is_empty();
-        let kms_key_id = if target_service_managed {
-            SERVICE_MANAGED_ALIAS
-        } else {
-            kms_key_id
-        };
+        if kms_key_id.is_empty() {
+            return Err(TableError::validation(format!(
+                "sse_specification.kms_key_id is required: the key to switch to (a key id or alias; {SERVICE_MANAGED_ALIAS} for the service-managed key)"
+            )));
+        }
         let current = self.table(name)?;
         if current.rewrap.is_some() {
             return Err(TableError::ResourceInUse(format!(
@@ -245,9 +280,32 @@ impl Tables {
                 key.key_id
             )));
         }
+        let target_service_managed = self
+            .is_service_managed(call, kms_key_id, &key.key_id)
+            .await?;
         let grants = self
             .create_rewrap_grants(call, &current, &key.key_id)
             .await?;
+        let switched = self
+            .switch_key(name, &current, key, target_service_managed, grants.clone())
+            .await;
+        if switched.is_err() {
+            // Nothing changed: the grants must not outlive the attempt.
+            self.retire_rewrap_grants(&grants).await;
+        }
+        switched
+    }
+
+    /// The second half of [`Self::update_table`]: records the new key and
+    /// the pending re-wrap, and starts it.
+    async fn switch_key(
+        self: &Arc<Self>,
+        name: &str,
+        current: &TableRecord,
+        key: crate::kms::KeyInfo,
+        target_service_managed: bool,
+        grants: Vec<(String, String)>,
+    ) -> Result<TableView, TableError> {
         let _ddl = self.ddl.lock().await;
         let mut record = self.table(name)?;
         if record.table_id != current.table_id || record.rewrap.is_some() {
