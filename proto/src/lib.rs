@@ -3,27 +3,31 @@
 //! services publish through server reflection.
 //!
 //! The `.proto` files beside this crate are the source of truth; clients in
-//! other languages are generated from them (see the README).
+//! other languages are generated from them (see the README). `transport` holds the TLS and health-check plumbing the
+//! services and Rust clients share.
 
-#![allow(clippy::all, missing_docs)]
-
+#[allow(clippy::all, missing_docs)]
 pub mod kms {
     pub mod v1 {
         tonic::include_proto!("kms.v1");
     }
 }
 
+#[allow(clippy::all, missing_docs)]
 pub mod iam {
     pub mod v1 {
         tonic::include_proto!("iam.v1");
     }
 }
 
+#[allow(clippy::all, missing_docs)]
 pub mod table {
     pub mod v1 {
         tonic::include_proto!("table.v1");
     }
 }
+
+pub mod transport;
 
 /// Encoded `FileDescriptorSet` of every proto in this crate, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
