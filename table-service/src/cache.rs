@@ -97,6 +97,11 @@ impl DataKeyCache {
         (principal.to_string(), Sha256::digest(wrapped).into())
     }
 
+    /// Whether entries are kept at all (a TTL or size of 0 disables it).
+    pub fn enabled(&self) -> bool {
+        self.0.config.enabled()
+    }
+
     /// The data key `principal` unwrapped earlier from `wrapped`, if live.
     pub fn get(&self, principal: &str, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         self.0.get(&Self::key(principal, wrapped), |k| {
