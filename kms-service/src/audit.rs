@@ -19,8 +19,9 @@
 //! a syncer thread takes everything sealed (up to `max_batch` records),
 //! writes it with one `write`, syncs (`fdatasync`) and then answers every
 //! caller that sync covers. Two syncers, each with its own file description,
-//! let the records that arrive during one sync be written and synced without
-//! waiting for it to end; writes stay in chain order, one at a time. A record
+//! let the records that arrive during a slow sync be written and synced
+//! without waiting for it to end; writes stay in chain order, one at a
+//! time. A record
 //! is answered only after a sync that began after its bytes were written has
 //! succeeded, and the first failure answers everyone still waiting with an
 //! error.

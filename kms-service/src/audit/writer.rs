@@ -7,12 +7,14 @@
 //! Syncer threads rather than tokio tasks because every batch ends in a
 //! blocking `fsync`, and because the log must keep the chain in order
 //! regardless of which runtime (if any) the callers use. There are two, each
-//! with its own file description: while one syncs, the other can already
-//! write and sync the records that arrived meanwhile, so a record waits for
-//! about one sync rather than for the end of the previous one plus its own.
-//! Writes are taken in chain order, one at a time; syncs may overlap. A
-//! record is answered only after a sync that began after its bytes were
-//! written has succeeded.
+//! with its own file description. While a sync is quick, the records that
+//! arrive during it wait for it and go together into the next one (each
+//! sync costs CPU time); once it has run for [`OVERLAP_AFTER`], the other
+//! syncer writes and syncs them beside it, so a slow disk flush does not
+//! hold up everything behind it. Writes are taken in chain order, one at a
+//! time; syncs may overlap. A record is answered only after a sync that
+//! began after its bytes were written has succeeded (a later sync answers
+//! for the records before it too).
 //!
 //! The number of sealed but not yet written records is bounded (twice
 //! `max_batch`), so a stalled disk pushes back on callers instead of growing
@@ -24,6 +26,7 @@ use std::io::{self, BufReader};
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, TryAcquireError, oneshot};
 use zeroize::Zeroizing;
@@ -49,6 +52,13 @@ pub struct CheckpointSink {
 /// How many syncs may be in flight at once (one thread and one open file
 /// description each).
 pub(super) const SYNCERS: usize = 2;
+
+/// How long a sync may run before another one starts beside it for the
+/// records written meanwhile. Each sync costs CPU time (on a virtual disk,
+/// several exits to the hypervisor), so while syncs are quick the records
+/// that arrive during one wait for it and go together into the next; only
+/// a sync slower than this (a busy disk) is overlapped.
+const OVERLAP_AFTER: Duration = Duration::from_millis(1);
 
 /// Handle to the audit log. Cheap to clone; all clones feed the same log.
 /// When the last clone is dropped without [`AuditLog::close`], what was
@@ -310,6 +320,7 @@ fn spawn(
             waiters: VecDeque::new(),
             writing: false,
             syncing: 0,
+            in_flight: Vec::with_capacity(SYNCERS),
             idle: 0,
             checkpoint_next: None,
             checkpointing: None,
@@ -393,6 +404,8 @@ struct Pending {
     /// Syncers between taking records and finishing with them (writing,
     /// syncing, answering, checkpointing).
     syncing: usize,
+    /// When each of those took its records.
+    in_flight: Vec<Instant>,
     /// Syncers waiting for work.
     idle: usize,
     /// The newest durable record a checkpoint is due for, not yet being
@@ -770,15 +783,28 @@ fn sync_loop(shared: &Shared, mut syncer: Box<dyn AuditSyncer>) {
     let _guard = OnExit(shared);
     let mut pending = shared.lock();
     loop {
-        if !shared.status.poisoned() && pending.can_write() {
+        let now = Instant::now();
+        // While another sync runs, whatever it does not cover waits for it
+        // (its syncer takes it next), unless it turns out slow.
+        let overlap_at = pending
+            .in_flight
+            .iter()
+            .min()
+            .map(|&started| started + OVERLAP_AFTER)
+            .filter(|&at| at > now);
+        if !shared.status.poisoned() && pending.can_write() && overlap_at.is_none() {
             let (mut bytes, n, head) = pending.take(shared.max_batch);
             pending.writing = true;
             pending.syncing += 1;
+            pending.in_flight.push(now);
             drop(pending);
             shared.room.add_permits(n);
             shared.write_and_sync(syncer.as_mut(), &mut bytes, head);
             pending = shared.lock();
             pending.syncing -= 1;
+            if let Some(at) = pending.in_flight.iter().position(|t| *t == now) {
+                pending.in_flight.swap_remove(at);
+            }
             continue;
         }
         if pending.outcome.is_some() || pending.shutting {
@@ -790,9 +816,22 @@ fn sync_loop(shared: &Shared, mut syncer: Box<dyn AuditSyncer>) {
             shared.shut();
             return;
         }
-        pending.idle += 1;
-        pending = shared.work.wait(pending).unwrap_or_else(|e| e.into_inner());
-        pending.idle -= 1;
+        match overlap_at {
+            // Not counted idle, so sealing does not wake this thread: it
+            // looks again when the running sync has become slow.
+            Some(at) if !shared.status.poisoned() => {
+                pending = shared
+                    .work
+                    .wait_timeout(pending, at - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            _ => {
+                pending.idle += 1;
+                pending = shared.work.wait(pending).unwrap_or_else(|e| e.into_inner());
+                pending.idle -= 1;
+            }
+        }
     }
 }
 
