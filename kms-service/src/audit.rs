@@ -13,18 +13,25 @@
 //! still reach the log. Over-reporting an attempt is harmless; an unlogged
 //! decrypt is not.
 //!
-//! Durability is paid for once per batch, not once per call: a dedicated
-//! writer thread drains everything queued (up to `max_batch` records), seals
-//! the records in queue order, writes them with one `write`, syncs once and
-//! then answers every waiter (group commit). Sealing happens on that one thread
-//! because each record's hash depends on the record before it.
+//! Durability is paid for once per batch, not once per call (group commit):
+//! each caller seals its record onto the in-memory tail of the chain (under
+//! one lock, because each record's hash depends on the record before it);
+//! a syncer thread takes everything sealed (up to `max_batch` records),
+//! writes it with one `write`, syncs (`fdatasync`) and then answers every
+//! caller that sync covers. Two syncers, each with its own file description,
+//! let the records that arrive during a slow sync be written and synced
+//! without waiting for it to end; writes stay in chain order, one at a
+//! time. A record
+//! is answered only after a sync that began after its bytes were written has
+//! succeeded, and the first failure answers everyone still waiting with an
+//! error.
 //!
 //! # Log file (JSON Lines, one record per line, `\n`-terminated)
 //!
 //! Every line is a JSON object whose keys are exactly, in this order:
 //! `sequence` (u64, 1 for the first record, then +1 with no gaps),
 //! `event_id` (random UUID v4), `event_time` (RFC 3339 UTC with milliseconds,
-//! e.g. `2024-05-01T12:00:00.123Z`, taken when the writer seals the record),
+//! e.g. `2024-05-01T12:00:00.123Z`, taken when the record is sealed),
 //! the [`AuditEvent`] fields in declaration order (`request_id`, `event_name`,
 //! `principal`, `via_service`, `source_address`, `key_id`, `key_version`,
 //! `encryption_context`, `grant_id`, `decision`, `matched_statements`,
@@ -48,12 +55,14 @@
 //!
 //! `{"sequence":N,"record_hash":"<hex record hash of record N>","time":"<RFC 3339>","mac":"<hex>"}`
 //! where `mac` is HMAC-SHA256, under the checkpoint key, of the 8-byte
-//! big-endian `sequence` followed by the 32 raw bytes of `record_hash`. The
-//! writer appends (and syncs) one after a batch crosses a multiple of
-//! `checkpoint_every`, naming the batch's last record, and one on
-//! [`AuditLog::close`]. Checkpoints are written only after the records they
-//! name are durable, so the log can never legitimately be behind one; a log
-//! that ends before a checkpointed record has lost its tail.
+//! big-endian `sequence` followed by the 32 raw bytes of `record_hash`. One
+//! is appended (and synced) after a sync makes the log durable across a
+//! multiple of `checkpoint_every`, naming the last record that sync covered,
+//! and one on [`AuditLog::close`]; nothing more is written, and no later
+//! record answered, until it is. Checkpoints are written only after the
+//! records they name are durable, so the log can never legitimately be
+//! behind one; a log that ends before a checkpointed record has lost its
+//! tail.
 //!
 //! # Recovery
 //!
@@ -79,7 +88,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use sink::{AuditSink, FileSink};
+pub use sink::{AuditSink, AuditSyncer, FileSink};
 pub use verify::{AuditFile, VerifyFailure, VerifyReport, verify};
 pub use writer::{AuditLog, CheckpointSink};
 
@@ -87,11 +96,12 @@ pub use writer::{AuditLog, CheckpointSink};
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 /// Default largest number of records written with one sync.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
-/// Largest accepted `max_batch`; it also sizes the request queue, so it is
-/// bounded to keep that queue's memory bounded.
+/// Largest accepted `max_batch`; it also bounds the records sealed but not
+/// yet written (twice `max_batch`), so it is bounded to keep that memory
+/// bounded.
 pub const MAX_BATCH_LIMIT: usize = 65_536;
 
-/// What a caller records about one call. The writer adds the sequence, event
+/// What a caller records about one call. Sealing adds the sequence, event
 /// id, time and hashes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
@@ -125,7 +135,7 @@ pub struct AuditConfig {
     /// Write a checkpoint after every this many records (and on close);
     /// 0 means only on close.
     pub checkpoint_every: u64,
-    /// At most this many records per write+sync; 1..=[`MAX_BATCH_LIMIT`].
+    /// At most this many records per write and per sync; 1..=[`MAX_BATCH_LIMIT`].
     pub max_batch: usize,
 }
 

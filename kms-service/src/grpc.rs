@@ -39,7 +39,7 @@ fn credentials<T>(request: &tonic::Request<T>) -> Credentials {
         on_behalf_of: text(ON_BEHALF_OF),
         request_id: text(REQUEST_ID)
             .filter(|id| !id.is_empty() && id.len() <= 128)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+            .unwrap_or_else(|| crate::crypto::random_uuid().to_string()),
         source_address: request.remote_addr().map(|a| a.to_string()),
     }
 }

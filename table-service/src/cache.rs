@@ -1,11 +1,11 @@
 //! Two optional caches that save round trips to kms-service.
 //!
-//! - [`DataKeyCache`]: plaintext data keys, keyed by *(principal, SHA-256 of
-//!   the wrapped key)*. **Invariant:** an entry earned by one principal never
+//! - [`DataKeyCache`]: plaintext data keys, keyed by *(principal, wrapped
+//!   key)* (as one SHA-256 digest of both). **Invariant:** an entry earned by one principal never
 //!   serves another; each principal earns its own entry through its own
 //!   kms:Decrypt. Values are zeroized when evicted or expired.
-//! - [`AuthzCache`]: allow decisions of `Authorize`, keyed by *(SHA-256 of the
-//!   caller's credential, action, resource)*. Denials are never cached, so a
+//! - [`AuthzCache`]: allow decisions of `Authorize`, keyed by *(the caller's
+//!   credential, action, resource)* (as one SHA-256 digest of the three). Denials are never cached, so a
 //!   new permission works at once; a revoked one stops within the TTL.
 //!
 //! Both are bounded in size and time; a TTL or size of 0 disables them.
@@ -85,16 +85,33 @@ impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
     }
 }
 
-/// Plaintext data keys per principal.
-pub struct DataKeyCache(Bounded<(String, [u8; 32]), Zeroizing<Vec<u8>>>);
+/// SHA-256 of length-prefixed parts: a fixed-size cache key that two
+/// different lists of parts cannot share.
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+/// Plaintext data keys per principal, keyed by the digest of (principal,
+/// wrapped key).
+pub struct DataKeyCache(Bounded<[u8; 32], Zeroizing<Vec<u8>>>);
 
 impl DataKeyCache {
     pub fn new(config: CacheConfig) -> Self {
         DataKeyCache(Bounded::new(config))
     }
 
-    fn key(principal: &str, wrapped: &[u8]) -> (String, [u8; 32]) {
-        (principal.to_string(), Sha256::digest(wrapped).into())
+    fn key(principal: &str, wrapped: &[u8]) -> [u8; 32] {
+        digest(&[principal.as_bytes(), wrapped])
+    }
+
+    /// Whether entries are kept at all (a TTL or size of 0 disables it).
+    pub fn enabled(&self) -> bool {
+        self.0.config.enabled()
     }
 
     /// The data key `principal` unwrapped earlier from `wrapped`, if live.
@@ -120,20 +137,21 @@ impl DataKeyCache {
     }
 }
 
-/// Allow decisions per credential.
-pub struct AuthzCache(Bounded<([u8; 32], String, String), String>);
+/// Allow decisions per credential, keyed by the digest of (credential,
+/// action, resource).
+pub struct AuthzCache(Bounded<[u8; 32], String>);
 
 impl AuthzCache {
     pub fn new(config: CacheConfig) -> Self {
         AuthzCache(Bounded::new(config))
     }
 
-    fn key(credential: &str, action: &str, resource: &str) -> ([u8; 32], String, String) {
-        (
-            Sha256::digest(credential.as_bytes()).into(),
-            action.to_string(),
-            resource.to_string(),
-        )
+    fn key(credential: &str, action: &str, resource: &str) -> [u8; 32] {
+        digest(&[
+            credential.as_bytes(),
+            action.as_bytes(),
+            resource.as_bytes(),
+        ])
     }
 
     /// The principal a live allow was recorded for.

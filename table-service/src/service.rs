@@ -85,6 +85,26 @@ fn store_error(e: StoreError) -> TableError {
     TableError::Unavailable(format!("item store unavailable: {e}"))
 }
 
+fn integrity(table: &TableRecord) -> TableError {
+    TableError::ItemIntegrity {
+        table: table.name.clone(),
+    }
+}
+
+/// Authenticates and decrypts a stored item with its data key.
+fn open_envelope(
+    table: &TableRecord,
+    stored: &StoredItem,
+    data_key: &[u8],
+) -> Result<Item, TableError> {
+    let parsed = envelope::parse(&stored.envelope).map_err(|_| integrity(table))?;
+    let plain = parsed
+        .open(&table.table_id, &stored.key, data_key)
+        .map_err(|_| integrity(table))?;
+    let attributes = model::decode_attributes(&plain).map_err(|_| integrity(table))?;
+    model::join_item(&table.schema, &stored.key, attributes).map_err(|_| integrity(table))
+}
+
 impl Tables {
     pub fn open(
         store: Arc<dyn TableStore>,
@@ -136,22 +156,60 @@ impl Tables {
         action: &str,
         resource: &str,
     ) -> Result<(), TableError> {
-        let credential = call.caller.authorization.as_str();
-        if let Some(principal) = self.authz.allowed(credential, action, resource) {
-            call.outcome.principal = Some(principal);
-            call.outcome.cache_hits += 1;
+        if self.cached_allow(call, action, resource) {
             return Ok(());
         }
+        self.authorize_uncached(call, action, resource).await
+    }
+
+    /// Whether the allow cache holds an allow of `action` on `resource` for
+    /// the caller; if so, records the caller's principal.
+    fn cached_allow(&self, call: &mut Call, action: &str, resource: &str) -> bool {
+        let credential = call.caller.authorization.as_str();
+        match self.authz.allowed(credential, action, resource) {
+            Some(principal) => {
+                call.outcome.principal = Some(principal);
+                call.outcome.cache_hits += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// [`Tables::authorize`] without looking at the allow cache.
+    async fn authorize_uncached(
+        &self,
+        call: &mut Call,
+        action: &str,
+        resource: &str,
+    ) -> Result<(), TableError> {
         call.outcome.kms_calls += 1;
+        let (principal, decision) = self.ask(&call.caller, action, resource).await?;
+        call.outcome.principal = Some(principal);
+        decision
+    }
+
+    /// Asks kms-service whether the caller may do `action` on `resource`:
+    /// the caller's principal and the decision. An allow is remembered in
+    /// the allow cache.
+    async fn ask(
+        &self,
+        caller: &CallerCredential,
+        action: &str,
+        resource: &str,
+    ) -> Result<(String, Result<(), TableError>), TableError> {
         let (principal, answers) = self
             .kms
-            .authorize(&call.caller, &[(action.to_string(), resource.to_string())])
+            .authorize(caller, &[(action.to_string(), resource.to_string())])
             .await?;
-        call.outcome.principal = Some(principal.clone());
-        match answers.first() {
+        let decision = match answers.first() {
             Some(a) if a.allowed => {
-                self.authz
-                    .record_allow(credential, action, resource, &principal);
+                self.authz.record_allow(
+                    caller.authorization.as_str(),
+                    action,
+                    resource,
+                    &principal,
+                );
                 Ok(())
             }
             Some(a) => Err(TableError::Kms {
@@ -160,7 +218,8 @@ impl Tables {
                 message: a.message.clone(),
             }),
             None => Err(TableError::Internal("Authorize returned no answer".into())),
-        }
+        };
+        Ok((principal, decision))
     }
 
     fn table(&self, name: &str) -> Result<TableRecord, TableError> {
@@ -222,12 +281,9 @@ impl Tables {
         table: &TableRecord,
         stored: &StoredItem,
     ) -> Result<Item, TableError> {
-        let integrity = || TableError::ItemIntegrity {
-            table: table.name.clone(),
-        };
-        let parsed = envelope::parse(&stored.envelope).map_err(|_| integrity())?;
-        let principal = call.principal().to_string();
-        let data_key = match self.data_keys.get(&principal, parsed.wrapped_key) {
+        let parsed = envelope::parse(&stored.envelope).map_err(|_| integrity(table))?;
+        let principal = call.principal();
+        let data_key = match self.data_keys.get(principal, parsed.wrapped_key) {
             Some(k) => {
                 call.outcome.cache_hits += 1;
                 k
@@ -235,33 +291,41 @@ impl Tables {
             None => {
                 call.outcome.kms_calls += 1;
                 let k = self
-                    .kms
-                    .decrypt(
-                        &call.caller,
-                        "",
-                        parsed.wrapped_key,
-                        envelope::data_key_context(&table.table_id, &stored.key),
-                    )
-                    .await
-                    .map_err(|e| match e {
-                        // The wrapped key does not belong to this item: it was
-                        // copied from elsewhere.
-                        TableError::Kms { reason, .. }
-                            if reason == "InvalidCiphertextException" =>
-                        {
-                            integrity()
-                        }
-                        other => other,
-                    })?;
-                self.data_keys.insert(&principal, parsed.wrapped_key, &k);
+                    .unwrap_data_key(&call.caller, table, stored, parsed.wrapped_key)
+                    .await?;
+                self.data_keys
+                    .insert(call.principal(), parsed.wrapped_key, &k);
                 k
             }
         };
-        let plain = parsed
-            .open(&table.table_id, &stored.key, &data_key)
-            .map_err(|_| integrity())?;
-        let attributes = model::decode_attributes(&plain).map_err(|_| integrity())?;
-        model::join_item(&table.schema, &stored.key, attributes).map_err(|_| integrity())
+        open_envelope(table, stored, &data_key)
+    }
+
+    /// Asks kms-service to unwrap an item's data key on behalf of the
+    /// caller.
+    async fn unwrap_data_key(
+        &self,
+        caller: &CallerCredential,
+        table: &TableRecord,
+        stored: &StoredItem,
+        wrapped_key: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, TableError> {
+        self.kms
+            .decrypt(
+                caller,
+                "",
+                wrapped_key,
+                envelope::data_key_context(&table.table_id, &stored.key),
+            )
+            .await
+            .map_err(|e| match e {
+                // The wrapped key does not belong to this item: it was
+                // copied from elsewhere.
+                TableError::Kms { reason, .. } if reason == "InvalidCiphertextException" => {
+                    integrity(table)
+                }
+                other => other,
+            })
     }
 
     /// Opens many items with their data keys unwrapped concurrently, in

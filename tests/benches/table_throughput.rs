@@ -25,7 +25,8 @@
 //!   instances ([`TableServer`]) on it, each with its own SQLite item store:
 //!   - *cache off*: data-key cache and authorization cache disabled (TTL 0),
 //!     so every request asks kms-service `Authorize`, and every item read is
-//!     one kms `Decrypt` on behalf of the caller;
+//!     one kms `Decrypt` on behalf of the caller (for a GetItem, both are
+//!     asked at the same time);
 //!   - *cache on*: data-key cache 60 s (the default) and authorization cache
 //!     60 s, warmed before each run, so a GetItem needs no kms-service call.
 //!
@@ -70,9 +71,11 @@
 //! the report compares, at concurrency 1, the latency of a Query of 100 items
 //! with that of one cache-off GetItem, and, after the runs, reads kms-service's
 //! audit log around 20 single requests: the spread of the `event_time`s of
-//! one Query's 100 Decrypts against the gap between a GetItem's Authorize and
-//! its Decrypt (one table-service → kms-service round trip, which a
-//! one-after-another unwrapping would pay 99 times). The audit times do not
+//! one Query's 100 Decrypts against the gap between a PutItem's Authorize and
+//! its GenerateDataKey (one table-service → kms-service round trip, which a
+//! one-after-another unwrapping would pay 99 times; a cache-off GetItem asks
+//! for its decision and its Decrypt at the same time, so it no longer shows
+//! one). The audit times do not
 //! depend on the client ↔ table-service hop, whose latency can hide the
 //! difference.
 //!
@@ -767,7 +770,7 @@ fn rfc3339_ms(text: &str) -> Option<i64> {
 /// single requests at concurrency 1 on the otherwise idle services.
 struct UnwrapProbe {
     probes: usize,
-    /// Mean time from a cache-off GetItem's Authorize record to its Decrypt
+    /// Mean time from a PutItem's Authorize record to its GenerateDataKey
     /// record: one table-service → kms-service round trip, as a sequential
     /// unwrapping would pay it per item.
     round_trip_ms: f64,
@@ -785,16 +788,16 @@ async fn probe_unwrapping(
     let (mut round_trips, mut spans) = (0i64, 0i64);
     for _ in 0..probes {
         audit.take()?;
-        call(fx, &mut clients, Workload::GetItemCacheOff).await?;
+        call(fx, &mut clients, Workload::PutItem).await?;
         let events = audit.take_events()?;
         let time_of = |name: &str| {
             events
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|&(_, t)| t)
-                .ok_or_else(|| format!("a cache-off GetItem left no {name} audit record"))
+                .ok_or_else(|| format!("a cache-off PutItem left no {name} audit record"))
         };
-        round_trips += time_of("Decrypt")? - time_of("Authorize")?;
+        round_trips += time_of("GenerateDataKey")? - time_of("Authorize")?;
 
         call(fx, &mut clients, Workload::Query).await?;
         let decrypts: Vec<i64> = audit
@@ -1220,8 +1223,8 @@ fn print_report(
     println!(
         "Parallel unwrapping (kms-service audit times, ms resolution, mean of {} single \
          requests at concurrency 1): the {PAGE} Decrypts of one Query were sealed within \
-         {:.1} ms; one after another they would span ~{} × {:.2} ms (a GetItem's \
-         Authorize → Decrypt round trip) = {sequential:.0} ms: {verdict} (informative only).",
+         {:.1} ms; one after another they would span ~{} × {:.2} ms (a PutItem's \
+         Authorize → GenerateDataKey round trip) = {sequential:.0} ms: {verdict} (informative only).",
         probe.probes,
         probe.query_span_ms,
         PAGE - 1,

@@ -609,3 +609,207 @@ async fn data_key_cache_is_per_principal_and_expires() {
     stack.tables.stop().await.unwrap();
     stack.kms.stop().await.unwrap();
 }
+
+/// A user named in the key policy (kms:Decrypt) but without the table
+/// right, one with the table right but no key right, one with neither.
+/// With the data-key cache off, table-service asks kms-service for the
+/// table decision and the data key at the same time; the answers must be
+/// those of the one-after-another path (cache on): the table decision
+/// first, then the table and key checks, then the unwrapping.
+#[tokio::test]
+async fn get_item_errors_are_the_same_whether_or_not_its_kms_calls_overlap() {
+    for ttl in [0, 60] {
+        let stack = start(ttl).await;
+        let kms_ch = channel(stack.kms.addr).await;
+        let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
+        let mut iam_client = IdentityServiceClient::new(kms_ch);
+        let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+        let admin = stack.admin.clone();
+        let key = keys
+            .create_key(authed(&admin, kms::CreateKeyRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .key_metadata
+            .unwrap()
+            .key_id;
+        tables
+            .create_table(authed(
+                &admin,
+                pb::CreateTableRequest {
+                    table_name: "overlap".into(),
+                    key_schema: Some(pb::KeySchema {
+                        partition_key: Some(pb::KeyElement {
+                            name: "pk".into(),
+                            r#type: pb::ScalarType::S.into(),
+                        }),
+                        sort_key: None,
+                    }),
+                    sse_specification: Some(pb::SseSpecification {
+                        kms_key_id: key.clone(),
+                    }),
+                },
+            ))
+            .await
+            .unwrap();
+        tables
+            .put_item(authed(
+                &admin,
+                pb::PutItemRequest {
+                    table_name: "overlap".into(),
+                    item: item(&[("pk", s("a")), ("secret", s("x"))]),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        let mut tokens = HashMap::new();
+        for (name, policy) in [
+            ("carol", None),
+            ("bob", Some("TableFullAccess")),
+            ("dave", None),
+        ] {
+            iam_client
+                .create_user(authed(
+                    &admin,
+                    iam::CreateUserRequest {
+                        user_name: name.into(),
+                        kind: 0,
+                    },
+                ))
+                .await
+                .unwrap();
+            if let Some(policy) = policy {
+                iam_client
+                    .attach_user_policy(authed(
+                        &admin,
+                        iam::AttachUserPolicyRequest {
+                            user_name: name.into(),
+                            policy_name: policy.into(),
+                        },
+                    ))
+                    .await
+                    .unwrap();
+            }
+            let token = iam_client
+                .create_access_token(authed(
+                    &admin,
+                    iam::CreateAccessTokenRequest {
+                        user_name: name.into(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .token;
+            tokens.insert(name, token);
+        }
+        // carol may use the key, not the table.
+        let policy = keys
+            .get_key_policy(authed(
+                &admin,
+                kms::GetKeyPolicyRequest {
+                    key_id: key.clone(),
+                    policy_name: String::new(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .policy;
+        let mut doc: serde_json::Value = serde_json::from_str(&policy).unwrap();
+        doc["Statement"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "Sid": "CarolDecrypts", "Effect": "Allow", "Principal": {"AWS": "user/carol"},
+                "Action": "kms:Decrypt", "Resource": "*"
+            }));
+        keys.put_key_policy(authed(
+            &admin,
+            kms::PutKeyPolicyRequest {
+                key_id: key.clone(),
+                policy_name: "default".into(),
+                policy: doc.to_string(),
+            },
+        ))
+        .await
+        .unwrap();
+
+        let get = |token: &str, table: &str, key: HashMap<String, pb::AttributeValue>| {
+            authed(
+                token,
+                pb::GetItemRequest {
+                    table_name: table.into(),
+                    key,
+                },
+            )
+        };
+        let a = || item(&[("pk", s("a"))]);
+        let table_denied = |user: &str, table: &str| {
+            format!(
+                "User: user/{user} is not authorized to perform: table:GetItem on resource: table/{table} because no identity-based policy allows the table:GetItem action"
+            )
+        };
+        for user in ["carol", "dave"] {
+            let token = &tokens[user];
+            for (table, key) in [
+                ("overlap", a()),
+                ("overlap", item(&[("other", s("a"))])),
+                ("overlap", item(&[("pk", s("missing"))])),
+                ("nope", a()),
+            ] {
+                check_status(
+                    tables.get_item(get(token, table, key)).await,
+                    Code::PermissionDenied,
+                    "AccessDeniedException",
+                    &table_denied(user, table),
+                );
+            }
+        }
+        check_status(
+            tables.get_item(get(&tokens["bob"], "overlap", a())).await,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            &format!(
+                "User: user/bob is not authorized to perform: kms:Decrypt on resource: key/{key}"
+            ),
+        );
+        // Table and key checks come before the unwrapping: bob gets them
+        // although the key would refuse him.
+        check_status(
+            tables.get_item(get(&tokens["bob"], "nope", a())).await,
+            Code::NotFound,
+            "ResourceNotFoundException",
+            "Table: nope not found",
+        );
+        check_status(
+            tables
+                .get_item(get(&tokens["bob"], "overlap", item(&[("other", s("a"))])))
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+            "pk",
+        );
+        let missing = tables
+            .get_item(get(
+                &tokens["bob"],
+                "overlap",
+                item(&[("pk", s("missing"))]),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .item;
+        assert!(missing.is_empty(), "ttl {ttl}: {missing:?}");
+        let got = tables
+            .get_item(get(&admin, "overlap", a()))
+            .await
+            .unwrap()
+            .into_inner()
+            .item;
+        assert_eq!(got.get("secret"), Some(&s("x")), "ttl {ttl}");
+        stack.tables.stop().await.unwrap();
+        stack.kms.stop().await.unwrap();
+    }
+}

@@ -101,10 +101,15 @@ impl CheckpointWriter {
         }
     }
 
-    /// Whether a batch that moved the chain from `before` to `after` crossed
-    /// a multiple of `every`.
-    pub(crate) fn due(&self, before: u64, after: u64) -> bool {
-        self.every != 0 && after / self.every > before / self.every
+    /// Records between two checkpoints; 0 means only on close.
+    pub(crate) fn every(&self) -> u64 {
+        self.every
+    }
+
+    /// Whether a sync that moved the durable end of the chain from `before`
+    /// to `after` crossed a multiple of `every`.
+    pub(crate) fn due(every: u64, before: u64, after: u64) -> bool {
+        every != 0 && after / every > before / every
     }
 
     /// Whether `head` is newer than the last checkpoint (for close).
@@ -112,9 +117,13 @@ impl CheckpointWriter {
         head.sequence > self.last
     }
 
-    /// Appends and syncs a checkpoint for `head`. Any failure is reported as
-    /// unavailability because the caller poisons the log on it.
+    /// Appends and syncs a checkpoint for `head`, unless one at or after it
+    /// was already written (checkpoints only move forward). Any failure is
+    /// reported as unavailability because the caller poisons the log on it.
     pub(crate) fn write(&mut self, head: &ChainHead) -> Result<(), AuditError> {
+        if head.sequence <= self.last {
+            return Ok(());
+        }
         let line = CheckpointLine {
             sequence: head.sequence,
             record_hash: hex::encode(head.hash),

@@ -15,6 +15,20 @@ pub trait AuditSink: Send + 'static {
     /// Makes everything appended so far durable (for a file: `sync_data`).
     /// An acknowledgement to a caller is only ever sent after this succeeds.
     fn sync(&mut self) -> io::Result<()>;
+    /// An independent handle that makes this sink's bytes durable from
+    /// another thread, while this sink goes on appending. The audit log
+    /// syncs through such handles so that the next records are written while
+    /// the previous ones are being synced.
+    fn syncer(&self) -> io::Result<Box<dyn AuditSyncer>>;
+}
+
+/// Makes a sink's bytes durable; see [`AuditSink::syncer`]. Several handles
+/// of one sink may sync at the same time.
+pub trait AuditSyncer: Send + 'static {
+    /// Makes durable everything that was appended to the sink before this
+    /// call began (whatever is appended meanwhile may or may not be
+    /// included). An `Err` means that this cannot be promised.
+    fn sync(&mut self) -> io::Result<()>;
 }
 
 /// An append-only file. New files are created with mode 0600 on unix, since
@@ -90,6 +104,29 @@ impl AuditSink for FileSink {
         self.file.write_all(bytes)
     }
 
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Opens the file again rather than duplicating the descriptor: a
+    /// writeback error is reported once per open file description, so
+    /// syncers sharing one could see an error consumed by another's
+    /// concurrent sync and wrongly report success. With its own description
+    /// each syncer sees every error that happened since it was opened.
+    fn syncer(&self) -> io::Result<Box<dyn AuditSyncer>> {
+        let file = OpenOptions::new().append(true).open(&self.path)?;
+        Ok(Box::new(FileSyncer { file }))
+    }
+}
+
+/// [`AuditSyncer`] of a [`FileSink`]: `fdatasync` on its own open file
+/// description of the same file.
+#[derive(Debug)]
+struct FileSyncer {
+    file: File,
+}
+
+impl AuditSyncer for FileSyncer {
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }

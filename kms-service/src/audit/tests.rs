@@ -157,16 +157,65 @@ struct Counters {
     appends: AtomicUsize,
     syncs: AtomicUsize,
     max_lines_per_append: AtomicUsize,
+    /// Bytes appended so far.
+    appended: AtomicUsize,
+    /// For each sync through a syncer, in the order they began: the bytes
+    /// appended by then.
+    sync_starts: std::sync::Mutex<Vec<usize>>,
+}
+
+/// Holds syncs until the test lets them go: the n-th sync (1-based, counted
+/// over all syncers) waits until `release(n)` or `release_all()`.
+#[derive(Debug, Default)]
+struct Gate {
+    /// (released sync numbers, all released)
+    released: std::sync::Mutex<(std::collections::BTreeSet<usize>, bool)>,
+    moved: std::sync::Condvar,
+}
+
+impl Gate {
+    fn release(&self, n: usize) {
+        let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        released.0.insert(n);
+        self.moved.notify_all();
+    }
+
+    fn release_all(&self) {
+        let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        released.1 = true;
+        self.moved.notify_all();
+    }
+
+    fn wait_for_turn(&self, n: usize) {
+        let mut released = self.released.lock().unwrap_or_else(|e| e.into_inner());
+        while !released.1 && !released.0.contains(&n) {
+            released = self.moved.wait(released).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Polls `done` every millisecond for up to 10 s.
+async fn eventually(what: &str, done: impl Fn() -> bool) -> TestResult {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("timed out waiting until {what}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
 }
 
 /// A file sink that counts calls, can be slowed down (to let a queue build
-/// up) and can fail its n-th append or sync (1-based) once.
+/// up), can hold its syncers' syncs at a gate, and can fail its n-th append
+/// or sync (1-based) once.
 struct TestSink {
     inner: FileSink,
     counters: Arc<Counters>,
     sync_delay: Duration,
     fail_append_on: Option<usize>,
     fail_sync_on: Option<usize>,
+    gate: Option<Arc<Gate>>,
 }
 
 impl TestSink {
@@ -178,6 +227,7 @@ impl TestSink {
             sync_delay: Duration::ZERO,
             fail_append_on: None,
             fail_sync_on: None,
+            gate: None,
         };
         Ok((sink, counters))
     }
@@ -193,11 +243,58 @@ impl AuditSink for TestSink {
         self.counters
             .max_lines_per_append
             .fetch_max(lines, Ordering::SeqCst);
-        self.inner.append(bytes)
+        self.inner.append(bytes)?;
+        self.counters
+            .appended
+            .fetch_add(bytes.len(), Ordering::SeqCst);
+        Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {
         let call = self.counters.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+        std::thread::sleep(self.sync_delay);
+        if self.fail_sync_on == Some(call) {
+            return Err(io::Error::other("injected sync failure"));
+        }
+        self.inner.sync()
+    }
+
+    /// Syncs through the returned handles count, wait at the gate, sleep
+    /// and fail like the sink's own (the n-th sync counted over all of
+    /// them).
+    fn syncer(&self) -> io::Result<Box<dyn AuditSyncer>> {
+        Ok(Box::new(TestSyncer {
+            inner: self.inner.syncer()?,
+            counters: Arc::clone(&self.counters),
+            sync_delay: self.sync_delay,
+            fail_sync_on: self.fail_sync_on,
+            gate: self.gate.clone(),
+        }))
+    }
+}
+
+struct TestSyncer {
+    inner: Box<dyn AuditSyncer>,
+    counters: Arc<Counters>,
+    sync_delay: Duration,
+    fail_sync_on: Option<usize>,
+    gate: Option<Arc<Gate>>,
+}
+
+impl AuditSyncer for TestSyncer {
+    fn sync(&mut self) -> io::Result<()> {
+        let call = {
+            let mut starts = self
+                .counters
+                .sync_starts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            starts.push(self.counters.appended.load(Ordering::SeqCst));
+            self.counters.syncs.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        if let Some(gate) = &self.gate {
+            gate.wait_for_turn(call);
+        }
         std::thread::sleep(self.sync_delay);
         if self.fail_sync_on == Some(call) {
             return Err(io::Error::other("injected sync failure"));
@@ -960,6 +1057,8 @@ async fn every_waiter_of_a_failed_batch_gets_an_error() -> TestResult {
     let (mut sink, counters) = TestSink::new(&fx.log)?;
     sink.sync_delay = Duration::from_millis(5);
     sink.fail_sync_on = Some(1);
+    let gate = Arc::new(Gate::default());
+    sink.gate = Some(Arc::clone(&gate));
     let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
     let tasks: Vec<_> = (0..50)
         .map(|i| {
@@ -967,6 +1066,19 @@ async fn every_waiter_of_a_failed_batch_gets_an_error() -> TestResult {
             tokio::spawn(async move { log.append(event(i)).await })
         })
         .collect();
+    // The first sync fails while the records written after it wait for a
+    // second, overlapping sync; that one succeeds only after the failure,
+    // and must not get any of them acknowledged.
+    eventually("the first sync began", || {
+        counters.syncs.load(Ordering::SeqCst) >= 1
+    })
+    .await?;
+    gate.release(1);
+    eventually("the log is poisoned", || {
+        format!("{log:?}").contains("poisoned")
+    })
+    .await?;
+    gate.release_all();
     for task in tasks {
         let result = task.await?;
         assert!(
@@ -974,7 +1086,86 @@ async fn every_waiter_of_a_failed_batch_gets_an_error() -> TestResult {
             "{result:?}"
         );
     }
-    assert_eq!(counters.syncs.load(Ordering::SeqCst), 1);
+    // No sync starts after the failure: at most the ones already in flight.
+    let syncs = counters.syncs.load(Ordering::SeqCst);
+    assert!((1..=writer::SYNCERS).contains(&syncs), "{syncs} syncs");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_is_answered_only_after_a_sync_that_began_after_its_write() -> TestResult {
+    let fx = Fixture::new()?;
+    let (mut sink, counters) = TestSink::new(&fx.log)?;
+    let gate = Arc::new(Gate::default());
+    sink.gate = Some(Arc::clone(&gate));
+    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
+    let append = |i: usize| {
+        let log = log.clone();
+        tokio::spawn(async move { log.append(event(i)).await })
+    };
+    let first = append(0);
+    eventually("the first sync began", || {
+        counters.syncs.load(Ordering::SeqCst) == 1
+    })
+    .await?;
+    // While that sync is held, the second record is written (the writes do
+    // not wait for the sync) and a second sync begins for it.
+    let second = append(1);
+    eventually("the second record was written and its sync began", || {
+        counters.appends.load(Ordering::SeqCst) == 2 && counters.syncs.load(Ordering::SeqCst) == 2
+    })
+    .await?;
+    gate.release(1);
+    assert_eq!(first.await??, 1);
+    // The first sync began before the second record was written, so it
+    // does not answer it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!second.is_finished(), "answered before a sync covering it");
+    gate.release(2);
+    assert_eq!(second.await??, 2);
+    // Each sync began after the bytes of the record it answered.
+    let lines = fx.lines()?;
+    let ends = [lines[0].len() + 1, lines[0].len() + lines[1].len() + 2];
+    let starts = counters
+        .sync_starts
+        .lock()
+        .map_err(|e| e.to_string())?
+        .clone();
+    assert_eq!(starts, ends.to_vec());
+    log.close().await?;
+    assert_eq!(verify(&fx.log, None, None)?.records, 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sync_does_not_hold_up_records_a_later_sync_covers() -> TestResult {
+    let fx = Fixture::new()?;
+    let (mut sink, counters) = TestSink::new(&fx.log)?;
+    let gate = Arc::new(Gate::default());
+    sink.gate = Some(Arc::clone(&gate));
+    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
+    let append = |i: usize| {
+        let log = log.clone();
+        tokio::spawn(async move { log.append(event(i)).await })
+    };
+    let first = append(0);
+    eventually("the first sync began", || {
+        counters.syncs.load(Ordering::SeqCst) == 1
+    })
+    .await?;
+    let second = append(1);
+    eventually("the second sync began", || {
+        counters.syncs.load(Ordering::SeqCst) == 2
+    })
+    .await?;
+    // The second sync began after both records were written, so when it
+    // ends both are durable, whatever the first, still held, does.
+    gate.release(2);
+    assert_eq!(first.await??, 1);
+    assert_eq!(second.await??, 2);
+    gate.release(1);
+    log.close().await?;
+    assert_eq!(verify(&fx.log, None, None)?.records, 2);
     Ok(())
 }
 

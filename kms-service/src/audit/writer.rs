@@ -1,25 +1,43 @@
-//! The group-committing writer: async callers queue events and await a
-//! oneshot; one dedicated std thread seals, writes and syncs them in batches.
+//! The group-committing writer. Callers seal their own record into the
+//! shared in-memory tail of the chain (sealing is a few microseconds, done
+//! under one lock because each record's hash depends on the one before) and
+//! await a oneshot; dedicated syncer threads write what is sealed and sync
+//! it, then answer every caller that sync covers (group commit).
 //!
-//! A plain thread rather than a tokio task because every batch ends in a
-//! blocking `fsync`, and because the writer must keep the chain in order
-//! regardless of which runtime (if any) the callers use. The queue is bounded
-//! so that a stalled disk pushes back on callers instead of growing memory.
+//! Syncer threads rather than tokio tasks because every batch ends in a
+//! blocking `fsync`, and because the log must keep the chain in order
+//! regardless of which runtime (if any) the callers use. There are two, each
+//! with its own file description. While a sync is quick, the records that
+//! arrive during it wait for it and go together into the next one (each
+//! sync costs CPU time); once it has run for [`OVERLAP_AFTER`], the other
+//! syncer writes and syncs them beside it, so a slow disk flush does not
+//! hold up everything behind it. Writes are taken in chain order, one at a
+//! time; syncs may overlap. A record is answered only after a sync that
+//! began after its bytes were written has succeeded (a later sync answers
+//! for the records before it too).
+//!
+//! The number of sealed but not yet written records is bounded (twice
+//! `max_batch`), so a stalled disk pushes back on callers instead of growing
+//! memory, and no write or sync takes on more than `max_batch` records.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader};
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
-use uuid::Uuid;
+use tokio::sync::{Semaphore, TryAcquireError, oneshot};
 use zeroize::Zeroizing;
 
 use super::checkpoint::CheckpointWriter;
 use super::record::{StoredRecord, encode_line, now_rfc3339};
 use super::verify::{Tail, inspect};
-use super::{AuditConfig, AuditError, AuditEvent, AuditSink, ChainHead, FileSink, MAX_BATCH_LIMIT};
+use super::{
+    AuditConfig, AuditError, AuditEvent, AuditSink, AuditSyncer, ChainHead, FileSink,
+    MAX_BATCH_LIMIT,
+};
 
 /// Checkpointing for [`AuditLog::with_sink`].
 pub struct CheckpointSink {
@@ -31,18 +49,29 @@ pub struct CheckpointSink {
     pub every: u64,
 }
 
-/// Handle to the audit log. Cheap to clone; all clones feed the same writer.
-/// When the last clone is dropped without [`AuditLog::close`], the writer
-/// still finishes what was queued and writes a final checkpoint.
+/// How many syncs may be in flight at once (one thread and one open file
+/// description each).
+pub(super) const SYNCERS: usize = 2;
+
+/// How long a sync may run before another one starts beside it for the
+/// records written meanwhile. Each sync costs CPU time (on a virtual disk,
+/// several exits to the hypervisor), so while syncs are quick the records
+/// that arrive during one wait for it and go together into the next; only
+/// a sync slower than this (a busy disk) is overlapped.
+const OVERLAP_AFTER: Duration = Duration::from_millis(1);
+
+/// Handle to the audit log. Cheap to clone; all clones feed the same log.
+/// When the last clone is dropped without [`AuditLog::close`], what was
+/// sealed is still written, synced and checkpointed.
 #[derive(Clone)]
 pub struct AuditLog {
-    queue: mpsc::Sender<Command>,
-    status: Arc<Status>,
+    shared: Arc<Shared>,
+    _handles: Arc<LastHandle>,
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match self.status.state.load(Ordering::Acquire) {
+        let state = match self.shared.status.state.load(Ordering::Acquire) {
             OPEN => "open",
             POISONED => "poisoned",
             _ => "closed",
@@ -51,19 +80,23 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-type Reply<T> = oneshot::Sender<Result<T, AuditError>>;
+/// Dropped with the last [`AuditLog`] handle: closes the log without anyone
+/// waiting for the outcome.
+struct LastHandle(Arc<Shared>);
 
-enum Command {
-    // Boxed: an event is several hundred bytes, a close is one pointer.
-    Append(Box<AuditEvent>, Reply<u64>),
-    Close(Reply<()>),
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        self.0.begin_close(None);
+    }
 }
+
+type Reply<T> = oneshot::Sender<Result<T, AuditError>>;
 
 const OPEN: u8 = 0;
 const POISONED: u8 = 1;
 const CLOSED: u8 = 2;
 
-/// State shared by the handles (to fail fast) and the writer (to set it).
+/// State shared by the handles (to fail fast) and the syncers (to set it).
 #[derive(Debug)]
 struct Status {
     state: AtomicU8,
@@ -75,6 +108,10 @@ impl Status {
         // Reason first, so whoever sees POISONED also finds why.
         let _ = self.poison_reason.set(reason.to_owned());
         self.state.store(POISONED, Ordering::Release);
+    }
+
+    fn poisoned(&self) -> bool {
+        self.state.load(Ordering::Acquire) == POISONED
     }
 
     fn unavailable(&self) -> AuditError {
@@ -94,7 +131,7 @@ impl Status {
         }
     }
 
-    /// What a close that finds the writer already gone reports.
+    /// What a close that finds the log already shut reports.
     fn close_outcome(&self) -> Result<(), AuditError> {
         match self.state.load(Ordering::Acquire) {
             CLOSED => Ok(()),
@@ -173,42 +210,42 @@ impl AuditLog {
     }
 
     /// Appends one record and returns its sequence number once it is durable
-    /// (written and synced, together with whatever else was queued). Any
+    /// (written and synced, together with whatever else was sealed). Any
     /// `Err` means the call being audited must be refused: after a write or
     /// sync failure every later append fails fast with
     /// [`AuditError::Unavailable`]. If this future is dropped after the event
-    /// was queued, the record may still be written.
+    /// was sealed, the record may still be written.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
-        if self.status.state.load(Ordering::Acquire) != OPEN {
-            return Err(self.status.refusal());
+        let shared = &self.shared;
+        if shared.status.state.load(Ordering::Acquire) != OPEN {
+            return Err(shared.status.refusal());
         }
-        let (reply, answer) = oneshot::channel();
-        if self
-            .queue
-            .send(Command::Append(Box::new(event), reply))
+        // Room for one more sealed, unwritten record; given back when the
+        // record is taken for writing.
+        match shared.room.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => match shared.room.acquire().await {
+                Ok(permit) => permit.forget(),
+                Err(_) => return Err(shared.status.refusal()),
+            },
+            Err(TryAcquireError::Closed) => return Err(shared.status.refusal()),
+        }
+        let answer = shared.seal(event)?;
+        answer
             .await
-            .is_err()
-        {
-            return Err(self.status.refusal());
-        }
-        answer.await.unwrap_or_else(|_| Err(self.status.refusal()))
+            .unwrap_or_else(|_| Err(shared.status.refusal()))
     }
 
-    /// Lets everything already queued finish, writes a final checkpoint,
-    /// syncs and stops the writer; later appends fail with
+    /// Lets everything already sealed become durable, writes a final
+    /// checkpoint, syncs and stops the syncers; later appends fail with
     /// [`AuditError::Closed`]. Closing again is a no-op. Fails if the log was
     /// poisoned or the final checkpoint or sync fails.
     pub async fn close(&self) -> Result<(), AuditError> {
-        // Refuse new appends at once; those already queued are still written.
-        let _ =
-            self.status
-                .state
-                .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire);
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Command::Close(reply)).await.is_err() {
-            return self.status.close_outcome();
-        }
-        answer.await.unwrap_or_else(|_| self.status.close_outcome())
+        self.shared.begin_close(Some(reply));
+        answer
+            .await
+            .unwrap_or_else(|_| self.shared.status.close_outcome())
     }
 }
 
@@ -254,195 +291,575 @@ fn spawn(
     head: ChainHead,
     max_batch: usize,
 ) -> Result<AuditLog, AuditError> {
-    let status = Arc::new(Status {
-        state: AtomicU8::new(OPEN),
-        poison_reason: OnceLock::new(),
-    });
-    // Two batches' worth: one being written, one filling up meanwhile.
-    let (queue, requests) = mpsc::channel(max_batch.saturating_mul(2));
-    let writer = Writer {
-        sink,
-        checkpoints,
-        head,
-        max_batch,
-        status: Arc::clone(&status),
-        buf: Vec::new(),
-    };
-    std::thread::Builder::new()
-        .name("audit-writer".into())
-        .spawn(move || writer.run(requests))
-        .map_err(|source| AuditError::Io {
-            action: "start the writer thread for",
+    let start_error = |action: &'static str| {
+        move |source: io::Error| AuditError::Io {
+            action,
             path: "audit log".into(),
             source,
-        })?;
-    Ok(AuditLog { queue, status })
+        }
+    };
+    let syncers = (0..SYNCERS)
+        .map(|_| sink.syncer())
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(start_error("open a syncer for"))?;
+    let shared = Arc::new(Shared {
+        status: Status {
+            state: AtomicU8::new(OPEN),
+            poison_reason: OnceLock::new(),
+        },
+        max_batch,
+        checkpoint_every: checkpoints.as_ref().map_or(0, CheckpointWriter::every),
+        room: Semaphore::new(max_batch.saturating_mul(2)),
+        pending: Mutex::new(Pending {
+            sealed: head,
+            buf: Vec::new(),
+            spare: Vec::new(),
+            unwritten: VecDeque::new(),
+            written: head,
+            durable: head.sequence,
+            waiters: VecDeque::new(),
+            writing: false,
+            syncing: 0,
+            in_flight: Vec::with_capacity(SYNCERS),
+            idle: 0,
+            checkpoint_next: None,
+            checkpointing: None,
+            closing: false,
+            closers: Vec::new(),
+            shutting: false,
+            outcome: None,
+            syncers: 0,
+            time: TimeCache::default(),
+        }),
+        work: Condvar::new(),
+        sink: Mutex::new(sink),
+        checkpoints: Mutex::new(checkpoints),
+    });
+    for (i, syncer) in syncers.into_iter().enumerate() {
+        let for_thread = Arc::clone(&shared);
+        shared.lock().syncers += 1;
+        let started = std::thread::Builder::new()
+            .name(format!("audit-sync-{i}"))
+            .spawn(move || sync_loop(&for_thread, syncer));
+        if let Err(e) = started {
+            shared.lock().syncers -= 1;
+            shared.begin_close(None);
+            return Err(start_error("start a syncer thread for")(e));
+        }
+    }
+    Ok(AuditLog {
+        _handles: Arc::new(LastHandle(Arc::clone(&shared))),
+        shared,
+    })
 }
 
-struct Writer {
-    sink: Box<dyn AuditSink>,
-    checkpoints: Option<CheckpointWriter>,
-    /// Last durable record.
-    head: ChainHead,
+/// What the handles and the syncers share.
+struct Shared {
+    status: Status,
     max_batch: usize,
-    status: Arc<Status>,
-    /// Reused across batches to avoid reallocating.
+    /// Checkpoint after every this many records; 0: only on close.
+    checkpoint_every: u64,
+    /// Permits for sealed records that are not yet taken for writing.
+    room: Semaphore,
+    pending: Mutex<Pending>,
+    /// Wakes idle syncers: something to write, or the log is closing.
+    work: Condvar,
+    /// Used by one thread at a time: the syncer holding `writing`, or the
+    /// one shutting the log once nothing else is in flight.
+    sink: Mutex<Box<dyn AuditSink>>,
+    /// Used by one thread at a time: the syncer holding the checkpointing
+    /// job, or the one shutting the log.
+    checkpoints: Mutex<Option<CheckpointWriter>>,
+}
+
+/// A sealed record not yet written.
+struct Unwritten {
+    sequence: u64,
+    hash: [u8; 32],
+    /// Where its line ends in `Pending::buf`.
+    end: usize,
+}
+
+/// The chain's in-memory tail and the durability pipeline. Sequence numbers
+/// only grow along `durable <= written.sequence <= sealed.sequence`.
+struct Pending {
+    /// The last sealed record: the chain continues after it.
+    sealed: ChainHead,
+    /// The lines of the sealed records not yet taken for writing.
     buf: Vec<u8>,
+    /// An empty buffer kept for reuse.
+    spare: Vec<u8>,
+    /// The records in `buf`, in order.
+    unwritten: VecDeque<Unwritten>,
+    /// The last record whose bytes have been appended (and all before it).
+    written: ChainHead,
+    /// The highest record a completed sync covered.
+    durable: u64,
+    /// Callers of sealed records, in sequence order, waiting for `durable`
+    /// to reach their record (and for the checkpoint before it, if one is
+    /// due).
+    waiters: VecDeque<(u64, Reply<u64>)>,
+    /// A syncer is appending: writes happen one at a time, in chain order.
+    writing: bool,
+    /// Syncers between taking records and finishing with them (writing,
+    /// syncing, answering, checkpointing).
+    syncing: usize,
+    /// When each of those took its records.
+    in_flight: Vec<Instant>,
+    /// Syncers waiting for work.
+    idle: usize,
+    /// The newest durable record a checkpoint is due for, not yet being
+    /// written.
+    checkpoint_next: Option<ChainHead>,
+    /// The record whose checkpoint a syncer is writing (one at a time, in
+    /// order).
+    checkpointing: Option<u64>,
+    /// A close was asked for (or every handle is gone).
+    closing: bool,
+    /// Callers of close waiting for the outcome.
+    closers: Vec<Reply<()>>,
+    /// A thread is shutting the log.
+    shutting: bool,
+    /// How the log was shut, once it was: `Ok`, or `Err` (poisoned).
+    outcome: Option<Result<(), ()>>,
+    /// Syncer threads still running.
+    syncers: usize,
+    time: TimeCache,
 }
 
-/// Poisons the log if the writer thread unwinds, so callers are refused
-/// instead of waiting on a writer that is gone.
-struct PoisonOnPanic(Arc<Status>);
+impl Pending {
+    /// Whether a syncer may take sealed records for writing now: nothing is
+    /// appended while a due checkpoint is unwritten (as when one writer
+    /// checkpointed between two batches), so a failing checkpoint stops the
+    /// log right after the record it names.
+    fn can_write(&self) -> bool {
+        !self.writing
+            && !self.unwritten.is_empty()
+            && self.checkpointing.is_none()
+            && self.checkpoint_next.is_none()
+    }
 
-impl Drop for PoisonOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.poison("the audit writer panicked");
-        }
+    /// Whether nothing is in flight any more.
+    fn quiescent(&self) -> bool {
+        self.unwritten.is_empty()
+            && self.syncing == 0
+            && self.checkpointing.is_none()
+            && self.checkpoint_next.is_none()
+    }
+
+    /// Takes the callers that may be answered now: those whose record is
+    /// durable, except that no record after a due checkpoint is acknowledged
+    /// before that checkpoint is written (so a failing checkpoint refuses
+    /// them).
+    fn answerable(&mut self) -> Vec<(u64, Reply<u64>)> {
+        let barrier = self
+            .checkpointing
+            .or(self.checkpoint_next.map(|head| head.sequence))
+            .unwrap_or(u64::MAX);
+        let limit = self.durable.min(barrier);
+        let done = self
+            .waiters
+            .iter()
+            .take_while(|(sequence, _)| *sequence <= limit)
+            .count();
+        self.waiters.drain(..done).collect()
+    }
+
+    /// Takes up to `max_batch` sealed records for writing: their bytes and
+    /// the last of them.
+    fn take(&mut self, max_batch: usize) -> (Vec<u8>, usize, ChainHead) {
+        let n = self.unwritten.len().min(max_batch);
+        let last = &self.unwritten[n - 1];
+        let head = ChainHead {
+            sequence: last.sequence,
+            hash: last.hash,
+        };
+        let bytes = if n == self.unwritten.len() {
+            self.unwritten.clear();
+            std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare))
+        } else {
+            let cut = last.end;
+            let rest = self.buf.split_off(cut);
+            self.unwritten.drain(..n);
+            for record in &mut self.unwritten {
+                record.end -= cut;
+            }
+            std::mem::replace(&mut self.buf, rest)
+        };
+        (bytes, n, head)
     }
 }
 
-impl Writer {
-    fn run(mut self, mut requests: mpsc::Receiver<Command>) {
-        let _guard = PoisonOnPanic(Arc::clone(&self.status));
-        let mut commands = Vec::with_capacity(self.max_batch);
+/// `event_time` of the current millisecond, formatted once.
+#[derive(Default)]
+struct TimeCache {
+    millis: i128,
+    text: String,
+}
+
+impl TimeCache {
+    fn now(&mut self) -> Result<String, AuditError> {
+        let millis = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        if millis != self.millis || self.text.is_empty() {
+            self.text = now_rfc3339()?;
+            self.millis = millis;
+        }
+        Ok(self.text.clone())
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Seals `event` after the current tail of the chain and returns where
+    /// its answer will come. The caller holds one `room` permit, which this
+    /// gives back if nothing is sealed.
+    fn seal(
+        &self,
+        event: AuditEvent,
+    ) -> Result<oneshot::Receiver<Result<u64, AuditError>>, AuditError> {
+        let event_id = crate::crypto::random_uuid().to_string();
+        let (reply, answer) = oneshot::channel();
+        let mut pending = self.lock();
+        if self.status.state.load(Ordering::Acquire) != OPEN {
+            drop(pending);
+            self.room.add_permits(1);
+            return Err(self.status.refusal());
+        }
+        let sealed = (|| {
+            let sequence = pending
+                .sealed
+                .sequence
+                .checked_add(1)
+                .ok_or_else(|| AuditError::Encode("sequence numbers are exhausted".into()))?;
+            let time = pending.time.now()?;
+            let record = StoredRecord::new(sequence, event_id, time, event, &pending.sealed.hash);
+            // On error nothing of it is in the buffer and the chain did not
+            // move, so only this caller is affected.
+            let hash = encode_line(&record, &mut pending.buf)?;
+            Ok((sequence, hash, record))
+        })();
+        let (sequence, hash, record) = match sealed {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                drop(pending);
+                self.room.add_permits(1);
+                return Err(e);
+            }
+        };
+        pending.sealed = ChainHead { sequence, hash };
+        let end = pending.buf.len();
+        pending.unwritten.push_back(Unwritten {
+            sequence,
+            hash,
+            end,
+        });
+        pending.waiters.push_back((sequence, reply));
+        let wake = pending.idle > 0 && pending.can_write();
+        drop(pending);
+        drop(record);
+        if wake {
+            self.work.notify_one();
+        }
+        Ok(answer)
+    }
+
+    /// Poisons the log and refuses every caller still waiting: after a
+    /// failure nothing more is acknowledged, even a record some other sync
+    /// might still cover (failing closed), and nothing sealed is written.
+    fn poison(&self, reason: &str) {
+        let waiters = {
+            let mut pending = self.lock();
+            self.status.poison(reason);
+            pending.buf.clear();
+            pending.unwritten.clear();
+            std::mem::take(&mut pending.waiters)
+        };
+        // Callers waiting for room are refused too.
+        self.room.close();
+        self.work.notify_all();
+        for (_, reply) in waiters {
+            let _ = reply.send(Err(self.status.unavailable()));
+        }
+    }
+
+    /// Refuses new appends and lets the syncers finish what is sealed, then
+    /// shut the log; `closer` gets the outcome.
+    fn begin_close(&self, closer: Option<Reply<()>>) {
+        // Refuse new appends at once; those already sealed are still
+        // written.
+        let _ =
+            self.status
+                .state
+                .compare_exchange(OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire);
+        let mut pending = self.lock();
+        if let Some(outcome) = pending.outcome {
+            drop(pending);
+            if let Some(closer) = closer {
+                let _ = closer.send(match outcome {
+                    Ok(()) => Ok(()),
+                    Err(()) => Err(self.status.unavailable()),
+                });
+            }
+            return;
+        }
+        pending.closing = true;
+        pending.closers.extend(closer);
+        let orphaned = pending.syncers == 0 && !pending.shutting;
+        if orphaned {
+            pending.shutting = true;
+        }
+        drop(pending);
+        if orphaned {
+            // No syncer thread is left to do it.
+            self.shut();
+        } else {
+            self.work.notify_all();
+        }
+    }
+
+    /// Final sync and checkpoint, then answers the closers. Called once, by
+    /// a syncer when closing and nothing is in flight (or the log is
+    /// poisoned). Refuses on a poisoned log: its file may end in a partial
+    /// batch, which only a reopen sorts out.
+    fn shut(&self) {
+        let result = if self.status.poisoned() {
+            Err(self.status.unavailable())
+        } else {
+            let head = self.lock().written;
+            let result = self
+                .sink
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sync()
+                .map_err(|e| AuditError::Unavailable {
+                    reason: format!("final audit log sync failed: {e}"),
+                })
+                .and_then(|()| {
+                    match self
+                        .checkpoints
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_mut()
+                    {
+                        Some(cp) if cp.behind(&head) => cp.write(&head),
+                        _ => Ok(()),
+                    }
+                });
+            if let Err(e) = &result {
+                self.poison(&reason_of(e));
+            }
+            result
+        };
+        let closers = {
+            let mut pending = self.lock();
+            pending.outcome = Some(result.as_ref().map(|_| ()).map_err(|_| ()));
+            std::mem::take(&mut pending.closers)
+        };
+        self.room.close();
+        self.work.notify_all();
+        for closer in closers {
+            let _ = closer.send(match &result {
+                Ok(()) => Ok(()),
+                Err(_) => Err(self.status.refusal()),
+            });
+        }
+    }
+
+    /// Writes the checkpoint of `head`, then any that fell due meanwhile,
+    /// in order, answering the callers each one held back. Called by the
+    /// syncer that took the checkpointing job (set `checkpointing` to
+    /// `head`).
+    fn write_checkpoints(&self, mut head: ChainHead) {
         loop {
-            commands.clear();
-            // Blocks for the first command, then takes whatever else is
-            // already queued: that is the whole of group commit.
-            if requests.blocking_recv_many(&mut commands, self.max_batch) == 0 {
-                // Every handle was dropped without close: finish cleanly
-                // anyway; nobody is left to hear about a failure.
-                let _ = self.shutdown();
-                return;
+            let written = self
+                .checkpoints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+                .map_or(Ok(()), |checkpoints| checkpoints.write(&head));
+            if let Err(e) = written {
+                // Without checkpoints truncation would go unnoticed.
+                self.poison(&reason_of(&e));
             }
-            let mut batch = Vec::with_capacity(commands.len());
-            let mut closes = Vec::new();
-            for command in commands.drain(..) {
-                match command {
-                    // Anything queued behind a close lost the race with it.
-                    Command::Append(_, reply) if !closes.is_empty() => {
-                        let _ = reply.send(Err(AuditError::Closed));
-                    }
-                    Command::Append(event, reply) => batch.push((event, reply)),
-                    Command::Close(reply) => closes.push(reply),
-                }
+            let mut pending = self.lock();
+            let next = pending
+                .checkpoint_next
+                .take()
+                .filter(|_| !self.status.poisoned());
+            pending.checkpointing = next.map(|next| next.sequence);
+            let answerable = pending.answerable();
+            let wake = pending.idle > 0 && pending.can_write();
+            drop(pending);
+            if wake {
+                self.work.notify_one();
             }
-            self.commit(batch);
-            if !closes.is_empty() {
-                let outcome = self.shutdown();
-                for reply in closes {
-                    let _ = reply.send(match &outcome {
-                        Ok(()) => Ok(()),
-                        Err(_) => Err(self.status.refusal()),
-                    });
-                }
-                requests.close();
-                while let Ok(command) = requests.try_recv() {
-                    match command {
-                        Command::Append(_, reply) => {
-                            let _ = reply.send(Err(self.status.refusal()));
-                        }
-                        Command::Close(reply) => {
-                            let _ = reply.send(self.status.close_outcome());
-                        }
-                    }
-                }
-                return;
+            for (sequence, reply) in answerable {
+                let _ = reply.send(Ok(sequence));
+            }
+            match next {
+                Some(next) => head = next,
+                None => return,
             }
         }
     }
 
-    /// Seals, writes and syncs one batch, then answers its callers.
-    fn commit(&mut self, batch: Vec<(Box<AuditEvent>, Reply<u64>)>) {
-        if self.status.state.load(Ordering::Acquire) == POISONED {
-            for (_, reply) in batch {
-                let _ = reply.send(Err(self.status.unavailable()));
-            }
-            return;
+    /// Writes `bytes` (records up to `head`), syncs, and answers the callers
+    /// this sync made durable.
+    fn write_and_sync(&self, syncer: &mut dyn AuditSyncer, bytes: &mut Vec<u8>, head: ChainHead) {
+        let wrote = self
+            .sink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(bytes);
+        bytes.clear();
+        let mut pending = self.lock();
+        pending.writing = false;
+        if pending.spare.capacity() < bytes.capacity() {
+            std::mem::swap(&mut pending.spare, bytes);
         }
-        self.buf.clear();
-        let mut head = self.head;
-        let mut sealed = Vec::with_capacity(batch.len());
-        for (event, reply) in batch {
-            match self.seal(&mut head, *event) {
-                Ok(sequence) => sealed.push((sequence, reply)),
-                // Nothing of it is in the buffer and the chain did not move,
-                // so only this caller is affected.
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            }
-        }
-        if sealed.is_empty() {
-            return;
-        }
-        let written = self.sink.append(&self.buf).and_then(|()| self.sink.sync());
-        if let Err(e) = written {
+        if let Err(e) = wrote {
+            drop(pending);
             // Part of the batch may be on disk; the chain in memory may no
             // longer match the file, so nothing more is written until a
             // reopen re-reads and re-verifies it.
-            self.status.poison(&format!("audit log write failed: {e}"));
-            for (_, reply) in sealed {
-                let _ = reply.send(Err(self.status.unavailable()));
-            }
+            self.poison(&format!("audit log write failed: {e}"));
             return;
         }
-        let before = self.head.sequence;
-        self.head = head;
-        for (sequence, reply) in sealed {
-            let _ = reply.send(Ok(sequence));
+        pending.written = head;
+        // Another syncer can write what was sealed meanwhile while this one
+        // syncs.
+        let wake = pending.idle > 0 && pending.can_write();
+        drop(pending);
+        if wake {
+            self.work.notify_one();
         }
-        // After answering: these records are durable whatever happens to the
-        // checkpoint. A checkpoint failure still poisons the log, because
-        // without checkpoints truncation would go unnoticed.
-        if let Some(checkpoints) = &mut self.checkpoints
-            && checkpoints.due(before, self.head.sequence)
-            && let Err(e) = checkpoints.write(&self.head)
-        {
-            self.status.poison(&reason_of(&e));
+        // Began after the write returned, so it covers these records.
+        let synced = syncer.sync();
+        let mut pending = self.lock();
+        match synced {
+            Ok(()) if !self.status.poisoned() && head.sequence > pending.durable => {
+                let before = pending.durable;
+                pending.durable = head.sequence;
+                // Records up to the checkpointed one are answered first:
+                // they are durable whatever happens to the checkpoint.
+                let answerable = pending.answerable();
+                let mut checkpoint = false;
+                if CheckpointWriter::due(self.checkpoint_every, before, head.sequence) {
+                    if pending.checkpointing.is_none() {
+                        // This syncer writes it.
+                        pending.checkpointing = Some(head.sequence);
+                        checkpoint = true;
+                    } else {
+                        // The syncer writing one goes on with this.
+                        pending.checkpoint_next = Some(head);
+                    }
+                }
+                drop(pending);
+                for (sequence, reply) in answerable {
+                    let _ = reply.send(Ok(sequence));
+                }
+                if checkpoint {
+                    self.write_checkpoints(head);
+                }
+            }
+            // A later sync already made these records durable, or the log
+            // was poisoned meanwhile.
+            Ok(()) => {}
+            Err(e) => {
+                drop(pending);
+                self.poison(&format!("audit log sync failed: {e}"));
+            }
         }
     }
+}
 
-    /// Serializes one record after `head` into the batch buffer and advances
-    /// `head` to it.
-    fn seal(&mut self, head: &mut ChainHead, event: AuditEvent) -> Result<u64, AuditError> {
-        let sequence = head
-            .sequence
-            .checked_add(1)
-            .ok_or_else(|| AuditError::Encode("sequence numbers are exhausted".into()))?;
-        let record = StoredRecord::new(
-            sequence,
-            Uuid::new_v4().to_string(),
-            now_rfc3339()?,
-            event,
-            &head.hash,
-        );
-        let hash = encode_line(&record, &mut self.buf)?;
-        *head = ChainHead { sequence, hash };
-        Ok(sequence)
+/// One syncer thread: takes sealed records (in chain order, one writer at
+/// a time), writes them, syncs, answers; and shuts the log when it is
+/// closing and nothing is left in flight.
+fn sync_loop(shared: &Shared, mut syncer: Box<dyn AuditSyncer>) {
+    let _guard = OnExit(shared);
+    let mut pending = shared.lock();
+    loop {
+        let now = Instant::now();
+        // While another sync runs, whatever it does not cover waits for it
+        // (its syncer takes it next), unless it turns out slow.
+        let overlap_at = pending
+            .in_flight
+            .iter()
+            .min()
+            .map(|&started| started + OVERLAP_AFTER)
+            .filter(|&at| at > now);
+        if !shared.status.poisoned() && pending.can_write() && overlap_at.is_none() {
+            let (mut bytes, n, head) = pending.take(shared.max_batch);
+            pending.writing = true;
+            pending.syncing += 1;
+            pending.in_flight.push(now);
+            drop(pending);
+            shared.room.add_permits(n);
+            shared.write_and_sync(syncer.as_mut(), &mut bytes, head);
+            pending = shared.lock();
+            pending.syncing -= 1;
+            if let Some(at) = pending.in_flight.iter().position(|t| *t == now) {
+                pending.in_flight.swap_remove(at);
+            }
+            continue;
+        }
+        if pending.outcome.is_some() || pending.shutting {
+            return;
+        }
+        if pending.closing && (shared.status.poisoned() || pending.quiescent()) {
+            pending.shutting = true;
+            drop(pending);
+            shared.shut();
+            return;
+        }
+        match overlap_at {
+            // Not counted idle, so sealing does not wake this thread: it
+            // looks again when the running sync has become slow.
+            Some(at) if !shared.status.poisoned() => {
+                pending = shared
+                    .work
+                    .wait_timeout(pending, at - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            _ => {
+                pending.idle += 1;
+                pending = shared.work.wait(pending).unwrap_or_else(|e| e.into_inner());
+                pending.idle -= 1;
+            }
+        }
     }
+}
 
-    /// Final checkpoint and sync. Refuses on a poisoned log: its file may end
-    /// in a partial batch, which only a reopen sorts out.
-    fn shutdown(&mut self) -> Result<(), AuditError> {
-        if self.status.state.load(Ordering::Acquire) == POISONED {
-            return Err(self.status.unavailable());
+/// Counts a syncer thread out when it ends; if it unwinds, poisons the log
+/// so callers are refused instead of waiting on a thread that is gone.
+struct OnExit<'a>(&'a Shared);
+
+impl Drop for OnExit<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison("an audit syncer thread panicked");
         }
-        let result = self
-            .sink
-            .sync()
-            .map_err(|e| AuditError::Unavailable {
-                reason: format!("final audit log sync failed: {e}"),
-            })
-            .and_then(|()| match &mut self.checkpoints {
-                Some(cp) if cp.behind(&self.head) => cp.write(&self.head),
-                _ => Ok(()),
-            });
-        if let Err(e) = &result {
-            self.status.poison(&reason_of(e));
+        let mut pending = self.0.lock();
+        pending.syncers -= 1;
+        let orphaned = pending.syncers == 0 && !pending.shutting;
+        if orphaned {
+            pending.closing = true;
+            pending.shutting = true;
         }
-        result
+        drop(pending);
+        if orphaned {
+            // The last syncer is gone before the log was shut (it
+            // panicked): nobody else will answer the closers.
+            if !self.0.status.poisoned() {
+                self.0.poison("the audit syncer threads have stopped");
+            }
+            self.0.shut();
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use super::{Credentials, Ctx, Kms, Target, require_enabled, require_usage, resol
 use crate::crypto::blob::{self, BlobHeader};
 use crate::crypto::context::{self, EncryptionContext};
 use crate::crypto::mac::{self, MacAlgorithm};
-use crate::crypto::{SecretBytes, random_array, random_bytes};
+use crate::crypto::{SecretBytes, public_random, random_bytes};
 use crate::error::KmsError;
 use crate::keys::KeyUsage;
 use crate::state::State;
@@ -112,8 +112,8 @@ impl<'a> Ctx<'a> {
         let header = BlobHeader {
             key_id: key_uuid(&record.key_id)?,
             key_version: version,
-            salt: random_array(),
-            iv: random_array(),
+            salt: public_random(),
+            iv: public_random(),
         };
         let blob = blob::seal(&header, &backing, &context::canonical(context), plaintext);
         Ok(Encrypted {

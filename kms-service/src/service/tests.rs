@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::audit::{AuditConfig, AuditSink, ChainHead};
+use crate::audit::{AuditConfig, AuditSink, AuditSyncer, ChainHead};
 use crate::clock::ManualClock;
 use crate::crypto::mac::MacAlgorithm;
 use crate::crypto::root_key::SoftwareRootKey;
@@ -1305,6 +1305,15 @@ impl AuditSink for FailingSink {
     fn append(&mut self, _: &[u8]) -> std::io::Result<()> {
         Err(std::io::Error::other("disk full"))
     }
+    fn sync(&mut self) -> std::io::Result<()> {
+        Err(std::io::Error::other("disk full"))
+    }
+    fn syncer(&self) -> std::io::Result<Box<dyn AuditSyncer>> {
+        Ok(Box::new(FailingSink))
+    }
+}
+
+impl AuditSyncer for FailingSink {
     fn sync(&mut self) -> std::io::Result<()> {
         Err(std::io::Error::other("disk full"))
     }

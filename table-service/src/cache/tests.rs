@@ -76,3 +76,22 @@ fn authz_allows_are_per_credential_action_and_resource() {
         assert!(cache.allowed(cred, action, resource).is_none());
     }
 }
+
+#[test]
+fn key_parts_do_not_run_into_each_other() {
+    let keys = DataKeyCache::new(config(60_000, 10));
+    keys.insert("user/a", b"bc", b"k");
+    assert!(keys.get("user/ab", b"c").is_none());
+    let allows = AuthzCache::new(config(60_000, 10));
+    allows.record_allow("Bearer a", "table:GetItem", "table/t", "user/a");
+    assert!(
+        allows
+            .allowed("Bearer a", "table:GetItemtable/t", "")
+            .is_none()
+    );
+    assert!(
+        allows
+            .allowed("Bearer atable:GetItem", "", "table/t")
+            .is_none()
+    );
+}

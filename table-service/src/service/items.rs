@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Call, Tables, store_error};
+use super::{Call, Tables, integrity, open_envelope, store_error};
+use crate::envelope;
 use crate::error::TableError;
 use crate::expression::{self, Condition, UpdateAction};
 use crate::model::{self, Item, ItemKey};
@@ -100,11 +101,57 @@ impl Tables {
         table_name: &str,
         key: &Item,
     ) -> Result<Option<Item>, TableError> {
-        self.authorize(call, "table:GetItem", &resource(table_name))
-            .await?;
-        let table = self.table(table_name)?;
-        let key = table.schema.validate_key_map(key)?;
-        self.current(call, &table, &key).await
+        const ACTION: &str = "table:GetItem";
+        let resource = resource(table_name);
+        let cached = self.cached_allow(call, ACTION, &resource);
+        if cached || self.data_keys.enabled() {
+            // Either the decision is cached, or the item's data key may be
+            // (which only the caller's principal, known after the decision,
+            // can tell): one after the other.
+            if !cached {
+                self.authorize_uncached(call, ACTION, &resource).await?;
+            }
+            let table = self.table(table_name)?;
+            let key = table.schema.validate_key_map(key)?;
+            return self.current(call, &table, &key).await;
+        }
+        // Two kms-service calls, the decision and the unwrapping of the
+        // item's data key (on behalf of the caller, like every unwrapping),
+        // made at the same time rather than one after the other. The item is
+        // opened only if both allow; otherwise the data key is dropped
+        // (zeroized) unused. Errors are reported in the order of the
+        // sequential path: the decision first, then the table and key, then
+        // the unwrapping.
+        let caller = &call.caller;
+        let decision = self.ask(caller, ACTION, &resource);
+        let read = async {
+            let table = self.table(table_name)?;
+            let key = table.schema.validate_key_map(key)?;
+            // A point read by primary key takes microseconds; a hop to the
+            // blocking pool would cost more than it saves.
+            let Some(envelope) = self
+                .store
+                .get_item(&table.table_id, &key)
+                .map_err(store_error)?
+            else {
+                return Ok(None);
+            };
+            let stored = StoredItem { key, envelope };
+            let parsed = envelope::parse(&stored.envelope).map_err(|_| integrity(&table))?;
+            let data_key = self
+                .unwrap_data_key(caller, &table, &stored, parsed.wrapped_key)
+                .await;
+            Ok(Some((table, stored, data_key)))
+        };
+        let (decision, read): (_, Result<_, TableError>) = tokio::join!(decision, read);
+        call.outcome.kms_calls += 1 + u32::from(matches!(read, Ok(Some(_))));
+        let (principal, decision) = decision?;
+        call.outcome.principal = Some(principal);
+        decision?;
+        let Some((table, stored, data_key)) = read? else {
+            return Ok(None);
+        };
+        open_envelope(&table, &stored, &data_key?).map(Some)
     }
 
     pub async fn delete_item(
