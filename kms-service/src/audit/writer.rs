@@ -7,11 +7,13 @@
 //! Syncer threads rather than tokio tasks because every batch ends in a
 //! blocking `fsync`, and because the log must keep the chain in order
 //! regardless of which runtime (if any) the callers use. There are two, each
-//! with its own file description. While a sync is quick, the records that
-//! arrive during it wait for it and go together into the next one (each
-//! sync costs CPU time); once it has run for [`OVERLAP_AFTER`], the other
-//! syncer writes and syncs them beside it, so a slow disk flush does not
-//! hold up everything behind it. Writes are taken in chain order, one at a
+//! with its own file description. Under load, while a sync is quick, the
+//! records that arrive during it wait for it and go together into the next
+//! one (each sync costs CPU time); once it has run for [`OVERLAP_AFTER`],
+//! the other syncer writes and syncs them beside it, so a slow disk flush
+//! does not hold up everything behind it. A sync of only a few records
+//! (light load, e.g. the two calls of one table-service GetItem) gets a
+//! second one beside it at once. Writes are taken in chain order, one at a
 //! time; syncs may overlap. A record is answered only after a sync that
 //! began after its bytes were written has succeeded (a later sync answers
 //! for the records before it too).
@@ -55,10 +57,15 @@ pub(super) const SYNCERS: usize = 2;
 
 /// How long a sync may run before another one starts beside it for the
 /// records written meanwhile. Each sync costs CPU time (on a virtual disk,
-/// several exits to the hypervisor), so while syncs are quick the records
-/// that arrive during one wait for it and go together into the next; only
-/// a sync slower than this (a busy disk) is overlapped.
+/// several exits to the hypervisor), so under load, while syncs are quick,
+/// the records that arrive during one wait for it and go together into the
+/// next; only a sync slower than this (a busy disk) is overlapped.
 const OVERLAP_AFTER: Duration = Duration::from_millis(1);
+
+/// Syncs in flight covering fewer records than this (light load) get
+/// another one beside them at once: waiting would cost latency and save
+/// little.
+const OVERLAP_BELOW: usize = 4;
 
 /// Handle to the audit log. Cheap to clone; all clones feed the same log.
 /// When the last clone is dropped without [`AuditLog::close`], what was
@@ -404,8 +411,8 @@ struct Pending {
     /// Syncers between taking records and finishing with them (writing,
     /// syncing, answering, checkpointing).
     syncing: usize,
-    /// When each of those took its records.
-    in_flight: Vec<Instant>,
+    /// When each of those took its records, and how many.
+    in_flight: Vec<(Instant, usize)>,
     /// Syncers waiting for work.
     idle: usize,
     /// The newest durable record a checkpoint is due for, not yet being
@@ -784,25 +791,29 @@ fn sync_loop(shared: &Shared, mut syncer: Box<dyn AuditSyncer>) {
     let mut pending = shared.lock();
     loop {
         let now = Instant::now();
-        // While another sync runs, whatever it does not cover waits for it
-        // (its syncer takes it next), unless it turns out slow.
+        // While another sync of many records runs, whatever it does not
+        // cover waits for it (its syncer takes it next), unless it turns
+        // out slow.
+        let in_flight: usize = pending.in_flight.iter().map(|&(_, n)| n).sum();
         let overlap_at = pending
             .in_flight
             .iter()
+            .map(|&(started, _)| started)
             .min()
-            .map(|&started| started + OVERLAP_AFTER)
+            .filter(|_| in_flight >= OVERLAP_BELOW)
+            .map(|started| started + OVERLAP_AFTER)
             .filter(|&at| at > now);
         if !shared.status.poisoned() && pending.can_write() && overlap_at.is_none() {
             let (mut bytes, n, head) = pending.take(shared.max_batch);
             pending.writing = true;
             pending.syncing += 1;
-            pending.in_flight.push(now);
+            pending.in_flight.push((now, n));
             drop(pending);
             shared.room.add_permits(n);
             shared.write_and_sync(syncer.as_mut(), &mut bytes, head);
             pending = shared.lock();
             pending.syncing -= 1;
-            if let Some(at) = pending.in_flight.iter().position(|t| *t == now) {
+            if let Some(at) = pending.in_flight.iter().position(|&(t, _)| t == now) {
                 pending.in_flight.swap_remove(at);
             }
             continue;
