@@ -22,7 +22,6 @@ use crate::model::{ItemKey, KeySchema};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rewrap {
     pub target_key_id: String,
-    pub target_service_managed: bool,
     /// Items done so far; the job resumes after `resume_after`.
     pub items_done: u64,
     pub resume_after: Option<(Vec<u8>, Vec<u8>)>,

@@ -315,7 +315,6 @@ impl Tables {
         }
         record.rewrap = Some(crate::store::Rewrap {
             target_key_id: key.key_id.clone(),
-            target_service_managed,
             items_done: 0,
             resume_after: None,
             source_key_id: record.kms_key_id.clone(),
