@@ -1,5 +1,6 @@
 #!/bin/sh
-# KMS Decrypt/GenerateDataKey throughput vs a bare tonic RPC (set BENCH_SECONDS to change the 3 s window).
+# KMS Decrypt/GenerateDataKey throughput vs a bare tonic RPC (set BENCH_SECONDS to change the 3 s window,
+# BENCH_CONCURRENCY=64 to run only that level of the KMS benchmark).
 set -eu
 cd "$(dirname "$0")/.."
 cargo bench -p lockbox-tests --bench kms_throughput "$@"

@@ -90,7 +90,7 @@ use zeroize::Zeroizing;
 
 pub use sink::{AuditSink, AuditSyncer, FileSink};
 pub use verify::{AuditFile, VerifyFailure, VerifyReport, verify};
-pub use writer::{AuditLog, CheckpointSink};
+pub use writer::{AuditLog, AuditStats, CheckpointSink};
 
 /// Default number of records between two checkpoints.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;

@@ -380,6 +380,27 @@ async fn appended_records_verify() -> TestResult {
 }
 
 #[tokio::test]
+async fn stats_count_from_the_reopening() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(5, 0).await?;
+    let log = fx.open(0)?;
+    assert_eq!(log.stats(), AuditStats::default());
+    for i in 0..3 {
+        log.append(event(i)).await?;
+    }
+    // One at a time: one sync each.
+    assert_eq!(
+        log.stats(),
+        AuditStats {
+            records_durable: 3,
+            syncs: 3
+        }
+    );
+    log.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn records_have_exactly_the_documented_keys_in_order() -> TestResult {
     let fx = Fixture::new()?;
     let log = fx.open(1000)?;
@@ -501,6 +522,14 @@ async fn concurrent_appends_share_syncs_and_stay_consecutive() -> TestResult {
     for task in tasks {
         sequences.push(task.await??);
     }
+    // Every acknowledged record is counted, and the batch syncs with it.
+    let stats = log.stats();
+    assert_eq!(stats.records_durable, N as u64);
+    assert!(
+        (1..N as u64).contains(&stats.syncs),
+        "{stats:?}: batch syncs out of range"
+    );
+    assert!(stats.syncs <= counters.syncs.load(Ordering::SeqCst) as u64);
     log.close().await?;
     sequences.sort_unstable();
     let expected: Vec<u64> = (1..=200).collect();

@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader};
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,15 @@ const OVERLAP_AFTER: Duration = Duration::from_millis(1);
 /// another one beside them at once: waiting would cost latency and save
 /// little.
 const OVERLAP_BELOW: usize = 4;
+
+/// See [`AuditLog::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AuditStats {
+    /// Records made durable since the log was opened.
+    pub records_durable: u64,
+    /// Batch syncs (`fdatasync` for a file) that succeeded.
+    pub syncs: u64,
+}
 
 /// Handle to the audit log. Cheap to clone; all clones feed the same log.
 /// When the last clone is dropped without [`AuditLog::close`], what was
@@ -243,6 +252,17 @@ impl AuditLog {
             .unwrap_or_else(|_| Err(shared.status.refusal()))
     }
 
+    /// Counters of the durability pipeline since the log was opened: how
+    /// many records were made durable and how many syncs it took (their
+    /// ratio is the group-commit batch size).
+    pub fn stats(&self) -> AuditStats {
+        let durable = self.shared.lock().durable;
+        AuditStats {
+            records_durable: durable - self.shared.opened_at,
+            syncs: self.shared.syncs.load(Ordering::Relaxed),
+        }
+    }
+
     /// Lets everything already sealed become durable, writes a final
     /// checkpoint, syncs and stops the syncers; later appends fail with
     /// [`AuditError::Closed`]. Closing again is a no-op. Fails if the log was
@@ -341,6 +361,8 @@ fn spawn(
         work: Condvar::new(),
         sink: Mutex::new(sink),
         checkpoints: Mutex::new(checkpoints),
+        opened_at: head.sequence,
+        syncs: AtomicU64::new(0),
     });
     for (i, syncer) in syncers.into_iter().enumerate() {
         let for_thread = Arc::clone(&shared);
@@ -377,6 +399,10 @@ struct Shared {
     /// Used by one thread at a time: the syncer holding the checkpointing
     /// job, or the one shutting the log.
     checkpoints: Mutex<Option<CheckpointWriter>>,
+    /// The durable sequence number when the log was opened.
+    opened_at: u64,
+    /// Successful batch syncs.
+    syncs: AtomicU64,
 }
 
 /// A sealed record not yet written.
@@ -745,6 +771,9 @@ impl Shared {
         }
         // Began after the write returned, so it covers these records.
         let synced = syncer.sync();
+        if synced.is_ok() {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
         let mut pending = self.lock();
         match synced {
             Ok(()) if !self.status.poisoned() && head.sequence > pending.durable => {
