@@ -19,9 +19,19 @@
 //!   bytes made up front; GenerateDataKey asks for AES_256. Both carry the
 //!   same small encryption context.
 //!
-//! For each concurrency level (1, 16, 64) the three workloads run one after
-//! the other (echo, Decrypt, GenerateDataKey), so slow drift in a shared,
-//! noisy machine hits all three alike. Each run has `c` client tasks issuing
+//! * **Decrypt, audit unsynced (reference)**: a second KMS, the same service
+//!   and server code over its own store, whose audit log is sealed (hash
+//!   chain) and written exactly like the real one but never synced. It is
+//!   not a product setting (the service has no such switch); it shows, in
+//!   the same run, how much of the gap to echo is the `fdatasync` every
+//!   call waits for. The report also gives this disk's `fdatasync` latency
+//!   (measured before the runs) and, per KMS run, how many audit records
+//!   shared each sync.
+//!
+//! For each concurrency level (1, 16, 64) the four workloads run one after
+//! the other (echo, Decrypt, GenerateDataKey, the reference), so slow drift
+//! in a shared,
+//! noisy machine hits all of them alike. Each run has `c` client tasks issuing
 //! requests back to back on one shared tonic `Channel` (one HTTP/2
 //! connection, multiplexed), the same scheme for every workload; both
 //! servers accept connections the same way (`serve_with_incoming_shutdown`
@@ -50,8 +60,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use kms_service::audit::{AuditLog, AuditSink, AuditSyncer, ChainHead, DEFAULT_MAX_BATCH};
+use kms_service::clock::SystemClock;
 use kms_service::config::ServeConfig;
-use kms_service::server::RunningServer;
+use kms_service::crypto::root_key::SoftwareRootKey;
+use kms_service::identity::PrincipalKind;
+use kms_service::server::{ADMIN_PRINCIPAL, RunningServer, serve_with_tls};
+use kms_service::service::Kms;
+use kms_service::store::sqlite::SqliteStore;
 use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use lockbox_proto::kms::v1::{
     CreateKeyRequest, DataKeySpec, DecryptRequest, EncryptRequest, GenerateDataKeyRequest,
@@ -65,7 +81,12 @@ use tonic_health::pb::health_client::HealthClient;
 type BoxError = Box<dyn Error + Send + Sync>;
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
-const WORKLOADS: [Workload; 3] = [Workload::Echo, Workload::Decrypt, Workload::GenerateDataKey];
+const WORKLOADS: [Workload; 4] = [
+    Workload::Echo,
+    Workload::Decrypt,
+    Workload::GenerateDataKey,
+    Workload::DecryptUnsynced,
+];
 const TARGET_CONCURRENCY: usize = 64;
 const TARGET_RATIO: f64 = 0.7;
 const DEFAULT_SECONDS: f64 = 3.0;
@@ -77,6 +98,10 @@ enum Workload {
     Echo,
     Decrypt,
     GenerateDataKey,
+    /// Decrypt on the reference server, whose audit log is written but
+    /// never synced: not a product configuration, it shows what the
+    /// durability of the audit log costs.
+    DecryptUnsynced,
 }
 
 impl Workload {
@@ -85,24 +110,37 @@ impl Workload {
             Workload::Echo => "echo (Health/Check)",
             Workload::Decrypt => "Decrypt",
             Workload::GenerateDataKey => "GenerateDataKey",
+            Workload::DecryptUnsynced => "Decrypt, audit unsynced (reference)",
         }
     }
+
+    /// Calls to the real KMS, audited durably and held to the target.
+    fn is_kms(self) -> bool {
+        matches!(self, Workload::Decrypt | Workload::GenerateDataKey)
+    }
+}
+
+/// A KMS server the benchmark calls, with its key and ciphertext.
+struct KmsTarget {
+    channel: Channel,
+    /// `Bearer <admin token>` of this server.
+    authorization: MetadataValue<Ascii>,
+    key_id: String,
+    ciphertext: Vec<u8>,
 }
 
 /// Everything the client tasks share.
 struct Fixture {
     echo: Channel,
-    kms: Channel,
-    /// `Bearer <admin token>`; sent on echo requests too, so both carry the
-    /// same headers (the health service ignores it).
-    authorization: MetadataValue<Ascii>,
-    key_id: String,
+    /// The real KMS.
+    kms: KmsTarget,
+    /// The reference KMS (audit log not synced).
+    reference: KmsTarget,
     context: HashMap<String, String>,
     plaintext: Vec<u8>,
-    ciphertext: Vec<u8>,
 }
 
-impl Fixture {
+impl KmsTarget {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request
@@ -116,6 +154,29 @@ impl Fixture {
 struct Clients {
     echo: HealthClient<Channel>,
     kms: KeyManagementServiceClient<Channel>,
+    reference: KeyManagementServiceClient<Channel>,
+}
+
+/// One Decrypt on `target`, its answer checked.
+async fn decrypt(
+    fx: &Fixture,
+    client: &mut KeyManagementServiceClient<Channel>,
+    target: &KmsTarget,
+) -> Result<(), tonic::Status> {
+    let response = client
+        .decrypt(target.request(DecryptRequest {
+            ciphertext_blob: target.ciphertext.clone(),
+            encryption_context: fx.context.clone(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    if response.plaintext != fx.plaintext {
+        return Err(tonic::Status::internal(
+            "Decrypt returned the wrong plaintext",
+        ));
+    }
+    Ok(())
 }
 
 /// One request of `workload`, its answer checked.
@@ -130,9 +191,11 @@ async fn call(fx: &Fixture, clients: &mut Clients, workload: Workload) -> Result
     };
     match workload {
         Workload::Echo => {
+            // The admin token is sent to the echo too, so both carry the
+            // same headers (the health service ignores it).
             let response = clients
                 .echo
-                .check(fx.request(HealthCheckRequest {
+                .check(fx.kms.request(HealthCheckRequest {
                     service: String::new(),
                 }))
                 .await
@@ -142,26 +205,15 @@ async fn call(fx: &Fixture, clients: &mut Clients, workload: Workload) -> Result
                 return Err(format!("echo answered status {}", response.status));
             }
         }
-        Workload::Decrypt => {
-            let response = clients
-                .kms
-                .decrypt(fx.request(DecryptRequest {
-                    ciphertext_blob: fx.ciphertext.clone(),
-                    encryption_context: fx.context.clone(),
-                    ..Default::default()
-                }))
-                .await
-                .map_err(fail)?
-                .into_inner();
-            if response.plaintext != fx.plaintext {
-                return Err("Decrypt returned the wrong plaintext".into());
-            }
-        }
+        Workload::Decrypt => decrypt(fx, &mut clients.kms, &fx.kms).await.map_err(fail)?,
+        Workload::DecryptUnsynced => decrypt(fx, &mut clients.reference, &fx.reference)
+            .await
+            .map_err(fail)?,
         Workload::GenerateDataKey => {
             let response = clients
                 .kms
-                .generate_data_key(fx.request(GenerateDataKeyRequest {
-                    key_id: fx.key_id.clone(),
+                .generate_data_key(fx.kms.request(GenerateDataKeyRequest {
+                    key_id: fx.kms.key_id.clone(),
                     encryption_context: fx.context.clone(),
                     key_spec: DataKeySpec::Aes256 as i32,
                     ..Default::default()
@@ -207,7 +259,8 @@ async fn client_task(
 ) -> Result<TaskResult, String> {
     let mut clients = Clients {
         echo: HealthClient::new(fx.echo.clone()),
-        kms: KeyManagementServiceClient::new(fx.kms.clone()),
+        kms: KeyManagementServiceClient::new(fx.kms.channel.clone()),
+        reference: KeyManagementServiceClient::new(fx.reference.channel.clone()),
     };
     let mut latencies = Vec::with_capacity(4096);
     let mut succeeded = 0;
@@ -346,45 +399,125 @@ async fn connect(addr: SocketAddr) -> Result<Channel, BoxError> {
         .await?)
 }
 
-/// Creates the key and the Decrypt ciphertext as the administrator.
-async fn prepare(kms: Channel, echo: Channel, token_file: &Path) -> Result<Arc<Fixture>, BoxError> {
-    let token = std::fs::read_to_string(token_file)?;
-    let authorization: MetadataValue<Ascii> = format!("Bearer {}", token.trim()).parse()?;
-    let mut fx = Fixture {
-        echo,
-        kms: kms.clone(),
-        authorization,
+/// Creates a key and the Decrypt ciphertext on one server as its
+/// administrator.
+async fn prepare_target(
+    channel: Channel,
+    token: &str,
+    context: &HashMap<String, String>,
+    plaintext: &[u8],
+) -> Result<KmsTarget, BoxError> {
+    let mut target = KmsTarget {
+        channel: channel.clone(),
+        authorization: format!("Bearer {}", token.trim()).parse()?,
         key_id: String::new(),
-        context: HashMap::from([
-            ("tenant".to_owned(), "bench-tenant".to_owned()),
-            ("purpose".to_owned(), "throughput".to_owned()),
-        ]),
-        plaintext: (0..PLAINTEXT_LEN as u8).collect(),
         ciphertext: Vec::new(),
     };
-    let mut client = KeyManagementServiceClient::new(kms);
+    let mut client = KeyManagementServiceClient::new(channel);
     let created = client
-        .create_key(fx.request(CreateKeyRequest {
+        .create_key(target.request(CreateKeyRequest {
             description: "kms_throughput benchmark".into(),
             ..Default::default()
         }))
         .await?
         .into_inner();
-    fx.key_id = created
+    target.key_id = created
         .key_metadata
         .ok_or("CreateKey returned no metadata")?
         .key_id;
-    fx.ciphertext = client
-        .encrypt(fx.request(EncryptRequest {
-            key_id: fx.key_id.clone(),
-            plaintext: fx.plaintext.clone(),
-            encryption_context: fx.context.clone(),
+    target.ciphertext = client
+        .encrypt(target.request(EncryptRequest {
+            key_id: target.key_id.clone(),
+            plaintext: plaintext.to_vec(),
+            encryption_context: context.clone(),
             ..Default::default()
         }))
         .await?
         .into_inner()
         .ciphertext_blob;
-    Ok(Arc::new(fx))
+    Ok(target)
+}
+
+/// An audit sink that writes like the product's file sink but never syncs.
+struct UnsyncedFile(std::fs::File);
+
+struct NoSync;
+
+impl AuditSyncer for NoSync {
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AuditSink for UnsyncedFile {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.0, bytes)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn syncer(&self) -> std::io::Result<Box<dyn AuditSyncer>> {
+        Ok(Box::new(NoSync))
+    }
+}
+
+/// The reference KMS: the same service, store and server, with an audit
+/// log that is sealed and written like the real one but never synced.
+struct ReferenceKms {
+    addr: SocketAddr,
+    token: String,
+    log_path: PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), kms_service::server::StartError>>,
+}
+
+async fn start_reference(dir: &Path) -> Result<ReferenceKms, BoxError> {
+    std::fs::create_dir_all(dir)?;
+    let store = SqliteStore::open(&dir.join("kms.sqlite3"))?;
+    let log_path = dir.join("audit.jsonl");
+    let file = std::fs::OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&log_path)?;
+    let audit = AuditLog::with_sink(
+        Box::new(UnsyncedFile(file)),
+        None,
+        ChainHead::GENESIS,
+        DEFAULT_MAX_BATCH,
+    )?;
+    let kms = Arc::new(Kms::open(
+        Arc::new(store),
+        Arc::new(SoftwareRootKey::generate()),
+        audit,
+        Arc::new(SystemClock),
+    )?);
+    let token = kms
+        .bootstrap_principal(
+            ADMIN_PRINCIPAL,
+            PrincipalKind::User,
+            &["AdministratorAccess"],
+        )
+        .await?
+        .ok_or("the reference server bootstrapped no administrator")?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let config = ServeConfig::for_data_dir(dir.to_path_buf());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        serve_with_tls(&config, None, kms, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Ok(ReferenceKms {
+        addr,
+        token: token.token.to_string(),
+        log_path,
+        stop,
+        task,
+    })
 }
 
 struct Settings {
@@ -553,9 +686,15 @@ fn print_report(
         );
     }
     println!();
+    println!(
+        "The reference row is the same service with an audit log that is sealed and \
+         written but never synced (not a product setting): the gap between it and \
+         Decrypt is what durable auditing costs on this disk."
+    );
+    println!();
     let verdicts: Vec<String> = results
         .iter()
-        .filter(|r| r.concurrency == TARGET_CONCURRENCY && r.workload != Workload::Echo)
+        .filter(|r| r.concurrency == TARGET_CONCURRENCY && r.workload.is_kms())
         .map(|r| {
             let x = ratio(results, r);
             let verdict = if x >= TARGET_RATIO { "PASS" } else { "BELOW" };
@@ -588,19 +727,33 @@ async fn bench() -> Result<(), BoxError> {
     };
     let (echo_addr, echo_stop, echo_task) = start_echo().await?;
     let server = RunningServer::start(ServeConfig::for_data_dir(data_dir.clone())).await?;
+    let reference = start_reference(&dir.path().join("reference")).await?;
     let token_file = server
         .admin_token_file
         .clone()
         .ok_or("the new data directory bootstrapped no administrator")?;
 
-    // Run, then stop both servers whatever happened.
+    // Run, then stop the servers whatever happened.
     let outcome: Result<Vec<RunResult>, BoxError> = async {
-        let fx = prepare(
-            connect(server.addr).await?,
-            connect(echo_addr).await?,
-            &token_file,
-        )
-        .await?;
+        let context = HashMap::from([
+            ("tenant".to_owned(), "bench-tenant".to_owned()),
+            ("purpose".to_owned(), "throughput".to_owned()),
+        ]);
+        let plaintext: Vec<u8> = (0..PLAINTEXT_LEN as u8).collect();
+        let token = std::fs::read_to_string(&token_file)?;
+        let fx = Arc::new(Fixture {
+            echo: connect(echo_addr).await?,
+            kms: prepare_target(connect(server.addr).await?, &token, &context, &plaintext).await?,
+            reference: prepare_target(
+                connect(reference.addr).await?,
+                &reference.token,
+                &context,
+                &plaintext,
+            )
+            .await?,
+            context,
+            plaintext,
+        });
         let mut results = Vec::new();
         for concurrency in CONCURRENCY {
             if !settings.concurrency.contains(&concurrency) {
@@ -617,7 +770,7 @@ async fn bench() -> Result<(), BoxError> {
                 )
                 .await?;
                 let after = server.kms.audit_log().stats();
-                if workload != Workload::Echo && after.syncs > before.syncs {
+                if workload.is_kms() && after.syncs > before.syncs {
                     result.records_per_sync = Some(
                         (after.records_durable - before.records_durable) as f64
                             / (after.syncs - before.syncs) as f64,
@@ -638,22 +791,37 @@ async fn bench() -> Result<(), BoxError> {
     let _ = echo_stop.send(());
     let echo_stopped = echo_task.await;
     let kms_stopped = server.stop().await;
+    let _ = reference.stop.send(());
+    let reference_stopped = reference.task.await;
     let results = outcome?;
     echo_stopped??;
     kms_stopped?;
+    reference_stopped??;
 
-    // Every successful KMS call must have left a durable audit record.
-    let kms_calls: u64 = results
-        .iter()
-        .filter(|r| r.workload != Workload::Echo)
-        .map(|r| r.succeeded)
-        .sum();
-    let audit_records = count_lines(&data_dir.join("audit").join("audit.jsonl"))?;
-    if audit_records < kms_calls {
-        return Err(format!(
-            "the audit log has {audit_records} records for {kms_calls} successful KMS calls"
-        )
-        .into());
+    // Every successful KMS call must have left an audit record (a durable
+    // one, for the real server).
+    let calls = |to_reference: bool| -> u64 {
+        results
+            .iter()
+            .filter(|r| {
+                r.workload != Workload::Echo
+                    && (r.workload == Workload::DecryptUnsynced) == to_reference
+            })
+            .map(|r| r.succeeded)
+            .sum()
+    };
+    for (path, calls) in [
+        (data_dir.join("audit").join("audit.jsonl"), calls(false)),
+        (reference.log_path.clone(), calls(true)),
+    ] {
+        let records = count_lines(&path)?;
+        if records < calls {
+            return Err(format!(
+                "{} has {records} records for {calls} successful KMS calls",
+                path.display()
+            )
+            .into());
+        }
     }
 
     print_report(&settings, &data_dir, &fsync, &results);
