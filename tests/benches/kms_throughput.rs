@@ -30,8 +30,8 @@
 //!
 //! For each concurrency level (1, 16, 64) the four workloads run one after
 //! the other (echo, Decrypt, GenerateDataKey, the reference), so slow drift
-//! in a shared,
-//! noisy machine hits all of them alike. Each run has `c` client tasks issuing
+//! in a shared, noisy machine hits all of them alike. Each run has `c`
+//! client tasks issuing
 //! requests back to back on one shared tonic `Channel` (one HTTP/2
 //! connection, multiplexed), the same scheme for every workload; both
 //! servers accept connections the same way (`serve_with_incoming_shutdown`
