@@ -93,6 +93,99 @@ fn item(pairs: &[(&str, pb::AttributeValue)]) -> HashMap<String, pb::AttributeVa
         .collect()
 }
 
+/// Creates a symmetric key, a table `name` (partition key `pk`, a string)
+/// encrypted with it, and the item `{pk: "a", secret: "x"}`, as `admin`;
+/// returns the key id.
+async fn encrypted_table(
+    keys: &mut KeyManagementServiceClient<Channel>,
+    tables: &mut TableServiceClient<Channel>,
+    admin: &str,
+    name: &str,
+) -> String {
+    let key = keys
+        .create_key(authed(admin, kms::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    tables
+        .create_table(authed(
+            admin,
+            pb::CreateTableRequest {
+                table_name: name.into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "pk".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: None,
+                }),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: key.clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    tables
+        .put_item(authed(
+            admin,
+            pb::PutItemRequest {
+                table_name: name.into(),
+                item: item(&[("pk", s("a")), ("secret", s("x"))]),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    key
+}
+
+/// Creates user `name` with the managed `policy`, if any, as `admin`;
+/// returns a new access token of theirs.
+async fn user_token(
+    iam_client: &mut IdentityServiceClient<Channel>,
+    admin: &str,
+    name: &str,
+    policy: Option<&str>,
+) -> String {
+    iam_client
+        .create_user(authed(
+            admin,
+            iam::CreateUserRequest {
+                user_name: name.into(),
+                kind: 0,
+            },
+        ))
+        .await
+        .unwrap();
+    if let Some(policy) = policy {
+        iam_client
+            .attach_user_policy(authed(
+                admin,
+                iam::AttachUserPolicyRequest {
+                    user_name: name.into(),
+                    policy_name: policy.into(),
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    iam_client
+        .create_access_token(authed(
+            admin,
+            iam::CreateAccessTokenRequest {
+                user_name: name.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
 #[track_caller]
 fn check_status<T: std::fmt::Debug>(
     result: Result<T, tonic::Status>,
@@ -203,37 +296,7 @@ async fn seed_walkthrough_end_to_end() {
     assert_eq!(got.get("note"), Some(&s("bikes 2")));
 
     // A user with TableFullAccess only.
-    iam_client
-        .create_user(authed(
-            &admin,
-            iam::CreateUserRequest {
-                user_name: USER.into(),
-                kind: 0,
-            },
-        ))
-        .await
-        .unwrap();
-    iam_client
-        .attach_user_policy(authed(
-            &admin,
-            iam::AttachUserPolicyRequest {
-                user_name: USER.into(),
-                policy_name: "TableFullAccess".into(),
-            },
-        ))
-        .await
-        .unwrap();
-    let user = iam_client
-        .create_access_token(authed(
-            &admin,
-            iam::CreateAccessTokenRequest {
-                user_name: USER.into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let user = user_token(&mut iam_client, &admin, USER, Some("TableFullAccess")).await;
 
     let denied = format!(
         "User: user/{USER} is not authorized to perform: kms:Decrypt on resource: key/{key}"
@@ -504,75 +567,8 @@ async fn data_key_cache_is_per_principal_and_expires() {
     let mut iam_client = IdentityServiceClient::new(kms_ch);
     let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
     let admin = stack.admin.clone();
-    let key = keys
-        .create_key(authed(&admin, kms::CreateKeyRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    tables
-        .create_table(authed(
-            &admin,
-            pb::CreateTableRequest {
-                table_name: "cached".into(),
-                key_schema: Some(pb::KeySchema {
-                    partition_key: Some(pb::KeyElement {
-                        name: "pk".into(),
-                        r#type: pb::ScalarType::S.into(),
-                    }),
-                    sort_key: None,
-                }),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: key.clone(),
-                }),
-            },
-        ))
-        .await
-        .unwrap();
-    tables
-        .put_item(authed(
-            &admin,
-            pb::PutItemRequest {
-                table_name: "cached".into(),
-                item: item(&[("pk", s("a")), ("secret", s("x"))]),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap();
-    iam_client
-        .create_user(authed(
-            &admin,
-            iam::CreateUserRequest {
-                user_name: "bob".into(),
-                kind: 0,
-            },
-        ))
-        .await
-        .unwrap();
-    iam_client
-        .attach_user_policy(authed(
-            &admin,
-            iam::AttachUserPolicyRequest {
-                user_name: "bob".into(),
-                policy_name: "TableFullAccess".into(),
-            },
-        ))
-        .await
-        .unwrap();
-    let bob = iam_client
-        .create_access_token(authed(
-            &admin,
-            iam::CreateAccessTokenRequest {
-                user_name: "bob".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let key = encrypted_table(&mut keys, &mut tables, &admin, "cached").await;
+    let bob = user_token(&mut iam_client, &admin, "bob", Some("TableFullAccess")).await;
     let get = |token: &str| {
         authed(
             token,
@@ -625,83 +621,14 @@ async fn get_item_errors_are_the_same_whether_or_not_its_kms_calls_overlap() {
         let mut iam_client = IdentityServiceClient::new(kms_ch);
         let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
         let admin = stack.admin.clone();
-        let key = keys
-            .create_key(authed(&admin, kms::CreateKeyRequest::default()))
-            .await
-            .unwrap()
-            .into_inner()
-            .key_metadata
-            .unwrap()
-            .key_id;
-        tables
-            .create_table(authed(
-                &admin,
-                pb::CreateTableRequest {
-                    table_name: "overlap".into(),
-                    key_schema: Some(pb::KeySchema {
-                        partition_key: Some(pb::KeyElement {
-                            name: "pk".into(),
-                            r#type: pb::ScalarType::S.into(),
-                        }),
-                        sort_key: None,
-                    }),
-                    sse_specification: Some(pb::SseSpecification {
-                        kms_key_id: key.clone(),
-                    }),
-                },
-            ))
-            .await
-            .unwrap();
-        tables
-            .put_item(authed(
-                &admin,
-                pb::PutItemRequest {
-                    table_name: "overlap".into(),
-                    item: item(&[("pk", s("a")), ("secret", s("x"))]),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap();
+        let key = encrypted_table(&mut keys, &mut tables, &admin, "overlap").await;
         let mut tokens = HashMap::new();
         for (name, policy) in [
             ("carol", None),
             ("bob", Some("TableFullAccess")),
             ("dave", None),
         ] {
-            iam_client
-                .create_user(authed(
-                    &admin,
-                    iam::CreateUserRequest {
-                        user_name: name.into(),
-                        kind: 0,
-                    },
-                ))
-                .await
-                .unwrap();
-            if let Some(policy) = policy {
-                iam_client
-                    .attach_user_policy(authed(
-                        &admin,
-                        iam::AttachUserPolicyRequest {
-                            user_name: name.into(),
-                            policy_name: policy.into(),
-                        },
-                    ))
-                    .await
-                    .unwrap();
-            }
-            let token = iam_client
-                .create_access_token(authed(
-                    &admin,
-                    iam::CreateAccessTokenRequest {
-                        user_name: name.into(),
-                    },
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .token;
+            let token = user_token(&mut iam_client, &admin, name, policy).await;
             tokens.insert(name, token);
         }
         // carol may use the key, not the table.
