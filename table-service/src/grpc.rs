@@ -36,4 +36,3 @@ fn caller<T>(request: &tonic::Request<T>) -> Result<CallerCredential, TableError
         request_id,
     })
 }
-

@@ -603,13 +603,19 @@ impl Shared {
     /// failure nothing more is acknowledged, even a record some other sync
     /// might still cover (failing closed), and nothing sealed is written.
     fn poison(&self, reason: &str) {
-        let waiters = {
-            let mut pending = self.lock();
-            self.status.poison(reason);
-            pending.buf.clear();
-            pending.unwritten.clear();
-            std::mem::take(&mut pending.waiters)
-        };
+        self.poison_locked(self.lock(), reason);
+    }
+
+    /// [`Shared::poison`] by the holder of the lock, before anyone else can
+    /// take it: a syncer that found its write or sync failed must not let
+    /// another one write after the failed batch, or answer for it, in
+    /// between.
+    fn poison_locked(&self, mut pending: MutexGuard<'_, Pending>, reason: &str) {
+        self.status.poison(reason);
+        pending.buf.clear();
+        pending.unwritten.clear();
+        let waiters = std::mem::take(&mut pending.waiters);
+        drop(pending);
         // Callers waiting for room are refused too.
         self.room.close();
         self.work.notify_all();
@@ -754,11 +760,10 @@ impl Shared {
             std::mem::swap(&mut pending.spare, bytes);
         }
         if let Err(e) = wrote {
-            drop(pending);
             // Part of the batch may be on disk; the chain in memory may no
             // longer match the file, so nothing more is written until a
             // reopen re-reads and re-verifies it.
-            self.poison(&format!("audit log write failed: {e}"));
+            self.poison_locked(pending, &format!("audit log write failed: {e}"));
             return;
         }
         pending.written = head;
@@ -804,10 +809,7 @@ impl Shared {
             // A later sync already made these records durable, or the log
             // was poisoned meanwhile.
             Ok(()) => {}
-            Err(e) => {
-                drop(pending);
-                self.poison(&format!("audit log sync failed: {e}"));
-            }
+            Err(e) => self.poison_locked(pending, &format!("audit log sync failed: {e}")),
         }
     }
 }
