@@ -162,6 +162,10 @@ struct Counters {
     /// For each sync through a syncer, in the order they began: the bytes
     /// appended by then.
     sync_starts: std::sync::Mutex<Vec<usize>>,
+    /// When each sync through a syncer began, in that order.
+    sync_times: std::sync::Mutex<Vec<std::time::Instant>>,
+    /// When each successful append began, in that order.
+    append_times: std::sync::Mutex<Vec<std::time::Instant>>,
 }
 
 /// Holds syncs until the test lets them go: the n-th sync (1-based, counted
@@ -239,6 +243,11 @@ impl AuditSink for TestSink {
         if self.fail_append_on == Some(call) {
             return Err(io::Error::other("injected append failure"));
         }
+        self.counters
+            .append_times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(std::time::Instant::now());
         let lines = bytes.iter().filter(|b| **b == b'\n').count();
         self.counters
             .max_lines_per_append
@@ -290,6 +299,11 @@ impl AuditSyncer for TestSyncer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             starts.push(self.counters.appended.load(Ordering::SeqCst));
+            self.counters
+                .sync_times
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(std::time::Instant::now());
             self.counters.syncs.fetch_add(1, Ordering::SeqCst) + 1
         };
         if let Some(gate) = &self.gate {
@@ -1089,17 +1103,21 @@ async fn every_waiter_of_a_failed_batch_gets_an_error() -> TestResult {
     let gate = Arc::new(Gate::default());
     sink.gate = Some(Arc::clone(&gate));
     let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
-    let tasks: Vec<_> = (0..50)
-        .map(|i| {
-            let log = log.clone();
-            tokio::spawn(async move { log.append(event(i)).await })
-        })
-        .collect();
+    let append = |i: usize| {
+        let log = log.clone();
+        tokio::spawn(async move { log.append(event(i)).await })
+    };
     // The first sync fails while the records written after it wait for a
     // second, overlapping sync; that one succeeds only after the failure,
     // and must not get any of them acknowledged.
+    let mut tasks = vec![append(0)];
     eventually("the first sync began", || {
-        counters.syncs.load(Ordering::SeqCst) >= 1
+        counters.syncs.load(Ordering::SeqCst) == 1
+    })
+    .await?;
+    tasks.extend((1..50).map(append));
+    eventually("a second sync began beside it", || {
+        counters.syncs.load(Ordering::SeqCst) == 2
     })
     .await?;
     gate.release(1);
@@ -1115,9 +1133,87 @@ async fn every_waiter_of_a_failed_batch_gets_an_error() -> TestResult {
             "{result:?}"
         );
     }
-    // No sync starts after the failure: at most the ones already in flight.
+    // No sync starts after the failure: only the two already in flight.
     let syncs = counters.syncs.load(Ordering::SeqCst);
-    assert!((1..=writer::SYNCERS).contains(&syncs), "{syncs} syncs");
+    assert_eq!(syncs, 2, "{syncs} syncs");
+    Ok(())
+}
+
+/// While a sync of few records is held, the next records get a sync beside
+/// it at once; while one of at least `OVERLAP_BELOW` records is held, the
+/// records sealed meanwhile are written only once it has run for
+/// `OVERLAP_AFTER`, and are then made durable without waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_of_many_records_is_overlapped_only_once_it_is_slow() -> TestResult {
+    let fx = Fixture::new()?;
+    let (mut sink, counters) = TestSink::new(&fx.log)?;
+    let gate = Arc::new(Gate::default());
+    sink.gate = Some(Arc::clone(&gate));
+    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
+    let append = |i: usize| {
+        let log = log.clone();
+        tokio::spawn(async move { log.append(event(i)).await })
+    };
+    let syncs = || counters.syncs.load(Ordering::SeqCst);
+    let appends = || counters.appends.load(Ordering::SeqCst);
+    // Sync 1 (one record) held: record 2 gets sync 2 beside it at once.
+    let first = append(0);
+    eventually("sync 1 began", || syncs() == 1).await?;
+    let second = append(1);
+    eventually("sync 2 began beside sync 1", || syncs() == 2).await?;
+    // Both syncers held: six more records wait, sealed but unwritten.
+    let many: Vec<_> = (2..8).map(append).collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        appends(),
+        2,
+        "nothing is written while both syncers are busy"
+    );
+    // Sync 1 ends; its syncer writes the six (beside sync 2, of one record)
+    // and holds them in sync 3.
+    gate.release(1);
+    eventually("sync 3 began", || syncs() == 3).await?;
+    assert_eq!(
+        counters.max_lines_per_append.load(Ordering::SeqCst),
+        6,
+        "sync 3 covers the six records"
+    );
+    const { assert!(6 >= writer::OVERLAP_BELOW) };
+    // Sync 2 ends; a ninth record is written only once sync 3 has run for
+    // OVERLAP_AFTER, then synced while sync 3 is still held.
+    gate.release(2);
+    let ninth = append(8);
+    eventually("sync 4 began", || syncs() == 4).await?;
+    let sync_3_began = counters
+        .sync_times
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())[2];
+    let ninth_written = counters
+        .append_times
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())[3];
+    // OVERLAP_AFTER counts from when sync 3's records were taken, a moment
+    // before the sync began; without the rule the ninth record would be
+    // written within milliseconds.
+    assert!(
+        ninth_written.duration_since(sync_3_began) >= writer::OVERLAP_AFTER / 2,
+        "the ninth record was written {:?} after sync 3 began",
+        ninth_written.duration_since(sync_3_began)
+    );
+    // Sync 4 began after the six were written, so it answers for them too.
+    gate.release(4);
+    assert_eq!(ninth.await??, 9);
+    let mut sequences = Vec::new();
+    for task in many {
+        sequences.push(task.await??);
+    }
+    sequences.sort_unstable();
+    assert_eq!(sequences, (3..=8).collect::<Vec<u64>>());
+    assert_eq!(first.await??, 1);
+    assert_eq!(second.await??, 2);
+    gate.release_all();
+    log.close().await?;
+    assert_eq!(verify(&fx.log, None, None)?.records, 9);
     Ok(())
 }
 

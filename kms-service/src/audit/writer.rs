@@ -60,12 +60,16 @@ pub(super) const SYNCERS: usize = 2;
 /// several exits to the hypervisor), so under load, while syncs are quick,
 /// the records that arrive during one wait for it and go together into the
 /// next; only a sync slower than this (a busy disk) is overlapped.
+#[cfg(not(test))]
 const OVERLAP_AFTER: Duration = Duration::from_millis(1);
+/// Long enough in unit tests that a test can see a second sync held back.
+#[cfg(test)]
+pub(super) const OVERLAP_AFTER: Duration = Duration::from_millis(200);
 
 /// Syncs in flight covering fewer records than this (light load) get
 /// another one beside them at once: waiting would cost latency and save
 /// little.
-const OVERLAP_BELOW: usize = 4;
+pub(super) const OVERLAP_BELOW: usize = 4;
 
 /// See [`AuditLog::stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
