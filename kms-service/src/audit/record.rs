@@ -200,7 +200,11 @@ const RFC3339_MILLIS: &[time::format_description::BorrowedFormatItem<'static>] =
 
 /// The current time for `event_time` and checkpoint `time`.
 pub(crate) fn now_rfc3339() -> Result<String, AuditError> {
-    time::OffsetDateTime::now_utc()
-        .format(RFC3339_MILLIS)
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// `at` as an `event_time` (UTC, milliseconds).
+pub(crate) fn rfc3339(at: time::OffsetDateTime) -> Result<String, AuditError> {
+    at.format(RFC3339_MILLIS)
         .map_err(|e| AuditError::Encode(format!("cannot format the current time: {e}")))
 }

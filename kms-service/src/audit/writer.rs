@@ -34,7 +34,7 @@ use tokio::sync::{Semaphore, TryAcquireError, oneshot};
 use zeroize::Zeroizing;
 
 use super::checkpoint::CheckpointWriter;
-use super::record::{StoredRecord, encode_line, now_rfc3339};
+use super::record::{StoredRecord, encode_line, rfc3339};
 use super::verify::{Tail, inspect};
 use super::{
     AuditConfig, AuditError, AuditEvent, AuditSink, AuditSyncer, ChainHead, FileSink,
@@ -536,9 +536,12 @@ struct TimeCache {
 
 impl TimeCache {
     fn now(&mut self) -> Result<String, AuditError> {
-        let millis = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        // One reading of the clock, so the text is of the millisecond it is
+        // kept for.
+        let now = time::OffsetDateTime::now_utc();
+        let millis = now.unix_timestamp_nanos() / 1_000_000;
         if millis != self.millis || self.text.is_empty() {
-            self.text = now_rfc3339()?;
+            self.text = rfc3339(now)?;
             self.millis = millis;
         }
         Ok(self.text.clone())
