@@ -350,7 +350,6 @@ fn spawn(
             durable: head.sequence,
             waiters: VecDeque::new(),
             writing: false,
-            syncing: 0,
             in_flight: Vec::with_capacity(SYNCERS),
             idle: 0,
             checkpoint_next: None,
@@ -373,7 +372,7 @@ fn spawn(
         shared.lock().syncers += 1;
         let started = std::thread::Builder::new()
             .name(format!("audit-sync-{i}"))
-            .spawn(move || sync_loop(&for_thread, syncer));
+            .spawn(move || sync_loop(&for_thread, i, syncer));
         if let Err(e) = started {
             shared.lock().syncers -= 1;
             shared.begin_close(None);
@@ -409,6 +408,14 @@ struct Shared {
     syncs: AtomicU64,
 }
 
+/// A syncer's batch from when it is taken until the syncer is done with it.
+struct InFlight {
+    /// Which syncer (each has at most one batch in flight).
+    syncer: usize,
+    took_at: Instant,
+    records: usize,
+}
+
 /// A sealed record not yet written.
 struct Unwritten {
     sequence: u64,
@@ -438,11 +445,10 @@ struct Pending {
     waiters: VecDeque<(u64, Reply<u64>)>,
     /// A syncer is appending: writes happen one at a time, in chain order.
     writing: bool,
-    /// Syncers between taking records and finishing with them (writing,
-    /// syncing, answering, checkpointing).
-    syncing: usize,
-    /// When each of those took its records, and how many.
-    in_flight: Vec<(Instant, usize)>,
+    /// The syncers between taking records and finishing with them
+    /// (writing, syncing, answering, checkpointing): which one, when it
+    /// took its records, and how many.
+    in_flight: Vec<InFlight>,
     /// Syncers waiting for work.
     idle: usize,
     /// The newest durable record a checkpoint is due for, not yet being
@@ -479,7 +485,7 @@ impl Pending {
     /// Whether nothing is in flight any more.
     fn quiescent(&self) -> bool {
         self.unwritten.is_empty()
-            && self.syncing == 0
+            && self.in_flight.is_empty()
             && self.checkpointing.is_none()
             && self.checkpoint_next.is_none()
     }
@@ -824,7 +830,7 @@ impl Shared {
 /// One syncer thread: takes sealed records (in chain order, one writer at
 /// a time), writes them, syncs, answers; and shuts the log when it is
 /// closing and nothing is left in flight.
-fn sync_loop(shared: &Shared, mut syncer: Box<dyn AuditSyncer>) {
+fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
     let _guard = OnExit(shared);
     let mut pending = shared.lock();
     loop {
@@ -832,11 +838,11 @@ fn sync_loop(shared: &Shared, mut syncer: Box<dyn AuditSyncer>) {
         // While another sync of many records runs, whatever it does not
         // cover waits for it (its syncer takes it next), unless it turns
         // out slow.
-        let in_flight: usize = pending.in_flight.iter().map(|&(_, n)| n).sum();
+        let in_flight: usize = pending.in_flight.iter().map(|f| f.records).sum();
         let overlap_at = pending
             .in_flight
             .iter()
-            .map(|&(started, _)| started)
+            .map(|f| f.took_at)
             .min()
             .filter(|_| in_flight >= OVERLAP_BELOW)
             .map(|started| started + OVERLAP_AFTER)
@@ -844,16 +850,16 @@ fn sync_loop(shared: &Shared, mut syncer: Box<dyn AuditSyncer>) {
         if !shared.status.poisoned() && pending.can_write() && overlap_at.is_none() {
             let (mut bytes, n, head) = pending.take(shared.max_batch);
             pending.writing = true;
-            pending.syncing += 1;
-            pending.in_flight.push((now, n));
+            pending.in_flight.push(InFlight {
+                syncer: me,
+                took_at: now,
+                records: n,
+            });
             drop(pending);
             shared.room.add_permits(n);
             shared.write_and_sync(syncer.as_mut(), &mut bytes, head);
             pending = shared.lock();
-            pending.syncing -= 1;
-            if let Some(at) = pending.in_flight.iter().position(|&(t, _)| t == now) {
-                pending.in_flight.swap_remove(at);
-            }
+            pending.in_flight.retain(|f| f.syncer != me);
             continue;
         }
         if pending.outcome.is_some() || pending.shutting {
