@@ -93,7 +93,7 @@ impl StoredRecord {
             error_code,
             error_message,
             resources,
-            previous_hash: hex::encode(previous_hash),
+            previous_hash: hash_hex(previous_hash).into_string(),
             hash: String::new(),
         }
     }
@@ -142,11 +142,39 @@ pub(crate) fn encode_line(
     let body_hash = Sha256::digest(&out[start..]);
     out.pop();
     out.extend_from_slice(HASH_KEY);
-    out.extend_from_slice(hex::encode(body_hash).as_bytes());
+    out.extend_from_slice(hash_hex(&body_hash.into()).as_bytes());
     out.extend_from_slice(HASH_END);
     let record_hash = line_hash(&out[start..]);
     out.push(b'\n');
     Ok(record_hash)
+}
+
+/// Lowercase hex of a hash, the only spelling records use. Writes into a
+/// stack buffer: `hex::encode`'s per-character `String` building showed up
+/// in profiles of the sealing path, which runs under the log's lock.
+pub(crate) fn hash_hex(hash: &[u8; 32]) -> HashHex {
+    let mut out = [0u8; HEX_LEN];
+    // Cannot fail: the output is exactly twice the input.
+    let _ = hex::encode_to_slice(hash, &mut out);
+    HashHex(out)
+}
+
+/// [`hash_hex`]'s result.
+pub(crate) struct HashHex([u8; HEX_LEN]);
+
+impl HashHex {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub(crate) fn into_string(self) -> String {
+        self.as_str().to_owned()
+    }
 }
 
 /// SHA-256 of a whole line (without its `\n`): what the next record's
@@ -174,7 +202,7 @@ pub(crate) fn check_own_hash(line: &[u8]) -> Result<(), &'static str> {
     let mut hasher = Sha256::new();
     hasher.update(body);
     hasher.update(b"}");
-    let expected = hex::encode(hasher.finalize());
+    let expected = hash_hex(&hasher.finalize().into());
     if value == expected.as_bytes() {
         Ok(())
     } else {

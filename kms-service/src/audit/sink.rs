@@ -113,10 +113,33 @@ impl AuditSink for FileSink {
     /// syncers sharing one could see an error consumed by another's
     /// concurrent sync and wrongly report success. With its own description
     /// each syncer sees every error that happened since it was opened.
+    ///
+    /// The reopened file must be the one this sink writes to: if the path
+    /// was renamed away or replaced since, syncing it would acknowledge
+    /// records that are not durable, so that is an error.
     fn syncer(&self) -> io::Result<Box<dyn AuditSyncer>> {
         let file = OpenOptions::new().append(true).open(&self.path)?;
+        if !same_file(&self.file, &file)? {
+            return Err(io::Error::other(format!(
+                "{} is no longer the file the audit log writes to (was it moved or replaced?)",
+                self.path.display()
+            )));
+        }
         Ok(Box::new(FileSyncer { file }))
     }
+}
+
+#[cfg(unix)]
+fn same_file(a: &File, b: &File) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (a.metadata()?, b.metadata()?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+// No portable file identity elsewhere; the path is trusted.
+#[cfg(not(unix))]
+fn same_file(_a: &File, _b: &File) -> io::Result<bool> {
+    Ok(true)
 }
 
 /// [`AuditSyncer`] of a [`FileSink`]: `fdatasync` on its own open file

@@ -1462,3 +1462,38 @@ async fn new_files_are_private() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn hashes_are_spelled_in_lowercase_hex() {
+    // SHA-256("abc"), FIPS 180-2 appendix B.1.
+    let digest: [u8; 32] = Sha256::digest(b"abc").into();
+    let spelled = record::hash_hex(&digest);
+    assert_eq!(
+        spelled.as_str(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(spelled.as_bytes(), spelled.as_str().as_bytes());
+    assert_eq!(record::hash_hex(&[0xff; 32]).into_string(), "ff".repeat(32));
+    assert_eq!(record::parse_hash_hex(spelled.as_str()), Some(digest));
+}
+
+#[test]
+fn a_syncer_is_never_made_for_a_file_that_replaced_the_log() -> TestResult {
+    let fx = Fixture::new()?;
+    let mut sink = FileSink::open(&fx.log)?;
+    sink.append(b"{}\n")?;
+    // The same file: a syncer is made and syncs.
+    sink.syncer()?.sync()?;
+    // The log is moved away and another file takes its name: syncing that
+    // one would not make the sink's bytes durable.
+    let moved = fx.log.with_extension("moved");
+    std::fs::rename(&fx.log, &moved)?;
+    std::fs::write(&fx.log, b"")?;
+    let refused = sink.syncer().map(drop);
+    let message = refused.expect_err("a syncer of another file").to_string();
+    assert!(message.contains("no longer the file"), "{message}");
+    // Gone entirely: the open itself fails.
+    std::fs::remove_file(&fx.log)?;
+    assert!(sink.syncer().is_err());
+    Ok(())
+}

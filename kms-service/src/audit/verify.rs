@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::ChainHead;
 use super::checkpoint;
-use super::record::{StoredRecord, check_own_hash, line_hash};
+use super::record::{StoredRecord, check_own_hash, hash_hex, line_hash};
 
 /// What a successful verification saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,7 +331,7 @@ impl LineVisitor for ChainScanner<'_> {
                 "expected record {expected} here (records are missing, duplicated or out of order)"
             )));
         }
-        if record.previous_hash != hex::encode(self.head.hash) {
+        if record.previous_hash != hash_hex(&self.head.hash).as_str() {
             return Err(intact(if self.head.sequence == 0 {
                 "previous_hash of the first record is not 64 zeros".into()
             } else {
