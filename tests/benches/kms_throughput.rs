@@ -4,7 +4,9 @@
 //! Run with `cargo bench -p lockbox-tests --bench kms_throughput` (or
 //! `deploy/bench.sh`). `BENCH_SECONDS` sets the measured time per run
 //! (default 3; each run is preceded by a 0.5 s warm-up); `BENCH_CONCURRENCY`
-//! (e.g. `64`, or `1,64`) runs only some of the concurrency levels.
+//! (e.g. `64`, or `1,64`) runs only some of the concurrency levels;
+//! `BENCH_ROUNDS` (default 3) sets how many times each level's workloads
+//! are run in turn.
 //!
 //! What is measured:
 //!
@@ -29,8 +31,12 @@
 //!   shared each sync.
 //!
 //! For each concurrency level (1, 16, 64) the four workloads run one after
-//! the other (echo, Decrypt, GenerateDataKey, the reference), so slow drift
-//! in a shared, noisy machine hits all of them alike. Each run has `c`
+//! the other (echo, Decrypt, GenerateDataKey, the reference), and that
+//! sequence is repeated `BENCH_ROUNDS` times. Each round's ratios are to the
+//! echo of the same round, measured seconds before, so slow drift in a
+//! shared, noisy machine hits both sides of a ratio alike; the report gives,
+//! per row, the median over the rounds and the range of the ratios, so one
+//! disturbed run neither makes nor breaks a row. Each run has `c`
 //! client tasks issuing
 //! requests back to back on one shared tonic `Channel` (one HTTP/2
 //! connection, multiplexed), the same scheme for every workload; both
@@ -90,6 +96,8 @@ const WORKLOADS: [Workload; 4] = [
 const TARGET_CONCURRENCY: usize = 64;
 const TARGET_RATIO: f64 = 0.7;
 const DEFAULT_SECONDS: f64 = 3.0;
+const DEFAULT_ROUNDS: usize = 3;
+const MAX_ROUNDS: usize = 20;
 const WARMUP: Duration = Duration::from_millis(500);
 const PLAINTEXT_LEN: usize = 32;
 
@@ -289,6 +297,8 @@ async fn client_task(
 struct RunResult {
     workload: Workload,
     concurrency: usize,
+    /// Which repetition of the concurrency level's workloads (from 0).
+    round: usize,
     throughput: f64,
     p50: Duration,
     p99: Duration,
@@ -348,6 +358,7 @@ async fn run(
     Ok(RunResult {
         workload,
         concurrency,
+        round: 0,
         throughput: latencies.len() as f64 / measure.as_secs_f64(),
         p50: quantile(&latencies, 0.50),
         p99: quantile(&latencies, 0.99),
@@ -527,6 +538,22 @@ struct Settings {
     /// The concurrency levels to run (`BENCH_CONCURRENCY=64`, say, for a
     /// profile of one level); all of [`CONCURRENCY`] by default.
     concurrency: Vec<usize>,
+    /// How many times each level's workloads run in turn.
+    rounds: usize,
+}
+
+/// `BENCH_ROUNDS`: 1 to [`MAX_ROUNDS`]; `default` when unset.
+fn rounds_setting(default: usize) -> Result<usize, BoxError> {
+    match std::env::var("BENCH_ROUNDS") {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_ROUNDS).contains(n))
+            .ok_or_else(|| format!("BENCH_ROUNDS={value:?}: want 1 to {MAX_ROUNDS}").into()),
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(e) => Err(format!("BENCH_ROUNDS: {e}").into()),
+    }
 }
 
 /// `BENCH_CONCURRENCY`: a comma-separated subset of [`CONCURRENCY`].
@@ -571,24 +598,29 @@ fn settings() -> Result<Settings, BoxError> {
         Err(e) => return Err(format!("BENCH_SECONDS: {e}").into()),
     };
     let concurrency = concurrency_setting()?;
+    // A smoke run checks that the benchmark works: one round is enough.
+    let rounds = rounds_setting(if smoke { 1 } else { DEFAULT_ROUNDS })?;
     Ok(match (smoke, seconds) {
         (false, seconds) => Settings {
             warmup: WARMUP,
             measure: Duration::from_secs_f64(seconds.unwrap_or(DEFAULT_SECONDS)),
             smoke,
             concurrency,
+            rounds,
         },
         (true, None) => Settings {
             warmup: Duration::from_millis(20),
             measure: Duration::from_millis(100),
             smoke,
             concurrency,
+            rounds,
         },
         (true, Some(seconds)) => Settings {
             warmup: WARMUP,
             measure: Duration::from_secs_f64(seconds),
             smoke,
             concurrency,
+            rounds,
         },
     })
 }
@@ -648,9 +680,11 @@ fn print_report(
     }
     println!(
         "{cores} cores shared by client and servers (one process, one tokio runtime); \
-         {:.1} s measured per run after {:.1} s warm-up; one HTTP/2 channel per run.",
+         {:.1} s measured per run after {:.1} s warm-up; one HTTP/2 channel per run; \
+         {} round(s) of every workload per concurrency level.",
         settings.measure.as_secs_f64(),
-        settings.warmup.as_secs_f64()
+        settings.warmup.as_secs_f64(),
+        settings.rounds
     );
     println!(
         "echo = `grpc.health.v1.Health/Check` on a bare in-process tonic server: \
@@ -670,18 +704,28 @@ fn print_report(
         fsync.samples
     );
     println!();
-    println!("| workload | concurrency | req/s | p50 ms | p99 ms | ratio to echo | records/sync |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for r in results {
+    println!(
+        "Each row gives the median over the rounds (req/s, p50, p99, ratio); the range \
+         is the lowest and highest of the rounds' ratios, each to that round's echo."
+    );
+    println!();
+    println!(
+        "| workload | concurrency | req/s | p50 ms | p99 ms | ratio to echo | ratio range | records/sync |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let rows = summarize(results);
+    for row in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.2} | {} |",
-            r.workload.name(),
-            r.concurrency,
-            r.throughput,
-            ms(r.p50),
-            ms(r.p99),
-            ratio(results, r),
-            r.records_per_sync
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.2} | {:.2}–{:.2} | {} |",
+            row.workload.name(),
+            row.concurrency,
+            row.throughput,
+            ms(row.p50),
+            ms(row.p99),
+            row.ratio,
+            row.ratio_min,
+            row.ratio_max,
+            row.records_per_sync
                 .map_or_else(|| "–".to_owned(), |n| format!("{n:.1}")),
         );
     }
@@ -692,13 +736,16 @@ fn print_report(
          Decrypt is what durable auditing costs on this disk."
     );
     println!();
-    let verdicts: Vec<String> = results
+    let verdicts: Vec<String> = rows
         .iter()
         .filter(|r| r.concurrency == TARGET_CONCURRENCY && r.workload.is_kms())
         .map(|r| {
-            let x = ratio(results, r);
-            let verdict = if x >= TARGET_RATIO { "PASS" } else { "BELOW" };
-            format!("{} {x:.2}× {verdict}", r.workload.name())
+            let verdict = if r.ratio >= TARGET_RATIO {
+                "PASS"
+            } else {
+                "BELOW"
+            };
+            format!("{} {:.2}× {verdict}", r.workload.name(), r.ratio)
         })
         .collect();
     println!(
@@ -708,10 +755,72 @@ fn print_report(
     );
 }
 
+/// One workload at one concurrency level, over its rounds.
+struct Row {
+    workload: Workload,
+    concurrency: usize,
+    /// Medians over the rounds.
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+    ratio: f64,
+    /// The lowest and highest of the rounds' ratios.
+    ratio_min: f64,
+    ratio_max: f64,
+    /// Mean over the rounds that synced.
+    records_per_sync: Option<f64>,
+}
+
+/// The report's rows, in the order the workloads first ran.
+fn summarize(results: &[RunResult]) -> Vec<Row> {
+    let mut keys: Vec<(usize, Workload)> = Vec::new();
+    for r in results {
+        if !keys.contains(&(r.concurrency, r.workload)) {
+            keys.push((r.concurrency, r.workload));
+        }
+    }
+    keys.into_iter()
+        .map(|(concurrency, workload)| {
+            let runs: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| r.concurrency == concurrency && r.workload == workload)
+                .collect();
+            let ratios: Vec<f64> = runs.iter().map(|r| ratio(results, r)).collect();
+            let syncs: Vec<f64> = runs.iter().filter_map(|r| r.records_per_sync).collect();
+            Row {
+                workload,
+                concurrency,
+                throughput: median(runs.iter().map(|r| r.throughput)),
+                p50: Duration::from_secs_f64(median(runs.iter().map(|r| r.p50.as_secs_f64()))),
+                p99: Duration::from_secs_f64(median(runs.iter().map(|r| r.p99.as_secs_f64()))),
+                ratio: median(ratios.iter().copied()),
+                ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratio_max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                records_per_sync: (!syncs.is_empty())
+                    .then(|| syncs.iter().sum::<f64>() / syncs.len() as f64),
+            }
+        })
+        .collect()
+}
+
+/// The median (the mean of the middle two for an even count); NaN if empty.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_unstable_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// `r`'s throughput over that of the echo of the same level and round.
 fn ratio(results: &[RunResult], r: &RunResult) -> f64 {
     results
         .iter()
-        .find(|e| e.workload == Workload::Echo && e.concurrency == r.concurrency)
+        .find(|e| {
+            e.workload == Workload::Echo && e.concurrency == r.concurrency && e.round == r.round
+        })
         .map_or(f64::NAN, |echo| r.throughput / echo.throughput)
 }
 
@@ -759,7 +868,9 @@ async fn bench() -> Result<(), BoxError> {
             if !settings.concurrency.contains(&concurrency) {
                 continue;
             }
-            for workload in WORKLOADS {
+            for (round, workload) in
+                (0..settings.rounds).flat_map(|round| WORKLOADS.map(|w| (round, w)))
+            {
                 let before = server.kms.audit_log().stats();
                 let mut result = run(
                     &fx,
@@ -769,6 +880,7 @@ async fn bench() -> Result<(), BoxError> {
                     settings.measure,
                 )
                 .await?;
+                result.round = round;
                 let after = server.kms.audit_log().stats();
                 if workload.is_kms() && after.syncs > before.syncs {
                     result.records_per_sync = Some(
@@ -777,8 +889,9 @@ async fn bench() -> Result<(), BoxError> {
                     );
                 }
                 eprintln!(
-                    "{:>20} c={concurrency:<3} {:>8.0} req/s",
+                    "{:>20} c={concurrency:<3} round {} {:>8.0} req/s",
                     workload.name(),
+                    round + 1,
                     result.throughput
                 );
                 results.push(result);
