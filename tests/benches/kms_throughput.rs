@@ -57,6 +57,8 @@
 //! quick smoke test with very short windows: that checks it works, not how
 //! fast.
 
+mod common;
+
 use std::collections::HashMap;
 use std::error::Error;
 use std::net::SocketAddr;
@@ -84,6 +86,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use common::Spread;
+
 type BoxError = Box<dyn Error + Send + Sync>;
 
 const CONCURRENCY: [usize; 3] = [1, 16, 64];
@@ -96,8 +100,6 @@ const WORKLOADS: [Workload; 4] = [
 const TARGET_CONCURRENCY: usize = 64;
 const TARGET_RATIO: f64 = 0.7;
 const DEFAULT_SECONDS: f64 = 3.0;
-const DEFAULT_ROUNDS: usize = 3;
-const MAX_ROUNDS: usize = 20;
 const WARMUP: Duration = Duration::from_millis(500);
 const PLAINTEXT_LEN: usize = 32;
 
@@ -542,20 +544,6 @@ struct Settings {
     rounds: usize,
 }
 
-/// `BENCH_ROUNDS`: 1 to [`MAX_ROUNDS`]; `default` when unset.
-fn rounds_setting(default: usize) -> Result<usize, BoxError> {
-    match std::env::var("BENCH_ROUNDS") {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| (1..=MAX_ROUNDS).contains(n))
-            .ok_or_else(|| format!("BENCH_ROUNDS={value:?}: want 1 to {MAX_ROUNDS}").into()),
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(e) => Err(format!("BENCH_ROUNDS: {e}").into()),
-    }
-}
-
 /// `BENCH_CONCURRENCY`: a comma-separated subset of [`CONCURRENCY`].
 fn concurrency_setting() -> Result<Vec<usize>, BoxError> {
     let value = match std::env::var("BENCH_CONCURRENCY") {
@@ -599,7 +587,7 @@ fn settings() -> Result<Settings, BoxError> {
     };
     let concurrency = concurrency_setting()?;
     // A smoke run checks that the benchmark works: one round is enough.
-    let rounds = rounds_setting(if smoke { 1 } else { DEFAULT_ROUNDS })?;
+    let rounds = common::rounds_setting(smoke)?;
     Ok(match (smoke, seconds) {
         (false, seconds) => Settings {
             warmup: WARMUP,
@@ -705,26 +693,22 @@ fn print_report(
     );
     println!();
     println!(
-        "Each row gives the median over the rounds (req/s, p50, p99, ratio); the range \
-         is the lowest and highest of the rounds' ratios, each to that round's echo."
+        "Each row gives the median over the rounds (req/s, p50, p99, ratio); in brackets, \
+         the lowest and highest of the rounds' ratios, each to that round's echo."
     );
     println!();
-    println!(
-        "| workload | concurrency | req/s | p50 ms | p99 ms | ratio to echo | ratio range | records/sync |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| workload | concurrency | req/s | p50 ms | p99 ms | ratio to echo | records/sync |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     let rows = summarize(results);
     for row in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.2} | {:.2}–{:.2} | {} |",
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {} | {} |",
             row.workload.name(),
             row.concurrency,
             row.throughput,
             ms(row.p50),
             ms(row.p99),
-            row.ratio,
-            row.ratio_min,
-            row.ratio_max,
+            row.ratio.ratio_text(),
             row.records_per_sync
                 .map_or_else(|| "–".to_owned(), |n| format!("{n:.1}")),
         );
@@ -740,12 +724,12 @@ fn print_report(
         .iter()
         .filter(|r| r.concurrency == TARGET_CONCURRENCY && r.workload.is_kms())
         .map(|r| {
-            let verdict = if r.ratio >= TARGET_RATIO {
+            let verdict = if r.ratio.median >= TARGET_RATIO {
                 "PASS"
             } else {
                 "BELOW"
             };
-            format!("{} {:.2}× {verdict}", r.workload.name(), r.ratio)
+            format!("{} {:.2}× {verdict}", r.workload.name(), r.ratio.median)
         })
         .collect();
     println!(
@@ -763,10 +747,8 @@ struct Row {
     throughput: f64,
     p50: Duration,
     p99: Duration,
-    ratio: f64,
-    /// The lowest and highest of the rounds' ratios.
-    ratio_min: f64,
-    ratio_max: f64,
+    /// The median of the rounds' ratios to their echo, and their range.
+    ratio: Spread,
     /// Mean over the rounds that synced.
     records_per_sync: Option<f64>,
 }
@@ -785,17 +767,14 @@ fn summarize(results: &[RunResult]) -> Vec<Row> {
                 .iter()
                 .filter(|r| r.concurrency == concurrency && r.workload == workload)
                 .collect();
-            let ratios: Vec<f64> = runs.iter().map(|r| ratio(results, r)).collect();
             let syncs: Vec<f64> = runs.iter().filter_map(|r| r.records_per_sync).collect();
             Row {
                 workload,
                 concurrency,
-                throughput: median(runs.iter().map(|r| r.throughput)),
-                p50: Duration::from_secs_f64(median(runs.iter().map(|r| r.p50.as_secs_f64()))),
-                p99: Duration::from_secs_f64(median(runs.iter().map(|r| r.p99.as_secs_f64()))),
-                ratio: median(ratios.iter().copied()),
-                ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                ratio_max: ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                throughput: Spread::of(runs.iter().map(|r| r.throughput)).median,
+                p50: seconds(Spread::of(runs.iter().map(|r| r.p50.as_secs_f64())).median),
+                p99: seconds(Spread::of(runs.iter().map(|r| r.p99.as_secs_f64())).median),
+                ratio: Spread::of(runs.iter().map(|r| ratio(results, r))),
                 records_per_sync: (!syncs.is_empty())
                     .then(|| syncs.iter().sum::<f64>() / syncs.len() as f64),
             }
@@ -803,15 +782,9 @@ fn summarize(results: &[RunResult]) -> Vec<Row> {
         .collect()
 }
 
-/// The median (the mean of the middle two for an even count); NaN if empty.
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_unstable_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
+/// A median of durations in seconds, back as a duration (zero if none).
+fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value).unwrap_or_default()
 }
 
 /// `r`'s throughput over that of the echo of the same level and round.

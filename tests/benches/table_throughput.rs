@@ -6,7 +6,8 @@
 //! Run with `cargo bench -p lockbox-tests --bench table_throughput` (or
 //! `deploy/bench.sh`, which runs it after `kms_throughput`). `BENCH_SECONDS`
 //! sets the measured time per run (default 2; each run is preceded by a
-//! 0.3 s warm-up).
+//! 0.3 s warm-up); `BENCH_ROUNDS` (default 3) how many times each
+//! concurrency level's workloads are run in turn.
 //!
 //! What is measured:
 //!
@@ -45,7 +46,11 @@
 //!     cycling over the table's 10 pages (start keys found up front).
 //!
 //! For each concurrency level (1, 16, 64) the seven workloads run one after
-//! the other, so slow drift in a shared, noisy machine hits all alike. Each
+//! the other, and that sequence is repeated `BENCH_ROUNDS` times. Each
+//! round's ratios are to the echoes of the same round, measured seconds
+//! before, so slow drift in a shared, noisy machine hits both sides of a
+//! ratio alike; the report gives the median over the rounds, and the range
+//! of the ratios, so one disturbed run neither makes nor breaks a row. Each
 //! run has `c` client tasks issuing requests back to back on one shared tonic
 //! `Channel` per server (one HTTP/2 connection, multiplexed), the same scheme
 //! for every workload; all servers accept connections the same way
@@ -86,6 +91,8 @@
 //! quick smoke test with very short windows, 200 items and concurrency 1 and
 //! 4 only: that checks it works, not how fast.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::error::Error;
 use std::future::Future;
@@ -112,6 +119,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+use common::Spread;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Attributes = HashMap<String, pb::AttributeValue>;
@@ -589,6 +598,8 @@ async fn client_task(
 struct RunResult {
     workload: Workload,
     concurrency: usize,
+    /// Which repetition of the concurrency level's workloads (from 0).
+    round: usize,
     throughput: f64,
     p50: Duration,
     p99: Duration,
@@ -681,6 +692,7 @@ async fn run(
     Ok(RunResult {
         workload,
         concurrency,
+        round: 0,
         throughput: latencies.len() as f64 / window.as_secs_f64(),
         p50: quantile(&latencies, 0.50),
         p99: quantile(&latencies, 0.99),
@@ -1047,6 +1059,8 @@ struct Settings {
     min_samples: usize,
     /// Single requests of the parallel-unwrapping probe.
     probes: usize,
+    /// How many times each level's workloads run in turn.
+    rounds: usize,
 }
 
 fn settings() -> Result<Settings, BoxError> {
@@ -1066,6 +1080,7 @@ fn settings() -> Result<Settings, BoxError> {
         Err(std::env::VarError::NotPresent) => None,
         Err(e) => return Err(format!("BENCH_SECONDS: {e}").into()),
     };
+    let rounds = common::rounds_setting(smoke)?;
     Ok(match (smoke, seconds) {
         (false, seconds) => Settings {
             warmup: WARMUP,
@@ -1075,6 +1090,7 @@ fn settings() -> Result<Settings, BoxError> {
             concurrency: &CONCURRENCY,
             min_samples: MIN_SAMPLES,
             probes: PROBES,
+            rounds,
         },
         (true, None) => Settings {
             warmup: Duration::from_millis(20),
@@ -1084,6 +1100,7 @@ fn settings() -> Result<Settings, BoxError> {
             concurrency: &SMOKE_CONCURRENCY,
             min_samples: SMOKE_MIN_SAMPLES,
             probes: SMOKE_PROBES,
+            rounds,
         },
         (true, Some(seconds)) => Settings {
             warmup: WARMUP,
@@ -1093,18 +1110,73 @@ fn settings() -> Result<Settings, BoxError> {
             concurrency: &SMOKE_CONCURRENCY,
             min_samples: SMOKE_MIN_SAMPLES,
             probes: SMOKE_PROBES,
+            rounds,
         },
     })
 }
 
-fn find(results: &[RunResult], workload: Workload, concurrency: usize) -> Option<&RunResult> {
+/// `r`'s throughput over that of `reference` in the same level and round.
+fn ratio(results: &[RunResult], r: &RunResult, reference: Workload) -> f64 {
     results
         .iter()
-        .find(|r| r.workload == workload && r.concurrency == concurrency)
+        .find(|e| e.workload == reference && e.concurrency == r.concurrency && e.round == r.round)
+        .map_or(f64::NAN, |e| r.throughput / e.throughput)
 }
 
-fn ratio(results: &[RunResult], r: &RunResult, reference: Workload) -> f64 {
-    find(results, reference, r.concurrency).map_or(f64::NAN, |e| r.throughput / e.throughput)
+/// One workload at one concurrency level, over its rounds: medians, and
+/// the ratios' ranges.
+struct Row {
+    workload: Workload,
+    concurrency: usize,
+    throughput: f64,
+    p50: Duration,
+    p99: Duration,
+    kms_calls_per_request: f64,
+    echo1: Spread,
+    echo2: Spread,
+    /// Requests counted, over all rounds.
+    samples: usize,
+    /// The longest measured window of the rounds.
+    window: Duration,
+}
+
+/// The report's rows, in the order the workloads first ran.
+fn summarize(results: &[RunResult]) -> Vec<Row> {
+    let mut keys: Vec<(usize, Workload)> = Vec::new();
+    for r in results {
+        if !keys.contains(&(r.concurrency, r.workload)) {
+            keys.push((r.concurrency, r.workload));
+        }
+    }
+    let seconds = |value: f64| Duration::try_from_secs_f64(value).unwrap_or_default();
+    keys.into_iter()
+        .map(|(concurrency, workload)| {
+            let runs: Vec<&RunResult> = results
+                .iter()
+                .filter(|r| r.concurrency == concurrency && r.workload == workload)
+                .collect();
+            let median = |value: &dyn Fn(&RunResult) -> f64| {
+                Spread::of(runs.iter().map(|r| value(r))).median
+            };
+            Row {
+                workload,
+                concurrency,
+                throughput: median(&|r| r.throughput),
+                p50: seconds(median(&|r| r.p50.as_secs_f64())),
+                p99: seconds(median(&|r| r.p99.as_secs_f64())),
+                kms_calls_per_request: median(&|r| r.kms_calls_per_request),
+                echo1: Spread::of(runs.iter().map(|r| ratio(results, r, Workload::Echo1))),
+                echo2: Spread::of(runs.iter().map(|r| ratio(results, r, Workload::Echo2))),
+                samples: runs.iter().map(|r| r.samples).sum(),
+                window: runs.iter().map(|r| r.window).max().unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+fn find(rows: &[Row], workload: Workload, concurrency: usize) -> Option<&Row> {
+    rows.iter()
+        .find(|r| r.workload == workload && r.concurrency == concurrency)
 }
 
 fn print_report(
@@ -1125,10 +1197,12 @@ fn print_report(
         "{cores} cores shared by client and servers (one process, one tokio runtime); \
          {:.1} s measured per run after a warm-up of {:.1} s and until every client task has \
          had an answer; windows are extended until they hold at least max(c, {}) \
-         requests; one HTTP/2 channel per server and run.",
+         requests; one HTTP/2 channel per server and run; {} round(s) of every workload \
+         per concurrency level.",
         settings.measure.as_secs_f64(),
         settings.warmup.as_secs_f64(),
         settings.min_samples,
+        settings.rounds,
     );
     println!(
         "echo 1-hop = `grpc.health.v1.Health/Check` on a bare in-process tonic server \
@@ -1146,13 +1220,19 @@ fn print_report(
         "kms calls/req = kms-service audit records written during the run ÷ requests \
          (every kms-service call is audited)."
     );
+    println!(
+        "Each row gives the median over the rounds (req/s, p50, p99, kms calls, ratios); in \
+         brackets, the lowest and highest of the rounds' ratios, each to that round's echo; \
+         requests = all counted, window s = the longest of the rounds."
+    );
+    let rows = summarize(results);
     println!();
     println!(
         "| workload | concurrency | req/s | items/s | p50 ms | p99 ms | kms calls/req \
          | ÷ echo 1-hop | ÷ echo 2-hop | requests | window s |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in results {
+    for r in &rows {
         let items = r.workload.items().map_or_else(
             || "–".to_owned(),
             |k| format!("{:.0}", r.throughput * k as f64),
@@ -1163,14 +1243,14 @@ fn print_report(
             format!("{:.2}", r.kms_calls_per_request)
         };
         println!(
-            "| {} | {} | {:.0} | {items} | {:.3} | {:.3} | {kms} | {:.2} | {:.2} | {} | {:.2} |",
+            "| {} | {} | {:.0} | {items} | {:.3} | {:.3} | {kms} | {} | {} | {} | {:.2} |",
             r.workload.name(),
             r.concurrency,
             r.throughput,
             ms(r.p50),
             ms(r.p99),
-            ratio(results, r, Workload::Echo1),
-            ratio(results, r, Workload::Echo2),
+            r.echo1.ratio_text(),
+            r.echo2.ratio_text(),
             r.samples,
             r.window.as_secs_f64(),
         );
@@ -1183,9 +1263,13 @@ fn print_report(
         let verdicts: Vec<String> = settings
             .concurrency
             .iter()
-            .filter_map(|&c| find(results, workload, c))
+            .filter_map(|&c| find(&rows, workload, c))
             .map(|r| {
-                let x = ratio(results, r, reference);
+                let x = if reference == Workload::Echo1 {
+                    r.echo1.median
+                } else {
+                    r.echo2.median
+                };
                 let verdict = if x >= TARGET_RATIO { "PASS" } else { "BELOW" };
                 format!("c={} {x:.2}× {verdict}", r.concurrency)
             })
@@ -1197,8 +1281,8 @@ fn print_report(
         );
     }
     if let (Some(query), Some(get)) = (
-        find(results, Workload::Query, 1),
-        find(results, Workload::GetItemCacheOff, 1),
+        find(&rows, Workload::Query, 1),
+        find(&rows, Workload::GetItemCacheOff, 1),
     ) {
         let times = query.p50.as_secs_f64() / get.p50.as_secs_f64();
         println!(
@@ -1278,11 +1362,13 @@ async fn bench() -> Result<(), BoxError> {
         };
         let mut results = Vec::new();
         for &concurrency in settings.concurrency {
-            for workload in WORKLOADS {
+            for (round, workload) in
+                (0..settings.rounds).flat_map(|round| WORKLOADS.map(|w| (round, w)))
+            {
                 if workload == Workload::GetItemCacheOn {
                     warm_cache(&fx).await?;
                 }
-                let result = run(
+                let mut result = run(
                     &fx,
                     &mut audit,
                     workload,
@@ -1292,9 +1378,11 @@ async fn bench() -> Result<(), BoxError> {
                     settings.min_samples,
                 )
                 .await?;
+                result.round = round;
                 eprintln!(
-                    "{:>28} c={concurrency:<3} {:>8.0} req/s ({} requests in {:.2} s)",
+                    "{:>28} c={concurrency:<3} round {} {:>8.0} req/s ({} requests in {:.2} s)",
                     workload.name(),
+                    round + 1,
                     result.throughput,
                     result.samples,
                     result.window.as_secs_f64()

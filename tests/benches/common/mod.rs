@@ -1,0 +1,60 @@
+//! What both throughput benchmarks share: repeated rounds, and the
+//! statistics that summarize them.
+
+use std::error::Error;
+
+/// Rounds per concurrency level when `BENCH_ROUNDS` is unset (`--bench`).
+pub const DEFAULT_ROUNDS: usize = 3;
+const MAX_ROUNDS: usize = 20;
+
+/// `BENCH_ROUNDS`: how many times each concurrency level's workloads run in
+/// turn, 1 to 20; one for a smoke run (it checks that the benchmark works),
+/// [`DEFAULT_ROUNDS`] otherwise.
+pub fn rounds_setting(smoke: bool) -> Result<usize, Box<dyn Error + Send + Sync>> {
+    match std::env::var("BENCH_ROUNDS") {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_ROUNDS).contains(n))
+            .ok_or_else(|| format!("BENCH_ROUNDS={value:?}: want 1 to {MAX_ROUNDS}").into()),
+        Err(std::env::VarError::NotPresent) => Ok(if smoke { 1 } else { DEFAULT_ROUNDS }),
+        Err(e) => Err(format!("BENCH_ROUNDS: {e}").into()),
+    }
+}
+
+/// The median of some rounds' values and their range.
+#[derive(Clone, Copy, Debug)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// NaN throughout if there are no values.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let mut values: Vec<f64> = values.into_iter().collect();
+        values.sort_unstable_by(f64::total_cmp);
+        let median = match values.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => values[n / 2],
+            n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        };
+        Spread {
+            median,
+            min: values.first().copied().unwrap_or(f64::NAN),
+            max: values.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+
+    /// `0.42 (0.38–0.47)`, or just the median when the rounds agree or
+    /// there was one.
+    pub fn ratio_text(&self) -> String {
+        if self.min == self.max {
+            format!("{:.2}", self.median)
+        } else {
+            format!("{:.2} ({:.2}–{:.2})", self.median, self.min, self.max)
+        }
+    }
+}
