@@ -182,7 +182,7 @@ impl KmsClient {
             {
                 TableError::KmsUnavailable {
                     endpoint: self.endpoint.clone(),
-                    detail: status.message().to_string(),
+                    detail: transport_detail(&status),
                 }
             }
             code => TableError::Kms {
@@ -396,5 +396,62 @@ impl KmsClient {
             .map_err(|s| self.error(s))?
             .into_inner();
         Ok(Zeroizing::new(reply.plaintext))
+    }
+}
+
+/// A transport failure's message with its causes ("transport error: …:
+/// connection reset"), so the caller and the logs can tell a refused
+/// connection from a reset or a closed one, not just "transport error".
+fn transport_detail(status: &tonic::Status) -> String {
+    let mut detail = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Layers often repeat the text of what they wrap.
+        if !text.is_empty() && !detail.ends_with(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        source = cause.source();
+    }
+    detail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transport_detail;
+
+    /// An error with a cause, like hyper's around an io::Error.
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("connection error")
+        }
+    }
+
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn transport_failures_name_their_causes() {
+        let mut status = tonic::Status::unavailable("transport error");
+        status.set_source(std::sync::Arc::new(Wrapper(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        ))));
+        assert_eq!(
+            transport_detail(&status),
+            "transport error: connection error: connection reset by peer"
+        );
+        // Nothing to add: the message alone.
+        assert_eq!(
+            transport_detail(&tonic::Status::unavailable("transport error")),
+            "transport error"
+        );
     }
 }

@@ -544,30 +544,6 @@ struct Settings {
     rounds: usize,
 }
 
-/// `BENCH_CONCURRENCY`: a comma-separated subset of [`CONCURRENCY`].
-fn concurrency_setting() -> Result<Vec<usize>, BoxError> {
-    let value = match std::env::var("BENCH_CONCURRENCY") {
-        Ok(value) => value,
-        Err(std::env::VarError::NotPresent) => return Ok(CONCURRENCY.to_vec()),
-        Err(e) => return Err(format!("BENCH_CONCURRENCY: {e}").into()),
-    };
-    let mut levels = Vec::new();
-    for part in value.split(',') {
-        let level: usize = part
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| CONCURRENCY.contains(n))
-            .ok_or_else(|| {
-                format!(
-                    "BENCH_CONCURRENCY={value:?}: want a comma-separated subset of {CONCURRENCY:?}"
-                )
-            })?;
-        levels.push(level);
-    }
-    Ok(levels)
-}
-
 fn settings() -> Result<Settings, BoxError> {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
     let smoke = !std::env::args().any(|arg| arg == "--bench");
@@ -585,7 +561,7 @@ fn settings() -> Result<Settings, BoxError> {
         Err(std::env::VarError::NotPresent) => None,
         Err(e) => return Err(format!("BENCH_SECONDS: {e}").into()),
     };
-    let concurrency = concurrency_setting()?;
+    let concurrency = common::concurrency_setting(&CONCURRENCY)?;
     // A smoke run checks that the benchmark works: one round is enough.
     let rounds = common::rounds_setting(smoke)?;
     Ok(match (smoke, seconds) {

@@ -7,7 +7,8 @@
 //! `deploy/bench.sh`, which runs it after `kms_throughput`). `BENCH_SECONDS`
 //! sets the measured time per run (default 2; each run is preceded by a
 //! 0.3 s warm-up); `BENCH_ROUNDS` (default 3) how many times each
-//! concurrency level's workloads are run in turn.
+//! concurrency level's workloads are run in turn; `BENCH_CONCURRENCY` (e.g.
+//! `64`) runs only some of the levels.
 //!
 //! What is measured:
 //!
@@ -1055,7 +1056,7 @@ struct Settings {
     measure: Duration,
     smoke: bool,
     partitions: usize,
-    concurrency: &'static [usize],
+    concurrency: Vec<usize>,
     min_samples: usize,
     /// Single requests of the parallel-unwrapping probe.
     probes: usize,
@@ -1087,7 +1088,7 @@ fn settings() -> Result<Settings, BoxError> {
             measure: Duration::from_secs_f64(seconds.unwrap_or(DEFAULT_SECONDS)),
             smoke,
             partitions: PARTITIONS,
-            concurrency: &CONCURRENCY,
+            concurrency: common::concurrency_setting(&CONCURRENCY)?,
             min_samples: MIN_SAMPLES,
             probes: PROBES,
             rounds,
@@ -1097,7 +1098,7 @@ fn settings() -> Result<Settings, BoxError> {
             measure: Duration::from_millis(100),
             smoke,
             partitions: SMOKE_PARTITIONS,
-            concurrency: &SMOKE_CONCURRENCY,
+            concurrency: common::concurrency_setting(&SMOKE_CONCURRENCY)?,
             min_samples: SMOKE_MIN_SAMPLES,
             probes: SMOKE_PROBES,
             rounds,
@@ -1107,7 +1108,7 @@ fn settings() -> Result<Settings, BoxError> {
             measure: Duration::from_secs_f64(seconds),
             smoke,
             partitions: SMOKE_PARTITIONS,
-            concurrency: &SMOKE_CONCURRENCY,
+            concurrency: common::concurrency_setting(&SMOKE_CONCURRENCY)?,
             min_samples: SMOKE_MIN_SAMPLES,
             probes: SMOKE_PROBES,
             rounds,
@@ -1361,7 +1362,7 @@ async fn bench() -> Result<(), BoxError> {
             offset: 0,
         };
         let mut results = Vec::new();
-        for &concurrency in settings.concurrency {
+        for &concurrency in &settings.concurrency {
             for (round, workload) in
                 (0..settings.rounds).flat_map(|round| WORKLOADS.map(|w| (round, w)))
             {

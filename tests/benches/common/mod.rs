@@ -23,6 +23,31 @@ pub fn rounds_setting(smoke: bool) -> Result<usize, Box<dyn Error + Send + Sync>
     }
 }
 
+/// `BENCH_CONCURRENCY`: a comma-separated subset of `levels` (say `64`, for
+/// a profile of one level); all of them when unset.
+pub fn concurrency_setting(levels: &[usize]) -> Result<Vec<usize>, Box<dyn Error + Send + Sync>> {
+    let value = match std::env::var("BENCH_CONCURRENCY") {
+        Ok(value) => value,
+        Err(std::env::VarError::NotPresent) => return Ok(levels.to_vec()),
+        Err(e) => return Err(format!("BENCH_CONCURRENCY: {e}").into()),
+    };
+    value
+        .split(',')
+        .map(|part| {
+            part.trim()
+                .parse()
+                .ok()
+                .filter(|n| levels.contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "BENCH_CONCURRENCY={value:?}: want a comma-separated subset of {levels:?}"
+                    )
+                    .into()
+                })
+        })
+        .collect()
+}
+
 /// The median of some rounds' values and their range.
 #[derive(Clone, Copy, Debug)]
 pub struct Spread {
