@@ -603,13 +603,20 @@ impl Shared {
             end,
         });
         pending.waiters.push_back((sequence, reply));
+        self.unlock_and_wake(pending);
+        drop(record);
+        Ok(answer)
+    }
+
+    /// Lets go of the lock and, if there is something to write and a syncer
+    /// idle, wakes one (after unlocking, so it does not wake into a held
+    /// lock).
+    fn unlock_and_wake(&self, pending: MutexGuard<'_, Pending>) {
         let wake = pending.idle > 0 && pending.can_write();
         drop(pending);
-        drop(record);
         if wake {
             self.work.notify_one();
         }
-        Ok(answer)
     }
 
     /// Poisons the log and refuses every caller still waiting: after a
@@ -743,11 +750,7 @@ impl Shared {
                 .filter(|_| !self.status.poisoned());
             pending.checkpointing = next.map(|next| next.sequence);
             let answerable = pending.answerable();
-            let wake = pending.idle > 0 && pending.can_write();
-            drop(pending);
-            if wake {
-                self.work.notify_one();
-            }
+            self.unlock_and_wake(pending);
             for (sequence, reply) in answerable {
                 let _ = reply.send(Ok(sequence));
             }
@@ -782,11 +785,7 @@ impl Shared {
         pending.written = head;
         // Another syncer can write what was sealed meanwhile while this one
         // syncs.
-        let wake = pending.idle > 0 && pending.can_write();
-        drop(pending);
-        if wake {
-            self.work.notify_one();
-        }
+        self.unlock_and_wake(pending);
         // Began after the write returned, so it covers these records.
         let synced = syncer.sync();
         if synced.is_ok() {
