@@ -19,6 +19,21 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 /// Longest a TLS handshake may take before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most HTTP/2 streams (calls in progress) one client connection may have
+/// open at once on either server. tonic leaves this unlimited unless set
+/// (hyper's own default is 200); beyond it a client queues its calls on its
+/// own side, as HTTP/2 clients do, so one connection cannot hold an
+/// unbounded number of requests in the server, and a client that fans out
+/// (table-service unwrapping a page of data keys for many callers at once)
+/// opens at most this many streams that a burst of cancellations could
+/// reset together.
+pub const MAX_CONCURRENT_STREAMS: u32 = 512;
+
+/// A tonic server builder with the limits both services share.
+pub fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder().max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+}
+
 /// A configuration error, as a complete sentence for the operator.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

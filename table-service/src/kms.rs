@@ -182,7 +182,10 @@ impl KmsClient {
             {
                 TableError::KmsUnavailable {
                     endpoint: self.endpoint.clone(),
-                    detail: transport_detail(&status),
+                    // With its causes ("transport error: …: connection
+                    // reset"), so a refused connection, a reset and a
+                    // closed one can be told apart.
+                    detail: lockbox_proto::transport::status_chain(&status),
                 }
             }
             code => TableError::Kms {
@@ -399,27 +402,14 @@ impl KmsClient {
     }
 }
 
-/// A transport failure's message with its causes ("transport error: …:
-/// connection reset"), so the caller and the logs can tell a refused
-/// connection from a reset or a closed one, not just "transport error".
-fn transport_detail(status: &tonic::Status) -> String {
-    let mut detail = status.message().to_string();
-    let mut source = std::error::Error::source(status);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        // Layers often repeat the text of what they wrap.
-        if !text.is_empty() && !detail.ends_with(&text) {
-            detail.push_str(": ");
-            detail.push_str(&text);
-        }
-        source = cause.source();
-    }
-    detail
-}
-
 #[cfg(test)]
 mod tests {
-    use super::transport_detail;
+    use std::time::Duration;
+
+    use zeroize::Zeroizing;
+
+    use super::KmsClient;
+    use crate::error::TableError;
 
     /// An error with a cause, like hyper's around an io::Error.
     #[derive(Debug)]
@@ -437,21 +427,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn transport_failures_name_their_causes() {
+    #[tokio::test]
+    async fn transport_failures_name_their_causes() {
+        let client = KmsClient::new(
+            "http://127.0.0.1:1",
+            Zeroizing::new("token".into()),
+            Duration::from_secs(1),
+            None,
+        )
+        .expect("a valid endpoint");
         let mut status = tonic::Status::unavailable("transport error");
         status.set_source(std::sync::Arc::new(Wrapper(std::io::Error::new(
             std::io::ErrorKind::ConnectionReset,
             "connection reset by peer",
         ))));
-        assert_eq!(
-            transport_detail(&status),
-            "transport error: connection error: connection reset by peer"
-        );
-        // Nothing to add: the message alone.
-        assert_eq!(
-            transport_detail(&tonic::Status::unavailable("transport error")),
-            "transport error"
-        );
+        match client.error(status) {
+            TableError::KmsUnavailable { endpoint, detail } => {
+                assert_eq!(endpoint, "http://127.0.0.1:1");
+                assert_eq!(
+                    detail,
+                    "transport error: connection error: connection reset by peer"
+                );
+            }
+            other => panic!("not KmsUnavailable: {other:?}"),
+        }
     }
 }

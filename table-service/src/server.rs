@@ -257,7 +257,7 @@ pub async fn serve_with_tls(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = lockbox_proto::transport::server_builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }

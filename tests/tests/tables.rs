@@ -2094,3 +2094,62 @@ async fn query_and_scan_pages_default_to_100_items() {
     assert_eq!(scanned.items.len(), 100);
     assert!(!scanned.last_evaluated_key.is_empty());
 }
+
+/// The HTTP/2 stream limit a server advertises, read from its SETTINGS over
+/// a raw (plaintext) HTTP/2 connection.
+async fn advertised_max_streams(addr: std::net::SocketAddr) -> usize {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    // Before the server's SETTINGS arrive the client assumes no limit.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut send = send.ready().await.unwrap();
+    let advertised = loop {
+        let limit = send.current_max_send_streams();
+        if limit != usize::MAX || Instant::now() > deadline {
+            break limit;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        send = send.ready().await.unwrap();
+    };
+    driver.abort();
+    advertised
+}
+
+#[tokio::test]
+async fn both_servers_bound_the_calls_one_connection_may_have_open() {
+    let stack = start().await;
+    let limit = lockbox_proto::transport::MAX_CONCURRENT_STREAMS as usize;
+    let kms = stack.kms.as_ref().expect("kms-service runs");
+    assert_eq!(advertised_max_streams(kms.addr).await, limit);
+    assert_eq!(advertised_max_streams(stack.tables.addr).await, limit);
+
+    // A client with more calls than that queues them on its side; all of
+    // them are answered. Each asks kms-service for a decision (the allow
+    // cache is off), so table-service's own connection to kms-service is
+    // over the limit too.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..limit + 200 {
+        let mut client = stack.client.clone();
+        let admin = stack.admin.clone();
+        set.spawn(async move {
+            client
+                .list_tables(authed(&admin, pb::ListTablesRequest::default()))
+                .await
+                .map(drop)
+        });
+    }
+    let (mut answered, mut first_error) = (0, None);
+    while let Some(joined) = set.join_next().await {
+        match joined.expect("call task") {
+            Ok(()) => answered += 1,
+            Err(status) => {
+                first_error.get_or_insert(status);
+            }
+        }
+    }
+    assert_eq!(answered, limit + 200, "first error: {first_error:?}");
+    stack.stop().await;
+}
