@@ -86,7 +86,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use common::Spread;
+use common::{Spread, seconds};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -731,18 +731,9 @@ struct Row {
 
 /// The report's rows, in the order the workloads first ran.
 fn summarize(results: &[RunResult]) -> Vec<Row> {
-    let mut keys: Vec<(usize, Workload)> = Vec::new();
-    for r in results {
-        if !keys.contains(&(r.concurrency, r.workload)) {
-            keys.push((r.concurrency, r.workload));
-        }
-    }
-    keys.into_iter()
-        .map(|(concurrency, workload)| {
-            let runs: Vec<&RunResult> = results
-                .iter()
-                .filter(|r| r.concurrency == concurrency && r.workload == workload)
-                .collect();
+    common::groups(results, |r| (r.concurrency, r.workload))
+        .into_iter()
+        .map(|((concurrency, workload), runs)| {
             let syncs: Vec<f64> = runs.iter().filter_map(|r| r.records_per_sync).collect();
             Row {
                 workload,
@@ -756,11 +747,6 @@ fn summarize(results: &[RunResult]) -> Vec<Row> {
             }
         })
         .collect()
-}
-
-/// A median of durations in seconds, back as a duration (zero if none).
-fn seconds(value: f64) -> Duration {
-    Duration::try_from_secs_f64(value).unwrap_or_default()
 }
 
 /// `r`'s throughput over that of the echo of the same level and round.

@@ -121,7 +121,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use common::Spread;
+use common::{Spread, seconds};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Attributes = HashMap<String, pb::AttributeValue>;
@@ -1143,19 +1143,9 @@ struct Row {
 
 /// The report's rows, in the order the workloads first ran.
 fn summarize(results: &[RunResult]) -> Vec<Row> {
-    let mut keys: Vec<(usize, Workload)> = Vec::new();
-    for r in results {
-        if !keys.contains(&(r.concurrency, r.workload)) {
-            keys.push((r.concurrency, r.workload));
-        }
-    }
-    let seconds = |value: f64| Duration::try_from_secs_f64(value).unwrap_or_default();
-    keys.into_iter()
-        .map(|(concurrency, workload)| {
-            let runs: Vec<&RunResult> = results
-                .iter()
-                .filter(|r| r.concurrency == concurrency && r.workload == workload)
-                .collect();
+    common::groups(results, |r| (r.concurrency, r.workload))
+        .into_iter()
+        .map(|((concurrency, workload), runs)| {
             let median = |value: &dyn Fn(&RunResult) -> f64| {
                 Spread::of(runs.iter().map(|r| value(r))).median
             };

@@ -2,6 +2,7 @@
 //! statistics that summarize them.
 
 use std::error::Error;
+use std::time::Duration;
 
 /// Rounds per concurrency level when `BENCH_ROUNDS` is unset (`--bench`).
 pub const DEFAULT_ROUNDS: usize = 3;
@@ -46,6 +47,25 @@ pub fn concurrency_setting(levels: &[usize]) -> Result<Vec<usize>, Box<dyn Error
                 })
         })
         .collect()
+}
+
+/// `runs` grouped by `key`, the groups in the order their keys first
+/// appear (for a report: each workload and level once, in running order).
+pub fn groups<R, K: PartialEq + Copy>(runs: &[R], key: impl Fn(&R) -> K) -> Vec<(K, Vec<&R>)> {
+    let mut groups: Vec<(K, Vec<&R>)> = Vec::new();
+    for run in runs {
+        let k = key(run);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, members)) => members.push(run),
+            None => groups.push((k, vec![run])),
+        }
+    }
+    groups
+}
+
+/// A duration from a number of seconds (zero if not one, e.g. NaN).
+pub fn seconds(value: f64) -> Duration {
+    Duration::try_from_secs_f64(value).unwrap_or_default()
 }
 
 /// The median of some rounds' values and their range.
