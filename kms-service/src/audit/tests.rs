@@ -237,6 +237,21 @@ impl TestSink {
     }
 }
 
+/// A new log over `sink` whose syncs wait at the returned gate until the
+/// test lets them go.
+fn gated(mut sink: TestSink) -> Result<(AuditLog, Arc<Gate>), AuditError> {
+    let gate = Arc::new(Gate::default());
+    sink.gate = Some(Arc::clone(&gate));
+    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
+    Ok((log, gate))
+}
+
+/// Appends `event(i)` from a task of its own, so the test can hold its sync.
+fn spawn_append(log: &AuditLog, i: usize) -> tokio::task::JoinHandle<Result<u64, AuditError>> {
+    let log = log.clone();
+    tokio::spawn(async move { log.append(event(i)).await })
+}
+
 impl AuditSink for TestSink {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         let call = self.counters.appends.fetch_add(1, Ordering::SeqCst) + 1;
@@ -1100,13 +1115,8 @@ async fn every_waiter_of_a_failed_batch_gets_an_error() -> TestResult {
     let (mut sink, counters) = TestSink::new(&fx.log)?;
     sink.sync_delay = Duration::from_millis(5);
     sink.fail_sync_on = Some(1);
-    let gate = Arc::new(Gate::default());
-    sink.gate = Some(Arc::clone(&gate));
-    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
-    let append = |i: usize| {
-        let log = log.clone();
-        tokio::spawn(async move { log.append(event(i)).await })
-    };
+    let (log, gate) = gated(sink)?;
+    let append = |i: usize| spawn_append(&log, i);
     // The first sync fails while the records written after it wait for a
     // second, overlapping sync; that one succeeds only after the failure,
     // and must not get any of them acknowledged.
@@ -1146,14 +1156,9 @@ async fn every_waiter_of_a_failed_batch_gets_an_error() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_of_many_records_is_overlapped_only_once_it_is_slow() -> TestResult {
     let fx = Fixture::new()?;
-    let (mut sink, counters) = TestSink::new(&fx.log)?;
-    let gate = Arc::new(Gate::default());
-    sink.gate = Some(Arc::clone(&gate));
-    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
-    let append = |i: usize| {
-        let log = log.clone();
-        tokio::spawn(async move { log.append(event(i)).await })
-    };
+    let (sink, counters) = TestSink::new(&fx.log)?;
+    let (log, gate) = gated(sink)?;
+    let append = |i: usize| spawn_append(&log, i);
     let syncs = || counters.syncs.load(Ordering::SeqCst);
     let appends = || counters.appends.load(Ordering::SeqCst);
     // Sync 1 (one record) held: record 2 gets sync 2 beside it at once.
@@ -1220,14 +1225,9 @@ async fn a_sync_of_many_records_is_overlapped_only_once_it_is_slow() -> TestResu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_is_answered_only_after_a_sync_that_began_after_its_write() -> TestResult {
     let fx = Fixture::new()?;
-    let (mut sink, counters) = TestSink::new(&fx.log)?;
-    let gate = Arc::new(Gate::default());
-    sink.gate = Some(Arc::clone(&gate));
-    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
-    let append = |i: usize| {
-        let log = log.clone();
-        tokio::spawn(async move { log.append(event(i)).await })
-    };
+    let (sink, counters) = TestSink::new(&fx.log)?;
+    let (log, gate) = gated(sink)?;
+    let append = |i: usize| spawn_append(&log, i);
     let first = append(0);
     eventually("the first sync began", || {
         counters.syncs.load(Ordering::SeqCst) == 1
@@ -1265,14 +1265,9 @@ async fn a_record_is_answered_only_after_a_sync_that_began_after_its_write() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_sync_does_not_hold_up_records_a_later_sync_covers() -> TestResult {
     let fx = Fixture::new()?;
-    let (mut sink, counters) = TestSink::new(&fx.log)?;
-    let gate = Arc::new(Gate::default());
-    sink.gate = Some(Arc::clone(&gate));
-    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
-    let append = |i: usize| {
-        let log = log.clone();
-        tokio::spawn(async move { log.append(event(i)).await })
-    };
+    let (sink, counters) = TestSink::new(&fx.log)?;
+    let (log, gate) = gated(sink)?;
+    let append = |i: usize| spawn_append(&log, i);
     let first = append(0);
     eventually("the first sync began", || {
         counters.syncs.load(Ordering::SeqCst) == 1
