@@ -113,6 +113,12 @@ pub struct ServeConfig {
     #[arg(long, env = "TABLE_KMS_TIMEOUT_MS", default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(50..=120_000))]
     pub kms_timeout_ms: u64,
+    /// Most data keys one request (a Query, Scan or BatchGetItem page) has
+    /// kms-service unwrap at the same time; the default unwraps a full
+    /// BatchGetItem at once.
+    #[arg(long, env = "TABLE_KMS_UNWRAP_CONCURRENCY", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub kms_unwrap_concurrency: u64,
     /// Lifetime of cached plaintext data keys (per principal), in seconds; 0 disables.
     #[arg(long, env = "TABLE_DATA_KEY_CACHE_TTL", default_value_t = 60)]
     pub data_key_cache_ttl_secs: u64,
@@ -146,6 +152,7 @@ impl ServeConfig {
                 ttl: Duration::from_secs(self.authz_cache_ttl_secs),
                 capacity: self.authz_cache_size,
             },
+            unwrap_concurrency: usize::try_from(self.kms_unwrap_concurrency).unwrap_or(usize::MAX),
         }
     }
 
@@ -157,6 +164,7 @@ impl ServeConfig {
             kms_endpoint,
             token_file,
             kms_timeout_ms: 5000,
+            kms_unwrap_concurrency: 100,
             data_key_cache_ttl_secs: 60,
             data_key_cache_size: 10_000,
             authz_cache_ttl_secs: 5,
@@ -237,5 +245,33 @@ impl HealthcheckConfig {
             FileSetting::new(self.cert.as_ref(), "--cert", "TABLE_HEALTHCHECK_CERT"),
             FileSetting::new(self.key.as_ref(), "--key", "TABLE_HEALTHCHECK_KEY"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    fn serve(args: &[&str]) -> Result<super::ServeConfig, clap::Error> {
+        let cli = Cli::try_parse_from(["table-service", "serve"].iter().chain(args))?;
+        match cli.command {
+            Command::Serve(config) => Ok(*config),
+            Command::Healthcheck(_) => panic!("parsed as healthcheck"),
+        }
+    }
+
+    #[test]
+    fn the_unwrap_bound_defaults_to_a_full_batch_and_refuses_what_is_out_of_range() {
+        assert_eq!(serve(&[]).unwrap().tables_config().unwrap_concurrency, 100);
+        let set = serve(&["--kms-unwrap-concurrency", "7"]).unwrap();
+        assert_eq!(set.tables_config().unwrap_concurrency, 7);
+        for bad in ["0", "1025", "many"] {
+            let error = serve(&["--kms-unwrap-concurrency", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("--kms-unwrap-concurrency"), "{bad}: {error}");
+        }
     }
 }

@@ -34,6 +34,9 @@ const STRIPES: usize = 1024;
 pub struct TablesConfig {
     pub data_key_cache: CacheConfig,
     pub authz_cache: CacheConfig,
+    /// Most data keys one request (a Query, Scan or BatchGetItem page)
+    /// has kms-service unwrap at the same time.
+    pub unwrap_concurrency: usize,
 }
 
 pub struct Tables {
@@ -43,6 +46,7 @@ pub struct Tables {
     tables: RwLock<BTreeMap<String, TableRecord>>,
     data_keys: DataKeyCache,
     authz: AuthzCache,
+    unwrap_concurrency: usize,
     /// Per-item locks (striped) so a conditional write's read, check and
     /// write are atomic with respect to other writers of the same item.
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -124,6 +128,7 @@ impl Tables {
             tables: RwLock::new(tables),
             data_keys: DataKeyCache::new(config.data_key_cache),
             authz: AuthzCache::new(config.authz_cache),
+            unwrap_concurrency: config.unwrap_concurrency.max(1),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             ddl: tokio::sync::Mutex::new(()),
             jobs: std::sync::Mutex::new(Vec::new()),
@@ -329,16 +334,18 @@ impl Tables {
     }
 
     /// Opens many items with their data keys unwrapped concurrently, in
-    /// order. Each item is one kms-service round trip unless cached, and
-    /// they overlap instead of following one another.
+    /// order. Each item is one kms-service round trip unless cached; they
+    /// overlap instead of following one another, at most
+    /// `unwrap_concurrency` at a time, so one large page cannot flood
+    /// kms-service (or queue thousands of calls on table-service's one
+    /// connection to it) while other requests wait behind it.
     async fn open_all(
         self: &Arc<Self>,
         call: &mut Call,
         table: &TableRecord,
         stored: Vec<StoredItem>,
     ) -> Result<Vec<Item>, TableError> {
-        let mut set = tokio::task::JoinSet::new();
-        for (i, item) in stored.into_iter().enumerate() {
+        let tasks = stored.into_iter().map(|item| {
             let this = self.clone();
             let table = table.clone();
             let mut sub = Call {
@@ -348,33 +355,62 @@ impl Tables {
                     ..Outcome::default()
                 },
             };
-            set.spawn(async move {
+            async move {
                 let r = this.open_item(&mut sub, &table, &item).await;
-                (i, r, sub.outcome)
-            });
-        }
-        let mut out: Vec<Option<Item>> = Vec::new();
+                (r, sub.outcome)
+            }
+        });
+        let opened = spawn_bounded(self.unwrap_concurrency, tasks)
+            .await
+            .map_err(|e| TableError::Internal(format!("item task: {e}")))?;
+        let mut items = Vec::with_capacity(opened.len());
         let mut first_error = None;
-        while let Some(joined) = set.join_next().await {
-            let (i, result, outcome) =
-                joined.map_err(|e| TableError::Internal(format!("item task: {e}")))?;
+        for (result, outcome) in opened {
             call.outcome.kms_calls += outcome.kms_calls;
             call.outcome.cache_hits += outcome.cache_hits;
             match result {
-                Ok(item) => {
-                    if out.len() <= i {
-                        out.resize(i + 1, None);
-                    }
-                    out[i] = Some(item);
-                }
+                Ok(item) => items.push(item),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
-        if let Some(e) = first_error {
-            return Err(e);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(items),
         }
-        Ok(out.into_iter().flatten().collect())
     }
+}
+
+/// Runs `tasks` as tasks of the runtime (so they also use the other cores),
+/// at most `width` (at least 1) at a time, starting each as an earlier one
+/// finishes, and returns their outputs in the order of `tasks`. Dropping
+/// the returned future aborts the tasks still running.
+async fn spawn_bounded<T, F>(
+    width: usize,
+    tasks: impl IntoIterator<Item = F>,
+) -> Result<Vec<T>, tokio::task::JoinError>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let width = width.max(1);
+    let mut set = tokio::task::JoinSet::new();
+    let mut out: Vec<Option<T>> = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        if set.len() >= width
+            && let Some(joined) = set.join_next().await
+        {
+            let (j, value) = joined?;
+            out[j] = Some(value);
+        }
+        out.push(None);
+        set.spawn(async move { (i, task.await) });
+    }
+    while let Some(joined) = set.join_next().await {
+        let (j, value) = joined?;
+        out[j] = Some(value);
+    }
+    // Every index was filled: each task was joined exactly once.
+    Ok(out.into_iter().flatten().collect())
 }

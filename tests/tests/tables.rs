@@ -1475,6 +1475,80 @@ async fn query_pages_stop_at_one_mib() {
     stack.stop().await;
 }
 
+/// Query, Scan and BatchGetItem unwrap a page's data keys a bounded number
+/// at a time; with the bound far below the page size (down to one at a
+/// time) every item still comes back, opened, in order.
+#[tokio::test]
+async fn pages_larger_than_the_unwrap_bound_come_back_whole_and_in_order() {
+    for width in [1, 3] {
+        let stack = start_with(|c| {
+            c.data_key_cache_ttl_secs = 0;
+            c.kms_unwrap_concurrency = width;
+        })
+        .await;
+        stack.create("bounded", ("p", S), Some(("i", N))).await;
+        let count = 11;
+        let expected: Vec<String> = (0..count).map(|i| format!("value {i}")).collect();
+        for i in 0..count {
+            stack
+                .put(
+                    "bounded",
+                    item(&[
+                        ("p", s("a")),
+                        ("i", n(&i.to_string())),
+                        ("v", s(&format!("value {i}"))),
+                    ]),
+                )
+                .await;
+        }
+        let query = pb::QueryRequest {
+            table_name: "bounded".into(),
+            partition_key_value: Some(s("a")),
+            ..Default::default()
+        };
+        let forward = query_pages(&stack, &query).await;
+        assert_eq!(forward.len(), 1, "width {width}: one page");
+        assert_eq!(column(&forward, "v"), expected, "width {width}");
+        let backward = query_pages(
+            &stack,
+            &pb::QueryRequest {
+                descending: true,
+                ..query
+            },
+        )
+        .await;
+        let mut reversed = expected.clone();
+        reversed.reverse();
+        assert_eq!(column(&backward, "v"), reversed, "width {width}");
+        let scanned = scan_pages(
+            &stack,
+            &pb::ScanRequest {
+                table_name: "bounded".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(column(&scanned, "v"), expected, "width {width}");
+        let keys = (0..count)
+            .map(|i| item(&[("p", s("a")), ("i", n(&i.to_string()))]))
+            .collect();
+        let got = stack
+            .c()
+            .batch_get_item(stack.req(batch_get(vec![("bounded", keys)])))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut values: Vec<String> = got.responses["bounded"]
+            .items
+            .iter()
+            .map(|i| text(i.attributes.get("v")))
+            .collect();
+        values.sort_by_key(|v| v[6..].parse::<u32>().unwrap());
+        assert_eq!(values, expected, "width {width}");
+        stack.stop().await;
+    }
+}
+
 // ----------------------------------------------------------------------- scan
 
 #[tokio::test]
