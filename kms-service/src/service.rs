@@ -304,8 +304,18 @@ fn authenticate(state: &State, creds: &Credentials) -> Result<Caller, KmsError> 
             "User: {principal} is not a service principal and may not act on behalf of another principal (x-on-behalf-of)"
         )));
     }
-    let (end_principal, end_token, _) =
+    let (end_principal, end_token, end_kind) =
         token_principal(state, forwarded, "forwarded credential (x-on-behalf-of)")?;
+    // Only an end user's credential may be forwarded. A service forwarding
+    // its own (or another service's) credential would be decided as
+    // "<service> via <service>", which a "any principal, only via the
+    // service" statement allows: one leaked service token would then be
+    // enough to use customer keys, with no user involved.
+    if end_kind == PrincipalKind::Service {
+        return Err(KmsError::AccessDenied(format!(
+            "User: {principal} may act only on behalf of a user; the forwarded credential (x-on-behalf-of) belongs to the service principal {end_principal}"
+        )));
+    }
     Ok(Caller {
         principal: end_principal,
         token_id: end_token,

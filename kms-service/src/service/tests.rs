@@ -508,6 +508,33 @@ async fn forwarded_identity_is_decided_for_the_end_caller() {
         "UnrecognizedClientException",
         "forwarded credential",
     );
+    // A service forwards only a user's credential: neither its own nor
+    // another service's, even where "any principal via the service" may
+    // use the key.
+    let other = f.user("batch-service", PrincipalKind::Service, &[]).await;
+    let anyone_via_tables = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"AnyoneViaTables","Effect":"Allow","Principal":"*","Action":["kms:GenerateDataKey","kms:Decrypt","kms:DescribeKey"],"Resource":"*",
+       "Condition":{"StringEquals":{"kms:ViaService":"service/table-service"}}}]}"#;
+    let anyone_key = f.key(KeySpec::SymmetricDefault).await;
+    f.kms
+        .put_key_policy(&f.admin, &anyone_key, "default", anyone_via_tables)
+        .await
+        .unwrap();
+    for forwarded in [&svc, &other] {
+        check_err(
+            f.kms
+                .generate_data_key(&via(forwarded), &anyone_key, &c, DataKeyLength::Aes256, &[])
+                .await,
+            "AccessDeniedException",
+            "may act only on behalf of a user",
+        );
+    }
+    // ... while a user through the service may.
+    f.kms
+        .generate_data_key(&via(&bob), &anyone_key, &c, DataKeyLength::Aes256, &[])
+        .await
+        .expect("a user via the service");
     // A user cannot act on behalf of someone else.
     let bob_fwd = Credentials {
         on_behalf_of: f.admin.authorization.clone(),
