@@ -90,6 +90,29 @@ pub struct GrantConstraints {
 }
 
 impl GrantConstraints {
+    /// Whether every context these constraints allow is also allowed by
+    /// `other`: an `EncryptionContextEquals` must be the same one; an
+    /// `EncryptionContextSubset` must be kept by a subset (or an equals)
+    /// that holds each of its pairs.
+    pub fn at_least_as_strict_as(&self, other: &GrantConstraints) -> bool {
+        let holds_all = |outer: &EncryptionContext, inner: &EncryptionContext| {
+            inner.iter().all(|(k, v)| outer.get(k) == Some(v))
+        };
+        let equals_ok = match &other.equals {
+            None => true,
+            Some(required) => self.equals.as_ref() == Some(required),
+        };
+        let subset_ok = match &other.subset {
+            None => true,
+            Some(required) => match (&self.equals, &self.subset) {
+                (Some(equals), _) if holds_all(equals, required) => true,
+                (_, Some(subset)) => holds_all(subset, required),
+                _ => false,
+            },
+        };
+        equals_ok && subset_ok
+    }
+
     /// Whether a request with this context satisfies the constraints.
     pub fn allows(&self, context: &EncryptionContext) -> bool {
         if let Some(equals) = &self.equals
@@ -125,6 +148,24 @@ impl GrantRecord {
         self.grantee == principal
             && GrantOperation::from_action(action).is_some_and(|op| self.operations.contains(&op))
             && self.constraints.allows(context)
+    }
+
+    /// Whether this grant lets `principal` create a grant for
+    /// `operations` under `constraints`: it allows CreateGrant, the new
+    /// grant's operations are among its own, and the new grant's
+    /// constraints are at least as strict as its own (AWS's rules for a
+    /// grant made with a grant), so a grant can never be used to widen
+    /// itself.
+    pub fn allows_child(
+        &self,
+        principal: &str,
+        operations: &BTreeSet<GrantOperation>,
+        constraints: &GrantConstraints,
+    ) -> bool {
+        self.grantee == principal
+            && self.operations.contains(&GrantOperation::CreateGrant)
+            && operations.is_subset(&self.operations)
+            && constraints.at_least_as_strict_as(&self.constraints)
     }
 
     pub fn token(&self) -> String {

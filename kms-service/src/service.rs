@@ -27,6 +27,7 @@ use crate::crypto::SecretBytes;
 use crate::crypto::context::EncryptionContext;
 use crate::crypto::root_key::RootKey;
 use crate::error::{AuthFailure, KmsError};
+use crate::grants::GrantRecord;
 use crate::identity::{PrincipalKind, token_digest};
 use crate::keys::{KeyRecord, KeyState, KeyUsage, wrap_label};
 use crate::policy::{
@@ -417,6 +418,46 @@ impl<'a> Ctx<'a> {
         context: &EncryptionContext,
         extra: &[(&str, Vec<String>)],
     ) -> Result<(), Denial> {
+        self.decide_with(
+            state,
+            action,
+            target,
+            context,
+            extra,
+            &|grant, principal| grant.allows(principal, action, context),
+        )
+    }
+
+    /// [`Ctx::authorize`] where `grant_allows(grant, principal)` says which
+    /// of the key's grants, if any, allow the call.
+    fn authorize_with(
+        &mut self,
+        state: &State,
+        action: &str,
+        target: Target<'_>,
+        extra: &[(&str, Vec<String>)],
+        grant_allows: &dyn Fn(&GrantRecord, &str) -> bool,
+    ) -> Result<(), KmsError> {
+        self.decide_with(
+            state,
+            action,
+            target,
+            &EncryptionContext::new(),
+            extra,
+            grant_allows,
+        )
+        .map_err(|denial| denial.error)
+    }
+
+    fn decide_with(
+        &mut self,
+        state: &State,
+        action: &str,
+        target: Target<'_>,
+        context: &EncryptionContext,
+        extra: &[(&str, Vec<String>)],
+        grant_allows: &dyn Fn(&GrantRecord, &str) -> bool,
+    ) -> Result<(), Denial> {
         let mut conditions = self.condition_context(context);
         for (key, values) in extra {
             conditions.set_multi(key, values.clone());
@@ -441,7 +482,7 @@ impl<'a> Ctx<'a> {
                     .grants
                     .iter()
                     .filter_map(|id| state.grants.get(id))
-                    .find(|g| g.allows(&principal, action, context))
+                    .find(|g| grant_allows(g, &principal))
                     .map(|g| g.grant_id.clone());
                 (entry.record.resource(), Some(entry.policy.as_ref()), grant)
             }

@@ -84,10 +84,13 @@ const TABLE_READ_ONLY_ACCESS: &str = r#"{
   ]
 }"#;
 
-// Administrators manage keys but must not be able to use them: no Encrypt,
-// Decrypt, GenerateDataKey*, ReEncrypt* or Mac actions are covered. This is
-// an omission rather than a Deny so that a separate policy can still grant
-// use to someone who is also an administrator.
+// AWS's key-administrator statement: administrators manage keys and are
+// not given their use directly (no Encrypt, Decrypt, GenerateDataKey*,
+// ReEncrypt* or Mac actions). As in AWS, managing includes kms:CreateGrant
+// (Create*) and kms:PutKeyPolicy (Put*), with which an administrator can
+// give use to anyone, themselves included: administration is trusted, not
+// a barrier. Where it must be one, add a Deny of those two actions. Use is
+// omitted rather than denied so that a separate policy can still grant it.
 const KEY_ADMINISTRATOR_ACCESS: &str = r#"{
   "Version": "2012-10-17",
   "Statement": [

@@ -81,16 +81,19 @@ impl Kms {
                 ctx.event.key_id = Some(entry.record.key_id.clone());
                 ctx.event.resources = vec![entry.record.resource()];
                 let ops: Vec<String> = operations.iter().map(|o| o.action()[4..].to_string()).collect();
-                ctx.authorize(
+                // A grant allows this only for a grant no wider than itself.
+                ctx.authorize_with(
                     state,
                     "kms:CreateGrant",
                     Target::Key(entry),
-                    &EncryptionContext::new(),
                     &[
                         ("kms:GranteePrincipal", vec![grantee.clone()]),
                         ("kms:RetiringPrincipal", retiring.iter().cloned().collect()),
                         ("kms:GrantOperations", ops),
                     ],
+                    &|parent, principal| {
+                        parent.allows_child(principal, &operations, &input.constraints)
+                    },
                 )?;
                 if entry.grants.len() >= MAX_GRANTS_PER_KEY {
                     return Err(KmsError::LimitExceeded(format!(

@@ -684,6 +684,157 @@ async fn authorize_answers_for_the_forwarded_caller() {
     );
 }
 
+/// A grant that allows CreateGrant lets its grantee make only grants no
+/// wider than itself: the same or fewer operations, constraints at least as
+/// strict (AWS's rule); otherwise a CreateGrant-only grant would let its
+/// holder give itself Decrypt.
+#[tokio::test]
+async fn a_grant_can_only_make_grants_no_wider_than_itself() {
+    use GrantOperation::{CreateGrant, Decrypt, Encrypt};
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let equals = |pairs: &[(&str, &str)]| GrantConstraints {
+        equals: Some(ctx(pairs)),
+        subset: None,
+    };
+    let subset = |pairs: &[(&str, &str)]| GrantConstraints {
+        equals: None,
+        subset: Some(ctx(pairs)),
+    };
+    let none = GrantConstraints::default;
+    let input = |operations: Vec<GrantOperation>, constraints| CreateGrantInput {
+        key_id: key.clone(),
+        grantee: "user/bob".into(),
+        retiring: None,
+        operations,
+        constraints,
+        name: String::new(),
+        grant_tokens: vec![],
+    };
+    // (parent grant from the admin, child grant bob asks for, allowed?)
+    let cases: Vec<(
+        Vec<GrantOperation>,
+        GrantConstraints,
+        Vec<GrantOperation>,
+        GrantConstraints,
+        bool,
+    )> = vec![
+        (vec![CreateGrant], none(), vec![Decrypt], none(), false),
+        (vec![CreateGrant], none(), vec![CreateGrant], none(), true),
+        (
+            vec![CreateGrant, Decrypt],
+            none(),
+            vec![Decrypt],
+            none(),
+            true,
+        ),
+        (
+            vec![CreateGrant, Decrypt],
+            none(),
+            vec![Decrypt, Encrypt],
+            none(),
+            false,
+        ),
+        (
+            vec![CreateGrant, Decrypt],
+            none(),
+            vec![Decrypt],
+            subset(&[("t", "1")]),
+            true,
+        ),
+        (
+            vec![CreateGrant, Decrypt],
+            subset(&[("t", "1")]),
+            vec![Decrypt],
+            none(),
+            false,
+        ),
+        (
+            vec![CreateGrant, Decrypt],
+            subset(&[("t", "1")]),
+            vec![Decrypt],
+            subset(&[("t", "2")]),
+            false,
+        ),
+        (
+            vec![CreateGrant, Decrypt],
+            subset(&[("t", "1")]),
+            vec![Decrypt],
+            subset(&[("t", "1"), ("u", "2")]),
+            true,
+        ),
+        (
+            vec![CreateGrant, Decrypt],
+            subset(&[("t", "1")]),
+            vec![Decrypt],
+            equals(&[("t", "1"), ("u", "2")]),
+            true,
+        ),
+        (
+            vec![CreateGrant, Decrypt],
+            subset(&[("t", "1")]),
+            vec![Decrypt],
+            equals(&[("u", "2")]),
+            false,
+        ),
+        (
+            vec![CreateGrant, Decrypt],
+            equals(&[("t", "1")]),
+            vec![Decrypt],
+            equals(&[("t", "1")]),
+            true,
+        ),
+        (
+            vec![CreateGrant, Decrypt],
+            equals(&[("t", "1")]),
+            vec![Decrypt],
+            subset(&[("t", "1")]),
+            false,
+        ),
+        (
+            vec![CreateGrant, Decrypt],
+            equals(&[("t", "1")]),
+            vec![Decrypt],
+            equals(&[("t", "1"), ("u", "2")]),
+            false,
+        ),
+    ];
+    for (i, (parent_ops, parent_constraints, child_ops, child_constraints, allowed)) in
+        cases.into_iter().enumerate()
+    {
+        let parent = f
+            .kms
+            .create_grant(&f.admin, input(parent_ops, parent_constraints))
+            .await
+            .unwrap();
+        let child = f
+            .kms
+            .create_grant(&bob, input(child_ops, child_constraints))
+            .await;
+        if allowed {
+            let child = child.unwrap_or_else(|e| panic!("case {i}: {e:?}"));
+            f.kms
+                .revoke_grant(&f.admin, &key, &child.grant_id)
+                .await
+                .unwrap();
+        } else {
+            check_err(child, "AccessDeniedException", "kms:CreateGrant");
+        }
+        f.kms
+            .revoke_grant(&f.admin, &key, &parent.grant_id)
+            .await
+            .unwrap();
+    }
+    // Nothing bob was refused left a grant behind.
+    let left = f
+        .kms
+        .list_grants(&f.admin, &key, "", "", 0, "")
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "{:?}", left.items);
+}
+
 #[tokio::test]
 async fn grants_allow_within_their_constraints_until_revoked() {
     let f = fixture().await;
