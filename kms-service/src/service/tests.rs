@@ -713,13 +713,14 @@ async fn a_grant_can_only_make_grants_no_wider_than_itself() {
         grant_tokens: vec![],
     };
     // (parent grant from the admin, child grant bob asks for, allowed?)
-    let cases: Vec<(
+    type Case = (
         Vec<GrantOperation>,
         GrantConstraints,
         Vec<GrantOperation>,
         GrantConstraints,
         bool,
-    )> = vec![
+    );
+    let cases: Vec<Case> = vec![
         (vec![CreateGrant], none(), vec![Decrypt], none(), false),
         (vec![CreateGrant], none(), vec![CreateGrant], none(), true),
         (
