@@ -52,6 +52,12 @@ pub struct Tables {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Serializes table creation and deletion.
     ddl: tokio::sync::Mutex<()>,
+    /// Item writes (and re-wrap pages) hold this shared from reading their
+    /// table's record to committing; switching a table's key and deleting
+    /// a table hold it exclusively. So no item sealed under a table's old
+    /// key is committed after the switch (the re-wrap, which starts after
+    /// it, would miss a new one), and no write lands in a deleted table.
+    table_writes: tokio::sync::RwLock<()>,
     /// Background jobs (key-change re-wraps), stopped at shutdown.
     jobs: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The key id behind `alias/table-service`, once looked up.
@@ -131,6 +137,7 @@ impl Tables {
             unwrap_concurrency: config.unwrap_concurrency.max(1),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             ddl: tokio::sync::Mutex::new(()),
+            table_writes: tokio::sync::RwLock::new(()),
             jobs: std::sync::Mutex::new(Vec::new()),
             service_managed_key_id: std::sync::OnceLock::new(),
         }))

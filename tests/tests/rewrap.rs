@@ -513,3 +513,157 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
 }
+
+/// Writes that are in flight while UpdateTable switches the key either
+/// finish before the switch (and the re-wrap, which starts after it, moves
+/// them) or seal under the new key: after the change, with the old key
+/// disabled, every acknowledged write reads. A write that sealed under the
+/// old key but committed after the re-wrap had passed its place would stay
+/// under the old key for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_a_key_change_all_end_up_under_the_new_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
+    let token_file = dir.path().join("kms/table-service.token");
+    kms_config.storage.table_service_token_file = Some(token_file.clone());
+    let kms_server = KmsServer::start(kms_config).await.unwrap();
+    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut table_config = TableConfig::for_data_dir(
+        dir.path().join("tables"),
+        format!("http://{}", kms_server.addr),
+        token_file,
+    );
+    table_config.data_key_cache_ttl_secs = 0;
+    let tables_server = TableServer::start(table_config).await.unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let mut key_ids = Vec::new();
+    for _ in 0..2 {
+        key_ids.push(
+            keys.create_key(authed(&admin, kms::CreateKeyRequest::default()))
+                .await
+                .unwrap()
+                .into_inner()
+                .key_metadata
+                .unwrap()
+                .key_id,
+        );
+    }
+    let (old_key, new_key) = (key_ids[0].clone(), key_ids[1].clone());
+    let writer_token = admin.clone();
+    let put = move |tables: &mut TableServiceClient<Channel>, id: String| {
+        let mut tables = tables.clone();
+        let admin = writer_token.clone();
+        async move {
+            tables
+                .put_item(authed(
+                    &admin,
+                    pb::PutItemRequest {
+                        table_name: "race".into(),
+                        item: HashMap::from([
+                            ("id".to_string(), s(&id)),
+                            ("v".to_string(), s(&format!("value of {id}"))),
+                        ]),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(|_| id)
+        }
+    };
+    tables
+        .create_table(authed(
+            &admin,
+            pb::CreateTableRequest {
+                table_name: "race".into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "id".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: None,
+                }),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: old_key.clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    // The re-wrap's first page ends at "zzzz": racing writes sort before it.
+    put(&mut tables, "zzzz".into()).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let (stop, put) = (stop.clone(), put.clone());
+        let mut tables = tables.clone();
+        writers.spawn(async move {
+            let mut written = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                written.push(put(&mut tables, format!("a-{w}-{n:05}")).await.unwrap());
+                n += 1;
+            }
+            written
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "race".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: new_key.clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    wait_active(&mut tables, &admin, "race").await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut written = vec!["zzzz".to_string()];
+    while let Some(ids) = writers.join_next().await {
+        written.extend(ids.unwrap());
+    }
+    assert!(written.len() > 20, "only {} writes", written.len());
+    keys.disable_key(authed(
+        &admin,
+        kms::DisableKeyRequest {
+            key_id: old_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    let mut under_old_key = Vec::new();
+    for id in &written {
+        let read = tables
+            .get_item(authed(
+                &admin,
+                pb::GetItemRequest {
+                    table_name: "race".into(),
+                    key: HashMap::from([("id".to_string(), s(id))]),
+                },
+            ))
+            .await;
+        match read {
+            Ok(item) => assert_eq!(
+                item.into_inner().item.get("v"),
+                Some(&s(&format!("value of {id}")))
+            ),
+            Err(e) => under_old_key.push(format!("{id}: {}", e.message())),
+        }
+    }
+    assert!(
+        under_old_key.is_empty(),
+        "{} of {} acknowledged writes unreadable once the old key is disabled: {:?}",
+        under_old_key.len(),
+        written.len(),
+        &under_old_key[..under_old_key.len().min(3)]
+    );
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}

@@ -68,6 +68,7 @@ impl Tables {
     ) -> Result<Option<Item>, TableError> {
         self.authorize(call, "table:PutItem", &resource(table_name))
             .await?;
+        let _writes = self.table_writes.read().await;
         let table = self.table(table_name)?;
         if return_values == ReturnValues::AllNew {
             return Err(TableError::validation(
@@ -164,6 +165,7 @@ impl Tables {
     ) -> Result<Option<Item>, TableError> {
         self.authorize(call, "table:DeleteItem", &resource(table_name))
             .await?;
+        let _writes = self.table_writes.read().await;
         let table = self.table(table_name)?;
         if return_values == ReturnValues::AllNew {
             return Err(TableError::validation(
@@ -200,6 +202,7 @@ impl Tables {
     ) -> Result<Option<Item>, TableError> {
         self.authorize(call, "table:UpdateItem", &resource(table_name))
             .await?;
+        let _writes = self.table_writes.read().await;
         let table = self.table(table_name)?;
         if actions.is_empty() {
             return Err(TableError::validation(
@@ -212,6 +215,14 @@ impl Tables {
         expression::check_all(conditions, old.as_ref())?;
         let mut new = old.clone().unwrap_or_else(|| key_map.clone());
         expression::apply(&table.schema, &mut new, actions)?;
+        // As in DynamoDB, removing attributes from (or deleting set members
+        // of) an item that does not exist does not create it.
+        let only_removes = actions
+            .iter()
+            .all(|a| matches!(a, UpdateAction::Remove(_) | UpdateAction::Delete(..)));
+        if old.is_none() && only_removes {
+            return Ok(None);
+        }
         let (new_key, attributes) = model::split_item(&table.schema, new.clone())?;
         debug_assert_eq!(new_key, key);
         let envelope = self.seal(call, &table, &key, &attributes).await?;
@@ -298,8 +309,12 @@ impl Tables {
                 "BatchWriteItem takes 1–{MAX_BATCH_WRITES} requests; this request has {total}"
             )));
         }
-        let mut mutations = Vec::new();
-        let mut unprocessed: BTreeMap<String, Vec<BatchWrite>> = BTreeMap::new();
+        // Decide and validate everything first, then lock every item of the
+        // batch (its stripes in one global order, as the re-wrap does), so
+        // that no other writer of these items, conditional or not, can
+        // interleave between their reads and this commit.
+        let _writes = self.table_writes.read().await;
+        let mut planned: Vec<(&String, TableRecord, ItemKey, &BatchWrite)> = Vec::new();
         for (name, writes) in requests {
             self.authorize(call, "table:BatchWriteItem", &resource(name))
                 .await?;
@@ -315,27 +330,40 @@ impl Tables {
                         "Provided list of item keys contains duplicates",
                     ));
                 }
-                match write {
-                    BatchWrite::Put(item) => {
-                        let (key, attributes) = model::split_item(&table.schema, item.clone())?;
-                        match self.seal(call, &table, &key, &attributes).await {
-                            Ok(envelope) => mutations.push(Mutation::PutItem {
-                                table_id: table.table_id.clone(),
-                                key,
-                                envelope,
-                            }),
-                            Err(TableError::KmsUnavailable { .. }) => unprocessed
-                                .entry(name.clone())
-                                .or_default()
-                                .push(write.clone()),
-                            Err(e) => return Err(e),
-                        }
+                planned.push((name, table.clone(), key, write));
+            }
+        }
+        let stripes: std::collections::BTreeSet<usize> = planned
+            .iter()
+            .map(|(_, table, key, _)| self.stripe_index(table, key))
+            .collect();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            guards.push(self.stripes[i].lock().await);
+        }
+        let mut mutations = Vec::new();
+        let mut unprocessed: BTreeMap<String, Vec<BatchWrite>> = BTreeMap::new();
+        for (name, table, key, write) in planned {
+            match write {
+                BatchWrite::Put(item) => {
+                    let (key, attributes) = model::split_item(&table.schema, item.clone())?;
+                    match self.seal(call, &table, &key, &attributes).await {
+                        Ok(envelope) => mutations.push(Mutation::PutItem {
+                            table_id: table.table_id.clone(),
+                            key,
+                            envelope,
+                        }),
+                        Err(TableError::KmsUnavailable { .. }) => unprocessed
+                            .entry(name.clone())
+                            .or_default()
+                            .push(write.clone()),
+                        Err(e) => return Err(e),
                     }
-                    BatchWrite::Delete(_) => mutations.push(Mutation::DeleteItem {
-                        table_id: table.table_id.clone(),
-                        key,
-                    }),
                 }
+                BatchWrite::Delete(_) => mutations.push(Mutation::DeleteItem {
+                    table_id: table.table_id.clone(),
+                    key,
+                }),
             }
         }
         if !mutations.is_empty() {

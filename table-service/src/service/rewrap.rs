@@ -110,6 +110,7 @@ impl Tables {
 
     /// Re-wraps one page; returns whether there may be more work.
     async fn rewrap_page(&self, name: &str) -> Result<bool, TableError> {
+        let _writes = self.table_writes.read().await;
         let Ok(table) = self.table(name) else {
             return Ok(false);
         };

@@ -178,6 +178,8 @@ impl Tables {
         self.authorize(call, "table:DeleteTable", &resource(name))
             .await?;
         let _ddl = self.ddl.lock().await;
+        // Waits for writes in progress, so none lands after the delete.
+        let _writes = self.table_writes.write().await;
         let record = self.table(name)?;
         self.commit
             .commit(vec![Mutation::DeleteTable {
@@ -307,6 +309,8 @@ impl Tables {
         grants: Vec<(String, String)>,
     ) -> Result<TableView, TableError> {
         let _ddl = self.ddl.lock().await;
+        // Waits for writes that may have sealed under the old key.
+        let _writes = self.table_writes.write().await;
         let mut record = self.table(name)?;
         if record.table_id != current.table_id || record.rewrap.is_some() {
             return Err(TableError::ResourceInUse(format!(
