@@ -169,6 +169,21 @@ pub struct AliasRecord {
 
 /// Checks an alias name as AWS does: `alias/` then 1–250 of `[A-Za-z0-9/_-]`,
 /// and not in the reserved `alias/aws/` space.
+/// Aliases of the service-managed keys kms-service creates itself (the
+/// counterpart of AWS managed keys' `alias/aws/…`): nobody may create or
+/// re-point them through the API.
+pub const SERVICE_MANAGED_ALIASES: [&str; 1] = ["alias/table-service"];
+
+/// Refuses an alias reserved for a service-managed key.
+pub fn refuse_service_managed_alias(name: &str, what: &str) -> Result<(), String> {
+    if SERVICE_MANAGED_ALIASES.contains(&name) {
+        return Err(format!(
+            "alias {name} is reserved for the service-managed key kms-service creates; it cannot be {what}"
+        ));
+    }
+    Ok(())
+}
+
 pub fn validate_alias_name(name: &str) -> Result<(), String> {
     let Some(rest) = name.strip_prefix("alias/") else {
         return Err(format!("alias name {name:?} must start with \"alias/\""));

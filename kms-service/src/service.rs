@@ -87,6 +87,8 @@ pub struct Ctx<'a> {
     pub event: AuditEvent,
     caller: Option<Caller>,
     seen: u64,
+    /// The alias the request named its key by, for `kms:RequestAlias`.
+    request_alias: Option<String>,
 }
 
 impl Kms {
@@ -178,6 +180,7 @@ impl Kms {
             },
             caller: None,
             seen: 0,
+            request_alias: None,
         };
         let result = {
             let auth = {
@@ -391,7 +394,17 @@ impl<'a> Ctx<'a> {
             "kms:EncryptionContextKeys",
             context.keys().cloned().collect(),
         );
+        if let Some(alias) = &self.request_alias {
+            c.set("kms:RequestAlias", alias.clone());
+        }
         c
+    }
+
+    /// [`resolve_key`], remembering whether the key was named by an alias
+    /// (`kms:RequestAlias` of the decisions that follow).
+    fn resolve<'s>(&mut self, state: &'s State, key_id: &str) -> Result<&'s KeyEntry, KmsError> {
+        self.request_alias = key_id.starts_with("alias/").then(|| key_id.to_string());
+        resolve_key(state, key_id)
     }
 
     /// Decides `action` on `target` for the caller and records the decision
@@ -459,6 +472,9 @@ impl<'a> Ctx<'a> {
         grant_allows: &dyn Fn(&GrantRecord, &str) -> bool,
     ) -> Result<(), Denial> {
         let mut conditions = self.condition_context(context);
+        if let Target::Key(entry) = &target {
+            conditions.set("kms:KeySpec", entry.record.spec.name().to_string());
+        }
         for (key, values) in extra {
             conditions.set_multi(key, values.clone());
         }

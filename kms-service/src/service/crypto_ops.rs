@@ -2,7 +2,7 @@
 //! key, authorize, then key state and usage, then the cryptography. Any
 //! failure to authenticate a ciphertext is one opaque error.
 
-use super::{Credentials, Ctx, Kms, Target, require_enabled, require_usage, resolve_key};
+use super::{Credentials, Ctx, Kms, Target, require_enabled, require_usage};
 use crate::crypto::blob::{self, BlobHeader};
 use crate::crypto::context::{self, EncryptionContext};
 use crate::crypto::mac::{self, MacAlgorithm};
@@ -99,7 +99,7 @@ impl<'a> Ctx<'a> {
         context: &EncryptionContext,
         plaintext: &[u8],
     ) -> Result<Encrypted, KmsError> {
-        let entry = resolve_key(state, key_id)?;
+        let entry = self.resolve(state, key_id)?;
         let record = &entry.record;
         self.event.key_id = Some(record.key_id.clone());
         self.event.resources.push(record.resource());
@@ -145,8 +145,11 @@ impl<'a> Ctx<'a> {
             .keys
             .get(&blob_key)
             .ok_or(KmsError::InvalidCiphertext)?;
+        // The key named by the request, if any: only then is there an alias
+        // the request used.
+        self.request_alias = None;
         if !expected_key.is_empty() {
-            let named = resolve_key(state, expected_key)?;
+            let named = self.resolve(state, expected_key)?;
             if named.record.key_id != blob_key {
                 self.event.key_id = Some(named.record.key_id.clone());
                 return Err(KmsError::IncorrectKey(format!(
@@ -214,7 +217,7 @@ impl<'a> Ctx<'a> {
                 message.len()
             )));
         }
-        let entry = resolve_key(state, key_id)?;
+        let entry = self.resolve(state, key_id)?;
         let record = &entry.record;
         self.event.key_id = Some(record.key_id.clone());
         self.event.resources.push(record.resource());

@@ -77,7 +77,7 @@ impl Kms {
             let issuing = ctx.principal().to_string();
             ctx.write(|ctx, state| {
                 ctx.check_grant_tokens(state, &input.grant_tokens)?;
-                let entry = resolve_key(state, &input.key_id)?;
+                let entry = ctx.resolve(state, &input.key_id)?;
                 ctx.event.key_id = Some(entry.record.key_id.clone());
                 ctx.event.resources = vec![entry.record.resource()];
                 let ops: Vec<String> = operations.iter().map(|o| o.action()[4..].to_string()).collect();
@@ -90,6 +90,8 @@ impl Kms {
                         ("kms:GranteePrincipal", vec![grantee.clone()]),
                         ("kms:RetiringPrincipal", retiring.iter().cloned().collect()),
                         ("kms:GrantOperations", ops),
+                        // No grant here is for an AWS resource.
+                        ("kms:GrantIsForAWSResource", vec!["false".into()]),
                     ],
                     &|parent, principal| {
                         parent.allows_child(principal, &operations, &input.constraints)
@@ -131,7 +133,7 @@ impl Kms {
         self.run(creds, "ListGrants", |ctx| {
             let limit = page_limit(limit)?;
             let state = ctx.state();
-            let entry = resolve_key(&state, key_id)?;
+            let entry = ctx.resolve(&state, key_id)?;
             ctx.event.key_id = Some(entry.record.key_id.clone());
             ctx.authorize(
                 &state,
@@ -232,7 +234,7 @@ impl Kms {
     ) -> Result<(), KmsError> {
         self.run(creds, "RevokeGrant", |ctx| {
             ctx.write(|ctx, state| {
-                let entry = resolve_key(state, key_id)?;
+                let entry = ctx.resolve(state, key_id)?;
                 ctx.event.key_id = Some(entry.record.key_id.clone());
                 ctx.event.grant_id = Some(grant_id.to_string());
                 ctx.authorize(

@@ -3,14 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use super::{Credentials, Ctx, Kms, Target, page_limit, paginate, resolve_key};
+use super::{Credentials, Ctx, Kms, Target, page_limit, paginate};
 use crate::crypto::context::EncryptionContext;
 use crate::crypto::random_bytes;
 use crate::error::KmsError;
 use crate::keys::{
     AliasRecord, DEFAULT_PENDING_WINDOW_DAYS, DEFAULT_ROTATION_PERIOD_DAYS, KeyRecord, KeySpec,
     KeyState, KeyUsage, KeyVersionRecord, MAX_DESCRIPTION_LEN, MAX_TAGS, PENDING_WINDOW_DAYS,
-    ROTATION_PERIOD_DAYS, SECONDS_PER_DAY, VersionOrigin, validate_alias_name, wrap_label,
+    ROTATION_PERIOD_DAYS, SECONDS_PER_DAY, VersionOrigin, refuse_service_managed_alias,
+    validate_alias_name, wrap_label,
 };
 use crate::policy::{self, PolicyDocument, PolicyKind};
 use crate::state::State;
@@ -112,7 +113,7 @@ impl<'a> Ctx<'a> {
         key_id: &str,
         action: &str,
     ) -> Result<KeyRecord, KmsError> {
-        let entry = resolve_key(state, key_id)?;
+        let entry = self.resolve(state, key_id)?;
         self.event.key_id = Some(entry.record.key_id.clone());
         self.event.resources = vec![entry.record.resource()];
         self.authorize(state, action, Target::Key(entry), NO_CONTEXT, &[])?;
@@ -227,6 +228,15 @@ impl Kms {
             state.aliases.get(alias).map(|a| a.key_id.clone())
         };
         if let Some(key_id) = existing {
+            let creator = {
+                let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+                state.keys.get(&key_id).map(|k| k.record.creator.clone())
+            };
+            if creator.as_deref() != Some(super::SERVICE_PRINCIPAL) {
+                return Err(KmsError::InvalidState(format!(
+                    "{alias} names key {key_id}, which kms-service did not create, so it cannot be {service}'s service-managed key; delete the alias (DeleteAlias) and start again to have kms-service create that key"
+                )));
+            }
             self.upgrade_service_managed_policy(&key_id, service)
                 .await?;
             return Ok(None);
@@ -489,6 +499,8 @@ impl Kms {
     ) -> Result<(), KmsError> {
         self.run(creds, "CreateAlias", |ctx| {
             validate_alias_name(alias_name).map_err(KmsError::Validation)?;
+            refuse_service_managed_alias(alias_name, "created through the API")
+                .map_err(KmsError::Validation)?;
             let now = ctx.kms.now();
             ctx.write(|ctx, state| {
                 if target_key_id.starts_with("alias/") {
@@ -523,6 +535,8 @@ impl Kms {
         target_key_id: &str,
     ) -> Result<(), KmsError> {
         self.run(creds, "UpdateAlias", |ctx| {
+            refuse_service_managed_alias(alias_name, "pointed at another key")
+                .map_err(KmsError::Validation)?;
             ctx.write(|ctx, state| {
                 let alias = state
                     .aliases
@@ -559,7 +573,14 @@ impl Kms {
                 let alias = state.aliases.get(alias_name).ok_or_else(|| {
                     KmsError::NotFound(format!("Alias {alias_name} is not found."))
                 })?;
-                ctx.key_for(state, &alias.key_id, "kms:DeleteAlias")?;
+                let key = ctx.key_for(state, &alias.key_id, "kms:DeleteAlias")?;
+                // A service-managed key keeps its alias; an alias of that
+                // name on someone else's key (made before it was reserved)
+                // may go.
+                if key.creator == super::SERVICE_PRINCIPAL {
+                    refuse_service_managed_alias(alias_name, "deleted")
+                        .map_err(KmsError::Validation)?;
+                }
                 Ok((
                     (),
                     vec![Mutation::DeleteAlias {

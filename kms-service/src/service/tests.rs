@@ -1591,3 +1591,165 @@ async fn concurrent_requests_all_get_durable_audit_records() {
         .collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 }
+
+/// `kms:RequestAlias` is the alias a request named its key by (absent when
+/// it used the key id), and `kms:KeySpec` the key's spec: a Deny on either
+/// applies, rather than silently never matching.
+#[tokio::test]
+async fn request_alias_and_key_spec_conditions_are_set() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let mac_key = f.key(KeySpec::Hmac256).await;
+    f.kms
+        .create_alias(&f.admin, "alias/legacy-orders", &key)
+        .await
+        .unwrap();
+    f.kms
+        .create_alias(&f.admin, "alias/current-orders", &key)
+        .await
+        .unwrap();
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"Bob","Effect":"Allow","Principal":{"AWS":"user/bob"},"Action":["kms:Encrypt","kms:Decrypt","kms:DescribeKey","kms:GenerateMac"],"Resource":"*"},
+      {"Sid":"NoLegacyAlias","Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*",
+       "Condition":{"StringLike":{"kms:RequestAlias":"alias/legacy-*"}}},
+      {"Sid":"NoSymmetricDescribe","Effect":"Deny","Principal":{"AWS":"user/bob"},"Action":"kms:DescribeKey","Resource":"*",
+       "Condition":{"StringEquals":{"kms:KeySpec":"SYMMETRIC_DEFAULT"}}}]}"#;
+    for k in [&key, &mac_key] {
+        f.kms
+            .put_key_policy(&f.admin, k, "default", policy)
+            .await
+            .unwrap();
+    }
+    let c = ctx(&[("t", "1")]);
+    check_err(
+        f.kms
+            .encrypt(&bob, "alias/legacy-orders", b"x", &c, &[])
+            .await,
+        "AccessDeniedException",
+        "explicit deny",
+    );
+    let blob = f
+        .kms
+        .encrypt(&bob, "alias/current-orders", b"x", &c, &[])
+        .await
+        .expect("another alias of the same key")
+        .ciphertext_blob;
+    f.kms
+        .encrypt(&bob, &key, b"x", &c, &[])
+        .await
+        .expect("the key id");
+    // Decrypt: the alias is the one the request names, if any.
+    check_err(
+        f.kms
+            .decrypt(&bob, &blob, &c, "alias/legacy-orders", &[])
+            .await,
+        "AccessDeniedException",
+        "explicit deny",
+    );
+    f.kms
+        .decrypt(&bob, &blob, &c, "", &[])
+        .await
+        .expect("no key named");
+    check_err(
+        f.kms.describe_key(&bob, &key, &[]).await,
+        "AccessDeniedException",
+        "explicit deny",
+    );
+    f.kms
+        .describe_key(&bob, &mac_key, &[])
+        .await
+        .expect("an HMAC key is not SYMMETRIC_DEFAULT");
+    // kms:GrantIsForAWSResource is false on every CreateGrant.
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"OnlyForAwsResources","Effect":"Deny","Principal":"*","Action":"kms:CreateGrant","Resource":"*",
+       "Condition":{"Bool":{"kms:GrantIsForAWSResource":"false"}}}]}"#;
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", policy)
+        .await
+        .unwrap();
+    check_err(
+        f.kms
+            .create_grant(
+                &f.admin,
+                CreateGrantInput {
+                    key_id: key.clone(),
+                    grantee: "user/bob".into(),
+                    retiring: None,
+                    operations: vec![GrantOperation::Decrypt],
+                    constraints: GrantConstraints::default(),
+                    name: String::new(),
+                    grant_tokens: vec![],
+                },
+            )
+            .await,
+        "AccessDeniedException",
+        "explicit deny",
+    );
+}
+
+/// `alias/table-service` belongs to the key kms-service creates for
+/// table-service: nobody may create or re-point it through the API, and a
+/// start-up finding the alias on a key kms-service did not create refuses
+/// to adopt that key.
+#[tokio::test]
+async fn service_managed_aliases_are_reserved() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    check_err(
+        f.kms
+            .create_alias(&f.admin, "alias/table-service", &key)
+            .await,
+        "ValidationException",
+        "reserved for the service-managed key",
+    );
+    let created = f
+        .kms
+        .bootstrap_service_managed_key("alias/table-service", "service/table-service")
+        .await
+        .unwrap()
+        .expect("created");
+    check_err(
+        f.kms
+            .update_alias(&f.admin, "alias/table-service", &key)
+            .await,
+        "ValidationException",
+        "reserved",
+    );
+    // Its key's policy lets nobody manage it; the alias is refused beyond.
+    check_err(
+        f.kms.delete_alias(&f.admin, "alias/table-service").await,
+        "AccessDeniedException",
+        "kms:DeleteAlias",
+    );
+    assert_eq!(
+        f.kms
+            .bootstrap_service_managed_key("alias/table-service", "service/table-service")
+            .await
+            .unwrap(),
+        None,
+        "found, not created again"
+    );
+    assert_eq!(
+        f.kms
+            .describe_key(&f.admin, "alias/table-service", &[])
+            .await
+            .unwrap()
+            .key_id,
+        created
+    );
+    // An alias of that kind on somebody's own key is not adopted.
+    f.kms
+        .create_alias(&f.admin, "alias/squatted", &key)
+        .await
+        .unwrap();
+    check_err(
+        f.kms
+            .bootstrap_service_managed_key("alias/squatted", "service/table-service")
+            .await,
+        "KMSInvalidStateException",
+        "which kms-service did not create",
+    );
+}
