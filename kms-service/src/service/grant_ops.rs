@@ -97,6 +97,7 @@ impl Kms {
                         parent.allows_child(principal, &operations, &input.constraints)
                     },
                 )?;
+                super::key_ops::not_pending(&entry.record, "grant its use")?;
                 if entry.grants.len() >= MAX_GRANTS_PER_KEY {
                     return Err(KmsError::LimitExceeded(format!(
                         "key {} already has {MAX_GRANTS_PER_KEY} grants",

@@ -230,12 +230,20 @@ impl Kms {
                     &[],
                 )?;
                 existing(state, &principal)?;
-                Ok((
-                    (),
-                    vec![Mutation::DeletePrincipal {
-                        principal: principal.clone(),
-                    }],
-                ))
+                // Its grants go with it: a later principal of the same name
+                // must not inherit them.
+                let mut mutations: Vec<Mutation> = state
+                    .grants
+                    .values()
+                    .filter(|g| g.grantee == principal)
+                    .map(|g| Mutation::DeleteGrant {
+                        grant_id: g.grant_id.clone(),
+                    })
+                    .collect();
+                mutations.push(Mutation::DeletePrincipal {
+                    principal: principal.clone(),
+                });
+                Ok(((), mutations))
             })
         })
         .await

@@ -137,7 +137,7 @@ impl<'a> Ctx<'a> {
     }
 }
 
-fn not_pending(record: &KeyRecord, what: &str) -> Result<(), KmsError> {
+pub(super) fn not_pending(record: &KeyRecord, what: &str) -> Result<(), KmsError> {
     if record.state == KeyState::PendingDeletion {
         return Err(KmsError::InvalidState(format!(
             "key {} is pending deletion; cancel the deletion before you {what}",

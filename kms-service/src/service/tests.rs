@@ -1159,6 +1159,24 @@ async fn disabled_and_pending_keys_refuse_crypto_and_deleted_keys_are_gone() {
         "KMSInvalidStateException",
         "cancel the deletion",
     );
+    check_err(
+        f.kms
+            .create_grant(
+                &f.admin,
+                CreateGrantInput {
+                    key_id: key.clone(),
+                    grantee: "user/admin".into(),
+                    retiring: None,
+                    operations: vec![GrantOperation::Decrypt],
+                    constraints: GrantConstraints::default(),
+                    name: String::new(),
+                    grant_tokens: vec![],
+                },
+            )
+            .await,
+        "KMSInvalidStateException",
+        "pending deletion",
+    );
     assert_eq!(
         f.kms.cancel_key_deletion(&f.admin, &key).await.unwrap(),
         key
@@ -1751,5 +1769,61 @@ async fn service_managed_aliases_are_reserved() {
             .await,
         "KMSInvalidStateException",
         "which kms-service did not create",
+    );
+}
+
+/// Deleting a principal deletes the grants made to it, so a principal later
+/// created under the same name does not inherit them.
+#[tokio::test]
+async fn a_deleted_principals_grants_go_with_it() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let c = ctx(&[("t", "1")]);
+    let blob = f
+        .kms
+        .encrypt(&f.admin, &key, b"secret", &c, &[])
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let grant = |grantee: &str| CreateGrantInput {
+        key_id: key.clone(),
+        grantee: grantee.into(),
+        retiring: None,
+        operations: vec![GrantOperation::Decrypt],
+        constraints: GrantConstraints::default(),
+        name: String::new(),
+        grant_tokens: vec![],
+    };
+    f.kms
+        .create_grant(&f.admin, grant("user/bob"))
+        .await
+        .unwrap();
+    let carol_grant = f
+        .kms
+        .create_grant(&f.admin, grant("user/carol"))
+        .await
+        .unwrap();
+    f.kms
+        .decrypt(&bob, &blob, &c, "", &[])
+        .await
+        .expect("granted");
+    f.kms.delete_user(&f.admin, "bob").await.unwrap();
+    let listed = f
+        .kms
+        .list_grants(&f.admin, &key, "", "", 0, "")
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed.items.iter().map(|g| g.grant_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![carol_grant.grant_id.as_str()],
+        "only carol's grant is left"
+    );
+    let new_bob = f.user("bob", PrincipalKind::User, &[]).await;
+    check_err(
+        f.kms.decrypt(&new_bob, &blob, &c, "", &[]).await,
+        "AccessDeniedException",
+        "kms:Decrypt",
     );
 }
