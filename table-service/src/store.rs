@@ -82,6 +82,10 @@ pub struct RangeQuery {
     pub upper: Bound<Vec<u8>>,
     pub descending: bool,
     pub limit: usize,
+    /// Stop reading once the items read hold more than this many bytes
+    /// (key and envelope), the item that crosses it included, so a page
+    /// of large items is not read whole only to be cut.
+    pub max_bytes: usize,
 }
 
 /// A page of a table in (partition, sort) order.
@@ -92,6 +96,8 @@ pub struct ScanQuery {
     /// (segment, total segments) of a parallel scan.
     pub segment: Option<(u32, u32)>,
     pub limit: usize,
+    /// As [`RangeQuery::max_bytes`].
+    pub max_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -193,6 +193,7 @@ impl Tables {
             upper,
             descending,
             limit,
+            max_bytes: MAX_PAGE_BYTES,
         };
         let store = self.store.clone();
         let stored = tokio::task::spawn_blocking(move || store.query(&request))
@@ -232,6 +233,7 @@ impl Tables {
             after,
             segment,
             limit,
+            max_bytes: MAX_PAGE_BYTES,
         };
         let store = self.store.clone();
         let stored = tokio::task::spawn_blocking(move || store.scan(&request))

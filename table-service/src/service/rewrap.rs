@@ -126,6 +126,8 @@ impl Tables {
                 .map(|(partition, sort)| crate::model::ItemKey { partition, sort }),
             segment: None,
             limit: PAGE,
+            // The page's items are read again under their locks anyway.
+            max_bytes: super::query::MAX_PAGE_BYTES,
         };
         let page = tokio::task::spawn_blocking(move || store.scan(&query))
             .await

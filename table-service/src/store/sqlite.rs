@@ -79,17 +79,26 @@ impl SqliteTableStore {
     }
 }
 
+/// Reads rows until they are exhausted or hold more than `max_bytes`
+/// (the row that crosses it included).
 fn rows_to_items(
     rows: impl Iterator<Item = rusqlite::Result<(Vec<u8>, Vec<u8>, Vec<u8>)>>,
+    max_bytes: usize,
 ) -> Result<Vec<StoredItem>, StoreError> {
-    rows.map(|r| {
-        r.map(|(partition, sort, envelope)| StoredItem {
+    let mut items = Vec::new();
+    let mut bytes = 0usize;
+    for row in rows {
+        let (partition, sort, envelope) = row.map_err(engine)?;
+        bytes = bytes.saturating_add(partition.len() + sort.len() + envelope.len());
+        items.push(StoredItem {
             key: ItemKey { partition, sort },
             envelope,
-        })
-        .map_err(engine)
-    })
-    .collect()
+        });
+        if bytes > max_bytes {
+            break;
+        }
+    }
+    Ok(items)
 }
 
 impl TableStore for SqliteTableStore {
@@ -188,7 +197,7 @@ impl TableStore for SqliteTableStore {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .map_err(engine)?;
-            rows_to_items(rows)
+            rows_to_items(rows, q.max_bytes)
         })
     }
 
@@ -218,7 +227,7 @@ impl TableStore for SqliteTableStore {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .map_err(engine)?;
-            rows_to_items(rows)
+            rows_to_items(rows, q.max_bytes)
         })
     }
 

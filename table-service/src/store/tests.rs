@@ -181,6 +181,7 @@ fn scan_all(store: &dyn TableStore, table_id: &str) -> Vec<StoredItem> {
             after: None,
             segment: None,
             limit: 1_000_000,
+            max_bytes: usize::MAX,
         })
         .expect("scan")
 }
@@ -248,6 +249,7 @@ fn empty_store_loads_no_tables(engine: &dyn Engine) {
         upper: Unbounded,
         descending: false,
         limit: 10,
+        max_bytes: usize::MAX,
     };
     assert_eq!(store.query(&query).unwrap(), Vec::<StoredItem>::new());
 }
@@ -484,6 +486,7 @@ fn check_query(
                 upper: owned(upper),
                 descending,
                 limit,
+                max_bytes: usize::MAX,
             };
             let got = store.query(&query).expect("query");
             let want = &want[..limit.min(want.len())];
@@ -504,6 +507,7 @@ fn query_isolates_partitions_and_orders_by_sort_bytes(engine: &dyn Engine) {
         upper: Unbounded,
         descending: false,
         limit: 100,
+        max_bytes: usize::MAX,
     };
     assert_eq!(store.query(&query).unwrap(), Vec::<StoredItem>::new());
 }
@@ -585,10 +589,75 @@ fn scan_orders_by_partition_then_sort(engine: &dyn Engine) {
                 after: Some(after.clone()),
                 segment: None,
                 limit: 100,
+                max_bytes: usize::MAX,
             })
             .unwrap();
         assert_eq!(keys_of(&got), *want, "after {after:?}");
     }
+}
+
+/// Query and Scan stop reading once their items hold more than
+/// `max_bytes` (key and envelope), the item that crosses it included, and
+/// always return at least one item.
+fn reads_stop_once_past_max_bytes(engine: &dyn Engine) {
+    let store = engine.open();
+    let keys: Vec<ItemKey> = (0u8..10).map(|i| key(b"p", &[i])).collect();
+    fill(&*store, T1, &keys);
+    let size = |i: &StoredItem| i.key.partition.len() + i.key.sort.len() + i.envelope.len();
+    let all = scan_all(&*store, T1);
+    assert_eq!(all.len(), 10);
+    // How many of `items` a read capped at `max` returns.
+    let expected = |items: &[StoredItem], max: usize| {
+        let mut total = 0;
+        items
+            .iter()
+            .position(|i| {
+                total += size(i);
+                total > max
+            })
+            .map_or(items.len(), |crossing| crossing + 1)
+    };
+    let mut descending = all.clone();
+    descending.reverse();
+    for max in [
+        0,
+        1,
+        size(&all[0]),
+        size(&all[0]) + 1,
+        3 * size(&all[0]),
+        usize::MAX,
+    ] {
+        let scanned = store
+            .scan(&ScanQuery {
+                table_id: T1.to_owned(),
+                after: None,
+                segment: None,
+                limit: 100,
+                max_bytes: max,
+            })
+            .unwrap();
+        assert_eq!(scanned, all[..expected(&all, max)], "scan, max {max}");
+        for (order, items) in [(false, &all), (true, &descending)] {
+            let queried = store
+                .query(&RangeQuery {
+                    table_id: T1.to_owned(),
+                    partition: b"p".to_vec(),
+                    lower: Unbounded,
+                    upper: Unbounded,
+                    descending: order,
+                    limit: 100,
+                    max_bytes: max,
+                })
+                .unwrap();
+            assert_eq!(
+                queried,
+                items[..expected(items, max)],
+                "query, descending {order}, max {max}"
+            );
+        }
+    }
+    assert_eq!(expected(&all, 0), 1);
+    assert_eq!(expected(&all, usize::MAX), 10);
 }
 
 /// 40 partitions with 1 to 4 items each.
@@ -615,6 +684,7 @@ fn paginate(store: &dyn TableStore, segment: Option<(u32, u32)>, limit: usize) -
                 after: after.clone(),
                 segment,
                 limit,
+                max_bytes: usize::MAX,
             })
             .expect("scan page");
         assert!(page.len() <= limit, "page over limit {limit}");
@@ -639,6 +709,7 @@ fn scan_pages_visit_every_item_once(engine: &dyn Engine) {
             after: None,
             segment: None,
             limit: 0,
+            max_bytes: usize::MAX,
         })
         .unwrap();
     assert_eq!(first, Vec::<StoredItem>::new());
@@ -907,6 +978,7 @@ engines! {
         scan_orders_by_partition_then_sort,
         scan_pages_visit_every_item_once,
         scan_segments_partition_the_table,
+        reads_stop_once_past_max_bytes,
         committed_state_survives_reopening,
         group_commit_makes_concurrent_commits_durable,
         group_commit_fails_every_waiter_and_then_stays_closed,
