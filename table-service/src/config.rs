@@ -153,6 +153,7 @@ impl ServeConfig {
                 capacity: self.authz_cache_size,
             },
             unwrap_concurrency: usize::try_from(self.kms_unwrap_concurrency).unwrap_or(usize::MAX),
+            max_response_bytes: self.max_message_bytes as usize,
         }
     }
 

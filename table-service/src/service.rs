@@ -37,6 +37,8 @@ pub struct TablesConfig {
     /// Most data keys one request (a Query, Scan or BatchGetItem page)
     /// has kms-service unwrap at the same time.
     pub unwrap_concurrency: usize,
+    /// The largest message the server sends (BatchGetItem answers within it).
+    pub max_response_bytes: usize,
 }
 
 pub struct Tables {
@@ -47,6 +49,7 @@ pub struct Tables {
     data_keys: DataKeyCache,
     authz: AuthzCache,
     unwrap_concurrency: usize,
+    max_response_bytes: usize,
     /// Per-item locks (striped) so a conditional write's read, check and
     /// write are atomic with respect to other writers of the same item.
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -135,6 +138,7 @@ impl Tables {
             data_keys: DataKeyCache::new(config.data_key_cache),
             authz: AuthzCache::new(config.authz_cache),
             unwrap_concurrency: config.unwrap_concurrency.max(1),
+            max_response_bytes: config.max_response_bytes,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             ddl: tokio::sync::Mutex::new(()),
             table_writes: tokio::sync::RwLock::new(()),

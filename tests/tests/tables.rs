@@ -1782,6 +1782,55 @@ async fn a_batch_write_and_an_update_of_one_item_never_lose_either() {
     stack.stop().await;
 }
 
+/// A BatchGetItem whose items would not fit in one response message
+/// answers those that fit and returns the rest as unprocessed keys, rather
+/// than failing as too large to send; following the unprocessed keys gets
+/// every item.
+#[tokio::test]
+async fn a_batch_get_larger_than_a_message_is_answered_in_parts() {
+    let stack = start_with(|c| c.max_message_bytes = 1024 * 1024).await;
+    stack.create("big", ("id", S), None).await;
+    let blob = "x".repeat(300 * 1024);
+    let keys: Vec<Item> = (0..6)
+        .map(|i| item(&[("id", s(&format!("k{i}")))]))
+        .collect();
+    for k in &keys {
+        stack.put("big", with(k, &[("blob", s(&blob))])).await;
+    }
+    let mut pending = keys.clone();
+    let mut got = Vec::new();
+    let mut calls = 0;
+    while !pending.is_empty() {
+        calls += 1;
+        assert!(calls <= 10, "BatchGetItem makes no progress");
+        let answer = stack
+            .c()
+            .batch_get_item(stack.req(batch_get(vec![("big", pending.clone())])))
+            .await
+            .unwrap()
+            .into_inner();
+        let items = answer
+            .responses
+            .get("big")
+            .map(|l| l.items.clone())
+            .unwrap_or_default();
+        assert!(!items.is_empty(), "call {calls} answered nothing");
+        got.extend(items.into_iter().map(|i| i.attributes));
+        pending = answer
+            .unprocessed_keys
+            .get("big")
+            .map(|k| k.keys.iter().map(|i| i.attributes.clone()).collect())
+            .unwrap_or_default();
+    }
+    assert!(calls > 1, "six items of 300 KiB do not fit in 1 MiB");
+    got.sort_by_key(|i| text(i.get("id")));
+    assert_eq!(got.len(), keys.len());
+    for (item, k) in got.iter().zip(&keys) {
+        assert_eq!(item, &with(k, &[("blob", s(&blob))]));
+    }
+    stack.stop().await;
+}
+
 fn batch_get(tables: Vec<(&str, Vec<Item>)>) -> pb::BatchGetItemRequest {
     pb::BatchGetItemRequest {
         request_items: tables

@@ -124,6 +124,17 @@ fn items_out(items: &[crate::model::Item]) -> Vec<pb::Item> {
         .collect()
 }
 
+/// The bytes `item` takes in a response's list of items: its message and
+/// the field tag and length prefix in front of it.
+fn encoded_item_size(item: &crate::model::Item) -> usize {
+    use prost::Message;
+    let len = pb::Item {
+        attributes: convert::item_out(item),
+    }
+    .encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
+
 #[tonic::async_trait]
 impl TableService for TableGrpc {
     async fn create_table(
@@ -394,8 +405,11 @@ impl TableService for TableGrpc {
                 })
                 .collect();
             match parsed {
-                Ok(requests) => self.tables.batch_get_item(call, &requests).await.map(
-                    |(responses, unprocessed)| pb::BatchGetItemResponse {
+                Ok(requests) => self
+                    .tables
+                    .batch_get_item(call, &requests, &encoded_item_size)
+                    .await
+                    .map(|(responses, unprocessed)| pb::BatchGetItemResponse {
                         responses: responses
                             .iter()
                             .map(|(t, items)| {
@@ -418,8 +432,7 @@ impl TableService for TableGrpc {
                                 )
                             })
                             .collect(),
-                    },
-                ),
+                    }),
                 Err(e) => Err(e),
             }
         })

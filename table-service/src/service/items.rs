@@ -15,6 +15,9 @@ pub const MAX_BATCH_WRITES: usize = 25;
 /// BatchGetItem answers at most this many bytes of items; the rest come
 /// back as unprocessed keys.
 pub const MAX_BATCH_GET_BYTES: usize = 16 * 1024 * 1024;
+/// Room a BatchGetItem response keeps for its unprocessed keys and framing:
+/// 100 keys of at most 2048 + 1024 bytes, with their names and tags.
+const BATCH_GET_KEY_ROOM: usize = 512 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReturnValues {
@@ -242,11 +245,16 @@ impl Tables {
     }
 
     /// Reads up to 100 keys across tables. Keys beyond the response size cap
-    /// come back unprocessed rather than dropped.
+    /// come back unprocessed rather than dropped. `encoded_size` is the size
+    /// an item takes in the response: the items answered fit the smaller of
+    /// [`MAX_BATCH_GET_BYTES`] and the largest message the server sends
+    /// (less room for the unprocessed keys), so a large batch is answered in
+    /// part instead of failing as too large to send.
     pub async fn batch_get_item(
         self: &Arc<Self>,
         call: &mut Call,
         requests: &BTreeMap<String, Vec<Item>>,
+        encoded_size: &(dyn Fn(&Item) -> usize + Sync),
     ) -> Result<(BTreeMap<String, Vec<Item>>, BTreeMap<String, Vec<Item>>), TableError> {
         let total: usize = requests.values().map(Vec::len).sum();
         if total == 0 || total > MAX_BATCH_GET_KEYS {
@@ -254,14 +262,20 @@ impl Tables {
                 "BatchGetItem takes 1–{MAX_BATCH_GET_KEYS} keys; this request has {total}"
             )));
         }
+        let budget =
+            MAX_BATCH_GET_BYTES.min(self.max_response_bytes.saturating_sub(BATCH_GET_KEY_ROOM));
         let mut responses = BTreeMap::new();
         let mut unprocessed: BTreeMap<String, Vec<Item>> = BTreeMap::new();
+        // Stored bytes, to leave items unread past the budget before their
+        // data keys are unwrapped; then the items' response bytes.
         let mut bytes = 0usize;
+        let mut answered = 0usize;
         for (name, keys) in requests {
             self.authorize(call, "table:BatchGetItem", &resource(name))
                 .await?;
             let table = self.table(name)?;
             let mut stored = Vec::new();
+            let mut stored_keys = Vec::new();
             let mut seen = std::collections::BTreeSet::new();
             for key_map in keys {
                 let key = table.schema.validate_key_map(key_map)?;
@@ -277,7 +291,7 @@ impl Tables {
                     .map_err(|e| TableError::Internal(e.to_string()))?
                     .map_err(store_error)?;
                 if let Some(envelope) = found {
-                    if bytes + envelope.len() > MAX_BATCH_GET_BYTES {
+                    if bytes + envelope.len() > budget {
                         unprocessed
                             .entry(name.clone())
                             .or_default()
@@ -286,10 +300,24 @@ impl Tables {
                     }
                     bytes += envelope.len();
                     stored.push(StoredItem { key, envelope });
+                    stored_keys.push(key_map);
                 }
             }
             let items = self.open_all(call, &table, stored).await?;
-            responses.insert(name.clone(), items);
+            let mut fitting = Vec::with_capacity(items.len());
+            for (item, key_map) in items.into_iter().zip(stored_keys) {
+                let size = encoded_size(&item);
+                if answered + size > budget {
+                    unprocessed
+                        .entry(name.clone())
+                        .or_default()
+                        .push(key_map.clone());
+                } else {
+                    answered += size;
+                    fitting.push(item);
+                }
+            }
+            responses.insert(name.clone(), fitting);
         }
         Ok((responses, unprocessed))
     }
