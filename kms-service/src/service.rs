@@ -164,6 +164,19 @@ impl Kms {
     /// Runs one request: authenticates (unless `public`), calls `work`, then
     /// writes the audit record and waits for durability of everything the
     /// answer depends on.
+    /// Answers a request that could not even be read (an unknown enum
+    /// value, contradictory fields) like any other: the caller is
+    /// authenticated first (a missing or bad credential is reported as
+    /// such), the call is audited, and `error` is the answer.
+    pub async fn refuse<T>(
+        &self,
+        creds: &Credentials,
+        event_name: &str,
+        error: KmsError,
+    ) -> Result<T, KmsError> {
+        self.run(creds, event_name, |_| Err(error)).await
+    }
+
     async fn run<T>(
         &self,
         creds: &Credentials,

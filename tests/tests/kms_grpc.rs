@@ -473,3 +473,89 @@ async fn state_and_ciphertexts_survive_a_restart() {
     assert_eq!(grants.len(), 1);
     server.stop().await.unwrap();
 }
+
+/// A request the gRPC layer cannot even read (an unknown enum value,
+/// contradictory fields) is still authenticated first and audited: without
+/// a credential it is UNAUTHENTICATED, with one it is the validation error,
+/// and each leaves one audit record.
+#[tokio::test]
+async fn unreadable_requests_are_authenticated_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = start(dir.path()).await;
+    let ch = channel(&kms).await;
+    let mut client = KeyManagementServiceClient::new(ch.clone());
+    let mut iam_client = IdentityServiceClient::new(ch);
+    let audit = dir.path().join("audit/audit.jsonl");
+    let records = || std::fs::read_to_string(&audit).unwrap().lines().count();
+    let bad_mac = || pb::GenerateMacRequest {
+        key_id: "alias/any".into(),
+        message: b"m".to_vec(),
+        mac_algorithm: 99,
+        ..Default::default()
+    };
+    let before = records();
+    check_status(
+        client.generate_mac(authed("", bad_mac())).await,
+        Code::Unauthenticated,
+        "MissingAuthenticationTokenException",
+        "authorization: Bearer",
+    );
+    check_status(
+        client.generate_mac(authed(&kms.admin, bad_mac())).await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "99",
+    );
+    check_status(
+        client
+            .generate_data_key(authed(
+                "lbx_unknown",
+                pb::GenerateDataKeyRequest {
+                    key_id: "alias/any".into(),
+                    number_of_bytes: Some(32),
+                    key_spec: pb::DataKeySpec::Aes256.into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::Unauthenticated,
+        "UnrecognizedClientException",
+        "not a valid access token",
+    );
+    check_status(
+        iam_client
+            .create_user(authed(
+                &kms.admin,
+                iam::CreateUserRequest {
+                    user_name: "bob".into(),
+                    kind: 42,
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "42",
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .skip(before)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records() - before, 4, "{lines:#?}");
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|r| r["event_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "GenerateMac",
+            "GenerateMac",
+            "GenerateDataKey",
+            "CreateUser"
+        ]
+    );
+    assert_eq!(lines[0]["decision"], "Unauthenticated");
+    assert_eq!(lines[1]["principal"], "user/admin");
+}

@@ -48,9 +48,12 @@ pub fn mac_algorithm(value: i32) -> Result<MacAlgorithm, KmsError> {
         Ok(pb::MacAlgorithm::HmacSha256) => Ok(MacAlgorithm::HmacSha256),
         Ok(pb::MacAlgorithm::HmacSha384) => Ok(MacAlgorithm::HmacSha384),
         Ok(pb::MacAlgorithm::HmacSha512) => Ok(MacAlgorithm::HmacSha512),
-        _ => Err(KmsError::validation(
+        Ok(pb::MacAlgorithm::Unspecified) => Err(KmsError::validation(
             "mac_algorithm is required: MAC_ALGORITHM_HMAC_SHA_256, _384 or _512, matching the key spec",
         )),
+        Err(_) => Err(KmsError::validation(format!(
+            "mac_algorithm {value} is not a known MacAlgorithm: use MAC_ALGORITHM_HMAC_SHA_256, _384 or _512, matching the key spec"
+        ))),
     }
 }
 

@@ -57,7 +57,7 @@ impl IdentityService for IdentityGrpc {
         };
         let result = match kind {
             Ok(kind) => self.kms.create_user(&creds, &r.user_name, kind).await,
-            Err(e) => Err(e),
+            Err(e) => self.kms.refuse(&creds, "CreateUser", e).await,
         };
         reply(result.map(|u| pb::CreateUserResponse {
             user: Some(user(&u)),

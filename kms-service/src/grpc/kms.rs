@@ -59,7 +59,7 @@ impl KeyManagementService for KeyManagementGrpc {
         })();
         let result = match input {
             Ok(input) => self.kms.create_key(&creds, input).await,
-            Err(e) => Err(e),
+            Err(e) => self.kms.refuse(&creds, "CreateKey", e).await,
         };
         reply(result.map(|k| pb::CreateKeyResponse {
             key_metadata: Some(convert::key_metadata(&k)),
@@ -294,7 +294,7 @@ impl KeyManagementService for KeyManagementGrpc {
                     )
                     .await
             }
-            Err(e) => Err(e),
+            Err(e) => self.kms.refuse(&creds, "CreateGrant", e).await,
         };
         reply(result.map(|g| pb::CreateGrantResponse {
             grant_token: g.token(),
@@ -577,7 +577,7 @@ impl KeyManagementService for KeyManagementGrpc {
                     )
                     .await
             }
-            Err(e) => Err(e),
+            Err(e) => self.kms.refuse(&creds, "GenerateDataKey", e).await,
         };
         reply(result.map(|k| pb::GenerateDataKeyResponse {
             ciphertext_blob: k.ciphertext_blob,
@@ -607,7 +607,11 @@ impl KeyManagementService for KeyManagementGrpc {
                     )
                     .await
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                self.kms
+                    .refuse(&creds, "GenerateDataKeyWithoutPlaintext", e)
+                    .await
+            }
         };
         reply(result.map(|e| pb::GenerateDataKeyWithoutPlaintextResponse {
             ciphertext_blob: e.ciphertext_blob,
@@ -632,7 +636,7 @@ impl KeyManagementService for KeyManagementGrpc {
                     mac_algorithm: convert::mac_algorithm_out(alg),
                     key_id,
                 }),
-            Err(e) => Err(e),
+            Err(e) => self.kms.refuse(&creds, "GenerateMac", e).await,
         };
         reply(result)
     }
@@ -653,7 +657,7 @@ impl KeyManagementService for KeyManagementGrpc {
                     mac_valid: true,
                     mac_algorithm: convert::mac_algorithm_out(alg),
                 }),
-            Err(e) => Err(e),
+            Err(e) => self.kms.refuse(&creds, "VerifyMac", e).await,
         };
         reply(result)
     }
