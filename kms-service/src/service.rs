@@ -50,8 +50,8 @@ const ROOT_CHECK_LABEL: &[u8] = b"root-key-check";
 const ROOT_CHECK_VALUE: &[u8] = b"lockbox root key check v1";
 
 /// What the transport layer knows about a request before anything is
-/// checked.
-#[derive(Debug, Clone, Default)]
+/// checked. Its `Debug` never shows the credentials themselves.
+#[derive(Clone, Default)]
 pub struct Credentials {
     /// The `authorization` metadata value, e.g. `Bearer lbx_…`.
     pub authorization: Option<String>,
@@ -59,6 +59,18 @@ pub struct Credentials {
     pub on_behalf_of: Option<String>,
     pub request_id: String,
     pub source_address: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Credentials")
+            .field("authorization", &shown(&self.authorization))
+            .field("on_behalf_of", &shown(&self.on_behalf_of))
+            .field("request_id", &self.request_id)
+            .field("source_address", &self.source_address)
+            .finish()
+    }
 }
 
 /// An authenticated caller.

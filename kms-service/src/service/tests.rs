@@ -1827,3 +1827,21 @@ async fn a_deleted_principals_grants_go_with_it() {
         "kms:Decrypt",
     );
 }
+
+#[test]
+fn credentials_never_show_their_tokens_in_debug_output() {
+    let c = Credentials {
+        authorization: Some("Bearer lbx_secret-one".into()),
+        on_behalf_of: Some("Bearer lbx_secret-two".into()),
+        request_id: "req-1".into(),
+        source_address: Some("10.0.0.1:5".into()),
+    };
+    let shown = format!("{c:?} {c:#?}");
+    assert!(!shown.contains("lbx_secret"), "{shown}");
+    assert!(
+        shown.contains("<redacted>") && shown.contains("req-1"),
+        "{shown}"
+    );
+    let none = format!("{:?}", Credentials::default());
+    assert!(none.contains("authorization: None"), "{none}");
+}
