@@ -94,6 +94,85 @@ impl Condition {
         }
     }
 
+    /// Refuses what no item could make meaningful, as DynamoDB does with a
+    /// ValidationException rather than a failed condition: an empty
+    /// attribute name, an order comparison or BETWEEN on a value that is
+    /// not S, N or B, BETWEEN without an upper bound, with bounds of two
+    /// types or a lower bound above the upper, and BEGINS_WITH on a value
+    /// that is not S or B. (A stored value of another type than the
+    /// operand only makes the condition false.)
+    pub fn validate(&self) -> Result<(), TableError> {
+        let (attribute, operator, value, upper) = match self {
+            Condition::Exists(name) | Condition::NotExists(name) => {
+                return if name.is_empty() {
+                    Err(TableError::validation(
+                        "a condition names an empty attribute",
+                    ))
+                } else {
+                    Ok(())
+                };
+            }
+            Condition::Compare {
+                attribute,
+                operator,
+                value,
+                upper,
+            } => (attribute, *operator, value, upper.as_ref()),
+        };
+        if attribute.is_empty() {
+            return Err(TableError::validation(
+                "a condition names an empty attribute",
+            ));
+        }
+        let scalar = |v: &AttributeValue| {
+            matches!(
+                v,
+                AttributeValue::S(_) | AttributeValue::N(_) | AttributeValue::B(_)
+            )
+        };
+        let wrong = |v: &AttributeValue, allowed: &str| {
+            Err(TableError::validation(format!(
+                "condition on {attribute}: {operator:?} takes {allowed}, not {}",
+                v.type_name()
+            )))
+        };
+        match operator {
+            Operator::Eq | Operator::Ne => Ok(()),
+            Operator::Lt | Operator::Le | Operator::Gt | Operator::Ge => {
+                if scalar(value) {
+                    Ok(())
+                } else {
+                    wrong(value, "an S, N or B value")
+                }
+            }
+            Operator::BeginsWith => match value {
+                AttributeValue::S(_) | AttributeValue::B(_) => Ok(()),
+                other => wrong(other, "an S or B value"),
+            },
+            Operator::Between => {
+                let Some(upper) = upper else {
+                    return Err(TableError::validation(format!(
+                        "condition on {attribute}: Between needs value2, the upper bound"
+                    )));
+                };
+                if !scalar(value) {
+                    return wrong(value, "S, N or B bounds");
+                }
+                match compare(value, upper) {
+                    None => Err(TableError::validation(format!(
+                        "condition on {attribute}: Between bounds must have one type; they are {} and {}",
+                        value.type_name(),
+                        upper.type_name()
+                    ))),
+                    Some(Ordering::Greater) => Err(TableError::validation(format!(
+                        "condition on {attribute}: the Between lower bound is above the upper bound"
+                    ))),
+                    Some(_) => Ok(()),
+                }
+            }
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Condition::Exists(n) => format!("attribute_exists({n})"),
@@ -126,6 +205,19 @@ pub fn apply(
     item: &mut Item,
     actions: &[UpdateAction],
 ) -> Result<(), TableError> {
+    // As DynamoDB: one request may not act on one attribute twice.
+    let mut named = std::collections::BTreeSet::new();
+    for action in actions {
+        let (UpdateAction::Set(n, _)
+        | UpdateAction::Remove(n)
+        | UpdateAction::Add(n, _)
+        | UpdateAction::Delete(n, _)) = action;
+        if !named.insert(n.as_str()) {
+            return Err(TableError::validation(format!(
+                "two update actions name attribute {n}; act on each attribute at most once per request"
+            )));
+        }
+    }
     for action in actions {
         let name = match action {
             UpdateAction::Set(n, _)

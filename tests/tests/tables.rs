@@ -759,6 +759,32 @@ async fn conditional_puts_and_deletes() {
         "ValidationException",
         "DeleteItem supports return_values NONE or ALL_OLD",
     );
+    // A condition no item could sensibly satisfy is invalid, not failed.
+    for (condition, needle) in [
+        (
+            compare("n", Op::Between, n("10"), Some(n("1"))),
+            "lower bound is above the upper bound",
+        ),
+        (compare("n", Op::Between, n("1"), None), "needs value2"),
+        (
+            compare("tag", Op::BeginsWith, n("1"), None),
+            "BeginsWith takes an S or B value",
+        ),
+        (
+            compare("tags", Op::Lt, ss(&["a"]), None),
+            "Lt takes an S, N or B value",
+        ),
+    ] {
+        check_status(
+            stack
+                .c()
+                .delete_item(stack.req(delete(vec![condition], pb::ReturnValues::None)))
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+            needle,
+        );
+    }
     assert_eq!(stack.get("cond", key.clone()).await, first);
     let old = stack
         .c()
@@ -870,7 +896,7 @@ async fn update_item_actions_return_all_new() {
             conditions,
             return_values: pb::ReturnValues::AllNew.into(),
         };
-    // (actions, the item afterwards)
+    // (actions, the item afterwards); each attribute at most once a request.
     let steps: Vec<(Vec<pb::UpdateAction>, Item)> = vec![
         (
             vec![
@@ -878,9 +904,7 @@ async fn update_item_actions_return_all_new() {
                 remove("gone"),
                 add("count", n("2.50")),
                 add("tags", ss(&["c"])),
-                delete_members("tags", ss(&["a", "zzz"])),
                 add("nums", ns(&["3", "2.0"])),
-                delete_members("nums", ns(&["1.00"])),
                 add("bins", bs(&[b"y"])),
                 add("fresh", n("-1")),
             ],
@@ -888,8 +912,8 @@ async fn update_item_actions_return_all_new() {
                 &key,
                 &[
                     ("count", n("7.5")),
-                    ("tags", ss(&["b", "c"])),
-                    ("nums", ns(&["2", "3"])),
+                    ("tags", ss(&["a", "b", "c"])),
+                    ("nums", ns(&["1", "2", "3"])),
                     ("bins", bs(&[b"x", b"y"])),
                     ("name", s("new")),
                     ("fresh", n("-1")),
@@ -897,13 +921,28 @@ async fn update_item_actions_return_all_new() {
             ),
         ),
         (
-            // Removing every member removes the attribute; removing an absent one is a no-op.
             vec![
-                delete_members("tags", ss(&["b", "c"])),
+                delete_members("tags", ss(&["a", "zzz"])),
+                delete_members("nums", ns(&["1.00"])),
                 remove("never"),
                 add("count", n("-7.5")),
                 set("name", m(&[("first", s("a")), ("list", l(vec![n("1.0")]))])),
             ],
+            with(
+                &key,
+                &[
+                    ("count", n("0")),
+                    ("tags", ss(&["b", "c"])),
+                    ("nums", ns(&["2", "3"])),
+                    ("bins", bs(&[b"x", b"y"])),
+                    ("name", m(&[("first", s("a")), ("list", l(vec![n("1")]))])),
+                    ("fresh", n("-1")),
+                ],
+            ),
+        ),
+        (
+            // Removing every member removes the attribute.
+            vec![delete_members("tags", ss(&["b", "c"]))],
             with(
                 &key,
                 &[
@@ -966,8 +1005,12 @@ async fn update_item_actions_return_all_new() {
         (vec![set("", s("x"))], "names an empty attribute"),
         // The first action is valid; the batch is refused as a whole.
         (
-            vec![set("name", s("z")), add("name", n("1"))],
+            vec![set("other", s("z")), add("name", n("1"))],
             "ADD works on numbers and sets",
+        ),
+        (
+            vec![set("name", s("z")), remove("name")],
+            "two update actions name attribute name",
         ),
         (vec![], "UpdateItem needs at least one action"),
     ];

@@ -475,16 +475,86 @@ fn set_and_remove() {
             with(&[("b", s("y"))]),
         ),
         (key_only(), vec![remove("absent")], key_only()),
-        (key_only(), vec![set("a", s("x")), remove("a")], key_only()),
         (
             key_only(),
-            vec![set("a", n("1")), add("a", n("2"))],
-            with(&[("a", n("3"))]),
+            vec![set("a", n("1")), add("b", n("2"))],
+            with(&[("a", n("1")), ("b", n("2"))]),
         ),
         (key_only(), vec![], key_only()),
     ];
     for (start, actions, expected) in &cases {
         check_apply(&schema, start, actions, Ok(expected));
+    }
+    // One attribute, two actions: refused as a whole, as in DynamoDB.
+    for actions in [
+        vec![set("a", s("x")), remove("a")],
+        vec![set("a", n("1")), add("a", n("2"))],
+        vec![add("a", n("1")), add("a", n("1"))],
+        vec![remove("a"), set("b", s("y")), delete("a", ss(&["x"]))],
+    ] {
+        check_apply(
+            &schema,
+            &key_only(),
+            &actions,
+            Err("two update actions name attribute a"),
+        );
+    }
+}
+
+#[test]
+fn conditions_no_item_could_satisfy_sensibly_are_invalid() {
+    use Operator::*;
+    let valid = [
+        cmp("a", Eq, ss(&["x"])),
+        cmp("a", Ne, AttributeValue::Null),
+        cmp("a", Lt, s("x")),
+        cmp("a", Ge, n("1")),
+        cmp("a", Gt, b(b"\x01")),
+        cmp("a", BeginsWith, s("x")),
+        cmp("a", BeginsWith, b(b"x")),
+        between("a", n("1"), n("1")),
+        between("a", s("a"), s("b")),
+        exists("a"),
+        not_exists("a"),
+    ];
+    for condition in &valid {
+        assert!(condition.validate().is_ok(), "{condition:?}");
+    }
+    let invalid = [
+        (
+            cmp("a", Lt, ss(&["x"])),
+            "Lt takes an S, N or B value, not SS",
+        ),
+        (cmp("a", Ge, AttributeValue::Bool(true)), "not BOOL"),
+        (
+            cmp("a", BeginsWith, n("1")),
+            "BeginsWith takes an S or B value, not N",
+        ),
+        (
+            between("a", n("2"), n("1")),
+            "lower bound is above the upper bound",
+        ),
+        (between("a", n("1"), s("2")), "one type; they are N and S"),
+        (between("a", ss(&["x"]), ss(&["y"])), "S, N or B bounds"),
+        (
+            Condition::Compare {
+                attribute: "a".into(),
+                operator: Between,
+                value: n("1"),
+                upper: None,
+            },
+            "needs value2",
+        ),
+        (cmp("", Eq, s("x")), "empty attribute"),
+        (exists(""), "empty attribute"),
+    ];
+    for (condition, fragment) in &invalid {
+        match condition.validate() {
+            Err(TableError::Validation(message)) => {
+                assert!(message.contains(fragment), "{condition:?}: {message}")
+            }
+            other => panic!("{condition:?}: {other:?}"),
+        }
     }
 }
 
@@ -560,9 +630,9 @@ fn add_to_a_missing_attribute_creates_it() {
     }
     check_apply(
         &schema,
-        &Item::new(),
-        &[add("c", n("1")), add("c", n("1"))],
-        Ok(&item(&[("c", n("2"))])),
+        &with(&[("c", n("1"))]),
+        &[add("c", n("1"))],
+        Ok(&with(&[("c", n("2"))])),
     );
 }
 

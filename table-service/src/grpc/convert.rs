@@ -205,6 +205,7 @@ pub fn conditions(list: Vec<pb::Condition>) -> Result<Vec<Condition>, TableError
                 "a condition needs attribute_exists, attribute_not_exists or comparison",
             )),
         })
+        .map(|c| c.and_then(|c| c.validate().map(|()| c)))
         .collect()
 }
 
