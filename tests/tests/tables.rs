@@ -1460,7 +1460,7 @@ async fn query_orders_filters_and_pages() {
             },
             Code::InvalidArgument,
             "ValidationException",
-            "expected S, got N",
+            "Type mismatch for key p expected: S actual: N",
         ),
         (
             pb::QueryRequest {
@@ -1470,6 +1470,24 @@ async fn query_orders_filters_and_pages() {
             Code::InvalidArgument,
             "ValidationException",
             "partition_key_value is required",
+        ),
+        (
+            pb::QueryRequest {
+                partition_key_value: Some(s("")),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "empty",
+        ),
+        (
+            pb::QueryRequest {
+                partition_key_value: Some(s(&"p".repeat(2049))),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "2048",
         ),
         (
             pb::QueryRequest {

@@ -158,6 +158,13 @@ impl KeySchema {
         self.extract_key(key)
     }
 
+    /// Encodes a partition key value on its own (a Query's), with the same
+    /// checks as in a key: its type, not empty, at most 2048 bytes.
+    pub fn encode_partition_value(&self, value: &AttributeValue) -> Result<Vec<u8>, ModelError> {
+        let (name, ty) = &self.partition;
+        encode_key_value(name, *ty, Some(value), Role::Partition)
+    }
+
     /// Turns stored key bytes back into the key attributes.
     pub fn key_attributes(&self, key: &ItemKey) -> Result<Item, ModelError> {
         let mut out = Item::new();

@@ -127,8 +127,7 @@ impl Tables {
             .await?;
         let table = self.table(table_name)?;
         let limit = page_limit(limit)?;
-        let (pk_name, pk_type) = &table.schema.partition;
-        let partition = encode_scalar(pk_name, *pk_type, partition_value)?;
+        let partition = table.schema.encode_partition_value(partition_value)?;
         let (mut lower, mut upper) = (Bound::Unbounded, Bound::Unbounded);
         if let Some(cond) = sort {
             let Some((sk_name, sk_type)) = &table.schema.sort else {
