@@ -164,6 +164,16 @@ async fn main() -> ExitCode {
             };
             let checkpoint_path = checkpoints.exists().then_some(checkpoints.as_path());
             match kms_service::audit::verify(&v.path, checkpoint_path, key.as_deref()) {
+                // Without its checkpoints, a log cut short after its last
+                // record looks whole: that is not a pass.
+                Ok(report) if checkpoint_path.is_none() && report.records > 0 => {
+                    println!(
+                        "FAILED: no checkpoint file at {}: the {} records chain correctly, but without their checkpoints a log cut short cannot be told from a whole one; give the checkpoint file with --checkpoints",
+                        checkpoints.display(),
+                        report.records
+                    );
+                    ExitCode::FAILURE
+                }
                 Ok(report) => {
                     println!(
                         "OK: {} records (last sequence {}), {} checkpoints{}",

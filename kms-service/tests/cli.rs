@@ -499,3 +499,66 @@ async fn mutual_tls_serves_verified_clients_only() {
         .into_inner();
     assert_eq!(me.principal, "user/admin");
 }
+
+/// `audit verify` passes a whole log with its checkpoints, fails one whose
+/// checkpoint file is missing (a cut-short log would look whole without
+/// it), and still names the first bad record of a changed log either way.
+#[tokio::test]
+async fn audit_verify_needs_the_checkpoints_to_pass() {
+    use kms_service::audit::{AuditConfig, AuditEvent, AuditLog};
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("audit.jsonl");
+    let checkpoints = dir.path().join("audit.jsonl.checkpoints");
+    let log = AuditLog::open(AuditConfig::new(
+        &log_path,
+        &checkpoints,
+        zeroize::Zeroizing::new([7u8; 32]),
+    ))
+    .unwrap();
+    for i in 0..3 {
+        log.append(AuditEvent {
+            request_id: format!("r{i}"),
+            event_name: "Decrypt".into(),
+            decision: "Allow".into(),
+            ..AuditEvent::default()
+        })
+        .await
+        .unwrap();
+    }
+    log.close().await.unwrap();
+    let verify = |path: &Path| run(kms().args(["audit", "verify"]).arg(path));
+    let out = verify(&log_path);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("OK: 3 records"), "{}", stdout(&out));
+
+    std::fs::rename(&checkpoints, dir.path().join("elsewhere")).unwrap();
+    let out = verify(&log_path);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("FAILED: no checkpoint file at")
+            && stdout(&out).contains("--checkpoints"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(kms()
+        .args(["audit", "verify"])
+        .arg(&log_path)
+        .arg("--checkpoints")
+        .arg(dir.path().join("elsewhere")));
+    assert!(out.status.success(), "{}", stdout(&out));
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    std::fs::write(
+        &log_path,
+        text.replacen("\"Allow\"", "\"Allxw\"", 2)
+            .replacen("\"Allxw\"", "\"Allow\"", 1),
+    )
+    .unwrap();
+    let out = verify(&log_path);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("FAILED: record 2"),
+        "{}",
+        stdout(&out)
+    );
+}

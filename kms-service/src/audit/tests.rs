@@ -1062,6 +1062,34 @@ async fn open_refuses_the_wrong_checkpoint_key() -> TestResult {
     Ok(())
 }
 
+/// A log with records whose checkpoint file is gone is not continued under
+/// a fresh checkpoint file (which would let a cut-short log pass): opening
+/// it fails, naming both files; with the file back it opens. A new, empty
+/// log needs none.
+#[tokio::test]
+async fn open_refuses_a_log_whose_checkpoint_file_is_missing() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write(10, 5).await?;
+    let kept = std::fs::read(&fx.checkpoints)?;
+    std::fs::remove_file(&fx.checkpoints)?;
+    match fx.open(5) {
+        Err(AuditError::Config(message)) => {
+            assert!(message.contains("checkpoint file"), "{message}");
+            assert!(
+                message.contains(&fx.checkpoints.display().to_string()),
+                "{message}"
+            );
+        }
+        other => return Err(format!("expected a refusal, got {:?}", other.map(|_| ())).into()),
+    }
+    assert!(!fx.checkpoints.exists(), "nothing created on refusal");
+    std::fs::write(&fx.checkpoints, kept)?;
+    fx.open(5)?.close().await?;
+    let fresh = Fixture::new()?;
+    fresh.open(5)?.close().await?;
+    Ok(())
+}
+
 // --------------------------------------------------------- fail closed --
 
 #[tokio::test]

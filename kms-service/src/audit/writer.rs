@@ -184,6 +184,17 @@ impl AuditLog {
         }
         let log = open_existing(&log_path)?;
         let checkpoints = open_existing(&checkpoint_path)?;
+        // Both files are created together, before the first record: a log
+        // with records and no checkpoint file lost it, and continuing would
+        // start a fresh one under which a cut-short log passes.
+        let has_records = std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0);
+        if has_records && checkpoints.is_none() {
+            return Err(AuditError::Config(format!(
+                "the audit log {} has records but its checkpoint file {} is missing; restore the checkpoint file, or move the log aside to start a new one",
+                log_path.display(),
+                checkpoint_path.display()
+            )));
+        }
         let seen = inspect(log, checkpoints, Some(&checkpoint_key), Tail::Truncate).map_err(
             |failure| AuditError::Corrupt {
                 path: match failure.file {
