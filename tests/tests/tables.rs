@@ -2329,6 +2329,82 @@ async fn kms_service_down_fails_fast_and_writes_nothing() {
     stack.stop().await;
 }
 
+/// With kms-service down (and the decision cached), a BatchWriteItem
+/// applies what needs no data key (its deletes) and returns every put,
+/// unchanged and in order, as unprocessed instead of failing or dropping
+/// them; once kms-service is back the same puts go through.
+#[tokio::test]
+async fn batch_puts_that_cannot_be_sealed_come_back_unprocessed() {
+    let mut stack = start_with(|c| {
+        c.data_key_cache_ttl_secs = 0;
+        c.authz_cache_ttl_secs = 60;
+        c.kms_timeout_ms = 1000;
+    })
+    .await;
+    stack.create("bwu", ("id", S), None).await;
+    let key = |id: &str| item(&[("id", s(id))]);
+    stack.put("bwu", with(&key("old"), &[("v", s("0"))])).await;
+    // Warm the decisions the calls below need.
+    let warm = stack
+        .c()
+        .batch_write_item(stack.req(batch_write(vec![(
+            "bwu",
+            vec![write_put(with(&key("warm"), &[("v", s("0"))]))],
+        )])))
+        .await
+        .unwrap();
+    assert!(warm.into_inner().unprocessed_items.is_empty());
+    assert!(stack.get("bwu", key("absent")).await.is_empty());
+
+    let kms = stack.kms.take().unwrap();
+    let kms_addr = kms.addr;
+    kms.stop().await.unwrap();
+    let puts: Vec<pb::WriteRequest> = (0..5)
+        .map(|i| write_put(with(&key(&format!("new{i}")), &[("v", s(&i.to_string()))])))
+        .collect();
+    let mut requests = puts.clone();
+    requests.insert(2, write_delete(key("old")));
+    let unprocessed = stack
+        .c()
+        .batch_write_item(stack.req(batch_write(vec![("bwu", requests)])))
+        .await
+        .unwrap()
+        .into_inner()
+        .unprocessed_items;
+    assert_eq!(unprocessed["bwu"].requests, puts);
+    assert!(
+        stack.get("bwu", key("old")).await.is_empty(),
+        "the delete applied"
+    );
+    for i in 0..5 {
+        assert!(stack.get("bwu", key(&format!("new{i}"))).await.is_empty());
+    }
+
+    let mut config = kms_config(stack.dir.path());
+    config.listen = kms_addr;
+    stack.kms = Some(
+        KmsServer::start(config)
+            .await
+            .expect("kms-service restarts"),
+    );
+    let retried = stack
+        .c()
+        .batch_write_item(stack.req(batch_write(vec![("bwu", puts)])))
+        .await
+        .unwrap()
+        .into_inner()
+        .unprocessed_items;
+    assert!(retried.is_empty(), "{retried:?}");
+    for i in 0..5 {
+        let id = format!("new{i}");
+        assert_eq!(
+            stack.get("bwu", key(&id)).await,
+            with(&key(&id), &[("v", s(&i.to_string()))])
+        );
+    }
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn query_and_scan_pages_default_to_100_items() {
     let stack = start().await;

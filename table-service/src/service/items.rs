@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Call, Tables, integrity, open_envelope, store_error};
+use super::{Call, Outcome, Tables, integrity, open_envelope, store_error};
 use crate::envelope;
 use crate::error::TableError;
 use crate::expression::{self, Condition, UpdateAction};
@@ -322,7 +322,8 @@ impl Tables {
         Ok((responses, unprocessed))
     }
 
-    /// Up to 25 puts and deletes across tables, committed together. Items
+    /// Up to 25 puts and deletes across tables, committed together; the
+    /// puts' data keys are generated concurrently. Items
     /// whose data key could not be obtained because kms-service was
     /// unavailable come back unprocessed; every other error fails the whole
     /// batch, and nothing of it is written.
@@ -369,29 +370,53 @@ impl Tables {
         for i in stripes {
             guards.push(self.stripes[i].lock().await);
         }
+        // Every put's data key is generated at the same time (as a page's
+        // are unwrapped), not one round trip after another.
         let mut mutations = Vec::new();
-        let mut unprocessed: BTreeMap<String, Vec<BatchWrite>> = BTreeMap::new();
+        let mut puts: Vec<(&String, &BatchWrite)> = Vec::new();
+        let mut seals = Vec::new();
         for (name, table, key, write) in planned {
             match write {
                 BatchWrite::Put(item) => {
                     let (key, attributes) = model::split_item(&table.schema, item.clone())?;
-                    match self.seal(call, &table, &key, &attributes).await {
-                        Ok(envelope) => mutations.push(Mutation::PutItem {
+                    let this = self.clone();
+                    let mut sub = Call {
+                        caller: call.caller.clone(),
+                        outcome: Outcome {
+                            principal: call.outcome.principal.clone(),
+                            ..Outcome::default()
+                        },
+                    };
+                    puts.push((name, write));
+                    seals.push(async move {
+                        let sealed = this.seal(&mut sub, &table, &key, &attributes).await;
+                        let mutation = sealed.map(|envelope| Mutation::PutItem {
                             table_id: table.table_id.clone(),
                             key,
                             envelope,
-                        }),
-                        Err(TableError::KmsUnavailable { .. }) => unprocessed
-                            .entry(name.clone())
-                            .or_default()
-                            .push(write.clone()),
-                        Err(e) => return Err(e),
-                    }
+                        });
+                        (mutation, sub.outcome)
+                    });
                 }
                 BatchWrite::Delete(_) => mutations.push(Mutation::DeleteItem {
                     table_id: table.table_id.clone(),
                     key,
                 }),
+            }
+        }
+        let sealed = super::spawn_bounded(self.unwrap_concurrency, seals)
+            .await
+            .map_err(|e| TableError::Internal(format!("seal task: {e}")))?;
+        let mut unprocessed: BTreeMap<String, Vec<BatchWrite>> = BTreeMap::new();
+        for ((name, write), (mutation, outcome)) in puts.into_iter().zip(sealed) {
+            call.outcome.kms_calls += outcome.kms_calls;
+            match mutation {
+                Ok(mutation) => mutations.push(mutation),
+                Err(TableError::KmsUnavailable { .. }) => unprocessed
+                    .entry(name.clone())
+                    .or_default()
+                    .push(write.clone()),
+                Err(e) => return Err(e),
             }
         }
         if !mutations.is_empty() {
