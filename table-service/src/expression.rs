@@ -173,6 +173,14 @@ impl Condition {
         }
     }
 
+    /// The attribute the condition is about.
+    pub fn attribute(&self) -> &str {
+        match self {
+            Condition::Exists(name) | Condition::NotExists(name) => name,
+            Condition::Compare { attribute, .. } => attribute,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Condition::Exists(n) => format!("attribute_exists({n})"),

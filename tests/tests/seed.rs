@@ -740,3 +740,100 @@ async fn get_item_errors_are_the_same_whether_or_not_its_kms_calls_overlap() {
         stack.kms.stop().await.unwrap();
     }
 }
+
+/// A principal that may generate data keys but not decrypt (a write-only
+/// producer) can still make conditional writes whose conditions name only
+/// key attributes, such as "create only if absent": whether the item exists
+/// answers them, without unwrapping its data key. A condition on any other
+/// attribute, or ALL_OLD, needs the item's plaintext and so kms:Decrypt.
+#[tokio::test]
+async fn a_writer_without_decrypt_can_create_only_if_absent() {
+    let stack = start(0).await;
+    let kms_ch = channel(stack.kms.addr).await;
+    let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
+    let mut iam_client = IdentityServiceClient::new(kms_ch);
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let admin = stack.admin.clone();
+    let key = encrypted_table(&mut keys, &mut tables, &admin, "ingest").await;
+    let writer = user_token(&mut iam_client, &admin, "writer", Some("TableFullAccess")).await;
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"WriteOnly","Effect":"Allow","Principal":{"AWS":"user/writer"},"Action":"kms:GenerateDataKey","Resource":"*"}]}"#
+        .to_string();
+    keys.put_key_policy(authed(
+        &admin,
+        kms::PutKeyPolicyRequest {
+            key_id: key.clone(),
+            policy_name: "default".into(),
+            policy,
+        },
+    ))
+    .await
+    .unwrap();
+    let absent = |attribute: &str| pb::Condition {
+        kind: Some(pb::condition::Kind::AttributeNotExists(attribute.into())),
+    };
+    let put = |pk: &str, conditions: Vec<pb::Condition>, return_values: pb::ReturnValues| {
+        authed(
+            &writer,
+            pb::PutItemRequest {
+                table_name: "ingest".into(),
+                item: item(&[("pk", s(pk)), ("v", s("written"))]),
+                conditions,
+                return_values: return_values.into(),
+            },
+        )
+    };
+    tables
+        .put_item(put("b", vec![absent("pk")], pb::ReturnValues::None))
+        .await
+        .expect("created: b was absent");
+    check_status(
+        tables
+            .put_item(put("b", vec![absent("pk")], pb::ReturnValues::None))
+            .await,
+        Code::FailedPrecondition,
+        "ConditionalCheckFailedException",
+        "attribute_not_exists(pk)",
+    );
+    for (conditions, return_values) in [
+        (vec![absent("v")], pb::ReturnValues::None),
+        (vec![absent("pk")], pb::ReturnValues::AllOld),
+    ] {
+        check_status(
+            tables.put_item(put("a", conditions, return_values)).await,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            "kms:Decrypt",
+        );
+    }
+    tables
+        .delete_item(authed(
+            &writer,
+            pb::DeleteItemRequest {
+                table_name: "ingest".into(),
+                key: item(&[("pk", s("b"))]),
+                conditions: vec![pb::Condition {
+                    kind: Some(pb::condition::Kind::AttributeExists("pk".into())),
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("deleted: b existed");
+    // The admin still reads what the writer could not: "a" unchanged.
+    let a = tables
+        .get_item(authed(
+            &admin,
+            pb::GetItemRequest {
+                table_name: "ingest".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .item;
+    assert_eq!(a.get("secret"), Some(&s("x")));
+    assert_eq!(a.get("v"), None);
+}

@@ -61,6 +61,43 @@ impl Tables {
         }
     }
 
+    /// Checks a PutItem's or DeleteItem's conditions against the current
+    /// item and returns that item when ALL_OLD asks for it. Conditions that
+    /// name only key attributes (the usual "create only if absent",
+    /// `attribute_not_exists(<partition key>)`) are answered by whether
+    /// the item exists, without unwrapping its data key: a principal that
+    /// may write but not decrypt can still use them.
+    async fn check_before_write(
+        &self,
+        call: &mut Call,
+        table: &TableRecord,
+        key: &ItemKey,
+        conditions: &[Condition],
+        return_values: ReturnValues,
+    ) -> Result<Option<Item>, TableError> {
+        if conditions.is_empty() && return_values != ReturnValues::AllOld {
+            return Ok(None);
+        }
+        let on_keys_only = conditions
+            .iter()
+            .all(|c| table.schema.is_key_attribute(c.attribute()));
+        if on_keys_only && return_values != ReturnValues::AllOld {
+            let exists = self
+                .store
+                .get_item(&table.table_id, key)
+                .map_err(store_error)?
+                .is_some();
+            let keys = exists
+                .then(|| table.schema.key_attributes(key))
+                .transpose()?;
+            expression::check_all(conditions, keys.as_ref())?;
+            return Ok(None);
+        }
+        let old = self.current(call, table, key).await?;
+        expression::check_all(conditions, old.as_ref())?;
+        Ok(old)
+    }
+
     pub async fn put_item(
         &self,
         call: &mut Call,
@@ -80,13 +117,9 @@ impl Tables {
         }
         let (key, attributes) = model::split_item(&table.schema, item)?;
         let _guard = self.stripe(&table, &key).lock().await;
-        let old = if !conditions.is_empty() || return_values == ReturnValues::AllOld {
-            let old = self.current(call, &table, &key).await?;
-            expression::check_all(conditions, old.as_ref())?;
-            old
-        } else {
-            None
-        };
+        let old = self
+            .check_before_write(call, &table, &key, conditions, return_values)
+            .await?;
         let envelope = self.seal(call, &table, &key, &attributes).await?;
         self.commit
             .commit(vec![Mutation::PutItem {
@@ -177,13 +210,9 @@ impl Tables {
         }
         let key = table.schema.validate_key_map(key)?;
         let _guard = self.stripe(&table, &key).lock().await;
-        let old = if !conditions.is_empty() || return_values == ReturnValues::AllOld {
-            let old = self.current(call, &table, &key).await?;
-            expression::check_all(conditions, old.as_ref())?;
-            old
-        } else {
-            None
-        };
+        let old = self
+            .check_before_write(call, &table, &key, conditions, return_values)
+            .await?;
         self.commit
             .commit(vec![Mutation::DeleteItem {
                 table_id: table.table_id.clone(),
