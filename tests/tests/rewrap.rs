@@ -37,6 +37,35 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
         .unwrap()
 }
 
+/// Creates table `name` (partition key `id`, a string) as `token`, under
+/// `key` (a key id), or the service-managed key when `None`.
+async fn create_table(
+    tables: &mut TableServiceClient<Channel>,
+    token: &str,
+    name: &str,
+    key: Option<&str>,
+) {
+    tables
+        .create_table(authed(
+            token,
+            pb::CreateTableRequest {
+                table_name: name.into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "id".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: None,
+                }),
+                sse_specification: key.map(|k| pb::SseSpecification {
+                    kms_key_id: k.to_string(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+}
+
 const ITEMS: usize = 250;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,25 +106,7 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
     };
     let old_key = new_key(&mut keys).await;
     let target = new_key(&mut keys).await;
-    tables
-        .create_table(authed(
-            &admin,
-            pb::CreateTableRequest {
-                table_name: "orders".into(),
-                key_schema: Some(pb::KeySchema {
-                    partition_key: Some(pb::KeyElement {
-                        name: "id".into(),
-                        r#type: pb::ScalarType::S.into(),
-                    }),
-                    sort_key: None,
-                }),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: old_key.clone(),
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    create_table(&mut tables, &admin, "orders", Some(&old_key)).await;
     for i in 0..ITEMS {
         tables
             .put_item(authed(
@@ -311,23 +322,7 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
     let tables_server = TableServer::start(table_config).await.unwrap();
     let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
-    tables
-        .create_table(authed(
-            &admin,
-            pb::CreateTableRequest {
-                table_name: "managed".into(),
-                key_schema: Some(pb::KeySchema {
-                    partition_key: Some(pb::KeyElement {
-                        name: "id".into(),
-                        r#type: pb::ScalarType::S.into(),
-                    }),
-                    sort_key: None,
-                }),
-                sse_specification: None,
-            },
-        ))
-        .await
-        .unwrap();
+    create_table(&mut tables, &admin, "managed", None).await;
     for i in 0..N {
         tables
             .put_item(authed(
@@ -574,25 +569,7 @@ async fn writes_racing_a_key_change_all_end_up_under_the_new_key() {
                 .map(|_| id)
         }
     };
-    tables
-        .create_table(authed(
-            &admin,
-            pb::CreateTableRequest {
-                table_name: "race".into(),
-                key_schema: Some(pb::KeySchema {
-                    partition_key: Some(pb::KeyElement {
-                        name: "id".into(),
-                        r#type: pb::ScalarType::S.into(),
-                    }),
-                    sort_key: None,
-                }),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: old_key.clone(),
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    create_table(&mut tables, &admin, "race", Some(&old_key)).await;
     // The re-wrap's first page ends at "zzzz": racing writes sort before it.
     put(&mut tables, "zzzz".into()).await.unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

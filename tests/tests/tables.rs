@@ -92,6 +92,25 @@ impl Stack {
         self.client.clone()
     }
 
+    /// Stops kms-service; returns the address it listened on.
+    async fn stop_kms(&mut self) -> std::net::SocketAddr {
+        let kms = self.kms.take().expect("kms-service runs");
+        let addr = kms.addr;
+        kms.stop().await.unwrap();
+        addr
+    }
+
+    /// Starts kms-service again on its data directory and address.
+    async fn restart_kms(&mut self, addr: std::net::SocketAddr) {
+        let mut config = kms_config(self.dir.path());
+        config.listen = addr;
+        self.kms = Some(
+            KmsServer::start(config)
+                .await
+                .expect("kms-service restarts"),
+        );
+    }
+
     fn req<T>(&self, message: T) -> tonic::Request<T> {
         authed(&self.admin, message)
     }
@@ -2261,9 +2280,7 @@ async fn kms_service_down_fails_fast_and_writes_nothing() {
     let before = item(&[("id", s("before"))]);
     stack.put("avail", with(&before, &[("v", s("1"))])).await;
 
-    let kms = stack.kms.take().unwrap();
-    let kms_addr = kms.addr;
-    kms.stop().await.unwrap();
+    let kms_addr = stack.stop_kms().await;
     let named = format!("kms-service at http://{kms_addr} is unavailable");
     let refused = |phase: &str| item(&[("id", s(&format!("refused-{phase}")))]);
     // First nothing listens at kms-service's address, then something that
@@ -2302,13 +2319,7 @@ async fn kms_service_down_fails_fast_and_writes_nothing() {
 
     // kms-service back on the same data directory and address; table-service
     // is not restarted and recovers by itself.
-    let mut config = kms_config(stack.dir.path());
-    config.listen = kms_addr;
-    stack.kms = Some(
-        KmsServer::start(config)
-            .await
-            .expect("kms-service restarts"),
-    );
+    stack.restart_kms(kms_addr).await;
     assert_eq!(
         stack.get("avail", before.clone()).await,
         with(&before, &[("v", s("1"))])
@@ -2356,9 +2367,7 @@ async fn batch_puts_that_cannot_be_sealed_come_back_unprocessed() {
     assert!(warm.into_inner().unprocessed_items.is_empty());
     assert!(stack.get("bwu", key("absent")).await.is_empty());
 
-    let kms = stack.kms.take().unwrap();
-    let kms_addr = kms.addr;
-    kms.stop().await.unwrap();
+    let kms_addr = stack.stop_kms().await;
     let puts: Vec<pb::WriteRequest> = (0..5)
         .map(|i| write_put(with(&key(&format!("new{i}")), &[("v", s(&i.to_string()))])))
         .collect();
@@ -2380,13 +2389,7 @@ async fn batch_puts_that_cannot_be_sealed_come_back_unprocessed() {
         assert!(stack.get("bwu", key(&format!("new{i}"))).await.is_empty());
     }
 
-    let mut config = kms_config(stack.dir.path());
-    config.listen = kms_addr;
-    stack.kms = Some(
-        KmsServer::start(config)
-            .await
-            .expect("kms-service restarts"),
-    );
+    stack.restart_kms(kms_addr).await;
     let retried = stack
         .c()
         .batch_write_item(stack.req(batch_write(vec![("bwu", puts)])))
