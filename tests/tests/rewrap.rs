@@ -66,28 +66,37 @@ async fn create_table(
         .unwrap();
 }
 
+/// kms-service (with table-service's principal) in `dir`; returns it and
+/// the admin token.
+async fn start_kms(dir: &std::path::Path) -> (KmsServer, String) {
+    let mut kms_config = KmsConfig::for_data_dir(dir.join("kms"));
+    kms_config.storage.table_service_token_file = Some(dir.join("kms/table-service.token"));
+    let kms_server = KmsServer::start(kms_config).await.unwrap();
+    let admin = std::fs::read_to_string(dir.join("kms/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (kms_server, admin)
+}
+
+/// table-service's configuration in `dir`, on `kms`, data-key cache off.
+fn table_config(dir: &std::path::Path, kms: &KmsServer) -> TableConfig {
+    let mut c = TableConfig::for_data_dir(
+        dir.join("tables"),
+        format!("http://{}", kms.addr),
+        dir.join("kms/table-service.token"),
+    );
+    c.data_key_cache_ttl_secs = 0;
+    c
+}
+
 const ITEMS: usize = 250;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_table_rewraps_every_item_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
-    let token_file = dir.path().join("kms/table-service.token");
-    kms_config.storage.table_service_token_file = Some(token_file.clone());
-    let kms_server = KmsServer::start(kms_config).await.unwrap();
-    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let table_config = || {
-        let mut c = TableConfig::for_data_dir(
-            dir.path().join("tables"),
-            format!("http://{}", kms_server.addr),
-            token_file.clone(),
-        );
-        c.data_key_cache_ttl_secs = 0;
-        c
-    };
+    let (kms_server, admin) = start_kms(dir.path()).await;
+    let table_config = || table_config(dir.path(), &kms_server);
     let tables_server = TableServer::start(table_config()).await.unwrap();
     let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
@@ -305,21 +314,10 @@ async fn read_all(tables: &mut TableServiceClient<Channel>, token: &str, name: &
 async fn update_table_moves_between_the_service_managed_key_and_a_customer_key() {
     const N: usize = 40;
     let dir = tempfile::tempdir().unwrap();
-    let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
-    let token_file = dir.path().join("kms/table-service.token");
-    kms_config.storage.table_service_token_file = Some(token_file.clone());
-    let kms_server = KmsServer::start(kms_config).await.unwrap();
-    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let mut table_config = TableConfig::for_data_dir(
-        dir.path().join("tables"),
-        format!("http://{}", kms_server.addr),
-        token_file.clone(),
-    );
-    table_config.data_key_cache_ttl_secs = 0;
-    let tables_server = TableServer::start(table_config).await.unwrap();
+    let (kms_server, admin) = start_kms(dir.path()).await;
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
     let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
     create_table(&mut tables, &admin, "managed", None).await;
@@ -518,21 +516,10 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_racing_a_key_change_all_end_up_under_the_new_key() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
-    let token_file = dir.path().join("kms/table-service.token");
-    kms_config.storage.table_service_token_file = Some(token_file.clone());
-    let kms_server = KmsServer::start(kms_config).await.unwrap();
-    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let mut table_config = TableConfig::for_data_dir(
-        dir.path().join("tables"),
-        format!("http://{}", kms_server.addr),
-        token_file,
-    );
-    table_config.data_key_cache_ttl_secs = 0;
-    let tables_server = TableServer::start(table_config).await.unwrap();
+    let (kms_server, admin) = start_kms(dir.path()).await;
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
     let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
     let mut key_ids = Vec::new();
