@@ -333,16 +333,17 @@ fn authenticate(state: &State, creds: &Credentials) -> Result<Caller, KmsError> 
             "User: {principal} is not a service principal and may not act on behalf of another principal (x-on-behalf-of)"
         )));
     }
-    let (end_principal, end_token, end_kind) =
+    let (end_principal, end_token, _) =
         token_principal(state, forwarded, "forwarded credential (x-on-behalf-of)")?;
-    // Only an end user's credential may be forwarded. A service forwarding
-    // its own (or another service's) credential would be decided as
-    // "<service> via <service>", which a "any principal, only via the
-    // service" statement allows: one leaked service token would then be
-    // enough to use customer keys, with no user involved.
-    if end_kind == PrincipalKind::Service {
+    // A service may not forward its own credential: that would be decided
+    // as "<service> via <service>", which an "any principal, only via the
+    // service" statement allows, so one leaked service token would be
+    // enough to use customer keys with no caller behind it. (Another
+    // service calling through it, with its own token, is a caller like any
+    // other.)
+    if end_principal == principal {
         return Err(KmsError::AccessDenied(format!(
-            "User: {principal} may act only on behalf of a user; the forwarded credential (x-on-behalf-of) belongs to the service principal {end_principal}"
+            "User: {principal} may not act on behalf of itself; x-on-behalf-of must carry the credential of the caller it serves"
         )));
     }
     Ok(Caller {

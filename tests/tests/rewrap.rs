@@ -631,3 +631,111 @@ async fn writes_racing_a_key_change_all_end_up_under_the_new_key() {
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
 }
+
+/// Creating and deleting tables, and writing, while a re-wrap runs its
+/// pages: none of them waits on another for good (the re-wrap lets go of
+/// the write lock before it records its progress, which DeleteTable and
+/// key switches take in the other order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_come_and_go_while_a_rewrap_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kms_server, admin) = start_kms(dir.path()).await;
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let mut key_ids = Vec::new();
+    for _ in 0..2 {
+        key_ids.push(
+            keys.create_key(authed(&admin, kms::CreateKeyRequest::default()))
+                .await
+                .unwrap()
+                .into_inner()
+                .key_metadata
+                .unwrap()
+                .key_id,
+        );
+    }
+    create_table(&mut tables, &admin, "big", Some(&key_ids[0])).await;
+    for batch in 0..12 {
+        let requests = (0..25)
+            .map(|i| pb::WriteRequest {
+                request: Some(pb::write_request::Request::PutRequest(pb::Item {
+                    attributes: HashMap::from([
+                        ("id".to_string(), s(&format!("{batch:02}-{i:02}"))),
+                        ("v".to_string(), s("x")),
+                    ]),
+                })),
+            })
+            .collect();
+        let unprocessed = tables
+            .batch_write_item(authed(
+                &admin,
+                pb::BatchWriteItemRequest {
+                    request_items: HashMap::from([(
+                        "big".to_string(),
+                        pb::WriteRequests { requests },
+                    )]),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .unprocessed_items;
+        assert!(unprocessed.is_empty());
+    }
+    tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "big".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: key_ids[1].clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let bounded = Duration::from_secs(30);
+    for i in 0..6 {
+        let name = format!("short-lived-{i}");
+        tokio::time::timeout(bounded, create_table(&mut tables, &admin, &name, None))
+            .await
+            .unwrap_or_else(|_| panic!("CreateTable {name} hangs"));
+        tokio::time::timeout(
+            bounded,
+            tables.delete_table(authed(
+                &admin,
+                pb::DeleteTableRequest {
+                    table_name: name.clone(),
+                },
+            )),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("DeleteTable {name} hangs"))
+        .unwrap();
+        tokio::time::timeout(
+            bounded,
+            tables.put_item(authed(
+                &admin,
+                pb::PutItemRequest {
+                    table_name: "big".into(),
+                    item: HashMap::from([
+                        ("id".to_string(), s(&format!("during-{i}"))),
+                        ("v".to_string(), s("y")),
+                    ]),
+                    ..Default::default()
+                },
+            )),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("PutItem during the re-wrap hangs"))
+        .unwrap();
+    }
+    tokio::time::timeout(bounded, wait_active(&mut tables, &admin, "big"))
+        .await
+        .expect("the re-wrap finishes");
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}

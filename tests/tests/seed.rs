@@ -555,6 +555,53 @@ async fn service_managed_key_only_works_via_the_table_service() {
         "AccessDeniedException",
         "kms:GenerateDataKey",
     );
+    // A service principal of an application is a caller like a user: with
+    // table rights it reads the item through table-service.
+    let mut iam_client = IdentityServiceClient::new(channel(stack.kms.addr).await);
+    iam_client
+        .create_user(authed(
+            &admin,
+            iam::CreateUserRequest {
+                user_name: "service/orders-app".into(),
+                kind: iam::PrincipalKind::Service.into(),
+            },
+        ))
+        .await
+        .unwrap();
+    iam_client
+        .attach_user_policy(authed(
+            &admin,
+            iam::AttachUserPolicyRequest {
+                user_name: "service/orders-app".into(),
+                policy_name: "TableReadOnlyAccess".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let app = iam_client
+        .create_access_token(authed(
+            &admin,
+            iam::CreateAccessTokenRequest {
+                user_name: "service/orders-app".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let read = tables
+        .get_item(authed(
+            &app,
+            pb::GetItemRequest {
+                table_name: "managed".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        ))
+        .await
+        .expect("a service principal reads through table-service")
+        .into_inner()
+        .item;
+    assert_eq!(read.get("v"), Some(&n("1.5")));
     stack.tables.stop().await.unwrap();
     stack.kms.stop().await.unwrap();
 }

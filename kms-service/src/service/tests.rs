@@ -508,9 +508,9 @@ async fn forwarded_identity_is_decided_for_the_end_caller() {
         "UnrecognizedClientException",
         "forwarded credential",
     );
-    // A service forwards only a user's credential: neither its own nor
-    // another service's, even where "any principal via the service" may
-    // use the key.
+    // A service may not forward its own credential, even where "any
+    // principal via the service" may use the key; another service calling
+    // through it is decided as that service, via it.
     let other = f.user("batch-service", PrincipalKind::Service, &[]).await;
     let anyone_via_tables = r#"{"Version":"2012-10-17","Statement":[
       {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
@@ -521,20 +521,24 @@ async fn forwarded_identity_is_decided_for_the_end_caller() {
         .put_key_policy(&f.admin, &anyone_key, "default", anyone_via_tables)
         .await
         .unwrap();
-    for forwarded in [&svc, &other] {
-        check_err(
-            f.kms
-                .generate_data_key(&via(forwarded), &anyone_key, &c, DataKeyLength::Aes256, &[])
-                .await,
-            "AccessDeniedException",
-            "may act only on behalf of a user",
-        );
+    check_err(
+        f.kms
+            .generate_data_key(&via(&svc), &anyone_key, &c, DataKeyLength::Aes256, &[])
+            .await,
+        "AccessDeniedException",
+        "may not act on behalf of itself",
+    );
+    for caller in [&other, &bob] {
+        f.kms
+            .generate_data_key(&via(caller), &anyone_key, &c, DataKeyLength::Aes256, &[])
+            .await
+            .expect("a caller via the service");
     }
-    // ... while a user through the service may.
-    f.kms
-        .generate_data_key(&via(&bob), &anyone_key, &c, DataKeyLength::Aes256, &[])
-        .await
-        .expect("a user via the service");
+    let identity = f.kms.get_caller_identity(&via(&other)).await.unwrap();
+    assert_eq!(
+        (identity.principal.as_str(), identity.via_service.as_deref()),
+        ("service/batch-service", Some("service/table-service"))
+    );
     // A user cannot act on behalf of someone else.
     let bob_fwd = Credentials {
         on_behalf_of: f.admin.authorization.clone(),

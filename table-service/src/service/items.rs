@@ -371,11 +371,13 @@ impl Tables {
         // batch (its stripes in one global order, as the re-wrap does), so
         // that no other writer of these items, conditional or not, can
         // interleave between their reads and this commit.
+        for name in requests.keys() {
+            self.authorize(call, "table:BatchWriteItem", &resource(name))
+                .await?;
+        }
         let _writes = self.table_writes.read().await;
         let mut planned: Vec<(&String, TableRecord, ItemKey, &BatchWrite)> = Vec::new();
         for (name, writes) in requests {
-            self.authorize(call, "table:BatchWriteItem", &resource(name))
-                .await?;
             let table = self.table(name)?;
             let mut seen = std::collections::BTreeSet::new();
             for write in writes {

@@ -110,7 +110,10 @@ impl Tables {
 
     /// Re-wraps one page; returns whether there may be more work.
     async fn rewrap_page(&self, name: &str) -> Result<bool, TableError> {
-        let _writes = self.table_writes.read().await;
+        // Held while the page is read and written, and let go before
+        // `save_progress` (which takes `ddl`): DeleteTable and key switches
+        // take `ddl` first, then `table_writes`.
+        let writes = self.table_writes.read().await;
         let Ok(table) = self.table(name) else {
             return Ok(false);
         };
@@ -134,6 +137,7 @@ impl Tables {
             .map_err(|e| TableError::Internal(e.to_string()))?
             .map_err(store_error)?;
         if page.is_empty() {
+            drop(writes);
             self.retire_rewrap_grants(&rewrap.grants).await;
             self.save_progress(&table, None).await?;
             tracing::info!(table = %name, items = rewrap.items_done, "re-wrap finished");
@@ -201,6 +205,7 @@ impl Tables {
             self.commit.commit(mutations).await.map_err(store_error)?;
         }
         drop(guards);
+        drop(writes);
         let last = page.last().map(|i| i.key.clone());
         let mut progress = rewrap;
         progress.items_done += done;

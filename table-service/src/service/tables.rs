@@ -177,20 +177,23 @@ impl Tables {
     pub async fn delete_table(&self, call: &mut Call, name: &str) -> Result<TableView, TableError> {
         self.authorize(call, "table:DeleteTable", &resource(name))
             .await?;
-        let _ddl = self.ddl.lock().await;
-        // Waits for writes in progress, so none lands after the delete.
-        let _writes = self.table_writes.write().await;
-        let record = self.table(name)?;
-        self.commit
-            .commit(vec![Mutation::DeleteTable {
-                table_id: record.table_id.clone(),
-            }])
-            .await
-            .map_err(store_error)?;
-        self.tables
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        let record = {
+            let _ddl = self.ddl.lock().await;
+            // Waits for writes in progress, so none lands after the delete.
+            let _writes = self.table_writes.write().await;
+            let record = self.table(name)?;
+            self.commit
+                .commit(vec![Mutation::DeleteTable {
+                    table_id: record.table_id.clone(),
+                }])
+                .await
+                .map_err(store_error)?;
+            self.tables
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(name);
+            record
+        };
         // A key change in progress stops with the table; so do its grants.
         if let Some(rewrap) = &record.rewrap {
             self.retire_rewrap_grants(&rewrap.grants).await;
