@@ -467,27 +467,8 @@ impl<'a> Ctx<'a> {
         )
     }
 
-    /// [`Ctx::authorize`] where `grant_allows(grant, principal)` says which
-    /// of the key's grants, if any, allow the call.
-    fn authorize_with(
-        &mut self,
-        state: &State,
-        action: &str,
-        target: Target<'_>,
-        extra: &[(&str, Vec<String>)],
-        grant_allows: &dyn Fn(&GrantRecord, &str) -> bool,
-    ) -> Result<(), KmsError> {
-        self.decide_with(
-            state,
-            action,
-            target,
-            &EncryptionContext::new(),
-            extra,
-            grant_allows,
-        )
-        .map_err(|denial| denial.error)
-    }
-
+    /// [`Ctx::decide`] where `grant_allows(grant, principal)` says which of
+    /// the key's grants, if any, allow the call.
     fn decide_with(
         &mut self,
         state: &State,

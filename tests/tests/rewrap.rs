@@ -90,6 +90,17 @@ fn table_config(dir: &std::path::Path, kms: &KmsServer) -> TableConfig {
     c
 }
 
+/// Creates a symmetric key as `token`; returns its id.
+async fn create_key(keys: &mut KeyManagementServiceClient<Channel>, token: &str) -> String {
+    keys.create_key(authed(token, kms::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id
+}
+
 const ITEMS: usize = 250;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,21 +111,8 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
     let tables_server = TableServer::start(table_config()).await.unwrap();
     let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
-    let new_key = |keys: &mut KeyManagementServiceClient<Channel>| {
-        let mut keys = keys.clone();
-        let admin = admin.clone();
-        async move {
-            keys.create_key(authed(&admin, kms::CreateKeyRequest::default()))
-                .await
-                .unwrap()
-                .into_inner()
-                .key_metadata
-                .unwrap()
-                .key_id
-        }
-    };
-    let old_key = new_key(&mut keys).await;
-    let target = new_key(&mut keys).await;
+    let old_key = create_key(&mut keys, &admin).await;
+    let target = create_key(&mut keys, &admin).await;
     create_table(&mut tables, &admin, "orders", Some(&old_key)).await;
     for i in 0..ITEMS {
         tables
@@ -372,14 +370,7 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
     );
 
     // Service-managed → customer managed key.
-    let cmk = keys
-        .create_key(authed(&admin, kms::CreateKeyRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let cmk = create_key(&mut keys, &admin).await;
     let updated = tables
         .update_table(authed(
             &admin,
@@ -522,18 +513,10 @@ async fn writes_racing_a_key_change_all_end_up_under_the_new_key() {
         .unwrap();
     let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
-    let mut key_ids = Vec::new();
-    for _ in 0..2 {
-        key_ids.push(
-            keys.create_key(authed(&admin, kms::CreateKeyRequest::default()))
-                .await
-                .unwrap()
-                .into_inner()
-                .key_metadata
-                .unwrap()
-                .key_id,
-        );
-    }
+    let key_ids = [
+        create_key(&mut keys, &admin).await,
+        create_key(&mut keys, &admin).await,
+    ];
     let (old_key, new_key) = (key_ids[0].clone(), key_ids[1].clone());
     let writer_token = admin.clone();
     let put = move |tables: &mut TableServiceClient<Channel>, id: String| {
@@ -645,18 +628,10 @@ async fn tables_come_and_go_while_a_rewrap_runs() {
         .unwrap();
     let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
-    let mut key_ids = Vec::new();
-    for _ in 0..2 {
-        key_ids.push(
-            keys.create_key(authed(&admin, kms::CreateKeyRequest::default()))
-                .await
-                .unwrap()
-                .into_inner()
-                .key_metadata
-                .unwrap()
-                .key_id,
-        );
-    }
+    let key_ids = [
+        create_key(&mut keys, &admin).await,
+        create_key(&mut keys, &admin).await,
+    ];
     create_table(&mut tables, &admin, "big", Some(&key_ids[0])).await;
     for batch in 0..12 {
         let requests = (0..25)

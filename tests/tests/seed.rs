@@ -151,12 +151,23 @@ async fn user_token(
     name: &str,
     policy: Option<&str>,
 ) -> String {
+    principal_token(iam_client, admin, name, iam::PrincipalKind::User, policy).await
+}
+
+/// [`user_token`] for a principal of any kind.
+async fn principal_token(
+    iam_client: &mut IdentityServiceClient<Channel>,
+    admin: &str,
+    name: &str,
+    kind: iam::PrincipalKind,
+    policy: Option<&str>,
+) -> String {
     iam_client
         .create_user(authed(
             admin,
             iam::CreateUserRequest {
                 user_name: name.into(),
-                kind: 0,
+                kind: kind.into(),
             },
         ))
         .await
@@ -558,37 +569,14 @@ async fn service_managed_key_only_works_via_the_table_service() {
     // A service principal of an application is a caller like a user: with
     // table rights it reads the item through table-service.
     let mut iam_client = IdentityServiceClient::new(channel(stack.kms.addr).await);
-    iam_client
-        .create_user(authed(
-            &admin,
-            iam::CreateUserRequest {
-                user_name: "service/orders-app".into(),
-                kind: iam::PrincipalKind::Service.into(),
-            },
-        ))
-        .await
-        .unwrap();
-    iam_client
-        .attach_user_policy(authed(
-            &admin,
-            iam::AttachUserPolicyRequest {
-                user_name: "service/orders-app".into(),
-                policy_name: "TableReadOnlyAccess".into(),
-            },
-        ))
-        .await
-        .unwrap();
-    let app = iam_client
-        .create_access_token(authed(
-            &admin,
-            iam::CreateAccessTokenRequest {
-                user_name: "service/orders-app".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let app = principal_token(
+        &mut iam_client,
+        &admin,
+        "service/orders-app",
+        iam::PrincipalKind::Service,
+        Some("TableReadOnlyAccess"),
+    )
+    .await;
     let read = tables
         .get_item(authed(
             &app,

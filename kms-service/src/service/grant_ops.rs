@@ -82,10 +82,11 @@ impl Kms {
                 ctx.event.resources = vec![entry.record.resource()];
                 let ops: Vec<String> = operations.iter().map(|o| o.action()[4..].to_string()).collect();
                 // A grant allows this only for a grant no wider than itself.
-                ctx.authorize_with(
+                ctx.decide_with(
                     state,
                     "kms:CreateGrant",
                     Target::Key(entry),
+                    &EncryptionContext::new(),
                     &[
                         ("kms:GranteePrincipal", vec![grantee.clone()]),
                         ("kms:RetiringPrincipal", retiring.iter().cloned().collect()),
@@ -96,7 +97,8 @@ impl Kms {
                     &|parent, principal| {
                         parent.allows_child(principal, &operations, &input.constraints)
                     },
-                )?;
+                )
+                .map_err(|denial| denial.error)?;
                 super::key_ops::not_pending(&entry.record, "grant its use")?;
                 if entry.grants.len() >= MAX_GRANTS_PER_KEY {
                     return Err(KmsError::LimitExceeded(format!(
