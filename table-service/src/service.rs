@@ -92,6 +92,23 @@ impl Call {
     fn principal(&self) -> &str {
         self.outcome.principal.as_deref().unwrap_or("")
     }
+
+    /// A call for one part of this request (run as its own task): the same
+    /// caller and principal, its own counts; [`Call::absorb`] adds them back.
+    fn sub(&self) -> Call {
+        Call {
+            caller: self.caller.clone(),
+            outcome: Outcome {
+                principal: self.outcome.principal.clone(),
+                ..Outcome::default()
+            },
+        }
+    }
+
+    fn absorb(&mut self, part: &Outcome) {
+        self.outcome.kms_calls += part.kms_calls;
+        self.outcome.cache_hits += part.cache_hits;
+    }
 }
 
 fn store_error(e: StoreError) -> TableError {
@@ -359,13 +376,7 @@ impl Tables {
         let tasks = stored.into_iter().map(|item| {
             let this = self.clone();
             let table = table.clone();
-            let mut sub = Call {
-                caller: call.caller.clone(),
-                outcome: Outcome {
-                    principal: call.outcome.principal.clone(),
-                    ..Outcome::default()
-                },
-            };
+            let mut sub = call.sub();
             async move {
                 let r = this.open_item(&mut sub, &table, &item).await;
                 (r, sub.outcome)
@@ -377,8 +388,7 @@ impl Tables {
         let mut items = Vec::with_capacity(opened.len());
         let mut first_error = None;
         for (result, outcome) in opened {
-            call.outcome.kms_calls += outcome.kms_calls;
-            call.outcome.cache_hits += outcome.cache_hits;
+            call.absorb(&outcome);
             match result {
                 Ok(item) => items.push(item),
                 Err(e) => {

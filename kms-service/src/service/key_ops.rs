@@ -573,14 +573,9 @@ impl Kms {
                 let alias = state.aliases.get(alias_name).ok_or_else(|| {
                     KmsError::NotFound(format!("Alias {alias_name} is not found."))
                 })?;
-                let key = ctx.key_for(state, &alias.key_id, "kms:DeleteAlias")?;
-                // A service-managed key keeps its alias; an alias of that
-                // name on someone else's key (made before it was reserved)
-                // may go.
-                if key.creator == super::SERVICE_PRINCIPAL {
-                    refuse_service_managed_alias(alias_name, "deleted")
-                        .map_err(KmsError::Validation)?;
-                }
+                // A service-managed key's policy lets nobody delete its
+                // alias; one of that name on someone else's key may go.
+                ctx.key_for(state, &alias.key_id, "kms:DeleteAlias")?;
                 Ok((
                     (),
                     vec![Mutation::DeleteAlias {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Call, Outcome, Tables, integrity, open_envelope, store_error};
+use super::{Call, Tables, integrity, open_envelope, store_error};
 use crate::envelope;
 use crate::error::TableError;
 use crate::expression::{self, Condition, UpdateAction};
@@ -411,13 +411,7 @@ impl Tables {
                 BatchWrite::Put(item) => {
                     let (key, attributes) = model::split_item(&table.schema, item.clone())?;
                     let this = self.clone();
-                    let mut sub = Call {
-                        caller: call.caller.clone(),
-                        outcome: Outcome {
-                            principal: call.outcome.principal.clone(),
-                            ..Outcome::default()
-                        },
-                    };
+                    let mut sub = call.sub();
                     puts.push((name, write));
                     seals.push(async move {
                         let sealed = this.seal(&mut sub, &table, &key, &attributes).await;
@@ -440,7 +434,7 @@ impl Tables {
             .map_err(|e| TableError::Internal(format!("seal task: {e}")))?;
         let mut unprocessed: BTreeMap<String, Vec<BatchWrite>> = BTreeMap::new();
         for ((name, write), (mutation, outcome)) in puts.into_iter().zip(sealed) {
-            call.outcome.kms_calls += outcome.kms_calls;
+            call.absorb(&outcome);
             match mutation {
                 Ok(mutation) => mutations.push(mutation),
                 Err(TableError::KmsUnavailable { .. }) => unprocessed
