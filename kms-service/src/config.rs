@@ -56,6 +56,11 @@ pub enum LogFormat {
 /// Where state lives and where secrets come from.
 #[derive(Debug, Clone, Args)]
 pub struct StorageConfig {
+    /// TOML file of settings: keys are the long flag names (`data-dir =
+    /// "/var/lib/lockbox/kms"`). Flags and environment variables win over
+    /// it; unknown keys are refused. `serve` and `init` can share one file.
+    #[arg(long, env = "KMS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Directory for the key store, audit log and (by default) the root key.
     #[arg(long, env = "KMS_DATA_DIR", default_value = "./data/kms-service")]
     pub data_dir: PathBuf,
@@ -165,6 +170,7 @@ impl ServeConfig {
         ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             storage: StorageConfig {
+                config: None,
                 data_dir,
                 root_key_file: None,
                 admin_token_file: None,

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
 use kms_service::config::{AuditCommand, Cli, Command, LogFormat};
 use kms_service::crypto::root_key::{RootKey, SoftwareRootKey};
 use kms_service::server;
@@ -40,7 +39,7 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = lockbox_proto::config_file::parse::<Cli>();
     tls::install_crypto_provider();
     match cli.command {
         Command::Serve(config) => {

@@ -562,3 +562,92 @@ async fn audit_verify_needs_the_checkpoints_to_pass() {
         stdout(&out)
     );
 }
+
+/// `--config FILE` (or `KMS_CONFIG`): the file's settings apply below the
+/// environment and the command line; `serve` and `init` share one file; a
+/// misspelt key is refused naming the file and the key.
+#[test]
+fn a_settings_file_is_below_the_environment_and_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken: Vec<_> = (0..3)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let [a, b, c] = [0, 1, 2].map(|i| taken[i].local_addr().unwrap().to_string());
+    let data = dir.path().join("data");
+    let file = dir.path().join("kms.toml");
+    std::fs::write(
+        &file,
+        format!("listen = \"{a}\"\ndata-dir = \"{}\"\n", data.display()),
+    )
+    .unwrap();
+
+    let out = run(kms().arg("serve").arg("--config").arg(&file));
+    assert_fails_with(&out, &[&a, "already in use"]);
+    let out = run(kms().env("KMS_CONFIG", &file).arg("serve"));
+    assert_fails_with(&out, &[&a, "already in use"]);
+    let out = run(kms()
+        .env("KMS_LISTEN", &b)
+        .args(["serve", "--config"])
+        .arg(&file));
+    assert_fails_with(&out, &[&b, "already in use"]);
+    let out = run(kms()
+        .env("KMS_LISTEN", &b)
+        .args(["serve", "--listen", &c, "--config"])
+        .arg(&file));
+    assert_fails_with(&out, &[&c, "already in use"]);
+
+    // `init` takes the data directory from the same file (and skips
+    // `listen`, which is serve's).
+    let out = run(kms().args(["init", "--config"]).arg(&file));
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    assert!(
+        data.join("root.key").exists(),
+        "init used the file's data-dir"
+    );
+
+    std::fs::write(&file, "listn = \"127.0.0.1:1\"\n").unwrap();
+    let out = run(kms().args(["serve", "--config"]).arg(&file));
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    let name = file.display().to_string();
+    for fragment in [name.as_str(), "setting `listn`", "listen, data-dir"] {
+        assert!(
+            err.contains(fragment),
+            "stderr does not mention {fragment:?}: {err}"
+        );
+    }
+    std::fs::write(&file, "max-message-bytes = 1\n").unwrap();
+    let out = run(kms().args(["serve", "--config"]).arg(&file));
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    for fragment in [name.as_str(), "setting `max-message-bytes`", "1"] {
+        assert!(
+            err.contains(fragment),
+            "stderr does not mention {fragment:?}: {err}"
+        );
+    }
+}
+
+/// A second kms-service on a data directory in use is refused (after a
+/// short wait for the first to let go) instead of running beside it on a
+/// copy of the state that would diverge; once the first is gone it starts.
+#[test]
+fn a_second_process_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start(dir.path(), &[]);
+    let addr = format!("http://127.0.0.1:{}", first.port);
+    wait_serving(&mut first, &["--addr".as_ref(), addr.as_ref()]);
+    let out = run(&mut serve(dir.path()));
+    assert_fails_with(
+        &out,
+        &[
+            "kms.db.lock",
+            "in use by another process",
+            "another data directory",
+        ],
+    );
+    drop(first);
+    let mut again = start(dir.path(), &[]);
+    let addr = format!("http://127.0.0.1:{}", again.port);
+    wait_serving(&mut again, &["--addr".as_ref(), addr.as_ref()]);
+}

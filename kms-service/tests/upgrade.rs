@@ -36,6 +36,7 @@ fn managed_key_policy(storage: &StorageConfig) -> (String, String) {
 async fn an_old_service_managed_key_policy_is_brought_up_to_date() {
     let dir = tempfile::tempdir().unwrap();
     let storage = StorageConfig {
+        config: None,
         data_dir: dir.path().join("kms"),
         root_key_file: None,
         admin_token_file: None,

@@ -29,6 +29,11 @@ pub mod table {
 
 pub mod transport;
 
+#[cfg(feature = "service")]
+pub mod config_file;
+#[cfg(feature = "service")]
+pub mod store_lock;
+
 /// Encoded `FileDescriptorSet` of every proto in this crate, for reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/lockbox_descriptor.bin"));

@@ -75,6 +75,11 @@ impl TlsConfig {
 pub struct ServeConfig {
     #[arg(long, env = "TABLE_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
+    /// TOML file of settings: keys are the long flag names (`kms-endpoint =
+    /// "https://kms:50051"`). Flags and environment variables win over it;
+    /// unknown keys are refused.
+    #[arg(long, env = "TABLE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Directory of the item store.
     #[arg(long, env = "TABLE_DATA_DIR", default_value = "./data/table-service")]
     pub data_dir: PathBuf,
@@ -161,6 +166,7 @@ impl ServeConfig {
     pub fn for_data_dir(data_dir: PathBuf, kms_endpoint: String, token_file: PathBuf) -> Self {
         ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            config: None,
             data_dir,
             kms_endpoint,
             token_file,

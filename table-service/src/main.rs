@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use table_service::config::{Cli, Command, LogFormat, ServeConfig};
 use table_service::server::{self, tls};
 
@@ -38,7 +37,7 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> ExitCode {
     tls::install_crypto_provider();
-    match Cli::parse().command {
+    match lockbox_proto::config_file::parse::<Cli>().command {
         Command::Serve(config) => serve(*config).await,
         Command::Healthcheck(check) => {
             let client_tls = match check.client_tls() {

@@ -288,7 +288,7 @@ pub async fn serve_with_tls(
             shutdown,
         )
         .await;
-    tables.stop_jobs();
+    tables.stop_jobs().await;
     Ok(result?)
 }
 

@@ -166,14 +166,19 @@ impl Tables {
 
     /// Stops background jobs; they resume from their saved progress at the
     /// next start.
-    pub fn stop_jobs(&self) {
-        for job in self
+    pub async fn stop_jobs(&self) {
+        let jobs: Vec<_> = self
             .jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
-        {
+            .collect();
+        for job in &jobs {
             job.abort();
+        }
+        // Once they are gone, so are their handles on the store.
+        for job in jobs {
+            let _ = job.await;
         }
     }
 

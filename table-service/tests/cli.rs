@@ -672,3 +672,43 @@ async fn mutual_tls_end_to_end() {
     drop(binary);
     kms.stop().await.unwrap();
 }
+
+/// `--config FILE` (or `TABLE_CONFIG`) sets what neither the command line
+/// nor the environment does; a misspelt key is refused naming the file.
+#[test]
+fn a_settings_file_is_below_the_environment_and_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let from_file = dir.path().join("from-file.token");
+    let from_flag = dir.path().join("from-flag.token");
+    let file = dir.path().join("table.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "listen = \"127.0.0.1:0\"\nkms_wait_secs = 0\ndata-dir = \"{}\"\ntoken-file = \"{}\"\n",
+            dir.path().join("tables").display(),
+            from_file.display()
+        ),
+    )
+    .unwrap();
+    let (out, _) = run(table().args(["serve", "--config"]).arg(&file));
+    assert_fails_with(&out, &[&from_file.display().to_string()]);
+    let (out, _) = run(table().env("TABLE_CONFIG", &file).arg("serve"));
+    assert_fails_with(&out, &[&from_file.display().to_string()]);
+    let (out, _) = run(table()
+        .env("TABLE_CONFIG", &file)
+        .args(["serve", "--token-file"])
+        .arg(&from_flag));
+    assert_fails_with(&out, &[&from_flag.display().to_string()]);
+
+    std::fs::write(&file, "kms-endpoint = \"http://127.0.0.1:1\"\ncache = 5\n").unwrap();
+    let (out, _) = run(table().args(["serve", "--config"]).arg(&file));
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    let name = file.display().to_string();
+    for fragment in [name.as_str(), "setting `cache`", "data-key-cache-ttl"] {
+        assert!(
+            err.contains(fragment),
+            "stderr does not mention {fragment:?}: {err}"
+        );
+    }
+}

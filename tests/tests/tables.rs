@@ -2151,6 +2151,10 @@ async fn batch_write_then_batch_get_across_tables() {
 
 /// Overwrites the stored envelope of `to` with that of `from`; keys are
 /// (table id, partition key bytes) of tables without a sort key.
+/// Edits the database file under a running table-service. Its readers keep
+/// their snapshot until it commits something itself (it is the only writer
+/// of its data directory), so callers then write an unrelated item through
+/// it before reading the edited one.
 fn copy_envelope(db: &Path, from: (&str, &[u8]), to: (&str, &[u8])) {
     let conn = rusqlite::Connection::open(db).unwrap();
     conn.busy_timeout(Duration::from_secs(10)).unwrap();
@@ -2195,6 +2199,7 @@ async fn an_envelope_moved_to_another_item_or_table_is_refused() {
         let db = stack.dir.path().join("tables/tables.db");
 
         copy_envelope(&db, (&one, b"A"), (&one, b"B"));
+        stack.put("integ", item(&[("id", s("unrelated"))])).await;
         let moved = stack.try_get("integ", bkey.clone()).await;
         assert!(!format!("{moved:?}").contains("alpha"), "{moved:?}");
         check_status(
@@ -2230,6 +2235,7 @@ async fn an_envelope_moved_to_another_item_or_table_is_refused() {
         );
 
         copy_envelope(&db, (&one, b"A"), (&two, b"A"));
+        stack.put("integ", item(&[("id", s("unrelated-2"))])).await;
         let moved = stack.try_get("integ2", a.clone()).await;
         assert!(!format!("{moved:?}").contains("alpha"), "{moved:?}");
         check_status(

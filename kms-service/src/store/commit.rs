@@ -20,7 +20,11 @@ use super::{Mutation, Store, StoreError};
 type Job = (u64, Vec<Mutation>);
 
 pub struct GroupCommitter {
-    queue: mpsc::Sender<Job>,
+    /// `None` only while being dropped.
+    queue: Option<mpsc::Sender<Job>>,
+    /// The commit thread, joined on drop so the store is closed (and its
+    /// lock let go) by the time the committer is gone.
+    thread: Option<std::thread::JoinHandle<()>>,
     enqueued: AtomicU64,
     durable: watch::Receiver<u64>,
     poisoned: Arc<AtomicBool>,
@@ -36,12 +40,13 @@ impl GroupCommitter {
         let (durable_tx, durable) = watch::channel(0u64);
         let poisoned = Arc::new(AtomicBool::new(false));
         let flag = poisoned.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("kms-store-commit".into())
             .spawn(move || run(store, jobs, durable_tx, flag, DEFAULT_MAX_BATCH))
             .expect("spawn store commit thread");
         GroupCommitter {
-            queue,
+            queue: Some(queue),
+            thread: Some(thread),
             enqueued: AtomicU64::new(0),
             durable,
             poisoned,
@@ -58,6 +63,8 @@ impl GroupCommitter {
         debug_assert!(batch.len() <= self.max_batch);
         let seq = self.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
         self.queue
+            .as_ref()
+            .ok_or(StoreError::Poisoned)?
             .send((seq, batch))
             .map_err(|_| StoreError::Poisoned)?;
         Ok(seq)
@@ -90,6 +97,16 @@ impl GroupCommitter {
             Err(StoreError::Poisoned)
         } else {
             Ok(())
+        }
+    }
+}
+
+impl Drop for GroupCommitter {
+    /// Lets the thread commit what is queued, then waits for it to end.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

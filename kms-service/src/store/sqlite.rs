@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS grants (grant_id TEXT PRIMARY KEY, key_id TEXT NOT NU
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Keeps other processes off the database (none for in-memory ones).
+    _lock: Option<lockbox_proto::store_lock::StoreLock>,
 }
 
 fn engine(e: impl std::fmt::Display) -> StoreError {
@@ -50,9 +52,13 @@ fn origin_name(origin: VersionOrigin) -> &'static str {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
+    /// Refused while another process has it open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let lock = lockbox_proto::store_lock::lock(path).map_err(StoreError::Engine)?;
         let conn = Connection::open(path).map_err(engine)?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        store._lock = Some(lock);
+        Ok(store)
     }
 
     /// A private in-memory database, for tests.
@@ -72,6 +78,7 @@ impl SqliteStore {
         conn.execute_batch(SCHEMA).map_err(engine)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            _lock: None,
         })
     }
 }

@@ -13,8 +13,12 @@ use super::{Mutation, StoreError, TableStore};
 type Job = (Vec<Mutation>, oneshot::Sender<Result<(), String>>);
 
 pub struct GroupCommit {
-    queue: mpsc::Sender<Job>,
+    /// `None` only while being dropped.
+    queue: Option<mpsc::Sender<Job>>,
     poisoned: Arc<AtomicBool>,
+    /// The commit thread, joined on drop so the store is closed (and its
+    /// lock let go) by the time the committer is gone.
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 const MAX_BATCH: usize = 4096;
@@ -24,11 +28,15 @@ impl GroupCommit {
         let (queue, jobs) = mpsc::channel::<Job>();
         let poisoned = Arc::new(AtomicBool::new(false));
         let flag = poisoned.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("table-store-commit".into())
             .spawn(move || run(store, jobs, flag))
             .expect("spawn store commit thread");
-        GroupCommit { queue, poisoned }
+        GroupCommit {
+            queue: Some(queue),
+            poisoned,
+            thread: Some(thread),
+        }
     }
 
     /// Commits `batch` together with whatever else is queued; returns once
@@ -39,12 +47,24 @@ impl GroupCommit {
         }
         let (tx, rx) = oneshot::channel();
         self.queue
+            .as_ref()
+            .ok_or(StoreError::Poisoned)?
             .send((batch, tx))
             .map_err(|_| StoreError::Poisoned)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Engine(e)),
             Err(_) => Err(StoreError::Poisoned),
+        }
+    }
+}
+
+impl Drop for GroupCommit {
+    /// Lets the thread commit what is queued, then waits for it to end.
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

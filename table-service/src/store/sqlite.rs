@@ -47,6 +47,9 @@ pub struct SqliteTableStore {
     next: AtomicUsize,
     /// Bumped before and after every commit: odd while one is under way.
     generation: AtomicU64,
+    /// Keeps other processes off the database: read snapshots are reused
+    /// on the strength of this process being its only writer.
+    _lock: lockbox_proto::store_lock::StoreLock,
 }
 
 /// A read connection and, when it holds an open read transaction, the
@@ -108,7 +111,9 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 }
 
 impl SqliteTableStore {
+    /// Refused while another process has it open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let lock = lockbox_proto::store_lock::lock(path).map_err(StoreError::Engine)?;
         let writer = Connection::open(path).map_err(engine)?;
         configure(&writer)?;
         writer.execute_batch(SCHEMA).map_err(engine)?;
@@ -126,6 +131,7 @@ impl SqliteTableStore {
             readers,
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
+            _lock: lock,
         })
     }
 
