@@ -70,6 +70,16 @@ async fn main() -> ExitCode {
         }
         Command::Init(storage) => {
             init_tracing(LogFormat::Text);
+            let store = storage.store_path();
+            if store.exists() && lockbox_proto::store_lock::is_held(&store) {
+                // A running kms-service initialised it (and must stay its
+                // only user).
+                println!(
+                    "data directory {} is in use by a running kms-service: already initialised",
+                    storage.data_dir.display()
+                );
+                return ExitCode::SUCCESS;
+            }
             let clock = Arc::new(kms_service::clock::SystemClock);
             match server::open(&storage, clock).await {
                 Ok(opened) => {

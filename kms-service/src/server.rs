@@ -132,7 +132,13 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
         Some(key) => key,
         None => root_key(storage)?,
     });
-    let store = SqliteStore::open(&storage.store_path()).map_err(KmsError::from)?;
+    // Off the runtime: the store lock may wait for a previous holder, whose
+    // tasks this runtime may still have to drop.
+    let store_path = storage.store_path();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&store_path))
+        .await
+        .map_err(|e| KmsError::Internal(format!("opening the store: {e}")))?
+        .map_err(KmsError::from)?;
     let audit_dir = storage.audit_path();
     create_private_dir(&audit_dir)?;
     let audit = AuditLog::open(AuditConfig::new(
@@ -257,6 +263,8 @@ pub async fn serve_with_tls(
         )
         .await;
     maintenance.abort();
+    // Its handle on the service goes with it (and so, in time, the store).
+    let _ = maintenance.await;
     if let Err(error) = kms.audit_log().close().await {
         tracing::error!(%error, "closing the audit log failed");
     }

@@ -646,6 +646,16 @@ fn a_second_process_on_the_same_data_directory_is_refused() {
             "another data directory",
         ],
     );
+    // `init` against the running service's directory changes nothing.
+    let out = run(kms()
+        .args(["init", "--data-dir"])
+        .arg(dir.path().join("data")));
+    assert!(out.status.success(), "init: {}", stderr(&out));
+    assert!(
+        stdout(&out).contains("in use by a running kms-service: already initialised"),
+        "{}",
+        stdout(&out)
+    );
     drop(first);
     let mut again = start(dir.path(), &[]);
     let addr = format!("http://127.0.0.1:{}", again.port);

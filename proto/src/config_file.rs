@@ -15,9 +15,12 @@
 //! that is no flag of the subcommand is an error (a typo must not be
 //! ignored), except a key that a sibling subcommand with `--config` knows:
 //! one file can serve both `serve` and `init`. Values are checked by the
-//! flag's own parser, and errors name the file and the key.
+//! flag's own parser, and errors name the file and the key. Relative paths
+//! in the file are relative to the working directory, as on the command
+//! line.
 
 use std::ffi::OsString;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use clap::error::ErrorKind;
@@ -203,17 +206,19 @@ fn read(file: &Path) -> Result<toml::Table, clap::Error> {
             format!("cannot read the settings file {}: {e}\n", file.display()),
         )
     };
-    let size = std::fs::metadata(file).map_err(io)?.len();
-    if size > MAX_CONFIG_BYTES {
+    let mut text = String::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+        .map_err(io)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
         return Err(clap::Error::raw(
             ErrorKind::InvalidValue,
             format!(
-                "the settings file {} is {size} bytes; at most {MAX_CONFIG_BYTES} are read\n",
+                "the settings file {} is larger than {MAX_CONFIG_BYTES} bytes\n",
                 file.display()
             ),
         ));
     }
-    let text = std::fs::read_to_string(file).map_err(io)?;
     text.parse::<toml::Table>().map_err(|e| {
         clap::Error::raw(
             ErrorKind::InvalidValue,

@@ -16,11 +16,26 @@ pub struct StoreLock {
     _file: File,
 }
 
-/// The lock file of `database`.
+/// The lock file of `database`: beside it, in its directory as resolved
+/// (so two paths to one directory through a symbolic link share it).
 pub fn lock_path(database: &Path) -> PathBuf {
-    let mut name = database.as_os_str().to_owned();
+    let dir = match database.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let mut name = database.file_name().unwrap_or_default().to_owned();
     name.push(".lock");
-    PathBuf::from(name)
+    dir.join(name)
+}
+
+/// Whether another process holds the lock of `database` right now (no
+/// waiting).
+pub fn is_held(database: &Path) -> bool {
+    OpenOptions::new()
+        .write(true)
+        .open(lock_path(database))
+        .is_ok_and(|file| matches!(file.try_lock(), Err(TryLockError::WouldBlock)))
 }
 
 /// How long [`lock`] waits for a lock held elsewhere to be let go (a
@@ -63,6 +78,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn paths_through_a_symbolic_link_share_the_lock() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::fs::create_dir(dir.path().join("real")).expect("mkdir");
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link"))
+            .expect("symlink");
+        let _held = lock(&dir.path().join("real/x.db")).expect("lock");
+        assert!(is_held(&dir.path().join("link/x.db")));
+    }
+
+    #[test]
     fn a_second_lock_is_refused_until_the_first_is_dropped() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let db = dir.path().join("x.db");
@@ -72,7 +97,9 @@ mod tests {
         assert!(started.elapsed() >= LOCK_WAIT, "gave up early");
         assert!(refused.contains("in use by another process"), "{refused}");
         assert!(refused.contains("x.db.lock"), "{refused}");
+        assert!(is_held(&db));
         drop(first);
+        assert!(!is_held(&db));
         let again = lock(&db).expect("free again");
         // A holder that lets go while the next one waits hands over.
         let waiter = std::thread::spawn(move || lock(&db).map(drop));

@@ -318,7 +318,12 @@ pub struct RunningServer {
 impl RunningServer {
     pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         let tls = config.tls.server_config()?;
-        let tables = open(&config)?;
+        // Off the runtime: the store lock may wait for a previous holder,
+        // whose tasks this runtime may still have to drop.
+        let for_open = config.clone();
+        let tables = tokio::task::spawn_blocking(move || open(&for_open))
+            .await
+            .map_err(|e| StartError::Config(format!("opening the item store: {e}")))??;
         let listener = bind(config.listen).await?;
         let addr = listener
             .local_addr()

@@ -176,7 +176,9 @@ impl Tables {
         for job in &jobs {
             job.abort();
         }
-        // Once they are gone, so are their handles on the store.
+        // Once they are gone, so are their handles on the service (a
+        // blocking store read they started may hold the store a little
+        // longer).
         for job in jobs {
             let _ = job.await;
         }

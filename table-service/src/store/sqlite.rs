@@ -10,14 +10,16 @@
 //! a WAL read transaction costs two lock changes on the shared-memory index
 //! (`fcntl` system calls), which were most of a point read's cost. A
 //! generation counter, odd while a commit is under way, tells readers when
-//! a snapshot may be stale; after every commit the writer ends the
-//! transactions of the readers that are idle, so none of them holds back a
-//! checkpoint of what was committed since.
+//! a snapshot may be stale; around every commit the writer ends the
+//! transactions of the readers that are idle, so that they do not hold
+//! back checkpoints. This relies on the process being the database's only
+//! writer, which the store lock ensures; a change made to the file from
+//! outside is seen once the process commits something itself.
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, TryLockError};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -140,7 +142,17 @@ impl SqliteTableStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        let mut reader = self.readers[i].lock().map_err(|_| StoreError::Poisoned)?;
+        let mut reader = match self.readers[i].lock() {
+            Ok(reader) => reader,
+            // A read panicked with this reader: end whatever it left open
+            // (an open transaction would pin the WAL) and go on.
+            Err(poisoned) => {
+                let mut reader = poisoned.into_inner();
+                let _ = reader.end();
+                self.readers[i].clear_poison();
+                reader
+            }
+        };
         reader.begin(self.generation.load(Ordering::SeqCst))?;
         let result = f(&reader.conn);
         if result.is_err() {
@@ -152,14 +164,17 @@ impl SqliteTableStore {
     }
 
     /// Ends the read transactions of idle readers that began in another
-    /// generation, so they hold back no checkpoint; busy ones start a new
-    /// one at their next read anyway.
+    /// generation, so they do not hold back checkpoints; a reader busy
+    /// meanwhile keeps its snapshot until its next read or the next commit.
     fn release_stale_snapshots(&self) {
         let generation = self.generation.load(Ordering::SeqCst);
         for reader in &self.readers {
-            if let Ok(mut reader) = reader.try_lock()
-                && reader.snapshot.is_some_and(|s| s != generation)
-            {
+            let mut reader = match reader.try_lock() {
+                Ok(reader) => reader,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            if reader.snapshot != Some(generation) {
                 let _ = reader.end();
             }
         }
@@ -343,5 +358,52 @@ impl TableStore for SqliteTableStore {
             .map(|n| n as u64)
             .map_err(engine)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read that panics inside its transaction leaves no transaction
+    /// open behind it (it would pin the WAL for good): the next use of that
+    /// reader, or the next commit's sweep, ends it.
+    #[test]
+    fn a_panicked_read_leaves_no_transaction_open() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("items.sqlite");
+        let store = SqliteTableStore::open(&path).expect("open");
+        let key = ItemKey {
+            partition: b"p".to_vec(),
+            sort: Vec::new(),
+        };
+        let put = |n: u8| Mutation::PutItem {
+            table_id: "t".into(),
+            key: key.clone(),
+            envelope: vec![n],
+        };
+        store.commit(&[put(1)]).expect("commit");
+        for _ in 0..READERS {
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.read(|conn| -> Result<(), StoreError> {
+                    conn.query_row("SELECT COUNT(*) FROM items", [], |r| r.get::<_, i64>(0))
+                        .map_err(engine)?;
+                    panic!("a read that fails half-way");
+                })
+            }));
+            assert!(panicked.is_err());
+        }
+        store.commit(&[put(2)]).expect("commit");
+        let other = Connection::open(&path).expect("second connection");
+        other
+            .busy_timeout(std::time::Duration::ZERO)
+            .expect("no wait");
+        let busy: i64 = other
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .expect("checkpoint");
+        assert_eq!(busy, 0, "a panicked read still holds the WAL");
+        for _ in 0..READERS {
+            assert_eq!(store.get_item("t", &key).expect("read"), Some(vec![2]));
+        }
     }
 }
