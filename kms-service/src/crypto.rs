@@ -35,39 +35,7 @@ pub fn random_array<const N: usize>() -> [u8; N] {
     buf
 }
 
-/// Fixed-size random array for values that are *not* secret (salts, IVs,
-/// identifiers): the same operating-system CSPRNG output as
-/// [`random_array`], but fetched in blocks into a per-thread pool instead of
-/// with one system call per value. Each byte is handed out once and wiped
-/// from the pool. Never use it for key material.
-pub fn public_random<const N: usize>() -> [u8; N] {
-    use std::cell::RefCell;
-    const POOL: usize = 1024;
-    thread_local! {
-        static BYTES: RefCell<([u8; POOL], usize)> = const { RefCell::new(([0; POOL], POOL)) };
-    }
-    if N > POOL / 4 {
-        return random_array();
-    }
-    let mut out = [0u8; N];
-    BYTES.with(|pool| {
-        let (bytes, used) = &mut *pool.borrow_mut();
-        if POOL - *used < N {
-            getrandom::fill(bytes).expect("operating system random number generator failed");
-            *used = 0;
-        }
-        let taken = &mut bytes[*used..*used + N];
-        out.copy_from_slice(taken);
-        taken.fill(0);
-        *used += N;
-    });
-    out
-}
-
-/// A random (version 4) UUID from [`public_random`], for identifiers.
-pub fn random_uuid() -> uuid::Uuid {
-    uuid::Builder::from_random_bytes(public_random()).into_uuid()
-}
+pub use lockbox_proto::random::{public_random, random_uuid};
 
 #[cfg(test)]
 mod tests;

@@ -30,7 +30,10 @@ fn caller<T>(request: &tonic::Request<T>) -> Result<CallerCredential, TableError
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+        .map_or_else(
+            || lockbox_proto::random::random_uuid().to_string(),
+            str::to_string,
+        );
     Ok(CallerCredential {
         authorization: zeroize::Zeroizing::new(authorization.to_string()),
         request_id,

@@ -92,7 +92,7 @@ impl Tables {
         }
         let record = TableRecord {
             name: name.to_string(),
-            table_id: uuid::Uuid::new_v4().to_string(),
+            table_id: lockbox_proto::random::random_uuid().to_string(),
             schema,
             kms_key_id: key.key_id,
             service_managed,
