@@ -72,13 +72,30 @@ async fn main() -> ExitCode {
             init_tracing(LogFormat::Text);
             let store = storage.store_path();
             if store.exists() && lockbox_proto::store_lock::is_held(&store) {
-                // A running kms-service initialised it (and must stay its
-                // only user).
-                println!(
-                    "data directory {} is in use by a running kms-service: already initialised",
-                    storage.data_dir.display()
-                );
-                return ExitCode::SUCCESS;
+                // Another process (a running kms-service) holds it and must
+                // stay its only user: nothing can be done here, which is
+                // fine only if nothing asked for is missing.
+                let missing = storage
+                    .table_service_token_file
+                    .as_ref()
+                    .filter(|path| !path.exists());
+                return match missing {
+                    None => {
+                        println!(
+                            "data directory {} is in use by another process (a running kms-service): already initialised, nothing done",
+                            storage.data_dir.display()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Some(path) => {
+                        eprintln!(
+                            "kms-service init: data directory {} is in use by another process (a running kms-service), so the table-service credential {} (KMS_TABLE_SERVICE_TOKEN_FILE / --table-service-token-file) cannot be created; stop kms-service and run init again",
+                            storage.data_dir.display(),
+                            path.display()
+                        );
+                        ExitCode::FAILURE
+                    }
+                };
             }
             let clock = Arc::new(kms_service::clock::SystemClock);
             match server::open(&storage, clock).await {

@@ -646,16 +646,33 @@ fn a_second_process_on_the_same_data_directory_is_refused() {
             "another data directory",
         ],
     );
-    // `init` against the running service's directory changes nothing.
+    // `init` against the running service's directory changes nothing: fine
+    // unless it was asked for something that is missing.
     let out = run(kms()
         .args(["init", "--data-dir"])
         .arg(dir.path().join("data")));
     assert!(out.status.success(), "init: {}", stderr(&out));
     assert!(
-        stdout(&out).contains("in use by a running kms-service: already initialised"),
+        stdout(&out).contains(
+            "in use by another process (a running kms-service): already initialised, nothing done"
+        ),
         "{}",
         stdout(&out)
     );
+    let token = dir.path().join("table-service.token");
+    let out = run(kms()
+        .args(["init", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--table-service-token-file")
+        .arg(&token));
+    assert_fails_with(
+        &out,
+        &[
+            &token.display().to_string(),
+            "stop kms-service and run init again",
+        ],
+    );
+    assert!(!token.exists());
     drop(first);
     let mut again = start(dir.path(), &[]);
     let addr = format!("http://127.0.0.1:{}", again.port);

@@ -206,11 +206,11 @@ fn read(file: &Path) -> Result<toml::Table, clap::Error> {
             format!("cannot read the settings file {}: {e}\n", file.display()),
         )
     };
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
         .map_err(io)?;
-    if text.len() as u64 > MAX_CONFIG_BYTES {
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err(clap::Error::raw(
             ErrorKind::InvalidValue,
             format!(
@@ -219,6 +219,12 @@ fn read(file: &Path) -> Result<toml::Table, clap::Error> {
             ),
         ));
     }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        clap::Error::raw(
+            ErrorKind::InvalidValue,
+            format!("the settings file {} is not UTF-8 text\n", file.display()),
+        )
+    })?;
     text.parse::<toml::Table>().map_err(|e| {
         clap::Error::raw(
             ErrorKind::InvalidValue,

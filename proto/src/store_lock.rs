@@ -16,25 +16,22 @@ pub struct StoreLock {
     _file: File,
 }
 
-/// The lock file of `database`: beside it, in its directory as resolved
-/// (so two paths to one directory through a symbolic link share it).
+/// The lock file of `database`: beside the file it resolves to, so a
+/// database reached through a symbolic link (to it, or to its directory)
+/// has one lock.
 pub fn lock_path(database: &Path) -> PathBuf {
-    let dir = match database.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let mut name = database.file_name().unwrap_or_default().to_owned();
+    let resolved = database
+        .canonicalize()
+        .unwrap_or_else(|_| database.to_path_buf());
+    let mut name = resolved.into_os_string();
     name.push(".lock");
-    dir.join(name)
+    PathBuf::from(name)
 }
 
 /// Whether another process holds the lock of `database` right now (no
 /// waiting).
 pub fn is_held(database: &Path) -> bool {
-    OpenOptions::new()
-        .write(true)
-        .open(lock_path(database))
+    File::open(lock_path(database))
         .is_ok_and(|file| matches!(file.try_lock(), Err(TryLockError::WouldBlock)))
 }
 
@@ -78,13 +75,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_through_a_symbolic_link_share_the_lock() {
+    fn a_database_reached_through_a_symbolic_link_has_one_lock() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        std::fs::create_dir(dir.path().join("real")).expect("mkdir");
-        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link"))
-            .expect("symlink");
-        let _held = lock(&dir.path().join("real/x.db")).expect("lock");
-        assert!(is_held(&dir.path().join("link/x.db")));
+        let real = dir.path().join("x.db");
+        std::fs::write(&real, b"").expect("database file");
+        let link = dir.path().join("y.db");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let _held = lock(&real).expect("lock");
+        assert!(is_held(&link));
+        assert_eq!(lock_path(&link), lock_path(&real));
     }
 
     #[test]

@@ -68,11 +68,19 @@ impl Reader {
         if self.conn.is_autocommit() {
             return Ok(());
         }
-        self.conn
+        let committed = self
+            .conn
             .prepare_cached("COMMIT")
-            .and_then(|mut stmt| stmt.execute([]))
-            .map(drop)
-            .map_err(engine)
+            .and_then(|mut stmt| stmt.execute([]));
+        match committed {
+            Ok(_) => Ok(()),
+            // A read transaction has nothing to keep: whatever stopped the
+            // COMMIT, do not leave it open (it would pin the WAL).
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(engine(e))
+            }
+        }
     }
 
     /// Makes sure a read transaction is open that sees every commit
