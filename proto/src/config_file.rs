@@ -200,40 +200,26 @@ fn longs(command: &Command) -> String {
 }
 
 fn read(file: &Path) -> Result<toml::Table, clap::Error> {
-    let io = |e: std::io::Error| {
+    let bad = |kind, what: String| {
         clap::Error::raw(
-            ErrorKind::Io,
-            format!("cannot read the settings file {}: {e}\n", file.display()),
+            kind,
+            format!("the settings file {} {what}\n", file.display()),
         )
     };
     let mut bytes = Vec::new();
     std::fs::File::open(file)
         .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(io)?;
+        .map_err(|e| bad(ErrorKind::Io, format!("cannot be read: {e}")))?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(clap::Error::raw(
+        return Err(bad(
             ErrorKind::InvalidValue,
-            format!(
-                "the settings file {} is larger than {MAX_CONFIG_BYTES} bytes\n",
-                file.display()
-            ),
+            format!("is larger than {MAX_CONFIG_BYTES} bytes"),
         ));
     }
-    let text = String::from_utf8(bytes).map_err(|_| {
-        clap::Error::raw(
-            ErrorKind::InvalidValue,
-            format!("the settings file {} is not UTF-8 text\n", file.display()),
-        )
-    })?;
-    text.parse::<toml::Table>().map_err(|e| {
-        clap::Error::raw(
-            ErrorKind::InvalidValue,
-            format!(
-                "the settings file {} is not valid TOML: {e}\n",
-                file.display()
-            ),
-        )
-    })
+    let text = String::from_utf8(bytes)
+        .map_err(|_| bad(ErrorKind::InvalidValue, "is not UTF-8 text".into()))?;
+    text.parse::<toml::Table>()
+        .map_err(|e| bad(ErrorKind::InvalidValue, format!("is not valid TOML: {e}")))
 }
 
 /// The command-line words that set `arg` to `value`.

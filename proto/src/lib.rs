@@ -32,6 +32,8 @@ pub mod transport;
 #[cfg(feature = "service")]
 pub mod config_file;
 #[cfg(feature = "service")]
+pub mod job_thread;
+#[cfg(feature = "service")]
 pub mod random;
 #[cfg(feature = "service")]
 pub mod store_lock;

@@ -73,13 +73,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
         let server_tls = config.tls.server_config()?;
         let kms = server::kms_client(&config)?;
         let listener = server::bind(config.listen).await?;
-        // Off the runtime: the store lock may wait for a previous holder.
-        let tables = {
-            let (config, kms) = (config.clone(), kms.clone());
-            tokio::task::spawn_blocking(move || server::open_with(&config, kms))
-                .await
-                .map_err(|e| server::StartError::Config(format!("opening the item store: {e}")))??
-        };
+        let tables = server::open_with(&config, kms.clone()).await?;
         let principal = tokio::select! {
             principal = server::wait_for_kms(&kms, &config) => principal?,
             () = shutdown_signal() => return Ok(()),

@@ -33,9 +33,9 @@ pub enum StartError {
 }
 
 /// Opens the store and the kms-service client.
-pub fn open(config: &ServeConfig) -> Result<Arc<Tables>, StartError> {
+pub async fn open(config: &ServeConfig) -> Result<Arc<Tables>, StartError> {
     let kms = kms_client(config)?;
-    open_with(config, kms)
+    open_with(config, kms).await
 }
 
 /// Reads the service token and makes the (lazily connecting) kms-service
@@ -64,17 +64,24 @@ pub fn kms_client(config: &ServeConfig) -> Result<KmsClient, StartError> {
     )?)
 }
 
-/// Opens the item store with a kms-service client.
-pub fn open_with(config: &ServeConfig, kms: KmsClient) -> Result<Arc<Tables>, StartError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        StartError::Config(format!(
-            "cannot create data directory {} (TABLE_DATA_DIR / --data-dir): {e}",
-            config.data_dir.display()
-        ))
-    })?;
-    let store = SqliteTableStore::open(&config.data_dir.join("tables.db"))
-        .map_err(|e| StartError::Config(format!("cannot open the item store: {e}")))?;
-    Ok(Tables::open(Arc::new(store), kms, config.tables_config())?)
+/// Opens the item store with a kms-service client. Off the runtime: the
+/// store lock may wait for a previous holder, whose tasks this runtime may
+/// still have to drop.
+pub async fn open_with(config: &ServeConfig, kms: KmsClient) -> Result<Arc<Tables>, StartError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            StartError::Config(format!(
+                "cannot create data directory {} (TABLE_DATA_DIR / --data-dir): {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let store = SqliteTableStore::open(&config.data_dir.join("tables.db"))
+            .map_err(|e| StartError::Config(format!("cannot open the item store: {e}")))?;
+        Ok(Tables::open(Arc::new(store), kms, config.tables_config())?)
+    })
+    .await
+    .map_err(|e| StartError::Config(format!("opening the item store: {e}")))?
 }
 
 /// First delay between two start-up probes of kms-service; it doubles up
@@ -318,12 +325,7 @@ pub struct RunningServer {
 impl RunningServer {
     pub async fn start(config: ServeConfig) -> Result<RunningServer, StartError> {
         let tls = config.tls.server_config()?;
-        // Off the runtime: the store lock may wait for a previous holder,
-        // whose tasks this runtime may still have to drop.
-        let for_open = config.clone();
-        let tables = tokio::task::spawn_blocking(move || open(&for_open))
-            .await
-            .map_err(|e| StartError::Config(format!("opening the item store: {e}")))??;
+        let tables = open(&config).await?;
         let listener = bind(config.listen).await?;
         let addr = listener
             .local_addr()

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
+use lockbox_proto::job_thread::JobThread;
 use tokio::sync::watch;
 
 use super::{Mutation, Store, StoreError};
@@ -20,11 +21,9 @@ use super::{Mutation, Store, StoreError};
 type Job = (u64, Vec<Mutation>);
 
 pub struct GroupCommitter {
-    /// `None` only while being dropped.
-    queue: Option<mpsc::Sender<Job>>,
     /// The commit thread, joined on drop so the store is closed (and its
     /// lock let go) by the time the committer is gone.
-    thread: Option<std::thread::JoinHandle<()>>,
+    queue: JobThread<Job>,
     enqueued: AtomicU64,
     durable: watch::Receiver<u64>,
     poisoned: Arc<AtomicBool>,
@@ -36,17 +35,15 @@ pub const DEFAULT_MAX_BATCH: usize = 4096;
 
 impl GroupCommitter {
     pub fn start(store: Arc<dyn Store>) -> Self {
-        let (queue, jobs) = mpsc::channel::<Job>();
         let (durable_tx, durable) = watch::channel(0u64);
         let poisoned = Arc::new(AtomicBool::new(false));
         let flag = poisoned.clone();
-        let thread = std::thread::Builder::new()
-            .name("kms-store-commit".into())
-            .spawn(move || run(store, jobs, durable_tx, flag, DEFAULT_MAX_BATCH))
-            .expect("spawn store commit thread");
+        let queue = JobThread::spawn("kms-store-commit", move |jobs| {
+            run(store, jobs, durable_tx, flag, DEFAULT_MAX_BATCH)
+        })
+        .expect("spawn store commit thread");
         GroupCommitter {
-            queue: Some(queue),
-            thread: Some(thread),
+            queue,
             enqueued: AtomicU64::new(0),
             durable,
             poisoned,
@@ -63,8 +60,6 @@ impl GroupCommitter {
         debug_assert!(batch.len() <= self.max_batch);
         let seq = self.enqueued.fetch_add(1, Ordering::AcqRel) + 1;
         self.queue
-            .as_ref()
-            .ok_or(StoreError::Poisoned)?
             .send((seq, batch))
             .map_err(|_| StoreError::Poisoned)?;
         Ok(seq)
@@ -97,16 +92,6 @@ impl GroupCommitter {
             Err(StoreError::Poisoned)
         } else {
             Ok(())
-        }
-    }
-}
-
-impl Drop for GroupCommitter {
-    /// Lets the thread commit what is queued, then waits for it to end.
-    fn drop(&mut self) {
-        drop(self.queue.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }

@@ -140,7 +140,27 @@ fn a_bad_value_is_refused_naming_the_file_and_key() {
 fn a_missing_or_malformed_file_is_refused() {
     let message = serve(&["--config", "/nonexistent/lockbox.toml"]).expect_err("refused");
     assert!(
-        message.contains("cannot read the settings file /nonexistent/lockbox.toml"),
+        message.contains("the settings file /nonexistent/lockbox.toml cannot be read"),
+        "{message}"
+    );
+    // At most MAX_CONFIG_BYTES are read, even of a file that is one long
+    // comment.
+    let mut big = vec![b'#'; super::MAX_CONFIG_BYTES as usize + 1];
+    big.push(b'\n');
+    let file = tempfile::NamedTempFile::new().expect("temporary file");
+    std::fs::write(file.path(), &big).expect("write");
+    let path = file.path().display().to_string();
+    let message = serve(&["--config", &path]).expect_err("refused");
+    assert!(
+        message.contains(&format!(
+            "the settings file {path} is larger than 1048576 bytes"
+        )),
+        "{message}"
+    );
+    std::fs::write(file.path(), b"listen = \"\xff\"\n").expect("write");
+    let message = serve(&["--config", &path]).expect_err("refused");
+    assert!(
+        message.contains(&format!("the settings file {path} is not UTF-8 text")),
         "{message}"
     );
     let (serve, path) = with_file("listen = \n", &[]);

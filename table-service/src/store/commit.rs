@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
+use lockbox_proto::job_thread::JobThread;
 use tokio::sync::oneshot;
 
 use super::{Mutation, StoreError, TableStore};
@@ -13,30 +14,21 @@ use super::{Mutation, StoreError, TableStore};
 type Job = (Vec<Mutation>, oneshot::Sender<Result<(), String>>);
 
 pub struct GroupCommit {
-    /// `None` only while being dropped.
-    queue: Option<mpsc::Sender<Job>>,
-    poisoned: Arc<AtomicBool>,
     /// The commit thread, joined on drop so the store is closed (and its
     /// lock let go) by the time the committer is gone.
-    thread: Option<std::thread::JoinHandle<()>>,
+    queue: JobThread<Job>,
+    poisoned: Arc<AtomicBool>,
 }
 
 const MAX_BATCH: usize = 4096;
 
 impl GroupCommit {
     pub fn start(store: Arc<dyn TableStore>) -> Self {
-        let (queue, jobs) = mpsc::channel::<Job>();
         let poisoned = Arc::new(AtomicBool::new(false));
         let flag = poisoned.clone();
-        let thread = std::thread::Builder::new()
-            .name("table-store-commit".into())
-            .spawn(move || run(store, jobs, flag))
+        let queue = JobThread::spawn("table-store-commit", move |jobs| run(store, jobs, flag))
             .expect("spawn store commit thread");
-        GroupCommit {
-            queue: Some(queue),
-            poisoned,
-            thread: Some(thread),
-        }
+        GroupCommit { queue, poisoned }
     }
 
     /// Commits `batch` together with whatever else is queued; returns once
@@ -47,24 +39,12 @@ impl GroupCommit {
         }
         let (tx, rx) = oneshot::channel();
         self.queue
-            .as_ref()
-            .ok_or(StoreError::Poisoned)?
             .send((batch, tx))
             .map_err(|_| StoreError::Poisoned)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Engine(e)),
             Err(_) => Err(StoreError::Poisoned),
-        }
-    }
-}
-
-impl Drop for GroupCommit {
-    /// Lets the thread commit what is queued, then waits for it to end.
-    fn drop(&mut self) {
-        drop(self.queue.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
         }
     }
 }

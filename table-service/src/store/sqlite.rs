@@ -372,6 +372,36 @@ impl TableStore for SqliteTableStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests::wal_truncate_busy;
+
+    fn open_transactions(store: &SqliteTableStore) -> usize {
+        store
+            .readers
+            .iter()
+            .filter(|r| !r.lock().expect("reader").conn.is_autocommit())
+            .count()
+    }
+
+    /// A reader keeps its transaction after a read that succeeded, for the
+    /// next one, and ends it after a read that failed.
+    #[test]
+    fn a_failed_read_ends_its_transaction() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteTableStore::open(&dir.path().join("items.sqlite")).expect("open");
+        for _ in 0..READERS {
+            store.load_tables().expect("read");
+        }
+        assert_eq!(open_transactions(&store), READERS);
+        for _ in 0..READERS {
+            let failed = store.read(|conn| -> Result<(), StoreError> {
+                conn.query_row("SELECT COUNT(*) FROM items", [], |r| r.get::<_, i64>(0))
+                    .map_err(engine)?;
+                Err(StoreError::Corrupt("made up".into()))
+            });
+            assert!(failed.is_err());
+        }
+        assert_eq!(open_transactions(&store), 0);
+    }
 
     /// A read that panics inside its transaction leaves no transaction
     /// open behind it (it would pin the WAL for good): the next use of that
@@ -402,14 +432,11 @@ mod tests {
             assert!(panicked.is_err());
         }
         store.commit(&[put(2)]).expect("commit");
-        let other = Connection::open(&path).expect("second connection");
-        other
-            .busy_timeout(std::time::Duration::ZERO)
-            .expect("no wait");
-        let busy: i64 = other
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-            .expect("checkpoint");
-        assert_eq!(busy, 0, "a panicked read still holds the WAL");
+        assert_eq!(
+            wal_truncate_busy(&path),
+            0,
+            "a panicked read still holds the WAL"
+        );
         for _ in 0..READERS {
             assert_eq!(store.get_item("t", &key).expect("read"), Some(vec![2]));
         }

@@ -1064,15 +1064,7 @@ fn sqlite_idle_readers_hold_no_snapshot_after_a_commit() {
     let path = dir.path().join("items.sqlite");
     let store = SqliteTableStore::open(&path).expect("open");
     let item = key(b"p", b"s");
-    let checkpoint = || -> i64 {
-        let other = rusqlite::Connection::open(&path).expect("open a second connection");
-        other
-            .busy_timeout(std::time::Duration::ZERO)
-            .expect("no wait");
-        other
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-            .expect("checkpoint")
-    };
+    let checkpoint = || wal_truncate_busy(&path);
     for round in 0..3u8 {
         store.commit(&[put(T1, &item, &[round])]).expect("commit");
         // Every reader now keeps a snapshot of this commit...
@@ -1086,4 +1078,17 @@ fn sqlite_idle_readers_hold_no_snapshot_after_a_commit() {
             .expect("commit");
         assert_eq!(checkpoint(), 0, "a reader still holds the WAL");
     }
+}
+
+/// Runs a TRUNCATE checkpoint of the SQLite database at `path` from a
+/// connection of its own, without waiting: 1 if a reader still holds the
+/// WAL, 0 if it was checkpointed and emptied.
+pub(super) fn wal_truncate_busy(path: &std::path::Path) -> i64 {
+    let other = rusqlite::Connection::open(path).expect("open a second connection");
+    other
+        .busy_timeout(std::time::Duration::ZERO)
+        .expect("no wait");
+    other
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .expect("checkpoint")
 }
