@@ -20,6 +20,12 @@ use crate::service::{Credentials, Kms};
 pub const ON_BEHALF_OF: &str = "x-on-behalf-of";
 /// Request id metadata, propagated from callers and echoed in audit records.
 pub const REQUEST_ID: &str = "x-request-id";
+/// Metadata a service sets to make a call conditional on the end caller
+/// also being allowed `<action> <resource>` (once per pair).
+pub const AUTHORIZE: &str = "x-authorize";
+/// Response metadata naming the principal a call made on behalf of someone
+/// (`x-on-behalf-of`) was decided for, on success and on error alike.
+pub const PRINCIPAL: &str = "x-principal";
 
 /// Both gRPC services over one shared [`Kms`].
 pub fn services(kms: Arc<Kms>) -> (KeyManagementGrpc, IdentityGrpc) {
@@ -41,5 +47,43 @@ fn credentials<T>(request: &tonic::Request<T>) -> Credentials {
             .filter(|id| !id.is_empty() && id.len() <= 128)
             .unwrap_or_else(|| crate::crypto::random_uuid().to_string()),
         source_address: request.remote_addr().map(|a| a.to_string()),
+        // A value that is not visible ASCII is kept as an empty string,
+        // which `x-authorize` parsing refuses, rather than dropped.
+        required: meta
+            .get_all(AUTHORIZE)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default().to_string())
+            .collect(),
+        principal: std::sync::OnceLock::new(),
+    }
+}
+
+/// The answer to a call: the result as a response or a status, with the
+/// principal it was decided for in `x-principal` when a service made it on
+/// behalf of someone.
+fn reply<T>(
+    creds: &Credentials,
+    result: Result<T, crate::error::KmsError>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let principal = creds
+        .on_behalf_of
+        .as_ref()
+        .and(creds.principal.get())
+        .and_then(|p| p.parse::<tonic::metadata::MetadataValue<_>>().ok());
+    match result {
+        Ok(message) => {
+            let mut response = tonic::Response::new(message);
+            if let Some(p) = principal {
+                response.metadata_mut().insert(PRINCIPAL, p);
+            }
+            Ok(response)
+        }
+        Err(e) => {
+            let mut status = to_status(&e);
+            if let Some(p) = principal {
+                status.metadata_mut().insert(PRINCIPAL, p);
+            }
+            Err(status)
+        }
     }
 }

@@ -59,6 +59,13 @@ pub struct Credentials {
     pub on_behalf_of: Option<String>,
     pub request_id: String,
     pub source_address: Option<String>,
+    /// The `x-authorize` metadata values a service sent: `<action>
+    /// <resource>` pairs the call is conditional on (see
+    /// [`Ctx::require`]), unparsed.
+    pub required: Vec<String>,
+    /// Set once the caller is authenticated: the principal decisions are
+    /// made for (the end caller, when a service forwards one).
+    pub principal: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -69,6 +76,8 @@ impl std::fmt::Debug for Credentials {
             .field("on_behalf_of", &shown(&self.on_behalf_of))
             .field("request_id", &self.request_id)
             .field("source_address", &self.source_address)
+            .field("required", &self.required)
+            .field("principal", &self.principal.get())
             .finish()
     }
 }
@@ -173,9 +182,6 @@ impl Kms {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs one request: authenticates (unless `public`), calls `work`, then
-    /// writes the audit record and waits for durability of everything the
-    /// answer depends on.
     /// Answers a request that could not even be read (an unknown enum
     /// value, contradictory fields) like any other: the caller is
     /// authenticated first (a missing or bad credential is reported as
@@ -189,6 +195,10 @@ impl Kms {
         self.run(creds, event_name, |_| Err(error)).await
     }
 
+    /// Runs one request: authenticates the caller, decides what the call
+    /// was made conditional on (`x-authorize`), calls `work`, then writes
+    /// the audit record and waits for durability of everything the answer
+    /// depends on.
     async fn run<T>(
         &self,
         creds: &Credentials,
@@ -217,8 +227,9 @@ impl Kms {
                 Ok(caller) => {
                     ctx.event.principal = Some(caller.principal.clone());
                     ctx.event.via_service = caller.via_service.clone();
+                    let _ = creds.principal.set(caller.principal.clone());
                     ctx.caller = Some(caller);
-                    work(&mut ctx)
+                    ctx.require(&creds.required).and_then(|()| work(&mut ctx))
                 }
                 Err(e) => Err(e),
             }

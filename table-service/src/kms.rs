@@ -375,6 +375,60 @@ impl KmsClient {
         })
     }
 
+    /// [`KmsClient::decrypt`] made conditional on the caller also being
+    /// allowed `action` on `resource` (`x-authorize`), so kms-service
+    /// decides both in one call: a refusal of either is the error. Returns
+    /// the principal kms-service decided for (from `x-principal`, also on
+    /// most errors) beside the result. A kms-service that does not confirm
+    /// the principal on success did not decide `action`, so the answer is
+    /// refused rather than trusted.
+    pub async fn decrypt_authorized(
+        &self,
+        caller: &CallerCredential,
+        (action, resource): (&str, &str),
+        wrapped: &[u8],
+        context: HashMap<String, String>,
+    ) -> (Option<String>, Result<Zeroizing<Vec<u8>>, TableError>) {
+        let request = self
+            .request(
+                caller,
+                pb::DecryptRequest {
+                    ciphertext_blob: wrapped.to_vec(),
+                    encryption_context: context,
+                    key_id: String::new(),
+                    grant_tokens: vec![],
+                },
+            )
+            .and_then(|mut request| {
+                let value = format!("{action} {resource}").parse().map_err(|_| {
+                    TableError::Internal(format!("{action} {resource} is not valid metadata"))
+                })?;
+                request.metadata_mut().insert(AUTHORIZE, value);
+                Ok(request)
+            });
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return (None, Err(e)),
+        };
+        match self.kms.clone().decrypt(request).await {
+            Ok(response) => match principal(response.metadata()) {
+                Some(principal) => (
+                    Some(principal),
+                    Ok(Zeroizing::new(response.into_inner().plaintext)),
+                ),
+                None => (
+                    None,
+                    Err(TableError::Internal(format!(
+                        "kms-service at {} answered a Decrypt conditional on {action} without \
+                         naming the principal it decided for; it may predate x-authorize",
+                        self.endpoint
+                    ))),
+                ),
+            },
+            Err(status) => (principal(status.metadata()), Err(self.error(status))),
+        }
+    }
+
     pub async fn decrypt(
         &self,
         caller: &CallerCredential,
@@ -400,6 +454,19 @@ impl KmsClient {
             .into_inner();
         Ok(Zeroizing::new(reply.plaintext))
     }
+}
+
+/// Metadata that makes a call conditional on the end caller also being
+/// allowed `<action> <resource>` (kms-service decides it first).
+const AUTHORIZE: &str = "x-authorize";
+
+/// The principal kms-service names in `x-principal` on a call made on
+/// behalf of someone.
+fn principal(meta: &tonic::metadata::MetadataMap) -> Option<String> {
+    meta.get("x-principal")
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
 }
 
 #[cfg(test)]

@@ -121,6 +121,18 @@ fn integrity(table: &TableRecord) -> TableError {
     }
 }
 
+/// An error of kms-service unwrapping an item's data key, as the caller
+/// sees it: a wrapped key that does not belong to this item (copied from
+/// elsewhere) is an integrity error of the table.
+fn unwrap_error(table: &TableRecord, error: TableError) -> TableError {
+    match error {
+        TableError::Kms { reason, .. } if reason == "InvalidCiphertextException" => {
+            integrity(table)
+        }
+        other => other,
+    }
+}
+
 /// Authenticates and decrypts a stored item with its data key.
 fn open_envelope(
     table: &TableRecord,
@@ -358,14 +370,7 @@ impl Tables {
                 envelope::data_key_context(&table.table_id, &stored.key),
             )
             .await
-            .map_err(|e| match e {
-                // The wrapped key does not belong to this item: it was
-                // copied from elsewhere.
-                TableError::Kms { reason, .. } if reason == "InvalidCiphertextException" => {
-                    integrity(table)
-                }
-                other => other,
-            })
+            .map_err(|e| unwrap_error(table, e))
     }
 
     /// Opens many items with their data keys unwrapped concurrently, in

@@ -39,7 +39,9 @@
 //!   - **PutItem** (cache off): `Authorize` + `GenerateDataKey`, then seal
 //!     and store.
 //!   - **GetItem** (cache off / cache on): one of the 1000 items, each
-//!     client task walking through them; the answer is checked.
+//!     client task walking through them; the answer is checked. Cache
+//!     off, it is one `Decrypt` conditional on `table:GetItem`
+//!     (`x-authorize`); cache on, no kms-service call.
 //!   - **Query** (cache off): the whole 100-item partition `q` as one page
 //!     (`limit` 100): `Authorize` + 100 `Decrypt`s, which table-service
 //!     issues concurrently. 100 items, in sort-key order, are checked.

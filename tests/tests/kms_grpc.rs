@@ -559,3 +559,107 @@ async fn unreadable_requests_are_authenticated_and_audited() {
     assert_eq!(lines[0]["decision"], "Unauthenticated");
     assert_eq!(lines[1]["principal"], "user/admin");
 }
+
+/// A service's call on behalf of a user is answered with the user's
+/// principal in `x-principal` (on success and on refusal), and
+/// `x-authorize` metadata (repeatable) makes it conditional on the user
+/// also being allowed each table action named.
+#[tokio::test]
+async fn x_authorize_conditions_a_call_and_x_principal_names_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = start(dir.path()).await;
+    let ch = channel(&kms).await;
+    let mut iam_client = IdentityServiceClient::new(ch);
+    let mut token_for = async |name: &str, kind: iam::PrincipalKind, policy: Option<&str>| {
+        iam_client
+            .create_user(authed(
+                &kms.admin,
+                iam::CreateUserRequest {
+                    user_name: name.into(),
+                    kind: kind.into(),
+                },
+            ))
+            .await
+            .unwrap();
+        if let Some(policy) = policy {
+            iam_client
+                .attach_user_policy(authed(
+                    &kms.admin,
+                    iam::AttachUserPolicyRequest {
+                        user_name: name.into(),
+                        policy_name: policy.into(),
+                    },
+                ))
+                .await
+                .unwrap();
+        }
+        iam_client
+            .create_access_token(authed(
+                &kms.admin,
+                iam::CreateAccessTokenRequest {
+                    user_name: match kind {
+                        iam::PrincipalKind::Service => format!("service/{name}"),
+                        _ => name.to_string(),
+                    },
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    };
+    let service = token_for("tables", iam::PrincipalKind::Service, None).await;
+    let bob = token_for("bob", iam::PrincipalKind::User, Some("TableReadOnlyAccess")).await;
+    let mut iam_client = IdentityServiceClient::new(channel(&kms).await);
+    let call = |required: &[&[u8]]| {
+        let mut request = authed(&service, iam::GetCallerIdentityRequest {});
+        let meta = request.metadata_mut();
+        meta.insert("x-on-behalf-of", format!("Bearer {bob}").parse().unwrap());
+        for value in required {
+            meta.append("x-authorize", MetadataValue::try_from(*value).unwrap());
+        }
+        request
+    };
+    let principal = |meta: &tonic::metadata::MetadataMap| {
+        meta.get("x-principal")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+
+    let allowed = iam_client
+        .get_caller_identity(call(&[b"table:GetItem table/orders"]))
+        .await
+        .unwrap();
+    assert_eq!(principal(allowed.metadata()).as_deref(), Some("user/bob"));
+    assert_eq!(allowed.into_inner().principal, "user/bob");
+
+    let refused = iam_client
+        .get_caller_identity(call(&[
+            b"table:GetItem table/orders",
+            b"table:PutItem table/orders",
+        ]))
+        .await;
+    let status = refused.as_ref().expect_err("PutItem is not allowed");
+    assert_eq!(principal(status.metadata()).as_deref(), Some("user/bob"));
+    check_status(
+        refused,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        "User: user/bob is not authorized to perform: table:PutItem on resource: table/orders",
+    );
+    check_status(
+        iam_client
+            .get_caller_identity(call(&[b"table:GetItem table/\xe9"]))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "is not \"<action> <resource>\"",
+    );
+
+    // A direct call names no principal in metadata.
+    let direct = iam_client
+        .get_caller_identity(authed(&bob, iam::GetCallerIdentityRequest {}))
+        .await
+        .unwrap();
+    assert_eq!(principal(direct.metadata()), None);
+    kms.server.stop().await.unwrap();
+}

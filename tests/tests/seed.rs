@@ -643,10 +643,12 @@ async fn data_key_cache_is_per_principal_and_expires() {
 
 /// A user named in the key policy (kms:Decrypt) but without the table
 /// right, one with the table right but no key right, one with neither.
-/// With the data-key cache off, table-service asks kms-service for the
-/// table decision and the data key at the same time; the answers must be
-/// those of the one-after-another path (cache on): the table decision
-/// first, then the table and key checks, then the unwrapping.
+/// With the data-key cache off, table-service reads an existing item with
+/// one kms-service call, a Decrypt made conditional on `table:GetItem`
+/// (`x-authorize`), and asks for the decision alone only when there is no
+/// key to unwrap; the answers must be those of the one-after-another path
+/// (cache on): the table decision first, then the table and key checks,
+/// then the unwrapping.
 #[tokio::test]
 async fn get_item_errors_are_the_same_whether_or_not_its_kms_calls_overlap() {
     for ttl in [0, 60] {
@@ -764,6 +766,8 @@ async fn get_item_errors_are_the_same_whether_or_not_its_kms_calls_overlap() {
             .into_inner()
             .item;
         assert!(missing.is_empty(), "ttl {ttl}: {missing:?}");
+        let log = stack.dir.path().join("kms/audit/audit.jsonl");
+        let before = std::fs::read_to_string(&log).unwrap().lines().count();
         let got = tables
             .get_item(get(&admin, "overlap", a()))
             .await
@@ -771,6 +775,30 @@ async fn get_item_errors_are_the_same_whether_or_not_its_kms_calls_overlap() {
             .into_inner()
             .item;
         assert_eq!(got.get("secret"), Some(&s("x")), "ttl {ttl}");
+        // Its records are durable before the answer.
+        let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .skip(before)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let calls: Vec<(&str, &serde_json::Value)> = records
+            .iter()
+            .map(|r| (r["event_name"].as_str().unwrap(), &r["resources"]))
+            .collect();
+        let key_resource = format!("key/{key}");
+        if ttl == 0 {
+            let both = serde_json::json!(["table/overlap", key_resource]);
+            assert_eq!(calls, [("Decrypt", &both)], "ttl {ttl}");
+        } else {
+            let table = serde_json::json!(["table/overlap"]);
+            let key = serde_json::json!([key_resource]);
+            assert_eq!(
+                calls,
+                [("Authorize", &table), ("Decrypt", &key)],
+                "ttl {ttl}"
+            );
+        }
         stack.tables.stop().await.unwrap();
         stack.kms.stop().await.unwrap();
     }

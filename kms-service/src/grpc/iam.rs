@@ -7,7 +7,7 @@ use lockbox_proto::iam::v1::identity_service_server::IdentityService;
 use tonic::{Request, Response, Status};
 
 use super::convert::timestamp;
-use super::{credentials, to_status};
+use super::{credentials, reply};
 use crate::error::KmsError;
 use crate::identity::{PrincipalKind, PrincipalRecord};
 use crate::service::Kms;
@@ -20,10 +20,6 @@ impl IdentityGrpc {
     pub fn new(kms: Arc<Kms>) -> Self {
         IdentityGrpc { kms }
     }
-}
-
-fn reply<T>(result: Result<T, KmsError>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(|e| to_status(&e))
 }
 
 fn user(r: &PrincipalRecord) -> pb::User {
@@ -59,9 +55,12 @@ impl IdentityService for IdentityGrpc {
             Ok(kind) => self.kms.create_user(&creds, &r.user_name, kind).await,
             Err(e) => self.kms.refuse(&creds, "CreateUser", e).await,
         };
-        reply(result.map(|u| pb::CreateUserResponse {
-            user: Some(user(&u)),
-        }))
+        reply(
+            &creds,
+            result.map(|u| pb::CreateUserResponse {
+                user: Some(user(&u)),
+            }),
+        )
     }
 
     async fn get_user(
@@ -71,11 +70,14 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.get_user(&creds, &r.user_name).await;
-        reply(result.map(|u| pb::GetUserResponse {
-            user: Some(user(&u)),
-            attached_policies: u.attached.iter().cloned().collect(),
-            inline_policies: u.inline.keys().cloned().collect(),
-        }))
+        reply(
+            &creds,
+            result.map(|u| pb::GetUserResponse {
+                user: Some(user(&u)),
+                attached_policies: u.attached.iter().cloned().collect(),
+                inline_policies: u.inline.keys().cloned().collect(),
+            }),
+        )
     }
 
     async fn list_users(
@@ -85,11 +87,14 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.list_users(&creds, r.limit, &r.marker).await;
-        reply(result.map(|page| pb::ListUsersResponse {
-            users: page.items.iter().map(user).collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
-        }))
+        reply(
+            &creds,
+            result.map(|page| pb::ListUsersResponse {
+                users: page.items.iter().map(user).collect(),
+                truncated: page.next_marker.is_some(),
+                next_marker: page.next_marker.unwrap_or_default(),
+            }),
+        )
     }
 
     async fn delete_user(
@@ -99,7 +104,7 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.delete_user(&creds, &r.user_name).await;
-        reply(result.map(|()| pb::DeleteUserResponse {}))
+        reply(&creds, result.map(|()| pb::DeleteUserResponse {}))
     }
 
     async fn create_access_token(
@@ -109,11 +114,14 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.create_access_token(&creds, &r.user_name).await;
-        reply(result.map(|t| pb::CreateAccessTokenResponse {
-            token_id: t.token_id,
-            token: t.token.to_string(),
-            principal: t.principal,
-        }))
+        reply(
+            &creds,
+            result.map(|t| pb::CreateAccessTokenResponse {
+                token_id: t.token_id,
+                token: t.token.to_string(),
+                principal: t.principal,
+            }),
+        )
     }
 
     async fn list_access_tokens(
@@ -123,8 +131,9 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.list_access_tokens(&creds, &r.user_name).await;
-        reply(result.map(|tokens| {
-            pb::ListAccessTokensResponse {
+        reply(
+            &creds,
+            result.map(|tokens| pb::ListAccessTokensResponse {
                 tokens: tokens
                     .into_iter()
                     .map(|t| pb::AccessTokenMetadata {
@@ -134,8 +143,8 @@ impl IdentityService for IdentityGrpc {
                         revoked: t.revoked.is_some(),
                     })
                     .collect(),
-            }
-        }))
+            }),
+        )
     }
 
     async fn delete_access_token(
@@ -148,7 +157,7 @@ impl IdentityService for IdentityGrpc {
             .kms
             .delete_access_token(&creds, &r.user_name, &r.token_id)
             .await;
-        reply(result.map(|()| pb::DeleteAccessTokenResponse {}))
+        reply(&creds, result.map(|()| pb::DeleteAccessTokenResponse {}))
     }
 
     async fn attach_user_policy(
@@ -161,7 +170,7 @@ impl IdentityService for IdentityGrpc {
             .kms
             .attach_user_policy(&creds, &r.user_name, &r.policy_name)
             .await;
-        reply(result.map(|()| pb::AttachUserPolicyResponse {}))
+        reply(&creds, result.map(|()| pb::AttachUserPolicyResponse {}))
     }
 
     async fn detach_user_policy(
@@ -174,7 +183,7 @@ impl IdentityService for IdentityGrpc {
             .kms
             .detach_user_policy(&creds, &r.user_name, &r.policy_name)
             .await;
-        reply(result.map(|()| pb::DetachUserPolicyResponse {}))
+        reply(&creds, result.map(|()| pb::DetachUserPolicyResponse {}))
     }
 
     async fn put_user_policy(
@@ -187,7 +196,7 @@ impl IdentityService for IdentityGrpc {
             .kms
             .put_user_policy(&creds, &r.user_name, &r.policy_name, &r.policy_document)
             .await;
-        reply(result.map(|()| pb::PutUserPolicyResponse {}))
+        reply(&creds, result.map(|()| pb::PutUserPolicyResponse {}))
     }
 
     async fn delete_user_policy(
@@ -200,7 +209,7 @@ impl IdentityService for IdentityGrpc {
             .kms
             .delete_user_policy(&creds, &r.user_name, &r.policy_name)
             .await;
-        reply(result.map(|()| pb::DeleteUserPolicyResponse {}))
+        reply(&creds, result.map(|()| pb::DeleteUserPolicyResponse {}))
     }
 
     async fn list_user_policies(
@@ -210,10 +219,13 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.list_user_policies(&creds, &r.user_name).await;
-        reply(result.map(|u| pb::ListUserPoliciesResponse {
-            attached_policies: u.attached.iter().cloned().collect(),
-            inline_policies: u.inline.keys().cloned().collect(),
-        }))
+        reply(
+            &creds,
+            result.map(|u| pb::ListUserPoliciesResponse {
+                attached_policies: u.attached.iter().cloned().collect(),
+                inline_policies: u.inline.keys().cloned().collect(),
+            }),
+        )
     }
 
     async fn list_policies(
@@ -222,8 +234,9 @@ impl IdentityService for IdentityGrpc {
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
         let creds = credentials(&request);
         let result = self.kms.list_policies(&creds).await;
-        reply(result.map(|policies| {
-            pb::ListPoliciesResponse {
+        reply(
+            &creds,
+            result.map(|policies| pb::ListPoliciesResponse {
                 policies: policies
                     .into_iter()
                     .map(|(name, doc)| pb::ManagedPolicy {
@@ -231,8 +244,8 @@ impl IdentityService for IdentityGrpc {
                         policy_document: doc.to_string(),
                     })
                     .collect(),
-            }
-        }))
+            }),
+        )
     }
 
     async fn get_caller_identity(
@@ -241,11 +254,14 @@ impl IdentityService for IdentityGrpc {
     ) -> Result<Response<pb::GetCallerIdentityResponse>, Status> {
         let creds = credentials(&request);
         let result = self.kms.get_caller_identity(&creds).await;
-        reply(result.map(|c| pb::GetCallerIdentityResponse {
-            principal: c.principal,
-            token_id: c.token_id,
-            via_service: c.via_service.unwrap_or_default(),
-        }))
+        reply(
+            &creds,
+            result.map(|c| pb::GetCallerIdentityResponse {
+                principal: c.principal,
+                token_id: c.token_id,
+                via_service: c.via_service.unwrap_or_default(),
+            }),
+        )
     }
 
     async fn authorize(
@@ -260,8 +276,9 @@ impl IdentityService for IdentityGrpc {
             .map(|q| (q.action, q.resource))
             .collect();
         let result = self.kms.authorize_questions(&creds, &questions).await;
-        reply(result.map(|(principal, answers)| {
-            pb::AuthorizeResponse {
+        reply(
+            &creds,
+            result.map(|(principal, answers)| pb::AuthorizeResponse {
                 principal,
                 answers: answers
                     .into_iter()
@@ -279,7 +296,7 @@ impl IdentityService for IdentityGrpc {
                         message: a.message,
                     })
                     .collect(),
-            }
-        }))
+            }),
+        )
     }
 }

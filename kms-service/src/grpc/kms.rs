@@ -7,7 +7,7 @@ use lockbox_proto::kms::v1::key_management_service_server::KeyManagementService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, context, timestamp};
-use super::{credentials, to_status};
+use super::{credentials, reply};
 use crate::error::KmsError;
 use crate::service::{CreateGrantInput, CreateKeyInput, DataKeyLength, Kms, data_key_length};
 
@@ -19,10 +19,6 @@ impl KeyManagementGrpc {
     pub fn new(kms: Arc<Kms>) -> Self {
         KeyManagementGrpc { kms }
     }
-}
-
-fn reply<T>(result: Result<T, KmsError>) -> Result<Response<T>, Status> {
-    result.map(Response::new).map_err(|e| to_status(&e))
 }
 
 fn data_key_spec(value: i32) -> Result<Option<DataKeyLength>, KmsError> {
@@ -61,9 +57,12 @@ impl KeyManagementService for KeyManagementGrpc {
             Ok(input) => self.kms.create_key(&creds, input).await,
             Err(e) => self.kms.refuse(&creds, "CreateKey", e).await,
         };
-        reply(result.map(|k| pb::CreateKeyResponse {
-            key_metadata: Some(convert::key_metadata(&k)),
-        }))
+        reply(
+            &creds,
+            result.map(|k| pb::CreateKeyResponse {
+                key_metadata: Some(convert::key_metadata(&k)),
+            }),
+        )
     }
 
     async fn describe_key(
@@ -76,9 +75,12 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .describe_key(&creds, &r.key_id, &r.grant_tokens)
             .await;
-        reply(result.map(|k| pb::DescribeKeyResponse {
-            key_metadata: Some(convert::key_metadata(&k)),
-        }))
+        reply(
+            &creds,
+            result.map(|k| pb::DescribeKeyResponse {
+                key_metadata: Some(convert::key_metadata(&k)),
+            }),
+        )
     }
 
     async fn list_keys(
@@ -88,8 +90,9 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.list_keys(&creds, r.limit, &r.marker).await;
-        reply(result.map(|page| {
-            pb::ListKeysResponse {
+        reply(
+            &creds,
+            result.map(|page| pb::ListKeysResponse {
                 keys: page
                     .items
                     .into_iter()
@@ -100,8 +103,8 @@ impl KeyManagementService for KeyManagementGrpc {
                     .collect(),
                 truncated: page.next_marker.is_some(),
                 next_marker: page.next_marker.unwrap_or_default(),
-            }
-        }))
+            }),
+        )
     }
 
     async fn update_key_description(
@@ -114,7 +117,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .update_key_description(&creds, &r.key_id, &r.description)
             .await;
-        reply(result.map(|()| pb::UpdateKeyDescriptionResponse {}))
+        reply(&creds, result.map(|()| pb::UpdateKeyDescriptionResponse {}))
     }
 
     async fn enable_key(
@@ -124,6 +127,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         reply(
+            &creds,
             self.kms
                 .enable_key(&creds, &r.key_id)
                 .await
@@ -138,6 +142,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         reply(
+            &creds,
             self.kms
                 .disable_key(&creds, &r.key_id)
                 .await
@@ -155,12 +160,15 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .schedule_key_deletion(&creds, &r.key_id, r.pending_window_in_days)
             .await;
-        reply(result.map(|k| pb::ScheduleKeyDeletionResponse {
-            key_id: k.key_id.clone(),
-            deletion_date: k.deletion_date.and_then(timestamp),
-            key_state: convert::key_state_out(k.state),
-            pending_window_in_days: k.pending_window_days,
-        }))
+        reply(
+            &creds,
+            result.map(|k| pb::ScheduleKeyDeletionResponse {
+                key_id: k.key_id.clone(),
+                deletion_date: k.deletion_date.and_then(timestamp),
+                key_state: convert::key_state_out(k.state),
+                pending_window_in_days: k.pending_window_days,
+            }),
+        )
     }
 
     async fn cancel_key_deletion(
@@ -170,7 +178,10 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.cancel_key_deletion(&creds, &r.key_id).await;
-        reply(result.map(|key_id| pb::CancelKeyDeletionResponse { key_id }))
+        reply(
+            &creds,
+            result.map(|key_id| pb::CancelKeyDeletionResponse { key_id }),
+        )
     }
 
     async fn create_alias(
@@ -183,7 +194,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .create_alias(&creds, &r.alias_name, &r.target_key_id)
             .await;
-        reply(result.map(|()| pb::CreateAliasResponse {}))
+        reply(&creds, result.map(|()| pb::CreateAliasResponse {}))
     }
 
     async fn update_alias(
@@ -196,7 +207,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .update_alias(&creds, &r.alias_name, &r.target_key_id)
             .await;
-        reply(result.map(|()| pb::UpdateAliasResponse {}))
+        reply(&creds, result.map(|()| pb::UpdateAliasResponse {}))
     }
 
     async fn delete_alias(
@@ -206,7 +217,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.delete_alias(&creds, &r.alias_name).await;
-        reply(result.map(|()| pb::DeleteAliasResponse {}))
+        reply(&creds, result.map(|()| pb::DeleteAliasResponse {}))
     }
 
     async fn list_aliases(
@@ -219,8 +230,9 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .list_aliases(&creds, &r.key_id, r.limit, &r.marker)
             .await;
-        reply(result.map(|page| {
-            pb::ListAliasesResponse {
+        reply(
+            &creds,
+            result.map(|page| pb::ListAliasesResponse {
                 aliases: page
                     .items
                     .into_iter()
@@ -232,8 +244,8 @@ impl KeyManagementService for KeyManagementGrpc {
                     .collect(),
                 truncated: page.next_marker.is_some(),
                 next_marker: page.next_marker.unwrap_or_default(),
-            }
-        }))
+            }),
+        )
     }
 
     async fn get_key_policy(
@@ -246,10 +258,13 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .get_key_policy(&creds, &r.key_id, &r.policy_name)
             .await;
-        reply(result.map(|policy| pb::GetKeyPolicyResponse {
-            policy,
-            policy_name: "default".into(),
-        }))
+        reply(
+            &creds,
+            result.map(|policy| pb::GetKeyPolicyResponse {
+                policy,
+                policy_name: "default".into(),
+            }),
+        )
     }
 
     async fn put_key_policy(
@@ -262,7 +277,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .put_key_policy(&creds, &r.key_id, &r.policy_name, &r.policy)
             .await;
-        reply(result.map(|()| pb::PutKeyPolicyResponse {}))
+        reply(&creds, result.map(|()| pb::PutKeyPolicyResponse {}))
     }
 
     async fn create_grant(
@@ -296,10 +311,13 @@ impl KeyManagementService for KeyManagementGrpc {
             }
             Err(e) => self.kms.refuse(&creds, "CreateGrant", e).await,
         };
-        reply(result.map(|g| pb::CreateGrantResponse {
-            grant_token: g.token(),
-            grant_id: g.grant_id,
-        }))
+        reply(
+            &creds,
+            result.map(|g| pb::CreateGrantResponse {
+                grant_token: g.token(),
+                grant_id: g.grant_id,
+            }),
+        )
     }
 
     async fn list_grants(
@@ -319,11 +337,14 @@ impl KeyManagementService for KeyManagementGrpc {
                 &r.marker,
             )
             .await;
-        reply(result.map(|page| pb::ListGrantsResponse {
-            grants: page.items.iter().map(convert::grant_entry).collect(),
-            truncated: page.next_marker.is_some(),
-            next_marker: page.next_marker.unwrap_or_default(),
-        }))
+        reply(
+            &creds,
+            result.map(|page| pb::ListGrantsResponse {
+                grants: page.items.iter().map(convert::grant_entry).collect(),
+                truncated: page.next_marker.is_some(),
+                next_marker: page.next_marker.unwrap_or_default(),
+            }),
+        )
     }
 
     async fn retire_grant(
@@ -336,7 +357,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .retire_grant(&creds, &r.grant_token, &r.key_id, &r.grant_id)
             .await;
-        reply(result.map(|()| pb::RetireGrantResponse {}))
+        reply(&creds, result.map(|()| pb::RetireGrantResponse {}))
     }
 
     async fn revoke_grant(
@@ -346,7 +367,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.revoke_grant(&creds, &r.key_id, &r.grant_id).await;
-        reply(result.map(|()| pb::RevokeGrantResponse {}))
+        reply(&creds, result.map(|()| pb::RevokeGrantResponse {}))
     }
 
     async fn enable_key_rotation(
@@ -359,7 +380,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .enable_key_rotation(&creds, &r.key_id, r.rotation_period_in_days)
             .await;
-        reply(result.map(|()| pb::EnableKeyRotationResponse {}))
+        reply(&creds, result.map(|()| pb::EnableKeyRotationResponse {}))
     }
 
     async fn disable_key_rotation(
@@ -369,7 +390,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.disable_key_rotation(&creds, &r.key_id).await;
-        reply(result.map(|()| pb::DisableKeyRotationResponse {}))
+        reply(&creds, result.map(|()| pb::DisableKeyRotationResponse {}))
     }
 
     async fn get_key_rotation_status(
@@ -379,12 +400,15 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.get_key_rotation_status(&creds, &r.key_id).await;
-        reply(result.map(|s| pb::GetKeyRotationStatusResponse {
-            key_id: s.key_id,
-            key_rotation_enabled: s.enabled,
-            rotation_period_in_days: s.period_days,
-            next_rotation_date: s.next_rotation.and_then(timestamp),
-        }))
+        reply(
+            &creds,
+            result.map(|s| pb::GetKeyRotationStatusResponse {
+                key_id: s.key_id,
+                key_rotation_enabled: s.enabled,
+                rotation_period_in_days: s.period_days,
+                next_rotation_date: s.next_rotation.and_then(timestamp),
+            }),
+        )
     }
 
     async fn rotate_key_on_demand(
@@ -395,6 +419,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let r = request.into_inner();
         let result = self.kms.rotate_key_on_demand(&creds, &r.key_id).await;
         reply(
+            &creds,
             result.map(|(key_id, key_version)| pb::RotateKeyOnDemandResponse {
                 key_id,
                 key_version,
@@ -412,8 +437,9 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .list_key_rotations(&creds, &r.key_id, r.limit, &r.marker)
             .await;
-        reply(result.map(|page| {
-            pb::ListKeyRotationsResponse {
+        reply(
+            &creds,
+            result.map(|page| pb::ListKeyRotationsResponse {
                 rotations: page
                     .items
                     .into_iter()
@@ -426,8 +452,8 @@ impl KeyManagementService for KeyManagementGrpc {
                     .collect(),
                 truncated: page.next_marker.is_some(),
                 next_marker: page.next_marker.unwrap_or_default(),
-            }
-        }))
+            }),
+        )
     }
 
     async fn tag_resource(
@@ -442,7 +468,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .map(|t| (t.tag_key, t.tag_value))
             .collect();
         let result = self.kms.tag_resource(&creds, &r.key_id, &tags).await;
-        reply(result.map(|()| pb::TagResourceResponse {}))
+        reply(&creds, result.map(|()| pb::TagResourceResponse {}))
     }
 
     async fn untag_resource(
@@ -455,7 +481,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .untag_resource(&creds, &r.key_id, &r.tag_keys)
             .await;
-        reply(result.map(|()| pb::UntagResourceResponse {}))
+        reply(&creds, result.map(|()| pb::UntagResourceResponse {}))
     }
 
     async fn list_resource_tags(
@@ -468,8 +494,9 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .list_resource_tags(&creds, &r.key_id, r.limit, &r.marker)
             .await;
-        reply(result.map(|page| {
-            pb::ListResourceTagsResponse {
+        reply(
+            &creds,
+            result.map(|page| pb::ListResourceTagsResponse {
                 tags: page
                     .items
                     .into_iter()
@@ -477,8 +504,8 @@ impl KeyManagementService for KeyManagementGrpc {
                     .collect(),
                 truncated: page.next_marker.is_some(),
                 next_marker: page.next_marker.unwrap_or_default(),
-            }
-        }))
+            }),
+        )
     }
 
     async fn encrypt(
@@ -497,11 +524,14 @@ impl KeyManagementService for KeyManagementGrpc {
                 &r.grant_tokens,
             )
             .await;
-        reply(result.map(|e| pb::EncryptResponse {
-            ciphertext_blob: e.ciphertext_blob,
-            key_id: e.key_id,
-            key_version: e.key_version,
-        }))
+        reply(
+            &creds,
+            result.map(|e| pb::EncryptResponse {
+                ciphertext_blob: e.ciphertext_blob,
+                key_id: e.key_id,
+                key_version: e.key_version,
+            }),
+        )
     }
 
     async fn decrypt(
@@ -520,11 +550,14 @@ impl KeyManagementService for KeyManagementGrpc {
                 &r.grant_tokens,
             )
             .await;
-        reply(result.map(|d| pb::DecryptResponse {
-            key_id: d.key_id,
-            plaintext: d.plaintext.to_vec(),
-            key_version: d.key_version,
-        }))
+        reply(
+            &creds,
+            result.map(|d| pb::DecryptResponse {
+                key_id: d.key_id,
+                plaintext: d.plaintext.to_vec(),
+                key_version: d.key_version,
+            }),
+        )
     }
 
     async fn re_encrypt(
@@ -545,16 +578,19 @@ impl KeyManagementService for KeyManagementGrpc {
                 &r.grant_tokens,
             )
             .await;
-        reply(result.map(|e| {
-            let (source_key_id, source_key_version) = e.source.unwrap_or_default();
-            pb::ReEncryptResponse {
-                ciphertext_blob: e.ciphertext_blob,
-                source_key_id,
-                key_id: e.key_id,
-                source_key_version,
-                key_version: e.key_version,
-            }
-        }))
+        reply(
+            &creds,
+            result.map(|e| {
+                let (source_key_id, source_key_version) = e.source.unwrap_or_default();
+                pb::ReEncryptResponse {
+                    ciphertext_blob: e.ciphertext_blob,
+                    source_key_id,
+                    key_id: e.key_id,
+                    source_key_version,
+                    key_version: e.key_version,
+                }
+            }),
+        )
     }
 
     async fn generate_data_key(
@@ -579,12 +615,15 @@ impl KeyManagementService for KeyManagementGrpc {
             }
             Err(e) => self.kms.refuse(&creds, "GenerateDataKey", e).await,
         };
-        reply(result.map(|k| pb::GenerateDataKeyResponse {
-            ciphertext_blob: k.ciphertext_blob,
-            plaintext: k.plaintext.to_vec(),
-            key_id: k.key_id,
-            key_version: k.key_version,
-        }))
+        reply(
+            &creds,
+            result.map(|k| pb::GenerateDataKeyResponse {
+                ciphertext_blob: k.ciphertext_blob,
+                plaintext: k.plaintext.to_vec(),
+                key_id: k.key_id,
+                key_version: k.key_version,
+            }),
+        )
     }
 
     async fn generate_data_key_without_plaintext(
@@ -613,11 +652,14 @@ impl KeyManagementService for KeyManagementGrpc {
                     .await
             }
         };
-        reply(result.map(|e| pb::GenerateDataKeyWithoutPlaintextResponse {
-            ciphertext_blob: e.ciphertext_blob,
-            key_id: e.key_id,
-            key_version: e.key_version,
-        }))
+        reply(
+            &creds,
+            result.map(|e| pb::GenerateDataKeyWithoutPlaintextResponse {
+                ciphertext_blob: e.ciphertext_blob,
+                key_id: e.key_id,
+                key_version: e.key_version,
+            }),
+        )
     }
 
     async fn generate_mac(
@@ -638,7 +680,7 @@ impl KeyManagementService for KeyManagementGrpc {
                 }),
             Err(e) => self.kms.refuse(&creds, "GenerateMac", e).await,
         };
-        reply(result)
+        reply(&creds, result)
     }
 
     async fn verify_mac(
@@ -659,7 +701,7 @@ impl KeyManagementService for KeyManagementGrpc {
                 }),
             Err(e) => self.kms.refuse(&creds, "VerifyMac", e).await,
         };
-        reply(result)
+        reply(&creds, result)
     }
 
     async fn generate_random(
@@ -669,8 +711,11 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.generate_random(&creds, r.number_of_bytes).await;
-        reply(result.map(|bytes| pb::GenerateRandomResponse {
-            plaintext: bytes.to_vec(),
-        }))
+        reply(
+            &creds,
+            result.map(|bytes| pb::GenerateRandomResponse {
+                plaintext: bytes.to_vec(),
+            }),
+        )
     }
 }

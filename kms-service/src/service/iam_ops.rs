@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::key_ops::Page;
-use super::{Caller, Credentials, Kms, Target, page_limit, paginate};
+use super::{Caller, Credentials, Ctx, Kms, Target, page_limit, paginate};
 use crate::audit::AuditEvent;
 use crate::crypto::context::EncryptionContext;
 use crate::error::KmsError;
@@ -558,14 +558,7 @@ impl Kms {
                 )));
             }
             for (action, resource) in questions {
-                if resource.starts_with("key/") || resource.starts_with("alias/") {
-                    return Err(KmsError::validation(format!(
-                        "Authorize does not decide key use ({resource}); call the key operation itself"
-                    )));
-                }
-                if action.is_empty() || resource.is_empty() {
-                    return Err(KmsError::validation("every question needs an action and a resource"));
-                }
+                check_question(action, resource, "Authorize")?;
             }
             let state = ctx.state();
             let principal = ctx.principal().to_string();
@@ -595,5 +588,76 @@ impl Kms {
             Ok((principal, answers))
         })
         .await
+    }
+}
+
+/// Refuses a question `Authorize` or `x-authorize` may not ask: an empty
+/// action or resource, or one about key use, which only the cryptographic
+/// call itself decides.
+fn check_question(action: &str, resource: &str, asker: &str) -> Result<(), KmsError> {
+    if resource.starts_with("key/") || resource.starts_with("alias/") {
+        return Err(KmsError::validation(format!(
+            "{asker} does not decide key use ({resource}); call the key operation itself"
+        )));
+    }
+    if action.is_empty() || resource.is_empty() {
+        return Err(KmsError::validation(
+            "every question needs an action and a resource",
+        ));
+    }
+    Ok(())
+}
+
+impl Ctx<'_> {
+    /// Decides, for the end caller, the `<action> <resource>` pairs a
+    /// service made this call conditional on (`x-authorize` metadata), in
+    /// order, before the call's own work: the first one refused refuses the
+    /// call with its AccessDeniedException. This saves a service the
+    /// separate `Authorize` round trip (and audit record) when its own
+    /// permission check and a key use belong to one request: table-service
+    /// reads an item with one Decrypt that also decides `table:GetItem`.
+    /// The resources asked about are listed in the call's audit record.
+    pub(super) fn require(&mut self, required: &[String]) -> Result<(), KmsError> {
+        if required.is_empty() {
+            return Ok(());
+        }
+        if self.caller().via_service.is_none() {
+            return Err(KmsError::validation(
+                "x-authorize is for services: send it as a service principal with the end caller's token in x-on-behalf-of",
+            ));
+        }
+        if required.len() > MAX_AUTHORIZE_QUESTIONS {
+            return Err(KmsError::validation(format!(
+                "x-authorize may be given at most {MAX_AUTHORIZE_QUESTIONS} times, not {}",
+                required.len()
+            )));
+        }
+        let mut questions = Vec::with_capacity(required.len());
+        for value in required {
+            let parsed = value
+                .split_once(' ')
+                .filter(|(a, r)| !a.is_empty() && !r.is_empty() && !r.contains(' '))
+                .ok_or_else(|| {
+                    KmsError::validation(format!(
+                        "x-authorize value {value:?} is not \"<action> <resource>\" (e.g. \"table:GetItem table/orders\")"
+                    ))
+                })?;
+            check_question(parsed.0, parsed.1, "x-authorize")?;
+            questions.push(parsed);
+        }
+        let state = self.state();
+        for (action, resource) in questions {
+            if !self.event.resources.iter().any(|r| r == resource) {
+                self.event.resources.push(resource.to_string());
+            }
+            self.authorize(
+                &state,
+                action,
+                Target::Resource(resource),
+                &EncryptionContext::new(),
+                &[],
+            )?;
+        }
+        Ok(())
     }
 }

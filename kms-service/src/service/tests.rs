@@ -688,6 +688,126 @@ async fn authorize_answers_for_the_forwarded_caller() {
     );
 }
 
+/// `x-authorize` makes a call conditional on the forwarded caller also
+/// being allowed a non-key action: kms-service decides it first, so a
+/// refusal of either the table action or the key use refuses the call, and
+/// the record names both resources. Only a service may send it, and only
+/// well-formed questions about non-key resources.
+#[tokio::test]
+async fn a_call_made_conditional_with_x_authorize_needs_both_decisions() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let c = ctx(&[("table", "orders")]);
+    let blob = f
+        .kms
+        .encrypt(&f.admin, &key, b"secret", &c, &[])
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    let svc = f.user("table-service", PrincipalKind::Service, &[]).await;
+    let bob = f
+        .user("bob", PrincipalKind::User, &["TableReadOnlyAccess"])
+        .await;
+    let via = |required: &[&str]| Credentials {
+        on_behalf_of: bob.authorization.clone(),
+        required: required.iter().map(|r| r.to_string()).collect(),
+        ..svc.clone()
+    };
+    let get = via(&["table:GetItem table/orders"]);
+    let put = via(&["table:GetItem table/orders", "table:PutItem table/orders"]);
+
+    // Bob may read the table but not use the key: the key use is refused.
+    check_err(
+        f.kms.decrypt(&get, &blob, &c, "", &[]).await,
+        "AccessDeniedException",
+        "not authorized to perform: kms:Decrypt",
+    );
+    assert_eq!(get.principal.get().map(String::as_str), Some("user/bob"));
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", USER_POLICY)
+        .await
+        .unwrap();
+    let plain = f.kms.decrypt(&get, &blob, &c, "", &[]).await.unwrap();
+    assert_eq!(plain.plaintext.as_slice(), b"secret");
+    // Now bob may use the key, but not write the table: the table action
+    // is refused, and nothing is decrypted.
+    check_err(
+        f.kms.decrypt(&put, &blob, &c, "", &[]).await,
+        "AccessDeniedException",
+        "User: user/bob is not authorized to perform: table:PutItem on resource: table/orders",
+    );
+    // Without the condition the same call goes through.
+    f.kms.decrypt(&via(&[]), &blob, &c, "", &[]).await.unwrap();
+
+    let records = f.audit_lines();
+    let decrypts: Vec<_> = records
+        .iter()
+        .filter(|r| r["event_name"] == "Decrypt" && r["via_service"] == "service/table-service")
+        .collect();
+    assert_eq!(decrypts.len(), 4, "{decrypts:#?}");
+    let resources = |r: &serde_json::Value| r["resources"].clone();
+    let key_resource = format!("key/{key}");
+    assert_eq!(
+        resources(decrypts[1]),
+        serde_json::json!(["table/orders", key_resource])
+    );
+    assert_eq!(decrypts[1]["decision"], "Allow");
+    assert_eq!(resources(decrypts[2]), serde_json::json!(["table/orders"]));
+    assert_eq!(decrypts[2]["decision"], "Deny");
+    assert_eq!(resources(decrypts[3]), serde_json::json!([key_resource]));
+
+    // Only a service, on behalf of someone, with well-formed questions
+    // about non-key resources.
+    let own = Credentials {
+        required: vec!["table:GetItem table/orders".into()],
+        ..bob.clone()
+    };
+    check_err(
+        f.kms.decrypt(&own, &blob, &c, "", &[]).await,
+        "ValidationException",
+        "x-authorize is for services",
+    );
+    for (bad, needle) in [
+        ("table:GetItem", "is not \"<action> <resource>\""),
+        (
+            "table:GetItem  table/orders",
+            "is not \"<action> <resource>\"",
+        ),
+        (
+            "table:GetItem table/a table/b",
+            "is not \"<action> <resource>\"",
+        ),
+        ("", "is not \"<action> <resource>\""),
+        ("kms:Decrypt key/abc", "does not decide key use"),
+        ("kms:Decrypt alias/abc", "does not decide key use"),
+    ] {
+        check_err(
+            f.kms.decrypt(&via(&[bad]), &blob, &c, "", &[]).await,
+            "ValidationException",
+            needle,
+        );
+    }
+    let many: Vec<String> = (0..=iam_ops::MAX_AUTHORIZE_QUESTIONS)
+        .map(|i| format!("table:GetItem table/t{i}"))
+        .collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    check_err(
+        f.kms.decrypt(&via(&many), &blob, &c, "", &[]).await,
+        "ValidationException",
+        "at most 100 times",
+    );
+    // It conditions every kind of call, not only key use.
+    check_err(
+        f.kms.get_caller_identity(&put).await,
+        "AccessDeniedException",
+        "table:PutItem",
+    );
+    assert_eq!(
+        f.kms.get_caller_identity(&get).await.unwrap().principal,
+        "user/bob"
+    );
+}
+
 /// A grant that allows CreateGrant lets its grantee make only grants no
 /// wider than itself: the same or fewer operations, constraints at least as
 /// strict (AWS's rule); otherwise a CreateGrant-only grant would let its
@@ -1774,6 +1894,7 @@ fn credentials_never_show_their_tokens_in_debug_output() {
         on_behalf_of: Some("Bearer lbx_secret-two".into()),
         request_id: "req-1".into(),
         source_address: Some("10.0.0.1:5".into()),
+        ..Credentials::default()
     };
     let shown = format!("{c:?} {c:#?}");
     assert!(!shown.contains("lbx_secret"), "{shown}");

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Call, Tables, integrity, open_envelope, store_error};
+use super::{Call, Tables, integrity, open_envelope, store_error, unwrap_error};
 use crate::envelope;
 use crate::error::TableError;
 use crate::expression::{self, Condition, UpdateAction};
@@ -152,43 +152,55 @@ impl Tables {
             let key = table.schema.validate_key_map(key)?;
             return self.current(call, &table, &key).await;
         }
-        // Two kms-service calls, the decision and the unwrapping of the
-        // item's data key (on behalf of the caller, like every unwrapping),
-        // made at the same time rather than one after the other. The item is
-        // opened only if both allow; otherwise the data key is dropped
-        // (zeroized) unused. Errors are reported in the order of the
-        // sequential path: the decision first, then the table and key, then
-        // the unwrapping.
-        let caller = &call.caller;
-        let decision = self.ask(caller, ACTION, &resource);
-        let read = async {
-            let table = self.table(table_name)?;
+        // One kms-service call: the unwrapping of the item's data key (on
+        // behalf of the caller, like every unwrapping), made conditional on
+        // the caller's `table:GetItem` (`x-authorize`), so kms-service
+        // decides the table action and the key use together, the table
+        // action first. Anything that fails before there is a key to unwrap
+        // (no such table, a bad key, no item, an envelope that does not
+        // parse) is reported after a decision of its own, as on the
+        // sequential path: a caller who may not read the table learns
+        // nothing about it.
+        let local = self.table(table_name).and_then(|table| {
             let key = table.schema.validate_key_map(key)?;
             // A point read by primary key takes microseconds; a hop to the
             // blocking pool would cost more than it saves.
-            let Some(envelope) = self
+            let envelope = self
                 .store
                 .get_item(&table.table_id, &key)
-                .map_err(store_error)?
-            else {
-                return Ok(None);
-            };
-            let stored = StoredItem { key, envelope };
-            let parsed = envelope::parse(&stored.envelope).map_err(|_| integrity(&table))?;
-            let data_key = self
-                .unwrap_data_key(caller, &table, &stored, parsed.wrapped_key)
+                .map_err(store_error)?;
+            Ok((table, envelope.map(|envelope| StoredItem { key, envelope })))
+        });
+        if let Ok((table, Some(stored))) = &local
+            && let Ok(parsed) = envelope::parse(&stored.envelope)
+        {
+            call.outcome.kms_calls += 1;
+            let (principal, data_key) = self
+                .kms
+                .decrypt_authorized(
+                    &call.caller,
+                    (ACTION, &resource),
+                    parsed.wrapped_key,
+                    envelope::data_key_context(&table.table_id, &stored.key),
+                )
                 .await;
-            Ok(Some((table, stored, data_key)))
-        };
-        let (decision, read): (_, Result<_, TableError>) = tokio::join!(decision, read);
-        call.outcome.kms_calls += 1 + u32::from(matches!(read, Ok(Some(_))));
-        let (principal, decision) = decision?;
-        call.outcome.principal = Some(principal);
-        decision?;
-        let Some((table, stored, data_key)) = read? else {
-            return Ok(None);
-        };
-        open_envelope(&table, &stored, &data_key?).map(Some)
+            if let (Some(principal), Ok(_)) = (&principal, &data_key) {
+                self.authz.record_allow(
+                    call.caller.authorization.as_str(),
+                    ACTION,
+                    &resource,
+                    principal,
+                );
+            }
+            call.outcome.principal = principal;
+            let data_key = data_key.map_err(|e| unwrap_error(table, e))?;
+            return open_envelope(table, stored, &data_key).map(Some);
+        }
+        self.authorize_uncached(call, ACTION, &resource).await?;
+        match local? {
+            (_, None) => Ok(None),
+            (table, Some(_)) => Err(integrity(&table)),
+        }
     }
 
     pub async fn delete_item(
