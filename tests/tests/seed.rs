@@ -900,3 +900,90 @@ async fn a_writer_without_decrypt_can_create_only_if_absent() {
     assert_eq!(a.get("secret"), Some(&s("x")));
     assert_eq!(a.get("v"), None);
 }
+
+/// table-service trusts a conditional Decrypt (one that also decides
+/// `table:GetItem`) only when kms-service names the principal it decided
+/// for. A kms-service that ignores `x-authorize` (one older than it) does
+/// not: in front of one, simulated by dropping `x-principal` from every
+/// answer, a cache-off GetItem is refused instead of returning an item
+/// whose table permission nobody checked, while the calls that do not rely
+/// on it (PutItem, which asks `Authorize`) still work.
+#[tokio::test]
+async fn a_kms_service_that_does_not_confirm_x_authorize_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
+    let token_file = dir.path().join("kms/table-service.token");
+    kms_config.storage.table_service_token_file = Some(token_file.clone());
+    let kms = KmsServer::start(kms_config).await.unwrap();
+    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // The same service, behind a front that strips x-principal.
+    let (kms_grpc, iam_grpc) = kms_service::grpc::services(kms.kms.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = listener.local_addr().unwrap();
+    let strip = tower::util::MapResponseLayer::new(|mut response: http::Response<_>| {
+        response.headers_mut().remove("x-principal");
+        response
+    });
+    let front = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(strip)
+            .add_service(
+                lockbox_proto::kms::v1::key_management_service_server::KeyManagementServiceServer::new(kms_grpc),
+            )
+            .add_service(
+                lockbox_proto::iam::v1::identity_service_server::IdentityServiceServer::new(iam_grpc),
+            )
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut table_config = TableConfig::for_data_dir(
+        dir.path().join("tables"),
+        format!("http://{front_addr}"),
+        token_file,
+    );
+    table_config.data_key_cache_ttl_secs = 0;
+    table_config.authz_cache_ttl_secs = 0;
+    let tables_server = TableServer::start(table_config).await.unwrap();
+
+    let mut keys = KeyManagementServiceClient::new(channel(kms.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    encrypted_table(&mut keys, &mut tables, &admin, "front").await;
+    let get = || {
+        authed(
+            &admin,
+            pb::GetItemRequest {
+                table_name: "front".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        )
+    };
+    check_status(
+        tables.get_item(get()).await,
+        Code::Internal,
+        "InternalServerError",
+        "see the table-service log",
+    );
+    // The item is there, as a direct Query (Authorize, then Decrypts)
+    // shows.
+    let found = tables
+        .query(authed(
+            &admin,
+            pb::QueryRequest {
+                table_name: "front".into(),
+                partition_key_value: Some(s("a")),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(found.len(), 1);
+    tables_server.stop().await.unwrap();
+    front.abort();
+    let _ = front.await;
+    kms.stop().await.unwrap();
+}
