@@ -124,6 +124,10 @@ pub struct AuditEvent {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub resources: Vec<String>,
+    /// The `<action> <resource>` pairs a service made the call conditional
+    /// on (`x-authorize`), decided for the end caller before the call's own
+    /// work, in order; when one was refused, it is the last one.
+    pub conditions: Vec<String>,
 }
 
 /// Where the log lives and how it is written.

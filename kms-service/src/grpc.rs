@@ -16,16 +16,7 @@ pub use status::to_status;
 
 use crate::service::{Credentials, Kms};
 
-/// Metadata a service sets to act for an end caller.
-pub const ON_BEHALF_OF: &str = "x-on-behalf-of";
-/// Request id metadata, propagated from callers and echoed in audit records.
-pub const REQUEST_ID: &str = "x-request-id";
-/// Metadata a service sets to make a call conditional on the end caller
-/// also being allowed `<action> <resource>` (once per pair).
-pub const AUTHORIZE: &str = "x-authorize";
-/// Response metadata naming the principal a call made on behalf of someone
-/// (`x-on-behalf-of`) was decided for, on success and on error alike.
-pub const PRINCIPAL: &str = "x-principal";
+pub use lockbox_proto::metadata::{AUTHORIZE, ON_BEHALF_OF, PRINCIPAL, REQUEST_ID};
 
 /// Both gRPC services over one shared [`Kms`].
 pub fn services(kms: Arc<Kms>) -> (KeyManagementGrpc, IdentityGrpc) {

@@ -51,7 +51,7 @@ const ROOT_CHECK_VALUE: &[u8] = b"lockbox root key check v1";
 
 /// What the transport layer knows about a request before anything is
 /// checked. Its `Debug` never shows the credentials themselves.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Credentials {
     /// The `authorization` metadata value, e.g. `Bearer lbx_…`.
     pub authorization: Option<String>,
@@ -66,6 +66,21 @@ pub struct Credentials {
     /// Set once the caller is authenticated: the principal decisions are
     /// made for (the end caller, when a service forwards one).
     pub principal: std::sync::OnceLock<String>,
+}
+
+/// A clone is of the request only: the principal a call decided is not
+/// carried over, so a clone used for another call starts unauthenticated.
+impl Clone for Credentials {
+    fn clone(&self) -> Self {
+        Credentials {
+            authorization: self.authorization.clone(),
+            on_behalf_of: self.on_behalf_of.clone(),
+            request_id: self.request_id.clone(),
+            source_address: self.source_address.clone(),
+            required: self.required.clone(),
+            principal: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -229,7 +244,14 @@ impl Kms {
                     ctx.event.via_service = caller.via_service.clone();
                     let _ = creds.principal.set(caller.principal.clone());
                     ctx.caller = Some(caller);
-                    ctx.require(&creds.required).and_then(|()| work(&mut ctx))
+                    match ctx.require(&creds.required) {
+                        Ok(decided) => {
+                            let result = work(&mut ctx);
+                            ctx.event.keep_conditions(decided);
+                            result
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(e),
             }

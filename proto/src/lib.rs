@@ -29,6 +29,22 @@ pub mod table {
 
 pub mod transport;
 
+/// gRPC metadata names the services and their clients share.
+pub mod metadata {
+    /// Set by a service to act for an end caller: the caller's own
+    /// `authorization` value (`Bearer <token>`).
+    pub const ON_BEHALF_OF: &str = "x-on-behalf-of";
+    /// Request id, propagated from callers and echoed in audit records.
+    pub const REQUEST_ID: &str = "x-request-id";
+    /// Set by a service (with [`ON_BEHALF_OF`]) to make a call conditional
+    /// on the end caller also being allowed `<action> <resource>`; once
+    /// per pair.
+    pub const AUTHORIZE: &str = "x-authorize";
+    /// Answer metadata of kms-service on a call made on behalf of someone:
+    /// the principal it was decided for, on success and on error alike.
+    pub const PRINCIPAL: &str = "x-principal";
+}
+
 #[cfg(feature = "service")]
 pub mod config_file;
 #[cfg(feature = "service")]

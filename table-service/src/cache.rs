@@ -4,7 +4,8 @@
 //!   key)* (as one SHA-256 digest of both). **Invariant:** an entry earned by one principal never
 //!   serves another; each principal earns its own entry through its own
 //!   kms:Decrypt. Values are zeroized when evicted or expired.
-//! - [`AuthzCache`]: allow decisions of `Authorize`, keyed by *(the caller's
+//! - [`AuthzCache`]: allow decisions (of `Authorize`, or of a kms-service
+//!   call made conditional on one with `x-authorize`), keyed by *(the caller's
 //!   credential, action, resource)* (as one SHA-256 digest of the three). Denials are never cached, so a
 //!   new permission works at once; a revoked one stops within the TTL.
 //!

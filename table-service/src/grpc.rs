@@ -27,7 +27,7 @@ fn caller<T>(request: &tonic::Request<T>) -> Result<CallerCredential, TableError
             message: "missing credential: send metadata \"authorization: Bearer <token>\"".into(),
         })?;
     let request_id = meta
-        .get("x-request-id")
+        .get(lockbox_proto::metadata::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128)
         .map_or_else(

@@ -15,6 +15,7 @@ use lockbox_proto::iam::v1 as iam;
 use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
 use lockbox_proto::kms::v1 as pb;
 use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+use lockbox_proto::metadata::{AUTHORIZE, ON_BEHALF_OF, PRINCIPAL, REQUEST_ID};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_types::StatusExt;
 use zeroize::Zeroizing;
@@ -136,7 +137,7 @@ impl KmsClient {
                 .map_err(bad)?,
         );
         meta.insert(
-            "x-on-behalf-of",
+            ON_BEHALF_OF,
             caller
                 .authorization
                 .as_str()
@@ -148,7 +149,7 @@ impl KmsClient {
                 })?,
         );
         if let Ok(id) = caller.request_id.parse() {
-            meta.insert("x-request-id", id);
+            meta.insert(REQUEST_ID, id);
         }
         Ok(request)
     }
@@ -353,15 +354,7 @@ impl KmsClient {
         key_id: &str,
         context: HashMap<String, String>,
     ) -> Result<DataKey, TableError> {
-        let request = self.request(
-            caller,
-            pb::GenerateDataKeyRequest {
-                key_id: key_id.to_string(),
-                encryption_context: context,
-                key_spec: pb::DataKeySpec::Aes256.into(),
-                ..Default::default()
-            },
-        )?;
+        let request = self.request(caller, data_key_request(key_id, context))?;
         let reply = self
             .kms
             .clone()
@@ -369,58 +362,96 @@ impl KmsClient {
             .await
             .map_err(|s| self.error(s))?
             .into_inner();
-        Ok(DataKey {
-            plaintext: Zeroizing::new(reply.plaintext),
-            wrapped: reply.ciphertext_blob,
-        })
+        Ok(data_key(reply))
     }
 
     /// [`KmsClient::decrypt`] made conditional on the caller also being
-    /// allowed `action` on `resource` (`x-authorize`), so kms-service
-    /// decides both in one call: a refusal of either is the error. Returns
-    /// the principal kms-service decided for (from `x-principal`, also on
-    /// most errors) beside the result. A kms-service that does not confirm
-    /// the principal on success did not decide `action`, so the answer is
-    /// refused rather than trusted.
+    /// allowed `action` on `resource` (see [`KmsClient::conditional`]).
     pub async fn decrypt_authorized(
         &self,
         caller: &CallerCredential,
-        (action, resource): (&str, &str),
+        required: (&str, &str),
         wrapped: &[u8],
         context: HashMap<String, String>,
     ) -> (Option<String>, Result<Zeroizing<Vec<u8>>, TableError>) {
-        let request = self
-            .request(
+        let message = pb::DecryptRequest {
+            ciphertext_blob: wrapped.to_vec(),
+            encryption_context: context,
+            key_id: String::new(),
+            grant_tokens: vec![],
+        };
+        let (principal, reply) = self
+            .conditional(
                 caller,
-                pb::DecryptRequest {
-                    ciphertext_blob: wrapped.to_vec(),
-                    encryption_context: context,
-                    key_id: String::new(),
-                    grant_tokens: vec![],
-                },
+                required,
+                "Decrypt",
+                message,
+                |mut kms, request| async move { kms.decrypt(request).await },
             )
-            .and_then(|mut request| {
-                let value = format!("{action} {resource}").parse().map_err(|_| {
-                    TableError::Internal(format!("{action} {resource} is not valid metadata"))
-                })?;
-                request.metadata_mut().insert(AUTHORIZE, value);
-                Ok(request)
-            });
+            .await;
+        (principal, reply.map(|r| Zeroizing::new(r.plaintext)))
+    }
+
+    /// [`KmsClient::generate_data_key`] made conditional on the caller also
+    /// being allowed `action` on `resource` (see [`KmsClient::conditional`]).
+    pub async fn generate_data_key_authorized(
+        &self,
+        caller: &CallerCredential,
+        required: (&str, &str),
+        key_id: &str,
+        context: HashMap<String, String>,
+    ) -> (Option<String>, Result<DataKey, TableError>) {
+        let message = data_key_request(key_id, context);
+        let (principal, reply) = self
+            .conditional(
+                caller,
+                required,
+                "GenerateDataKey",
+                message,
+                |mut kms, request| async move { kms.generate_data_key(request).await },
+            )
+            .await;
+        (principal, reply.map(data_key))
+    }
+
+    /// Makes the call `send` sends with `message` on behalf of the caller,
+    /// conditional on the caller also being allowed `action` on `resource`
+    /// (`x-authorize`), so kms-service decides both in one call: a refusal
+    /// of either is the error. Returns the principal kms-service decided for
+    /// (from `x-principal`, also on most errors) beside the result. A
+    /// kms-service that does not confirm the principal on success did not
+    /// decide `action`, so its answer is refused rather than trusted.
+    async fn conditional<T, R, F>(
+        &self,
+        caller: &CallerCredential,
+        (action, resource): (&str, &str),
+        operation: &str,
+        message: T,
+        send: impl FnOnce(KeyManagementServiceClient<Channel>, tonic::Request<T>) -> F,
+    ) -> (Option<String>, Result<R, TableError>)
+    where
+        F: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let request = self.request(caller, message).and_then(|mut request| {
+            let value = format!("{action} {resource}").parse().map_err(|_| {
+                TableError::Internal(format!("{action} {resource} is not valid metadata"))
+            })?;
+            request.metadata_mut().insert(AUTHORIZE, value);
+            Ok(request)
+        });
         let request = match request {
             Ok(request) => request,
             Err(e) => return (None, Err(e)),
         };
-        match self.kms.clone().decrypt(request).await {
+        match send(self.kms.clone(), request).await {
             Ok(response) => match principal(response.metadata()) {
-                Some(principal) => (
-                    Some(principal),
-                    Ok(Zeroizing::new(response.into_inner().plaintext)),
-                ),
+                Some(principal) => (Some(principal), Ok(response.into_inner())),
                 None => (
                     None,
                     Err(TableError::Internal(format!(
-                        "kms-service at {} answered a Decrypt conditional on {action} without \
-                         naming the principal it decided for; it may predate x-authorize",
+                        "kms-service at {} answered a {operation} conditional on {action} \
+                         without naming the principal it decided for; it may predate \
+                         x-authorize",
                         self.endpoint
                     ))),
                 ),
@@ -456,14 +487,27 @@ impl KmsClient {
     }
 }
 
-/// Metadata that makes a call conditional on the end caller also being
-/// allowed `<action> <resource>` (kms-service decides it first).
-const AUTHORIZE: &str = "x-authorize";
+/// A request for one AES-256 data key.
+fn data_key_request(key_id: &str, context: HashMap<String, String>) -> pb::GenerateDataKeyRequest {
+    pb::GenerateDataKeyRequest {
+        key_id: key_id.to_string(),
+        encryption_context: context,
+        key_spec: pb::DataKeySpec::Aes256.into(),
+        ..Default::default()
+    }
+}
+
+fn data_key(reply: pb::GenerateDataKeyResponse) -> DataKey {
+    DataKey {
+        plaintext: Zeroizing::new(reply.plaintext),
+        wrapped: reply.ciphertext_blob,
+    }
+}
 
 /// The principal kms-service names in `x-principal` on a call made on
 /// behalf of someone.
 fn principal(meta: &tonic::metadata::MetadataMap) -> Option<String> {
-    meta.get("x-principal")
+    meta.get(PRINCIPAL)
         .and_then(|v| v.to_str().ok())
         .filter(|p| !p.is_empty())
         .map(str::to_string)

@@ -302,16 +302,44 @@ impl Tables {
         key: &ItemKey,
         attributes: &Item,
     ) -> Result<Vec<u8>, TableError> {
+        self.seal_deciding(call, table, key, attributes, None).await
+    }
+
+    /// [`Tables::seal`]; with `required`, the data key is asked for
+    /// conditional on the caller being allowed that action on that
+    /// resource (`x-authorize`), so kms-service decides both in one call
+    /// and names the caller's principal.
+    async fn seal_deciding(
+        &self,
+        call: &mut Call,
+        table: &TableRecord,
+        key: &ItemKey,
+        attributes: &Item,
+        required: Option<(&str, &str)>,
+    ) -> Result<Vec<u8>, TableError> {
         let encoded = zeroize::Zeroizing::new(model::encode_attributes(attributes));
         call.outcome.kms_calls += 1;
-        let data_key = self
-            .kms
-            .generate_data_key(
-                &call.caller,
-                &table.kms_key_id,
-                envelope::data_key_context(&table.table_id, key),
-            )
-            .await?;
+        let context = envelope::data_key_context(&table.table_id, key);
+        let data_key = match required {
+            None => {
+                self.kms
+                    .generate_data_key(&call.caller, &table.kms_key_id, context)
+                    .await?
+            }
+            Some((action, resource)) => {
+                let (principal, data_key) = self
+                    .kms
+                    .generate_data_key_authorized(
+                        &call.caller,
+                        (action, resource),
+                        &table.kms_key_id,
+                        context,
+                    )
+                    .await;
+                self.settle(call, action, resource, principal, data_key)
+                    .await?
+            }
+        };
         let mut iv = [0u8; 12];
         getrandom::fill(&mut iv).map_err(|e| TableError::Internal(format!("random IV: {e}")))?;
         envelope::seal(
@@ -323,6 +351,48 @@ impl Tables {
             &encoded,
         )
         .map_err(|_| TableError::Internal("sealing an item failed".into()))
+    }
+
+    /// Settles a call made conditional on `action` on `resource`: records
+    /// the principal kms-service decided for and, on success, an allow for
+    /// the allow cache. A failure that names no principal may come from a
+    /// kms-service that never decided `action` (one older than
+    /// `x-authorize`), so the decision is asked for on its own first: a
+    /// caller who may not do `action` learns nothing from the call's own
+    /// error (whether the item exists, say). Not when kms-service is
+    /// unreachable: a second call would only wait as long again.
+    async fn settle<T>(
+        &self,
+        call: &mut Call,
+        action: &str,
+        resource: &str,
+        principal: Option<String>,
+        result: Result<T, TableError>,
+    ) -> Result<T, TableError> {
+        match (principal, result) {
+            (Some(principal), Ok(value)) => {
+                self.authz.record_allow(
+                    call.caller.authorization.as_str(),
+                    action,
+                    resource,
+                    &principal,
+                );
+                call.outcome.principal = Some(principal);
+                Ok(value)
+            }
+            (Some(principal), Err(e)) => {
+                call.outcome.principal = Some(principal);
+                Err(e)
+            }
+            (None, Err(e @ TableError::KmsUnavailable { .. })) => Err(e),
+            (None, Err(e)) => {
+                self.authorize_uncached(call, action, resource).await?;
+                Err(e)
+            }
+            (None, Ok(_)) => Err(TableError::Internal(
+                "a conditional kms-service call succeeded without a principal".into(),
+            )),
+        }
     }
 
     /// Opens a stored item for the caller: unwraps its data key through

@@ -30,6 +30,11 @@ struct Stack {
 }
 
 async fn start(data_key_cache_ttl: u64) -> Stack {
+    start_with_caches(data_key_cache_ttl, 0).await
+}
+
+/// Both services, with these cache lifetimes (seconds) in table-service.
+async fn start_with_caches(data_key_cache_ttl: u64, authz_cache_ttl: u64) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
     let token_file = dir.path().join("kms/table-service.token");
@@ -43,7 +48,7 @@ async fn start(data_key_cache_ttl: u64) -> Stack {
         token_file,
     );
     table_config.data_key_cache_ttl_secs = data_key_cache_ttl;
-    table_config.authz_cache_ttl_secs = 0;
+    table_config.authz_cache_ttl_secs = authz_cache_ttl;
     let tables = TableServer::start(table_config)
         .await
         .expect("table-service starts");
@@ -650,7 +655,7 @@ async fn data_key_cache_is_per_principal_and_expires() {
 /// (cache on): the table decision first, then the table and key checks,
 /// then the unwrapping.
 #[tokio::test]
-async fn get_item_errors_are_the_same_whether_or_not_its_kms_calls_overlap() {
+async fn get_item_errors_are_the_same_whether_or_not_its_decision_is_folded_into_the_decrypt() {
     for ttl in [0, 60] {
         let stack = start(ttl).await;
         let kms_ch = channel(stack.kms.addr).await;
@@ -901,13 +906,15 @@ async fn a_writer_without_decrypt_can_create_only_if_absent() {
     assert_eq!(a.get("v"), None);
 }
 
-/// table-service trusts a conditional Decrypt (one that also decides
-/// `table:GetItem`) only when kms-service names the principal it decided
-/// for. A kms-service that ignores `x-authorize` (one older than it) does
-/// not: in front of one, simulated by dropping `x-principal` from every
-/// answer, a cache-off GetItem is refused instead of returning an item
-/// whose table permission nobody checked, while the calls that do not rely
-/// on it (PutItem, which asks `Authorize`) still work.
+/// table-service trusts a conditional call (a Decrypt or GenerateDataKey
+/// that also decides `table:GetItem` or `table:PutItem`) only when
+/// kms-service names the principal it decided for. A kms-service that
+/// ignores `x-authorize` (one older than it) does not: in front of one,
+/// simulated by dropping `x-principal` from every answer, a cache-off
+/// GetItem and a plain PutItem are refused instead of going through with
+/// nobody having checked the table permission, a refused caller learns
+/// nothing about the item, and the calls that ask `Authorize` (a
+/// conditional PutItem, a Query) still work.
 #[tokio::test]
 async fn a_kms_service_that_does_not_confirm_x_authorize_is_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
@@ -948,26 +955,80 @@ async fn a_kms_service_that_does_not_confirm_x_authorize_is_not_trusted() {
     table_config.authz_cache_ttl_secs = 0;
     let tables_server = TableServer::start(table_config).await.unwrap();
 
-    let mut keys = KeyManagementServiceClient::new(channel(kms.addr).await);
+    let kms_ch = channel(kms.addr).await;
+    let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
+    let mut iam_client = IdentityServiceClient::new(kms_ch);
+    let mallory = user_token(&mut iam_client, &admin, "mallory", None).await;
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
-    encrypted_table(&mut keys, &mut tables, &admin, "front").await;
-    let get = || {
+    let key = keys
+        .create_key(authed(&admin, kms::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    tables
+        .create_table(authed(
+            &admin,
+            pb::CreateTableRequest {
+                table_name: "front".into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "pk".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: None,
+                }),
+                sse_specification: Some(pb::SseSpecification { kms_key_id: key }),
+            },
+        ))
+        .await
+        .unwrap();
+    let put = |conditions: Vec<pb::Condition>| {
         authed(
             &admin,
-            pb::GetItemRequest {
+            pb::PutItemRequest {
                 table_name: "front".into(),
-                key: item(&[("pk", s("a"))]),
+                item: item(&[("pk", s("a")), ("v", s("1"))]),
+                conditions,
+                ..Default::default()
             },
         )
     };
-    check_status(
-        tables.get_item(get()).await,
-        Code::Internal,
-        "InternalServerError",
-        "see the table-service log",
-    );
-    // The item is there, as a direct Query (Authorize, then Decrypts)
-    // shows.
+    let internal = |result| {
+        check_status(
+            result,
+            Code::Internal,
+            "InternalServerError",
+            "see the table-service log",
+        )
+    };
+    internal(tables.put_item(put(vec![])).await.map(|_| ()));
+    let absent = pb::Condition {
+        kind: Some(pb::condition::Kind::AttributeNotExists("pk".into())),
+    };
+    tables.put_item(put(vec![absent])).await.unwrap();
+
+    let get = |token: &str, pk: &str| {
+        authed(
+            token,
+            pb::GetItemRequest {
+                table_name: "front".into(),
+                key: item(&[("pk", s(pk))]),
+            },
+        )
+    };
+    internal(tables.get_item(get(&admin, "a")).await.map(|_| ()));
+    for pk in ["a", "missing"] {
+        check_status(
+            tables.get_item(get(&mallory, pk)).await,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            "User: user/mallory is not authorized to perform: table:GetItem on resource: table/front",
+        );
+    }
+    // The item is there, as a Query (Authorize, then Decrypts) shows.
     let found = tables
         .query(authed(
             &admin,
@@ -986,4 +1047,200 @@ async fn a_kms_service_that_does_not_confirm_x_authorize_is_not_trusted() {
     front.abort();
     let _ = front.await;
     kms.stop().await.unwrap();
+}
+
+/// A PutItem whose decision is not cached and that has no conditions asks
+/// for its data key with one GenerateDataKey conditional on
+/// `table:PutItem`: the answers are those of deciding first (the table
+/// decision, then the table and item checks, then the key), and it leaves
+/// one audit record naming both resources. With a condition, the decision
+/// comes first on its own (conditions are checked only for a caller who may
+/// write).
+#[tokio::test]
+async fn put_item_decides_the_table_action_with_its_data_key() {
+    let stack = start(0).await;
+    let kms_ch = channel(stack.kms.addr).await;
+    let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
+    let mut iam_client = IdentityServiceClient::new(kms_ch);
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let admin = stack.admin.clone();
+    let key = encrypted_table(&mut keys, &mut tables, &admin, "fold").await;
+    // carol may use the key but only read the table; bob may write the
+    // table but not use the key.
+    let carol = user_token(
+        &mut iam_client,
+        &admin,
+        "carol",
+        Some("TableReadOnlyAccess"),
+    )
+    .await;
+    let bob = user_token(&mut iam_client, &admin, "bob", Some("TableFullAccess")).await;
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"Carol","Effect":"Allow","Principal":{"AWS":"user/carol"},"Action":"kms:*","Resource":"*"}]}"#;
+    keys.put_key_policy(authed(
+        &admin,
+        kms::PutKeyPolicyRequest {
+            key_id: key.clone(),
+            policy_name: "default".into(),
+            policy: policy.into(),
+        },
+    ))
+    .await
+    .unwrap();
+    let put = |token: &str, table: &str, pk: &str, conditions: Vec<pb::Condition>| {
+        let key_attribute = if pk.is_empty() { "other" } else { "pk" };
+        authed(
+            token,
+            pb::PutItemRequest {
+                table_name: table.into(),
+                item: item(&[(key_attribute, s(pk)), ("v", s("1"))]),
+                conditions,
+                return_values: pb::ReturnValues::None.into(),
+            },
+        )
+    };
+    let denied = |user: &str, action: &str, resource: &str| {
+        format!("User: user/{user} is not authorized to perform: {action} on resource: {resource}")
+    };
+    for (table, pk) in [("fold", "b"), ("fold", ""), ("nope", "b")] {
+        check_status(
+            tables.put_item(put(&carol, table, pk, vec![])).await,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            &denied("carol", "table:PutItem", &format!("table/{table}")),
+        );
+    }
+    check_status(
+        tables.put_item(put(&bob, "fold", "b", vec![])).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        &denied("bob", "kms:GenerateDataKey", &format!("key/{key}")),
+    );
+    check_status(
+        tables.put_item(put(&bob, "nope", "b", vec![])).await,
+        Code::NotFound,
+        "ResourceNotFoundException",
+        "Table: nope not found",
+    );
+    check_status(
+        tables.put_item(put(&bob, "fold", "", vec![])).await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "pk",
+    );
+
+    let log = stack.dir.path().join("kms/audit/audit.jsonl");
+    let calls_of = async |request| {
+        let before = std::fs::read_to_string(&log).unwrap().lines().count();
+        let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+        tables.put_item(request).await.unwrap();
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .skip(before)
+            .map(|l| {
+                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    r["event_name"].as_str().unwrap().to_string(),
+                    r["resources"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let key_resource = format!("key/{key}");
+    assert_eq!(
+        calls_of(put(&admin, "fold", "b", vec![])).await,
+        [(
+            "GenerateDataKey".to_string(),
+            serde_json::json!(["table/fold", key_resource])
+        )]
+    );
+    let absent = pb::Condition {
+        kind: Some(pb::condition::Kind::AttributeNotExists("pk".into())),
+    };
+    assert_eq!(
+        calls_of(put(&admin, "fold", "c", vec![absent])).await,
+        [
+            ("Authorize".to_string(), serde_json::json!(["table/fold"])),
+            (
+                "GenerateDataKey".to_string(),
+                serde_json::json!([key_resource])
+            ),
+        ]
+    );
+    stack.tables.stop().await.unwrap();
+    stack.kms.stop().await.unwrap();
+}
+
+/// With the allow cache on and the data-key cache off, a GetItem whose
+/// decision is not cached makes one conditional Decrypt, and its success
+/// is remembered as an allow: the next GetItem is a plain Decrypt. A
+/// conditional Decrypt that fails (the caller may read the table but not
+/// use the key) leaves no allow behind.
+#[tokio::test]
+async fn a_conditional_decrypt_that_succeeds_fills_the_allow_cache() {
+    let stack = start_with_caches(0, 60).await;
+    let kms_ch = channel(stack.kms.addr).await;
+    let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
+    let mut iam_client = IdentityServiceClient::new(kms_ch);
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let admin = stack.admin.clone();
+    let key = encrypted_table(&mut keys, &mut tables, &admin, "warm").await;
+    let bob = user_token(&mut iam_client, &admin, "bob", Some("TableFullAccess")).await;
+    let log = stack.dir.path().join("kms/audit/audit.jsonl");
+    let mut get = async |token: &str| {
+        let before = std::fs::read_to_string(&log).unwrap().lines().count();
+        let result = tables
+            .get_item(authed(
+                token,
+                pb::GetItemRequest {
+                    table_name: "warm".into(),
+                    key: item(&[("pk", s("a"))]),
+                },
+            ))
+            .await;
+        let records: Vec<(String, serde_json::Value)> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .skip(before)
+            .map(|l| {
+                let r: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    r["event_name"].as_str().unwrap().to_string(),
+                    r["conditions"].clone(),
+                )
+            })
+            .collect();
+        (result.map(|r| r.into_inner().item), records)
+    };
+    let conditional = |name: &str| {
+        vec![(
+            name.to_string(),
+            serde_json::json!(["table:GetItem table/warm"]),
+        )]
+    };
+    let plain = vec![("Decrypt".to_string(), serde_json::Value::Null)];
+
+    let (first, records) = get(&admin).await;
+    assert_eq!(first.unwrap().get("secret"), Some(&s("x")));
+    assert_eq!(records, conditional("Decrypt"));
+    let (second, records) = get(&admin).await;
+    assert_eq!(second.unwrap().get("secret"), Some(&s("x")));
+    assert_eq!(records, plain, "the allow was not cached");
+
+    for attempt in 0..2 {
+        let (refused, records) = get(&bob).await;
+        check_status(
+            refused,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            &format!(
+                "User: user/bob is not authorized to perform: kms:Decrypt on resource: key/{key}"
+            ),
+        );
+        assert_eq!(records, conditional("Decrypt"), "attempt {attempt}");
+    }
+    stack.tables.stop().await.unwrap();
+    stack.kms.stop().await.unwrap();
 }

@@ -44,6 +44,10 @@ pub(crate) struct StoredRecord {
     pub(crate) error_code: Option<String>,
     pub(crate) error_message: Option<String>,
     pub(crate) resources: Vec<String>,
+    /// Written only when the call had conditions, so records of calls
+    /// without them are as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) conditions: Vec<String>,
     pub(crate) previous_hash: String,
     /// Never serialized by serde: [`encode_line`] appends it by hand after
     /// hashing the rest. Required when parsing.
@@ -74,6 +78,7 @@ impl StoredRecord {
             error_code,
             error_message,
             resources,
+            conditions,
         } = event;
         StoredRecord {
             sequence,
@@ -93,6 +98,7 @@ impl StoredRecord {
             error_code,
             error_message,
             resources,
+            conditions,
             previous_hash: hash_hex(previous_hash).into_string(),
             hash: String::new(),
         }
@@ -116,6 +122,7 @@ impl StoredRecord {
             error_code: self.error_code.clone(),
             error_message: self.error_message.clone(),
             resources: self.resources.clone(),
+            conditions: self.conditions.clone(),
         }
     }
 }

@@ -70,6 +70,11 @@ fn event(i: usize) -> AuditEvent {
         error_code: None,
         error_message: None,
         resources: vec!["key/key-1".into()],
+        // Both shapes: with conditions, and without (the field left out).
+        conditions: match i % 2 {
+            0 => vec!["table:GetItem table/orders".into()],
+            _ => vec![],
+        },
     }
 }
 

@@ -617,9 +617,9 @@ impl Ctx<'_> {
     /// permission check and a key use belong to one request: table-service
     /// reads an item with one Decrypt that also decides `table:GetItem`.
     /// The resources asked about are listed in the call's audit record.
-    pub(super) fn require(&mut self, required: &[String]) -> Result<(), KmsError> {
+    pub(super) fn require(&mut self, required: &[String]) -> Result<Decided, KmsError> {
         if required.is_empty() {
-            return Ok(());
+            return Ok(Decided::default());
         }
         if self.caller().via_service.is_none() {
             return Err(KmsError::validation(
@@ -646,18 +646,60 @@ impl Ctx<'_> {
             questions.push(parsed);
         }
         let state = self.state();
+        let mut decided = Decided::default();
         for (action, resource) in questions {
-            if !self.event.resources.iter().any(|r| r == resource) {
-                self.event.resources.push(resource.to_string());
-            }
-            self.authorize(
+            push_new(&mut self.event.resources, resource);
+            self.event.conditions.push(format!("{action} {resource}"));
+            let outcome = self.authorize(
                 &state,
                 action,
                 Target::Resource(resource),
                 &EncryptionContext::new(),
                 &[],
-            )?;
+            );
+            for statement in std::mem::take(&mut self.event.matched_statements) {
+                push_new(&mut decided.matched_statements, &statement);
+            }
+            self.event.matched_statements = decided.matched_statements.clone();
+            outcome?;
         }
-        Ok(())
+        decided.resources = self.event.resources.clone();
+        Ok(decided)
+    }
+}
+
+/// What deciding a call's conditions put in its audit record, kept there
+/// whatever the call's own work writes.
+#[derive(Default)]
+pub(super) struct Decided {
+    resources: Vec<String>,
+    matched_statements: Vec<String>,
+}
+
+impl crate::audit::AuditEvent {
+    /// Puts back in front what deciding the call's conditions recorded (the
+    /// resources asked about and the statements that allowed them), which
+    /// the call's own work may have replaced with its own.
+    pub(super) fn keep_conditions(&mut self, decided: Decided) {
+        for (kept, own) in [
+            (decided.resources, &mut self.resources),
+            (decided.matched_statements, &mut self.matched_statements),
+        ] {
+            if kept.is_empty() {
+                continue;
+            }
+            let mut merged = kept;
+            for value in own.drain(..) {
+                push_new(&mut merged, &value);
+            }
+            *own = merged;
+        }
+    }
+}
+
+/// Appends `value` unless `list` holds it already.
+fn push_new(list: &mut Vec<String>, value: &str) {
+    if !list.iter().any(|v| v == value) {
+        list.push(value.to_string());
     }
 }

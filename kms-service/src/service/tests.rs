@@ -754,7 +754,31 @@ async fn a_call_made_conditional_with_x_authorize_needs_both_decisions() {
     assert_eq!(decrypts[1]["decision"], "Allow");
     assert_eq!(resources(decrypts[2]), serde_json::json!(["table/orders"]));
     assert_eq!(decrypts[2]["decision"], "Deny");
+    assert_eq!(
+        decrypts[2]["conditions"],
+        serde_json::json!(["table:GetItem table/orders", "table:PutItem table/orders"])
+    );
+    assert_eq!(
+        decrypts[1]["conditions"],
+        serde_json::json!(["table:GetItem table/orders"])
+    );
     assert_eq!(resources(decrypts[3]), serde_json::json!([key_resource]));
+    assert!(decrypts[3].get("conditions").is_none(), "{:?}", decrypts[3]);
+    // What the condition recorded stays in the record of a call whose own
+    // work writes its resources afresh.
+    f.kms.describe_key(&get, &key, &[]).await.unwrap();
+    let described = f.audit_lines().pop().unwrap();
+    assert_eq!(described["event_name"], "DescribeKey");
+    assert_eq!(
+        resources(&described),
+        serde_json::json!(["table/orders", key_resource])
+    );
+    assert_eq!(
+        described["conditions"],
+        serde_json::json!(["table:GetItem table/orders"])
+    );
+    // A clone of credentials that were used carries no principal over.
+    assert_eq!(get.clone().principal.get(), None);
 
     // Only a service, on behalf of someone, with well-formed questions
     // about non-key resources.
