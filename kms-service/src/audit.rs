@@ -36,8 +36,14 @@
 //! `principal`, `via_service`, `source_address`, `key_id`, `key_version`,
 //! `encryption_context`, `grant_id`, `decision`, `matched_statements`,
 //! `error_code`, `error_message`, `resources`; absent options are `null`),
-//! `previous_hash`, and last `hash`. The JSON is compact (no spaces) and
-//! `encryption_context` keys are sorted.
+//! then `conditions` only when the call had any (a list of objects with
+//! `action`, `resource`, `decision` and `matched_statements`, in that
+//! order), `previous_hash`, and last `hash`. The JSON is compact (no
+//! spaces) and `encryption_context` keys are sorted. A record with
+//! `conditions` cannot be read by a kms-service older than the field
+//! (records are parsed strictly when the log is opened), so going back to
+//! one needs a new log; `kms-service audit verify` of this version reads
+//! both kinds.
 //!
 //! * `hash` is the lowercase hex SHA-256 of the record's JSON *without* the
 //!   hash field: the line text up to but excluding `,"hash":"…"`, followed by
@@ -124,10 +130,23 @@ pub struct AuditEvent {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub resources: Vec<String>,
-    /// The `<action> <resource>` pairs a service made the call conditional
-    /// on (`x-authorize`), decided for the end caller before the call's own
-    /// work, in order; when one was refused, it is the last one.
-    pub conditions: Vec<String>,
+    /// What a service made the call conditional on (`x-authorize`), decided
+    /// for the end caller before the call's own work, in order; when one
+    /// was refused, it is the last one and the call did nothing else.
+    pub conditions: Vec<AuditCondition>,
+}
+
+/// One condition of a call (`x-authorize: <action> <resource>`), as
+/// decided. The record's own `decision` and `matched_statements` are the
+/// call's own (or, when a condition was refused, that refusal's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCondition {
+    pub action: String,
+    pub resource: String,
+    /// "Allow" | "Deny".
+    pub decision: String,
+    pub matched_statements: Vec<String>,
 }
 
 /// Where the log lives and how it is written.

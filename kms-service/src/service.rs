@@ -579,6 +579,7 @@ impl<'a> Ctx<'a> {
             }
             Decision::ImplicitDeny { reason } => {
                 self.event.decision = "Deny".into();
+                self.event.matched_statements.clear();
                 Err(Denial {
                     explicit: false,
                     error: KmsError::AccessDenied(format!(

@@ -236,19 +236,20 @@ impl Tables {
         resource: &str,
     ) -> Result<(), TableError> {
         call.outcome.kms_calls += 1;
-        let (principal, decision) = self.ask(&call.caller, action, resource).await?;
+        let (principal, decision) = self.ask(&call.caller, action, resource, true).await?;
         call.outcome.principal = Some(principal);
         decision
     }
 
     /// Asks kms-service whether the caller may do `action` on `resource`:
-    /// the caller's principal and the decision. An allow is remembered in
-    /// the allow cache.
+    /// the caller's principal and the decision. With `remember`, an allow
+    /// is remembered in the allow cache.
     async fn ask(
         &self,
         caller: &CallerCredential,
         action: &str,
         resource: &str,
+        remember: bool,
     ) -> Result<(String, Result<(), TableError>), TableError> {
         let (principal, answers) = self
             .kms
@@ -256,12 +257,14 @@ impl Tables {
             .await?;
         let decision = match answers.first() {
             Some(a) if a.allowed => {
-                self.authz.record_allow(
-                    caller.authorization.as_str(),
-                    action,
-                    resource,
-                    &principal,
-                );
+                if remember {
+                    self.authz.record_allow(
+                        caller.authorization.as_str(),
+                        action,
+                        resource,
+                        &principal,
+                    );
+                }
                 Ok(())
             }
             Some(a) => Err(TableError::Kms {
@@ -359,8 +362,12 @@ impl Tables {
     /// kms-service that never decided `action` (one older than
     /// `x-authorize`), so the decision is asked for on its own first: a
     /// caller who may not do `action` learns nothing from the call's own
-    /// error (whether the item exists, say). Not when kms-service is
-    /// unreachable: a second call would only wait as long again.
+    /// error (whether the item exists, say). That decision is not cached:
+    /// such a kms-service keeps failing the conditional call, rather than
+    /// failing it once and then letting the cached allow through. Not when
+    /// kms-service is unreachable (a second call would only wait as long
+    /// again) or the caller is not authenticated (which says nothing about
+    /// the table, and `Authorize` would refuse the same way).
     async fn settle<T>(
         &self,
         call: &mut Call,
@@ -385,10 +392,23 @@ impl Tables {
                 Err(e)
             }
             (None, Err(e @ TableError::KmsUnavailable { .. })) => Err(e),
+            (
+                None,
+                Err(
+                    e @ TableError::Kms {
+                        code: tonic::Code::Unauthenticated,
+                        ..
+                    },
+                ),
+            ) => Err(e),
             (None, Err(e)) => {
-                self.authorize_uncached(call, action, resource).await?;
+                call.outcome.kms_calls += 1;
+                let (principal, decision) = self.ask(&call.caller, action, resource, false).await?;
+                call.outcome.principal = Some(principal);
+                decision?;
                 Err(e)
             }
+            // `KmsClient::conditional` answers an error instead.
             (None, Ok(_)) => Err(TableError::Internal(
                 "a conditional kms-service call succeeded without a principal".into(),
             )),

@@ -80,11 +80,11 @@
 //! the report compares, at concurrency 1, the latency of a Query of 100 items
 //! with that of one cache-off GetItem, and, after the runs, reads kms-service's
 //! audit log around 20 single requests: the spread of the `event_time`s of
-//! one Query's 100 Decrypts against the gap between the Query's Authorize and
-//! its first Decrypt (one table-service → kms-service round trip, plus the
-//! page's store read, which a one-after-another unwrapping would pay 99
-//! times; a cache-off GetItem or PutItem makes one call, conditional on its
-//! decision, so it shows none). The audit times do not
+//! one Query's 100 Decrypts against the gap between the Authorize and the
+//! GenerateDataKey of a PutItem with a condition (one table-service →
+//! kms-service round trip, which a one-after-another unwrapping would pay
+//! 99 times; a plain PutItem or a cache-off GetItem makes one call,
+//! conditional on its decision, so it shows none). The audit times do not
 //! depend on the client ↔ table-service hop, whose latency can hide the
 //! difference.
 //!
@@ -786,9 +786,9 @@ fn rfc3339_ms(text: &str) -> Option<i64> {
 /// single requests at concurrency 1 on the otherwise idle services.
 struct UnwrapProbe {
     probes: usize,
-    /// Mean time from a Query's Authorize record to its first Decrypt
-    /// record: one table-service → kms-service round trip (and the page's
-    /// store read), as a sequential unwrapping would pay it per item.
+    /// Mean time from a conditional PutItem's Authorize record to its
+    /// GenerateDataKey record: one table-service → kms-service round trip
+    /// (and a point read), as a sequential unwrapping would pay it per item.
     round_trip_ms: f64,
     /// Mean time from the first to the last Decrypt record of one cache-off
     /// Query of `PAGE` items.
@@ -804,14 +804,35 @@ async fn probe_unwrapping(
     let (mut round_trips, mut spans) = (0i64, 0i64);
     for _ in 0..probes {
         audit.take()?;
-        call(fx, &mut clients, Workload::Query).await?;
+        // A PutItem with a condition asks `Authorize` before it reads the
+        // item and asks for its data key.
+        let id = fx.next_put.fetch_add(1, Ordering::Relaxed);
+        let pk = format!("put-{id}");
+        clients
+            .cache_off
+            .put_item(fx.request(pb::PutItemRequest {
+                table_name: PUTS_TABLE.into(),
+                item: item(&pk, id),
+                conditions: vec![pb::Condition {
+                    kind: Some(pb::condition::Kind::AttributeNotExists("pk".into())),
+                }],
+                ..Default::default()
+            }))
+            .await
+            .map_err(|status| format!("a conditional PutItem failed: {status}"))?;
         let events = audit.take_events()?;
-        let authorized = events
-            .iter()
-            .find(|(n, _)| n == "Authorize")
-            .map(|&(_, t)| t)
-            .ok_or("a cache-off Query left no Authorize audit record")?;
-        let decrypts: Vec<i64> = events
+        let time_of = |name: &str| {
+            events
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|&(_, t)| t)
+                .ok_or_else(|| format!("a conditional PutItem left no {name} audit record"))
+        };
+        round_trips += time_of("GenerateDataKey")? - time_of("Authorize")?;
+
+        call(fx, &mut clients, Workload::Query).await?;
+        let decrypts: Vec<i64> = audit
+            .take_events()?
             .into_iter()
             .filter(|(n, _)| n == "Decrypt")
             .map(|(_, t)| t)
@@ -825,7 +846,6 @@ async fn probe_unwrapping(
         }
         let (first, last) = (decrypts.iter().min(), decrypts.iter().max());
         spans += last.zip(first).map_or(0, |(l, f)| l - f);
-        round_trips += first.map_or(0, |f| f - authorized);
     }
     Ok(UnwrapProbe {
         probes,
@@ -1296,8 +1316,8 @@ fn print_report(
     println!(
         "Parallel unwrapping (kms-service audit times, ms resolution, mean of {} single \
          requests at concurrency 1): the {PAGE} Decrypts of one Query were sealed within \
-         {:.1} ms; one after another they would span ~{} × {:.2} ms (the Query's \
-         Authorize → first Decrypt round trip) = {sequential:.0} ms: {verdict} (informative only).",
+         {:.1} ms; one after another they would span ~{} × {:.2} ms (a conditional \
+         PutItem's Authorize → GenerateDataKey round trip) = {sequential:.0} ms: {verdict} (informative only).",
         probe.probes,
         probe.query_span_ms,
         PAGE - 1,

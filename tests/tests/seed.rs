@@ -910,7 +910,8 @@ async fn a_writer_without_decrypt_can_create_only_if_absent() {
 /// that also decides `table:GetItem` or `table:PutItem`) only when
 /// kms-service names the principal it decided for. A kms-service that
 /// ignores `x-authorize` (one older than it) does not: in front of one,
-/// simulated by dropping `x-principal` from every answer, a cache-off
+/// simulated by dropping `x-authorize` from every call and `x-principal`
+/// from every answer, a cache-off
 /// GetItem and a plain PutItem are refused instead of going through with
 /// nobody having checked the table permission, a refused caller learns
 /// nothing about the item, and the calls that ask `Authorize` (a
@@ -927,14 +928,21 @@ async fn a_kms_service_that_does_not_confirm_x_authorize_is_not_trusted() {
         .trim()
         .to_string();
 
-    // The same service, behind a front that strips x-principal.
+    // The same service, behind a front that makes it one older than
+    // x-authorize: the condition never reaches it, and no x-principal comes
+    // back.
     let (kms_grpc, iam_grpc) = kms_service::grpc::services(kms.kms.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let front_addr = listener.local_addr().unwrap();
-    let strip = tower::util::MapResponseLayer::new(|mut response: http::Response<_>| {
-        response.headers_mut().remove("x-principal");
-        response
-    });
+    let strip = tower::ServiceBuilder::new()
+        .map_request(|mut request: http::Request<_>| {
+            request.headers_mut().remove("x-authorize");
+            request
+        })
+        .map_response(|mut response: http::Response<_>| {
+            response.headers_mut().remove("x-principal");
+            response
+        });
     let front = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(strip)
@@ -1159,27 +1167,51 @@ async fn put_item_decides_the_table_action_with_its_data_key() {
     let absent = pb::Condition {
         kind: Some(pb::condition::Kind::AttributeNotExists("pk".into())),
     };
+    let authorize = ("Authorize".to_string(), serde_json::json!(["table/fold"]));
+    let generate = (
+        "GenerateDataKey".to_string(),
+        serde_json::json!([key_resource]),
+    );
     assert_eq!(
         calls_of(put(&admin, "fold", "c", vec![absent])).await,
-        [
-            ("Authorize".to_string(), serde_json::json!(["table/fold"])),
-            (
-                "GenerateDataKey".to_string(),
-                serde_json::json!([key_resource])
-            ),
-        ]
+        [authorize.clone(), generate.clone()]
     );
+    // ALL_OLD reads the old item first: the decision comes before it.
+    let mut all_old = put(&admin, "fold", "c", vec![]);
+    all_old.get_mut().return_values = pb::ReturnValues::AllOld.into();
+    let decrypt = ("Decrypt".to_string(), serde_json::json!([key_resource]));
+    assert_eq!(calls_of(all_old).await, [authorize, decrypt, generate]);
+    // A caller who is not authenticated costs one call, not two.
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    check_status(
+        tables
+            .put_item(put("lbx_forged", "fold", "b", vec![]))
+            .await,
+        Code::Unauthenticated,
+        "UnrecognizedClientException",
+        "",
+    );
+    let after: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .skip(before)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(after.len(), 1, "{after:#?}");
+    assert_eq!(after[0]["event_name"], "GenerateDataKey");
+    assert_eq!(after[0]["decision"], "Unauthenticated");
     stack.tables.stop().await.unwrap();
     stack.kms.stop().await.unwrap();
 }
 
 /// With the allow cache on and the data-key cache off, a GetItem whose
 /// decision is not cached makes one conditional Decrypt, and its success
-/// is remembered as an allow: the next GetItem is a plain Decrypt. A
-/// conditional Decrypt that fails (the caller may read the table but not
-/// use the key) leaves no allow behind.
+/// is remembered as an allow: the next GetItem is a plain Decrypt; the same
+/// for a PutItem and its GenerateDataKey. A conditional Decrypt that fails
+/// (the caller may read the table but not use the key) leaves no allow
+/// behind.
 #[tokio::test]
-async fn a_conditional_decrypt_that_succeeds_fills_the_allow_cache() {
+async fn a_conditional_call_that_succeeds_fills_the_allow_cache() {
     let stack = start_with_caches(0, 60).await;
     let kms_ch = channel(stack.kms.addr).await;
     let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
@@ -1189,48 +1221,82 @@ async fn a_conditional_decrypt_that_succeeds_fills_the_allow_cache() {
     let key = encrypted_table(&mut keys, &mut tables, &admin, "warm").await;
     let bob = user_token(&mut iam_client, &admin, "bob", Some("TableFullAccess")).await;
     let log = stack.dir.path().join("kms/audit/audit.jsonl");
-    let mut get = async |token: &str| {
+    // The kms-service calls a request made: each as its name and the
+    // actions of its conditions.
+    let calls_during = async |request: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::Status>> + '_>,
+    >| {
         let before = std::fs::read_to_string(&log).unwrap().lines().count();
-        let result = tables
-            .get_item(authed(
-                token,
-                pb::GetItemRequest {
-                    table_name: "warm".into(),
-                    key: item(&[("pk", s("a"))]),
-                },
-            ))
-            .await;
-        let records: Vec<(String, serde_json::Value)> = std::fs::read_to_string(&log)
+        let result = request.await;
+        let calls: Vec<String> = std::fs::read_to_string(&log)
             .unwrap()
             .lines()
             .skip(before)
             .map(|l| {
                 let r: serde_json::Value = serde_json::from_str(l).unwrap();
-                (
-                    r["event_name"].as_str().unwrap().to_string(),
-                    r["conditions"].clone(),
-                )
+                let mut call = r["event_name"].as_str().unwrap().to_string();
+                for c in r["conditions"].as_array().into_iter().flatten() {
+                    call += &format!(" if {}", c["action"].as_str().unwrap());
+                }
+                call
             })
             .collect();
-        (result.map(|r| r.into_inner().item), records)
+        (result, calls)
     };
-    let conditional = |name: &str| {
-        vec![(
-            name.to_string(),
-            serde_json::json!(["table:GetItem table/warm"]),
-        )]
+    let get = |token: &str| {
+        let mut tables = tables.clone();
+        let request = authed(
+            token,
+            pb::GetItemRequest {
+                table_name: "warm".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        );
+        Box::pin(async move { tables.get_item(request).await.map(|_| ()) })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>
     };
-    let plain = vec![("Decrypt".to_string(), serde_json::Value::Null)];
+    // encrypted_table's PutItem made the admin's PutItem allow cached; a
+    // second token of the admin's has its own entries.
+    let admin2 = iam_client
+        .create_access_token(authed(
+            &admin,
+            iam::CreateAccessTokenRequest {
+                user_name: "admin".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let put = || {
+        let mut tables = tables.clone();
+        let request = authed(
+            &admin2,
+            pb::PutItemRequest {
+                table_name: "warm".into(),
+                item: item(&[("pk", s("b")), ("v", s("1"))]),
+                ..Default::default()
+            },
+        );
+        Box::pin(async move { tables.put_item(request).await.map(|_| ()) })
+            as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>
+    };
 
-    let (first, records) = get(&admin).await;
-    assert_eq!(first.unwrap().get("secret"), Some(&s("x")));
-    assert_eq!(records, conditional("Decrypt"));
-    let (second, records) = get(&admin).await;
-    assert_eq!(second.unwrap().get("secret"), Some(&s("x")));
-    assert_eq!(records, plain, "the allow was not cached");
+    let (first, calls) = calls_during(get(&admin)).await;
+    first.unwrap();
+    assert_eq!(calls, ["Decrypt if table:GetItem"]);
+    let (second, calls) = calls_during(get(&admin)).await;
+    second.unwrap();
+    assert_eq!(calls, ["Decrypt"], "the allow was not cached");
+    let (first, calls) = calls_during(put()).await;
+    first.unwrap();
+    assert_eq!(calls, ["GenerateDataKey if table:PutItem"]);
+    let (second, calls) = calls_during(put()).await;
+    second.unwrap();
+    assert_eq!(calls, ["GenerateDataKey"], "the allow was not cached");
 
     for attempt in 0..2 {
-        let (refused, records) = get(&bob).await;
+        let (refused, calls) = calls_during(get(&bob)).await;
         check_status(
             refused,
             Code::PermissionDenied,
@@ -1239,7 +1305,7 @@ async fn a_conditional_decrypt_that_succeeds_fills_the_allow_cache() {
                 "User: user/bob is not authorized to perform: kms:Decrypt on resource: key/{key}"
             ),
         );
-        assert_eq!(records, conditional("Decrypt"), "attempt {attempt}");
+        assert_eq!(calls, ["Decrypt if table:GetItem"], "attempt {attempt}");
     }
     stack.tables.stop().await.unwrap();
     stack.kms.stop().await.unwrap();

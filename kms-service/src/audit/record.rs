@@ -47,7 +47,7 @@ pub(crate) struct StoredRecord {
     /// Written only when the call had conditions, so records of calls
     /// without them are as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) conditions: Vec<String>,
+    pub(crate) conditions: Vec<super::AuditCondition>,
     pub(crate) previous_hash: String,
     /// Never serialized by serde: [`encode_line`] appends it by hand after
     /// hashing the rest. Required when parsing.

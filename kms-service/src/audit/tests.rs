@@ -29,7 +29,7 @@ const KEY: [u8; 32] = [7; 32];
 const OTHER_KEY: [u8; 32] = [8; 32];
 
 /// The keys of a stored record, in the documented order.
-const RECORD_KEYS: [&str; 19] = [
+const RECORD_KEYS: [&str; 20] = [
     "sequence",
     "event_id",
     "event_time",
@@ -47,6 +47,7 @@ const RECORD_KEYS: [&str; 19] = [
     "error_code",
     "error_message",
     "resources",
+    "conditions",
     "previous_hash",
     "hash",
 ];
@@ -72,7 +73,12 @@ fn event(i: usize) -> AuditEvent {
         resources: vec!["key/key-1".into()],
         // Both shapes: with conditions, and without (the field left out).
         conditions: match i % 2 {
-            0 => vec!["table:GetItem table/orders".into()],
+            0 => vec![crate::audit::AuditCondition {
+                action: "table:GetItem".into(),
+                resource: "table/orders".into(),
+                decision: "Allow".into(),
+                matched_statements: vec!["TableReadOnlyAccess#0".into()],
+            }],
             _ => vec![],
         },
     }
@@ -439,16 +445,30 @@ async fn records_have_exactly_the_documented_keys_in_order() -> TestResult {
     let fx = Fixture::new()?;
     let log = fx.open(1000)?;
     // A fully populated event and an empty one: `None` must not drop keys and
-    // nothing else may appear.
-    log.append(event(1)).await?;
+    // nothing else may appear; `conditions` appears only when there are any.
+    log.append(event(0)).await?;
     log.append(AuditEvent::default()).await?;
     log.close().await?;
     let lines = fx.lines()?;
     assert_eq!(lines.len(), 2);
-    for line in &lines {
-        let KeysInOrder(keys) = serde_json::from_str(line)?;
-        assert_eq!(keys, RECORD_KEYS, "{line}");
+    let KeysInOrder(full) = serde_json::from_str(&lines[0])?;
+    assert_eq!(full, RECORD_KEYS, "{}", lines[0]);
+    let KeysInOrder(empty) = serde_json::from_str(&lines[1])?;
+    let without: Vec<&str> = RECORD_KEYS
+        .into_iter()
+        .filter(|k| *k != "conditions")
+        .collect();
+    assert_eq!(empty, without, "{}", lines[1]);
+    #[derive(serde::Deserialize)]
+    struct Conditions {
+        conditions: Vec<KeysInOrder>,
     }
+    let Conditions { conditions } = serde_json::from_str(&lines[0])?;
+    assert_eq!(conditions.len(), 1);
+    assert_eq!(
+        conditions[0].0,
+        ["action", "resource", "decision", "matched_statements"]
+    );
     Ok(())
 }
 

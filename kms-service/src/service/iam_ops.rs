@@ -616,7 +616,8 @@ impl Ctx<'_> {
     /// separate `Authorize` round trip (and audit record) when its own
     /// permission check and a key use belong to one request: table-service
     /// reads an item with one Decrypt that also decides `table:GetItem`.
-    /// The resources asked about are listed in the call's audit record.
+    /// The resources asked about are listed in the call's audit record,
+    /// each condition's decision in its `conditions`.
     pub(super) fn require(&mut self, required: &[String]) -> Result<Decided, KmsError> {
         if required.is_empty() {
             return Ok(Decided::default());
@@ -646,10 +647,8 @@ impl Ctx<'_> {
             questions.push(parsed);
         }
         let state = self.state();
-        let mut decided = Decided::default();
         for (action, resource) in questions {
             push_new(&mut self.event.resources, resource);
-            self.event.conditions.push(format!("{action} {resource}"));
             let outcome = self.authorize(
                 &state,
                 action,
@@ -657,43 +656,47 @@ impl Ctx<'_> {
                 &EncryptionContext::new(),
                 &[],
             );
-            for statement in std::mem::take(&mut self.event.matched_statements) {
-                push_new(&mut decided.matched_statements, &statement);
-            }
-            self.event.matched_statements = decided.matched_statements.clone();
+            let allowed = outcome.is_ok();
+            self.event.conditions.push(crate::audit::AuditCondition {
+                action: action.to_string(),
+                resource: resource.to_string(),
+                decision: if allowed { "Allow" } else { "Deny" }.into(),
+                matched_statements: if allowed {
+                    std::mem::take(&mut self.event.matched_statements)
+                } else {
+                    // A refusal is also the record's own decision.
+                    self.event.matched_statements.clone()
+                },
+            });
             outcome?;
+            // The record's own decision is the call's.
+            self.event.decision.clear();
         }
-        decided.resources = self.event.resources.clone();
-        Ok(decided)
+        Ok(Decided {
+            resources: self.event.resources.clone(),
+        })
     }
 }
 
-/// What deciding a call's conditions put in its audit record, kept there
-/// whatever the call's own work writes.
+/// The resources a call's conditions were decided on, kept at the front of
+/// its audit record whatever the call's own work writes there.
 #[derive(Default)]
 pub(super) struct Decided {
     resources: Vec<String>,
-    matched_statements: Vec<String>,
 }
 
 impl crate::audit::AuditEvent {
-    /// Puts back in front what deciding the call's conditions recorded (the
-    /// resources asked about and the statements that allowed them), which
-    /// the call's own work may have replaced with its own.
+    /// Puts the resources of the call's conditions back in front of those
+    /// the call's own work recorded (which may have replaced them).
     pub(super) fn keep_conditions(&mut self, decided: Decided) {
-        for (kept, own) in [
-            (decided.resources, &mut self.resources),
-            (decided.matched_statements, &mut self.matched_statements),
-        ] {
-            if kept.is_empty() {
-                continue;
-            }
-            let mut merged = kept;
-            for value in own.drain(..) {
-                push_new(&mut merged, &value);
-            }
-            *own = merged;
+        if decided.resources.is_empty() {
+            return;
         }
+        let mut merged = decided.resources;
+        for value in self.resources.drain(..) {
+            push_new(&mut merged, &value);
+        }
+        self.resources = merged;
     }
 }
 

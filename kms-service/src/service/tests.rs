@@ -754,15 +754,43 @@ async fn a_call_made_conditional_with_x_authorize_needs_both_decisions() {
     assert_eq!(decrypts[1]["decision"], "Allow");
     assert_eq!(resources(decrypts[2]), serde_json::json!(["table/orders"]));
     assert_eq!(decrypts[2]["decision"], "Deny");
+    // Each condition with its decision; a refused one is the last, and
+    // the record's own decision and statements are the refusal's.
+    let conditions = |r: &serde_json::Value| {
+        r["conditions"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .map(|c| {
+                        format!(
+                            "{} {} {} {}",
+                            c["action"].as_str().unwrap(),
+                            c["resource"].as_str().unwrap(),
+                            c["decision"].as_str().unwrap(),
+                            c["matched_statements"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let read_allowed =
+        r#"table:GetItem table/orders Allow ["identity:TableReadOnlyAccess:Statement[0]"]"#;
+    assert_eq!(conditions(decrypts[1]), [read_allowed]);
     assert_eq!(
-        decrypts[2]["conditions"],
-        serde_json::json!(["table:GetItem table/orders", "table:PutItem table/orders"])
+        decrypts[1]["matched_statements"],
+        serde_json::json!(["key-policy:AllowKeyUse"])
     );
     assert_eq!(
-        decrypts[1]["conditions"],
-        serde_json::json!(["table:GetItem table/orders"])
+        conditions(decrypts[2]),
+        [read_allowed, "table:PutItem table/orders Deny []"]
     );
-    assert_eq!(resources(decrypts[3]), serde_json::json!([key_resource]));
+    assert_eq!(decrypts[2]["matched_statements"], serde_json::json!([]));
+    // The key use refused: the record's decision and statements are the
+    // Decrypt's own, the condition's allow is in the condition.
+    assert_eq!(conditions(decrypts[0]), [read_allowed]);
+    assert_eq!(decrypts[0]["decision"], "Deny");
+    assert_eq!(decrypts[0]["matched_statements"], serde_json::json!([]));
     assert!(decrypts[3].get("conditions").is_none(), "{:?}", decrypts[3]);
     // What the condition recorded stays in the record of a call whose own
     // work writes its resources afresh.
@@ -773,10 +801,14 @@ async fn a_call_made_conditional_with_x_authorize_needs_both_decisions() {
         resources(&described),
         serde_json::json!(["table/orders", key_resource])
     );
-    assert_eq!(
-        described["conditions"],
-        serde_json::json!(["table:GetItem table/orders"])
-    );
+    assert_eq!(conditions(&described), [read_allowed]);
+    // A call whose own work fails before deciding anything is an error,
+    // not the condition's allow.
+    let missing = f.kms.describe_key(&get, "alias/none", &[]).await;
+    check_err(missing, "NotFoundException", "alias/none");
+    let failed = f.audit_lines().pop().unwrap();
+    assert_eq!(failed["decision"], "Error");
+    assert_eq!(conditions(&failed), [read_allowed]);
     // A clone of credentials that were used carries no principal over.
     assert_eq!(get.clone().principal.get(), None);
 

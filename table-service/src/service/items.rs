@@ -133,19 +133,29 @@ impl Tables {
                 // Reported after a decision of its own, as on the path
                 // that decides first.
                 if deciding {
+                    drop(_writes);
                     self.authorize_uncached(call, ACTION, &resource).await?;
                 }
                 return Err(e);
             }
         };
-        let _guard = self.stripe(&table, &key).lock().await;
-        let old = self
-            .check_before_write(call, &table, &key, conditions, return_values)
-            .await?;
-        let required = deciding.then_some((ACTION, resource.as_str()));
-        let envelope = self
-            .seal_deciding(call, &table, &key, &attributes, required)
-            .await?;
+        let (envelope, _guard, old) = if deciding {
+            // Nothing to read first: the data key (and the decision) before
+            // the item's lock, so a caller who may not write never holds
+            // it; the lock still orders this write against a conditional
+            // one's read, check and write.
+            let envelope = self
+                .seal_deciding(call, &table, &key, &attributes, Some((ACTION, &resource)))
+                .await?;
+            (envelope, self.stripe(&table, &key).lock().await, None)
+        } else {
+            let guard = self.stripe(&table, &key).lock().await;
+            let old = self
+                .check_before_write(call, &table, &key, conditions, return_values)
+                .await?;
+            let envelope = self.seal(call, &table, &key, &attributes).await?;
+            (envelope, guard, old)
+        };
         self.commit
             .commit(vec![Mutation::PutItem {
                 table_id: table.table_id.clone(),
