@@ -272,6 +272,17 @@ impl Fixture {
             .insert("authorization", self.authorization.clone());
         request
     }
+
+    /// A PutItem of a fresh item into the puts table.
+    fn new_put(&self, conditions: Vec<pb::Condition>) -> tonic::Request<pb::PutItemRequest> {
+        let id = self.next_put.fetch_add(1, Ordering::Relaxed);
+        self.request(pb::PutItemRequest {
+            table_name: PUTS_TABLE.into(),
+            item: item(&format!("put-{id}"), id),
+            conditions,
+            ..Default::default()
+        })
+    }
 }
 
 fn s(value: &str) -> pb::AttributeValue {
@@ -415,15 +426,9 @@ async fn call(fx: &Fixture, clients: &mut Clients, workload: Workload) -> Result
             }
         }
         Workload::PutItem => {
-            let id = fx.next_put.fetch_add(1, Ordering::Relaxed);
-            let pk = format!("put-{id}");
             clients
                 .cache_off
-                .put_item(fx.request(pb::PutItemRequest {
-                    table_name: PUTS_TABLE.into(),
-                    item: item(&pk, id),
-                    ..Default::default()
-                }))
+                .put_item(fx.new_put(vec![]))
                 .await
                 .map_err(fail)?;
         }
@@ -806,18 +811,12 @@ async fn probe_unwrapping(
         audit.take()?;
         // A PutItem with a condition asks `Authorize` before it reads the
         // item and asks for its data key.
-        let id = fx.next_put.fetch_add(1, Ordering::Relaxed);
-        let pk = format!("put-{id}");
+        let absent = pb::Condition {
+            kind: Some(pb::condition::Kind::AttributeNotExists("pk".into())),
+        };
         clients
             .cache_off
-            .put_item(fx.request(pb::PutItemRequest {
-                table_name: PUTS_TABLE.into(),
-                item: item(&pk, id),
-                conditions: vec![pb::Condition {
-                    kind: Some(pb::condition::Kind::AttributeNotExists("pk".into())),
-                }],
-                ..Default::default()
-            }))
+            .put_item(fx.new_put(vec![absent]))
             .await
             .map_err(|status| format!("a conditional PutItem failed: {status}"))?;
         let events = audit.take_events()?;

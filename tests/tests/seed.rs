@@ -98,10 +98,9 @@ fn item(pairs: &[(&str, pb::AttributeValue)]) -> HashMap<String, pb::AttributeVa
         .collect()
 }
 
-/// Creates a symmetric key, a table `name` (partition key `pk`, a string)
-/// encrypted with it, and the item `{pk: "a", secret: "x"}`, as `admin`;
-/// returns the key id.
-async fn encrypted_table(
+/// Creates a symmetric key and an empty table `name` (partition key `pk`, a
+/// string) encrypted with it, as `admin`; returns the key id.
+async fn keyed_table(
     keys: &mut KeyManagementServiceClient<Channel>,
     tables: &mut TableServiceClient<Channel>,
     admin: &str,
@@ -134,6 +133,19 @@ async fn encrypted_table(
         ))
         .await
         .unwrap();
+    key
+}
+
+/// Creates a symmetric key, a table `name` (partition key `pk`, a string)
+/// encrypted with it, and the item `{pk: "a", secret: "x"}`, as `admin`;
+/// returns the key id.
+async fn encrypted_table(
+    keys: &mut KeyManagementServiceClient<Channel>,
+    tables: &mut TableServiceClient<Channel>,
+    admin: &str,
+    name: &str,
+) -> String {
+    let key = keyed_table(keys, tables, admin, name).await;
     tables
         .put_item(authed(
             admin,
@@ -968,31 +980,7 @@ async fn a_kms_service_that_does_not_confirm_x_authorize_is_not_trusted() {
     let mut iam_client = IdentityServiceClient::new(kms_ch);
     let mallory = user_token(&mut iam_client, &admin, "mallory", None).await;
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
-    let key = keys
-        .create_key(authed(&admin, kms::CreateKeyRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    tables
-        .create_table(authed(
-            &admin,
-            pb::CreateTableRequest {
-                table_name: "front".into(),
-                key_schema: Some(pb::KeySchema {
-                    partition_key: Some(pb::KeyElement {
-                        name: "pk".into(),
-                        r#type: pb::ScalarType::S.into(),
-                    }),
-                    sort_key: None,
-                }),
-                sse_specification: Some(pb::SseSpecification { kms_key_id: key }),
-            },
-        ))
-        .await
-        .unwrap();
+    keyed_table(&mut keys, &mut tables, &admin, "front").await;
     let put = |conditions: Vec<pb::Condition>| {
         authed(
             &admin,
