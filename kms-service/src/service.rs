@@ -244,14 +244,9 @@ impl Kms {
                     ctx.event.via_service = caller.via_service.clone();
                     let _ = creds.principal.set(caller.principal.clone());
                     ctx.caller = Some(caller);
-                    match ctx.require(&creds.required) {
-                        Ok(decided) => {
-                            let result = work(&mut ctx);
-                            ctx.event.keep_conditions(decided);
-                            result
-                        }
-                        Err(e) => Err(e),
-                    }
+                    let result = ctx.require(&creds.required).and_then(|()| work(&mut ctx));
+                    ctx.event.put_condition_resources_first();
+                    result
                 }
                 Err(e) => Err(e),
             }

@@ -373,23 +373,17 @@ impl KmsClient {
         required: (&str, &str),
         wrapped: &[u8],
         context: HashMap<String, String>,
-    ) -> (Option<String>, Result<Zeroizing<Vec<u8>>, TableError>) {
-        let message = pb::DecryptRequest {
-            ciphertext_blob: wrapped.to_vec(),
-            encryption_context: context,
-            key_id: String::new(),
-            grant_tokens: vec![],
-        };
-        let (principal, reply) = self
-            .conditional(
-                caller,
-                required,
-                "Decrypt",
-                message,
-                |mut kms, request| async move { kms.decrypt(request).await },
-            )
-            .await;
-        (principal, reply.map(|r| Zeroizing::new(r.plaintext)))
+    ) -> Conditional<Zeroizing<Vec<u8>>> {
+        let message = decrypt_request("", wrapped, context);
+        self.conditional(
+            caller,
+            required,
+            "Decrypt",
+            message,
+            |mut kms, request| async move { kms.decrypt(request).await },
+        )
+        .await
+        .map(|(principal, reply)| (principal, Zeroizing::new(reply.plaintext)))
     }
 
     /// [`KmsClient::generate_data_key`] made conditional on the caller also
@@ -400,27 +394,25 @@ impl KmsClient {
         required: (&str, &str),
         key_id: &str,
         context: HashMap<String, String>,
-    ) -> (Option<String>, Result<DataKey, TableError>) {
+    ) -> Conditional<DataKey> {
         let message = data_key_request(key_id, context);
-        let (principal, reply) = self
-            .conditional(
-                caller,
-                required,
-                "GenerateDataKey",
-                message,
-                |mut kms, request| async move { kms.generate_data_key(request).await },
-            )
-            .await;
-        (principal, reply.map(data_key))
+        self.conditional(
+            caller,
+            required,
+            "GenerateDataKey",
+            message,
+            |mut kms, request| async move { kms.generate_data_key(request).await },
+        )
+        .await
+        .map(|(principal, reply)| (principal, data_key(reply)))
     }
 
     /// Makes the call `send` sends with `message` on behalf of the caller,
     /// conditional on the caller also being allowed `action` on `resource`
     /// (`x-authorize`), so kms-service decides both in one call: a refusal
-    /// of either is the error. Returns the principal kms-service decided for
-    /// (from `x-principal`, also on most errors) beside the result. A
-    /// kms-service that does not confirm the principal on success did not
-    /// decide `action`, so its answer is refused rather than trusted.
+    /// of either is the error. A kms-service that does not confirm the
+    /// principal on success did not decide `action`, so its answer is
+    /// refused rather than trusted.
     async fn conditional<T, R, F>(
         &self,
         caller: &CallerCredential,
@@ -428,7 +420,7 @@ impl KmsClient {
         operation: &str,
         message: T,
         send: impl FnOnce(KeyManagementServiceClient<Channel>, tonic::Request<T>) -> F,
-    ) -> (Option<String>, Result<R, TableError>)
+    ) -> Conditional<R>
     where
         F: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
@@ -439,24 +431,21 @@ impl KmsClient {
             request.metadata_mut().insert(AUTHORIZE, value);
             Ok(request)
         });
-        let request = match request {
-            Ok(request) => request,
-            Err(e) => return (None, Err(e)),
-        };
+        let request = request.map_err(|e| (None, e))?;
         match send(self.kms.clone(), request).await {
             Ok(response) => match principal(response.metadata()) {
-                Some(principal) => (Some(principal), Ok(response.into_inner())),
-                None => (
+                Some(principal) => Ok((principal, response.into_inner())),
+                None => Err((
                     None,
-                    Err(TableError::Internal(format!(
+                    TableError::Internal(format!(
                         "kms-service at {} answered a {operation} conditional on {action} \
                          without naming the principal it decided for; it may predate \
                          x-authorize",
                         self.endpoint
-                    ))),
-                ),
+                    )),
+                )),
             },
-            Err(status) => (principal(status.metadata()), Err(self.error(status))),
+            Err(status) => Err((principal(status.metadata()), self.error(status))),
         }
     }
 
@@ -467,15 +456,7 @@ impl KmsClient {
         wrapped: &[u8],
         context: HashMap<String, String>,
     ) -> Result<Zeroizing<Vec<u8>>, TableError> {
-        let request = self.request(
-            caller,
-            pb::DecryptRequest {
-                ciphertext_blob: wrapped.to_vec(),
-                encryption_context: context,
-                key_id: key_id.to_string(),
-                grant_tokens: vec![],
-            },
-        )?;
+        let request = self.request(caller, decrypt_request(key_id, wrapped, context))?;
         let reply = self
             .kms
             .clone()
@@ -484,6 +465,25 @@ impl KmsClient {
             .map_err(|s| self.error(s))?
             .into_inner();
         Ok(Zeroizing::new(reply.plaintext))
+    }
+}
+
+/// The answer to a call made conditional with `x-authorize`: the principal
+/// kms-service decided for and the result, or the error with that
+/// principal when kms-service named one (it does once the caller is
+/// authenticated).
+pub type Conditional<R> = Result<(String, R), (Option<String>, TableError)>;
+
+fn decrypt_request(
+    key_id: &str,
+    wrapped: &[u8],
+    context: HashMap<String, String>,
+) -> pb::DecryptRequest {
+    pb::DecryptRequest {
+        ciphertext_blob: wrapped.to_vec(),
+        encryption_context: context,
+        key_id: key_id.to_string(),
+        grant_tokens: vec![],
     }
 }
 

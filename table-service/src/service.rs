@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use crate::cache::{AuthzCache, CacheConfig, DataKeyCache};
 use crate::envelope;
 use crate::error::TableError;
-use crate::kms::{CallerCredential, KmsClient};
+use crate::kms::{CallerCredential, Conditional, KmsClient};
 use crate::model::{self, Item, ItemKey};
 use crate::store::{GroupCommit, StoreError, StoredItem, TableRecord, TableStore};
 
@@ -330,7 +330,7 @@ impl Tables {
                     .await?
             }
             Some((action, resource)) => {
-                let (principal, data_key) = self
+                let answer = self
                     .kms
                     .generate_data_key_authorized(
                         &call.caller,
@@ -339,8 +339,7 @@ impl Tables {
                         context,
                     )
                     .await;
-                self.settle(call, action, resource, principal, data_key)
-                    .await?
+                self.settle(call, action, resource, answer).await?
             }
         };
         let mut iv = [0u8; 12];
@@ -373,11 +372,10 @@ impl Tables {
         call: &mut Call,
         action: &str,
         resource: &str,
-        principal: Option<String>,
-        result: Result<T, TableError>,
+        answer: Conditional<T>,
     ) -> Result<T, TableError> {
-        match (principal, result) {
-            (Some(principal), Ok(value)) => {
+        match answer {
+            Ok((principal, value)) => {
                 self.authz.record_allow(
                     call.caller.authorization.as_str(),
                     action,
@@ -387,31 +385,25 @@ impl Tables {
                 call.outcome.principal = Some(principal);
                 Ok(value)
             }
-            (Some(principal), Err(e)) => {
+            Err((Some(principal), e)) => {
                 call.outcome.principal = Some(principal);
                 Err(e)
             }
-            (None, Err(e @ TableError::KmsUnavailable { .. })) => Err(e),
-            (
+            Err((None, e @ TableError::KmsUnavailable { .. })) => Err(e),
+            Err((
                 None,
-                Err(
-                    e @ TableError::Kms {
-                        code: tonic::Code::Unauthenticated,
-                        ..
-                    },
-                ),
-            ) => Err(e),
-            (None, Err(e)) => {
+                e @ TableError::Kms {
+                    code: tonic::Code::Unauthenticated,
+                    ..
+                },
+            )) => Err(e),
+            Err((None, e)) => {
                 call.outcome.kms_calls += 1;
                 let (principal, decision) = self.ask(&call.caller, action, resource, false).await?;
                 call.outcome.principal = Some(principal);
                 decision?;
                 Err(e)
             }
-            // `KmsClient::conditional` answers an error instead.
-            (None, Ok(_)) => Err(TableError::Internal(
-                "a conditional kms-service call succeeded without a principal".into(),
-            )),
         }
     }
 

@@ -616,11 +616,11 @@ impl Ctx<'_> {
     /// separate `Authorize` round trip (and audit record) when its own
     /// permission check and a key use belong to one request: table-service
     /// reads an item with one Decrypt that also decides `table:GetItem`.
-    /// The resources asked about are listed in the call's audit record,
-    /// each condition's decision in its `conditions`.
-    pub(super) fn require(&mut self, required: &[String]) -> Result<Decided, KmsError> {
+    /// Each condition's decision is in the call's audit record, in its
+    /// `conditions` (see [`AuditEvent::put_condition_resources_first`]).
+    pub(super) fn require(&mut self, required: &[String]) -> Result<(), KmsError> {
         if required.is_empty() {
-            return Ok(Decided::default());
+            return Ok(());
         }
         if self.caller().via_service.is_none() {
             return Err(KmsError::validation(
@@ -648,7 +648,6 @@ impl Ctx<'_> {
         }
         let state = self.state();
         for (action, resource) in questions {
-            push_new(&mut self.event.resources, resource);
             let outcome = self.authorize(
                 &state,
                 action,
@@ -672,27 +671,22 @@ impl Ctx<'_> {
             // The record's own decision is the call's.
             self.event.decision.clear();
         }
-        Ok(Decided {
-            resources: self.event.resources.clone(),
-        })
+        Ok(())
     }
 }
 
-/// The resources a call's conditions were decided on, kept at the front of
-/// its audit record whatever the call's own work writes there.
-#[derive(Default)]
-pub(super) struct Decided {
-    resources: Vec<String>,
-}
-
-impl crate::audit::AuditEvent {
-    /// Puts the resources of the call's conditions back in front of those
-    /// the call's own work recorded (which may have replaced them).
-    pub(super) fn keep_conditions(&mut self, decided: Decided) {
-        if decided.resources.is_empty() {
+impl AuditEvent {
+    /// Lists the resources the call's conditions were decided on first
+    /// among its resources, before (and whatever) the call's own work
+    /// recorded.
+    pub(super) fn put_condition_resources_first(&mut self) {
+        if self.conditions.is_empty() {
             return;
         }
-        let mut merged = decided.resources;
+        let mut merged = Vec::with_capacity(self.resources.len() + self.conditions.len());
+        for condition in &self.conditions {
+            push_new(&mut merged, &condition.resource);
+        }
         for value in self.resources.drain(..) {
             push_new(&mut merged, &value);
         }

@@ -210,7 +210,7 @@ impl Tables {
             && let Ok(parsed) = envelope::parse(&stored.envelope)
         {
             call.outcome.kms_calls += 1;
-            let (principal, data_key) = self
+            let answer = self
                 .kms
                 .decrypt_authorized(
                     &call.caller,
@@ -220,7 +220,7 @@ impl Tables {
                 )
                 .await;
             let data_key = self
-                .settle(call, ACTION, &resource, principal, data_key)
+                .settle(call, ACTION, &resource, answer)
                 .await
                 .map_err(|e| unwrap_error(table, e))?;
             return open_envelope(table, stored, &data_key).map(Some);
