@@ -130,15 +130,18 @@ pub struct AuditEvent {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub resources: Vec<String>,
-    /// What a service made the call conditional on (`x-authorize`), decided
-    /// for the end caller before the call's own work, in order; when one
-    /// was refused, it is the last one and the call did nothing else.
+    /// Decisions the call needed besides its own, in order: what a service
+    /// made the call conditional on (`x-authorize`), decided for the end
+    /// caller before the call's own work, and the alias of an alias
+    /// operation (`kms:CreateAlias` on `alias/…`). When one was refused, it
+    /// is the last one and the call did nothing else.
     pub conditions: Vec<AuditCondition>,
 }
 
-/// One condition of a call (`x-authorize: <action> <resource>`), as
-/// decided. The record's own `decision` and `matched_statements` are the
-/// call's own (or, when a condition was refused, that refusal's).
+/// One condition of a call (an `x-authorize: <action> <resource>` pair, or
+/// an alias operation's alias), as decided. The record's own `decision` and
+/// `matched_statements` are the call's own (or, when a condition was
+/// refused, that refusal's).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditCondition {

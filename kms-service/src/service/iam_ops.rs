@@ -648,29 +648,44 @@ impl Ctx<'_> {
         }
         let state = self.state();
         for (action, resource) in questions {
-            let outcome = self.authorize(
-                &state,
-                action,
-                Target::Resource(resource),
-                &EncryptionContext::new(),
-                &[],
-            );
-            let allowed = outcome.is_ok();
-            self.event.conditions.push(crate::audit::AuditCondition {
-                action: action.to_string(),
-                resource: resource.to_string(),
-                decision: if allowed { "Allow" } else { "Deny" }.into(),
-                matched_statements: if allowed {
-                    std::mem::take(&mut self.event.matched_statements)
-                } else {
-                    // A refusal is also the record's own decision.
-                    self.event.matched_statements.clone()
-                },
-            });
-            outcome?;
-            // The record's own decision is the call's.
-            self.event.decision.clear();
+            self.decide_condition(&state, action, resource)?;
         }
+        Ok(())
+    }
+
+    /// Decides `action` on a resource that identity policies alone govern,
+    /// as one of the decisions a call needs before (or besides) its own:
+    /// an `x-authorize` pair, or the alias of an alias operation. The
+    /// decision goes into the record's `conditions`; a refusal is also the
+    /// record's own decision and the call's error.
+    pub(super) fn decide_condition(
+        &mut self,
+        state: &State,
+        action: &str,
+        resource: &str,
+    ) -> Result<(), KmsError> {
+        let outcome = self.authorize(
+            state,
+            action,
+            Target::Resource(resource),
+            &EncryptionContext::new(),
+            &[],
+        );
+        let allowed = outcome.is_ok();
+        self.event.conditions.push(crate::audit::AuditCondition {
+            action: action.to_string(),
+            resource: resource.to_string(),
+            decision: if allowed { "Allow" } else { "Deny" }.into(),
+            matched_statements: if allowed {
+                std::mem::take(&mut self.event.matched_statements)
+            } else {
+                // A refusal is also the record's own decision.
+                self.event.matched_statements.clone()
+            },
+        });
+        outcome?;
+        // The record's own decision is the call's.
+        self.event.decision.clear();
         Ok(())
     }
 }

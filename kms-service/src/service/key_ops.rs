@@ -508,6 +508,7 @@ impl Kms {
                         "target_key_id must be a key id, not an alias",
                     ));
                 }
+                ctx.decide_condition(state, "kms:CreateAlias", alias_name)?;
                 let key = ctx.key_for(state, target_key_id, "kms:CreateAlias")?;
                 not_pending(&key, "give it an alias")?;
                 if state.aliases.contains_key(alias_name) {
@@ -537,19 +538,25 @@ impl Kms {
         self.run(creds, "UpdateAlias", |ctx| {
             refuse_service_managed_alias(alias_name, "pointed at another key")
                 .map_err(KmsError::Validation)?;
+            validate_alias_name(alias_name).map_err(KmsError::Validation)?;
             ctx.write(|ctx, state| {
-                let alias = state
-                    .aliases
-                    .get(alias_name)
-                    .ok_or_else(|| KmsError::NotFound(format!("Alias {alias_name} is not found.")))?
-                    .clone();
                 if target_key_id.starts_with("alias/") {
                     return Err(KmsError::validation(
                         "target_key_id must be a key id, not an alias",
                     ));
                 }
-                ctx.key_for(state, &alias.key_id, "kms:UpdateAlias")?;
+                ctx.decide_condition(state, "kms:UpdateAlias", alias_name)?;
+                let alias = state
+                    .aliases
+                    .get(alias_name)
+                    .ok_or_else(|| KmsError::NotFound(format!("Alias {alias_name} is not found.")))?
+                    .clone();
+                let current = ctx.key_for(state, &alias.key_id, "kms:UpdateAlias")?;
                 let key = ctx.key_for(state, target_key_id, "kms:UpdateAlias")?;
+                ctx.event.resources = vec![current.resource()];
+                if key.key_id != current.key_id {
+                    ctx.event.resources.push(key.resource());
+                }
                 not_pending(&key, "point an alias at it")?;
                 Ok((
                     (),
@@ -569,7 +576,9 @@ impl Kms {
         alias_name: &str,
     ) -> Result<(), KmsError> {
         self.run(creds, "DeleteAlias", |ctx| {
+            validate_alias_name(alias_name).map_err(KmsError::Validation)?;
             ctx.write(|ctx, state| {
+                ctx.decide_condition(state, "kms:DeleteAlias", alias_name)?;
                 let alias = state.aliases.get(alias_name).ok_or_else(|| {
                     KmsError::NotFound(format!("Alias {alias_name} is not found."))
                 })?;

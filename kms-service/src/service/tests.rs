@@ -1370,6 +1370,189 @@ async fn mac_keys_generate_and_verify_in_constant_time() {
     }
 }
 
+/// An alias is a resource of its own, as in AWS: CreateAlias, UpdateAlias
+/// and DeleteAlias need the action on the alias (identity policies alone
+/// decide it) and on each key involved (key policy). So an administrator
+/// can give a team its own alias prefix, and nobody learns whether an
+/// alias outside theirs exists.
+#[tokio::test]
+async fn alias_operations_are_decided_on_the_alias_and_on_the_key() {
+    let f = fixture().await;
+    f.kms
+        .create_user(&f.admin, "dev", PrincipalKind::User)
+        .await
+        .unwrap();
+    let team = r#"{"Version":"2012-10-17","Statement":[
+        {"Sid":"Keys","Effect":"Allow","Action":"kms:CreateKey","Resource":"*"},
+        {"Sid":"TeamAliases","Effect":"Allow","Action":["kms:CreateAlias","kms:UpdateAlias","kms:DeleteAlias"],"Resource":"alias/team-a/*"},
+        {"Sid":"Locked","Effect":"Deny","Action":"kms:*Alias","Resource":"alias/team-a/locked"}]}"#;
+    f.kms
+        .put_user_policy(&f.admin, "dev", "Team", team)
+        .await
+        .unwrap();
+    let token = f
+        .kms
+        .create_access_token(&f.admin, "user/dev")
+        .await
+        .unwrap();
+    let dev = creds(&token.token);
+    // dev's own key: its default key policy gives dev every key action.
+    let input = || CreateKeyInput {
+        description: "dev's".into(),
+        spec: KeySpec::SymmetricDefault,
+        usage: None,
+        policy: None,
+        tags: vec![],
+    };
+    let own = f.kms.create_key(&dev, input()).await.unwrap().key_id;
+    let own2 = f.kms.create_key(&dev, input()).await.unwrap().key_id;
+    let admins = f.key(KeySpec::SymmetricDefault).await;
+
+    f.kms
+        .create_alias(&dev, "alias/team-a/orders", &own)
+        .await
+        .unwrap();
+    // Outside the prefix: refused on the alias, whatever the key allows.
+    check_err(
+        f.kms.create_alias(&dev, "alias/orders", &own).await,
+        "AccessDeniedException",
+        "User: user/dev is not authorized to perform: kms:CreateAlias on resource: alias/orders",
+    );
+    check_err(
+        f.kms.create_alias(&dev, "alias/team-a/locked", &own).await,
+        "AccessDeniedException",
+        "kms:CreateAlias on resource: alias/team-a/locked with an explicit deny",
+    );
+    // Inside the prefix, on a key dev may not manage: refused on the key.
+    check_err(
+        f.kms
+            .create_alias(&dev, "alias/team-a/admins", &admins)
+            .await,
+        "AccessDeniedException",
+        &format!("kms:CreateAlias on resource: key/{admins}"),
+    );
+    // An existing alias outside the prefix is not revealed: the refusal
+    // comes before AlreadyExists and NotFound.
+    f.kms
+        .create_alias(&f.admin, "alias/admins", &admins)
+        .await
+        .unwrap();
+    for result in [
+        f.kms.create_alias(&dev, "alias/admins", &own).await,
+        f.kms.update_alias(&dev, "alias/admins", &own).await,
+        f.kms.delete_alias(&dev, "alias/admins").await,
+        f.kms.delete_alias(&dev, "alias/never-made").await,
+    ] {
+        check_err(result, "AccessDeniedException", "on resource: alias/");
+    }
+    check_err(
+        f.kms.delete_alias(&dev, "alias/team-a/never-made").await,
+        "NotFoundException",
+        "alias/team-a/never-made",
+    );
+    // UpdateAlias needs the action on both keys: pointing a team alias at
+    // the administrator's key is refused, at dev's other key allowed.
+    check_err(
+        f.kms
+            .update_alias(&dev, "alias/team-a/orders", &admins)
+            .await,
+        "AccessDeniedException",
+        &format!("kms:UpdateAlias on resource: key/{admins}"),
+    );
+    f.kms
+        .update_alias(&dev, "alias/team-a/orders", &own2)
+        .await
+        .unwrap();
+    // A team alias on the administrator's key: dev may not take it away.
+    f.kms
+        .create_alias(&f.admin, "alias/team-a/admins", &admins)
+        .await
+        .unwrap();
+    check_err(
+        f.kms.delete_alias(&dev, "alias/team-a/admins").await,
+        "AccessDeniedException",
+        &format!("kms:DeleteAlias on resource: key/{admins}"),
+    );
+    f.kms
+        .delete_alias(&dev, "alias/team-a/orders")
+        .await
+        .unwrap();
+    let aliases: Vec<_> = f
+        .kms
+        .list_aliases(&f.admin, "", 0, "")
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|a| (a.alias_name, a.key_id))
+        .collect();
+    assert_eq!(
+        aliases,
+        [
+            ("alias/admins".to_string(), admins.clone()),
+            ("alias/team-a/admins".to_string(), admins.clone()),
+        ]
+    );
+
+    // The records name the alias and the keys, with both decisions.
+    let records = f.audit_lines();
+    let of = |name: &str, decision: &str| -> Vec<&serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| {
+                r["event_name"] == name && r["principal"] == "user/dev" && r["decision"] == decision
+            })
+            .collect()
+    };
+    let created = of("CreateAlias", "Allow");
+    assert_eq!(created.len(), 1);
+    assert_eq!(
+        created[0]["resources"],
+        serde_json::json!(["alias/team-a/orders", format!("key/{own}")])
+    );
+    assert_eq!(
+        created[0]["conditions"],
+        serde_json::json!([{
+            "action": "kms:CreateAlias",
+            "resource": "alias/team-a/orders",
+            "decision": "Allow",
+            "matched_statements": ["identity:Team:TeamAliases"],
+        }])
+    );
+    assert_eq!(
+        created[0]["matched_statements"],
+        serde_json::json!(["key-policy:AllowKeyCreatorFullControl"])
+    );
+    let updated = of("UpdateAlias", "Allow");
+    assert_eq!(updated.len(), 1);
+    assert_eq!(
+        updated[0]["resources"],
+        serde_json::json!([
+            "alias/team-a/orders",
+            format!("key/{own}"),
+            format!("key/{own2}")
+        ])
+    );
+    let refused = of("CreateAlias", "Deny");
+    assert_eq!(refused.len(), 4, "{refused:#?}");
+    assert_eq!(refused[0]["resources"], serde_json::json!(["alias/orders"]));
+    assert_eq!(refused[0]["matched_statements"], serde_json::json!([]));
+    assert_eq!(
+        refused[1]["matched_statements"],
+        serde_json::json!(["identity:Team:Locked"])
+    );
+    assert_eq!(
+        refused[1]["conditions"][0]["decision"],
+        serde_json::json!("Deny")
+    );
+    // Refused on the key: the alias's allow stays in the record.
+    assert_eq!(
+        refused[2]["resources"],
+        serde_json::json!(["alias/team-a/admins", format!("key/{admins}")])
+    );
+    assert_eq!(refused[2]["conditions"][0]["decision"], "Allow");
+}
+
 #[tokio::test]
 async fn aliases_tags_and_listing() {
     let f = fixture().await;
