@@ -44,8 +44,9 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let kind = match pb::PrincipalKind::try_from(r.kind) {
-            Ok(pb::PrincipalKind::Service) => Ok(PrincipalKind::Service),
-            Ok(_) => Ok(PrincipalKind::User),
+            Ok(pb::PrincipalKind::Service) => Ok(Some(PrincipalKind::Service)),
+            Ok(pb::PrincipalKind::User) => Ok(Some(PrincipalKind::User)),
+            Ok(pb::PrincipalKind::Unspecified) => Ok(None),
             Err(_) => Err(KmsError::validation(format!(
                 "kind {} is not a known PrincipalKind",
                 r.kind

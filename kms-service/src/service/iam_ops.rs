@@ -115,20 +115,30 @@ impl Kms {
         &self,
         creds: &Credentials,
         user_name: &str,
-        kind: PrincipalKind,
+        kind: Option<PrincipalKind>,
     ) -> Result<PrincipalRecord, KmsError> {
         self.run(creds, "CreateUser", |ctx| {
             let principal = if user_name.contains('/') {
                 principal_arg(user_name)?
             } else {
                 crate::identity::validate_name(user_name).map_err(KmsError::Validation)?;
-                format!("{}/{user_name}", kind.prefix())
+                let prefix = kind.unwrap_or(PrincipalKind::User).prefix();
+                format!("{prefix}/{user_name}")
             };
-            let kind = if principal.starts_with("service/") {
+            let named = if principal.starts_with("service/") {
                 PrincipalKind::Service
             } else {
                 PrincipalKind::User
             };
+            if let Some(kind) = kind.filter(|k| *k != named) {
+                return Err(KmsError::validation(format!(
+                    "user_name {principal} names a {} principal but kind asks for a {} one; \
+                     leave kind unset or make the two agree",
+                    named.prefix(),
+                    kind.prefix()
+                )));
+            }
+            let kind = named;
             ctx.event.resources = vec![principal.clone()];
             let now = ctx.kms.now();
             ctx.write(|ctx, state| {

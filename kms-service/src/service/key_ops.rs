@@ -316,7 +316,8 @@ impl Kms {
                 Some(text) if !text.is_empty() => text.clone(),
                 _ => policy::default_key_policy(&principal),
             };
-            validate_policy(&policy)?;
+            let document = validate_policy(&policy)?;
+            let key_id = uuid::Uuid::new_v4().to_string();
             let now = ctx.kms.now();
             ctx.write(|ctx, state| {
                 ctx.authorize(
@@ -326,8 +327,9 @@ impl Kms {
                     NO_CONTEXT,
                     &[],
                 )?;
+                check_lockout(&document, &principal, &format!("key/{key_id}"))?;
                 let record = KeyRecord {
-                    key_id: uuid::Uuid::new_v4().to_string(),
+                    key_id,
                     created: now,
                     creator: principal,
                     description: input.description,
@@ -665,31 +667,7 @@ impl Kms {
             let document = validate_policy(policy)?;
             let principal = ctx.principal().to_string();
             ctx.update_key(key_id, "kms:PutKeyPolicy", |r, _| {
-                // Lockout safety check, as AWS: the new policy must still let
-                // the caller change the policy, or nobody could repair it.
-                let request = policy::Request {
-                    principal: &principal,
-                    action: "kms:PutKeyPolicy",
-                    resource: &r.resource(),
-                    context: &policy::ConditionContext::new(),
-                };
-                let allowed = matches!(
-                    policy::evaluate(
-                        &request,
-                        &policy::Evaluation {
-                            key_policy: Some(&document),
-                            identity_policies: &[],
-                            grant: None,
-                        }
-                    ),
-                    policy::Decision::Allow { .. }
-                ) || document_delegates(&document, &principal, &r.resource());
-                if !allowed {
-                    return Err(KmsError::MalformedPolicy(format!(
-                        "the new key policy will not allow {principal} to update the key policy in the future; \
-                         include a statement that allows kms:PutKeyPolicy for {principal} or for \"account\""
-                    )));
-                }
+                check_lockout(&document, &principal, &r.resource())?;
                 r.policy = policy.to_string();
                 Ok(())
             })
@@ -917,6 +895,41 @@ fn symmetric_only(record: &KeyRecord, what: &str) -> Result<(), KmsError> {
 
 /// Whether the policy delegates kms:PutKeyPolicy to identity policies (the
 /// `account` principal), which also keeps an administrator able to repair it.
+/// Lockout safety check, as AWS makes on CreateKey and PutKeyPolicy: a key
+/// policy must still let `principal` (who is setting it) change the policy,
+/// directly or by delegating to identity policies, or nobody could ever
+/// repair it, disable the key or schedule its deletion.
+fn check_lockout(
+    document: &PolicyDocument,
+    principal: &str,
+    resource: &str,
+) -> Result<(), KmsError> {
+    let request = policy::Request {
+        principal,
+        action: "kms:PutKeyPolicy",
+        resource,
+        context: &policy::ConditionContext::new(),
+    };
+    let allowed = matches!(
+        policy::evaluate(
+            &request,
+            &policy::Evaluation {
+                key_policy: Some(document),
+                identity_policies: &[],
+                grant: None,
+            }
+        ),
+        policy::Decision::Allow { .. }
+    ) || document_delegates(document, principal, resource);
+    if allowed {
+        return Ok(());
+    }
+    Err(KmsError::MalformedPolicy(format!(
+        "the key policy will not allow {principal} to update the key policy in the future; \
+         include a statement that allows kms:PutKeyPolicy for {principal} or for \"account\""
+    )))
+}
+
 fn document_delegates(document: &PolicyDocument, principal: &str, resource: &str) -> bool {
     let request = policy::Request {
         principal,

@@ -91,7 +91,7 @@ impl Fixture {
     async fn user(&self, name: &str, kind: PrincipalKind, policies: &[&str]) -> Credentials {
         let record = self
             .kms
-            .create_user(&self.admin, name, kind)
+            .create_user(&self.admin, name, Some(kind))
             .await
             .expect("create user");
         for p in policies {
@@ -280,7 +280,7 @@ async fn bad_input_is_refused_with_reason_and_message() {
     check_err(
         k.put_key_policy(a, &key, "default", &huge).await,
         "MalformedPolicyDocumentException",
-        "",
+        "limit is 32768 bytes",
     );
     let bad_op = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*","Condition":{"StringEqualz":{"kms:ViaService":"x"}}}]}"#;
     check_err(
@@ -421,13 +421,59 @@ async fn bad_input_is_refused_with_reason_and_message() {
     );
 }
 
+/// A prefixed name says what kind of principal it is; a kind that says
+/// otherwise is refused rather than silently overridden, since a service
+/// principal may act on behalf of others. An unset kind follows the name.
+#[tokio::test]
+async fn create_user_kind_must_agree_with_a_prefixed_name() {
+    let f = fixture().await;
+    for (name, kind, named) in [
+        (
+            "service/x",
+            PrincipalKind::User,
+            "names a service principal but kind asks for a user one",
+        ),
+        (
+            "user/y",
+            PrincipalKind::Service,
+            "names a user principal but kind asks for a service one",
+        ),
+    ] {
+        check_err(
+            f.kms.create_user(&f.admin, name, Some(kind)).await,
+            "ValidationException",
+            named,
+        );
+        check_err(
+            f.kms.get_user(&f.admin, name).await,
+            "NotFoundException",
+            name,
+        );
+    }
+    let cases = [
+        ("service/a", None, PrincipalKind::Service),
+        (
+            "service/b",
+            Some(PrincipalKind::Service),
+            PrincipalKind::Service,
+        ),
+        ("user/c", None, PrincipalKind::User),
+        ("d", None, PrincipalKind::User),
+        ("e", Some(PrincipalKind::Service), PrincipalKind::Service),
+    ];
+    for (name, kind, expected) in cases {
+        let made = f.kms.create_user(&f.admin, name, kind).await.unwrap();
+        assert_eq!(made.kind, expected, "{name}");
+    }
+}
+
 #[tokio::test]
 async fn missing_malformed_unknown_and_revoked_tokens_are_unauthenticated() {
     let f = fixture().await;
     let key = f.key(KeySpec::SymmetricDefault).await;
     let bob = f
         .kms
-        .create_user(&f.admin, "bob", PrincipalKind::User)
+        .create_user(&f.admin, "bob", Some(PrincipalKind::User))
         .await
         .unwrap();
     let t = f
@@ -1379,7 +1425,7 @@ async fn mac_keys_generate_and_verify_in_constant_time() {
 async fn alias_operations_are_decided_on_the_alias_and_on_the_key() {
     let f = fixture().await;
     f.kms
-        .create_user(&f.admin, "dev", PrincipalKind::User)
+        .create_user(&f.admin, "dev", Some(PrincipalKind::User))
         .await
         .unwrap();
     let team = r#"{"Version":"2012-10-17","Statement":[
@@ -1643,6 +1689,28 @@ async fn key_policy_lockout_is_refused_and_users_without_rights_are_denied() {
         "MalformedPolicyDocumentException",
         "will not allow user/admin",
     );
+    // CreateKey makes the same check, and creates nothing when it fails.
+    let keys = || async { f.kms.list_keys(&f.admin, 0, "").await.unwrap().items.len() };
+    let before = keys().await;
+    let with_policy = |policy: &str| CreateKeyInput {
+        description: String::new(),
+        spec: KeySpec::SymmetricDefault,
+        usage: None,
+        policy: Some(policy.to_string()),
+        tags: vec![],
+    };
+    check_err(
+        f.kms.create_key(&f.admin, with_policy(lockout)).await,
+        "MalformedPolicyDocumentException",
+        "will not allow user/admin to update the key policy",
+    );
+    assert_eq!(keys().await, before);
+    let delegating = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"account"},"Action":"kms:*","Resource":"*"}]}"#;
+    f.kms
+        .create_key(&f.admin, with_policy(delegating))
+        .await
+        .unwrap();
+    assert_eq!(keys().await, before + 1);
     let bob = f
         .user("bob", PrincipalKind::User, &["TableFullAccess"])
         .await;
@@ -1668,7 +1736,9 @@ async fn key_policy_lockout_is_refused_and_users_without_rights_are_denied() {
         "kms:CreateKey",
     );
     check_err(
-        f.kms.create_user(&bob, "eve", PrincipalKind::User).await,
+        f.kms
+            .create_user(&bob, "eve", Some(PrincipalKind::User))
+            .await,
         "AccessDeniedException",
         "iam:CreateUser",
     );
@@ -1749,7 +1819,7 @@ async fn state_survives_a_restart() {
         .await
         .unwrap()
         .ciphertext_blob;
-    kms.create_user(&admin, "bob", PrincipalKind::User)
+    kms.create_user(&admin, "bob", Some(PrincipalKind::User))
         .await
         .unwrap();
     kms.audit_log().close().await.unwrap();
