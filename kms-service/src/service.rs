@@ -110,7 +110,7 @@ pub struct Caller {
 
 pub struct Kms {
     state: RwLock<State>,
-    committer: GroupCommitter,
+    committer: Arc<GroupCommitter>,
     root: Arc<dyn RootKey>,
     audit: AuditLog,
     clock: Arc<dyn Clock>,
@@ -122,7 +122,11 @@ pub struct Ctx<'a> {
     kms: &'a Kms,
     pub event: AuditEvent,
     caller: Option<Caller>,
+    /// The newest batch of changes this call could have observed.
     seen: u64,
+    /// The batches of changes this call queued, held until its record is
+    /// durable.
+    own: Vec<u64>,
     /// The alias the request named its key by, for `kms:RequestAlias`.
     request_alias: Option<String>,
 }
@@ -147,7 +151,7 @@ impl Kms {
                 .map_err(|e| KmsError::Internal(format!("managed policy {name}: {e}")))?;
             managed.insert(name.to_string(), Arc::new(doc));
         }
-        let committer = GroupCommitter::start(store);
+        let committer = Arc::new(GroupCommitter::start(store));
         match state.meta.get(ROOT_CHECK_META) {
             Some(wrapped) => {
                 let check = root.unwrap(ROOT_CHECK_LABEL, wrapped).map_err(|_| {
@@ -230,6 +234,7 @@ impl Kms {
             },
             caller: None,
             seen: 0,
+            own: Vec::new(),
             request_alias: None,
         };
         let result = {
@@ -251,45 +256,98 @@ impl Kms {
                 Err(e) => Err(e),
             }
         };
-        self.finish(ctx.event, ctx.seen, result).await
+        let event = std::mem::take(&mut ctx.event);
+        let own = std::mem::take(&mut ctx.own);
+        self.finish(event, ctx.seen, own, result).await
     }
 
+    /// Completes a call: makes its audit record durable, then lets the
+    /// changes it queued (`own`, held until now) be committed, and answers
+    /// once everything it could have observed (`seen`) is durable. A record
+    /// that cannot be made durable refuses the call and abandons every
+    /// change not yet committed, so no change is ever stored without its
+    /// record.
     async fn finish<T>(
         &self,
         mut event: AuditEvent,
         seen: u64,
+        own: Vec<u64>,
         result: Result<T, KmsError>,
     ) -> Result<T, KmsError> {
-        match &result {
-            Ok(_) => {
-                if event.decision.is_empty() {
-                    event.decision = "Allow".into();
-                }
-            }
-            Err(e) => {
-                event.error_code = Some(e.reason().to_string());
-                event.error_message = Some(e.to_string());
-                if event.decision.is_empty() {
-                    event.decision = match e {
-                        KmsError::Unauthenticated { .. } => "Unauthenticated",
-                        KmsError::AccessDenied(_) => "Deny",
-                        _ => "Error",
-                    }
-                    .into();
-                }
-            }
-        }
-        let (audited, durable) =
-            tokio::join!(self.audit.append(event), self.committer.wait_durable(seen));
-        if let Err(e) = audited {
-            tracing::error!(error = %e, "audit record could not be made durable; refusing request");
-            return Err(KmsError::Unavailable(
-                "the audit log cannot record this request, so it was refused; see the service log"
-                    .into(),
-            ));
-        }
-        durable?;
+        complete(&mut event, result.as_ref().map(drop));
+        self.settle(vec![event], own).await?;
+        self.committer.wait_durable(seen).await?;
         result
+    }
+
+    /// Makes `events` durable, in order, then releases the held batches
+    /// `own`. With batches to release, this runs as a task of its own, so
+    /// it ends the same way when the caller goes away (a cancelled
+    /// request): held batches are always either released or abandoned.
+    async fn settle(&self, events: Vec<AuditEvent>, own: Vec<u64>) -> Result<(), KmsError> {
+        let inline = own.is_empty();
+        let (audit, committer) = (self.audit.clone(), self.committer.clone());
+        let job = async move {
+            for event in events {
+                if let Err(e) = audit.append(event).await {
+                    committer.abandon();
+                    tracing::error!(error = %e, "audit record could not be made durable; refusing request");
+                    return Err(KmsError::Unavailable(
+                        "the audit log cannot record this request, so it was refused; see the service log"
+                            .into(),
+                    ));
+                }
+            }
+            for seq in own {
+                committer.release(seq);
+            }
+            Ok(())
+        };
+        if inline {
+            return job.await;
+        }
+        tokio::spawn(job)
+            .await
+            .map_err(|e| KmsError::Internal(format!("recording the call failed: {e}")))?
+    }
+}
+
+/// Completes a call's record with its outcome.
+fn complete(event: &mut AuditEvent, result: Result<(), &KmsError>) {
+    match result {
+        Ok(()) => {
+            if event.decision.is_empty() {
+                event.decision = "Allow".into();
+            }
+        }
+        Err(e) => {
+            event.error_code = Some(e.reason().to_string());
+            event.error_message = Some(e.to_string());
+            if event.decision.is_empty() {
+                event.decision = match e {
+                    KmsError::Unauthenticated { .. } => "Unauthenticated",
+                    KmsError::AccessDenied(_) => "Deny",
+                    _ => "Error",
+                }
+                .into();
+            }
+        }
+    }
+}
+
+impl Drop for Ctx<'_> {
+    /// Changes queued by a call that never reached [`Kms::finish`] (its
+    /// work panicked) have no record and never will: they are abandoned,
+    /// and the service refuses everything until restarted, since memory is
+    /// ahead of what may be stored.
+    fn drop(&mut self) {
+        if !self.own.is_empty() {
+            tracing::error!(
+                event = %self.event.event_name,
+                "a call ended without its audit record; refusing all further requests"
+            );
+            self.kms.committer.abandon();
+        }
     }
 }
 
@@ -430,7 +488,8 @@ impl<'a> Ctx<'a> {
                 .apply(m)
                 .map_err(|e| KmsError::Internal(e.to_string()))?;
         }
-        self.seen = self.kms.committer.enqueue(mutations)?;
+        self.seen = self.kms.committer.enqueue_held(mutations)?;
+        self.own.push(self.seen);
         Ok(value)
     }
 

@@ -92,7 +92,7 @@ impl Kms {
             for m in &mutations {
                 state.apply(m)?;
             }
-            let seq = self.committer.enqueue(mutations)?;
+            let seq = self.committer.enqueue_held(mutations)?;
             (minted, seq)
         };
         let (token, seq) = minted;
@@ -103,7 +103,7 @@ impl Kms {
             resources: vec![principal.to_string()],
             ..AuditEvent::default()
         };
-        self.finish(event, seq, Ok(())).await?;
+        self.finish(event, seq, vec![seq], Ok(())).await?;
         Ok(Some(BootstrapToken {
             principal: principal.to_string(),
             token_id: token.record.token_id,

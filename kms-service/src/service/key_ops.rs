@@ -201,7 +201,7 @@ impl Kms {
             for m in &mutations {
                 state.apply(m)?;
             }
-            self.committer.enqueue(mutations)?
+            self.committer.enqueue_held(mutations)?
         };
         let event = crate::audit::AuditEvent {
             request_id: uuid::Uuid::new_v4().to_string(),
@@ -211,7 +211,7 @@ impl Kms {
             resources: vec![format!("key/{key_id}")],
             ..crate::audit::AuditEvent::default()
         };
-        self.finish(event, seq, Ok(())).await?;
+        self.finish(event, seq, vec![seq], Ok(())).await?;
         tracing::info!(%key_id, "service-managed key policy brought up to date");
         Ok(())
     }
@@ -277,7 +277,7 @@ impl Kms {
             for m in &mutations {
                 state.apply(m)?;
             }
-            (record.key_id, self.committer.enqueue(mutations)?)
+            (record.key_id, self.committer.enqueue_held(mutations)?)
         };
         let event = crate::audit::AuditEvent {
             request_id: uuid::Uuid::new_v4().to_string(),
@@ -288,7 +288,7 @@ impl Kms {
             resources: vec![format!("key/{key_id}"), alias.to_string()],
             ..crate::audit::AuditEvent::default()
         };
-        self.finish(event, seq, Ok(())).await?;
+        self.finish(event, seq, vec![seq], Ok(())).await?;
         Ok(Some(key_id))
     }
 

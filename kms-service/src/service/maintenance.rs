@@ -20,7 +20,7 @@ impl Kms {
     pub async fn run_maintenance(&self) -> Result<MaintenanceReport, KmsError> {
         let now = self.now();
         let mut report = MaintenanceReport::default();
-        let (mutations, events) = {
+        let (seq, own, events) = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             let mut mutations = Vec::new();
             let mut events = Vec::new();
@@ -56,25 +56,30 @@ impl Kms {
             for m in &mutations {
                 state.apply(m)?;
             }
-            (mutations, events)
+            // Queued under the state lock, so commit order is apply order.
+            let (seq, own) = if mutations.is_empty() {
+                (self.committer.last_enqueued(), vec![])
+            } else {
+                let seq = self.committer.enqueue_held(mutations)?;
+                (seq, vec![seq])
+            };
+            (seq, own, events)
         };
-        let seq = if mutations.is_empty() {
-            self.committer.last_enqueued()
-        } else {
-            self.committer.enqueue(mutations)?
-        };
-        for (name, key_id, version) in events {
-            let event = AuditEvent {
+        let records = events
+            .into_iter()
+            .map(|(name, key_id, version)| AuditEvent {
                 request_id: uuid::Uuid::new_v4().to_string(),
                 event_name: name.into(),
                 principal: Some(SERVICE_PRINCIPAL.into()),
+                decision: "Allow".into(),
                 resources: vec![format!("key/{key_id}")],
                 key_id: Some(key_id),
                 key_version: version,
                 ..AuditEvent::default()
-            };
-            self.finish(event, seq, Ok(())).await?;
-        }
+            })
+            .collect();
+        // The changes are committed only once every record is durable.
+        self.settle(records, own).await?;
         self.committer.wait_durable(seq).await?;
         Ok(report)
     }

@@ -1917,7 +1917,20 @@ async fn key_use_is_refused_when_the_audit_record_cannot_be_made_durable() {
     drop(kms);
     let store = SqliteStore::open(&dir.path().join("kms.db")).unwrap();
     let audit = AuditLog::with_sink(Box::new(FailingSink), None, ChainHead::GENESIS, 16).unwrap();
-    let kms = Kms::open(Arc::new(store), root, audit, clock).unwrap();
+    let kms = Kms::open(Arc::new(store), root.clone(), audit, clock.clone()).unwrap();
+    // A change whose record cannot be made durable is refused and never
+    // stored, and nothing after it is acknowledged.
+    check_err(
+        kms.update_key_description(&admin, &key, "changed without a record")
+            .await,
+        "KMSUnavailableException",
+        "audit log",
+    );
+    check_err(
+        kms.create_user(&admin, "mallory", None).await,
+        "KMSUnavailableException",
+        "",
+    );
     check_err(
         kms.encrypt(&admin, &key, b"x", &EncryptionContext::new(), &[])
             .await,
@@ -1940,6 +1953,100 @@ async fn key_use_is_refused_when_the_audit_record_cannot_be_made_durable() {
         kms.describe_key(&admin, &key, &[]).await,
         "KMSUnavailableException",
         "audit log",
+    );
+    drop(kms);
+    let kms = open_at(dir.path(), root, clock).await;
+    assert_eq!(
+        kms.describe_key(&admin, &key, &[])
+            .await
+            .unwrap()
+            .description,
+        ""
+    );
+    check_err(
+        kms.get_user(&admin, "mallory").await,
+        "NotFoundException",
+        "mallory",
+    );
+}
+
+/// A change is held until its record is durable; a caller that goes away
+/// meanwhile (a cancelled request) must not leave it held, or every later
+/// change would wait behind it for ever.
+#[tokio::test]
+async fn a_cancelled_change_is_still_recorded_and_committed() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    {
+        // Polled once, then dropped: the request's future goes away while
+        // the call waits for its record.
+        let mut call = std::pin::pin!(f.kms.update_key_description(&f.admin, &key, "first"));
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+        assert!(first.is_pending(), "the call ended at its first poll");
+    }
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        f.kms.update_key_description(&f.admin, &key, "second"),
+    )
+    .await
+    .expect("a later change is not held behind the cancelled one")
+    .unwrap();
+    assert_eq!(
+        f.kms
+            .describe_key(&f.admin, &key, &[])
+            .await
+            .unwrap()
+            .description,
+        "second"
+    );
+    let updates = f
+        .audit_lines()
+        .iter()
+        .filter(|r| r["event_name"] == "UpdateKeyDescription" && r["decision"] == "Allow")
+        .count();
+    assert_eq!(updates, 2);
+}
+
+/// A call whose work panics after queueing a change never writes its
+/// record, so the change is abandoned and the service refuses everything
+/// (memory is ahead of what may be stored) rather than storing it.
+#[tokio::test]
+async fn a_change_whose_call_panics_is_abandoned() {
+    let f = Arc::new(fixture().await);
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let task = {
+        let (f, key) = (f.clone(), key.clone());
+        tokio::spawn(async move {
+            f.kms
+                .run::<()>(&f.admin, "UpdateKeyDescription", |ctx| {
+                    ctx.write(|_, state| {
+                        let mut record = state.keys[&key].record.clone();
+                        record.description = "never recorded".into();
+                        Ok(((), vec![Mutation::PutKey(record)]))
+                    })?;
+                    panic!("work failed after queueing its change");
+                })
+                .await
+        })
+    };
+    assert!(task.await.unwrap_err().is_panic());
+    let patience = std::time::Duration::from_secs(10);
+    check_err(
+        tokio::time::timeout(
+            patience,
+            f.kms.update_key_description(&f.admin, &key, "later"),
+        )
+        .await
+        .expect("refused, not held behind the abandoned change"),
+        "KMSUnavailableException",
+        "",
+    );
+    check_err(
+        tokio::time::timeout(patience, f.kms.describe_key(&f.admin, &key, &[]))
+            .await
+            .expect("refused, not held"),
+        "KMSUnavailableException",
+        "",
     );
 }
 

@@ -1311,6 +1311,81 @@ fn wait_durable_returns_only_after_commit(make: &dyn Fn() -> Fixture) {
     });
 }
 
+/// A held batch is not committed, nor is anything queued after it, until
+/// it is released; releases out of order commit in queue order; an
+/// abandoned committer drops what it held and refuses everything.
+fn held_batches_commit_only_when_released(make: &dyn Fn() -> Fixture) {
+    let fx = make();
+    let store = Arc::new(Recording::new(fx.store));
+    let committer = Arc::new(GroupCommitter::start(store.clone()));
+    let settle = || std::thread::sleep(Duration::from_millis(50));
+    runtime().block_on(async {
+        let first = committer.enqueue_held(numbered(1)).expect("enqueue");
+        let second = committer.enqueue(numbered(2)).expect("enqueue");
+        let third = committer.enqueue_held(numbered(3)).expect("enqueue");
+        let waiter = {
+            let committer = committer.clone();
+            tokio::spawn(async move { durable(&committer, second).await })
+        };
+        settle();
+        assert_eq!(
+            store.attempts(),
+            0,
+            "a held batch, or one behind it, was committed"
+        );
+        assert!(
+            !waiter.is_finished(),
+            "wait_durable returned for a held batch"
+        );
+        // Released out of order: still committed in queue order.
+        committer.release(third);
+        settle();
+        assert_eq!(
+            store.attempts(),
+            0,
+            "a batch behind a held one was committed"
+        );
+        committer.release(first);
+        durable(&committer, third).await.expect("wait_durable");
+        waiter.await.expect("waiter").expect("wait_durable");
+        assert_eq!(
+            store.flattened(),
+            [numbered(1), numbered(2), numbered(3)].concat(),
+            "commit order is queue order"
+        );
+        committer.release(first);
+
+        let fourth = committer.enqueue_held(numbered(4)).expect("enqueue");
+        let waiter = {
+            let committer = committer.clone();
+            tokio::spawn(async move { durable(&committer, fourth).await })
+        };
+        committer.abandon();
+        let result = waiter.await.expect("waiter");
+        assert!(
+            matches!(result, Err(StoreError::Poisoned)),
+            "waiter for an abandoned batch got {result:?}"
+        );
+        committer.release(fourth);
+        let later = committer.enqueue(numbered(5));
+        assert!(
+            matches!(later, Err(StoreError::Poisoned)),
+            "enqueue after abandon gave {later:?}"
+        );
+        let result = durable(&committer, third).await;
+        assert!(
+            matches!(result, Err(StoreError::Poisoned)),
+            "wait_durable after abandon gave {result:?}"
+        );
+    });
+    drop(committer);
+    assert_eq!(
+        store.flattened(),
+        [numbered(1), numbered(2), numbered(3)].concat(),
+        "an abandoned batch was committed"
+    );
+}
+
 fn failed_commit_poisons_committer(make: &dyn Fn() -> Fixture) {
     let fx = make();
     let (store, open) = Recording {
@@ -1416,6 +1491,7 @@ macro_rules! committer {
             committer_merges_queued_batches_into_one_commit,
             wait_durable_returns_only_after_commit,
             failed_commit_poisons_committer,
+            held_batches_commit_only_when_released,
         );
     };
 }
