@@ -101,12 +101,17 @@ async fn main() -> ExitCode {
             match server::open(&storage, clock).await {
                 Ok(opened) => {
                     let _ = opened.kms.audit_log().close().await;
-                    match opened.admin_token_file {
-                        Some(path) => println!("administrator token written to {}", path.display()),
-                        None => println!(
+                    if let Some(path) = &opened.admin_token_file {
+                        println!("administrator token written to {}", path.display());
+                    }
+                    if let Some(path) = &opened.service_token_file {
+                        println!("table-service token written to {}", path.display());
+                    }
+                    if opened.admin_token_file.is_none() && opened.service_token_file.is_none() {
+                        println!(
                             "data directory {} was already initialised",
                             storage.data_dir.display()
-                        ),
+                        );
                     }
                     ExitCode::SUCCESS
                 }

@@ -117,6 +117,8 @@ pub struct Opened {
     pub kms: Arc<Kms>,
     /// Path of the administrator token file, when this start created it.
     pub admin_token_file: Option<std::path::PathBuf>,
+    /// Path of the table-service token file, when this start wrote it.
+    pub service_token_file: Option<std::path::PathBuf>,
 }
 
 /// Prepares the data directory and opens the service.
@@ -149,6 +151,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     .map_err(|e| StartError::Config(format!("cannot open the audit log: {e}")))?;
     let kms = Arc::new(Kms::open(Arc::new(store), root, audit, clock)?);
     let mut admin_token_file = None;
+    let mut service_token_file = None;
     if let Some(token) = kms
         .bootstrap_principal(
             ADMIN_PRINCIPAL,
@@ -169,6 +172,20 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
         {
             write_secret_file(path, &token.token)?;
             tracing::info!(path = %path.display(), principal = TABLE_SERVICE_PRINCIPAL, "service principal created; its token is in this file (mode 0600)");
+            service_token_file = Some(path.clone());
+        } else if !path.exists() {
+            // The principal exists but its credential file is gone (a new
+            // volume, a deleted file): issue a new token rather than leave
+            // table-service unable to start.
+            let token = kms.reissue_token(TABLE_SERVICE_PRINCIPAL).await?;
+            write_secret_file(path, &token.token)?;
+            tracing::warn!(
+                path = %path.display(),
+                principal = TABLE_SERVICE_PRINCIPAL,
+                token_id = %token.token_id,
+                "the service token file was missing, so a new token was issued into it (mode 0600); the principal's older tokens stay valid: if the file was lost rather than deleted, delete them with DeleteAccessToken"
+            );
+            service_token_file = Some(path.clone());
         }
         if let Some(key_id) = kms
             .bootstrap_service_managed_key(TABLE_SERVICE_KEY_ALIAS, TABLE_SERVICE_PRINCIPAL)
@@ -180,6 +197,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     Ok(Opened {
         kms,
         admin_token_file,
+        service_token_file,
     })
 }
 

@@ -674,6 +674,35 @@ fn a_second_process_on_the_same_data_directory_is_refused() {
     );
     assert!(!token.exists());
     drop(first);
+    // Stopped, the same init writes the credential; again, and after the
+    // file is lost, it is issued anew.
+    let init_token = || {
+        run(kms()
+            .args(["init", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--table-service-token-file")
+            .arg(&token))
+    };
+    for _ in 0..2 {
+        let out = init_token();
+        assert!(out.status.success(), "init: {}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!(
+                "table-service token written to {}",
+                token.display()
+            )),
+            "{}",
+            stdout(&out)
+        );
+        assert!(token.exists());
+        let out = init_token();
+        assert!(
+            stdout(&out).contains("was already initialised"),
+            "{}",
+            stdout(&out)
+        );
+        std::fs::remove_file(&token).unwrap();
+    }
     let mut again = start(dir.path(), &[]);
     let addr = format!("http://127.0.0.1:{}", again.port);
     wait_serving(&mut again, &["--addr".as_ref(), addr.as_ref()]);

@@ -1,13 +1,14 @@
-//! A data directory made by an earlier version keeps working: the policy of
-//! the service-managed key (which nobody can change through the API) is
-//! brought up to this version's at start-up, audited, and the log verifies.
+//! A data directory keeps working across versions and mishaps: the policy
+//! of the service-managed key (which nobody can change through the API) is
+//! brought up to this version's at start-up, audited, and the log verifies;
+//! a missing table-service token file is issued anew.
 
 use std::sync::Arc;
 
 use kms_service::clock::SystemClock;
 use kms_service::config::StorageConfig;
 use kms_service::server;
-use kms_service::service::service_managed_policy;
+use kms_service::service::{Credentials, service_managed_policy};
 use kms_service::store::sqlite::SqliteStore;
 use kms_service::store::{Mutation, Store};
 
@@ -79,4 +80,84 @@ async fn an_old_service_managed_key_policy_is_brought_up_to_date() {
     );
     let checkpoints = storage.audit_path().join("audit.jsonl.checkpoints");
     kms_service::audit::verify(&log, Some(&checkpoints), None).expect("the log verifies");
+}
+
+fn storage_in(dir: &std::path::Path) -> StorageConfig {
+    StorageConfig {
+        config: None,
+        data_dir: dir.join("kms"),
+        root_key_file: None,
+        admin_token_file: None,
+        table_service_token_file: Some(dir.join("kms/table-service.token")),
+        audit_dir: None,
+    }
+}
+
+fn bearer(path: &std::path::Path) -> Credentials {
+    let token = std::fs::read_to_string(path).unwrap();
+    Credentials {
+        authorization: Some(format!("Bearer {}", token.trim())),
+        ..Credentials::default()
+    }
+}
+
+/// The table-service principal exists but its token file is gone (a new
+/// volume, a deleted file): start-up issues a new token into it, audited,
+/// and leaves the older ones valid; at the token limit it refuses to start
+/// and says what to do.
+#[tokio::test]
+async fn a_missing_table_service_token_file_is_issued_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(dir.path());
+    let file = storage.table_service_token_file.clone().unwrap();
+    let start = || async { server::open(&storage, Arc::new(SystemClock)).await };
+    let opened = start().await.unwrap();
+    let first = bearer(&file);
+    opened.kms.audit_log().close().await.unwrap();
+    drop(opened);
+
+    std::fs::remove_file(&file).unwrap();
+    let opened = start().await.unwrap();
+    let second = bearer(&file);
+    assert_ne!(first.authorization, second.authorization);
+    for creds in [&first, &second] {
+        let caller = opened.kms.get_caller_identity(creds).await.unwrap();
+        assert_eq!(caller.principal, "service/table-service");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Up to the limit of 10 active tokens, then the file goes again.
+    let admin = bearer(&storage.admin_token_path());
+    for _ in 0..8 {
+        opened
+            .kms
+            .create_access_token(&admin, "service/table-service")
+            .await
+            .unwrap();
+    }
+    opened.kms.audit_log().close().await.unwrap();
+    drop(opened);
+    std::fs::remove_file(&file).unwrap();
+    let refused = start().await.err().expect("refused at the token limit");
+    let message = refused.to_string();
+    assert!(
+        message.contains("already has 10 active tokens") && message.contains("DeleteAccessToken"),
+        "{message}"
+    );
+    assert!(!file.exists());
+
+    let log = storage.audit_path().join("audit.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let issued = text
+        .lines()
+        .filter(|l| {
+            l.contains("\"event_name\":\"CreateAccessToken\"")
+                && l.contains("\"principal\":\"service/kms-service\"")
+        })
+        .count();
+    assert_eq!(issued, 1);
 }

@@ -111,6 +111,48 @@ impl Kms {
         }))
     }
 
+    /// Gives an existing principal a new token, as the service itself (for
+    /// a service credential file that went missing): audited as
+    /// `CreateAccessToken` by kms-service. The principal's other tokens stay
+    /// valid; the per-principal limit holds.
+    pub async fn reissue_token(&self, principal: &str) -> Result<BootstrapToken, KmsError> {
+        let now = self.now();
+        let (minted, seq) = {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            existing(&state, principal)?;
+            let live = state
+                .tokens
+                .values()
+                .filter(|t| t.principal == principal && t.revoked.is_none())
+                .count();
+            if live >= MAX_TOKENS_PER_PRINCIPAL {
+                return Err(KmsError::LimitExceeded(format!(
+                    "{principal} already has {MAX_TOKENS_PER_PRINCIPAL} active tokens, so no new one can be issued; \
+                     delete one (DeleteAccessToken) and start again"
+                )));
+            }
+            let minted = mint_token(principal, now);
+            let mutations = vec![Mutation::PutToken(minted.record.clone())];
+            for m in &mutations {
+                state.apply(m)?;
+            }
+            (minted, self.committer.enqueue_held(mutations)?)
+        };
+        let event = AuditEvent {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            event_name: "CreateAccessToken".into(),
+            principal: Some(super::SERVICE_PRINCIPAL.into()),
+            resources: vec![principal.to_string()],
+            ..AuditEvent::default()
+        };
+        self.finish(event, seq, vec![seq], Ok(())).await?;
+        Ok(BootstrapToken {
+            principal: principal.to_string(),
+            token_id: minted.record.token_id,
+            token: minted.secret,
+        })
+    }
+
     pub async fn create_user(
         &self,
         creds: &Credentials,
