@@ -23,9 +23,38 @@ pub fn services(kms: Arc<Kms>) -> (KeyManagementGrpc, IdentityGrpc) {
     (KeyManagementGrpc::new(kms.clone()), IdentityGrpc::new(kms))
 }
 
+/// Answers a request over the message-size limit (`--max-message-bytes`),
+/// which tonic refuses before any handler runs, as any other bad input:
+/// authenticated, audited, `RESOURCE_EXHAUSTED` with
+/// `LimitExceededException`.
+pub fn oversize_layer(kms: Arc<Kms>) -> lockbox_proto::oversize::OversizeLayer {
+    lockbox_proto::oversize::OversizeLayer::new(Arc::new(move |refused| {
+        let kms = kms.clone();
+        Box::pin(async move {
+            let creds = credentials_from(&refused.metadata, refused.remote_addr);
+            let error = crate::error::KmsError::LimitExceeded(format!(
+                "the request message is too large ({}); kms-service takes messages up to \
+                 --max-message-bytes (KMS_MAX_MESSAGE_BYTES)",
+                refused.detail
+            ));
+            let refused: Result<(), _> = kms.refuse(&creds, &refused.method, error).await;
+            match refused {
+                Ok(()) => tonic::Status::internal("an oversized request was not refused"),
+                Err(e) => to_status(&e),
+            }
+        })
+    }))
+}
+
 /// What the transport knows about a request, before anything is checked.
 fn credentials<T>(request: &tonic::Request<T>) -> Credentials {
-    let meta = request.metadata();
+    credentials_from(request.metadata(), request.remote_addr())
+}
+
+fn credentials_from(
+    meta: &tonic::metadata::MetadataMap,
+    remote_addr: Option<std::net::SocketAddr>,
+) -> Credentials {
     let text = |name: &str| {
         meta.get(name)
             .and_then(|v| v.to_str().ok())
@@ -37,7 +66,7 @@ fn credentials<T>(request: &tonic::Request<T>) -> Credentials {
         request_id: text(REQUEST_ID)
             .filter(|id| !id.is_empty() && id.len() <= 128)
             .unwrap_or_else(|| crate::crypto::random_uuid().to_string()),
-        source_address: request.remote_addr().map(|a| a.to_string()),
+        source_address: remote_addr.map(|a| a.to_string()),
         // A value that is not visible ASCII is kept as an empty string,
         // which `x-authorize` parsing refuses, rather than dropped.
         required: meta

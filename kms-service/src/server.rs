@@ -261,6 +261,7 @@ pub async fn serve_with_tls(
     };
 
     let result = builder
+        .layer(grpc::oversize_layer(kms.clone()))
         .add_service(
             KeyManagementServiceServer::new(kms_grpc)
                 .max_decoding_message_size(limit)

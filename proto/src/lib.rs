@@ -50,6 +50,8 @@ pub mod config_file;
 #[cfg(feature = "service")]
 pub mod job_thread;
 #[cfg(feature = "service")]
+pub mod oversize;
+#[cfg(feature = "service")]
 pub mod random;
 #[cfg(feature = "service")]
 pub mod store_lock;

@@ -13,6 +13,34 @@ pub use table::TableGrpc;
 use crate::error::TableError;
 use crate::kms::CallerCredential;
 
+/// Answers a request over the message-size limit (`--max-message-bytes`),
+/// which tonic refuses before any handler runs, as any other bad input:
+/// `RESOURCE_EXHAUSTED` with `ErrorInfo` (`ValidationException`) and a
+/// message naming the setting. Nothing reaches kms-service or the store.
+pub fn oversize_layer() -> lockbox_proto::oversize::OversizeLayer {
+    lockbox_proto::oversize::OversizeLayer::new(std::sync::Arc::new(|refused| {
+        Box::pin(async move {
+            tracing::info!(
+                action = %refused.method,
+                request_id = ?refused.metadata.get(lockbox_proto::metadata::REQUEST_ID),
+                outcome = "ValidationException",
+                detail = %refused.detail,
+                "request refused: over the message-size limit"
+            );
+            let base = to_status(&TableError::Validation(format!(
+                "the request message is too large ({}); table-service takes messages up to \
+                 --max-message-bytes (TABLE_MAX_MESSAGE_BYTES), and an item at most 400 KiB",
+                refused.detail
+            )));
+            tonic::Status::with_details(
+                tonic::Code::ResourceExhausted,
+                base.message(),
+                base.details().to_vec().into(),
+            )
+        })
+    }))
+}
+
 /// The caller's credential, forwarded to kms-service; refused here only when
 /// it is missing altogether.
 fn caller<T>(request: &tonic::Request<T>) -> Result<CallerCredential, TableError> {

@@ -281,6 +281,7 @@ pub async fn serve_with_tls(
         .build_v1alpha()
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
     let result = builder
+        .layer(crate::grpc::oversize_layer())
         .add_service(
             TableServiceServer::new(TableGrpc::new(tables.clone()))
                 .max_decoding_message_size(limit)

@@ -324,22 +324,6 @@ async fn statuses_carry_error_info_and_limits_hold() {
         "ValidationException",
         "7–30",
     );
-    // Over the message-size limit: refused before any work, nothing audited as a key use.
-    let huge = client
-        .encrypt(authed(
-            &kms.admin,
-            pb::EncryptRequest {
-                key_id: key.key_id.clone(),
-                plaintext: vec![0; 300 * 1024],
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect_err("oversized request refused");
-    assert!(
-        matches!(huge.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{huge:?}"
-    );
     // Health answers SERVING for the services.
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&kms).await);
     let serving = health
@@ -536,13 +520,49 @@ async fn unreadable_requests_are_authenticated_and_audited() {
         "ValidationException",
         "42",
     );
+    // Over the message-size limit (256 KiB by default): tonic refuses it
+    // before any handler, and the answer is still kms-service's own,
+    // authenticated and audited.
+    let huge = |token: &str| {
+        let mut request = authed(
+            token,
+            pb::EncryptRequest {
+                key_id: "alias/any".into(),
+                plaintext: vec![0; 300 * 1024],
+                ..Default::default()
+            },
+        );
+        request
+            .metadata_mut()
+            .insert("x-request-id", "oversized-1".parse().unwrap());
+        request
+    };
+    check_status(
+        client.encrypt(huge(&kms.admin)).await,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+        "the limit is: 262144 bytes); kms-service takes messages up to --max-message-bytes (KMS_MAX_MESSAGE_BYTES)",
+    );
+    check_status(
+        client.encrypt(huge("")).await,
+        Code::Unauthenticated,
+        "MissingAuthenticationTokenException",
+        "",
+    );
+    // The connection still serves.
+    check_status(
+        client.generate_mac(authed(&kms.admin, bad_mac())).await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "99",
+    );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
         .unwrap()
         .lines()
         .skip(before)
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(records() - before, 4, "{lines:#?}");
+    assert_eq!(records() - before, 7, "{lines:#?}");
     let names: Vec<&str> = lines
         .iter()
         .map(|r| r["event_name"].as_str().unwrap())
@@ -553,11 +573,25 @@ async fn unreadable_requests_are_authenticated_and_audited() {
             "GenerateMac",
             "GenerateMac",
             "GenerateDataKey",
-            "CreateUser"
+            "CreateUser",
+            "Encrypt",
+            "Encrypt",
+            "GenerateMac"
         ]
     );
     assert_eq!(lines[0]["decision"], "Unauthenticated");
     assert_eq!(lines[1]["principal"], "user/admin");
+    assert_eq!(lines[4]["principal"], "user/admin");
+    assert_eq!(lines[4]["error_code"], "LimitExceededException");
+    assert_eq!(lines[4]["request_id"], "oversized-1");
+    assert!(
+        lines[4]["source_address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{:?}",
+        lines[4]
+    );
+    assert_eq!(lines[5]["decision"], "Unauthenticated");
 }
 
 /// A service's call on behalf of a user is answered with the user's

@@ -1908,6 +1908,29 @@ async fn a_batch_get_larger_than_a_message_is_answered_in_parts() {
     for (item, k) in got.iter().zip(&keys) {
         assert_eq!(item, &with(k, &[("blob", s(&blob))]));
     }
+    // A request over the message-size limit, which tonic refuses before
+    // any handler runs, is answered like any other bad input, and the
+    // connection goes on serving.
+    check_status(
+        stack
+            .try_put(
+                "big",
+                item(&[("id", s("huge")), ("blob", s(&"x".repeat(1100 * 1024)))]),
+                vec![],
+            )
+            .await,
+        Code::ResourceExhausted,
+        "ValidationException",
+        "the limit is: 1048576 bytes); table-service takes messages up to --max-message-bytes (TABLE_MAX_MESSAGE_BYTES)",
+    );
+    assert!(
+        stack
+            .try_get("big", item(&[("id", s("huge"))]))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing was stored"
+    );
     stack.stop().await;
 }
 

@@ -1,0 +1,144 @@
+//! The answer to a request over the message-size limit.
+//!
+//! tonic refuses a request whose message is larger than the service's
+//! decoding limit before any handler runs, with a bare `OUT_OF_RANGE`
+//! status: no `google.rpc.ErrorInfo`, no reason, nothing audited. This
+//! layer replaces that answer with the one the service gives for any bad
+//! input, which it makes with `refuse`: kms-service authenticates and
+//! audits the call and answers `RESOURCE_EXHAUSTED` with its reason;
+//! table-service answers likewise. Every other answer passes through
+//! untouched; the layer keeps only the three request headers a refusal
+//! needs (cheap, reference-counted clones), and the address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderMap, HeaderName, Request, Response};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::metadata::{ON_BEHALF_OF, REQUEST_ID};
+
+/// What a refusal knows of the request.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The request's `authorization`, `x-on-behalf-of` and `x-request-id`.
+    pub metadata: tonic::metadata::MetadataMap,
+    pub remote_addr: Option<SocketAddr>,
+    /// The gRPC method, e.g. `Encrypt` of `/kms.v1.KeyManagementService/Encrypt`.
+    pub method: String,
+    /// tonic's account of the sizes, e.g. "found 307212 bytes, the limit
+    /// is: 262144 bytes".
+    pub detail: String,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Makes the status a refused request gets.
+pub type Refuse = Arc<dyn Fn(Refused) -> BoxFuture<tonic::Status> + Send + Sync>;
+
+/// See the module documentation.
+#[derive(Clone)]
+pub struct OversizeLayer {
+    refuse: Refuse,
+}
+
+impl OversizeLayer {
+    pub fn new(refuse: Refuse) -> Self {
+        OversizeLayer { refuse }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for OversizeLayer {
+    type Service = Oversize<S>;
+
+    fn layer(&self, inner: S) -> Oversize<S> {
+        Oversize {
+            inner,
+            refuse: self.refuse.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Oversize<S> {
+    inner: S,
+    refuse: Refuse,
+}
+
+const KEPT: [HeaderName; 3] = [
+    http::header::AUTHORIZATION,
+    HeaderName::from_static(ON_BEHALF_OF),
+    HeaderName::from_static(REQUEST_ID),
+];
+
+/// Whether `status` is tonic's refusal of an oversized request message.
+fn oversized(headers: &HeaderMap) -> Option<String> {
+    // The refusal is a trailers-only answer: its status is in the headers.
+    let code = headers.get("grpc-status")?;
+    if code.as_bytes() != b"11" {
+        return None;
+    }
+    let status = tonic::Status::from_header_map(headers)?;
+    status
+        .message()
+        .strip_prefix("Error, decoded message length too large: ")
+        .map(str::to_string)
+}
+
+fn remote_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.get_ref().remote_addr())
+        })
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for Oversize<S>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<ResBody>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let kept = KEPT.map(|name| request.headers().get(&name).cloned());
+        let remote_addr = remote_addr(request.extensions());
+        let uri = request.uri().clone();
+        let answer = self.inner.call(request);
+        let refuse = self.refuse.clone();
+        Box::pin(async move {
+            let response = answer.await?;
+            let Some(detail) = oversized(response.headers()) else {
+                return Ok(response);
+            };
+            let mut headers = HeaderMap::new();
+            for (name, value) in KEPT.into_iter().zip(kept) {
+                if let Some(value) = value {
+                    headers.insert(name, value);
+                }
+            }
+            let method = uri.path().rsplit('/').next().unwrap_or_default();
+            let status = refuse(Refused {
+                metadata: tonic::metadata::MetadataMap::from_headers(headers),
+                remote_addr,
+                method: method.to_string(),
+                detail,
+            })
+            .await;
+            Ok(status.into_http())
+        })
+    }
+}
