@@ -15,6 +15,29 @@ pub enum AuthFailure {
     Revoked,
 }
 
+/// Whose credential failed authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialOf {
+    /// The caller's own `authorization`, on a direct call.
+    Caller,
+    /// A service's own `authorization`, on a call it makes on behalf of
+    /// someone: the service is misconfigured, not its caller.
+    Service,
+    /// The end caller's, forwarded by a service in `x-on-behalf-of`.
+    Forwarded,
+}
+
+impl CredentialOf {
+    /// As named in `ErrorInfo.metadata["credential"]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialOf::Caller => "caller",
+            CredentialOf::Service => "service",
+            CredentialOf::Forwarded => "forwarded",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KmsError {
@@ -22,6 +45,7 @@ pub enum KmsError {
     #[error("{message}")]
     Unauthenticated {
         failure: AuthFailure,
+        of: CredentialOf,
         message: String,
     },
     /// Policy evaluation did not allow the request.

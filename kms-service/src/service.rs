@@ -26,7 +26,7 @@ use crate::clock::Clock;
 use crate::crypto::SecretBytes;
 use crate::crypto::context::EncryptionContext;
 use crate::crypto::root_key::RootKey;
-use crate::error::{AuthFailure, KmsError};
+use crate::error::{AuthFailure, CredentialOf, KmsError};
 use crate::grants::GrantRecord;
 use crate::identity::{PrincipalKind, token_digest};
 use crate::keys::{KeyRecord, KeyState, KeyUsage, wrap_label};
@@ -364,7 +364,12 @@ fn bearer(value: &str) -> Result<&str, AuthFailure> {
     Ok(token)
 }
 
-fn auth_error(failure: AuthFailure, whose: &str) -> KmsError {
+fn auth_error(failure: AuthFailure, of: CredentialOf) -> KmsError {
+    let whose = match of {
+        CredentialOf::Caller => "credential",
+        CredentialOf::Service => "service's own credential (authorization)",
+        CredentialOf::Forwarded => "caller's credential (forwarded in x-on-behalf-of)",
+    };
     let message = match failure {
         AuthFailure::Missing => {
             format!("missing {whose}: send metadata \"authorization: Bearer <token>\"")
@@ -373,27 +378,31 @@ fn auth_error(failure: AuthFailure, whose: &str) -> KmsError {
         AuthFailure::Unknown => format!("the {whose} is not a valid access token"),
         AuthFailure::Revoked => format!("the {whose} has been revoked"),
     };
-    KmsError::Unauthenticated { failure, message }
+    KmsError::Unauthenticated {
+        failure,
+        of,
+        message,
+    }
 }
 
-/// Resolves a token to its principal; `whose` names it in errors.
+/// Resolves a token to its principal; `of` names it in errors.
 fn token_principal(
     state: &State,
     header: &str,
-    whose: &str,
+    of: CredentialOf,
 ) -> Result<(String, String, PrincipalKind), KmsError> {
-    let token = bearer(header).map_err(|f| auth_error(f, whose))?;
+    let token = bearer(header).map_err(|f| auth_error(f, of))?;
     let record = state
         .tokens
         .get(&token_digest(token))
-        .ok_or_else(|| auth_error(AuthFailure::Unknown, whose))?;
+        .ok_or_else(|| auth_error(AuthFailure::Unknown, of))?;
     if record.revoked.is_some() {
-        return Err(auth_error(AuthFailure::Revoked, whose));
+        return Err(auth_error(AuthFailure::Revoked, of));
     }
     let principal = state
         .principals
         .get(&record.principal)
-        .ok_or_else(|| auth_error(AuthFailure::Unknown, whose))?;
+        .ok_or_else(|| auth_error(AuthFailure::Unknown, of))?;
     Ok((
         record.principal.clone(),
         record.token_id.clone(),
@@ -402,11 +411,16 @@ fn token_principal(
 }
 
 fn authenticate(state: &State, creds: &Credentials) -> Result<Caller, KmsError> {
+    let own = if creds.on_behalf_of.is_some() {
+        CredentialOf::Service
+    } else {
+        CredentialOf::Caller
+    };
     let header = creds
         .authorization
         .as_deref()
-        .ok_or_else(|| auth_error(AuthFailure::Missing, "credential"))?;
-    let (principal, token_id, kind) = token_principal(state, header, "credential")?;
+        .ok_or_else(|| auth_error(AuthFailure::Missing, own))?;
+    let (principal, token_id, kind) = token_principal(state, header, own)?;
     let Some(forwarded) = creds.on_behalf_of.as_deref() else {
         return Ok(Caller {
             principal,
@@ -419,8 +433,7 @@ fn authenticate(state: &State, creds: &Credentials) -> Result<Caller, KmsError> 
             "User: {principal} is not a service principal and may not act on behalf of another principal (x-on-behalf-of)"
         )));
     }
-    let (end_principal, end_token, _) =
-        token_principal(state, forwarded, "forwarded credential (x-on-behalf-of)")?;
+    let (end_principal, end_token, _) = token_principal(state, forwarded, CredentialOf::Forwarded)?;
     // A service may not forward its own credential: that would be decided
     // as "<service> via <service>", which an "any principal, only via the
     // service" statement allows, so one leaked service token would be

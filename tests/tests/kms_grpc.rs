@@ -490,6 +490,26 @@ async fn unreadable_requests_are_authenticated_and_audited() {
         "ValidationException",
         "99",
     );
+    // ErrorInfo says whose credential failed: a caller's own here, a
+    // service's own or its caller's when a service forwards one.
+    let unknown = client
+        .generate_random(authed(
+            "lbx_unknown",
+            pb::GenerateRandomRequest {
+                number_of_bytes: Some(8),
+            },
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        unknown
+            .get_details_error_info()
+            .unwrap()
+            .metadata
+            .get("credential")
+            .map(String::as_str),
+        Some("caller")
+    );
     check_status(
         client
             .generate_data_key(authed(
@@ -562,7 +582,7 @@ async fn unreadable_requests_are_authenticated_and_audited() {
         .skip(before)
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(records() - before, 7, "{lines:#?}");
+    assert_eq!(records() - before, 8, "{lines:#?}");
     let names: Vec<&str> = lines
         .iter()
         .map(|r| r["event_name"].as_str().unwrap())
@@ -572,6 +592,7 @@ async fn unreadable_requests_are_authenticated_and_audited() {
         [
             "GenerateMac",
             "GenerateMac",
+            "GenerateRandom",
             "GenerateDataKey",
             "CreateUser",
             "Encrypt",
@@ -581,17 +602,17 @@ async fn unreadable_requests_are_authenticated_and_audited() {
     );
     assert_eq!(lines[0]["decision"], "Unauthenticated");
     assert_eq!(lines[1]["principal"], "user/admin");
-    assert_eq!(lines[4]["principal"], "user/admin");
-    assert_eq!(lines[4]["error_code"], "LimitExceededException");
-    assert_eq!(lines[4]["request_id"], "oversized-1");
+    assert_eq!(lines[5]["principal"], "user/admin");
+    assert_eq!(lines[5]["error_code"], "LimitExceededException");
+    assert_eq!(lines[5]["request_id"], "oversized-1");
     assert!(
-        lines[4]["source_address"]
+        lines[5]["source_address"]
             .as_str()
             .is_some_and(|a| a.starts_with("127.0.0.1:")),
         "{:?}",
-        lines[4]
+        lines[5]
     );
-    assert_eq!(lines[5]["decision"], "Unauthenticated");
+    assert_eq!(lines[6]["decision"], "Unauthenticated");
 }
 
 /// A service's call on behalf of a user is answered with the user's

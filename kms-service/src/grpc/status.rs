@@ -39,13 +39,15 @@ pub fn to_status(error: &KmsError) -> Status {
         }
         other => other.to_string(),
     };
+    let mut metadata = std::collections::HashMap::new();
+    if let KmsError::Unauthenticated { of, .. } = error {
+        // So a service can tell its own misconfiguration from its caller's
+        // bad credential.
+        metadata.insert("credential".to_string(), of.name().to_string());
+    }
     Status::with_error_details(
         code,
         message,
-        ErrorDetails::with_error_info(
-            error.reason(),
-            ERROR_DOMAIN,
-            std::collections::HashMap::new(),
-        ),
+        ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata),
     )
 }

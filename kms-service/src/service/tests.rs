@@ -552,8 +552,43 @@ async fn forwarded_identity_is_decided_for_the_end_caller() {
             .describe_key(&via(&creds("lbx_forged")), &key, &[])
             .await,
         "UnrecognizedClientException",
-        "forwarded credential",
+        "the caller's credential (forwarded in x-on-behalf-of) is not a valid access token",
     );
+    // A service whose own credential fails is told so, distinctly from its
+    // caller's: the service is misconfigured, not its caller.
+    let broken_service = Credentials {
+        authorization: Some("Bearer lbx_forged".into()),
+        ..via(&bob)
+    };
+    let refused = f.kms.describe_key(&broken_service, &key, &[]).await;
+    check_err(
+        f.kms.describe_key(&broken_service, &key, &[]).await,
+        "UnrecognizedClientException",
+        "the service's own credential (authorization) is not a valid access token",
+    );
+    assert!(matches!(
+        refused,
+        Err(KmsError::Unauthenticated {
+            of: CredentialOf::Service,
+            ..
+        })
+    ));
+    assert!(matches!(
+        f.kms
+            .describe_key(&via(&creds("lbx_forged")), &key, &[])
+            .await,
+        Err(KmsError::Unauthenticated {
+            of: CredentialOf::Forwarded,
+            ..
+        })
+    ));
+    assert!(matches!(
+        f.kms.describe_key(&creds("lbx_forged"), &key, &[]).await,
+        Err(KmsError::Unauthenticated {
+            of: CredentialOf::Caller,
+            ..
+        })
+    ));
     // A service may not forward its own credential, even where "any
     // principal via the service" may use the key; another service calling
     // through it is decided as that service, via it.
