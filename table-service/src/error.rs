@@ -21,8 +21,17 @@ pub enum TableError {
     KmsUnavailable { endpoint: String, detail: String },
     #[error("Requested resource not found: {0}")]
     ResourceNotFound(String),
+    /// CreateTable of a name that is taken.
+    #[error("{0}")]
+    TableExists(String),
+    /// The table is busy with something that must end first (a key change
+    /// whose re-wrap is still running); the client should wait.
     #[error("{0}")]
     ResourceInUse(String),
+    /// The table changed while the request was under way (a concurrent key
+    /// change or delete won); the client may retry.
+    #[error("{0}")]
+    ConcurrentChange(String),
     #[error("{0}")]
     Validation(String),
     #[error("The conditional request failed: {0}")]
@@ -43,7 +52,10 @@ impl TableError {
             TableError::Kms { reason, .. } => reason,
             TableError::KmsUnavailable { .. } => "KMSUnavailableException",
             TableError::ResourceNotFound(_) => "ResourceNotFoundException",
-            TableError::ResourceInUse(_) => "ResourceInUseException",
+            // DynamoDB's reason for all three; the status code tells them apart.
+            TableError::TableExists(_)
+            | TableError::ResourceInUse(_)
+            | TableError::ConcurrentChange(_) => "ResourceInUseException",
             TableError::Validation(_) => "ValidationException",
             TableError::ConditionalCheckFailed(_) => "ConditionalCheckFailedException",
             TableError::ItemIntegrity { .. } => "ItemIntegrityException",

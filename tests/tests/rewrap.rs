@@ -15,12 +15,17 @@ use lockbox_proto::table::v1::table_service_client::TableServiceClient;
 use table_service::config::ServeConfig as TableConfig;
 use table_service::server::RunningServer as TableServer;
 use tonic::transport::Channel;
+use tonic_types::StatusExt;
 
 fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
+}
+
+fn reason(status: &tonic::Status) -> Option<String> {
+    status.get_details_error_info().map(|i| i.reason)
 }
 
 fn s(v: &str) -> pb::AttributeValue {
@@ -147,7 +152,8 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
         .unwrap();
     assert_eq!(updated.table_status, pb::TableStatus::Updating as i32);
     assert_eq!(updated.sse_description.unwrap().kms_key_id, target);
-    // A second change while one runs is refused.
+    // A second change while one runs is refused: a precondition (wait),
+    // not "already exists".
     let again = tables
         .update_table(authed(
             &admin,
@@ -158,11 +164,10 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
                 }),
             },
         ))
-        .await;
-    assert_eq!(
-        again.expect_err("refused").code(),
-        tonic::Code::AlreadyExists
-    );
+        .await
+        .expect_err("refused");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    assert_eq!(reason(&again).as_deref(), Some("ResourceInUseException"));
 
     // Restart table-service while the job runs; it resumes by itself.
     tables_server.stop().await.unwrap();
@@ -302,6 +307,122 @@ async fn read_all(tables: &mut TableServiceClient<Channel>, token: &str, name: &
             .item;
         assert_eq!(item.get("v"), Some(&s(&format!("value {i}"))));
     }
+}
+
+/// Writes items `0000`, `0001`, … (`v`: `value <i>`) to `name` in batches.
+async fn put_many(tables: &mut TableServiceClient<Channel>, token: &str, name: &str, n: usize) {
+    for start in (0..n).step_by(25) {
+        let requests = (start..n.min(start + 25))
+            .map(|i| pb::WriteRequest {
+                request: Some(pb::write_request::Request::PutRequest(pb::Item {
+                    attributes: HashMap::from([
+                        ("id".to_string(), s(&format!("{i:04}"))),
+                        ("v".to_string(), s(&format!("value {i}"))),
+                    ]),
+                })),
+            })
+            .collect();
+        let unprocessed = tables
+            .batch_write_item(authed(
+                token,
+                pb::BatchWriteItemRequest {
+                    request_items: HashMap::from([(
+                        name.to_string(),
+                        pb::WriteRequests { requests },
+                    )]),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .unprocessed_items;
+        assert!(unprocessed.is_empty());
+    }
+}
+
+/// Two UpdateTable calls on one table at once: one switches the key; the
+/// other is refused with ResourceInUseException as FAILED_PRECONDITION (it
+/// saw the first one's re-wrap: wait) or ABORTED (both started before either
+/// switched: retry), never ALREADY_EXISTS, and its grants are retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_key_changes_refuse_the_loser_with_a_code_that_says_wait_or_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kms_server, admin) = start_kms(dir.path()).await;
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let first = create_key(&mut keys, &admin).await;
+    create_table(&mut tables, &admin, "contended", Some(&first)).await;
+    // Enough items that a re-wrap takes pages, so the winner's re-wrap is
+    // still running when the loser gets to its switch.
+    put_many(&mut tables, &admin, "contended", 200).await;
+    for round in 0..3 {
+        let targets = [
+            create_key(&mut keys, &admin).await,
+            create_key(&mut keys, &admin).await,
+        ];
+        let change = |target: &String| {
+            let mut tables = tables.clone();
+            let request = authed(
+                &admin,
+                pb::UpdateTableRequest {
+                    table_name: "contended".into(),
+                    sse_specification: Some(pb::SseSpecification {
+                        kms_key_id: target.clone(),
+                    }),
+                },
+            );
+            async move { tables.update_table(request).await }
+        };
+        let (a, b) = tokio::join!(change(&targets[0]), change(&targets[1]));
+        let (loser_target, refused) = match (a, b) {
+            (Ok(_), Err(e)) => (&targets[1], e),
+            (Err(e), Ok(_)) => (&targets[0], e),
+            other => panic!("round {round}: exactly one change should win: {other:?}"),
+        };
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::FailedPrecondition | tonic::Code::Aborted
+            ),
+            "round {round}: {refused:?}"
+        );
+        assert_eq!(
+            reason(&refused).as_deref(),
+            Some("ResourceInUseException"),
+            "round {round}: {refused:?}"
+        );
+        let says = if refused.code() == tonic::Code::Aborted {
+            "retry"
+        } else {
+            "wait"
+        };
+        assert!(
+            refused.message().contains(says),
+            "round {round}: {refused:?}"
+        );
+        wait_active(&mut tables, &admin, "contended").await;
+        let left = keys
+            .list_grants(authed(
+                &admin,
+                kms::ListGrantsRequest {
+                    key_id: loser_target.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .grants;
+        assert!(
+            left.is_empty(),
+            "round {round}: grants left behind: {left:?}"
+        );
+    }
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
 }
 
 /// A table moves from the service-managed key to a customer managed key and

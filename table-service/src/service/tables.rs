@@ -86,7 +86,7 @@ impl Tables {
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(name)
         {
-            return Err(TableError::ResourceInUse(format!(
+            return Err(TableError::TableExists(format!(
                 "Table already exists: {name}"
             )));
         }
@@ -316,8 +316,8 @@ impl Tables {
         let _writes = self.table_writes.write().await;
         let mut record = self.table(name)?;
         if record.table_id != current.table_id || record.rewrap.is_some() {
-            return Err(TableError::ResourceInUse(format!(
-                "table {name} changed while its key was being switched; retry"
+            return Err(TableError::ConcurrentChange(format!(
+                "table {name} changed while its key was being switched (another UpdateTable or a DeleteTable came first); call DescribeTable and retry"
             )));
         }
         record.rewrap = Some(crate::store::Rewrap {
