@@ -63,6 +63,9 @@ pub struct Tables {
     table_writes: tokio::sync::RwLock<()>,
     /// Background jobs (key-change re-wraps), stopped at shutdown.
     jobs: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The latest failure of each re-wrap whose last page failed, by table
+    /// id ("<reason>: <message>"); DescribeTable shows it.
+    rewrap_failures: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// The key id behind `alias/table-service`, once looked up.
     service_managed_key_id: std::sync::OnceLock<String>,
 }
@@ -172,6 +175,7 @@ impl Tables {
             ddl: tokio::sync::Mutex::new(()),
             table_writes: tokio::sync::RwLock::new(()),
             jobs: std::sync::Mutex::new(Vec::new()),
+            rewrap_failures: std::sync::Mutex::new(std::collections::HashMap::new()),
             service_managed_key_id: std::sync::OnceLock::new(),
         }))
     }

@@ -340,6 +340,158 @@ async fn put_many(tables: &mut TableServiceClient<Channel>, token: &str, name: &
     }
 }
 
+async fn describe(
+    tables: &mut TableServiceClient<Channel>,
+    token: &str,
+    name: &str,
+) -> pb::TableDescription {
+    tables
+        .describe_table(authed(
+            token,
+            pb::DescribeTableRequest {
+                table_name: name.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .table
+        .unwrap()
+}
+
+/// A re-wrap that cannot go on says why: with the old key disabled,
+/// DescribeTable keeps the table UPDATING with the failure (naming the key
+/// and its state) in `last_error`, and UpdateTable points there; once the
+/// key is enabled again the re-wrap goes on by itself, `last_error` is
+/// empty as soon as a page succeeds, and the table becomes ACTIVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_rewrap_shows_its_error_and_resumes_when_the_key_is_enabled() {
+    const N: usize = 250;
+    let dir = tempfile::tempdir().unwrap();
+    let (kms_server, admin) = start_kms(dir.path()).await;
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let old_key = create_key(&mut keys, &admin).await;
+    let target = create_key(&mut keys, &admin).await;
+    create_table(&mut tables, &admin, "stalled", Some(&old_key)).await;
+    put_many(&mut tables, &admin, "stalled", N).await;
+    // The old key is disabled before the switch, so the re-wrap cannot
+    // finish before it (UpdateTable itself only creates a grant on it).
+    keys.disable_key(authed(
+        &admin,
+        kms::DisableKeyRequest {
+            key_id: old_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "stalled".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: target.clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let progress = loop {
+        let t = describe(&mut tables, &admin, "stalled").await;
+        assert_eq!(t.table_status, pb::TableStatus::Updating as i32, "{t:?}");
+        let progress = t
+            .rewrap_progress
+            .expect("an UPDATING table shows its progress");
+        if !progress.last_error.is_empty() {
+            break progress;
+        }
+        assert!(Instant::now() < deadline, "no error shown: {progress:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(progress.items_done, 0, "{progress:?}");
+    assert_eq!(progress.items_total, N as u64, "{progress:?}");
+    assert!(
+        progress.last_error.starts_with("DisabledException: ")
+            && progress.last_error.contains(&old_key)
+            && progress.last_error.contains("disabled"),
+        "{progress:?}"
+    );
+    // The error stays while the key stays disabled (the re-wrap retries).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let still = describe(&mut tables, &admin, "stalled").await;
+    let still = still.rewrap_progress.expect("still UPDATING");
+    assert_eq!(still.items_done, 0, "{still:?}");
+    assert!(still.last_error.contains(&old_key), "{still:?}");
+    // UpdateTable refuses another change and says where to look.
+    let refused = tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "stalled".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: old_key.clone(),
+                }),
+            },
+        ))
+        .await
+        .expect_err("a re-wrap is in progress");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    for needle in ["DescribeTable", "last_error", "DisabledException", &old_key] {
+        assert!(refused.message().contains(needle), "{needle}: {refused:?}");
+    }
+
+    keys.enable_key(authed(
+        &admin,
+        kms::EnableKeyRequest {
+            key_id: old_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    // Every look at the table from here on: once a page is done, no error
+    // is shown; in the end the table is ACTIVE.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = describe(&mut tables, &admin, "stalled").await;
+        if t.table_status == pb::TableStatus::Active as i32 {
+            assert!(t.rewrap_progress.is_none(), "{t:?}");
+            assert_eq!(t.sse_description.unwrap().kms_key_id, target);
+            break;
+        }
+        let progress = t.rewrap_progress.expect("UPDATING shows its progress");
+        if progress.items_done > 0 {
+            assert_eq!(progress.last_error, "", "{progress:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "re-wrap did not finish: {progress:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every item moved: they read with the old key disabled again.
+    keys.disable_key(authed(
+        &admin,
+        kms::DisableKeyRequest {
+            key_id: old_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    read_all(&mut tables, &admin, "stalled", N).await;
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}
+
 /// Two UpdateTable calls on one table at once: one switches the key; the
 /// other is refused with ResourceInUseException as FAILED_PRECONDITION (it
 /// saw the first one's re-wrap: wait) or ABORTED (both started before either
