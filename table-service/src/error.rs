@@ -40,6 +40,11 @@ pub enum TableError {
     /// another item or table. Never answered with data.
     #[error("item integrity check failed for table {table}: the stored item was altered or moved")]
     ItemIntegrity { table: String },
+    /// A key that items of the table are encrypted under was deleted (its
+    /// deletion window passed): the items are intact but nobody can decrypt
+    /// them any more. The message names the key and the table.
+    #[error("{0}")]
+    KeyDeleted(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -59,6 +64,8 @@ impl TableError {
             TableError::Validation(_) => "ValidationException",
             TableError::ConditionalCheckFailed(_) => "ConditionalCheckFailedException",
             TableError::ItemIntegrity { .. } => "ItemIntegrityException",
+            // What kms-service says of a key that cannot be used in its state.
+            TableError::KeyDeleted(_) => "KMSInvalidStateException",
             TableError::Unavailable(_) => "ServiceUnavailableException",
             TableError::Internal(_) => "InternalServerError",
         }

@@ -4,8 +4,10 @@
 //! and every item still reads.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kms_service::clock::{Clock, ManualClock, SystemClock};
 use kms_service::config::ServeConfig as KmsConfig;
 use kms_service::server::RunningServer as KmsServer;
 use lockbox_proto::kms::v1 as kms;
@@ -74,9 +76,16 @@ async fn create_table(
 /// kms-service (with table-service's principal) in `dir`; returns it and
 /// the admin token.
 async fn start_kms(dir: &std::path::Path) -> (KmsServer, String) {
+    start_kms_with_clock(dir, Arc::new(SystemClock)).await
+}
+
+/// [`start_kms`] on `clock` (deletion windows pass when a test moves it).
+async fn start_kms_with_clock(dir: &std::path::Path, clock: Arc<dyn Clock>) -> (KmsServer, String) {
     let mut kms_config = KmsConfig::for_data_dir(dir.join("kms"));
     kms_config.storage.table_service_token_file = Some(dir.join("kms/table-service.token"));
-    let kms_server = KmsServer::start(kms_config).await.unwrap();
+    let kms_server = KmsServer::start_with_clock(kms_config, clock)
+        .await
+        .unwrap();
     let admin = std::fs::read_to_string(dir.join("kms/admin.token"))
         .unwrap()
         .trim()
@@ -488,6 +497,98 @@ async fn a_stalled_rewrap_shows_its_error_and_resumes_when_the_key_is_enabled() 
     .await
     .unwrap();
     read_all(&mut tables, &admin, "stalled", N).await;
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}
+
+/// The key a table is moving from is deleted before the re-wrap has moved
+/// every item (it was disabled, so the re-wrap stood still; then its
+/// deletion window passed). Reading an item not yet moved says that key no
+/// longer exists, not that the item was altered; overwriting those items
+/// puts them under the new key, and the key change then finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_left_under_a_deleted_old_key_say_so_and_overwriting_them_lets_the_change_finish() {
+    const N: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    ));
+    let (kms_server, admin) = start_kms_with_clock(dir.path(), clock.clone()).await;
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let old_key = create_key(&mut keys, &admin).await;
+    let target = create_key(&mut keys, &admin).await;
+    create_table(&mut tables, &admin, "moving", Some(&old_key)).await;
+    put_many(&mut tables, &admin, "moving", N).await;
+    keys.disable_key(authed(
+        &admin,
+        kms::DisableKeyRequest {
+            key_id: old_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "moving".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: target.clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    keys.schedule_key_deletion(authed(
+        &admin,
+        kms::ScheduleKeyDeletionRequest {
+            key_id: old_key.clone(),
+            pending_window_in_days: Some(7),
+        },
+    ))
+    .await
+    .unwrap();
+    clock.advance(8 * 24 * 3600);
+    let report = kms_server.kms.run_maintenance().await.unwrap();
+    assert_eq!(report.destroyed, [old_key.as_str()]);
+
+    let refused = tables
+        .get_item(authed(
+            &admin,
+            pb::GetItemRequest {
+                table_name: "moving".into(),
+                key: HashMap::from([("id".to_string(), s("0000"))]),
+            },
+        ))
+        .await
+        .expect_err("its data key is under the deleted key");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(
+        reason(&refused).as_deref(),
+        Some("KMSInvalidStateException")
+    );
+    assert!(
+        refused.message().contains(&format!(
+            "key {old_key}, which table moving is moving its items from, no longer exists"
+        )),
+        "{refused:?}"
+    );
+
+    put_many(&mut tables, &admin, "moving", N).await;
+    let done = wait_active(&mut tables, &admin, "moving").await;
+    assert_eq!(done.sse_description.unwrap().kms_key_id, target);
+    read_all(&mut tables, &admin, "moving", N).await;
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
 }

@@ -22,6 +22,7 @@ pub fn to_status(error: &TableError) -> Status {
         TableError::Validation(_) => Code::InvalidArgument,
         TableError::ConditionalCheckFailed(_) => Code::FailedPrecondition,
         TableError::ItemIntegrity { .. } => Code::DataLoss,
+        TableError::KeyDeleted(_) => Code::FailedPrecondition,
         TableError::Internal(_) => Code::Internal,
     };
     let message = match error {
