@@ -21,8 +21,17 @@ pub enum TableError {
     KmsUnavailable { endpoint: String, detail: String },
     #[error("Requested resource not found: {0}")]
     ResourceNotFound(String),
+    /// CreateTable of a name that is taken.
+    #[error("{0}")]
+    TableExists(String),
+    /// The table is busy with something that must end first (a key change
+    /// whose re-wrap is still running); the client should wait.
     #[error("{0}")]
     ResourceInUse(String),
+    /// The table changed while the request was under way (a concurrent key
+    /// change or delete won); the client may retry.
+    #[error("{0}")]
+    ConcurrentChange(String),
     #[error("{0}")]
     Validation(String),
     #[error("The conditional request failed: {0}")]
@@ -31,6 +40,11 @@ pub enum TableError {
     /// another item or table. Never answered with data.
     #[error("item integrity check failed for table {table}: the stored item was altered or moved")]
     ItemIntegrity { table: String },
+    /// A key that items of the table are encrypted under was deleted (its
+    /// deletion window passed): the items are intact but nobody can decrypt
+    /// them any more. The message names the key and the table.
+    #[error("{0}")]
+    KeyDeleted(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -43,10 +57,15 @@ impl TableError {
             TableError::Kms { reason, .. } => reason,
             TableError::KmsUnavailable { .. } => "KMSUnavailableException",
             TableError::ResourceNotFound(_) => "ResourceNotFoundException",
-            TableError::ResourceInUse(_) => "ResourceInUseException",
+            // DynamoDB's reason for all three; the status code tells them apart.
+            TableError::TableExists(_)
+            | TableError::ResourceInUse(_)
+            | TableError::ConcurrentChange(_) => "ResourceInUseException",
             TableError::Validation(_) => "ValidationException",
             TableError::ConditionalCheckFailed(_) => "ConditionalCheckFailedException",
             TableError::ItemIntegrity { .. } => "ItemIntegrityException",
+            // What kms-service says of a key that cannot be used in its state.
+            TableError::KeyDeleted(_) => "KMSInvalidStateException",
             TableError::Unavailable(_) => "ServiceUnavailableException",
             TableError::Internal(_) => "InternalServerError",
         }

@@ -63,6 +63,9 @@ pub struct Tables {
     table_writes: tokio::sync::RwLock<()>,
     /// Background jobs (key-change re-wraps), stopped at shutdown.
     jobs: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The latest failure of each re-wrap whose last page failed, by table
+    /// id ("<reason>: <message>"); DescribeTable shows it.
+    rewrap_failures: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// The key id behind `alias/table-service`, once looked up.
     service_managed_key_id: std::sync::OnceLock<String>,
 }
@@ -121,16 +124,12 @@ fn integrity(table: &TableRecord) -> TableError {
     }
 }
 
-/// An error of kms-service unwrapping an item's data key, as the caller
-/// sees it: a wrapped key that does not belong to this item (copied from
-/// elsewhere) is an integrity error of the table.
-fn unwrap_error(table: &TableRecord, error: TableError) -> TableError {
-    match error {
-        TableError::Kms { reason, .. } if reason == "InvalidCiphertextException" => {
-            integrity(table)
-        }
-        other => other,
-    }
+/// Whether kms-service refused to unwrap a data key as not its own:
+/// `InvalidCiphertextException`, its answer both for a wrapped key that
+/// does not belong to the item (copied from elsewhere) and for one whose
+/// key no longer exists.
+fn unwrap_refused(error: &TableError) -> bool {
+    matches!(error, TableError::Kms { reason, .. } if reason == "InvalidCiphertextException")
 }
 
 /// Authenticates and decrypts a stored item with its data key.
@@ -172,6 +171,7 @@ impl Tables {
             ddl: tokio::sync::Mutex::new(()),
             table_writes: tokio::sync::RwLock::new(()),
             jobs: std::sync::Mutex::new(Vec::new()),
+            rewrap_failures: std::sync::Mutex::new(std::collections::HashMap::new()),
             service_managed_key_id: std::sync::OnceLock::new(),
         }))
     }
@@ -407,8 +407,60 @@ impl Tables {
         }
     }
 
+    /// An error of unwrapping an item's data key of `table`, as the caller
+    /// sees it. kms-service refuses a wrapped key that does not belong to
+    /// the item and one whose key was deleted alike (it does not say which
+    /// keys existed), so on such a refusal the table's key, and during a
+    /// key change the key it is moving from, are looked up with
+    /// DescribeKey on behalf of the caller (which answers
+    /// `NotFoundException` for a key that does not exist to any caller): a
+    /// key that no longer exists is [`TableError::KeyDeleted`]; otherwise
+    /// the stored item was altered or moved, an integrity error of the
+    /// table. Other errors pass through.
+    async fn unwrap_error(
+        &self,
+        call: &mut Call,
+        table: &TableRecord,
+        error: TableError,
+    ) -> TableError {
+        if !unwrap_refused(&error) {
+            return error;
+        }
+        let source = table
+            .rewrap
+            .as_ref()
+            .map(|r| r.source_key_id.as_str())
+            .filter(|k| !k.is_empty());
+        let name = &table.name;
+        for (key_id, moving_from) in
+            std::iter::once((table.kms_key_id.as_str(), false)).chain(source.map(|k| (k, true)))
+        {
+            call.outcome.kms_calls += 1;
+            match self.kms.describe_key(&call.caller, key_id).await {
+                Err(TableError::Kms { reason, .. }) if reason == "NotFoundException" => {
+                    return TableError::KeyDeleted(if moving_from {
+                        format!(
+                            "key {key_id}, which table {name} is moving its items from, no longer exists (it was deleted); the items not yet moved cannot be decrypted: delete or overwrite them (the key change then goes on)"
+                        )
+                    } else {
+                        format!(
+                            "key {key_id} of table {name} no longer exists (it was deleted); its items cannot be decrypted, and none can be written under it: delete the items or the table"
+                        )
+                    });
+                }
+                // It exists, or cannot be told now: nothing explains the
+                // refusal but the item itself.
+                _ => {}
+            }
+        }
+        integrity(table)
+    }
+
     /// Opens a stored item for the caller: unwraps its data key through
     /// kms-service (or the caller's own cache entry) and authenticates it.
+    /// A refused unwrap comes back as kms-service said it; callers turn it
+    /// into the table's error with [`Tables::unwrap_error`], once per
+    /// request.
     async fn open_item(
         &self,
         call: &mut Call,
@@ -452,7 +504,6 @@ impl Tables {
                 envelope::data_key_context(&table.table_id, &stored.key),
             )
             .await
-            .map_err(|e| unwrap_error(table, e))
     }
 
     /// Opens many items with their data keys unwrapped concurrently, in
@@ -491,7 +542,7 @@ impl Tables {
             }
         }
         match first_error {
-            Some(e) => Err(e),
+            Some(e) => Err(self.unwrap_error(call, table, e).await),
             None => Ok(items),
         }
     }

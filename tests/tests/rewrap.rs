@@ -4,8 +4,10 @@
 //! and every item still reads.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kms_service::clock::{Clock, ManualClock, SystemClock};
 use kms_service::config::ServeConfig as KmsConfig;
 use kms_service::server::RunningServer as KmsServer;
 use lockbox_proto::kms::v1 as kms;
@@ -15,12 +17,17 @@ use lockbox_proto::table::v1::table_service_client::TableServiceClient;
 use table_service::config::ServeConfig as TableConfig;
 use table_service::server::RunningServer as TableServer;
 use tonic::transport::Channel;
+use tonic_types::StatusExt;
 
 fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
+}
+
+fn reason(status: &tonic::Status) -> Option<String> {
+    status.get_details_error_info().map(|i| i.reason)
 }
 
 fn s(v: &str) -> pb::AttributeValue {
@@ -69,9 +76,16 @@ async fn create_table(
 /// kms-service (with table-service's principal) in `dir`; returns it and
 /// the admin token.
 async fn start_kms(dir: &std::path::Path) -> (KmsServer, String) {
+    start_kms_with_clock(dir, Arc::new(SystemClock)).await
+}
+
+/// [`start_kms`] on `clock` (deletion windows pass when a test moves it).
+async fn start_kms_with_clock(dir: &std::path::Path, clock: Arc<dyn Clock>) -> (KmsServer, String) {
     let mut kms_config = KmsConfig::for_data_dir(dir.join("kms"));
     kms_config.storage.table_service_token_file = Some(dir.join("kms/table-service.token"));
-    let kms_server = KmsServer::start(kms_config).await.unwrap();
+    let kms_server = KmsServer::start_with_clock(kms_config, clock)
+        .await
+        .unwrap();
     let admin = std::fs::read_to_string(dir.join("kms/admin.token"))
         .unwrap()
         .trim()
@@ -147,7 +161,8 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
         .unwrap();
     assert_eq!(updated.table_status, pb::TableStatus::Updating as i32);
     assert_eq!(updated.sse_description.unwrap().kms_key_id, target);
-    // A second change while one runs is refused.
+    // A second change while one runs is refused: a precondition (wait),
+    // not "already exists".
     let again = tables
         .update_table(authed(
             &admin,
@@ -158,11 +173,10 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
                 }),
             },
         ))
-        .await;
-    assert_eq!(
-        again.expect_err("refused").code(),
-        tonic::Code::AlreadyExists
-    );
+        .await
+        .expect_err("refused");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    assert_eq!(reason(&again).as_deref(), Some("ResourceInUseException"));
 
     // Restart table-service while the job runs; it resumes by itself.
     tables_server.stop().await.unwrap();
@@ -302,6 +316,366 @@ async fn read_all(tables: &mut TableServiceClient<Channel>, token: &str, name: &
             .item;
         assert_eq!(item.get("v"), Some(&s(&format!("value {i}"))));
     }
+}
+
+/// Writes items `0000`, `0001`, … (`v`: `value <i>`) to `name` in batches.
+async fn put_many(tables: &mut TableServiceClient<Channel>, token: &str, name: &str, n: usize) {
+    for start in (0..n).step_by(25) {
+        let requests = (start..n.min(start + 25))
+            .map(|i| pb::WriteRequest {
+                request: Some(pb::write_request::Request::PutRequest(pb::Item {
+                    attributes: HashMap::from([
+                        ("id".to_string(), s(&format!("{i:04}"))),
+                        ("v".to_string(), s(&format!("value {i}"))),
+                    ]),
+                })),
+            })
+            .collect();
+        let unprocessed = tables
+            .batch_write_item(authed(
+                token,
+                pb::BatchWriteItemRequest {
+                    request_items: HashMap::from([(
+                        name.to_string(),
+                        pb::WriteRequests { requests },
+                    )]),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .unprocessed_items;
+        assert!(unprocessed.is_empty());
+    }
+}
+
+async fn describe(
+    tables: &mut TableServiceClient<Channel>,
+    token: &str,
+    name: &str,
+) -> pb::TableDescription {
+    tables
+        .describe_table(authed(
+            token,
+            pb::DescribeTableRequest {
+                table_name: name.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .table
+        .unwrap()
+}
+
+/// A re-wrap that cannot go on says why: with the old key disabled,
+/// DescribeTable keeps the table UPDATING with the failure (naming the key
+/// and its state) in `last_error`, and UpdateTable points there; once the
+/// key is enabled again the re-wrap goes on by itself, `last_error` is
+/// empty as soon as a page succeeds, and the table becomes ACTIVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_rewrap_shows_its_error_and_resumes_when_the_key_is_enabled() {
+    const N: usize = 250;
+    let dir = tempfile::tempdir().unwrap();
+    let (kms_server, admin) = start_kms(dir.path()).await;
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let old_key = create_key(&mut keys, &admin).await;
+    let target = create_key(&mut keys, &admin).await;
+    create_table(&mut tables, &admin, "stalled", Some(&old_key)).await;
+    put_many(&mut tables, &admin, "stalled", N).await;
+    // The old key is disabled before the switch, so the re-wrap cannot
+    // finish before it (UpdateTable itself only creates a grant on it).
+    keys.disable_key(authed(
+        &admin,
+        kms::DisableKeyRequest {
+            key_id: old_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "stalled".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: target.clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let progress = loop {
+        let t = describe(&mut tables, &admin, "stalled").await;
+        assert_eq!(t.table_status, pb::TableStatus::Updating as i32, "{t:?}");
+        let progress = t
+            .rewrap_progress
+            .expect("an UPDATING table shows its progress");
+        if !progress.last_error.is_empty() {
+            break progress;
+        }
+        assert!(Instant::now() < deadline, "no error shown: {progress:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(progress.items_done, 0, "{progress:?}");
+    assert_eq!(progress.items_total, N as u64, "{progress:?}");
+    assert!(
+        progress.last_error.starts_with("DisabledException: ")
+            && progress.last_error.contains(&old_key)
+            && progress.last_error.contains("disabled"),
+        "{progress:?}"
+    );
+    // The error stays while the key stays disabled (the re-wrap retries).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let still = describe(&mut tables, &admin, "stalled").await;
+    let still = still.rewrap_progress.expect("still UPDATING");
+    assert_eq!(still.items_done, 0, "{still:?}");
+    assert!(still.last_error.contains(&old_key), "{still:?}");
+    // UpdateTable refuses another change and says where to look.
+    let refused = tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "stalled".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: old_key.clone(),
+                }),
+            },
+        ))
+        .await
+        .expect_err("a re-wrap is in progress");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    for needle in ["DescribeTable", "last_error", "DisabledException", &old_key] {
+        assert!(refused.message().contains(needle), "{needle}: {refused:?}");
+    }
+
+    keys.enable_key(authed(
+        &admin,
+        kms::EnableKeyRequest {
+            key_id: old_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    // Every look at the table from here on: once a page is done, no error
+    // is shown; in the end the table is ACTIVE.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t = describe(&mut tables, &admin, "stalled").await;
+        if t.table_status == pb::TableStatus::Active as i32 {
+            assert!(t.rewrap_progress.is_none(), "{t:?}");
+            assert_eq!(t.sse_description.unwrap().kms_key_id, target);
+            break;
+        }
+        let progress = t.rewrap_progress.expect("UPDATING shows its progress");
+        if progress.items_done > 0 {
+            assert_eq!(progress.last_error, "", "{progress:?}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "re-wrap did not finish: {progress:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every item moved: they read with the old key disabled again.
+    keys.disable_key(authed(
+        &admin,
+        kms::DisableKeyRequest {
+            key_id: old_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    read_all(&mut tables, &admin, "stalled", N).await;
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}
+
+/// The key a table is moving from is deleted before the re-wrap has moved
+/// every item (it was disabled, so the re-wrap stood still; then its
+/// deletion window passed). Reading an item not yet moved says that key no
+/// longer exists, not that the item was altered; overwriting those items
+/// puts them under the new key, and the key change then finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_left_under_a_deleted_old_key_say_so_and_overwriting_them_lets_the_change_finish() {
+    const N: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    ));
+    let (kms_server, admin) = start_kms_with_clock(dir.path(), clock.clone()).await;
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let old_key = create_key(&mut keys, &admin).await;
+    let target = create_key(&mut keys, &admin).await;
+    create_table(&mut tables, &admin, "moving", Some(&old_key)).await;
+    put_many(&mut tables, &admin, "moving", N).await;
+    keys.disable_key(authed(
+        &admin,
+        kms::DisableKeyRequest {
+            key_id: old_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "moving".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: target.clone(),
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    keys.schedule_key_deletion(authed(
+        &admin,
+        kms::ScheduleKeyDeletionRequest {
+            key_id: old_key.clone(),
+            pending_window_in_days: Some(7),
+        },
+    ))
+    .await
+    .unwrap();
+    clock.advance(8 * 24 * 3600);
+    let report = kms_server.kms.run_maintenance().await.unwrap();
+    assert_eq!(report.destroyed, [old_key.as_str()]);
+
+    let refused = tables
+        .get_item(authed(
+            &admin,
+            pb::GetItemRequest {
+                table_name: "moving".into(),
+                key: HashMap::from([("id".to_string(), s("0000"))]),
+            },
+        ))
+        .await
+        .expect_err("its data key is under the deleted key");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(
+        reason(&refused).as_deref(),
+        Some("KMSInvalidStateException")
+    );
+    assert!(
+        refused.message().contains(&format!(
+            "key {old_key}, which table moving is moving its items from, no longer exists"
+        )),
+        "{refused:?}"
+    );
+
+    put_many(&mut tables, &admin, "moving", N).await;
+    let done = wait_active(&mut tables, &admin, "moving").await;
+    assert_eq!(done.sse_description.unwrap().kms_key_id, target);
+    read_all(&mut tables, &admin, "moving", N).await;
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}
+
+/// Two UpdateTable calls on one table at once: one switches the key; the
+/// other is refused with ResourceInUseException as FAILED_PRECONDITION (it
+/// saw the first one's re-wrap: wait) or ABORTED (both started before either
+/// switched: retry), never ALREADY_EXISTS, and its grants are retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_key_changes_refuse_the_loser_with_a_code_that_says_wait_or_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kms_server, admin) = start_kms(dir.path()).await;
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let first = create_key(&mut keys, &admin).await;
+    create_table(&mut tables, &admin, "contended", Some(&first)).await;
+    // Enough items that a re-wrap takes pages, so the winner's re-wrap is
+    // still running when the loser gets to its switch.
+    put_many(&mut tables, &admin, "contended", 200).await;
+    for round in 0..3 {
+        let targets = [
+            create_key(&mut keys, &admin).await,
+            create_key(&mut keys, &admin).await,
+        ];
+        let change = |target: &String| {
+            let mut tables = tables.clone();
+            let request = authed(
+                &admin,
+                pb::UpdateTableRequest {
+                    table_name: "contended".into(),
+                    sse_specification: Some(pb::SseSpecification {
+                        kms_key_id: target.clone(),
+                    }),
+                },
+            );
+            async move { tables.update_table(request).await }
+        };
+        let (a, b) = tokio::join!(change(&targets[0]), change(&targets[1]));
+        let (loser_target, refused) = match (a, b) {
+            (Ok(_), Err(e)) => (&targets[1], e),
+            (Err(e), Ok(_)) => (&targets[0], e),
+            other => panic!("round {round}: exactly one change should win: {other:?}"),
+        };
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::FailedPrecondition | tonic::Code::Aborted
+            ),
+            "round {round}: {refused:?}"
+        );
+        assert_eq!(
+            reason(&refused).as_deref(),
+            Some("ResourceInUseException"),
+            "round {round}: {refused:?}"
+        );
+        let says = if refused.code() == tonic::Code::Aborted {
+            "retry"
+        } else {
+            "wait"
+        };
+        assert!(
+            refused.message().contains(says),
+            "round {round}: {refused:?}"
+        );
+        wait_active(&mut tables, &admin, "contended").await;
+        let left = keys
+            .list_grants(authed(
+                &admin,
+                kms::ListGrantsRequest {
+                    key_id: loser_target.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .grants;
+        assert!(
+            left.is_empty(),
+            "round {round}: grants left behind: {left:?}"
+        );
+    }
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
 }
 
 /// A table moves from the service-managed key to a customer managed key and

@@ -6,8 +6,10 @@
 //! user's refused and allowed Decrypt via the table service.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use kms_service::clock::{Clock, ManualClock, SystemClock};
 use kms_service::config::ServeConfig as KmsConfig;
 use kms_service::server::RunningServer as KmsServer;
 use lockbox_proto::iam::v1 as iam;
@@ -35,11 +37,21 @@ async fn start(data_key_cache_ttl: u64) -> Stack {
 
 /// Both services, with these cache lifetimes (seconds) in table-service.
 async fn start_with_caches(data_key_cache_ttl: u64, authz_cache_ttl: u64) -> Stack {
+    start_with_clock(data_key_cache_ttl, authz_cache_ttl, Arc::new(SystemClock)).await
+}
+
+/// [`start_with_caches`], with kms-service on `clock` (deletion windows
+/// pass when a test moves it).
+async fn start_with_clock(
+    data_key_cache_ttl: u64,
+    authz_cache_ttl: u64,
+    clock: Arc<dyn Clock>,
+) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
     let token_file = dir.path().join("kms/table-service.token");
     kms_config.storage.table_service_token_file = Some(token_file.clone());
-    let kms = KmsServer::start(kms_config)
+    let kms = KmsServer::start_with_clock(kms_config, clock)
         .await
         .expect("kms-service starts");
     let mut table_config = TableConfig::for_data_dir(
@@ -1295,6 +1307,112 @@ async fn a_conditional_call_that_succeeds_fills_the_allow_cache() {
         );
         assert_eq!(calls, ["Decrypt if table:GetItem"], "attempt {attempt}");
     }
+    stack.tables.stop().await.unwrap();
+    stack.kms.stop().await.unwrap();
+}
+
+/// Once a table's key is deleted (ScheduleKeyDeletion, the window passed,
+/// kms-service's maintenance destroyed it), kms-service answers Decrypt of
+/// its items' data keys with InvalidCiphertextException, as for a foreign
+/// blob. table-service does not call that an altered item: GetItem (one
+/// conditional Decrypt), Scan (a page of unwraps) and UpdateItem (reading
+/// the current item) say the key no longer exists, naming it and the
+/// table. An item whose key exists but whose wrapped key was moved stays
+/// an integrity error (`an_envelope_moved_to_another_item_or_table_is_refused`
+/// in tables.rs).
+#[tokio::test]
+async fn items_of_a_deleted_key_say_the_key_is_gone_not_that_they_were_altered() {
+    let clock = Arc::new(ManualClock::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64,
+    ));
+    let stack = start_with_clock(0, 0, clock.clone()).await;
+    let mut keys = KeyManagementServiceClient::new(channel(stack.kms.addr).await);
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let admin = stack.admin.clone();
+    let key = encrypted_table(&mut keys, &mut tables, &admin, "orphaned").await;
+    let get = |tables: &TableServiceClient<Channel>| {
+        let mut tables = tables.clone();
+        let request = authed(
+            &admin,
+            pb::GetItemRequest {
+                table_name: "orphaned".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        );
+        async move { tables.get_item(request).await }
+    };
+    get(&tables).await.expect("readable while the key exists");
+
+    keys.schedule_key_deletion(authed(
+        &admin,
+        kms::ScheduleKeyDeletionRequest {
+            key_id: key.clone(),
+            pending_window_in_days: Some(7),
+        },
+    ))
+    .await
+    .unwrap();
+    // Pending deletion: kms-service says so itself.
+    check_status(
+        get(&tables).await,
+        Code::FailedPrecondition,
+        "KMSInvalidStateException",
+        "pending deletion",
+    );
+    clock.advance(8 * 24 * 3600);
+    let report = stack.kms.kms.run_maintenance().await.unwrap();
+    assert_eq!(report.destroyed, [key.as_str()]);
+
+    let gone = format!("key {key} of table orphaned no longer exists (it was deleted)");
+    let got = get(&tables).await;
+    assert!(
+        !format!("{got:?}").contains("integrity"),
+        "the item is intact: {got:?}"
+    );
+    check_status(
+        got,
+        Code::FailedPrecondition,
+        "KMSInvalidStateException",
+        &gone,
+    );
+    check_status(
+        tables
+            .scan(authed(
+                &admin,
+                pb::ScanRequest {
+                    table_name: "orphaned".into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "KMSInvalidStateException",
+        &gone,
+    );
+    check_status(
+        tables
+            .update_item(authed(
+                &admin,
+                pb::UpdateItemRequest {
+                    table_name: "orphaned".into(),
+                    key: item(&[("pk", s("a"))]),
+                    actions: vec![pb::UpdateAction {
+                        action: Some(pb::update_action::Action::Set(pb::SetAction {
+                            attribute: "secret".into(),
+                            value: Some(s("y")),
+                        })),
+                    }],
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "KMSInvalidStateException",
+        &gone,
+    );
     stack.tables.stop().await.unwrap();
     stack.kms.stop().await.unwrap();
 }

@@ -156,6 +156,7 @@ pub fn table_description(view: &TableView) -> pb::TableDescription {
             target_kms_key_id: w.target_key_id.clone(),
             items_done: w.items_done,
             items_total: view.item_count,
+            last_error: view.rewrap_failure.clone().unwrap_or_default(),
         }),
     }
 }

@@ -14,10 +14,15 @@ pub fn to_status(error: &TableError) -> Status {
         TableError::Kms { code, .. } => *code,
         TableError::KmsUnavailable { .. } | TableError::Unavailable(_) => Code::Unavailable,
         TableError::ResourceNotFound(_) => Code::NotFound,
-        TableError::ResourceInUse(_) => Code::AlreadyExists,
+        TableError::TableExists(_) => Code::AlreadyExists,
+        // Wait, then call again: not "already exists".
+        TableError::ResourceInUse(_) => Code::FailedPrecondition,
+        // Lost a race: retry at once.
+        TableError::ConcurrentChange(_) => Code::Aborted,
         TableError::Validation(_) => Code::InvalidArgument,
         TableError::ConditionalCheckFailed(_) => Code::FailedPrecondition,
         TableError::ItemIntegrity { .. } => Code::DataLoss,
+        TableError::KeyDeleted(_) => Code::FailedPrecondition,
         TableError::Internal(_) => Code::Internal,
     };
     let message = match error {
@@ -36,4 +41,36 @@ pub fn to_status(error: &TableError) -> Status {
             std::collections::HashMap::new(),
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_in_use_errors_keep_their_reason_and_say_what_to_do_with_their_code() {
+        for (error, code) in [
+            (
+                TableError::TableExists("Table already exists: t".into()),
+                Code::AlreadyExists,
+            ),
+            (
+                TableError::ResourceInUse("table t is already changing its key".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                TableError::ConcurrentChange("table t changed; retry".into()),
+                Code::Aborted,
+            ),
+        ] {
+            let status = to_status(&error);
+            assert_eq!(status.code(), code, "{error:?}");
+            assert_eq!(
+                status.get_details_error_info().map(|i| i.reason).as_deref(),
+                Some("ResourceInUseException"),
+                "{error:?}"
+            );
+            assert_eq!(status.message(), error.to_string());
+        }
+    }
 }

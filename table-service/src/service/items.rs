@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{Call, Tables, integrity, open_envelope, store_error, unwrap_error};
+use super::{Call, Tables, integrity, open_envelope, store_error};
 use crate::envelope;
 use crate::error::TableError;
 use crate::expression::{self, Condition, UpdateAction};
@@ -45,19 +45,16 @@ impl Tables {
             .store
             .get_item(&table.table_id, key)
             .map_err(store_error)?;
-        match stored {
-            None => Ok(None),
-            Some(envelope) => Ok(Some(
-                self.open_item(
-                    call,
-                    table,
-                    &StoredItem {
-                        key: key.clone(),
-                        envelope,
-                    },
-                )
-                .await?,
-            )),
+        let Some(envelope) = stored else {
+            return Ok(None);
+        };
+        let stored = StoredItem {
+            key: key.clone(),
+            envelope,
+        };
+        match self.open_item(call, table, &stored).await {
+            Ok(item) => Ok(Some(item)),
+            Err(e) => Err(self.unwrap_error(call, table, e).await),
         }
     }
 
@@ -219,10 +216,10 @@ impl Tables {
                     envelope::data_key_context(&table.table_id, &stored.key),
                 )
                 .await;
-            let data_key = self
-                .settle(call, ACTION, &resource, answer)
-                .await
-                .map_err(|e| unwrap_error(table, e))?;
+            let data_key = match self.settle(call, ACTION, &resource, answer).await {
+                Ok(data_key) => data_key,
+                Err(e) => return Err(self.unwrap_error(call, table, e).await),
+            };
             return open_envelope(table, stored, &data_key).map(Some);
         }
         self.authorize_uncached(call, ACTION, &resource).await?;

@@ -3,7 +3,10 @@
 //! data key never leaves kms-service), page by page, with the progress stored
 //! in the table record so the job resumes after a restart. Reads and writes
 //! continue meanwhile: a blob names its own key, and each item is re-wrapped
-//! under its item lock.
+//! under its item lock. A page that fails is retried with back-off for as
+//! long as the table changes its key (the old key may be enabled again,
+//! kms-service may come back); the latest failure is kept in memory for
+//! DescribeTable until a page succeeds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,17 @@ use crate::store::{Mutation, ScanQuery, TableRecord};
 const PAGE: usize = 100;
 /// The principal the grants are for.
 pub const SELF_PRINCIPAL: &str = "service/table-service";
+
+/// A failed page as DescribeTable shows it: the reason and the message, as
+/// the caller of a request would see them (an internal error's details stay
+/// in the log).
+fn failure_text(error: &TableError) -> String {
+    let message = match error {
+        TableError::Internal(_) => "internal error; see the table-service log".to_string(),
+        other => other.to_string(),
+    };
+    format!("{}: {message}", error.reason())
+}
 
 impl Tables {
     /// Grants (made on behalf of the caller) that let table-service re-wrap
@@ -87,16 +101,25 @@ impl Tables {
         }
     }
 
+    /// Starts the re-wrap of table `name` (as it is now: a table created
+    /// later under the same name is not this job's).
     pub(super) fn spawn_rewrap(self: &Arc<Self>, name: String) {
+        let Ok(table_id) = self.table(&name).map(|t| t.table_id) else {
+            return;
+        };
         let this = self.clone();
         let job = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             loop {
-                match this.rewrap_page(&name).await {
+                match this.rewrap_page(&name, &table_id).await {
                     Ok(true) => backoff = Duration::from_millis(200),
-                    Ok(false) => return,
+                    Ok(false) => {
+                        this.record_rewrap_failure(&table_id, None);
+                        return;
+                    }
                     Err(error) => {
-                        tracing::warn!(table = %name, %error, "re-wrap paused; retrying");
+                        this.record_rewrap_failure(&table_id, Some(&error));
+                        tracing::warn!(table = %name, %error, reason = error.reason(), "re-wrap paused; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
@@ -108,8 +131,37 @@ impl Tables {
         jobs.push(job);
     }
 
-    /// Re-wraps one page; returns whether there may be more work.
-    async fn rewrap_page(&self, name: &str) -> Result<bool, TableError> {
+    /// Keeps the latest failure of table `table_id`'s re-wrap for
+    /// DescribeTable, or forgets it (`None`: a page succeeded or the job
+    /// ended).
+    fn record_rewrap_failure(&self, table_id: &str, error: Option<&TableError>) {
+        let mut failures = self
+            .rewrap_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match error {
+            Some(error) => {
+                failures.insert(table_id.to_string(), failure_text(error));
+            }
+            None => {
+                failures.remove(table_id);
+            }
+        }
+    }
+
+    /// The latest failure of table `table_id`'s re-wrap, if its last page
+    /// failed.
+    pub(super) fn rewrap_failure(&self, table_id: &str) -> Option<String> {
+        self.rewrap_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(table_id)
+            .cloned()
+    }
+
+    /// Re-wraps one page of table `name` whose id is `table_id`; returns
+    /// whether there may be more work.
+    async fn rewrap_page(&self, name: &str, table_id: &str) -> Result<bool, TableError> {
         // Held while the page is read and written, and let go before
         // `save_progress` (which takes `ddl`): DeleteTable and key switches
         // take `ddl` first, then `table_writes`.
@@ -117,6 +169,11 @@ impl Tables {
         let Ok(table) = self.table(name) else {
             return Ok(false);
         };
+        if table.table_id != table_id {
+            // Deleted and created again: the new table's changes are not
+            // this job's.
+            return Ok(false);
+        }
         let Some(rewrap) = table.rewrap.clone() else {
             return Ok(false);
         };
@@ -206,6 +263,8 @@ impl Tables {
         }
         drop(guards);
         drop(writes);
+        // Progressing again: forgotten before the new count shows.
+        self.record_rewrap_failure(&table.table_id, None);
         let last = page.last().map(|i| i.key.clone());
         let mut progress = rewrap;
         progress.items_done += done;

@@ -14,6 +14,9 @@ pub struct TableView {
     /// State of the table's key as kms-service reports it to the caller.
     pub key_state: String,
     pub item_count: u64,
+    /// While a key change runs: the latest failure of its re-wrap, if its
+    /// last page failed ("<reason>: <message>").
+    pub rewrap_failure: Option<String>,
 }
 
 /// DynamoDB's table-name rule: 3–255 of `[a-zA-Z0-9_.-]`.
@@ -86,7 +89,7 @@ impl Tables {
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(name)
         {
-            return Err(TableError::ResourceInUse(format!(
+            return Err(TableError::TableExists(format!(
                 "Table already exists: {name}"
             )));
         }
@@ -111,6 +114,7 @@ impl Tables {
             record,
             key_state: key.state,
             item_count: 0,
+            rewrap_failure: None,
         })
     }
 
@@ -138,10 +142,15 @@ impl Tables {
             .await
             .map_err(|e| TableError::Internal(e.to_string()))?
             .map_err(store_error)?;
+        let rewrap_failure = record
+            .rewrap
+            .as_ref()
+            .and_then(|_| self.rewrap_failure(&record.table_id));
         Ok(TableView {
             record,
             key_state,
             item_count,
+            rewrap_failure,
         })
     }
 
@@ -202,6 +211,7 @@ impl Tables {
             record,
             key_state: String::new(),
             item_count: 0,
+            rewrap_failure: None,
         })
     }
 
@@ -257,9 +267,18 @@ impl Tables {
             )));
         }
         let current = self.table(name)?;
-        if current.rewrap.is_some() {
+        if let Some(rewrap) = &current.rewrap {
+            let failing = self
+                .rewrap_failure(&current.table_id)
+                .map(|f| {
+                    format!(
+                        ", and its re-wrap is stalled (latest failure: {f}; it resumes by itself once that is fixed)"
+                    )
+                })
+                .unwrap_or_default();
             return Err(TableError::ResourceInUse(format!(
-                "table {name} is already changing its key; wait until DescribeTable shows it ACTIVE"
+                "table {name} is already changing its key to {}{failing}; DescribeTable shows the re-wrap's progress and any error (rewrap_progress.last_error); wait until it shows the table ACTIVE",
+                rewrap.target_key_id
             )));
         }
         call.outcome.kms_calls += 1;
@@ -316,8 +335,8 @@ impl Tables {
         let _writes = self.table_writes.write().await;
         let mut record = self.table(name)?;
         if record.table_id != current.table_id || record.rewrap.is_some() {
-            return Err(TableError::ResourceInUse(format!(
-                "table {name} changed while its key was being switched; retry"
+            return Err(TableError::ConcurrentChange(format!(
+                "table {name} changed while its key was being switched (another UpdateTable or a DeleteTable came first); call DescribeTable and retry"
             )));
         }
         record.rewrap = Some(crate::store::Rewrap {
@@ -342,6 +361,7 @@ impl Tables {
             record,
             key_state: key.state,
             item_count: 0,
+            rewrap_failure: None,
         })
     }
 }
