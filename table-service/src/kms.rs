@@ -189,6 +189,24 @@ impl KmsClient {
                     detail: lockbox_proto::transport::status_chain(&status),
                 }
             }
+            // table-service's own credential was refused (revoked,
+            // deleted): the service is misconfigured, not its caller, whose
+            // request may be fine.
+            tonic::Code::Unauthenticated
+                if status.get_details_error_info().is_some_and(|i| {
+                    i.metadata.get("credential").is_some_and(|c| c == "service")
+                }) =>
+            {
+                tracing::error!(
+                    kms = %self.endpoint,
+                    message = status.message(),
+                    "kms-service refused table-service's own credential"
+                );
+                TableError::Unavailable(format!(
+                    "kms-service refused table-service's own credential ({}); the operator must give table-service a valid token (--token-file / TABLE_TOKEN_FILE) and restart it",
+                    status.message()
+                ))
+            }
             code => TableError::Kms {
                 code,
                 reason: status

@@ -107,6 +107,15 @@ pub async fn wait_for_kms(kms: &KmsClient, config: &ServeConfig) -> Result<Strin
                 if attempt > 1 {
                     tracing::info!(kms = %url, attempt, "kms-service answered");
                 }
+                // The service-managed key's policy and the re-wrap grants
+                // name this principal; another would fail every request.
+                if principal != crate::service::SELF_PRINCIPAL {
+                    return Err(StartError::Config(format!(
+                        "the token in {} (--token-file / TABLE_TOKEN_FILE) is {principal}'s, but table-service must run as {}: use the token file kms-service writes with --table-service-token-file",
+                        config.token_file.display(),
+                        crate::service::SELF_PRINCIPAL
+                    )));
+                }
                 return Ok(principal);
             }
             Err(status) => match classify_probe_failure(&status, config) {

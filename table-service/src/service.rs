@@ -24,6 +24,7 @@ use crate::store::{GroupCommit, StoreError, StoredItem, TableRecord, TableStore}
 
 pub use items::{BatchWrite, ReturnValues};
 pub use query::{Page, SortCondition};
+pub use rewrap::SELF_PRINCIPAL;
 pub use tables::TableView;
 
 /// The alias of the key tables use when the creator names none.

@@ -1416,3 +1416,78 @@ async fn items_of_a_deleted_key_say_the_key_is_gone_not_that_they_were_altered()
     stack.tables.stop().await.unwrap();
     stack.kms.stop().await.unwrap();
 }
+
+/// When kms-service refuses table-service's own credential (its token was
+/// revoked), a caller's request is answered UNAVAILABLE, saying the service
+/// is misconfigured, not that the caller's credential is bad.
+#[tokio::test]
+async fn a_revoked_service_token_is_not_blamed_on_the_caller() {
+    let stack = start(0).await;
+    let mut keys = KeyManagementServiceClient::new(channel(stack.kms.addr).await);
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let mut iam_client = IdentityServiceClient::new(channel(stack.kms.addr).await);
+    encrypted_table(&mut keys, &mut tables, &stack.admin, "orders").await;
+    let get = || {
+        authed(
+            &stack.admin,
+            pb::GetItemRequest {
+                table_name: "orders".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        )
+    };
+    tables.get_item(get()).await.expect("served before");
+    // A caller's own bad token is the caller's to fix.
+    let bad_caller = || {
+        authed(
+            "lbx_not-a-token",
+            pb::GetItemRequest {
+                table_name: "orders".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        )
+    };
+    check_status(
+        tables.get_item(bad_caller()).await,
+        Code::Unauthenticated,
+        "UnrecognizedClientException",
+        "the caller's credential (forwarded in x-on-behalf-of) is not a valid access token",
+    );
+    let service_tokens = iam_client
+        .list_access_tokens(authed(
+            &stack.admin,
+            iam::ListAccessTokensRequest {
+                user_name: "service/table-service".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert!(!service_tokens.is_empty());
+    for token in service_tokens {
+        iam_client
+            .delete_access_token(authed(
+                &stack.admin,
+                iam::DeleteAccessTokenRequest {
+                    user_name: "service/table-service".into(),
+                    token_id: token.token_id,
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    check_status(
+        tables.get_item(get()).await,
+        Code::Unavailable,
+        "ServiceUnavailableException",
+        "kms-service refused table-service's own credential (the service's own credential (authorization) has been revoked)",
+    );
+    // Whoever calls: the service cannot vouch for anyone now.
+    check_status(
+        tables.get_item(bad_caller()).await,
+        Code::Unavailable,
+        "ServiceUnavailableException",
+        "table-service's own credential",
+    );
+}
