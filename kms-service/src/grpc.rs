@@ -38,9 +38,10 @@ pub fn oversize_layer(kms: Arc<Kms>) -> lockbox_proto::oversize::OversizeLayer {
                 refused.detail
             ));
             let refused: Result<(), _> = kms.refuse(&creds, &refused.method, error).await;
-            match refused {
-                Ok(()) => tonic::Status::internal("an oversized request was not refused"),
-                Err(e) => to_status(&e),
+            // With `x-principal`, as every answer to a forwarded call.
+            match reply(&creds, refused) {
+                Ok(_) => tonic::Status::internal("an oversized request was not refused"),
+                Err(status) => status,
             }
         })
     }))

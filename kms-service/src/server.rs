@@ -64,20 +64,35 @@ fn create_private_dir(path: &Path) -> Result<(), StartError> {
 
 /// Writes a secret to a new file readable only by its owner.
 pub fn write_secret_file(path: &Path, secret: &str) -> Result<(), StartError> {
-    use std::io::Write;
+    let file = open_secret_file(path, false)?;
+    fill_secret_file(path, file, secret)
+}
+
+/// Opens a file for a secret, readable only by its owner, creating its
+/// directory; with `new`, the file must not exist yet.
+fn open_secret_file(path: &Path, new: bool) -> Result<std::fs::File, StartError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent)?;
     }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    if new {
+        options.write(true).create_new(true);
+    } else {
+        options.write(true).create(true).truncate(true);
+    }
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let context = format!("cannot write {}", path.display());
-    let mut file = options.open(path).map_err(io(context.clone()))?;
+    options
+        .open(path)
+        .map_err(io(format!("cannot write {}", path.display())))
+}
+
+fn fill_secret_file(path: &Path, mut file: std::fs::File, secret: &str) -> Result<(), StartError> {
+    use std::io::Write;
     file.write_all(secret.as_bytes())
         .and_then(|()| file.write_all(b"\n"))
         .and_then(|()| file.sync_all())
-        .map_err(io(context))
+        .map_err(io(format!("cannot write {}", path.display())))
 }
 
 /// Loads the root key, creating it only for a brand-new data directory:
@@ -173,12 +188,24 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
             write_secret_file(path, &token.token)?;
             tracing::info!(path = %path.display(), principal = TABLE_SERVICE_PRINCIPAL, "service principal created; its token is in this file (mode 0600)");
             service_token_file = Some(path.clone());
-        } else if !path.exists() {
+        } else if !path
+            .try_exists()
+            .map_err(io(format!("cannot check {}", path.display())))?
+        {
             // The principal exists but its credential file is gone (a new
             // volume, a deleted file): issue a new token rather than leave
-            // table-service unable to start.
-            let token = kms.reissue_token(TABLE_SERVICE_PRINCIPAL).await?;
-            write_secret_file(path, &token.token)?;
+            // table-service unable to start. The file is created first, so
+            // a place that cannot be written costs no token.
+            let file = open_secret_file(path, true)?;
+            let token = match kms.reissue_token(TABLE_SERVICE_PRINCIPAL).await {
+                Ok(token) => token,
+                Err(e) => {
+                    drop(file);
+                    let _ = std::fs::remove_file(path);
+                    return Err(e.into());
+                }
+            };
+            fill_secret_file(path, file, &token.token)?;
             tracing::warn!(
                 path = %path.display(),
                 principal = TABLE_SERVICE_PRINCIPAL,

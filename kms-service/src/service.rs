@@ -285,30 +285,44 @@ impl Kms {
     /// it ends the same way when the caller goes away (a cancelled
     /// request): held batches are always either released or abandoned.
     async fn settle(&self, events: Vec<AuditEvent>, own: Vec<u64>) -> Result<(), KmsError> {
-        let inline = own.is_empty();
+        let holds = !own.is_empty();
         let (audit, committer) = (self.audit.clone(), self.committer.clone());
         let job = async move {
-            for event in events {
-                if let Err(e) = audit.append(event).await {
+            let recorded = if let [_] = events.as_slice() {
+                let event = events.into_iter().next().expect("one event");
+                audit.append(event).await.map(drop)
+            } else {
+                audit.append_all(events).await.map(drop)
+            };
+            if let Err(e) = recorded {
+                // Changes without their records must never be stored.
+                if holds {
                     committer.abandon();
-                    tracing::error!(error = %e, "audit record could not be made durable; refusing request");
-                    return Err(KmsError::Unavailable(
-                        "the audit log cannot record this request, so it was refused; see the service log"
-                            .into(),
-                    ));
                 }
+                tracing::error!(error = %e, "audit record could not be made durable; refusing request");
+                return Err(KmsError::Unavailable(
+                    "the audit log cannot record this request, so it was refused; see the service log"
+                        .into(),
+                ));
             }
             for seq in own {
                 committer.release(seq);
             }
             Ok(())
         };
-        if inline {
+        if !holds {
             return job.await;
         }
-        tokio::spawn(job)
-            .await
-            .map_err(|e| KmsError::Internal(format!("recording the call failed: {e}")))?
+        match tokio::spawn(job).await {
+            Ok(settled) => settled,
+            Err(e) => {
+                // Neither released nor known to be recorded: abandoned.
+                self.committer.abandon();
+                Err(KmsError::Internal(format!(
+                    "recording the call failed: {e}"
+                )))
+            }
+        }
     }
 }
 

@@ -130,7 +130,25 @@ async fn a_missing_table_service_token_file_is_issued_anew() {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
-    // Up to the limit of 10 active tokens, then the file goes again.
+    opened.kms.audit_log().close().await.unwrap();
+    drop(opened);
+    // A token file that cannot be written costs no token: it is created
+    // before the token is issued (its "directory" here is a file).
+    let blocked = StorageConfig {
+        table_service_token_file: Some(dir.path().join("not-a-dir/table-service.token")),
+        ..storage_in(dir.path())
+    };
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    for _ in 0..3 {
+        let refused = server::open(&blocked, Arc::new(SystemClock))
+            .await
+            .err()
+            .expect("refused");
+        assert!(refused.to_string().contains("not-a-dir"), "{refused}");
+    }
+    let opened = start().await.unwrap();
+    // Up to the limit of 10 active tokens (none was spent above), then the
+    // file goes again.
     let admin = bearer(&storage.admin_token_path());
     for _ in 0..8 {
         opened

@@ -20,12 +20,18 @@ use crate::kms::CallerCredential;
 pub fn oversize_layer() -> lockbox_proto::oversize::OversizeLayer {
     lockbox_proto::oversize::OversizeLayer::new(std::sync::Arc::new(|refused| {
         Box::pin(async move {
+            // The request's structured event, as every data-plane request
+            // has; the table is unknown (the message was not read).
+            let request_id = refused
+                .metadata
+                .get(lockbox_proto::metadata::REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
             tracing::info!(
-                action = %refused.method,
-                request_id = ?refused.metadata.get(lockbox_proto::metadata::REQUEST_ID),
-                outcome = "ValidationException",
+                target: "table_event",
+                request_id, principal = "-", action = %refused.method, table = "-",
+                outcome = "ValidationException", kms_calls = 0u32, cache_hits = 0u32,
                 detail = %refused.detail,
-                "request refused: over the message-size limit"
             );
             let base = to_status(&TableError::Validation(format!(
                 "the request message is too large ({}); table-service takes messages up to \

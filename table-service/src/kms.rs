@@ -171,6 +171,27 @@ impl KmsClient {
         Ok(request)
     }
 
+    /// [`KmsClient::error`] of a call table-service makes as itself: a
+    /// refused credential can only be its own.
+    fn own_error(&self, status: tonic::Status) -> TableError {
+        if status.code() == tonic::Code::Unauthenticated {
+            return self.own_credential_refused(&status);
+        }
+        self.error(status)
+    }
+
+    fn own_credential_refused(&self, status: &tonic::Status) -> TableError {
+        tracing::error!(
+            kms = %self.endpoint,
+            message = status.message(),
+            "kms-service refused table-service's own credential"
+        );
+        TableError::Unavailable(format!(
+            "kms-service refused table-service's own credential ({}); the operator must give table-service a valid token (--token-file / TABLE_TOKEN_FILE) and restart it",
+            status.message()
+        ))
+    }
+
     fn error(&self, status: tonic::Status) -> TableError {
         match status.code() {
             // kms-service always attaches ErrorInfo; a status without it
@@ -197,15 +218,7 @@ impl KmsClient {
                     i.metadata.get("credential").is_some_and(|c| c == "service")
                 }) =>
             {
-                tracing::error!(
-                    kms = %self.endpoint,
-                    message = status.message(),
-                    "kms-service refused table-service's own credential"
-                );
-                TableError::Unavailable(format!(
-                    "kms-service refused table-service's own credential ({}); the operator must give table-service a valid token (--token-file / TABLE_TOKEN_FILE) and restart it",
-                    status.message()
-                ))
+                self.own_credential_refused(&status)
             }
             code => TableError::Kms {
                 code,
@@ -346,7 +359,7 @@ impl KmsClient {
             .clone()
             .re_encrypt(request)
             .await
-            .map_err(|s| self.error(s))?
+            .map_err(|s| self.own_error(s))?
             .into_inner()
             .ciphertext_blob)
     }
@@ -362,7 +375,7 @@ impl KmsClient {
             .clone()
             .retire_grant(request)
             .await
-            .map_err(|s| self.error(s))?;
+            .map_err(|s| self.own_error(s))?;
         Ok(())
     }
 

@@ -639,7 +639,9 @@ async fn mutual_tls_end_to_end() {
             .env("TABLE_TLS_CERT", file("table-service.crt"))
             .env("TABLE_TLS_KEY", file("table-service.key"))
             .env("TABLE_TLS_CLIENT_CA", file("ca.crt"))
-            .args(["--kms-wait-secs", "10"]),
+            .args(["--kms-wait-secs", "10"])
+            .args(["--log-format", "json", "--max-message-bytes", "1048576"])
+            .env("RUST_LOG", "warn,table_event=info"),
         dir.path().join("table-service.log"),
     );
     let https = format!("https://127.0.0.1:{}", listen.port());
@@ -691,11 +693,67 @@ async fn mutual_tls_end_to_end() {
         .connect()
         .await
         .expect("mutual TLS to table-service");
-    round_trip(
-        &mut TableServiceClient::new(channel),
-        &admin_token(dir.path()),
-    )
-    .await;
+    let mut client = TableServiceClient::new(channel);
+    let admin = admin_token(dir.path());
+    round_trip(&mut client, &admin).await;
+    let mut huge = authed(
+        &admin,
+        pb::PutItemRequest {
+            table_name: "orders".into(),
+            item: HashMap::from([
+                ("id".to_string(), s("43")),
+                ("blob".to_string(), s(&"x".repeat(1100 * 1024))),
+            ]),
+            ..Default::default()
+        },
+    );
+    huge.metadata_mut()
+        .insert("x-request-id", "huge-1".parse().unwrap());
+    let refused = client.put_item(huge).await.expect_err("over 1 MiB");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+
+    // One structured event per data-plane request, as JSON lines.
+    let log = binary.log();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "table_event")
+        .map(|l| l["fields"].clone())
+        .collect();
+    let summary: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {} {} kms_calls={} cache_hits={}",
+                e["action"].as_str().unwrap_or("?"),
+                e["principal"].as_str().unwrap_or("?"),
+                e["table"].as_str().unwrap_or("?"),
+                e["outcome"].as_str().unwrap_or("?"),
+                e["kms_calls"],
+                e["cache_hits"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "CreateTable user/admin orders ok kms_calls=2 cache_hits=0",
+            "PutItem user/admin orders ok kms_calls=1 cache_hits=0",
+            "GetItem user/admin orders ok kms_calls=2 cache_hits=0",
+            "PutItem - - ValidationException kms_calls=0 cache_hits=0",
+        ],
+        "{log}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["request_id"].as_str().is_some_and(|id| !id.is_empty()))
+    );
+    assert_eq!(events[3]["request_id"], "huge-1");
     drop(binary);
     kms.stop().await.unwrap();
 }

@@ -710,6 +710,30 @@ async fn x_authorize_conditions_a_call_and_x_principal_names_the_caller() {
         "is not \"<action> <resource>\"",
     );
 
+    // An oversized forwarded call, refused before any handler, is answered
+    // like any other: with the principal it was decided for.
+    let mut huge = authed(
+        &service,
+        pb::EncryptRequest {
+            key_id: "alias/any".into(),
+            plaintext: vec![0; 300 * 1024],
+            ..Default::default()
+        },
+    );
+    huge.metadata_mut()
+        .insert("x-on-behalf-of", format!("Bearer {bob}").parse().unwrap());
+    let refused = KeyManagementServiceClient::new(channel(&kms).await)
+        .encrypt(huge)
+        .await;
+    let status = refused.as_ref().expect_err("too large");
+    assert_eq!(principal(status.metadata()).as_deref(), Some("user/bob"));
+    check_status(
+        refused,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+        "--max-message-bytes",
+    );
+
     // A direct call names no principal in metadata.
     let direct = iam_client
         .get_caller_identity(authed(&bob, iam::GetCallerIdentityRequest {}))

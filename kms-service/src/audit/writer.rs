@@ -247,6 +247,38 @@ impl AuditLog {
     /// [`AuditError::Unavailable`]. If this future is dropped after the event
     /// was sealed, the record may still be written.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        let answer = self.enter(event).await?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(self.shared.status.refusal()))
+    }
+
+    /// [`AuditLog::append`] for several records of one action, in order:
+    /// each is sealed as soon as there is room, before any is waited for,
+    /// so they are made durable together rather than a sync each. Returns
+    /// the last record's sequence number (`None` for no events).
+    pub async fn append_all(&self, events: Vec<AuditEvent>) -> Result<Option<u64>, AuditError> {
+        let mut answers = Vec::with_capacity(events.len());
+        for event in events {
+            answers.push(self.enter(event).await?);
+        }
+        let mut last = None;
+        for answer in answers {
+            last = Some(
+                answer
+                    .await
+                    .unwrap_or_else(|_| Err(self.shared.status.refusal()))?,
+            );
+        }
+        Ok(last)
+    }
+
+    /// Waits for room for one more sealed, unwritten record, then seals
+    /// `event`; returns the receiver of its outcome.
+    async fn enter(
+        &self,
+        event: AuditEvent,
+    ) -> Result<oneshot::Receiver<Result<u64, AuditError>>, AuditError> {
         let shared = &self.shared;
         if shared.status.state.load(Ordering::Acquire) != OPEN {
             return Err(shared.status.refusal());
@@ -261,10 +293,7 @@ impl AuditLog {
             },
             Err(TryAcquireError::Closed) => return Err(shared.status.refusal()),
         }
-        let answer = shared.seal(event)?;
-        answer
-            .await
-            .unwrap_or_else(|_| Err(shared.status.refusal()))
+        shared.seal(event)
     }
 
     /// Counters of the durability pipeline since the log was opened: how

@@ -554,11 +554,14 @@ impl Kms {
                     .ok_or_else(|| KmsError::NotFound(format!("Alias {alias_name} is not found.")))?
                     .clone();
                 let current = ctx.key_for(state, &alias.key_id, "kms:UpdateAlias")?;
-                let key = ctx.key_for(state, target_key_id, "kms:UpdateAlias")?;
+                let key = ctx.key_for(state, target_key_id, "kms:UpdateAlias");
+                // The record names both keys, whichever was refused.
+                let new_resource = ctx.event.resources.pop();
                 ctx.event.resources = vec![current.resource()];
-                if key.key_id != current.key_id {
-                    ctx.event.resources.push(key.resource());
+                if let Some(resource) = new_resource.filter(|r| *r != current.resource()) {
+                    ctx.event.resources.push(resource);
                 }
+                let key = key?;
                 not_pending(&key, "point an alias at it")?;
                 Ok((
                     (),
@@ -893,8 +896,6 @@ fn symmetric_only(record: &KeyRecord, what: &str) -> Result<(), KmsError> {
     }
 }
 
-/// Whether the policy delegates kms:PutKeyPolicy to identity policies (the
-/// `account` principal), which also keeps an administrator able to repair it.
 /// Lockout safety check, as AWS makes on CreateKey and PutKeyPolicy: a key
 /// policy must still let `principal` (who is setting it) change the policy,
 /// directly or by delegating to identity policies, or nobody could ever
@@ -930,6 +931,8 @@ fn check_lockout(
     )))
 }
 
+/// Whether the policy delegates kms:PutKeyPolicy to identity policies (the
+/// `account` principal), which also keeps an administrator able to repair it.
 fn document_delegates(document: &PolicyDocument, principal: &str, resource: &str) -> bool {
     let request = policy::Request {
         principal,

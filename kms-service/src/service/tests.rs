@@ -1614,6 +1614,22 @@ async fn alias_operations_are_decided_on_the_alias_and_on_the_key() {
             format!("key/{own2}")
         ])
     );
+    // Refused on the new key: the record still names the current one.
+    let update_refused = of("UpdateAlias", "Deny");
+    assert_eq!(
+        update_refused
+            .iter()
+            .map(|r| r["resources"].clone())
+            .collect::<Vec<_>>(),
+        [
+            serde_json::json!(["alias/admins"]),
+            serde_json::json!([
+                "alias/team-a/orders",
+                format!("key/{own}"),
+                format!("key/{admins}")
+            ]),
+        ]
+    );
     let refused = of("CreateAlias", "Deny");
     assert_eq!(refused.len(), 4, "{refused:#?}");
     assert_eq!(refused[0]["resources"], serde_json::json!(["alias/orders"]));
@@ -2083,6 +2099,42 @@ async fn a_change_whose_call_panics_is_abandoned() {
         "KMSUnavailableException",
         "",
     );
+}
+
+/// A maintenance pass that rotates many keys records them all and holds
+/// their changes until then, but makes the records durable together, not a
+/// sync each: every request waits behind the held changes meanwhile.
+#[tokio::test]
+async fn maintenance_records_many_rotations_with_few_syncs() {
+    let f = fixture().await;
+    let mut keys = Vec::new();
+    for _ in 0..40 {
+        let key = f.key(KeySpec::SymmetricDefault).await;
+        f.kms
+            .enable_key_rotation(&f.admin, &key, Some(90))
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    f.clock.advance(90 * DAY);
+    let before = f.kms.audit_log().stats();
+    let mut rotated = f.kms.run_maintenance().await.unwrap().rotated;
+    let after = f.kms.audit_log().stats();
+    rotated.sort();
+    keys.sort();
+    assert_eq!(rotated, keys);
+    assert_eq!(after.records_durable - before.records_durable, 40);
+    assert!(
+        after.syncs - before.syncs <= 4,
+        "{} syncs for one pass of 40 rotations",
+        after.syncs - before.syncs
+    );
+    let rotations = f
+        .audit_lines()
+        .iter()
+        .filter(|r| r["event_name"] == "RotateKey" && r["principal"] == "service/kms-service")
+        .count();
+    assert_eq!(rotations, 40);
 }
 
 #[tokio::test]
