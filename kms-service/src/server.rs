@@ -62,37 +62,64 @@ fn create_private_dir(path: &Path) -> Result<(), StartError> {
         .map_err(io(format!("cannot create directory {}", path.display())))
 }
 
-/// Writes a secret to a new file readable only by its owner.
+/// Writes a secret to a file readable only by its owner, replacing any
+/// file (or link) of that name whole: the secret never lands in an older
+/// file with looser permissions.
 pub fn write_secret_file(path: &Path, secret: &str) -> Result<(), StartError> {
-    let file = open_secret_file(path, false)?;
-    fill_secret_file(path, file, secret)
+    let pending = open_secret_file(path)?;
+    fill_secret_file(path, pending, secret)
 }
 
-/// Opens a file for a secret, readable only by its owner, creating its
-/// directory; with `new`, the file must not exist yet.
-fn open_secret_file(path: &Path, new: bool) -> Result<std::fs::File, StartError> {
+/// A secret file being written: a new file beside its final name.
+struct PendingSecret {
+    file: std::fs::File,
+    temporary: std::path::PathBuf,
+}
+
+/// Creates the new file a secret is first written to (mode 0600, in the
+/// secret's directory, created if missing), so that a place that cannot be
+/// written fails before the secret is made.
+fn open_secret_file(path: &Path) -> Result<PendingSecret, StartError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent)?;
     }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".new");
+    let temporary = path.with_file_name(name);
+    // Left by an interrupted earlier write.
+    let _ = std::fs::remove_file(&temporary);
     let mut options = std::fs::OpenOptions::new();
-    if new {
-        options.write(true).create_new(true);
-    } else {
-        options.write(true).create(true).truncate(true);
-    }
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .map_err(io(format!("cannot write {}", path.display())))
+    let file = options
+        .open(&temporary)
+        .map_err(io(format!("cannot write {}", temporary.display())))?;
+    Ok(PendingSecret { file, temporary })
 }
 
-fn fill_secret_file(path: &Path, mut file: std::fs::File, secret: &str) -> Result<(), StartError> {
+/// Writes the secret, makes it durable and moves it to its name.
+fn fill_secret_file(path: &Path, pending: PendingSecret, secret: &str) -> Result<(), StartError> {
     use std::io::Write;
-    file.write_all(secret.as_bytes())
+    let PendingSecret {
+        mut file,
+        temporary,
+    } = pending;
+    let written = file
+        .write_all(secret.as_bytes())
         .and_then(|()| file.write_all(b"\n"))
         .and_then(|()| file.sync_all())
-        .map_err(io(format!("cannot write {}", path.display())))
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .and_then(
+            |()| match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) => std::fs::File::open(parent)?.sync_all(),
+                None => Ok(()),
+            },
+        );
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written.map_err(io(format!("cannot write {}", path.display())))
 }
 
 /// Loads the root key, creating it only for a brand-new data directory:
@@ -168,11 +195,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     let mut admin_token_file = None;
     let mut service_token_file = None;
     if let Some(token) = kms
-        .bootstrap_principal(
-            ADMIN_PRINCIPAL,
-            PrincipalKind::User,
-            &["AdministratorAccess"],
-        )
+        .bootstrap_administrator(ADMIN_PRINCIPAL, &["AdministratorAccess"])
         .await?
     {
         let path = storage.admin_token_path();
@@ -196,16 +219,15 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
             // volume, a deleted file): issue a new token rather than leave
             // table-service unable to start. The file is created first, so
             // a place that cannot be written costs no token.
-            let file = open_secret_file(path, true)?;
+            let pending = open_secret_file(path)?;
             let token = match kms.reissue_token(TABLE_SERVICE_PRINCIPAL).await {
                 Ok(token) => token,
                 Err(e) => {
-                    drop(file);
-                    let _ = std::fs::remove_file(path);
+                    let _ = std::fs::remove_file(&pending.temporary);
                     return Err(e.into());
                 }
             };
-            fill_secret_file(path, file, &token.token)?;
+            fill_secret_file(path, pending, &token.token)?;
             tracing::warn!(
                 path = %path.display(),
                 principal = TABLE_SERVICE_PRINCIPAL,

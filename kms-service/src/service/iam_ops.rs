@@ -64,18 +64,43 @@ fn validate_policy_name(name: &str) -> Result<(), KmsError> {
 
 impl Kms {
     /// Creates `principal` with the given managed policies and a token,
-    /// unless it exists. Used at first start for the administrator and for
-    /// service credentials; audited as the service itself.
+    /// unless it exists. Used for service credentials the configuration
+    /// asks for; audited as the service itself.
     pub async fn bootstrap_principal(
         &self,
         principal: &str,
         kind: PrincipalKind,
         policies: &[&str],
     ) -> Result<Option<BootstrapToken>, KmsError> {
+        self.bootstrap(principal, kind, policies, false).await
+    }
+
+    /// Creates the bootstrap administrator, only into a store with no
+    /// principal at all (the first start): an administrator deleted later
+    /// on purpose (its token leaked, named administrators replace it) is
+    /// not brought back by a restart.
+    pub async fn bootstrap_administrator(
+        &self,
+        principal: &str,
+        policies: &[&str],
+    ) -> Result<Option<BootstrapToken>, KmsError> {
+        self.bootstrap(principal, PrincipalKind::User, policies, true)
+            .await
+    }
+
+    async fn bootstrap(
+        &self,
+        principal: &str,
+        kind: PrincipalKind,
+        policies: &[&str],
+        first_only: bool,
+    ) -> Result<Option<BootstrapToken>, KmsError> {
         let now = self.now();
         let minted = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
-            if state.principals.contains_key(principal) {
+            if state.principals.contains_key(principal)
+                || (first_only && !state.principals.is_empty())
+            {
                 return Ok(None);
             }
             let minted = mint_token(principal, now);
