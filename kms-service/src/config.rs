@@ -80,6 +80,11 @@ pub struct StorageConfig {
     /// Directory of the audit log. Default: `<data-dir>/audit`.
     #[arg(long, env = "KMS_AUDIT_DIR")]
     pub audit_dir: Option<PathBuf>,
+    /// Start even though the audit log ends before the newest checkpoint the
+    /// key store saw (the log was lost, cut short or replaced): the gap is
+    /// the new log's next record. Only after restoring the log has failed.
+    #[arg(long, env = "KMS_AUDIT_ACCEPT_NEW_LOG")]
+    pub audit_accept_new_log: bool,
 }
 
 impl StorageConfig {
@@ -176,6 +181,7 @@ impl ServeConfig {
                 admin_token_file: None,
                 table_service_token_file: None,
                 audit_dir: None,
+                audit_accept_new_log: false,
             },
             log_format: LogFormat::Text,
             max_message_bytes: 256 * 1024,

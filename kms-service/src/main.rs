@@ -100,7 +100,9 @@ async fn main() -> ExitCode {
             let clock = Arc::new(kms_service::clock::SystemClock);
             match server::open(&storage, clock).await {
                 Ok(opened) => {
-                    let _ = opened.kms.audit_log().close().await;
+                    if opened.kms.audit_log().close().await.is_ok() {
+                        let _ = opened.kms.anchor_audit().await;
+                    }
                     if let Some(path) = &opened.admin_token_file {
                         println!("administrator token written to {}", path.display());
                     }

@@ -192,6 +192,8 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     ))
     .map_err(|e| StartError::Config(format!("cannot open the audit log: {e}")))?;
     let kms = Arc::new(Kms::open(Arc::new(store), root, audit, clock)?);
+    kms.check_audit_anchor(storage.audit_accept_new_log).await?;
+    kms.anchor_audit().await?;
     let mut admin_token_file = None;
     let mut service_token_file = None;
     if let Some(token) = kms
@@ -305,6 +307,9 @@ pub async fn serve_with_tls(
                     Ok(_) => {}
                     Err(error) => tracing::error!(%error, "maintenance failed"),
                 }
+                if let Err(error) = kms.anchor_audit().await {
+                    tracing::error!(%error, "recording the audit log's newest checkpoint failed");
+                }
             }
         })
     };
@@ -335,6 +340,8 @@ pub async fn serve_with_tls(
     let _ = maintenance.await;
     if let Err(error) = kms.audit_log().close().await {
         tracing::error!(%error, "closing the audit log failed");
+    } else if let Err(error) = kms.anchor_audit().await {
+        tracing::error!(%error, "recording the audit log's newest checkpoint failed");
     }
     result.map_err(StartError::from)
 }

@@ -46,6 +46,9 @@ pub use maintenance::MaintenanceReport;
 /// deletion), in audit records.
 pub const SERVICE_PRINCIPAL: &str = "service/kms-service";
 const ROOT_CHECK_META: &str = "root_key_check";
+/// The newest audit checkpoint the store has seen: 8 bytes, big-endian
+/// sequence number.
+const AUDIT_ANCHOR_META: &str = "audit_checkpoint";
 const ROOT_CHECK_LABEL: &[u8] = b"root-key-check";
 const ROOT_CHECK_VALUE: &[u8] = b"lockbox root key check v1";
 
@@ -191,6 +194,75 @@ impl Kms {
 
     pub fn audit_log(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The newest audit checkpoint the store has recorded (0: none).
+    fn audit_anchor(&self) -> u64 {
+        self.read_state()
+            .meta
+            .get(AUDIT_ANCHOR_META)
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes)
+    }
+
+    /// Refuses an audit log that ends before the newest checkpoint this key
+    /// store recorded ([`Kms::anchor_audit`]): the log or its checkpoint
+    /// file was cut short, replaced or deleted, which a log that verifies on
+    /// its own cannot show. With `accept_new_log`, the gap is recorded as
+    /// the log's next record and the store follows the log from now on.
+    pub async fn check_audit_anchor(&self, accept_new_log: bool) -> Result<(), KmsError> {
+        let (anchor, have) = (self.audit_anchor(), self.audit.last_checkpoint());
+        if have >= anchor {
+            return Ok(());
+        }
+        if !accept_new_log {
+            return Err(KmsError::InvalidState(format!(
+                "the audit log's newest checkpoint is record {have}, but this key store saw a checkpoint of record {anchor}: \
+                 the audit log or its checkpoint file was cut short, replaced or deleted; restore both from backup, \
+                 or (only if that is impossible) start with --audit-accept-new-log (KMS_AUDIT_ACCEPT_NEW_LOG=true) to record the gap and go on"
+            )));
+        }
+        let event = AuditEvent {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            event_name: "AcceptAuditLog".into(),
+            principal: Some(SERVICE_PRINCIPAL.into()),
+            decision: "Allow".into(),
+            error_message: Some(format!(
+                "the key store saw a checkpoint of record {anchor}; this log's newest checkpoint was record {have}"
+            )),
+            ..AuditEvent::default()
+        };
+        tracing::warn!(
+            anchor,
+            have,
+            "accepting an audit log that ends before the store's checkpoint"
+        );
+        self.settle(vec![event], vec![]).await?;
+        self.set_audit_anchor(have).await
+    }
+
+    /// Records the audit log's newest checkpoint in the store, when it
+    /// moved, so that a later start can tell a log cut short. Called at
+    /// start-up, by maintenance and after the log is closed.
+    pub async fn anchor_audit(&self) -> Result<(), KmsError> {
+        let have = self.audit.last_checkpoint();
+        if have <= self.audit_anchor() {
+            return Ok(());
+        }
+        self.set_audit_anchor(have).await
+    }
+
+    async fn set_audit_anchor(&self, sequence: u64) -> Result<(), KmsError> {
+        let seq = {
+            let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let m = Mutation::PutMeta {
+                name: AUDIT_ANCHOR_META.into(),
+                value: sequence.to_be_bytes().to_vec(),
+            };
+            state.apply(&m)?;
+            self.committer.enqueue(vec![m])?
+        };
+        Ok(self.committer.wait_durable(seq).await?)
     }
 
     fn now(&self) -> i64 {

@@ -43,6 +43,7 @@ async fn an_old_service_managed_key_policy_is_brought_up_to_date() {
         admin_token_file: None,
         table_service_token_file: Some(dir.path().join("kms/table-service.token")),
         audit_dir: None,
+        audit_accept_new_log: false,
     };
     let opened = server::open(&storage, Arc::new(SystemClock)).await.unwrap();
     opened.kms.audit_log().close().await.unwrap();
@@ -90,6 +91,7 @@ fn storage_in(dir: &std::path::Path) -> StorageConfig {
         admin_token_file: None,
         table_service_token_file: Some(dir.join("kms/table-service.token")),
         audit_dir: None,
+        audit_accept_new_log: false,
     }
 }
 
@@ -243,4 +245,81 @@ async fn a_token_file_replaces_an_older_file_and_its_permissions() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".new"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The key store remembers the audit log's newest checkpoint, so a log
+/// that verifies on its own but ends earlier (deleted with its checkpoint
+/// file, or put back from an older copy) is refused at start-up; only
+/// `--audit-accept-new-log` goes on, recording the gap.
+#[tokio::test]
+async fn an_audit_log_cut_short_or_replaced_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(dir.path());
+    let audit = storage.audit_path();
+    let (log, checkpoints) = (
+        audit.join("audit.jsonl"),
+        audit.join("audit.jsonl.checkpoints"),
+    );
+    // Open, make some records, stop as the service does.
+    let session = |storage: StorageConfig| async move {
+        let opened = server::open(&storage, Arc::new(SystemClock)).await?;
+        let admin = bearer(&storage.admin_token_path());
+        for _ in 0..3 {
+            opened.kms.get_caller_identity(&admin).await.unwrap();
+        }
+        opened.kms.audit_log().close().await.unwrap();
+        opened.kms.anchor_audit().await.unwrap();
+        Ok::<_, server::StartError>(opened.kms.audit_log().last_checkpoint())
+    };
+    let first = session(storage.clone()).await.unwrap();
+    assert!(first > 0);
+    let old = (
+        std::fs::read(&log).unwrap(),
+        std::fs::read(&checkpoints).unwrap(),
+    );
+    let second = session(storage.clone()).await.unwrap();
+    assert!(second > first);
+
+    // Put back the older copy: it verifies, but ends before the store's
+    // checkpoint.
+    std::fs::write(&log, &old.0).unwrap();
+    std::fs::write(&checkpoints, &old.1).unwrap();
+    let refused = session(storage.clone()).await.unwrap_err().to_string();
+    assert!(
+        refused.contains(&format!(
+            "the audit log's newest checkpoint is record {first}, but this key store saw a checkpoint of record {second}"
+        )) && refused.contains("--audit-accept-new-log"),
+        "{refused}"
+    );
+    // Deleted altogether: the same.
+    std::fs::remove_file(&log).unwrap();
+    std::fs::remove_file(&checkpoints).unwrap();
+    let refused = session(storage.clone()).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("record 0, but this key store saw a checkpoint of record"),
+        "{refused}"
+    );
+
+    // Accepted on purpose: the new log says what was lost, and from then on
+    // it is the one the store follows.
+    let accepting = StorageConfig {
+        audit_accept_new_log: true,
+        ..storage.clone()
+    };
+    session(accepting).await.unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let firstline: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(firstline["event_name"], "AcceptAuditLog");
+    assert_eq!(firstline["principal"], "service/kms-service");
+    assert!(
+        firstline["error_message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "the key store saw a checkpoint of record {second}"
+            )),
+        "{firstline}"
+    );
+    session(storage.clone()).await.unwrap();
+    kms_service::audit::verify(&log, Some(&checkpoints), None).expect("the new log verifies");
 }

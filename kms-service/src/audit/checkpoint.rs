@@ -84,6 +84,8 @@ pub(crate) struct CheckpointWriter {
     every: u64,
     /// Highest sequence already checkpointed, so close does not repeat it.
     last: u64,
+    /// `last`, for [`super::AuditLog::last_checkpoint`].
+    published: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl CheckpointWriter {
@@ -98,7 +100,13 @@ impl CheckpointWriter {
             key,
             every,
             last,
+            published: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(last)),
         }
+    }
+
+    /// The highest checkpointed sequence, as it moves.
+    pub(crate) fn published(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.published.clone()
     }
 
     /// Records between two checkpoints; 0 means only on close.
@@ -139,6 +147,8 @@ impl CheckpointWriter {
                 reason: format!("checkpoint write failed: {e}"),
             })?;
         self.last = head.sequence;
+        self.published
+            .store(head.sequence, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 }

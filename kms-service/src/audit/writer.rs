@@ -296,6 +296,12 @@ impl AuditLog {
         shared.seal(event)
     }
 
+    /// The sequence number of the newest checkpoint written (and synced),
+    /// 0 when there is none. It only grows.
+    pub fn last_checkpoint(&self) -> u64 {
+        self.shared.checkpointed.load(Ordering::Acquire)
+    }
+
     /// Counters of the durability pipeline since the log was opened: how
     /// many records were made durable and how many syncs it took (their
     /// ratio is the group-commit batch size).
@@ -373,7 +379,11 @@ fn spawn(
         .map(|_| sink.syncer())
         .collect::<io::Result<Vec<_>>>()
         .map_err(start_error("open a syncer for"))?;
+    let checkpointed = checkpoints
+        .as_ref()
+        .map_or_else(|| Arc::new(AtomicU64::new(0)), CheckpointWriter::published);
     let shared = Arc::new(Shared {
+        checkpointed,
         status: Status {
             state: AtomicU8::new(OPEN),
             poison_reason: OnceLock::new(),
@@ -444,6 +454,8 @@ struct Shared {
     checkpoints: Mutex<Option<CheckpointWriter>>,
     /// The durable sequence number when the log was opened.
     opened_at: u64,
+    /// The newest checkpointed sequence (0: none, or no checkpoints).
+    checkpointed: Arc<AtomicU64>,
     /// Successful batch syncs.
     syncs: AtomicU64,
 }
