@@ -511,48 +511,39 @@ async fn a_refused_token_ends_start_up_at_once() {
     ))
     .await
     .expect("kms-service starts");
+    // Starts table-service with `token`; it must exit 1 within 5 s (no
+    // waiting for kms-service); returns its log.
+    let refused_with = async |token: &Path, log: &str| {
+        let started = Instant::now();
+        let mut binary = spawn(
+            table()
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .arg("--data-dir")
+                .arg(dir.path().join("tables"))
+                .arg("--token-file")
+                .arg(token)
+                .args(["--kms-endpoint", &format!("http://{}", kms.addr)])
+                .args(["--kms-wait-secs", "30"]),
+            dir.path().join(log),
+        );
+        let (code, took) = wait_exit(&mut binary, started).await;
+        let log = binary.log();
+        assert_eq!(code, Some(1), "{log}");
+        assert!(took < Duration::from_secs(5), "took {took:?}: {log}");
+        assert!(!log.contains("waiting for kms-service"), "{log}");
+        log
+    };
     let wrong = dir.path().join("wrong.token");
     std::fs::write(&wrong, "lbx-not-a-real-token\n").unwrap();
-    let started = Instant::now();
-    let mut binary = spawn(
-        table()
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.path().join("tables"))
-            .arg("--token-file")
-            .arg(&wrong)
-            .args(["--kms-endpoint", &format!("http://{}", kms.addr)])
-            .args(["--kms-wait-secs", "30"]),
-        dir.path().join("table-service.log"),
-    );
-    let (code, took) = wait_exit(&mut binary, started).await;
-    let log = binary.log();
-    assert_eq!(code, Some(1), "{log}");
-    assert!(took < Duration::from_secs(5), "took {took:?}: {log}");
+    let log = refused_with(&wrong, "table-service.log").await;
     assert!(log.contains("refused table-service's token"), "{log}");
     assert!(log.contains(&wrong.display().to_string()), "{log}");
     assert!(log.contains("TABLE_TOKEN_FILE"), "{log}");
-    assert!(!log.contains("waiting for kms-service"), "{log}");
 
     // A valid token of another principal (the administrator's): refused
     // at once too, naming whose it is and what table-service must run as.
     let admin = dir.path().join("kms/admin.token");
-    let started = Instant::now();
-    let mut binary = spawn(
-        table()
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(dir.path().join("tables"))
-            .arg("--token-file")
-            .arg(&admin)
-            .args(["--kms-endpoint", &format!("http://{}", kms.addr)])
-            .args(["--kms-wait-secs", "30"]),
-        dir.path().join("table-service-admin.log"),
-    );
-    let (code, took) = wait_exit(&mut binary, started).await;
-    let log = binary.log();
-    assert_eq!(code, Some(1), "{log}");
-    assert!(took < Duration::from_secs(5), "took {took:?}: {log}");
+    let log = refused_with(&admin, "table-service-admin.log").await;
     assert!(
         log.contains(&format!(
             "the token in {} (--token-file / TABLE_TOKEN_FILE) is user/admin's, but table-service must run as service/table-service",

@@ -368,27 +368,35 @@ async fn describe(
         .unwrap()
 }
 
-/// A re-wrap that cannot go on says why: with the old key disabled,
-/// DescribeTable keeps the table UPDATING with the failure (naming the key
-/// and its state) in `last_error`, and UpdateTable points there; once the
-/// key is enabled again the re-wrap goes on by itself, `last_error` is
-/// empty as soon as a page succeeds, and the table becomes ACTIVE.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_rewrap_shows_its_error_and_resumes_when_the_key_is_enabled() {
-    const N: usize = 250;
-    let dir = tempfile::tempdir().unwrap();
-    let (kms_server, admin) = start_kms(dir.path()).await;
-    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+/// Both services, with table `name` of `n` items moving from `old_key`
+/// to `target` while `old_key` is disabled: the re-wrap cannot move an
+/// item until it is enabled (UpdateTable itself only creates a grant on it).
+struct Stalled {
+    kms_server: KmsServer,
+    tables_server: TableServer,
+    keys: KeyManagementServiceClient<Channel>,
+    tables: TableServiceClient<Channel>,
+    admin: String,
+    old_key: String,
+    target: String,
+}
+
+async fn stalled_key_change(
+    dir: &std::path::Path,
+    clock: Arc<dyn Clock>,
+    name: &str,
+    n: usize,
+) -> Stalled {
+    let (kms_server, admin) = start_kms_with_clock(dir, clock).await;
+    let tables_server = TableServer::start(table_config(dir, &kms_server))
         .await
         .unwrap();
     let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
     let old_key = create_key(&mut keys, &admin).await;
     let target = create_key(&mut keys, &admin).await;
-    create_table(&mut tables, &admin, "stalled", Some(&old_key)).await;
-    put_many(&mut tables, &admin, "stalled", N).await;
-    // The old key is disabled before the switch, so the re-wrap cannot
-    // finish before it (UpdateTable itself only creates a grant on it).
+    create_table(&mut tables, &admin, name, Some(&old_key)).await;
+    put_many(&mut tables, &admin, name, n).await;
     keys.disable_key(authed(
         &admin,
         kms::DisableKeyRequest {
@@ -401,7 +409,7 @@ async fn a_stalled_rewrap_shows_its_error_and_resumes_when_the_key_is_enabled() 
         .update_table(authed(
             &admin,
             pb::UpdateTableRequest {
-                table_name: "stalled".into(),
+                table_name: name.into(),
                 sse_specification: Some(pb::SseSpecification {
                     kms_key_id: target.clone(),
                 }),
@@ -409,6 +417,35 @@ async fn a_stalled_rewrap_shows_its_error_and_resumes_when_the_key_is_enabled() 
         ))
         .await
         .unwrap();
+    Stalled {
+        kms_server,
+        tables_server,
+        keys,
+        tables,
+        admin,
+        old_key,
+        target,
+    }
+}
+
+/// A re-wrap that cannot go on says why: with the old key disabled,
+/// DescribeTable keeps the table UPDATING with the failure (naming the key
+/// and its state) in `last_error`, and UpdateTable points there; once the
+/// key is enabled again the re-wrap goes on by itself, `last_error` is
+/// empty as soon as a page succeeds, and the table becomes ACTIVE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_rewrap_shows_its_error_and_resumes_when_the_key_is_enabled() {
+    const N: usize = 250;
+    let dir = tempfile::tempdir().unwrap();
+    let Stalled {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+        old_key,
+        target,
+    } = stalled_key_change(dir.path(), Arc::new(SystemClock), "stalled", N).await;
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let progress = loop {
@@ -516,36 +553,15 @@ async fn items_left_under_a_deleted_old_key_say_so_and_overwriting_them_lets_the
             .unwrap()
             .as_secs() as i64,
     ));
-    let (kms_server, admin) = start_kms_with_clock(dir.path(), clock.clone()).await;
-    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
-        .await
-        .unwrap();
-    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
-    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
-    let old_key = create_key(&mut keys, &admin).await;
-    let target = create_key(&mut keys, &admin).await;
-    create_table(&mut tables, &admin, "moving", Some(&old_key)).await;
-    put_many(&mut tables, &admin, "moving", N).await;
-    keys.disable_key(authed(
-        &admin,
-        kms::DisableKeyRequest {
-            key_id: old_key.clone(),
-        },
-    ))
-    .await
-    .unwrap();
-    tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: "moving".into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: target.clone(),
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    let Stalled {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+        old_key,
+        target,
+    } = stalled_key_change(dir.path(), clock.clone(), "moving", N).await;
     keys.schedule_key_deletion(authed(
         &admin,
         kms::ScheduleKeyDeletionRequest {

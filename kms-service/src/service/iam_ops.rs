@@ -40,6 +40,23 @@ fn principal_arg(user_name: &str) -> Result<String, KmsError> {
     principal_from_request(user_name).map_err(KmsError::Validation)
 }
 
+/// Refuses a new token for `principal` at the limit of active tokens;
+/// `then` says what to do after deleting one.
+fn room_for_a_token(state: &State, principal: &str, then: &str) -> Result<(), KmsError> {
+    let live = state
+        .tokens
+        .values()
+        .filter(|t| t.principal == principal && t.revoked.is_none())
+        .count();
+    if live >= MAX_TOKENS_PER_PRINCIPAL {
+        return Err(KmsError::LimitExceeded(format!(
+            "{principal} already has {MAX_TOKENS_PER_PRINCIPAL} active tokens, so no new one can be issued; \
+             delete one (DeleteAccessToken) and {then}"
+        )));
+    }
+    Ok(())
+}
+
 fn existing<'s>(state: &'s State, principal: &str) -> Result<&'s PrincipalRecord, KmsError> {
     state
         .principals
@@ -121,19 +138,33 @@ impl Kms {
             (minted, seq)
         };
         let (token, seq) = minted;
+        self.finish_own_token("BootstrapPrincipal", principal, token, seq)
+            .await
+            .map(Some)
+    }
+
+    /// Completes an action of kms-service's own that minted `token` for
+    /// `principal`: audited as the service, answered once durable.
+    async fn finish_own_token(
+        &self,
+        event_name: &str,
+        principal: &str,
+        token: crate::identity::NewToken,
+        seq: u64,
+    ) -> Result<BootstrapToken, KmsError> {
         let event = AuditEvent {
             request_id: uuid::Uuid::new_v4().to_string(),
-            event_name: "BootstrapPrincipal".into(),
+            event_name: event_name.into(),
             principal: Some(super::SERVICE_PRINCIPAL.into()),
             resources: vec![principal.to_string()],
             ..AuditEvent::default()
         };
         self.finish(event, seq, vec![seq], Ok(())).await?;
-        Ok(Some(BootstrapToken {
+        Ok(BootstrapToken {
             principal: principal.to_string(),
             token_id: token.record.token_id,
             token: token.secret,
-        }))
+        })
     }
 
     /// Gives an existing principal a new token, as the service itself (for
@@ -145,17 +176,7 @@ impl Kms {
         let (minted, seq) = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             existing(&state, principal)?;
-            let live = state
-                .tokens
-                .values()
-                .filter(|t| t.principal == principal && t.revoked.is_none())
-                .count();
-            if live >= MAX_TOKENS_PER_PRINCIPAL {
-                return Err(KmsError::LimitExceeded(format!(
-                    "{principal} already has {MAX_TOKENS_PER_PRINCIPAL} active tokens, so no new one can be issued; \
-                     delete one (DeleteAccessToken) and start again"
-                )));
-            }
+            room_for_a_token(&state, principal, "start again")?;
             let minted = mint_token(principal, now);
             let mutations = vec![Mutation::PutToken(minted.record.clone())];
             for m in &mutations {
@@ -163,19 +184,8 @@ impl Kms {
             }
             (minted, self.committer.enqueue_held(mutations)?)
         };
-        let event = AuditEvent {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            event_name: "CreateAccessToken".into(),
-            principal: Some(super::SERVICE_PRINCIPAL.into()),
-            resources: vec![principal.to_string()],
-            ..AuditEvent::default()
-        };
-        self.finish(event, seq, vec![seq], Ok(())).await?;
-        Ok(BootstrapToken {
-            principal: principal.to_string(),
-            token_id: minted.record.token_id,
-            token: minted.secret,
-        })
+        self.finish_own_token("CreateAccessToken", principal, minted, seq)
+            .await
     }
 
     pub async fn create_user(
@@ -336,18 +346,15 @@ impl Kms {
             ctx.event.resources = vec![principal.clone()];
             let now = ctx.kms.now();
             ctx.write(|ctx, state| {
-                ctx.authorize(state, "iam:CreateAccessToken", Target::Resource(&principal), &EncryptionContext::new(), &[])?;
+                ctx.authorize(
+                    state,
+                    "iam:CreateAccessToken",
+                    Target::Resource(&principal),
+                    &EncryptionContext::new(),
+                    &[],
+                )?;
                 existing(state, &principal)?;
-                let live = state
-                    .tokens
-                    .values()
-                    .filter(|t| t.principal == principal && t.revoked.is_none())
-                    .count();
-                if live >= MAX_TOKENS_PER_PRINCIPAL {
-                    return Err(KmsError::LimitExceeded(format!(
-                        "{principal} already has {MAX_TOKENS_PER_PRINCIPAL} active tokens; delete one first"
-                    )));
-                }
+                room_for_a_token(state, &principal, "try again")?;
                 let minted = mint_token(&principal, now);
                 let record = minted.record.clone();
                 Ok((
