@@ -59,14 +59,6 @@ pub enum ModelError {
     EmptySet { path: String },
 
     #[error(
-        "One or more parameter values were invalid: {set_type} for attribute {path} contains an empty member: set members must be at least 1 byte"
-    )]
-    EmptySetMember {
-        path: String,
-        set_type: &'static str,
-    },
-
-    #[error(
         "One or more parameter values were invalid: attribute name {name:?} is {len} bytes long: names must be 1 to 65535 bytes"
     )]
     AttributeNameLength { name: String, len: usize },

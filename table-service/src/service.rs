@@ -278,7 +278,10 @@ impl Tables {
         Ok((principal, decision))
     }
 
+    /// The table `name`; a name no table could have is a bad request, as
+    /// in DynamoDB, not a missing table.
     fn table(&self, name: &str) -> Result<TableRecord, TableError> {
+        tables::validate_table_name(name)?;
         self.tables
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -369,6 +369,9 @@ async fn every_attribute_type_round_trips_normalised() {
                     bs(&[b"\x01\x00", b"\x02", b"\xff"])
                 },
             ),
+            // Empty strings and binaries are set members like any other.
+            ("ss_empty_member", ss(&["", "a"])),
+            ("bs_empty_member", bs(&[b"", b"a"])),
         ])
     };
     // (table, key type, key as sent, key as returned)
@@ -424,14 +427,20 @@ async fn every_attribute_type_round_trips_normalised() {
 /// One refused request of the validation table.
 enum Call {
     Put(&'static str, Item),
+    PutIf(&'static str, Item, Vec<pb::Condition>),
     Get(&'static str, Item),
+    Update(pb::UpdateItemRequest),
     Create(pb::CreateTableRequest),
 }
 
 async fn run(stack: &Stack, call: Call) -> Result<(), Status> {
     match call {
         Call::Put(table, item) => stack.try_put(table, item, vec![]).await.map(drop),
+        Call::PutIf(table, item, conditions) => {
+            stack.try_put(table, item, conditions).await.map(drop)
+        }
         Call::Get(table, key) => stack.try_get(table, key).await.map(drop),
+        Call::Update(r) => stack.c().update_item(stack.req(r)).await.map(drop),
         Call::Create(r) => stack.c().create_table(stack.req(r)).await.map(drop),
     }
 }
@@ -532,6 +541,43 @@ async fn bad_input_is_refused_with_a_helpful_message() {
         (
             get(item(&[("id", s("x")), ("sk", b(b"y"))])),
             "Type mismatch for key sk",
+        ),
+        // A name no table could have is a bad request, not a missing table.
+        (
+            Call::Get("ab", key.clone()),
+            "table name \"ab\" must have 3–255 characters",
+        ),
+        (
+            Call::Put("bad name!", key.clone()),
+            "table name \"bad name!\" must have 3–255 characters",
+        ),
+        // Every value in a request follows the rules of an item's values:
+        // no empty set as a condition's or an update's operand either.
+        (
+            Call::PutIf(
+                "vals",
+                key.clone(),
+                vec![compare("tags", Op::Eq, ns(&[]), None)],
+            ),
+            "empty set is not allowed for attribute tags",
+        ),
+        (
+            Call::Update(pb::UpdateItemRequest {
+                table_name: "vals".into(),
+                key: key.clone(),
+                actions: vec![delete_members("tags", ss(&[]))],
+                ..Default::default()
+            }),
+            "empty set is not allowed for attribute tags",
+        ),
+        (
+            Call::Update(pb::UpdateItemRequest {
+                table_name: "vals".into(),
+                key: key.clone(),
+                actions: vec![add("doc", m(&[("inner", bs(&[]))]))],
+                ..Default::default()
+            }),
+            "empty set is not allowed for attribute doc.inner",
         ),
         (
             create("ab", None),

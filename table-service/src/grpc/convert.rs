@@ -181,10 +181,24 @@ pub fn operator(op: i32) -> Result<Operator, TableError> {
 }
 
 fn required(name: &str, v: Option<pb::AttributeValue>) -> Result<AttributeValue, TableError> {
-    value(
+    operand(
         name,
         v.ok_or_else(|| TableError::validation(format!("{name}: value is required")))?,
     )
+}
+
+/// A value a condition or an update action names, held to the rules of an
+/// item's values (no empty set, at any depth), as DynamoDB holds every
+/// value in a request.
+fn operand(name: &str, v: pb::AttributeValue) -> Result<AttributeValue, TableError> {
+    // An empty name is refused by the condition or action itself, saying so.
+    let shown = if name.is_empty() { "value" } else { name };
+    let probe = Item::from([(shown.to_string(), value(name, v)?)]);
+    crate::model::validate_item(&probe)?;
+    Ok(probe
+        .into_values()
+        .next()
+        .expect("the one value just put in"))
 }
 
 pub fn conditions(list: Vec<pb::Condition>) -> Result<Vec<Condition>, TableError> {
@@ -197,7 +211,7 @@ pub fn conditions(list: Vec<pb::Condition>) -> Result<Vec<Condition>, TableError
                 let operator = operator(cmp.operator)?;
                 Ok(Condition::Compare {
                     value: required(&cmp.attribute, cmp.value)?,
-                    upper: cmp.value2.map(|v| value(&cmp.attribute, v)).transpose()?,
+                    upper: cmp.value2.map(|v| operand(&cmp.attribute, v)).transpose()?,
                     attribute: cmp.attribute,
                     operator,
                 })

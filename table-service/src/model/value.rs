@@ -66,8 +66,6 @@ pub trait SetMember: Ord + Clone + sealed::Sealed {
     const SET_TYPE: &'static str;
     /// How the member is shown in an error message.
     fn describe(&self) -> String;
-    /// Empty strings and binaries are not allowed as set members.
-    fn is_empty_member(&self) -> bool;
     /// Contribution to the item size.
     fn size(&self) -> usize;
 }
@@ -84,9 +82,6 @@ impl SetMember for String {
     fn describe(&self) -> String {
         format!("{:?}", abbreviate(self))
     }
-    fn is_empty_member(&self) -> bool {
-        self.is_empty()
-    }
     fn size(&self) -> usize {
         self.len()
     }
@@ -96,9 +91,6 @@ impl SetMember for Number {
     const SET_TYPE: &'static str = "NS";
     fn describe(&self) -> String {
         self.to_string()
-    }
-    fn is_empty_member(&self) -> bool {
-        false
     }
     fn size(&self) -> usize {
         self.stored_size()
@@ -114,9 +106,6 @@ impl SetMember for Vec<u8> {
         } else {
             format!("0x{shown}")
         }
-    }
-    fn is_empty_member(&self) -> bool {
-        self.is_empty()
     }
     fn size(&self) -> usize {
         self.len()
@@ -341,15 +330,11 @@ fn validate_value<'a>(
     Ok(())
 }
 
+/// A set may not be empty; its members may (an empty string or binary is
+/// a member like any other, as in DynamoDB).
 fn check_set<T: SetMember>(set: &Set<T>, path: &[Step<'_>]) -> Result<(), ModelError> {
     if set.is_empty() {
         return Err(ModelError::EmptySet { path: render(path) });
-    }
-    if set.iter().any(SetMember::is_empty_member) {
-        return Err(ModelError::EmptySetMember {
-            path: render(path),
-            set_type: T::SET_TYPE,
-        });
     }
     Ok(())
 }

@@ -20,14 +20,19 @@ pub struct TableView {
 }
 
 /// DynamoDB's table-name rule: 3–255 of `[a-zA-Z0-9_.-]`.
-fn validate_table_name(name: &str) -> Result<(), TableError> {
+pub(super) fn validate_table_name(name: &str) -> Result<(), TableError> {
     if !(3..=255).contains(&name.len())
         || !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     {
+        let shown = if name.len() > 255 {
+            format!("of {} bytes", name.len())
+        } else {
+            format!("{name:?}")
+        };
         return Err(TableError::validation(format!(
-            "table name {name:?} must have 3–255 characters of a–z, A–Z, 0–9, '_', '.' and '-'"
+            "table name {shown} must have 3–255 characters of a–z, A–Z, 0–9, '_', '.' and '-'"
         )));
     }
     Ok(())
