@@ -208,11 +208,12 @@ pub fn check_all(conditions: &[Condition], item: Option<&Item>) -> Result<(), Ta
 
 /// Applies update actions to an item (creating it when absent); key
 /// attributes cannot be changed.
-pub fn apply(
-    schema: &KeySchema,
-    item: &mut Item,
-    actions: &[UpdateAction],
-) -> Result<(), TableError> {
+/// What can be wrong with update actions whatever the item holds, checked
+/// before the item is read (and its data key unwrapped), as DynamoDB checks
+/// an update expression: an attribute named twice, an empty name, a key
+/// attribute, an ADD operand that is not a number or a set, a DELETE
+/// operand that is not a set.
+pub fn validate_actions(schema: &KeySchema, actions: &[UpdateAction]) -> Result<(), TableError> {
     // As DynamoDB: one request may not act on one attribute twice.
     let mut named = std::collections::BTreeSet::new();
     for action in actions {
@@ -227,12 +228,10 @@ pub fn apply(
         }
     }
     for action in actions {
-        let name = match action {
-            UpdateAction::Set(n, _)
-            | UpdateAction::Remove(n)
-            | UpdateAction::Add(n, _)
-            | UpdateAction::Delete(n, _) => n,
-        };
+        let (UpdateAction::Set(name, _)
+        | UpdateAction::Remove(name)
+        | UpdateAction::Add(name, _)
+        | UpdateAction::Delete(name, _)) = action;
         if name.is_empty() {
             return Err(TableError::validation(
                 "an update action names an empty attribute",
@@ -243,6 +242,48 @@ pub fn apply(
                 "Cannot update attribute {name}. This attribute is part of the key"
             )));
         }
+        match action {
+            UpdateAction::Add(n, v)
+                if !matches!(
+                    v,
+                    AttributeValue::N(_)
+                        | AttributeValue::Ss(_)
+                        | AttributeValue::Ns(_)
+                        | AttributeValue::Bs(_)
+                ) =>
+            {
+                return Err(TableError::validation(format!(
+                    "ADD to {n}: cannot add {}; ADD works on numbers and sets",
+                    v.type_name()
+                )));
+            }
+            UpdateAction::Delete(n, v)
+                if !matches!(
+                    v,
+                    AttributeValue::Ss(_) | AttributeValue::Ns(_) | AttributeValue::Bs(_)
+                ) =>
+            {
+                // As DynamoDB: the operand must be a set whatever is stored.
+                return Err(TableError::validation(format!(
+                    "DELETE from {n}: the value must be a set (SS, NS or BS), not {}",
+                    v.type_name()
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Applies update actions to `item` (checked with [`validate_actions`]
+/// first, so only what depends on the stored values can fail here).
+pub fn apply(
+    schema: &KeySchema,
+    item: &mut Item,
+    actions: &[UpdateAction],
+) -> Result<(), TableError> {
+    validate_actions(schema, actions)?;
+    for action in actions {
         match action {
             UpdateAction::Set(n, v) => {
                 item.insert(n.clone(), v.clone());
@@ -292,16 +333,6 @@ pub fn apply(
                 item.insert(n.clone(), merged);
             }
             UpdateAction::Delete(n, v) => {
-                // As DynamoDB: the operand must be a set whatever is stored.
-                if !matches!(
-                    v,
-                    AttributeValue::Ss(_) | AttributeValue::Ns(_) | AttributeValue::Bs(_)
-                ) {
-                    return Err(TableError::validation(format!(
-                        "DELETE from {n}: the value must be a set (SS, NS or BS), not {}",
-                        v.type_name()
-                    )));
-                }
                 let remaining = match (item.remove(n), v) {
                     (None, _) => None,
                     (Some(AttributeValue::Ss(mut a)), AttributeValue::Ss(b)) => {

@@ -1491,3 +1491,96 @@ async fn a_revoked_service_token_is_not_blamed_on_the_caller() {
         "table-service's own credential",
     );
 }
+
+/// An update that cannot succeed whatever the item holds is refused before
+/// the item is read: a caller with table rights but no key rights is told
+/// what is wrong with the request, not refused kms:Decrypt, and no data key
+/// is unwrapped for it.
+#[tokio::test]
+async fn an_update_that_cannot_succeed_is_refused_before_any_key_use() {
+    let stack = start(0).await;
+    let mut keys = KeyManagementServiceClient::new(channel(stack.kms.addr).await);
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let mut iam_client = IdentityServiceClient::new(channel(stack.kms.addr).await);
+    encrypted_table(&mut keys, &mut tables, &stack.admin, "orders").await;
+    let writer = user_token(
+        &mut iam_client,
+        &stack.admin,
+        "writer",
+        Some("TableFullAccess"),
+    )
+    .await;
+    let update = |action: pb::update_action::Action, conditions: Vec<pb::Condition>| {
+        authed(
+            &writer,
+            pb::UpdateItemRequest {
+                table_name: "orders".into(),
+                key: item(&[("pk", s("a"))]),
+                actions: vec![pb::UpdateAction {
+                    action: Some(action),
+                }],
+                conditions,
+                ..Default::default()
+            },
+        )
+    };
+    let audit = stack.dir.path().join("kms/audit/audit.jsonl");
+    let decrypts = || {
+        std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"event_name\":\"Decrypt\""))
+            .count()
+    };
+    let before = decrypts();
+    check_status(
+        tables
+            .update_item(update(
+                pb::update_action::Action::Add(pb::SetAction {
+                    attribute: "secret".into(),
+                    value: Some(s("more")),
+                }),
+                vec![],
+            ))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "ADD to secret: cannot add S; ADD works on numbers and sets",
+    );
+    check_status(
+        tables
+            .update_item(update(
+                pb::update_action::Action::Set(pb::SetAction {
+                    attribute: "pk".into(),
+                    value: Some(s("b")),
+                }),
+                vec![pb::Condition {
+                    kind: Some(pb::condition::Kind::AttributeExists("missing".into())),
+                }],
+            ))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "Cannot update attribute pk. This attribute is part of the key",
+    );
+    assert_eq!(
+        decrypts(),
+        before,
+        "a data key was unwrapped for a bad request"
+    );
+    // A well-formed update still needs the key.
+    check_status(
+        tables
+            .update_item(update(
+                pb::update_action::Action::Set(pb::SetAction {
+                    attribute: "secret".into(),
+                    value: Some(s("y")),
+                }),
+                vec![],
+            ))
+            .await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+}

@@ -280,6 +280,9 @@ impl Tables {
             ));
         }
         let key = table.schema.validate_key_map(key_map)?;
+        // A request that cannot succeed whatever the item holds is refused
+        // before the item is read: no data key is unwrapped for it.
+        expression::validate_actions(&table.schema, actions)?;
         let _guard = self.stripe(&table, &key).lock().await;
         let old = self.current(call, &table, &key).await?;
         expression::check_all(conditions, old.as_ref())?;
