@@ -1163,6 +1163,75 @@ async fn update_item_actions_return_all_new() {
         "ValidationException",
         "Cannot update attribute id",
     );
+
+    // UPDATED_OLD and UPDATED_NEW: only the attributes the actions named,
+    // as they were and as they are (a removed one is in neither after).
+    let counted = item(&[("id", s("counted"))]);
+    stack
+        .put(
+            "upd",
+            with(
+                &counted,
+                &[("hits", n("1")), ("gone", s("x")), ("kept", s("k"))],
+            ),
+        )
+        .await;
+    let updated = |return_values: pb::ReturnValues| {
+        stack.req(pb::UpdateItemRequest {
+            table_name: "upd".into(),
+            key: counted.clone(),
+            actions: vec![add("hits", n("1")), remove("gone"), set("fresh", s("f"))],
+            return_values: return_values.into(),
+            ..Default::default()
+        })
+    };
+    let old = stack
+        .c()
+        .update_item(updated(pb::ReturnValues::UpdatedOld))
+        .await
+        .unwrap()
+        .into_inner()
+        .attributes;
+    assert_eq!(old, item(&[("hits", n("1")), ("gone", s("x"))]));
+    let new = stack
+        .c()
+        .update_item(updated(pb::ReturnValues::UpdatedNew))
+        .await
+        .unwrap()
+        .into_inner()
+        .attributes;
+    assert_eq!(new, item(&[("hits", n("3")), ("fresh", s("f"))]));
+    // PutItem and DeleteItem offer only NONE and ALL_OLD.
+    for return_values in [pb::ReturnValues::UpdatedOld, pb::ReturnValues::UpdatedNew] {
+        check_status(
+            stack
+                .c()
+                .delete_item(stack.req(pb::DeleteItemRequest {
+                    table_name: "upd".into(),
+                    key: counted.clone(),
+                    return_values: return_values.into(),
+                    ..Default::default()
+                }))
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+            "DeleteItem supports return_values NONE or ALL_OLD",
+        );
+        check_status(
+            stack
+                .c()
+                .put_item(stack.req(pb::PutItemRequest {
+                    table_name: "upd".into(),
+                    item: counted.clone(),
+                    return_values: return_values.into(),
+                    ..Default::default()
+                }))
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+            "PutItem supports return_values NONE or ALL_OLD",
+        );
+    }
     stack.stop().await;
 }
 

@@ -253,6 +253,8 @@ pub fn return_values(v: i32) -> Result<ReturnValues, TableError> {
         Ok(pb::ReturnValues::Unspecified | pb::ReturnValues::None) => Ok(ReturnValues::None),
         Ok(pb::ReturnValues::AllOld) => Ok(ReturnValues::AllOld),
         Ok(pb::ReturnValues::AllNew) => Ok(ReturnValues::AllNew),
+        Ok(pb::ReturnValues::UpdatedOld) => Ok(ReturnValues::UpdatedOld),
+        Ok(pb::ReturnValues::UpdatedNew) => Ok(ReturnValues::UpdatedNew),
         Err(_) => Err(TableError::validation(format!(
             "return_values {v} is not known"
         ))),

@@ -25,6 +25,37 @@ pub enum ReturnValues {
     None,
     AllOld,
     AllNew,
+    /// UpdateItem only: the attributes its actions named, as they were.
+    UpdatedOld,
+    /// UpdateItem only: the attributes its actions named, as they are now.
+    UpdatedNew,
+}
+
+impl ReturnValues {
+    /// What PutItem and DeleteItem offer: NONE or ALL_OLD, as in DynamoDB.
+    fn check_for(self, operation: &str) -> Result<(), TableError> {
+        match self {
+            ReturnValues::None | ReturnValues::AllOld => Ok(()),
+            _ => Err(TableError::validation(format!(
+                "{operation} supports return_values NONE or ALL_OLD"
+            ))),
+        }
+    }
+}
+
+/// The attributes of `item` that `actions` name.
+fn named_by(item: Option<Item>, actions: &[UpdateAction]) -> Option<Item> {
+    let mut item = item?;
+    item.retain(|name, _| {
+        actions.iter().any(|a| {
+            let (UpdateAction::Set(n, _)
+            | UpdateAction::Remove(n)
+            | UpdateAction::Add(n, _)
+            | UpdateAction::Delete(n, _)) = a;
+            n == name
+        })
+    });
+    Some(item)
 }
 
 fn resource(name: &str) -> String {
@@ -116,11 +147,7 @@ impl Tables {
         }
         let _writes = self.table_writes.read().await;
         let prepared = self.table(table_name).and_then(|table| {
-            if return_values == ReturnValues::AllNew {
-                return Err(TableError::validation(
-                    "PutItem supports return_values NONE or ALL_OLD",
-                ));
-            }
+            return_values.check_for("PutItem")?;
             let (key, attributes) = model::split_item(&table.schema, item)?;
             Ok((table, key, attributes))
         });
@@ -241,11 +268,7 @@ impl Tables {
             .await?;
         let _writes = self.table_writes.read().await;
         let table = self.table(table_name)?;
-        if return_values == ReturnValues::AllNew {
-            return Err(TableError::validation(
-                "DeleteItem supports return_values NONE or ALL_OLD",
-            ));
-        }
+        return_values.check_for("DeleteItem")?;
         let key = table.schema.validate_key_map(key)?;
         let _guard = self.stripe(&table, &key).lock().await;
         let old = self
@@ -311,6 +334,8 @@ impl Tables {
             ReturnValues::None => None,
             ReturnValues::AllOld => old,
             ReturnValues::AllNew => Some(new),
+            ReturnValues::UpdatedOld => named_by(old, actions),
+            ReturnValues::UpdatedNew => named_by(Some(new), actions),
         })
     }
 
