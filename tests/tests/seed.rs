@@ -1584,3 +1584,116 @@ async fn an_update_that_cannot_succeed_is_refused_before_any_key_use() {
         "kms:Decrypt",
     );
 }
+
+/// A front on kms-service that answers every Decrypt as an unreachable
+/// kms-service would (UNAVAILABLE, no ErrorInfo) and counts the Authorize
+/// calls that pass through it.
+#[derive(Clone)]
+struct DecryptDown<S> {
+    inner: S,
+    authorizes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for DecryptDown<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        if path.ends_with("/Authorize") {
+            self.authorizes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if path.ends_with("/Decrypt") {
+            return Box::pin(async {
+                Ok(tonic::Status::unavailable("connection refused").into_http())
+            });
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// When kms-service cannot be reached for a GetItem's conditional
+/// Decrypt, the answer is UNAVAILABLE at once: no fallback Authorize is
+/// tried (it could not be answered either), unlike a refusal that names no
+/// principal.
+#[tokio::test]
+async fn an_unreachable_kms_service_is_not_asked_again_for_the_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
+    let token_file = dir.path().join("kms/table-service.token");
+    kms_config.storage.table_service_token_file = Some(token_file.clone());
+    let kms = KmsServer::start(kms_config).await.unwrap();
+    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (kms_grpc, iam_grpc) = kms_service::grpc::services(kms.kms.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = listener.local_addr().unwrap();
+    let authorizes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = authorizes.clone();
+    let front = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tower::layer::layer_fn(move |inner| DecryptDown {
+                inner,
+                authorizes: counter.clone(),
+            }))
+            .add_service(
+                lockbox_proto::kms::v1::key_management_service_server::KeyManagementServiceServer::new(kms_grpc),
+            )
+            .add_service(
+                lockbox_proto::iam::v1::identity_service_server::IdentityServiceServer::new(iam_grpc),
+            )
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut table_config = TableConfig::for_data_dir(
+        dir.path().join("tables"),
+        format!("http://{front_addr}"),
+        token_file,
+    );
+    table_config.data_key_cache_ttl_secs = 0;
+    table_config.authz_cache_ttl_secs = 0;
+    let tables_server = TableServer::start(table_config).await.unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    encrypted_table(&mut keys, &mut tables, &admin, "down").await;
+
+    let before = authorizes.load(std::sync::atomic::Ordering::SeqCst);
+    check_status(
+        tables
+            .get_item(authed(
+                &admin,
+                pb::GetItemRequest {
+                    table_name: "down".into(),
+                    key: item(&[("pk", s("a"))]),
+                },
+            ))
+            .await,
+        Code::Unavailable,
+        "KMSUnavailableException",
+        "",
+    );
+    assert_eq!(
+        authorizes.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "an Authorize was tried after kms-service could not be reached"
+    );
+    tables_server.stop().await.unwrap();
+    front.abort();
+    kms.stop().await.unwrap();
+}
