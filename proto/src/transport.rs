@@ -29,9 +29,22 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// reset together.
 pub const MAX_CONCURRENT_STREAMS: u32 = 512;
 
+/// Most streams a client may reset before the server has taken them up,
+/// at one time, before the server closes the connection (GOAWAY
+/// `ENHANCE_YOUR_CALM`, h2's guard against reset floods; its default is
+/// 20). A service fanning out for its callers cancels that many at once
+/// when a caller goes away (table-service dropping a page's unwraps), and
+/// under load they are reset before the server takes them up: with h2's
+/// default, that closed the connection under every other call on it. As
+/// many as a connection may have streams still bounds what a reset flood
+/// can hold.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = MAX_CONCURRENT_STREAMS as usize;
+
 /// A tonic server builder with the limits both services share.
 pub fn server_builder() -> tonic::transport::Server {
-    tonic::transport::Server::builder().max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
 }
 
 /// A configuration error, as a complete sentence for the operator.

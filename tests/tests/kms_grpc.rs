@@ -742,3 +742,49 @@ async fn x_authorize_conditions_a_call_and_x_principal_names_the_caller() {
     assert_eq!(principal(direct.metadata()), None);
     kms.server.stop().await.unwrap();
 }
+
+/// A client that cancels many calls at once (table-service dropping a
+/// page's unwraps when its caller goes away) keeps its connection: the
+/// server's guard against reset floods allows as many pending resets as a
+/// connection may have streams, so other calls on that connection go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_cancelled_calls_does_not_close_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = start(dir.path()).await;
+    let ch = channel(&kms).await;
+    let client = KeyManagementServiceClient::new(ch.clone());
+    for _ in 0..10 {
+        let mut calls = Vec::new();
+        for _ in 0..500 {
+            let mut client = client.clone();
+            let admin = kms.admin.clone();
+            calls.push(tokio::spawn(async move {
+                client
+                    .generate_random(authed(
+                        &admin,
+                        pb::GenerateRandomRequest {
+                            number_of_bytes: Some(8),
+                        },
+                    ))
+                    .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        for call in calls {
+            call.abort();
+        }
+    }
+    let mut client = client.clone();
+    for _ in 0..20 {
+        client
+            .generate_random(authed(
+                &kms.admin,
+                pb::GenerateRandomRequest {
+                    number_of_bytes: Some(8),
+                },
+            ))
+            .await
+            .expect("the connection still serves");
+    }
+    kms.server.stop().await.unwrap();
+}

@@ -105,6 +105,25 @@ fn table_config(dir: &std::path::Path, kms: &KmsServer) -> TableConfig {
 }
 
 /// Creates a symmetric key as `token`; returns its id.
+/// Enables or disables `key_id`, as `token`.
+async fn set_enabled(
+    keys: &mut KeyManagementServiceClient<Channel>,
+    token: &str,
+    key_id: &str,
+    enabled: bool,
+) {
+    let key_id = key_id.to_string();
+    if enabled {
+        keys.enable_key(authed(token, kms::EnableKeyRequest { key_id }))
+            .await
+            .unwrap();
+    } else {
+        keys.disable_key(authed(token, kms::DisableKeyRequest { key_id }))
+            .await
+            .unwrap();
+    }
+}
+
 async fn create_key(keys: &mut KeyManagementServiceClient<Channel>, token: &str) -> String {
     keys.create_key(authed(token, kms::CreateKeyRequest::default()))
         .await
@@ -224,14 +243,7 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
     assert!(done.rewrap_progress.is_none());
 
     // With the old key disabled every item still reads: all are under the new key.
-    keys.disable_key(authed(
-        &admin,
-        kms::DisableKeyRequest {
-            key_id: old_key.clone(),
-        },
-    ))
-    .await
-    .unwrap();
+    set_enabled(&mut keys, &admin, &old_key, false).await;
     let mut seen = 0;
     let mut start = HashMap::new();
     loop {
@@ -397,14 +409,7 @@ async fn stalled_key_change(
     let target = create_key(&mut keys, &admin).await;
     create_table(&mut tables, &admin, name, Some(&old_key)).await;
     put_many(&mut tables, &admin, name, n).await;
-    keys.disable_key(authed(
-        &admin,
-        kms::DisableKeyRequest {
-            key_id: old_key.clone(),
-        },
-    ))
-    .await
-    .unwrap();
+    set_enabled(&mut keys, &admin, &old_key, false).await;
     tables
         .update_table(authed(
             &admin,
@@ -496,14 +501,7 @@ async fn a_stalled_rewrap_shows_its_error_and_resumes_when_the_key_is_enabled() 
         assert!(refused.message().contains(needle), "{needle}: {refused:?}");
     }
 
-    keys.enable_key(authed(
-        &admin,
-        kms::EnableKeyRequest {
-            key_id: old_key.clone(),
-        },
-    ))
-    .await
-    .unwrap();
+    set_enabled(&mut keys, &admin, &old_key, true).await;
     // Every look at the table from here on: once a page is done, no error
     // is shown; in the end the table is ACTIVE.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -525,14 +523,7 @@ async fn a_stalled_rewrap_shows_its_error_and_resumes_when_the_key_is_enabled() 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Every item moved: they read with the old key disabled again.
-    keys.disable_key(authed(
-        &admin,
-        kms::DisableKeyRequest {
-            key_id: old_key.clone(),
-        },
-    ))
-    .await
-    .unwrap();
+    set_enabled(&mut keys, &admin, &old_key, false).await;
     read_all(&mut tables, &admin, "stalled", N).await;
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
@@ -875,14 +866,7 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
     assert!(back.sse_description.unwrap().service_managed);
     let done = wait_active(&mut tables, &admin, "managed").await;
     assert!(done.sse_description.unwrap().service_managed);
-    keys.disable_key(authed(
-        &admin,
-        kms::DisableKeyRequest {
-            key_id: cmk.clone(),
-        },
-    ))
-    .await
-    .unwrap();
+    set_enabled(&mut keys, &admin, &cmk, false).await;
     read_all(&mut tables, &admin, "managed", N).await;
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
@@ -967,14 +951,7 @@ async fn writes_racing_a_key_change_all_end_up_under_the_new_key() {
         written.extend(ids.unwrap());
     }
     assert!(written.len() > 20, "only {} writes", written.len());
-    keys.disable_key(authed(
-        &admin,
-        kms::DisableKeyRequest {
-            key_id: old_key.clone(),
-        },
-    ))
-    .await
-    .unwrap();
+    set_enabled(&mut keys, &admin, &old_key, false).await;
     let mut under_old_key = Vec::new();
     for id in &written {
         let read = tables

@@ -76,6 +76,33 @@ async fn start_with_clock(
     }
 }
 
+/// kms-service in `dir` that also creates table-service's credential;
+/// returns it, the administrator's token and the credential's file.
+async fn kms_for_tables(dir: &std::path::Path) -> (KmsServer, String, std::path::PathBuf) {
+    let mut kms_config = KmsConfig::for_data_dir(dir.join("kms"));
+    let token_file = dir.join("kms/table-service.token");
+    kms_config.storage.table_service_token_file = Some(token_file.clone());
+    let kms = KmsServer::start(kms_config).await.unwrap();
+    let admin = std::fs::read_to_string(dir.join("kms/admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    (kms, admin, token_file)
+}
+
+/// table-service in `dir` on the kms-service at `kms`, both caches off.
+async fn tables_on(
+    dir: &std::path::Path,
+    kms: std::net::SocketAddr,
+    token_file: std::path::PathBuf,
+) -> TableServer {
+    let mut table_config =
+        TableConfig::for_data_dir(dir.join("tables"), format!("http://{kms}"), token_file);
+    table_config.data_key_cache_ttl_secs = 0;
+    table_config.authz_cache_ttl_secs = 0;
+    TableServer::start(table_config).await.unwrap()
+}
+
 async fn channel(addr: std::net::SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -943,14 +970,7 @@ async fn a_writer_without_decrypt_can_create_only_if_absent() {
 #[tokio::test]
 async fn a_kms_service_that_does_not_confirm_x_authorize_is_not_trusted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
-    let token_file = dir.path().join("kms/table-service.token");
-    kms_config.storage.table_service_token_file = Some(token_file.clone());
-    let kms = KmsServer::start(kms_config).await.unwrap();
-    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let (kms, admin, token_file) = kms_for_tables(dir.path()).await;
 
     // The same service, behind a front that makes it one older than
     // x-authorize: the condition never reaches it, and no x-principal comes
@@ -978,14 +998,7 @@ async fn a_kms_service_that_does_not_confirm_x_authorize_is_not_trusted() {
             )
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    let mut table_config = TableConfig::for_data_dir(
-        dir.path().join("tables"),
-        format!("http://{front_addr}"),
-        token_file,
-    );
-    table_config.data_key_cache_ttl_secs = 0;
-    table_config.authz_cache_ttl_secs = 0;
-    let tables_server = TableServer::start(table_config).await.unwrap();
+    let tables_server = tables_on(dir.path(), front_addr, token_file).await;
 
     let kms_ch = channel(kms.addr).await;
     let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
@@ -1634,14 +1647,7 @@ where
 #[tokio::test]
 async fn an_unreachable_kms_service_is_not_asked_again_for_the_decision() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kms_config = KmsConfig::for_data_dir(dir.path().join("kms"));
-    let token_file = dir.path().join("kms/table-service.token");
-    kms_config.storage.table_service_token_file = Some(token_file.clone());
-    let kms = KmsServer::start(kms_config).await.unwrap();
-    let admin = std::fs::read_to_string(dir.path().join("kms/admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let (kms, admin, token_file) = kms_for_tables(dir.path()).await;
     let (kms_grpc, iam_grpc) = kms_service::grpc::services(kms.kms.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let front_addr = listener.local_addr().unwrap();
@@ -1661,14 +1667,7 @@ async fn an_unreachable_kms_service_is_not_asked_again_for_the_decision() {
             )
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    let mut table_config = TableConfig::for_data_dir(
-        dir.path().join("tables"),
-        format!("http://{front_addr}"),
-        token_file,
-    );
-    table_config.data_key_cache_ttl_secs = 0;
-    table_config.authz_cache_ttl_secs = 0;
-    let tables_server = TableServer::start(table_config).await.unwrap();
+    let tables_server = tables_on(dir.path(), front_addr, token_file).await;
     let mut keys = KeyManagementServiceClient::new(channel(kms.addr).await);
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
     encrypted_table(&mut keys, &mut tables, &admin, "down").await;

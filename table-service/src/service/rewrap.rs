@@ -253,9 +253,21 @@ impl Tables {
                 })
             });
         }
+        // Every call is let finish, even after one failed: dropping the set
+        // would cancel the rest, a burst of stream resets on kms-service's
+        // connection for nothing.
         let mut mutations = Vec::new();
+        let mut failed = None;
         while let Some(joined) = set.join_next().await {
-            mutations.push(joined.map_err(|e| TableError::Internal(e.to_string()))??);
+            match joined.map_err(|e| TableError::Internal(e.to_string())) {
+                Ok(Ok(mutation)) => mutations.push(mutation),
+                Ok(Err(e)) | Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         let done = mutations.len() as u64;
         if !mutations.is_empty() {
