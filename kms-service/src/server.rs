@@ -62,24 +62,44 @@ fn create_private_dir(path: &Path) -> Result<(), StartError> {
         .map_err(io(format!("cannot create directory {}", path.display())))
 }
 
-/// Writes a secret to a file readable only by its owner, replacing any
-/// file (or link) of that name whole: the secret never lands in an older
-/// file with looser permissions.
+/// Writes a secret to a file readable only by its owner (see
+/// [`open_secret_file`]).
 pub fn write_secret_file(path: &Path, secret: &str) -> Result<(), StartError> {
     let pending = open_secret_file(path)?;
     fill_secret_file(path, pending, secret)
 }
 
-/// A secret file being written: a new file beside its final name.
+/// A secret file being written.
 struct PendingSecret {
     file: std::fs::File,
-    temporary: std::path::PathBuf,
+    /// The new file beside the final name that is renamed onto it; `None`
+    /// when the secret is written into the file of that name itself.
+    temporary: Option<std::path::PathBuf>,
 }
 
-/// Creates the new file a secret is first written to (mode 0600, in the
-/// secret's directory, created if missing), so that a place that cannot be
-/// written fails before the secret is made.
+impl PendingSecret {
+    /// Gives up: nothing was written.
+    fn discard(self) {
+        if let Some(temporary) = self.temporary {
+            let _ = std::fs::remove_file(temporary);
+        }
+    }
+}
+
+/// Opens where a secret will be written, before the secret is made, so
+/// that a place that cannot be written fails first and costs nothing.
+/// Preferably a new file (mode 0600) beside the final name, renamed onto
+/// it, so the secret never lands in an older file with looser permissions;
+/// where no file can be created there (a directory the service may not
+/// write, a file mounted on its own), the file of that name itself, which
+/// is then made 0600 before anything is written to it.
 fn open_secret_file(path: &Path) -> Result<PendingSecret, StartError> {
+    if path.is_dir() {
+        return Err(StartError::Config(format!(
+            "cannot write a token to {}: it is a directory",
+            path.display()
+        )));
+    }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent)?;
     }
@@ -92,34 +112,78 @@ fn open_secret_file(path: &Path) -> Result<PendingSecret, StartError> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    if let Ok(file) = options.open(&temporary) {
+        return Ok(PendingSecret {
+            file,
+            temporary: Some(temporary),
+        });
+    }
+    let mut options = std::fs::OpenOptions::new();
+    // Emptied only once it is owner-only (`write_in_place`).
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let file = options
-        .open(&temporary)
-        .map_err(io(format!("cannot write {}", temporary.display())))?;
-    Ok(PendingSecret { file, temporary })
+        .open(path)
+        .map_err(io(format!("cannot write {}", path.display())))?;
+    Ok(PendingSecret {
+        file,
+        temporary: None,
+    })
 }
 
-/// Writes the secret, makes it durable and moves it to its name.
+/// Writes the secret, makes it durable and, from a new file, moves it to
+/// its name (or, when that cannot be done, writes the file of that name
+/// itself).
 fn fill_secret_file(path: &Path, pending: PendingSecret, secret: &str) -> Result<(), StartError> {
-    use std::io::Write;
-    let PendingSecret {
-        mut file,
-        temporary,
-    } = pending;
-    let written = file
-        .write_all(secret.as_bytes())
-        .and_then(|()| file.write_all(b"\n"))
-        .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .and_then(
-            |()| match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                Some(parent) => std::fs::File::open(parent)?.sync_all(),
-                None => Ok(()),
-            },
-        );
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
+    let written = match pending.temporary {
+        Some(temporary) => {
+            let mut file = pending.file;
+            let moved = write_secret(&mut file, secret)
+                .and_then(|()| std::fs::rename(&temporary, path))
+                .and_then(|()| sync_parent(path));
+            let _ = std::fs::remove_file(&temporary);
+            moved.or_else(|_| {
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)?;
+                write_in_place(&mut file, secret)
+            })
+        }
+        None => {
+            let mut file = pending.file;
+            write_in_place(&mut file, secret)
+        }
+    };
     written.map_err(io(format!("cannot write {}", path.display())))
+}
+
+fn write_secret(file: &mut std::fs::File, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    file.write_all(secret.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// Writes into an existing file: owner-only first, then emptied.
+fn write_in_place(file: &mut std::fs::File, secret: &str) -> std::io::Result<()> {
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.set_len(0)?;
+    write_secret(file, secret)
+}
+
+/// Makes a rename in `path`'s directory durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Loads the root key, creating it only for a brand-new data directory:
@@ -196,23 +260,46 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     kms.anchor_audit().await?;
     let mut admin_token_file = None;
     let mut service_token_file = None;
-    if let Some(token) = kms
-        .bootstrap_administrator(ADMIN_PRINCIPAL, &["AdministratorAccess"])
-        .await?
-    {
+    // Each token file is opened before its token is made: a token whose
+    // file cannot be written would be lost, and the administrator's with
+    // it for good (it is made on the first start only).
+    if kms.has_no_principals() {
         let path = storage.admin_token_path();
-        write_secret_file(&path, &token.token)?;
-        tracing::info!(path = %path.display(), principal = ADMIN_PRINCIPAL, "bootstrap administrator created; its token is in this file (mode 0600)");
-        admin_token_file = Some(path);
+        let pending = open_secret_file(&path)?;
+        match kms
+            .bootstrap_administrator(ADMIN_PRINCIPAL, &["AdministratorAccess"])
+            .await
+        {
+            Ok(Some(token)) => {
+                fill_secret_file(&path, pending, &token.token)?;
+                tracing::info!(path = %path.display(), principal = ADMIN_PRINCIPAL, "bootstrap administrator created; its token is in this file (mode 0600)");
+                admin_token_file = Some(path);
+            }
+            Ok(None) => pending.discard(),
+            Err(e) => {
+                pending.discard();
+                return Err(e.into());
+            }
+        }
     }
     if let Some(path) = &storage.table_service_token_file {
-        if let Some(token) = kms
-            .bootstrap_principal(TABLE_SERVICE_PRINCIPAL, PrincipalKind::Service, &[])
-            .await?
-        {
-            write_secret_file(path, &token.token)?;
-            tracing::info!(path = %path.display(), principal = TABLE_SERVICE_PRINCIPAL, "service principal created; its token is in this file (mode 0600)");
-            service_token_file = Some(path.clone());
+        if !kms.has_principal(TABLE_SERVICE_PRINCIPAL) {
+            let pending = open_secret_file(path)?;
+            match kms
+                .bootstrap_principal(TABLE_SERVICE_PRINCIPAL, PrincipalKind::Service, &[])
+                .await
+            {
+                Ok(Some(token)) => {
+                    fill_secret_file(path, pending, &token.token)?;
+                    tracing::info!(path = %path.display(), principal = TABLE_SERVICE_PRINCIPAL, "service principal created; its token is in this file (mode 0600)");
+                    service_token_file = Some(path.clone());
+                }
+                Ok(None) => pending.discard(),
+                Err(e) => {
+                    pending.discard();
+                    return Err(e.into());
+                }
+            }
         } else if !path
             .try_exists()
             .map_err(io(format!("cannot check {}", path.display())))?
@@ -225,7 +312,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
             let token = match kms.reissue_token(TABLE_SERVICE_PRINCIPAL).await {
                 Ok(token) => token,
                 Err(e) => {
-                    let _ = std::fs::remove_file(&pending.temporary);
+                    pending.discard();
                     return Err(e.into());
                 }
             };

@@ -218,7 +218,8 @@ impl Kms {
         if !accept_new_log {
             return Err(KmsError::InvalidState(format!(
                 "the audit log's newest checkpoint is record {have}, but this key store saw a checkpoint of record {anchor}: \
-                 the audit log or its checkpoint file was cut short, replaced or deleted; restore both from backup, \
+                 the audit log or its checkpoint file (in the audit directory, --audit-dir / KMS_AUDIT_DIR) was cut short, \
+                 replaced, moved or deleted; restore both from backup, \
                  or (only if that is impossible) start with --audit-accept-new-log (KMS_AUDIT_ACCEPT_NEW_LOG=true) to record the gap and go on"
             )));
         }

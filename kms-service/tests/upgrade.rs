@@ -323,3 +323,58 @@ async fn an_audit_log_cut_short_or_replaced_is_refused_at_start_up() {
     session(storage.clone()).await.unwrap();
     kms_service::audit::verify(&log, Some(&checkpoints), None).expect("the new log verifies");
 }
+
+/// A token file that cannot be written stops the first start before the
+/// administrator is made, so fixing the place and starting again still
+/// writes a working token (the administrator is made on the first start
+/// only, so a token made first and lost would be lost for good).
+#[tokio::test]
+async fn an_unwritable_admin_token_file_costs_no_administrator() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = storage_in(dir.path());
+    let admin_file = storage.admin_token_path();
+    std::fs::create_dir_all(admin_file.join("in-the-way")).unwrap();
+    let refused = server::open(&storage, Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(refused.contains("it is a directory"), "{refused}");
+    std::fs::remove_dir_all(&admin_file).unwrap();
+    let opened = server::open(&storage, Arc::new(SystemClock)).await.unwrap();
+    assert_eq!(
+        opened.admin_token_file.as_deref(),
+        Some(admin_file.as_path())
+    );
+    let caller = opened
+        .kms
+        .get_caller_identity(&bearer(&admin_file))
+        .await
+        .unwrap();
+    assert_eq!(caller.principal, "user/admin");
+}
+
+/// `serve` records the audit log's newest checkpoint when it stops (the
+/// one its close writes), so a log deleted after a clean stop is refused.
+#[tokio::test]
+async fn serve_anchors_the_audit_log_when_it_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = kms_service::config::ServeConfig::for_data_dir(dir.path().join("kms"));
+    config.storage = storage_in(dir.path());
+    let server = server::RunningServer::start(config).await.unwrap();
+    let admin = bearer(&server.admin_token_file.clone().unwrap());
+    server.kms.get_caller_identity(&admin).await.unwrap();
+    server.stop().await.unwrap();
+    let audit = storage_in(dir.path()).audit_path();
+    std::fs::remove_file(audit.join("audit.jsonl")).unwrap();
+    std::fs::remove_file(audit.join("audit.jsonl.checkpoints")).unwrap();
+    let refused = server::open(&storage_in(dir.path()), Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        refused.contains("newest checkpoint is record 0"),
+        "{refused}"
+    );
+}

@@ -206,8 +206,6 @@ pub fn check_all(conditions: &[Condition], item: Option<&Item>) -> Result<(), Ta
     }
 }
 
-/// Applies update actions to an item (creating it when absent); key
-/// attributes cannot be changed.
 /// What can be wrong with update actions whatever the item holds, checked
 /// before the item is read (and its data key unwrapped), as DynamoDB checks
 /// an update expression: an attribute named twice, an empty name, a key
@@ -275,8 +273,10 @@ pub fn validate_actions(schema: &KeySchema, actions: &[UpdateAction]) -> Result<
     Ok(())
 }
 
-/// Applies update actions to `item` (checked with [`validate_actions`]
-/// first, so only what depends on the stored values can fail here).
+/// Applies update actions to an item (creating it when absent); key
+/// attributes cannot be changed. They are checked with
+/// [`validate_actions`] first, so only what depends on the stored values
+/// can fail here.
 pub fn apply(
     schema: &KeySchema,
     item: &mut Item,

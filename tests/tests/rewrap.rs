@@ -104,7 +104,6 @@ fn table_config(dir: &std::path::Path, kms: &KmsServer) -> TableConfig {
     c
 }
 
-/// Creates a symmetric key as `token`; returns its id.
 /// Enables or disables `key_id`, as `token`.
 async fn set_enabled(
     keys: &mut KeyManagementServiceClient<Channel>,
@@ -124,6 +123,7 @@ async fn set_enabled(
     }
 }
 
+/// Creates a symmetric key as `token`; returns its id.
 async fn create_key(keys: &mut KeyManagementServiceClient<Channel>, token: &str) -> String {
     keys.create_key(authed(token, kms::CreateKeyRequest::default()))
         .await

@@ -190,7 +190,7 @@ impl AuditLog {
         let has_records = std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0);
         if has_records && checkpoints.is_none() {
             return Err(AuditError::Config(format!(
-                "the audit log {} has records but its checkpoint file {} is missing; restore the checkpoint file, or move the log aside to start a new one",
+                "the audit log {} has records but its checkpoint file {} is missing; restore the checkpoint file (moving the log aside to start a new one needs --audit-accept-new-log once the key store has seen a checkpoint)",
                 log_path.display(),
                 checkpoint_path.display()
             )));
@@ -209,6 +209,21 @@ impl AuditLog {
         }
         if seen.checkpoint_tail.partial {
             truncate(&checkpoint_path, seen.checkpoint_tail.complete_len)?;
+        }
+        // What was read may not be on disk yet (a crash between a write
+        // and its sync): made durable before anything relies on it, such
+        // as the key store recording the newest checkpoint.
+        for path in [&log_path, &checkpoint_path] {
+            match std::fs::File::open(path).and_then(|f| f.sync_all()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(AuditError::Io {
+                        action: "sync",
+                        path: path.clone(),
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
         }
         let sink = FileSink::open(&log_path)?;
         let checkpoint_sink = FileSink::open(&checkpoint_path)?;

@@ -167,6 +167,16 @@ impl Kms {
         })
     }
 
+    /// Whether no principal exists yet (the first start).
+    pub fn has_no_principals(&self) -> bool {
+        self.read_state().principals.is_empty()
+    }
+
+    /// Whether `principal` exists.
+    pub fn has_principal(&self, principal: &str) -> bool {
+        self.read_state().principals.contains_key(principal)
+    }
+
     /// Gives an existing principal a new token, as the service itself (for
     /// a service credential file that went missing): audited as
     /// `CreateAccessToken` by kms-service. The principal's other tokens stay

@@ -262,8 +262,9 @@ fn render(path: &[Step<'_>]) -> String {
 }
 
 /// Checks an item against DynamoDB's rules: attribute names (nested map keys
-/// too) of 1 to 65535 bytes, no empty sets, no empty SS/BS members, nesting at
-/// most 32 levels, and at most 400 KiB in total.
+/// too) of 1 to 65535 bytes, no empty sets (empty strings and binaries are
+/// members like any other), nesting at most 32 levels, and at most 400 KiB
+/// in total.
 pub fn validate_item(item: &Item) -> Result<(), ModelError> {
     let mut path = Vec::new();
     for (name, value) in item {
