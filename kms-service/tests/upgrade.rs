@@ -95,6 +95,15 @@ fn storage_in(dir: &std::path::Path) -> StorageConfig {
     }
 }
 
+/// Opens `storage`, which must fail; returns the message.
+async fn refused_start(storage: &StorageConfig) -> String {
+    server::open(storage, Arc::new(SystemClock))
+        .await
+        .err()
+        .expect("start-up refused")
+        .to_string()
+}
+
 fn bearer(path: &std::path::Path) -> Credentials {
     let token = std::fs::read_to_string(path).unwrap();
     Credentials {
@@ -142,11 +151,8 @@ async fn a_missing_table_service_token_file_is_issued_anew() {
     };
     std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
     for _ in 0..3 {
-        let refused = server::open(&blocked, Arc::new(SystemClock))
-            .await
-            .err()
-            .expect("refused");
-        assert!(refused.to_string().contains("not-a-dir"), "{refused}");
+        let refused = refused_start(&blocked).await;
+        assert!(refused.contains("not-a-dir"), "{refused}");
     }
     let opened = start().await.unwrap();
     // Up to the limit of 10 active tokens (none was spent above), then the
@@ -162,8 +168,7 @@ async fn a_missing_table_service_token_file_is_issued_anew() {
     opened.kms.audit_log().close().await.unwrap();
     drop(opened);
     std::fs::remove_file(&file).unwrap();
-    let refused = start().await.err().expect("refused at the token limit");
-    let message = refused.to_string();
+    let message = refused_start(&storage).await;
     assert!(
         message.contains("already has 10 active tokens") && message.contains("DeleteAccessToken"),
         "{message}"
@@ -334,11 +339,7 @@ async fn an_unwritable_admin_token_file_costs_no_administrator() {
     let storage = storage_in(dir.path());
     let admin_file = storage.admin_token_path();
     std::fs::create_dir_all(admin_file.join("in-the-way")).unwrap();
-    let refused = server::open(&storage, Arc::new(SystemClock))
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let refused = refused_start(&storage).await;
     assert!(refused.contains("it is a directory"), "{refused}");
     std::fs::remove_dir_all(&admin_file).unwrap();
     let opened = server::open(&storage, Arc::new(SystemClock)).await.unwrap();
@@ -368,11 +369,7 @@ async fn serve_anchors_the_audit_log_when_it_stops() {
     let audit = storage_in(dir.path()).audit_path();
     std::fs::remove_file(audit.join("audit.jsonl")).unwrap();
     std::fs::remove_file(audit.join("audit.jsonl.checkpoints")).unwrap();
-    let refused = server::open(&storage_in(dir.path()), Arc::new(SystemClock))
-        .await
-        .err()
-        .expect("refused")
-        .to_string();
+    let refused = refused_start(&storage_in(dir.path())).await;
     assert!(
         refused.contains("newest checkpoint is record 0"),
         "{refused}"

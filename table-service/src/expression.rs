@@ -39,6 +39,17 @@ pub enum UpdateAction {
     Delete(String, AttributeValue),
 }
 
+impl UpdateAction {
+    /// The attribute the action acts on.
+    pub fn attribute(&self) -> &str {
+        let (UpdateAction::Set(name, _)
+        | UpdateAction::Remove(name)
+        | UpdateAction::Add(name, _)
+        | UpdateAction::Delete(name, _)) = self;
+        name
+    }
+}
+
 /// Order of two scalar values of the same type (S, N, B); `None` otherwise.
 pub fn compare(a: &AttributeValue, b: &AttributeValue) -> Option<Ordering> {
     match (a, b) {
@@ -215,21 +226,15 @@ pub fn validate_actions(schema: &KeySchema, actions: &[UpdateAction]) -> Result<
     // As DynamoDB: one request may not act on one attribute twice.
     let mut named = std::collections::BTreeSet::new();
     for action in actions {
-        let (UpdateAction::Set(n, _)
-        | UpdateAction::Remove(n)
-        | UpdateAction::Add(n, _)
-        | UpdateAction::Delete(n, _)) = action;
-        if !named.insert(n.as_str()) {
+        let n = action.attribute();
+        if !named.insert(n) {
             return Err(TableError::validation(format!(
                 "two update actions name attribute {n}; act on each attribute at most once per request"
             )));
         }
     }
     for action in actions {
-        let (UpdateAction::Set(name, _)
-        | UpdateAction::Remove(name)
-        | UpdateAction::Add(name, _)
-        | UpdateAction::Delete(name, _)) = action;
+        let name = action.attribute();
         if name.is_empty() {
             return Err(TableError::validation(
                 "an update action names an empty attribute",

@@ -51,19 +51,25 @@ async fn open_at(
     Kms::open(Arc::new(store), root, audit, clock).expect("kms opens")
 }
 
-async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let clock = Arc::new(ManualClock::new(T0));
-    let root = Arc::new(SoftwareRootKey::generate());
-    let kms = open_at(dir.path(), root, clock.clone()).await;
+/// Makes the administrator of a fresh store; returns its credentials.
+async fn bootstrap_admin(kms: &Kms) -> Credentials {
     let token = kms
         .bootstrap_principal("user/admin", PrincipalKind::User, &["AdministratorAccess"])
         .await
         .expect("bootstrap")
         .expect("fresh store");
+    creds(&token.token)
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Arc::new(ManualClock::new(T0));
+    let root = Arc::new(SoftwareRootKey::generate());
+    let kms = open_at(dir.path(), root, clock.clone()).await;
+    let admin = bootstrap_admin(&kms).await;
     Fixture {
         kms,
-        admin: creds(&token.token),
+        admin,
         clock,
         dir,
     }
@@ -1841,13 +1847,7 @@ async fn state_survives_a_restart() {
     let root_path = dir.path().join("root.key");
     let root = Arc::new(SoftwareRootKey::create_file(&root_path).unwrap());
     let kms = open_at(dir.path(), root, clock.clone()).await;
-    let admin = creds(
-        &kms.bootstrap_principal("user/admin", PrincipalKind::User, &["AdministratorAccess"])
-            .await
-            .unwrap()
-            .unwrap()
-            .token,
-    );
+    let admin = bootstrap_admin(&kms).await;
     let key = kms
         .create_key(
             &admin,
@@ -1943,13 +1943,7 @@ async fn key_use_is_refused_when_the_audit_record_cannot_be_made_durable() {
     // with a failing one.
     let dir = tempfile::tempdir().unwrap();
     let kms = open_at(dir.path(), root.clone(), clock.clone()).await;
-    let admin = creds(
-        &kms.bootstrap_principal("user/admin", PrincipalKind::User, &["AdministratorAccess"])
-            .await
-            .unwrap()
-            .unwrap()
-            .token,
-    );
+    let admin = bootstrap_admin(&kms).await;
     let key = kms
         .create_key(
             &admin,
@@ -2138,13 +2132,7 @@ async fn maintenance_records_many_rotations_with_few_syncs() {
     let store = SqliteStore::open(&dir.path().join("kms.db")).unwrap();
     let audit = AuditLog::with_sink(Box::new(SlowSink), None, ChainHead::GENESIS, 1024).unwrap();
     let kms = Kms::open(Arc::new(store), root, audit, clock.clone()).unwrap();
-    let admin = creds(
-        &kms.bootstrap_principal("user/admin", PrincipalKind::User, &["AdministratorAccess"])
-            .await
-            .unwrap()
-            .unwrap()
-            .token,
-    );
+    let admin = bootstrap_admin(&kms).await;
     let mut keys = Vec::new();
     for _ in 0..40 {
         let input = CreateKeyInput {

@@ -788,12 +788,7 @@ fn key_attributes_and_empty_names_are_refused() {
         remove("ts"),
     ];
     for action in &actions {
-        let name = match action {
-            UpdateAction::Set(n, _)
-            | UpdateAction::Remove(n)
-            | UpdateAction::Add(n, _)
-            | UpdateAction::Delete(n, _) => n,
-        };
+        let name = action.attribute();
         check_apply(
             &schema,
             &key_only(),

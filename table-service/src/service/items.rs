@@ -46,15 +46,7 @@ impl ReturnValues {
 /// The attributes of `item` that `actions` name.
 fn named_by(item: Option<Item>, actions: &[UpdateAction]) -> Option<Item> {
     let mut item = item?;
-    item.retain(|name, _| {
-        actions.iter().any(|a| {
-            let (UpdateAction::Set(n, _)
-            | UpdateAction::Remove(n)
-            | UpdateAction::Add(n, _)
-            | UpdateAction::Delete(n, _)) = a;
-            n == name
-        })
-    });
+    item.retain(|name, _| actions.iter().any(|a| a.attribute() == name));
     Some(item)
 }
 
