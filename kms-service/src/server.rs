@@ -249,12 +249,15 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
         .map_err(KmsError::from)?;
     let audit_dir = storage.audit_path();
     create_private_dir(&audit_dir)?;
-    let audit = AuditLog::open(AuditConfig::new(
+    let mut audit_config = AuditConfig::new(
         audit_dir.join("audit.jsonl"),
         audit_dir.join("audit.jsonl.checkpoints"),
         root.derive(crate::AUDIT_CHECKPOINT_PURPOSE),
-    ))
-    .map_err(|e| StartError::Config(format!("cannot open the audit log: {e}")))?;
+    );
+    audit_config.batching.commit_delay =
+        std::time::Duration::from_micros(storage.audit_commit_delay_us);
+    let audit = AuditLog::open(audit_config)
+        .map_err(|e| StartError::Config(format!("cannot open the audit log: {e}")))?;
     let kms = Arc::new(Kms::open(Arc::new(store), root, audit, clock)?);
     kms.check_audit_anchor(storage.audit_accept_new_log).await?;
     kms.anchor_audit().await?;

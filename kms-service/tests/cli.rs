@@ -628,6 +628,28 @@ fn a_settings_file_is_below_the_environment_and_the_command_line() {
     }
 }
 
+/// `--audit-commit-delay-us` (or its variable) out of 0–10000 is refused
+/// before anything is created, naming the flag and the range.
+#[test]
+fn an_audit_commit_delay_out_of_range_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let outs = [
+        run(serve(dir.path()).args(["--audit-commit-delay-us", "10001"])),
+        run(serve(dir.path()).env("KMS_AUDIT_COMMIT_DELAY_US", "20000")),
+    ];
+    for out in outs {
+        assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+        let err = stderr(&out);
+        for fragment in ["--audit-commit-delay-us", "0..=10000"] {
+            assert!(
+                err.contains(fragment),
+                "stderr does not mention {fragment:?}: {err}"
+            );
+        }
+    }
+    assert!(!dir.path().join("data").exists());
+}
+
 /// A second kms-service on a data directory in use is refused (after a
 /// short wait for the first to let go) instead of running beside it on a
 /// copy of the state that would diverge; once the first is gone it starts.

@@ -32,19 +32,24 @@ fn spawn(dir: &std::path::Path, port: u16) -> Child {
         .expect("start kms-service")
 }
 
+/// A channel to the service once it answers health checks: it listens
+/// before it has opened its data directory (and written the token file).
 async fn connect(port: u16) -> Channel {
+    let addr = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        match Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("uri")
-            .connect()
-            .await
+        match kms_service::healthcheck::check(&addr, None, kms_service::healthcheck::DEADLINE).await
         {
-            Ok(ch) => return ch,
+            Ok(()) => break,
             Err(e) if Instant::now() > deadline => panic!("kms-service did not come up: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
+    Channel::from_shared(addr)
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
 }
 
 fn request<T>(token: &str, id: &str, message: T) -> tonic::Request<T> {

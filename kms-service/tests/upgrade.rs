@@ -44,6 +44,7 @@ async fn an_old_service_managed_key_policy_is_brought_up_to_date() {
         table_service_token_file: Some(dir.path().join("kms/table-service.token")),
         audit_dir: None,
         audit_accept_new_log: false,
+        audit_commit_delay_us: 500,
     };
     let opened = server::open(&storage, Arc::new(SystemClock)).await.unwrap();
     opened.kms.audit_log().close().await.unwrap();
@@ -92,6 +93,7 @@ fn storage_in(dir: &std::path::Path) -> StorageConfig {
         table_service_token_file: Some(dir.join("kms/table-service.token")),
         audit_dir: None,
         audit_accept_new_log: false,
+        audit_commit_delay_us: 500,
     }
 }
 
@@ -309,6 +311,7 @@ async fn an_audit_log_cut_short_or_replaced_is_refused_at_start_up() {
     // it is the one the store follows.
     let accepting = StorageConfig {
         audit_accept_new_log: true,
+        audit_commit_delay_us: 500,
         ..storage.clone()
     };
     session(accepting).await.unwrap();

@@ -68,7 +68,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use kms_service::audit::{AuditLog, AuditSink, AuditSyncer, ChainHead, DEFAULT_MAX_BATCH};
+use kms_service::audit::{AuditLog, AuditSink, AuditSyncer, Batching, ChainHead};
 use kms_service::clock::SystemClock;
 use kms_service::config::ServeConfig;
 use kms_service::crypto::root_key::SoftwareRootKey;
@@ -498,7 +498,7 @@ async fn start_reference(dir: &Path) -> Result<ReferenceKms, BoxError> {
         Box::new(UnsyncedFile(file)),
         None,
         ChainHead::GENESIS,
-        DEFAULT_MAX_BATCH,
+        Batching::default(),
     )?;
     let kms = Arc::new(Kms::open(
         Arc::new(store),

@@ -250,10 +250,15 @@ impl TestSink {
 
 /// A new log over `sink` whose syncs wait at the returned gate until the
 /// test lets them go.
-fn gated(mut sink: TestSink) -> Result<(AuditLog, Arc<Gate>), AuditError> {
+fn gated(sink: TestSink) -> Result<(AuditLog, Arc<Gate>), AuditError> {
+    gated_with(sink, Batching::max_batch(1024))
+}
+
+/// [`gated`] with other batching.
+fn gated_with(mut sink: TestSink, batching: Batching) -> Result<(AuditLog, Arc<Gate>), AuditError> {
     let gate = Arc::new(Gate::default());
     sink.gate = Some(Arc::clone(&gate));
-    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 1024)?;
+    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, batching)?;
     Ok((log, gate))
 }
 
@@ -433,7 +438,8 @@ async fn stats_count_from_the_reopening() -> TestResult {
         log.stats(),
         AuditStats {
             records_durable: 3,
-            syncs: 3
+            syncs: 3,
+            delayed: 0,
         }
     );
     log.close().await?;
@@ -565,7 +571,12 @@ async fn concurrent_appends_share_syncs_and_stay_consecutive() -> TestResult {
         key: Zeroizing::new(KEY),
         every: 50,
     };
-    let log = AuditLog::with_sink(Box::new(sink), Some(checkpoints), ChainHead::GENESIS, 1024)?;
+    let log = AuditLog::with_sink(
+        Box::new(sink),
+        Some(checkpoints),
+        ChainHead::GENESIS,
+        Batching::max_batch(1024),
+    )?;
     let tasks: Vec<_> = (0..N)
         .map(|i| {
             let log = log.clone();
@@ -603,7 +614,12 @@ async fn batches_never_exceed_max_batch() -> TestResult {
     let fx = Fixture::new()?;
     let (mut sink, counters) = TestSink::new(&fx.log)?;
     sink.sync_delay = Duration::from_millis(2);
-    let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 4)?;
+    let log = AuditLog::with_sink(
+        Box::new(sink),
+        None,
+        ChainHead::GENESIS,
+        Batching::max_batch(4),
+    )?;
     let tasks: Vec<_> = (0..N)
         .map(|i| {
             let log = log.clone();
@@ -1132,7 +1148,12 @@ async fn a_failing_sink_poisons_the_log() -> TestResult {
         let (mut sink, counters) = TestSink::new(&fx.log)?;
         sink.fail_append_on = fail_append_on;
         sink.fail_sync_on = fail_sync_on;
-        let log = AuditLog::with_sink(Box::new(sink), None, ChainHead::GENESIS, 16)?;
+        let log = AuditLog::with_sink(
+            Box::new(sink),
+            None,
+            ChainHead::GENESIS,
+            Batching::max_batch(16),
+        )?;
         for i in 0..ok_first {
             assert_eq!(log.append(event(0)).await?, i + 1, "{case}");
         }
@@ -1275,6 +1296,66 @@ async fn a_sync_of_many_records_is_overlapped_only_once_it_is_slow() -> TestResu
     Ok(())
 }
 
+/// Under load (the previous batch had several records) a record sealed
+/// right after a batch was taken is written only once the commit delay has
+/// passed since then, and the batch it goes into is counted as delayed;
+/// alone, a record is written at once (see `stats_count_from_the_reopening`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_the_next_batch_gathers_for_the_commit_delay() -> TestResult {
+    const DELAY: Duration = MAX_COMMIT_DELAY;
+    let fx = Fixture::new()?;
+    let (sink, counters) = TestSink::new(&fx.log)?;
+    let (log, gate) = gated_with(
+        sink,
+        Batching {
+            max_batch: 1024,
+            commit_delay: DELAY,
+        },
+    )?;
+    let append = |i: usize| spawn_append(&log, i);
+    let syncs = || counters.syncs.load(Ordering::SeqCst);
+    let appends = || counters.appends.load(Ordering::SeqCst);
+    // Syncs 1 and 2 (one record each: light load, no delay) held; six more
+    // records wait for them.
+    let first = append(0);
+    eventually("sync 1 began", || syncs() == 1).await?;
+    let second = append(1);
+    eventually("sync 2 began beside sync 1", || syncs() == 2).await?;
+    let six: Vec<_> = (2..8).map(append).collect();
+    eventually("all eight sealed", || log.sealed() == 8).await?;
+    // Let everything go: the six are taken in one batch (load), and a
+    // ninth record sealed right away waits for the delay to pass.
+    gate.release_all();
+    eventually("the six were written", || appends() == 3).await?;
+    let ninth = append(8);
+    assert_eq!(ninth.await??, 9);
+    let times = counters
+        .append_times
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(times.len(), 4, "one write for the ninth record");
+    let gap = times[3].duration_since(times[2]);
+    // Without the delay the ninth record would be written as soon as the
+    // six were synced, well within a millisecond or two.
+    assert!(
+        gap >= DELAY / 2,
+        "the ninth record was written {gap:?} after the six"
+    );
+    assert_eq!(
+        counters.max_lines_per_append.load(Ordering::SeqCst),
+        6,
+        "the six went in one batch"
+    );
+    for task in [first, second].into_iter().chain(six) {
+        task.await??;
+    }
+    assert_eq!(log.stats().delayed, 1);
+    log.close().await?;
+    assert_eq!(verify(&fx.log, None, None)?.records, 9);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_is_answered_only_after_a_sync_that_began_after_its_write() -> TestResult {
     let fx = Fixture::new()?;
@@ -1356,7 +1437,7 @@ async fn a_failing_checkpoint_poisons_the_log_after_its_records_are_durable() ->
         Box::new(FileSink::open(&fx.log)?),
         Some(checkpoints),
         ChainHead::GENESIS,
-        16,
+        Batching::max_batch(16),
     )?;
     assert_eq!(log.append(event(0)).await?, 1);
     // Record 2 is durable when acknowledged; its checkpoint then fails.
@@ -1398,7 +1479,12 @@ async fn with_sink_resumes_after_the_given_head() -> TestResult {
         sequence: 3,
         hash: Sha256::digest(lines[2].as_bytes()).into(),
     };
-    let log = AuditLog::with_sink(Box::new(FileSink::open(&fx.log)?), None, resume, 8)?;
+    let log = AuditLog::with_sink(
+        Box::new(FileSink::open(&fx.log)?),
+        None,
+        resume,
+        Batching::max_batch(8),
+    )?;
     assert_eq!(log.append(event(3)).await?, 4);
     log.close().await?;
     assert_eq!(verify(&fx.log, None, None)?.last_sequence, 4);
@@ -1479,9 +1565,12 @@ fn bad_configurations_are_refused() -> TestResult {
     let mut cases = vec![("same paths", same_paths)];
     for max_batch in [0, MAX_BATCH_LIMIT + 1] {
         let mut config = fx.config(10, KEY);
-        config.max_batch = max_batch;
+        config.batching.max_batch = max_batch;
         cases.push(("max_batch", config));
     }
+    let mut config = fx.config(10, KEY);
+    config.batching.commit_delay = MAX_COMMIT_DELAY + Duration::from_micros(1);
+    cases.push(("commit_delay", config));
     for (what, config) in cases {
         let debug = format!("{config:?}");
         assert!(

@@ -13,7 +13,10 @@
 //! the other syncer writes and syncs them beside it, so a slow disk flush
 //! does not hold up everything behind it. A sync of only a few records
 //! (light load, e.g. the two calls of one table-service GetItem) gets a
-//! second one beside it at once. Writes are taken in chain order, one at a
+//! second one beside it at once. Under load, too, a sync starts no sooner
+//! than the commit delay after the one before it began (unless a whole
+//! batch is waiting), so the records of that interval share it (see
+//! [`Batching::commit_delay`]). Writes are taken in chain order, one at a
 //! time; syncs may overlap. A record is answered only after a sync that
 //! began after its bytes were written has succeeded (a later sync answers
 //! for the records before it too).
@@ -37,8 +40,7 @@ use super::checkpoint::CheckpointWriter;
 use super::record::{StoredRecord, encode_line, rfc3339};
 use super::verify::{Tail, inspect};
 use super::{
-    AuditConfig, AuditError, AuditEvent, AuditSink, AuditSyncer, ChainHead, FileSink,
-    MAX_BATCH_LIMIT,
+    AuditConfig, AuditError, AuditEvent, AuditSink, AuditSyncer, Batching, ChainHead, FileSink,
 };
 
 /// Checkpointing for [`AuditLog::with_sink`].
@@ -78,6 +80,8 @@ pub struct AuditStats {
     pub records_durable: u64,
     /// Batch syncs (`fdatasync` for a file) that succeeded.
     pub syncs: u64,
+    /// Batches whose write was held back for the commit delay (under load).
+    pub delayed: u64,
 }
 
 /// Handle to the audit log. Cheap to clone; all clones feed the same log.
@@ -174,9 +178,9 @@ impl AuditLog {
             checkpoint_path,
             checkpoint_key,
             checkpoint_every,
-            max_batch,
+            batching,
         } = config;
-        check_max_batch(max_batch)?;
+        batching.check()?;
         if log_path == checkpoint_path {
             return Err(AuditError::Config(
                 "the log and checkpoint paths must differ".into(),
@@ -236,23 +240,23 @@ impl AuditLog {
                 seen.last_checkpointed,
             )),
             seen.head,
-            max_batch,
+            batching,
         )
     }
 
     /// Starts a log over any sink, continuing after `resume` (use
     /// [`ChainHead::GENESIS`] for a new log). Nothing is read or verified:
-    /// the caller vouches for `resume`. `max_batch` must be
-    /// 1..=[`MAX_BATCH_LIMIT`].
+    /// the caller vouches for `resume`. `batching` must pass
+    /// [`Batching::check`].
     pub fn with_sink(
         sink: Box<dyn AuditSink>,
         checkpoints: Option<CheckpointSink>,
         resume: ChainHead,
-        max_batch: usize,
+        batching: Batching,
     ) -> Result<AuditLog, AuditError> {
-        check_max_batch(max_batch)?;
+        batching.check()?;
         let checkpoints = checkpoints.map(|cp| CheckpointWriter::new(cp.sink, cp.key, cp.every, 0));
-        spawn(sink, checkpoints, resume, max_batch)
+        spawn(sink, checkpoints, resume, batching)
     }
 
     /// Appends one record and returns its sequence number once it is durable
@@ -318,14 +322,22 @@ impl AuditLog {
     }
 
     /// Counters of the durability pipeline since the log was opened: how
-    /// many records were made durable and how many syncs it took (their
-    /// ratio is the group-commit batch size).
+    /// many records were made durable, how many syncs it took (their ratio
+    /// is the group-commit batch size) and how many batches the commit
+    /// delay held back.
     pub fn stats(&self) -> AuditStats {
         let durable = self.shared.lock().durable;
         AuditStats {
             records_durable: durable - self.shared.opened_at,
             syncs: self.shared.syncs.load(Ordering::Relaxed),
+            delayed: self.shared.delayed.load(Ordering::Relaxed),
         }
+    }
+
+    /// The newest sealed record's sequence number.
+    #[cfg(test)]
+    pub(super) fn sealed(&self) -> u64 {
+        self.shared.lock().sealed.sequence
     }
 
     /// Lets everything already sealed become durable, writes a final
@@ -338,16 +350,6 @@ impl AuditLog {
         answer
             .await
             .unwrap_or_else(|_| self.shared.status.close_outcome())
-    }
-}
-
-fn check_max_batch(max_batch: usize) -> Result<(), AuditError> {
-    if (1..=MAX_BATCH_LIMIT).contains(&max_batch) {
-        Ok(())
-    } else {
-        Err(AuditError::Config(format!(
-            "max_batch must be between 1 and {MAX_BATCH_LIMIT}, not {max_batch}"
-        )))
     }
 }
 
@@ -381,8 +383,12 @@ fn spawn(
     sink: Box<dyn AuditSink>,
     checkpoints: Option<CheckpointWriter>,
     head: ChainHead,
-    max_batch: usize,
+    batching: Batching,
 ) -> Result<AuditLog, AuditError> {
+    let Batching {
+        max_batch,
+        commit_delay,
+    } = batching;
     let start_error = |action: &'static str| {
         move |source: io::Error| AuditError::Io {
             action,
@@ -404,6 +410,7 @@ fn spawn(
             poison_reason: OnceLock::new(),
         },
         max_batch,
+        commit_delay,
         checkpoint_every: checkpoints.as_ref().map_or(0, CheckpointWriter::every),
         room: Semaphore::new(max_batch.saturating_mul(2)),
         pending: Mutex::new(Pending {
@@ -425,12 +432,14 @@ fn spawn(
             outcome: None,
             syncers: 0,
             time: TimeCache::default(),
+            last_take: None,
         }),
         work: Condvar::new(),
         sink: Mutex::new(sink),
         checkpoints: Mutex::new(checkpoints),
         opened_at: head.sequence,
         syncs: AtomicU64::new(0),
+        delayed: AtomicU64::new(0),
     });
     for (i, syncer) in syncers.into_iter().enumerate() {
         let for_thread = Arc::clone(&shared);
@@ -454,6 +463,8 @@ fn spawn(
 struct Shared {
     status: Status,
     max_batch: usize,
+    /// See [`Batching::commit_delay`].
+    commit_delay: Duration,
     /// Checkpoint after every this many records; 0: only on close.
     checkpoint_every: u64,
     /// Permits for sealed records that are not yet taken for writing.
@@ -473,6 +484,8 @@ struct Shared {
     checkpointed: Arc<AtomicU64>,
     /// Successful batch syncs.
     syncs: AtomicU64,
+    /// Batches held back by the commit delay.
+    delayed: AtomicU64,
 }
 
 /// A syncer's batch from when it is taken until the syncer is done with it.
@@ -489,6 +502,7 @@ struct Unwritten {
     hash: [u8; 32],
     /// Where its line ends in `Pending::buf`.
     end: usize,
+    sealed_at: Instant,
 }
 
 /// The chain's in-memory tail and the durability pipeline. Sequence numbers
@@ -535,6 +549,9 @@ struct Pending {
     /// Syncer threads still running.
     syncers: usize,
     time: TimeCache,
+    /// When the newest batch was taken for writing, and how many records
+    /// it had.
+    last_take: Option<(Instant, usize)>,
 }
 
 impl Pending {
@@ -668,6 +685,7 @@ impl Shared {
             sequence,
             hash,
             end,
+            sealed_at: Instant::now(),
         });
         pending.waiters.push_back((sequence, reply));
         self.unlock_and_wake(pending);
@@ -913,8 +931,28 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
             .filter(|_| in_flight >= OVERLAP_BELOW)
             .map(|started| started + OVERLAP_AFTER)
             .filter(|&at| at > now);
-        if !shared.status.poisoned() && pending.can_write() && overlap_at.is_none() {
+        // Under load, the next batch gathers for the commit delay (counted
+        // from when the previous one was taken) unless a whole batch is
+        // waiting already.
+        let gather_until = pending
+            .last_take
+            .filter(|&(_, records)| records >= OVERLAP_BELOW && !pending.closing)
+            .map(|(took_at, _)| took_at + shared.commit_delay);
+        let gather_at =
+            gather_until.filter(|&at| at > now && pending.unwritten.len() < shared.max_batch);
+        let held_until = overlap_at.max(gather_at);
+        if !shared.status.poisoned() && pending.can_write() && held_until.is_none() {
+            // Its oldest record was sealed before the delay ran out, and it
+            // is taken because the delay ran out (not because a whole batch
+            // was waiting).
+            let held_back = pending.unwritten.front().is_some_and(|first| {
+                gather_until.is_some_and(|until| first.sealed_at < until && until <= now)
+            });
+            if held_back && shared.commit_delay > Duration::ZERO {
+                shared.delayed.fetch_add(1, Ordering::Relaxed);
+            }
             let (mut bytes, n, head) = pending.take(shared.max_batch);
+            pending.last_take = Some((now, n));
             pending.writing = true;
             pending.in_flight.push(InFlight {
                 syncer: me,
@@ -937,9 +975,10 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
             shared.shut();
             return;
         }
-        match overlap_at {
+        match held_until {
             // Not counted idle, so sealing does not wake this thread: it
-            // looks again when the running sync has become slow.
+            // looks again when the running sync has become slow, or the
+            // commit delay is over.
             Some(at) if !shared.status.poisoned() => {
                 pending = shared
                     .work

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::audit::{AuditConfig, AuditSink, AuditSyncer, ChainHead};
+use crate::audit::{AuditConfig, AuditSink, AuditSyncer, Batching, ChainHead};
 use crate::clock::ManualClock;
 use crate::crypto::mac::MacAlgorithm;
 use crate::crypto::root_key::SoftwareRootKey;
@@ -1961,7 +1961,13 @@ async fn key_use_is_refused_when_the_audit_record_cannot_be_made_durable() {
     kms.audit_log().close().await.unwrap();
     drop(kms);
     let store = SqliteStore::open(&dir.path().join("kms.db")).unwrap();
-    let audit = AuditLog::with_sink(Box::new(FailingSink), None, ChainHead::GENESIS, 16).unwrap();
+    let audit = AuditLog::with_sink(
+        Box::new(FailingSink),
+        None,
+        ChainHead::GENESIS,
+        Batching::max_batch(16),
+    )
+    .unwrap();
     let kms = Kms::open(Arc::new(store), root.clone(), audit, clock.clone()).unwrap();
     // A change whose record cannot be made durable is refused and never
     // stored, and nothing after it is acknowledged.
@@ -2130,7 +2136,13 @@ async fn maintenance_records_many_rotations_with_few_syncs() {
     let root = Arc::new(SoftwareRootKey::generate());
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("kms.db")).unwrap();
-    let audit = AuditLog::with_sink(Box::new(SlowSink), None, ChainHead::GENESIS, 1024).unwrap();
+    let audit = AuditLog::with_sink(
+        Box::new(SlowSink),
+        None,
+        ChainHead::GENESIS,
+        Batching::max_batch(1024),
+    )
+    .unwrap();
     let kms = Kms::open(Arc::new(store), root, audit, clock.clone()).unwrap();
     let admin = bootstrap_admin(&kms).await;
     let mut keys = Vec::new();
