@@ -684,6 +684,67 @@ async fn bad_input_is_refused_with_a_helpful_message() {
     stack.stop().await;
 }
 
+/// ListTables pages in name order: `limit` names at a time, each page's
+/// `last_evaluated_table_name` starting the next, none after the last; a
+/// start name need not exist. A limit over 100 or a start name that is not
+/// a table name is refused.
+#[tokio::test]
+async fn list_tables_pages_in_name_order() {
+    let stack = start().await;
+    let names = ["t-e", "t-a", "t-d", "t-b", "t-c"];
+    for name in names {
+        stack.create(name, ("id", S), None).await;
+    }
+    let list = |limit: u32, start: &str| {
+        let mut client = stack.c();
+        let request = stack.req(pb::ListTablesRequest {
+            limit,
+            exclusive_start_table_name: start.into(),
+        });
+        async move { client.list_tables(request).await.map(|r| r.into_inner()) }
+    };
+    let mut pages = Vec::new();
+    let mut start_name = String::new();
+    loop {
+        let page = list(2, &start_name).await.unwrap();
+        pages.push(page.table_names.clone());
+        if page.last_evaluated_table_name.is_empty() {
+            break;
+        }
+        assert_eq!(
+            Some(&page.last_evaluated_table_name),
+            page.table_names.last()
+        );
+        start_name = page.last_evaluated_table_name;
+    }
+    assert_eq!(
+        pages,
+        vec![vec!["t-a", "t-b"], vec!["t-c", "t-d"], vec!["t-e"]]
+    );
+    // A start name between tables, or after all of them.
+    assert_eq!(
+        list(0, "t-bb").await.unwrap().table_names,
+        ["t-c", "t-d", "t-e"]
+    );
+    let after = list(0, "t-z").await.unwrap();
+    assert!(after.table_names.is_empty() && after.last_evaluated_table_name.is_empty());
+    check_status(
+        list(101, "").await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "use 1–100",
+    );
+    for bad in ["x", "no spaces", &"a".repeat(256)] {
+        check_status(
+            list(0, bad).await,
+            Code::InvalidArgument,
+            "ValidationException",
+            "exclusive_start_table_name: table name",
+        );
+    }
+    stack.stop().await;
+}
+
 // ------------------------------------------------------- conditional writes
 
 fn not_exists(name: &str) -> pb::Condition {
@@ -2046,6 +2107,77 @@ async fn a_batch_get_larger_than_a_message_is_answered_in_parts() {
             .is_empty(),
         "nothing was stored"
     );
+    stack.stop().await;
+}
+
+/// BatchGetItem checks every table and key before it reads any item: a
+/// missing table, a key of the wrong type or a duplicate key in a later
+/// table refuses the request before a data key of an earlier table's item
+/// is unwrapped (no Decrypt reaches kms-service).
+#[tokio::test]
+async fn a_batch_get_is_checked_whole_before_anything_is_unwrapped() {
+    let stack = start().await;
+    stack.create("a-items", ("id", S), None).await;
+    stack.create("b-items", ("id", S), None).await;
+    let one = item(&[("id", s("1"))]);
+    stack.put("a-items", one.clone()).await;
+    let log = stack.dir.path().join("kms/audit/audit.jsonl");
+    let decrypts = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains(r#""event_name":"Decrypt""#))
+            .count()
+    };
+    let before = decrypts();
+    let get = |tables: Vec<(&str, Vec<Item>)>| {
+        let mut client = stack.c();
+        let request = stack.req(batch_get(tables));
+        async move { client.batch_get_item(request).await }
+    };
+    let refused = [
+        (
+            vec![
+                ("a-items", vec![one.clone()]),
+                ("c-missing", vec![one.clone()]),
+            ],
+            Code::NotFound,
+            "ResourceNotFoundException",
+            "c-missing",
+        ),
+        (
+            vec![
+                ("a-items", vec![one.clone()]),
+                ("b-items", vec![item(&[("id", n("1"))])]),
+            ],
+            Code::InvalidArgument,
+            "ValidationException",
+            "id",
+        ),
+        (
+            vec![
+                ("a-items", vec![one.clone()]),
+                ("b-items", vec![one.clone(), one.clone()]),
+            ],
+            Code::InvalidArgument,
+            "ValidationException",
+            "duplicates",
+        ),
+    ];
+    for (tables, code, reason, needle) in refused {
+        check_status(get(tables).await, code, reason, needle);
+        assert_eq!(decrypts(), before, "no data key was unwrapped");
+    }
+    // The same request with a valid second table reads a-items's item.
+    let answered = get(vec![
+        ("a-items", vec![one.clone()]),
+        ("b-items", vec![one.clone()]),
+    ])
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(answered.responses["a-items"].items.len(), 1);
+    assert_eq!(decrypts(), before + 1);
     stack.stop().await;
 }
 

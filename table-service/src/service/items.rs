@@ -357,13 +357,16 @@ impl Tables {
         // data keys are unwrapped; then the items' response bytes.
         let mut bytes = 0usize;
         let mut answered = 0usize;
+        // The whole request is checked (each table allowed and existing,
+        // each key valid and unique) before anything is read or unwrapped,
+        // so a refusal costs no key use and names the first problem.
+        let mut checked = Vec::with_capacity(requests.len());
         for (name, keys) in requests {
             self.authorize(call, "table:BatchGetItem", &resource(name))
                 .await?;
             let table = self.table(name)?;
-            let mut stored = Vec::new();
-            let mut stored_keys = Vec::new();
             let mut seen = std::collections::BTreeSet::new();
+            let mut valid = Vec::with_capacity(keys.len());
             for key_map in keys {
                 let key = table.schema.validate_key_map(key_map)?;
                 if !seen.insert(key.clone()) {
@@ -371,6 +374,14 @@ impl Tables {
                         "Provided list of item keys contains duplicates",
                     ));
                 }
+                valid.push((key, key_map));
+            }
+            checked.push((name, table, valid));
+        }
+        for (name, table, valid) in checked {
+            let mut stored = Vec::new();
+            let mut stored_keys = Vec::new();
+            for (key, key_map) in valid {
                 let store = self.store.clone();
                 let (table_id, lookup) = (table.table_id.clone(), key.clone());
                 let found = tokio::task::spawn_blocking(move || store.get_item(&table_id, &lookup))

@@ -174,6 +174,10 @@ impl Tables {
                 )));
             }
         };
+        if !exclusive_start.is_empty() {
+            validate_table_name(exclusive_start)
+                .map_err(|e| TableError::validation(format!("exclusive_start_table_name: {e}")))?;
+        }
         self.authorize(call, "table:ListTables", "*").await?;
         let tables = self.tables.read().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<String> = tables
