@@ -25,7 +25,7 @@ use crate::store::{GroupCommit, StoreError, StoredItem, TableRecord, TableStore}
 pub use items::{BatchWrite, ReturnValues};
 pub use query::{Page, SortCondition};
 pub use rewrap::SELF_PRINCIPAL;
-pub use tables::TableView;
+pub use tables::{TableView, validate_table_name};
 
 /// The alias of the key tables use when the creator names none.
 pub const SERVICE_MANAGED_ALIAS: &str = "alias/table-service";

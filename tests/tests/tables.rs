@@ -651,6 +651,12 @@ async fn bad_input_is_refused_with_a_helpful_message() {
         check_status(result, code, reason, needle);
     }
 
+    // Nothing refused was written: most refused writes were of `key`,
+    // which the boundary item below overwrites.
+    assert!(
+        stack.try_get("vals", key.clone()).await.unwrap().is_empty(),
+        "a refused write of {key:?} was stored"
+    );
     // The limits themselves are accepted.
     let boundary = [
         item(&[("id", s(&long(2048))), ("sk", s("y"))]),
@@ -741,6 +747,197 @@ async fn list_tables_pages_in_name_order() {
             "ValidationException",
             "exclusive_start_table_name: table name",
         );
+    }
+    stack.stop().await;
+}
+
+/// A name no table could have is a ValidationException for any caller,
+/// one with no rights at all included, and in every request that names a
+/// table; a well-formed name is that caller's AccessDenied.
+#[tokio::test]
+async fn a_bad_table_name_is_a_validation_error_for_any_caller() {
+    use lockbox_proto::iam::v1 as iam;
+    use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
+    let stack = start().await;
+    let kms = stack.kms.as_ref().expect("kms-service runs");
+    let channel = Channel::from_shared(format!("http://{}", kms.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut iam_client = IdentityServiceClient::new(channel);
+    iam_client
+        .create_user(stack.req(iam::CreateUserRequest {
+            user_name: "no-rights".into(),
+            kind: 0,
+        }))
+        .await
+        .unwrap();
+    let token = iam_client
+        .create_access_token(stack.req(iam::CreateAccessTokenRequest {
+            user_name: "no-rights".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let key = item(&[("id", s("k"))]);
+    for (name, code, reason, needle) in [
+        (
+            "x",
+            Code::InvalidArgument,
+            "ValidationException",
+            "table name \"x\"",
+        ),
+        (
+            "well-formed",
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            "not authorized",
+        ),
+    ] {
+        let mut c = stack.c();
+        let t = || name.to_string();
+        let results: Vec<(&str, Result<(), Status>)> = vec![
+            (
+                "GetItem",
+                c.get_item(authed(
+                    &token,
+                    pb::GetItemRequest {
+                        table_name: t(),
+                        key: key.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(drop),
+            ),
+            (
+                "PutItem",
+                c.put_item(authed(
+                    &token,
+                    pb::PutItemRequest {
+                        table_name: t(),
+                        item: key.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(drop),
+            ),
+            (
+                "DeleteItem",
+                c.delete_item(authed(
+                    &token,
+                    pb::DeleteItemRequest {
+                        table_name: t(),
+                        key: key.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(drop),
+            ),
+            (
+                "UpdateItem",
+                c.update_item(authed(
+                    &token,
+                    pb::UpdateItemRequest {
+                        table_name: t(),
+                        key: key.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(drop),
+            ),
+            (
+                "Query",
+                c.query(authed(
+                    &token,
+                    pb::QueryRequest {
+                        table_name: t(),
+                        partition_key_value: Some(s("k")),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(drop),
+            ),
+            (
+                "Scan",
+                c.scan(authed(
+                    &token,
+                    pb::ScanRequest {
+                        table_name: t(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(drop),
+            ),
+            (
+                "DescribeTable",
+                c.describe_table(authed(&token, pb::DescribeTableRequest { table_name: t() }))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "DeleteTable",
+                c.delete_table(authed(&token, pb::DeleteTableRequest { table_name: t() }))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "UpdateTable",
+                c.update_table(authed(
+                    &token,
+                    pb::UpdateTableRequest {
+                        table_name: t(),
+                        sse_specification: Some(pb::SseSpecification {
+                            kms_key_id: "alias/table-service".into(),
+                        }),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(drop),
+            ),
+            (
+                "CreateTable",
+                c.create_table(authed(&token, create_request(name, ("id", S), None)))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "BatchGetItem",
+                c.batch_get_item(authed(&token, batch_get(vec![(name, vec![key.clone()])])))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "BatchWriteItem",
+                c.batch_write_item(authed(
+                    &token,
+                    batch_write(vec![(name, vec![write_put(key.clone())])]),
+                ))
+                .await
+                .map(drop),
+            ),
+        ];
+        for (action, result) in results {
+            let status = result.expect_err(action);
+            assert_eq!(status.code(), code, "{action} {name}: {status:?}");
+            assert_eq!(
+                status.get_details_error_info().map(|i| i.reason).as_deref(),
+                Some(reason),
+                "{action} {name}: {status:?}"
+            );
+            assert!(
+                status.message().contains(needle),
+                "{action} {name}: {status:?}"
+            );
+        }
     }
     stack.stop().await;
 }
@@ -2358,10 +2555,12 @@ async fn batch_write_then_batch_get_across_tables() {
         "ValidationException",
         "empty set",
     );
-    assert!(
-        stack.get("bw1", k1("fine")).await.is_empty(),
-        "a refused batch wrote part of itself"
-    );
+    for key in ["fine", "dup"] {
+        assert!(
+            stack.get("bw1", k1(key)).await.is_empty(),
+            "a refused batch wrote part of itself ({key})"
+        );
+    }
     stack
         .c()
         .batch_write_item(stack.req(batch_write(vec![("bw1", writes(25, "ok"))])))

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::{caller, to_status};
 use crate::error::TableError;
-use crate::service::{BatchWrite, Call, Outcome, Tables};
+use crate::service::{BatchWrite, Call, Outcome, Tables, validate_table_name};
 
 pub struct TableGrpc {
     tables: Arc<Tables>,
@@ -58,9 +58,14 @@ macro_rules! handle {
             Ok(credential) => {
                 let request_id = credential.request_id.clone();
                 let mut call = Call::new(credential);
-                let result = {
-                    let $call = &mut call;
-                    $body
+                // A name no table could have is a bad request whoever
+                // asks, before any decision is asked for.
+                let result = match $r.check_names() {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        let $call = &mut call;
+                        $body
+                    }
                 };
                 finish($action, &table, &request_id, &call.outcome, result)
             }
@@ -69,11 +74,19 @@ macro_rules! handle {
 }
 
 trait NamesTable {
+    /// The table (or tables, comma-separated) for the request's event.
     fn table_name(&self) -> String;
+    /// `Err` for a name no table could have.
+    fn check_names(&self) -> Result<(), TableError>;
 }
 
 macro_rules! names_table {
-    ($($t:ty),*) => { $(impl NamesTable for $t { fn table_name(&self) -> String { self.table_name.clone() } })* };
+    ($($t:ty),*) => { $(impl NamesTable for $t {
+        fn table_name(&self) -> String { self.table_name.clone() }
+        fn check_names(&self) -> Result<(), TableError> {
+            validate_table_name(&self.table_name)
+        }
+    })* };
 }
 names_table!(
     pb::CreateTableRequest,
@@ -91,6 +104,10 @@ impl NamesTable for pb::ListTablesRequest {
     fn table_name(&self) -> String {
         "*".into()
     }
+    /// Its start name is checked with its other fields.
+    fn check_names(&self) -> Result<(), TableError> {
+        Ok(())
+    }
 }
 impl NamesTable for pb::BatchGetItemRequest {
     fn table_name(&self) -> String {
@@ -100,6 +117,11 @@ impl NamesTable for pb::BatchGetItemRequest {
             .collect::<Vec<_>>()
             .join(",")
     }
+    fn check_names(&self) -> Result<(), TableError> {
+        self.request_items
+            .keys()
+            .try_for_each(|name| validate_table_name(name))
+    }
 }
 impl NamesTable for pb::BatchWriteItemRequest {
     fn table_name(&self) -> String {
@@ -108,6 +130,11 @@ impl NamesTable for pb::BatchWriteItemRequest {
             .cloned()
             .collect::<Vec<_>>()
             .join(",")
+    }
+    fn check_names(&self) -> Result<(), TableError> {
+        self.request_items
+            .keys()
+            .try_for_each(|name| validate_table_name(name))
     }
 }
 

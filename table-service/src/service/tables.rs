@@ -20,7 +20,7 @@ pub struct TableView {
 }
 
 /// DynamoDB's table-name rule: 3–255 of `[a-zA-Z0-9_.-]`.
-pub(super) fn validate_table_name(name: &str) -> Result<(), TableError> {
+pub fn validate_table_name(name: &str) -> Result<(), TableError> {
     if !(3..=255).contains(&name.len())
         || !name
             .bytes()
