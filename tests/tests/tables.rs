@@ -806,7 +806,6 @@ async fn a_bad_table_name_is_a_validation_error_for_any_caller() {
                     pb::GetItemRequest {
                         table_name: t(),
                         key: key.clone(),
-                        ..Default::default()
                     },
                 ))
                 .await
@@ -897,7 +896,6 @@ async fn a_bad_table_name_is_a_validation_error_for_any_caller() {
                         sse_specification: Some(pb::SseSpecification {
                             kms_key_id: "alias/table-service".into(),
                         }),
-                        ..Default::default()
                     },
                 ))
                 .await
