@@ -1081,3 +1081,150 @@ async fn tables_come_and_go_while_a_rewrap_runs() {
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
 }
+
+/// CreateTable and UpdateTable take only an enabled key the caller can see:
+/// a disabled key (DisabledException), one pending deletion
+/// (KMSInvalidStateException) and an unknown one (NotFoundException) are
+/// refused naming the key, as is switching to the key the table already
+/// uses; nothing changes (no table, no grant, the table on its key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_take_only_an_enabled_key_and_a_refusal_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kms_server, admin) = start_kms(dir.path()).await;
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
+    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let current = create_key(&mut keys, &admin).await;
+    let disabled = create_key(&mut keys, &admin).await;
+    set_enabled(&mut keys, &admin, &disabled, false).await;
+    let pending = create_key(&mut keys, &admin).await;
+    keys.schedule_key_deletion(authed(
+        &admin,
+        kms::ScheduleKeyDeletionRequest {
+            key_id: pending.clone(),
+            pending_window_in_days: Some(7),
+        },
+    ))
+    .await
+    .unwrap();
+    let unknown = "0f0e0d0c-0b0a-4908-8706-050403020100".to_string();
+    create_table(&mut tables, &admin, "kept", Some(&current)).await;
+
+    let refusals = [
+        (
+            &disabled,
+            tonic::Code::FailedPrecondition,
+            "DisabledException",
+            format!("key {disabled} is Disabled; a table needs an enabled key"),
+        ),
+        (
+            &pending,
+            tonic::Code::FailedPrecondition,
+            "KMSInvalidStateException",
+            format!("key {pending} is PendingDeletion; a table needs an enabled key"),
+        ),
+        (
+            &unknown,
+            tonic::Code::NotFound,
+            "NotFoundException",
+            unknown.clone(),
+        ),
+    ];
+    for (key, code, expected_reason, needle) in &refusals {
+        let created = tables
+            .create_table(authed(
+                &admin,
+                pb::CreateTableRequest {
+                    table_name: "refused".into(),
+                    key_schema: Some(pb::KeySchema {
+                        partition_key: Some(pb::KeyElement {
+                            name: "id".into(),
+                            r#type: pb::ScalarType::S.into(),
+                        }),
+                        sort_key: None,
+                    }),
+                    sse_specification: Some(pb::SseSpecification {
+                        kms_key_id: key.to_string(),
+                    }),
+                },
+            ))
+            .await;
+        let updated = tables
+            .update_table(authed(
+                &admin,
+                pb::UpdateTableRequest {
+                    table_name: "kept".into(),
+                    sse_specification: Some(pb::SseSpecification {
+                        kms_key_id: key.to_string(),
+                    }),
+                },
+            ))
+            .await;
+        for (what, result) in [
+            ("CreateTable", created.map(drop)),
+            ("UpdateTable", updated.map(drop)),
+        ] {
+            let status = result.expect_err(what);
+            assert_eq!(status.code(), *code, "{what} {key}: {status:?}");
+            assert_eq!(
+                reason(&status).as_deref(),
+                Some(*expected_reason),
+                "{what} {key}: {status:?}"
+            );
+            assert!(
+                status.message().contains(needle.as_str()),
+                "{what} {key}: {status:?}"
+            );
+        }
+    }
+    let same = tables
+        .update_table(authed(
+            &admin,
+            pb::UpdateTableRequest {
+                table_name: "kept".into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: current.clone(),
+                }),
+            },
+        ))
+        .await
+        .expect_err("the key it has");
+    assert_eq!(same.code(), tonic::Code::InvalidArgument, "{same:?}");
+    assert_eq!(reason(&same).as_deref(), Some("ValidationException"));
+    assert!(
+        same.message()
+            .contains(&format!("table kept already uses key {current}")),
+        "{same:?}"
+    );
+
+    // Nothing changed.
+    let listed = tables
+        .list_tables(authed(&admin, pb::ListTablesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .table_names;
+    assert_eq!(listed, ["kept"]);
+    let kept = describe(&mut tables, &admin, "kept").await;
+    assert_eq!(kept.table_status, pb::TableStatus::Active as i32);
+    assert_eq!(kept.sse_description.unwrap().kms_key_id, current);
+    for key in [&disabled, &pending] {
+        let grants = keys
+            .list_grants(authed(
+                &admin,
+                kms::ListGrantsRequest {
+                    key_id: key.to_string(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .grants;
+        assert!(grants.is_empty(), "grants on {key}: {grants:?}");
+    }
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}

@@ -274,6 +274,7 @@ async fn bad_input_is_refused_with_reason_and_message() {
         "ValidationException",
         "key_id is required",
     );
+    let policy_before = k.get_key_policy(a, &key, "default").await.unwrap();
     check_err(
         k.put_key_policy(a, &key, "default", "{not json").await,
         "MalformedPolicyDocumentException",
@@ -293,6 +294,11 @@ async fn bad_input_is_refused_with_reason_and_message() {
         k.put_key_policy(a, &key, "default", bad_op).await,
         "MalformedPolicyDocumentException",
         "StringEqualz",
+    );
+    assert_eq!(
+        k.get_key_policy(a, &key, "default").await.unwrap(),
+        policy_before,
+        "a refused policy changed nothing"
     );
     check_err(
         k.schedule_key_deletion(a, &key, Some(6)).await,
@@ -1315,6 +1321,142 @@ async fn rotation_keeps_every_version_and_reencrypt_moves_forward() {
     );
 }
 
+/// Every cryptographic operation refuses a disabled key
+/// (DisabledException) and one pending deletion (KMSInvalidStateException),
+/// naming the key: Encrypt, Decrypt, ReEncrypt from it and to it,
+/// GenerateDataKey (with and without plaintext), GenerateMac and VerifyMac.
+/// Enabled again (or the deletion cancelled and the key enabled), each works.
+#[tokio::test]
+async fn every_cryptographic_operation_refuses_a_disabled_or_pending_key() {
+    let f = fixture().await;
+    let none = EncryptionContext::new();
+    let other = f.key(KeySpec::SymmetricDefault).await;
+    let other_blob = f
+        .kms
+        .encrypt(&f.admin, &other, b"o", &none, &[])
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    for pending in [false, true] {
+        let key = f.key(KeySpec::SymmetricDefault).await;
+        let hmac = f.key(KeySpec::Hmac256).await;
+        let blob = f
+            .kms
+            .encrypt(&f.admin, &key, b"x", &none, &[])
+            .await
+            .unwrap()
+            .ciphertext_blob;
+        let (_, tag) = f
+            .kms
+            .generate_mac(&f.admin, &hmac, b"m", MacAlgorithm::HmacSha256, &[])
+            .await
+            .unwrap();
+        for k in [&key, &hmac] {
+            if pending {
+                f.kms
+                    .schedule_key_deletion(&f.admin, k, Some(7))
+                    .await
+                    .unwrap();
+            } else {
+                f.kms.disable_key(&f.admin, k).await.unwrap();
+            }
+        }
+        let (reason, state) = if pending {
+            ("KMSInvalidStateException", "pending deletion")
+        } else {
+            ("DisabledException", "disabled")
+        };
+        let k = &f.kms;
+        let a = &f.admin;
+        let results: Vec<(&str, &String, Result<(), KmsError>)> = vec![
+            (
+                "Encrypt",
+                &key,
+                k.encrypt(a, &key, b"x", &none, &[]).await.map(drop),
+            ),
+            (
+                "Decrypt",
+                &key,
+                k.decrypt(a, &blob, &none, "", &[]).await.map(drop),
+            ),
+            (
+                "ReEncrypt from it",
+                &key,
+                k.re_encrypt(a, &blob, &none, "", &other, &none, &[])
+                    .await
+                    .map(drop),
+            ),
+            (
+                "ReEncrypt to it",
+                &key,
+                k.re_encrypt(a, &other_blob, &none, "", &key, &none, &[])
+                    .await
+                    .map(drop),
+            ),
+            (
+                "GenerateDataKey",
+                &key,
+                k.generate_data_key(a, &key, &none, DataKeyLength::Aes256, &[])
+                    .await
+                    .map(drop),
+            ),
+            (
+                "GenerateDataKeyWithoutPlaintext",
+                &key,
+                k.generate_data_key_without_plaintext(a, &key, &none, DataKeyLength::Aes256, &[])
+                    .await
+                    .map(drop),
+            ),
+            (
+                "GenerateMac",
+                &hmac,
+                k.generate_mac(a, &hmac, b"m", MacAlgorithm::HmacSha256, &[])
+                    .await
+                    .map(drop),
+            ),
+            (
+                "VerifyMac",
+                &hmac,
+                k.verify_mac(a, &hmac, b"m", &tag, MacAlgorithm::HmacSha256, &[])
+                    .await
+                    .map(drop),
+            ),
+        ];
+        for (operation, named, result) in results {
+            let e = result.expect_err(operation);
+            assert_eq!(e.reason(), reason, "{operation}: {e}");
+            let message = e.to_string();
+            assert!(
+                message.contains(named.as_str()) && message.contains(state),
+                "{operation}: {message}"
+            );
+        }
+        for k in [&key, &hmac] {
+            if pending {
+                f.kms.cancel_key_deletion(&f.admin, k).await.unwrap();
+            }
+            f.kms.enable_key(&f.admin, k).await.unwrap();
+        }
+        assert_eq!(
+            f.kms
+                .decrypt(&f.admin, &blob, &none, "", &[])
+                .await
+                .unwrap()
+                .plaintext
+                .as_slice(),
+            b"x"
+        );
+        f.kms
+            .re_encrypt(&f.admin, &other_blob, &none, "", &key, &none, &[])
+            .await
+            .unwrap();
+        f.kms
+            .verify_mac(&f.admin, &hmac, b"m", &tag, MacAlgorithm::HmacSha256, &[])
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn disabled_and_pending_keys_refuse_crypto_and_deleted_keys_are_gone() {
     let f = fixture().await;
@@ -1741,10 +1883,15 @@ async fn key_policy_lockout_is_refused_and_users_without_rights_are_denied() {
     let f = fixture().await;
     let key = f.key(KeySpec::SymmetricDefault).await;
     let lockout = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"user/bob"},"Action":"kms:Decrypt","Resource":"*"}]}"#;
+    let policy_before = f.kms.get_key_policy(&f.admin, &key, "").await.unwrap();
     check_err(
         f.kms.put_key_policy(&f.admin, &key, "", lockout).await,
         "MalformedPolicyDocumentException",
         "will not allow user/admin",
+    );
+    assert_eq!(
+        f.kms.get_key_policy(&f.admin, &key, "").await.unwrap(),
+        policy_before
     );
     // CreateKey makes the same check, and creates nothing when it fails.
     let keys = || async { f.kms.list_keys(&f.admin, 0, "").await.unwrap().items.len() };

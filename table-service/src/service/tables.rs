@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::{Call, SERVICE_MANAGED_ALIAS, Tables, store_error};
 use crate::error::TableError;
+use crate::kms::KeyInfo;
 use crate::model::KeySchema;
 use crate::store::{Mutation, TableRecord};
 
@@ -36,6 +37,27 @@ pub fn validate_table_name(name: &str) -> Result<(), TableError> {
         )));
     }
     Ok(())
+}
+
+/// A table is put only under an enabled key: a disabled one, or one
+/// pending deletion, is refused as kms-service would refuse its use.
+fn require_enabled(key: &KeyInfo) -> Result<(), TableError> {
+    if key.state == "Enabled" {
+        return Ok(());
+    }
+    Err(TableError::Kms {
+        code: tonic::Code::FailedPrecondition,
+        reason: if key.state == "Disabled" {
+            "DisabledException"
+        } else {
+            "KMSInvalidStateException"
+        }
+        .into(),
+        message: format!(
+            "key {} is {}; a table needs an enabled key",
+            key.key_id, key.state
+        ),
+    })
 }
 
 fn resource(name: &str) -> String {
@@ -72,21 +94,7 @@ impl Tables {
         let service_managed = self
             .is_service_managed(call, requested, &key.key_id)
             .await?;
-        if key.state != "Enabled" {
-            return Err(TableError::Kms {
-                code: tonic::Code::FailedPrecondition,
-                reason: if key.state == "Disabled" {
-                    "DisabledException"
-                } else {
-                    "KMSInvalidStateException"
-                }
-                .into(),
-                message: format!(
-                    "key {} is {}; a table needs an enabled key",
-                    key.key_id, key.state
-                ),
-            });
-        }
+        require_enabled(&key)?;
         let _ddl = self.ddl.lock().await;
         if self
             .tables
@@ -292,21 +300,7 @@ impl Tables {
         }
         call.outcome.kms_calls += 1;
         let key = self.kms.describe_key(&call.caller, kms_key_id).await?;
-        if key.state != "Enabled" {
-            return Err(TableError::Kms {
-                code: tonic::Code::FailedPrecondition,
-                reason: if key.state == "Disabled" {
-                    "DisabledException"
-                } else {
-                    "KMSInvalidStateException"
-                }
-                .into(),
-                message: format!(
-                    "key {} is {}; a table needs an enabled key",
-                    key.key_id, key.state
-                ),
-            });
-        }
+        require_enabled(&key)?;
         if key.key_id == current.kms_key_id {
             return Err(TableError::validation(format!(
                 "table {name} already uses key {}",
