@@ -71,8 +71,25 @@ impl TlsConfig {
     }
 }
 
+/// Longest accepted cache lifetime: a day.
+const MAX_CACHE_TTL_SECS: u64 = 86_400;
+/// Most entries a cache may be given.
+const MAX_CACHE_SIZE: u64 = 1_000_000;
+
+/// A cache size, 0 to [`MAX_CACHE_SIZE`].
+fn cache_size(value: &str) -> Result<usize, String> {
+    let n: u64 = value
+        .parse()
+        .map_err(|e| format!("{value:?} is not a number of entries: {e}"))?;
+    if n > MAX_CACHE_SIZE {
+        return Err(format!("{n} is not in 0..={MAX_CACHE_SIZE}"));
+    }
+    usize::try_from(n).map_err(|e| e.to_string())
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// Address to listen on.
     #[arg(long, env = "TABLE_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
     /// TOML file of settings: keys are the long flag names (`kms-endpoint =
@@ -124,18 +141,25 @@ pub struct ServeConfig {
     #[arg(long, env = "TABLE_KMS_UNWRAP_CONCURRENCY", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub kms_unwrap_concurrency: u64,
-    /// Lifetime of cached plaintext data keys (per principal), in seconds; 0 disables.
-    #[arg(long, env = "TABLE_DATA_KEY_CACHE_TTL", default_value_t = 60)]
+    /// Lifetime of cached plaintext data keys (per principal), in seconds
+    /// (at most a day); 0 disables.
+    #[arg(long, env = "TABLE_DATA_KEY_CACHE_TTL", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_CACHE_TTL_SECS))]
     pub data_key_cache_ttl_secs: u64,
-    /// Most cached data keys.
-    #[arg(long, env = "TABLE_DATA_KEY_CACHE_SIZE", default_value_t = 10_000)]
+    /// Most cached data keys; 0 disables.
+    #[arg(long, env = "TABLE_DATA_KEY_CACHE_SIZE", default_value_t = 10_000,
+          value_parser = cache_size)]
     pub data_key_cache_size: usize,
-    /// Lifetime of cached allow decisions, in seconds; 0 disables.
-    #[arg(long, env = "TABLE_AUTHZ_CACHE_TTL", default_value_t = 5)]
+    /// Lifetime of cached allow decisions, in seconds (at most a day); 0
+    /// disables.
+    #[arg(long, env = "TABLE_AUTHZ_CACHE_TTL", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_CACHE_TTL_SECS))]
     pub authz_cache_ttl_secs: u64,
-    /// Most cached allow decisions.
-    #[arg(long, env = "TABLE_AUTHZ_CACHE_SIZE", default_value_t = 10_000)]
+    /// Most cached allow decisions; 0 disables.
+    #[arg(long, env = "TABLE_AUTHZ_CACHE_SIZE", default_value_t = 10_000,
+          value_parser = cache_size)]
     pub authz_cache_size: usize,
+    /// Log format.
     #[arg(long, env = "TABLE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// Largest request message accepted, in bytes (an item is at most 400 KiB).

@@ -133,6 +133,63 @@ fn missing_token_file_is_refused_naming_the_file_and_variable() {
     );
 }
 
+/// Cache lifetimes over a day and sizes over a million entries are refused
+/// at the command line (a lifetime far in the future would overflow the
+/// clock), naming the setting and the range; the limits themselves pass.
+#[test]
+fn cache_settings_out_of_range_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, variable, too_big, range) in [
+        (
+            "--data-key-cache-ttl-secs",
+            "TABLE_DATA_KEY_CACHE_TTL",
+            "86401",
+            "0..=86400",
+        ),
+        (
+            "--authz-cache-ttl-secs",
+            "TABLE_AUTHZ_CACHE_TTL",
+            "18446744073709551615",
+            "0..=86400",
+        ),
+        (
+            "--data-key-cache-size",
+            "TABLE_DATA_KEY_CACHE_SIZE",
+            "1000001",
+            "0..=1000000",
+        ),
+        (
+            "--authz-cache-size",
+            "TABLE_AUTHZ_CACHE_SIZE",
+            "1000001",
+            "0..=1000000",
+        ),
+    ] {
+        for (out, _) in [
+            run(serve(dir.path()).args([flag, too_big])),
+            run(serve(dir.path()).env(variable, too_big)),
+        ] {
+            assert_eq!(out.status.code(), Some(2), "{flag}: {}", stderr(&out));
+            let err = stderr(&out);
+            assert!(err.contains(flag) && err.contains(range), "{flag}: {err}");
+        }
+    }
+    assert!(!dir.path().join("tables").exists(), "nothing was created");
+    // At the limits the settings are taken: start-up goes on until it
+    // finds no kms-service (exit code 1, not a usage error).
+    let (out, _) = run(serve(dir.path()).args([
+        "--data-key-cache-ttl-secs",
+        "86400",
+        "--authz-cache-ttl-secs",
+        "86400",
+        "--data-key-cache-size",
+        "1000000",
+        "--authz-cache-size",
+        "0",
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
 #[test]
 fn empty_token_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();

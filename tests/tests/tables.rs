@@ -1977,6 +1977,67 @@ async fn query_pages_stop_at_one_mib() {
     stack.stop().await;
 }
 
+/// Items of many small attributes take several times their DynamoDB size
+/// in a response. With `--max-message-bytes` at its lowest (1 MiB), a page
+/// well under the 1 MiB item-size cap would still not fit one message:
+/// Query and Scan pages stop where the next item would not fit, and
+/// following them gets every item.
+#[tokio::test]
+async fn pages_stop_before_the_response_is_too_large_to_send() {
+    let stack = start_with(|c| c.max_message_bytes = 1024 * 1024).await;
+    stack.create("wide", ("p", S), Some(("i", N))).await;
+    // 6000 attributes of two-character names and BOOL values: about 18 KB
+    // of item size, about 60 KB as a response item.
+    let attributes: Vec<(String, Av)> = (0..6000)
+        .map(|a| {
+            (
+                format!("{:02}", a % 100) + &(a / 100).to_string(),
+                v(V::Bool(a % 2 == 0)),
+            )
+        })
+        .collect();
+    let wide = |i: usize| -> Item {
+        let mut item: Item = attributes.iter().cloned().collect();
+        item.insert("p".into(), s("one"));
+        item.insert("i".into(), n(&i.to_string()));
+        item
+    };
+    const ITEMS: usize = 30;
+    for i in 0..ITEMS {
+        stack.put("wide", wide(i)).await;
+    }
+    let expected: Vec<String> = (0..ITEMS).map(|i| i.to_string()).collect();
+    let pages = query_pages(
+        &stack,
+        &pb::QueryRequest {
+            table_name: "wide".into(),
+            partition_key_value: Some(s("one")),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(pages.len() >= 2, "{} page(s)", pages.len());
+    assert_eq!(column(&pages, "i"), expected);
+    assert!(
+        pages
+            .iter()
+            .flatten()
+            .enumerate()
+            .all(|(i, item)| item == &wide(i))
+    );
+    let scanned = scan_pages(
+        &stack,
+        &pb::ScanRequest {
+            table_name: "wide".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(scanned.len() >= 2, "{} page(s)", scanned.len());
+    assert_eq!(column(&scanned, "i"), expected);
+    stack.stop().await;
+}
+
 /// Query, Scan and BatchGetItem unwrap a page's data keys a bounded number
 /// at a time; with the bound far below the page size (down to one at a
 /// time) every item still comes back, opened, in order.

@@ -370,6 +370,7 @@ impl TableService for TableGrpc {
                         r.descending,
                         r.limit,
                         start.as_ref(),
+                        &encoded_item_size,
                     )
                     .await
                     .map(|page| pb::QueryResponse {
@@ -400,6 +401,7 @@ impl TableService for TableGrpc {
                         start.as_ref(),
                         r.segment,
                         r.total_segments,
+                        &encoded_item_size,
                     )
                     .await
                     .map(|page| pb::ScanResponse {

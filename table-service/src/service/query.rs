@@ -1,7 +1,8 @@
 //! Query (one partition, optional sort-key condition, either order) and Scan
 //! (whole table, optionally one segment of a parallel scan). Pages stop at
-//! `limit` items or 1 MiB of item data, whichever comes first, and every
-//! page's data keys are unwrapped concurrently.
+//! `limit` items or 1 MiB of item data, whichever comes first (and, with a
+//! small `--max-message-bytes`, before the response would be too large to
+//! send), and every page's data keys are unwrapped concurrently.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -16,6 +17,12 @@ pub const MAX_PAGE_ITEMS: u32 = 1000;
 pub const DEFAULT_PAGE_ITEMS: usize = 100;
 pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 pub const MAX_SEGMENTS: u32 = 1_000_000;
+/// Room a page's response keeps beside its items, for
+/// `last_evaluated_key` (a key is at most 3 KiB of values and names).
+const PAGE_KEY_ROOM: usize = 16 * 1024;
+
+/// The size an item takes in a response (the transport's encoding).
+pub type EncodedSize = dyn Fn(&Item) -> usize + Sync;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SortCondition {
@@ -70,14 +77,16 @@ fn page_limit(limit: u32) -> Result<usize, TableError> {
 }
 
 impl Tables {
-    /// Opens a fetched page, cuts it at 1 MiB, and computes where the next
-    /// page starts.
+    /// Opens a fetched page, cuts it at 1 MiB (and where its items'
+    /// `encoded_size` would no longer fit the largest response), and
+    /// computes where the next page starts.
     async fn finish_page(
         self: &Arc<Self>,
         call: &mut Call,
         table: &TableRecord,
         mut stored: Vec<StoredItem>,
         limit: usize,
+        encoded_size: &EncodedSize,
     ) -> Result<Page, TableError> {
         let mut full = stored.len() >= limit;
         // Cut on stored size before decrypting, so a page never unwraps data
@@ -95,14 +104,20 @@ impl Tables {
         let items = self.open_all(call, table, stored).await?;
         let mut page = Page::default();
         let mut bytes = 0usize;
+        let mut encoded = 0usize;
+        let budget = self.max_response_bytes.saturating_sub(PAGE_KEY_ROOM);
         let mut cut = false;
         for item in items {
             let size = model::item_size(&item);
-            if !page.items.is_empty() && bytes + size > MAX_PAGE_BYTES {
+            let item_encoded = encoded_size(&item);
+            if !page.items.is_empty()
+                && (bytes + size > MAX_PAGE_BYTES || encoded + item_encoded > budget)
+            {
                 cut = true;
                 break;
             }
             bytes += size;
+            encoded += item_encoded;
             page.items.push(item);
         }
         if (full || cut) && !page.items.is_empty() {
@@ -122,6 +137,7 @@ impl Tables {
         descending: bool,
         limit: u32,
         exclusive_start_key: Option<&Item>,
+        encoded_size: &EncodedSize,
     ) -> Result<Page, TableError> {
         self.authorize(call, "table:Query", &format!("table/{table_name}"))
             .await?;
@@ -199,9 +215,11 @@ impl Tables {
             .await
             .map_err(|e| TableError::Internal(e.to_string()))?
             .map_err(store_error)?;
-        self.finish_page(call, &table, stored, limit).await
+        self.finish_page(call, &table, stored, limit, encoded_size)
+            .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn scan(
         self: &Arc<Self>,
         call: &mut Call,
@@ -210,6 +228,7 @@ impl Tables {
         exclusive_start_key: Option<&Item>,
         segment: u32,
         total_segments: u32,
+        encoded_size: &EncodedSize,
     ) -> Result<Page, TableError> {
         self.authorize(call, "table:Scan", &format!("table/{table_name}"))
             .await?;
@@ -239,7 +258,8 @@ impl Tables {
             .await
             .map_err(|e| TableError::Internal(e.to_string()))?
             .map_err(store_error)?;
-        self.finish_page(call, &table, stored, limit).await
+        self.finish_page(call, &table, stored, limit, encoded_size)
+            .await
     }
 }
 
