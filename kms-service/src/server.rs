@@ -52,26 +52,30 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
     move |source| StartError::Io { context, source }
 }
 
-fn create_private_dir(path: &Path) -> Result<(), StartError> {
+/// The settings that name the places start-up writes, for its messages.
+const DATA_DIR: &str = "--data-dir / KMS_DATA_DIR";
+const AUDIT_DIR: &str = "--audit-dir / KMS_AUDIT_DIR";
+const ADMIN_TOKEN_FILE: &str = "--admin-token-file / KMS_ADMIN_TOKEN_FILE";
+const SERVICE_TOKEN_FILE: &str = "--table-service-token-file / KMS_TABLE_SERVICE_TOKEN_FILE";
+
+/// Creates `path` (owner-only) and its parents; an error names `setting`,
+/// the flag and variable that chose the place.
+fn create_private_dir(path: &Path, setting: &str) -> Result<(), StartError> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(path)
-        .map_err(io(format!("cannot create directory {}", path.display())))
-}
-
-/// Writes a secret to a file readable only by its owner (see
-/// [`open_secret_file`]).
-pub fn write_secret_file(path: &Path, secret: &str) -> Result<(), StartError> {
-    let pending = open_secret_file(path)?;
-    fill_secret_file(path, pending, secret)
+    builder.create(path).map_err(io(format!(
+        "cannot create directory {} ({setting})",
+        path.display()
+    )))
 }
 
 /// A secret file being written.
 struct PendingSecret {
     file: std::fs::File,
+    /// The flag and variable that named the file, for error messages.
+    setting: &'static str,
     /// The new file beside the final name that is renamed onto it; `None`
     /// when the secret is written into the file of that name itself.
     temporary: Option<std::path::PathBuf>,
@@ -93,15 +97,15 @@ impl PendingSecret {
 /// where no file can be created there (a directory the service may not
 /// write, a file mounted on its own), the file of that name itself, which
 /// is then made 0600 before anything is written to it.
-fn open_secret_file(path: &Path) -> Result<PendingSecret, StartError> {
+fn open_secret_file(path: &Path, setting: &'static str) -> Result<PendingSecret, StartError> {
     if path.is_dir() {
         return Err(StartError::Config(format!(
-            "cannot write a token to {}: it is a directory",
+            "cannot write a token to {}: it is a directory ({setting})",
             path.display()
         )));
     }
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        create_private_dir(parent)?;
+        create_private_dir(parent, setting)?;
     }
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".new");
@@ -115,6 +119,7 @@ fn open_secret_file(path: &Path) -> Result<PendingSecret, StartError> {
     if let Ok(file) = options.open(&temporary) {
         return Ok(PendingSecret {
             file,
+            setting,
             temporary: Some(temporary),
         });
     }
@@ -125,9 +130,10 @@ fn open_secret_file(path: &Path) -> Result<PendingSecret, StartError> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let file = options
         .open(path)
-        .map_err(io(format!("cannot write {}", path.display())))?;
+        .map_err(io(format!("cannot write {} ({setting})", path.display())))?;
     Ok(PendingSecret {
         file,
+        setting,
         temporary: None,
     })
 }
@@ -136,6 +142,7 @@ fn open_secret_file(path: &Path) -> Result<PendingSecret, StartError> {
 /// its name (or, when that cannot be done, writes the file of that name
 /// itself).
 fn fill_secret_file(path: &Path, pending: PendingSecret, secret: &str) -> Result<(), StartError> {
+    let setting = pending.setting;
     let written = match pending.temporary {
         Some(temporary) => {
             let mut file = pending.file;
@@ -157,7 +164,7 @@ fn fill_secret_file(path: &Path, pending: PendingSecret, secret: &str) -> Result
             write_in_place(&mut file, secret)
         }
     };
-    written.map_err(io(format!("cannot write {}", path.display())))
+    written.map_err(io(format!("cannot write {} ({setting})", path.display())))
 }
 
 fn write_secret(file: &mut std::fs::File, secret: &str) -> std::io::Result<()> {
@@ -207,7 +214,7 @@ fn root_key(storage: &StorageConfig) -> Result<SoftwareRootKey, StartError> {
     }
     if storage.store_path().exists() {
         return Err(StartError::Config(format!(
-            "the key store {} exists but its root key {} is missing; restore the root key file",
+            "the key store {} exists but its root key {} is missing; restore the root key file (or name where it is with --root-key-file / KMS_ROOT_KEY_FILE)",
             storage.store_path().display(),
             path.display()
         )));
@@ -235,7 +242,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
         Some(_) => Some(root_key(storage)?),
         None => None,
     };
-    create_private_dir(&storage.data_dir)?;
+    create_private_dir(&storage.data_dir, DATA_DIR)?;
     let root: Arc<dyn RootKey> = Arc::new(match named {
         Some(key) => key,
         None => root_key(storage)?,
@@ -248,7 +255,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
         .map_err(|e| KmsError::Internal(format!("opening the store: {e}")))?
         .map_err(KmsError::from)?;
     let audit_dir = storage.audit_path();
-    create_private_dir(&audit_dir)?;
+    create_private_dir(&audit_dir, AUDIT_DIR)?;
     let mut audit_config = AuditConfig::new(
         audit_dir.join("audit.jsonl"),
         audit_dir.join("audit.jsonl.checkpoints"),
@@ -256,8 +263,12 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     );
     audit_config.batching.commit_delay =
         std::time::Duration::from_micros(storage.audit_commit_delay_us);
-    let audit = AuditLog::open(audit_config)
-        .map_err(|e| StartError::Config(format!("cannot open the audit log: {e}")))?;
+    let audit = AuditLog::open(audit_config).map_err(|e| {
+        StartError::Config(format!(
+            "cannot open the audit log in {} ({AUDIT_DIR}): {e}",
+            audit_dir.display()
+        ))
+    })?;
     let kms = Arc::new(Kms::open(Arc::new(store), root, audit, clock)?);
     kms.check_audit_anchor(storage.audit_accept_new_log).await?;
     kms.anchor_audit().await?;
@@ -268,7 +279,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     // it for good (it is made on the first start only).
     if kms.has_no_principals() {
         let path = storage.admin_token_path();
-        let pending = open_secret_file(&path)?;
+        let pending = open_secret_file(&path, ADMIN_TOKEN_FILE)?;
         match kms
             .bootstrap_administrator(ADMIN_PRINCIPAL, &["AdministratorAccess"])
             .await
@@ -287,7 +298,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     }
     if let Some(path) = &storage.table_service_token_file {
         if !kms.has_principal(TABLE_SERVICE_PRINCIPAL) {
-            let pending = open_secret_file(path)?;
+            let pending = open_secret_file(path, SERVICE_TOKEN_FILE)?;
             match kms
                 .bootstrap_principal(TABLE_SERVICE_PRINCIPAL, PrincipalKind::Service, &[])
                 .await
@@ -311,7 +322,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
             // volume, a deleted file): issue a new token rather than leave
             // table-service unable to start. The file is created first, so
             // a place that cannot be written costs no token.
-            let pending = open_secret_file(path)?;
+            let pending = open_secret_file(path, SERVICE_TOKEN_FILE)?;
             let token = match kms.reissue_token(TABLE_SERVICE_PRINCIPAL).await {
                 Ok(token) => token,
                 Err(e) => {

@@ -119,6 +119,55 @@ fn missing_root_key_file_is_refused_naming_the_file_and_variable() {
     );
 }
 
+/// A place start-up must create or write that it cannot is refused naming
+/// the place and the flag and variable that chose it.
+#[test]
+fn unwritable_places_are_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "in the way").unwrap();
+    let under_file = file.join("sub");
+    let data = dir.path().join("data");
+    let cases: [(&str, std::path::PathBuf, &str); 4] = [
+        (
+            "--data-dir",
+            under_file.clone(),
+            "(--data-dir / KMS_DATA_DIR)",
+        ),
+        (
+            "--audit-dir",
+            under_file.clone(),
+            "(--audit-dir / KMS_AUDIT_DIR)",
+        ),
+        (
+            "--admin-token-file",
+            under_file.join("admin.token"),
+            "(--admin-token-file / KMS_ADMIN_TOKEN_FILE)",
+        ),
+        (
+            "--table-service-token-file",
+            under_file.join("table-service.token"),
+            "(--table-service-token-file / KMS_TABLE_SERVICE_TOKEN_FILE)",
+        ),
+    ];
+    for (flag, place, setting) in cases {
+        let mut command = kms();
+        command.args(["serve", "--listen", "127.0.0.1:0"]);
+        if flag != "--data-dir" {
+            command.arg("--data-dir").arg(&data);
+        }
+        let out = run(command.arg(flag).arg(&place));
+        assert_fails_with(&out, &[&under_file.display().to_string(), setting]);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+    // A key store without its root key: the message says how to name one.
+    let first = run(kms().arg("init").arg("--data-dir").arg(&data));
+    assert!(first.status.success(), "init: {}", stderr(&first));
+    std::fs::remove_file(data.join("root.key")).unwrap();
+    let out = run(&mut serve(dir.path()));
+    assert_fails_with(&out, &["is missing", "--root-key-file / KMS_ROOT_KEY_FILE"]);
+}
+
 #[test]
 fn unreadable_or_malformed_root_key_file_is_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();

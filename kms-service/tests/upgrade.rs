@@ -343,7 +343,10 @@ async fn an_unwritable_admin_token_file_costs_no_administrator() {
     let admin_file = storage.admin_token_path();
     std::fs::create_dir_all(admin_file.join("in-the-way")).unwrap();
     let refused = refused_start(&storage).await;
-    assert!(refused.contains("it is a directory"), "{refused}");
+    assert!(
+        refused.contains("it is a directory (--admin-token-file / KMS_ADMIN_TOKEN_FILE)"),
+        "{refused}"
+    );
     std::fs::remove_dir_all(&admin_file).unwrap();
     let opened = server::open(&storage, Arc::new(SystemClock)).await.unwrap();
     assert_eq!(

@@ -58,7 +58,7 @@ pub fn lock(database: &Path) -> Result<StoreLock, String> {
             }
             Err(TryLockError::WouldBlock) => {
                 return Err(format!(
-                    "the store {} is in use by another process (it holds {}): stop that process, or give this one another data directory",
+                    "the store {} is in use by another process (it holds {}): stop that process, or give this one another data directory (--data-dir)",
                     database.display(),
                     path.display()
                 ));
