@@ -63,9 +63,12 @@
 //! where `mac` is HMAC-SHA256, under the checkpoint key, of the 8-byte
 //! big-endian `sequence` followed by the 32 raw bytes of `record_hash`. One
 //! is appended (and synced) after a sync makes the log durable across a
-//! multiple of `checkpoint_every`, naming the last record that sync covered,
-//! and one on [`AuditLog::close`]; nothing more is written, and no later
-//! record answered, until it is. Checkpoints are written only after the
+//! multiple of `checkpoint_every`, or once a durable record has gone
+//! `checkpoint_after` without one (at the next sync, or when the log falls
+//! idle), naming the last record that sync covered, and one on
+//! [`AuditLog::close`]; nothing more is written, and no later record
+//! answered, until it is. So only the newest few seconds of records rest on
+//! the unkeyed chain alone. Checkpoints are written only after the
 //! records they name are durable, so the log can never legitimately be
 //! behind one; a log that ends before a checkpointed record has lost its
 //! tail.
@@ -101,6 +104,8 @@ pub use writer::{AuditLog, AuditStats, CheckpointSink};
 
 /// Default number of records between two checkpoints.
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+/// Default longest time a durable record goes without a checkpoint.
+pub const DEFAULT_CHECKPOINT_AFTER: Duration = Duration::from_secs(5);
 /// Default largest number of records written with one sync.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
 /// Largest accepted `max_batch`; it also bounds the records sealed but not
@@ -219,6 +224,10 @@ pub struct AuditConfig {
     /// Write a checkpoint after every this many records (and on close);
     /// 0 means only on close.
     pub checkpoint_every: u64,
+    /// Also write one once a durable record has gone this long without
+    /// (under light load, and when the log falls idle); zero: by count and
+    /// on close only.
+    pub checkpoint_after: Duration,
     pub batching: Batching,
 }
 
@@ -234,6 +243,7 @@ impl AuditConfig {
             checkpoint_path: checkpoint_path.into(),
             checkpoint_key,
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            checkpoint_after: DEFAULT_CHECKPOINT_AFTER,
             batching: Batching::default(),
         }
     }
@@ -247,6 +257,7 @@ impl fmt::Debug for AuditConfig {
             .field("checkpoint_path", &self.checkpoint_path)
             .field("checkpoint_key", &"<redacted>")
             .field("checkpoint_every", &self.checkpoint_every)
+            .field("checkpoint_after", &self.checkpoint_after)
             .field("batching", &self.batching)
             .finish()
     }

@@ -82,6 +82,9 @@ pub(crate) struct CheckpointWriter {
     sink: Box<dyn AuditSink>,
     key: Zeroizing<[u8; 32]>,
     every: u64,
+    /// A durable record is checkpointed at most this long after it became
+    /// durable; zero: by count and on close only.
+    after: std::time::Duration,
     /// Highest sequence already checkpointed, so close does not repeat it.
     last: u64,
     /// `last`, for [`super::AuditLog::last_checkpoint`].
@@ -93,12 +96,14 @@ impl CheckpointWriter {
         sink: Box<dyn AuditSink>,
         key: Zeroizing<[u8; 32]>,
         every: u64,
+        after: std::time::Duration,
         last: u64,
     ) -> CheckpointWriter {
         CheckpointWriter {
             sink,
             key,
             every,
+            after,
             last,
             published: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(last)),
         }
@@ -112,6 +117,12 @@ impl CheckpointWriter {
     /// Records between two checkpoints; 0 means only on close.
     pub(crate) fn every(&self) -> u64 {
         self.every
+    }
+
+    /// How long a durable record may go without a checkpoint; zero: no
+    /// limit.
+    pub(crate) fn after(&self) -> std::time::Duration {
+        self.after
     }
 
     /// Whether a sync that moved the durable end of the chain from `before`

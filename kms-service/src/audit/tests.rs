@@ -108,6 +108,10 @@ impl Fixture {
     fn config(&self, every: u64, key: [u8; 32]) -> AuditConfig {
         let mut config = AuditConfig::new(&self.log, &self.checkpoints, Zeroizing::new(key));
         config.checkpoint_every = every;
+        // By count only, so tests see checkpoints exactly where they expect
+        // them however slow the machine (see
+        // `records_are_checkpointed_within_checkpoint_after`).
+        config.checkpoint_after = Duration::ZERO;
         config
     }
 
@@ -570,6 +574,7 @@ async fn concurrent_appends_share_syncs_and_stay_consecutive() -> TestResult {
         sink: Box::new(FileSink::open(&fx.checkpoints)?),
         key: Zeroizing::new(KEY),
         every: 50,
+        after: Duration::ZERO,
     };
     let log = AuditLog::with_sink(
         Box::new(sink),
@@ -815,6 +820,46 @@ async fn checkpoints_are_written_every_n_records_and_on_close() -> TestResult {
         mac.update(&hex::decode(&cp.record_hash)?);
         assert_eq!(cp.mac, hex::encode(mac.finalize().into_bytes()));
     }
+    Ok(())
+}
+
+/// With `checkpoint_after`, durable records do not wait for the count:
+/// an idle log checkpoints its newest record once that long has passed,
+/// and a log written steadily gets checkpoints as it goes; close adds none
+/// for what is already checkpointed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_checkpointed_within_checkpoint_after() -> TestResult {
+    let fx = Fixture::new()?;
+    let mut config = fx.config(1000, KEY);
+    config.checkpoint_after = Duration::from_millis(50);
+    let log = AuditLog::open(config)?;
+    for i in 0..3 {
+        log.append(event(i)).await?;
+    }
+    eventually("record 3 is checkpointed", || log.last_checkpoint() == 3).await?;
+    let sequences = |fx: &Fixture| -> Result<Vec<u64>, Box<dyn Error>> {
+        Ok(checkpoint_lines(fx)?.iter().map(|c| c.sequence).collect())
+    };
+    assert_eq!(sequences(&fx)?, [3]);
+    // Written steadily for several intervals: checkpoints keep up.
+    let started = std::time::Instant::now();
+    let mut appended = 3;
+    while started.elapsed() < Duration::from_millis(400) {
+        log.append(event(appended)).await?;
+        appended += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let appended = u64::try_from(appended)?;
+    eventually("the last record is checkpointed", || {
+        log.last_checkpoint() == appended
+    })
+    .await?;
+    let during = sequences(&fx)?;
+    assert!(during.len() >= 3, "checkpoints while written: {during:?}");
+    assert!(during.windows(2).all(|w| w[0] < w[1]), "{during:?}");
+    log.close().await?;
+    assert_eq!(sequences(&fx)?, during, "close adds nothing");
+    assert_eq!(fx.verify()?.last_sequence, appended);
     Ok(())
 }
 
@@ -1432,6 +1477,7 @@ async fn a_failing_checkpoint_poisons_the_log_after_its_records_are_durable() ->
         sink: Box::new(checkpoint_sink),
         key: Zeroizing::new(KEY),
         every: 2,
+        after: Duration::ZERO,
     };
     let log = AuditLog::with_sink(
         Box::new(FileSink::open(&fx.log)?),

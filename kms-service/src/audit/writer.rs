@@ -51,6 +51,9 @@ pub struct CheckpointSink {
     /// Checkpoint after every this many records (and on close); 0 means only
     /// on close.
     pub every: u64,
+    /// And once a durable record has gone this long without one; zero: no
+    /// such limit.
+    pub after: Duration,
 }
 
 /// How many syncs may be in flight at once (one thread and one open file
@@ -178,6 +181,7 @@ impl AuditLog {
             checkpoint_path,
             checkpoint_key,
             checkpoint_every,
+            checkpoint_after,
             batching,
         } = config;
         batching.check()?;
@@ -237,6 +241,7 @@ impl AuditLog {
                 Box::new(checkpoint_sink),
                 checkpoint_key,
                 checkpoint_every,
+                checkpoint_after,
                 seen.last_checkpointed,
             )),
             seen.head,
@@ -255,7 +260,8 @@ impl AuditLog {
         batching: Batching,
     ) -> Result<AuditLog, AuditError> {
         batching.check()?;
-        let checkpoints = checkpoints.map(|cp| CheckpointWriter::new(cp.sink, cp.key, cp.every, 0));
+        let checkpoints =
+            checkpoints.map(|cp| CheckpointWriter::new(cp.sink, cp.key, cp.every, cp.after, 0));
         spawn(sink, checkpoints, resume, batching)
     }
 
@@ -412,6 +418,10 @@ fn spawn(
         max_batch,
         commit_delay,
         checkpoint_every: checkpoints.as_ref().map_or(0, CheckpointWriter::every),
+        checkpoint_after: checkpoints
+            .as_ref()
+            .map(CheckpointWriter::after)
+            .filter(|after| !after.is_zero()),
         room: Semaphore::new(max_batch.saturating_mul(2)),
         pending: Mutex::new(Pending {
             sealed: head,
@@ -433,6 +443,7 @@ fn spawn(
             syncers: 0,
             time: TimeCache::default(),
             last_take: None,
+            uncheckpointed_since: None,
         }),
         work: Condvar::new(),
         sink: Mutex::new(sink),
@@ -467,6 +478,9 @@ struct Shared {
     commit_delay: Duration,
     /// Checkpoint after every this many records; 0: only on close.
     checkpoint_every: u64,
+    /// A durable record is checkpointed at most this long after it became
+    /// durable (`None`: no checkpoints, or no such limit).
+    checkpoint_after: Option<Duration>,
     /// Permits for sealed records that are not yet taken for writing.
     room: Semaphore,
     pending: Mutex<Pending>,
@@ -552,6 +566,9 @@ struct Pending {
     /// When the newest batch was taken for writing, and how many records
     /// it had.
     last_take: Option<(Instant, usize)>,
+    /// Since when durable records have gone without a checkpoint (kept only
+    /// with `checkpoint_after`).
+    uncheckpointed_since: Option<Instant>,
 }
 
 impl Pending {
@@ -812,6 +829,28 @@ impl Shared {
         }
     }
 
+    /// When an idle syncer should checkpoint the durable end of the chain:
+    /// it has gone `checkpoint_after` without one and nothing else is in
+    /// flight. `None` when nothing is waiting for a checkpoint.
+    fn idle_checkpoint_at(&self, pending: &mut Pending) -> Option<Instant> {
+        let after = self.checkpoint_after?;
+        if self.status.poisoned()
+            || pending.closing
+            || pending.writing
+            || !pending.in_flight.is_empty()
+            || pending.checkpointing.is_some()
+            || pending.checkpoint_next.is_some()
+            || pending.written.sequence != pending.durable
+        {
+            return None;
+        }
+        if pending.durable <= self.checkpointed.load(Ordering::Acquire) {
+            pending.uncheckpointed_since = None;
+            return None;
+        }
+        pending.uncheckpointed_since.map(|since| since + after)
+    }
+
     /// Writes the checkpoint of `head`, then any that fell due meanwhile,
     /// in order, answering the callers each one held back. Called by the
     /// syncer that took the checkpointing job (set `checkpointing` to
@@ -834,6 +873,11 @@ impl Shared {
                 .take()
                 .filter(|_| !self.status.poisoned());
             pending.checkpointing = next.map(|next| next.sequence);
+            if next.is_none() && self.checkpoint_after.is_some() {
+                // Records made durable while this one was written wait from
+                // now.
+                pending.uncheckpointed_since = (pending.durable > head.sequence).then(Instant::now);
+            }
             let answerable = pending.answerable();
             self.unlock_and_wake(pending);
             for (sequence, reply) in answerable {
@@ -881,11 +925,19 @@ impl Shared {
             Ok(()) if !self.status.poisoned() && head.sequence > pending.durable => {
                 let before = pending.durable;
                 pending.durable = head.sequence;
+                let now = Instant::now();
+                if self.checkpoint_after.is_some() && pending.uncheckpointed_since.is_none() {
+                    pending.uncheckpointed_since = Some(now);
+                }
+                let overdue = self
+                    .checkpoint_after
+                    .zip(pending.uncheckpointed_since)
+                    .is_some_and(|(after, since)| now.duration_since(since) >= after);
                 // Records up to the checkpointed one are answered first:
                 // they are durable whatever happens to the checkpoint.
                 let answerable = pending.answerable();
                 let mut checkpoint = false;
-                if CheckpointWriter::due(self.checkpoint_every, before, head.sequence) {
+                if overdue || CheckpointWriter::due(self.checkpoint_every, before, head.sequence) {
                     if pending.checkpointing.is_none() {
                         // This syncer writes it.
                         pending.checkpointing = Some(head.sequence);
@@ -987,9 +1039,33 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
                     .0;
             }
             _ => {
-                pending.idle += 1;
-                pending = shared.work.wait(pending).unwrap_or_else(|e| e.into_inner());
-                pending.idle -= 1;
+                // Idle: the newest durable records get their checkpoint
+                // once they have gone `checkpoint_after` without one.
+                let checkpoint_at = shared.idle_checkpoint_at(&mut pending);
+                match checkpoint_at {
+                    Some(at) if at <= now => {
+                        let head = pending.written;
+                        pending.checkpointing = Some(head.sequence);
+                        drop(pending);
+                        shared.write_checkpoints(head);
+                        pending = shared.lock();
+                        continue;
+                    }
+                    Some(at) => {
+                        pending.idle += 1;
+                        pending = shared
+                            .work
+                            .wait_timeout(pending, at - now)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                        pending.idle -= 1;
+                    }
+                    None => {
+                        pending.idle += 1;
+                        pending = shared.work.wait(pending).unwrap_or_else(|e| e.into_inner());
+                        pending.idle -= 1;
+                    }
+                }
             }
         }
     }
