@@ -409,6 +409,14 @@ fn spawn(
     let checkpointed = checkpoints
         .as_ref()
         .map_or_else(|| Arc::new(AtomicU64::new(0)), CheckpointWriter::published);
+    let checkpoint_after = checkpoints
+        .as_ref()
+        .map(CheckpointWriter::after)
+        .filter(|after| !after.is_zero());
+    // A reopened log may end in records no checkpoint covers yet.
+    let uncheckpointed_since = (checkpoint_after.is_some()
+        && head.sequence > checkpointed.load(Ordering::Acquire))
+    .then(Instant::now);
     let shared = Arc::new(Shared {
         checkpointed,
         status: Status {
@@ -418,10 +426,7 @@ fn spawn(
         max_batch,
         commit_delay,
         checkpoint_every: checkpoints.as_ref().map_or(0, CheckpointWriter::every),
-        checkpoint_after: checkpoints
-            .as_ref()
-            .map(CheckpointWriter::after)
-            .filter(|after| !after.is_zero()),
+        checkpoint_after,
         room: Semaphore::new(max_batch.saturating_mul(2)),
         pending: Mutex::new(Pending {
             sealed: head,
@@ -443,7 +448,7 @@ fn spawn(
             syncers: 0,
             time: TimeCache::default(),
             last_take: None,
-            uncheckpointed_since: None,
+            uncheckpointed_since,
         }),
         work: Condvar::new(),
         sink: Mutex::new(sink),
@@ -715,8 +720,13 @@ impl Shared {
     /// lock).
     fn unlock_and_wake(&self, pending: MutexGuard<'_, Pending>) {
         let wake = pending.idle > 0 && pending.can_write();
+        // A syncer waiting out the commit delay is not idle; a whole
+        // batch waiting ends the delay.
+        let full = pending.unwritten.len() == self.max_batch;
         drop(pending);
-        if wake {
+        if full {
+            self.work.notify_all();
+        } else if wake {
             self.work.notify_one();
         }
     }
@@ -873,11 +883,6 @@ impl Shared {
                 .take()
                 .filter(|_| !self.status.poisoned());
             pending.checkpointing = next.map(|next| next.sequence);
-            if next.is_none() && self.checkpoint_after.is_some() {
-                // Records made durable while this one was written wait from
-                // now.
-                pending.uncheckpointed_since = (pending.durable > head.sequence).then(Instant::now);
-            }
             let answerable = pending.answerable();
             self.unlock_and_wake(pending);
             for (sequence, reply) in answerable {
@@ -938,6 +943,9 @@ impl Shared {
                 let answerable = pending.answerable();
                 let mut checkpoint = false;
                 if overdue || CheckpointWriter::due(self.checkpoint_every, before, head.sequence) {
+                    // Covered once that checkpoint is written; a later sync
+                    // starts the clock again.
+                    pending.uncheckpointed_since = None;
                     if pending.checkpointing.is_none() {
                         // This syncer writes it.
                         pending.checkpointing = Some(head.sequence);
@@ -969,6 +977,9 @@ impl Shared {
 fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
     let _guard = OnExit(shared);
     let mut pending = shared.lock();
+    // This syncer's last wait was for the commit delay (not for a slow sync
+    // to be overlapped, nor for work).
+    let mut gathering = false;
     loop {
         let now = Instant::now();
         // While another sync of many records runs, whatever it does not
@@ -994,13 +1005,15 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
             gather_until.filter(|&at| at > now && pending.unwritten.len() < shared.max_batch);
         let held_until = overlap_at.max(gather_at);
         if !shared.status.poisoned() && pending.can_write() && held_until.is_none() {
-            // Its oldest record was sealed before the delay ran out, and it
-            // is taken because the delay ran out (not because a whole batch
-            // was waiting).
-            let held_back = pending.unwritten.front().is_some_and(|first| {
-                gather_until.is_some_and(|until| first.sealed_at < until && until <= now)
-            });
-            if held_back && shared.commit_delay > Duration::ZERO {
+            // Taken at the end of a wait for the commit delay, and its
+            // oldest record was sealed before the delay ran out: held back
+            // by it.
+            let held_back = gathering
+                && pending
+                    .unwritten
+                    .front()
+                    .is_some_and(|first| gather_until.is_some_and(|until| first.sealed_at < until));
+            if held_back {
                 shared.delayed.fetch_add(1, Ordering::Relaxed);
             }
             let (mut bytes, n, head) = pending.take(shared.max_batch);
@@ -1027,10 +1040,11 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
             shared.shut();
             return;
         }
+        gathering = gather_at.is_some() && gather_at >= overlap_at;
         match held_until {
             // Not counted idle, so sealing does not wake this thread: it
             // looks again when the running sync has become slow, or the
-            // commit delay is over.
+            // commit delay is over (or a whole batch is waiting).
             Some(at) if !shared.status.poisoned() => {
                 pending = shared
                     .work
@@ -1046,6 +1060,7 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
                     Some(at) if at <= now => {
                         let head = pending.written;
                         pending.checkpointing = Some(head.sequence);
+                        pending.uncheckpointed_since = None;
                         drop(pending);
                         shared.write_checkpoints(head);
                         pending = shared.lock();
