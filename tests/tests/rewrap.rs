@@ -123,6 +123,25 @@ async fn set_enabled(
     }
 }
 
+/// The grants on `key_id`, listed as `token`.
+async fn grants_on(
+    keys: &mut KeyManagementServiceClient<Channel>,
+    token: &str,
+    key_id: &str,
+) -> Vec<kms::GrantListEntry> {
+    keys.list_grants(authed(
+        token,
+        kms::ListGrantsRequest {
+            key_id: key_id.to_string(),
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .grants
+}
+
 /// Creates a symmetric key as `token`; returns its id.
 async fn create_key(keys: &mut KeyManagementServiceClient<Channel>, token: &str) -> String {
     keys.create_key(authed(token, kms::CreateKeyRequest::default()))
@@ -268,18 +287,7 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
     }
     assert_eq!(seen, ITEMS + 1);
     // The grants that allowed the re-wrap are retired.
-    let grants = keys
-        .list_grants(authed(
-            &admin,
-            kms::ListGrantsRequest {
-                key_id: target.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    let grants = grants_on(&mut keys, &admin, &target).await;
     assert!(grants.is_empty(), "{grants:?}");
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
@@ -664,18 +672,7 @@ async fn concurrent_key_changes_refuse_the_loser_with_a_code_that_says_wait_or_r
             "round {round}: {refused:?}"
         );
         wait_active(&mut tables, &admin, "contended").await;
-        let left = keys
-            .list_grants(authed(
-                &admin,
-                kms::ListGrantsRequest {
-                    key_id: loser_target.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .grants;
+        let left = grants_on(&mut keys, &admin, loser_target).await;
         assert!(
             left.is_empty(),
             "round {round}: grants left behind: {left:?}"
@@ -817,18 +814,7 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
         .await
         .expect_err("no CreateGrant on the target key");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-    let left = keys
-        .list_grants(authed(
-            &admin,
-            kms::ListGrantsRequest {
-                key_id: cmk.clone(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    let left = grants_on(&mut keys, &admin, &cmk).await;
     assert!(left.is_empty(), "grants left behind: {left:?}");
 
     // Customer managed key → service-managed, named by its key id (not the
@@ -1211,18 +1197,7 @@ async fn tables_take_only_an_enabled_key_and_a_refusal_changes_nothing() {
     assert_eq!(kept.table_status, pb::TableStatus::Active as i32);
     assert_eq!(kept.sse_description.unwrap().kms_key_id, current);
     for key in [&disabled, &pending] {
-        let grants = keys
-            .list_grants(authed(
-                &admin,
-                kms::ListGrantsRequest {
-                    key_id: key.to_string(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .grants;
+        let grants = grants_on(&mut keys, &admin, key).await;
         assert!(grants.is_empty(), "grants on {key}: {grants:?}");
     }
     tables_server.stop().await.unwrap();

@@ -1407,6 +1407,60 @@ async fn a_sync_of_many_records_is_overlapped_only_once_it_is_slow() -> TestResu
     Ok(())
 }
 
+/// A gated log (see [`gated_with`]) that has just taken a batch of six
+/// records, so it is under load: records 1 and 2 went alone (each its own
+/// sync, held), records 3–8 waited for them and were then written together.
+struct UnderLoad {
+    log: AuditLog,
+    counters: Arc<Counters>,
+    _gate: Arc<Gate>,
+    first_eight: Vec<tokio::task::JoinHandle<Result<u64, AuditError>>>,
+}
+
+impl UnderLoad {
+    async fn new(fx: &Fixture, max_batch: usize, delay: Duration) -> Result<Self, Box<dyn Error>> {
+        let (sink, counters) = TestSink::new(&fx.log)?;
+        let (log, gate) = gated_with(
+            sink,
+            Batching {
+                max_batch,
+                commit_delay: delay,
+            },
+        )?;
+        let syncs = || counters.syncs.load(Ordering::SeqCst);
+        let mut first_eight = vec![spawn_append(&log, 0)];
+        eventually("sync 1 began", || syncs() == 1).await?;
+        first_eight.push(spawn_append(&log, 1));
+        eventually("sync 2 began beside sync 1", || syncs() == 2).await?;
+        first_eight.extend((2..8).map(|i| spawn_append(&log, i)));
+        eventually("all eight sealed", || log.sealed() == 8).await?;
+        gate.release_all();
+        eventually("the six were written", || {
+            counters.appends.load(Ordering::SeqCst) == 3
+        })
+        .await?;
+        assert_eq!(
+            counters.max_lines_per_append.load(Ordering::SeqCst),
+            6,
+            "the six went in one batch"
+        );
+        Ok(UnderLoad {
+            log,
+            counters,
+            _gate: gate,
+            first_eight,
+        })
+    }
+
+    /// Waits for the first eight records' answers.
+    async fn answered(&mut self) -> TestResult {
+        for task in self.first_eight.drain(..) {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
 /// Under load (the previous batch had several records) a record sealed
 /// right after a batch was taken is written only once the commit delay has
 /// passed since then, and the batch it goes into is counted as delayed;
@@ -1415,32 +1469,12 @@ async fn a_sync_of_many_records_is_overlapped_only_once_it_is_slow() -> TestResu
 async fn under_load_the_next_batch_gathers_for_the_commit_delay() -> TestResult {
     const DELAY: Duration = MAX_COMMIT_DELAY;
     let fx = Fixture::new()?;
-    let (sink, counters) = TestSink::new(&fx.log)?;
-    let (log, gate) = gated_with(
-        sink,
-        Batching {
-            max_batch: 1024,
-            commit_delay: DELAY,
-        },
-    )?;
-    let append = |i: usize| spawn_append(&log, i);
-    let syncs = || counters.syncs.load(Ordering::SeqCst);
-    let appends = || counters.appends.load(Ordering::SeqCst);
-    // Syncs 1 and 2 (one record each: light load, no delay) held; six more
-    // records wait for them.
-    let first = append(0);
-    eventually("sync 1 began", || syncs() == 1).await?;
-    let second = append(1);
-    eventually("sync 2 began beside sync 1", || syncs() == 2).await?;
-    let six: Vec<_> = (2..8).map(append).collect();
-    eventually("all eight sealed", || log.sealed() == 8).await?;
-    // Let everything go: the six are taken in one batch (load), and a
-    // ninth record sealed right away waits for the delay to pass.
-    gate.release_all();
-    eventually("the six were written", || appends() == 3).await?;
-    let ninth = append(8);
-    assert_eq!(ninth.await??, 9);
-    let times = counters
+    let mut loaded = UnderLoad::new(&fx, 1024, DELAY).await?;
+    // A ninth record sealed right after the six were taken waits for the
+    // delay to pass.
+    assert_eq!(spawn_append(&loaded.log, 8).await??, 9);
+    let times = loaded
+        .counters
         .append_times
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1453,16 +1487,9 @@ async fn under_load_the_next_batch_gathers_for_the_commit_delay() -> TestResult 
         gap >= DELAY / 2,
         "the ninth record was written {gap:?} after the six"
     );
-    assert_eq!(
-        counters.max_lines_per_append.load(Ordering::SeqCst),
-        6,
-        "the six went in one batch"
-    );
-    for task in [first, second].into_iter().chain(six) {
-        task.await??;
-    }
-    assert_eq!(log.stats().delayed, 1);
-    log.close().await?;
+    loaded.answered().await?;
+    assert_eq!(loaded.log.stats().delayed, 1);
+    loaded.log.close().await?;
     assert_eq!(verify(&fx.log, None, None)?.records, 9);
     Ok(())
 }
@@ -1474,29 +1501,12 @@ async fn a_full_batch_is_not_held_for_the_commit_delay() -> TestResult {
     const DELAY: Duration = MAX_COMMIT_DELAY;
     const MAX_BATCH: usize = 8;
     let fx = Fixture::new()?;
-    let (sink, counters) = TestSink::new(&fx.log)?;
-    let (log, gate) = gated_with(
-        sink,
-        Batching {
-            max_batch: MAX_BATCH,
-            commit_delay: DELAY,
-        },
-    )?;
-    let syncs = || counters.syncs.load(Ordering::SeqCst);
-    let appends = || counters.appends.load(Ordering::SeqCst);
-    // As in the test above: two lone records held, then six taken in one
-    // batch (load).
-    let first = spawn_append(&log, 0);
-    eventually("sync 1 began", || syncs() == 1).await?;
-    let second = spawn_append(&log, 1);
-    eventually("sync 2 began", || syncs() == 2).await?;
-    let six: Vec<_> = (2..8).map(|i| spawn_append(&log, i)).collect();
-    eventually("all eight sealed", || log.sealed() == 8).await?;
-    gate.release_all();
-    eventually("the six were written", || appends() == 3).await?;
+    let mut loaded = UnderLoad::new(&fx, MAX_BATCH, DELAY).await?;
     // A whole batch arrives within the delay: written at once.
     let started = std::time::Instant::now();
-    let batch: Vec<_> = (8..8 + MAX_BATCH).map(|i| spawn_append(&log, i)).collect();
+    let batch: Vec<_> = (8..8 + MAX_BATCH)
+        .map(|i| spawn_append(&loaded.log, i))
+        .collect();
     for task in batch {
         task.await??;
     }
@@ -1505,10 +1515,8 @@ async fn a_full_batch_is_not_held_for_the_commit_delay() -> TestResult {
         took < DELAY / 2,
         "a full batch waited {took:?} (the delay is {DELAY:?})"
     );
-    for task in [first, second].into_iter().chain(six) {
-        task.await??;
-    }
-    log.close().await?;
+    loaded.answered().await?;
+    loaded.log.close().await?;
     Ok(())
 }
 
