@@ -34,6 +34,10 @@ pub enum TableError {
     ConcurrentChange(String),
     #[error("{0}")]
     Validation(String),
+    /// The answer would be larger than the server sends
+    /// (`--max-message-bytes`).
+    #[error("{0}")]
+    ResponseTooLarge(String),
     #[error("The conditional request failed: {0}")]
     ConditionalCheckFailed(String),
     /// Stored item bytes failed authentication: tampered, or copied from
@@ -61,7 +65,8 @@ impl TableError {
             TableError::TableExists(_)
             | TableError::ResourceInUse(_)
             | TableError::ConcurrentChange(_) => "ResourceInUseException",
-            TableError::Validation(_) => "ValidationException",
+            // As for a request over the limit.
+            TableError::Validation(_) | TableError::ResponseTooLarge(_) => "ValidationException",
             TableError::ConditionalCheckFailed(_) => "ConditionalCheckFailedException",
             TableError::ItemIntegrity { .. } => "ItemIntegrityException",
             // What kms-service says of a key that cannot be used in its state.

@@ -197,6 +197,11 @@ impl Tables {
         }
     }
 
+    /// The largest response message the server sends.
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_bytes
+    }
+
     pub fn kms_endpoint(&self) -> &str {
         self.kms.endpoint()
     }

@@ -2038,6 +2038,86 @@ async fn pages_stop_before_the_response_is_too_large_to_send() {
     stack.stop().await;
 }
 
+/// One item can take more than `--max-message-bytes` in a response (an
+/// item just under 400 KiB of many small attributes takes more than 1 MiB
+/// on the wire; built by updates that each fit): GetItem, Query, Scan and BatchGetItem
+/// refuse it naming the setting, instead of failing in the transport or
+/// handing it back unprocessed forever; other items still read.
+#[tokio::test]
+async fn an_item_larger_than_any_response_is_refused_naming_the_setting() {
+    let stack = start_with(|c| c.max_message_bytes = 1024 * 1024).await;
+    stack.create("huge", ("id", S), None).await;
+    let key = item(&[("id", s("big"))]);
+    stack.put("huge", key.clone()).await;
+    // 100,000 NULL attributes of three-character names: 400,000 bytes of
+    // item, about 1,100,000 on the wire; set 20,000 at a time.
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let name = |i: usize| -> String {
+        [i / 3844, i / 62 % 62, i % 62]
+            .iter()
+            .map(|&d| ALPHABET[d] as char)
+            .collect()
+    };
+    for part in 0..5 {
+        stack
+            .c()
+            .update_item(
+                stack.req(pb::UpdateItemRequest {
+                    table_name: "huge".into(),
+                    key: key.clone(),
+                    actions: (part * 20_000..(part + 1) * 20_000)
+                        .map(|i| set(&name(i), v(V::Null(true))))
+                        .collect(),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+    }
+    stack.put("huge", item(&[("id", s("small"))])).await;
+    let setting = "(--max-message-bytes / TABLE_MAX_MESSAGE_BYTES): raise that setting";
+    let too_large = |result: Result<(), Status>| {
+        check_status(
+            result,
+            Code::ResourceExhausted,
+            "ValidationException",
+            setting,
+        )
+    };
+    too_large(stack.try_get("huge", key.clone()).await.map(drop));
+    too_large(
+        stack
+            .query(pb::QueryRequest {
+                table_name: "huge".into(),
+                partition_key_value: Some(s("big")),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    );
+    too_large(
+        stack
+            .scan(pb::ScanRequest {
+                table_name: "huge".into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+    );
+    too_large(
+        stack
+            .c()
+            .batch_get_item(stack.req(batch_get(vec![("huge", vec![key.clone()])])))
+            .await
+            .map(drop),
+    );
+    assert_eq!(
+        stack.get("huge", item(&[("id", s("small"))])).await,
+        item(&[("id", s("small"))])
+    );
+    stack.stop().await;
+}
+
 /// Query, Scan and BatchGetItem unwrap a page's data keys a bounded number
 /// at a time; with the bound far below the page size (down to one at a
 /// time) every item still comes back, opened, in order.

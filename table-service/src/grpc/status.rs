@@ -20,6 +20,7 @@ pub fn to_status(error: &TableError) -> Status {
         // Lost a race: retry at once.
         TableError::ConcurrentChange(_) => Code::Aborted,
         TableError::Validation(_) => Code::InvalidArgument,
+        TableError::ResponseTooLarge(_) => Code::ResourceExhausted,
         TableError::ConditionalCheckFailed(_) => Code::FailedPrecondition,
         TableError::ItemIntegrity { .. } => Code::DataLoss,
         TableError::KeyDeleted(_) => Code::FailedPrecondition,

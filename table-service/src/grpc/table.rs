@@ -22,14 +22,27 @@ impl TableGrpc {
     }
 }
 
-/// Writes the request's structured event and maps the result.
-fn finish<T>(
+/// Writes the request's structured event and maps the result. An answer
+/// larger than `max_response_bytes` (a single huge item under a small
+/// `--max-message-bytes`; pages are cut to fit) is refused here, naming the
+/// setting, rather than failing in the transport after the event said "ok".
+fn finish<T: prost::Message>(
     action: &str,
     table: &str,
     request_id: &str,
     outcome: &Outcome,
+    max_response_bytes: usize,
     result: Result<T, TableError>,
 ) -> Result<Response<T>, Status> {
+    let result = result.and_then(|response| {
+        let size = response.encoded_len();
+        if size > max_response_bytes {
+            return Err(TableError::ResponseTooLarge(format!(
+                "the answer would be {size} bytes, more than the {max_response_bytes} table-service sends (--max-message-bytes / TABLE_MAX_MESSAGE_BYTES): raise that setting to read this item"
+            )));
+        }
+        Ok(response)
+    });
     let principal = outcome.principal.as_deref().unwrap_or("-");
     match &result {
         Ok(_) => tracing::info!(
@@ -48,13 +61,20 @@ fn finish<T>(
 
 /// Runs one request: extracts the caller, runs `work`, logs the event.
 macro_rules! handle {
-    ($request:expr, $action:literal, |$call:ident, $r:ident| $body:expr) => {{
+    ($self:ident, $request:expr, $action:literal, |$call:ident, $r:ident| $body:expr) => {{
         let request = $request;
         let credential = caller(&request);
         let $r = request.into_inner();
         let table = table_of(&$r);
         match credential {
-            Err(e) => finish($action, &table, "-", &Outcome::default(), Err(e)),
+            Err(e) => finish(
+                $action,
+                &table,
+                "-",
+                &Outcome::default(),
+                $self.tables.max_response_bytes(),
+                Err(e),
+            ),
             Ok(credential) => {
                 let request_id = credential.request_id.clone();
                 let mut call = Call::new(credential);
@@ -67,7 +87,14 @@ macro_rules! handle {
                         $body
                     }
                 };
-                finish($action, &table, &request_id, &call.outcome, result)
+                finish(
+                    $action,
+                    &table,
+                    &request_id,
+                    &call.outcome,
+                    $self.tables.max_response_bytes(),
+                    result,
+                )
             }
         }
     }};
@@ -168,7 +195,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::CreateTableRequest>,
     ) -> Result<Response<pb::CreateTableResponse>, Status> {
-        handle!(request, "CreateTable", |call, r| {
+        handle!(self, request, "CreateTable", |call, r| {
             match convert::schema(r.key_schema) {
                 Ok(schema) => {
                     let key = r
@@ -191,7 +218,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::DescribeTableRequest>,
     ) -> Result<Response<pb::DescribeTableResponse>, Status> {
-        handle!(request, "DescribeTable", |call, r| {
+        handle!(self, request, "DescribeTable", |call, r| {
             self.tables
                 .describe_table(call, &r.table_name)
                 .await
@@ -205,7 +232,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::ListTablesRequest>,
     ) -> Result<Response<pb::ListTablesResponse>, Status> {
-        handle!(request, "ListTables", |call, r| {
+        handle!(self, request, "ListTables", |call, r| {
             self.tables
                 .list_tables(call, r.limit, &r.exclusive_start_table_name)
                 .await
@@ -220,7 +247,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::UpdateTableRequest>,
     ) -> Result<Response<pb::UpdateTableResponse>, Status> {
-        handle!(request, "UpdateTable", |call, r| {
+        handle!(self, request, "UpdateTable", |call, r| {
             match r.sse_specification {
                 None => Err(TableError::validation(
                     "sse_specification is required: its kms_key_id names the key to switch to (alias/table-service for the service-managed key)",
@@ -240,7 +267,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::DeleteTableRequest>,
     ) -> Result<Response<pb::DeleteTableResponse>, Status> {
-        handle!(request, "DeleteTable", |call, r| {
+        handle!(self, request, "DeleteTable", |call, r| {
             self.tables
                 .delete_table(call, &r.table_name)
                 .await
@@ -254,7 +281,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::PutItemRequest>,
     ) -> Result<Response<pb::PutItemResponse>, Status> {
-        handle!(request, "PutItem", |call, r| {
+        handle!(self, request, "PutItem", |call, r| {
             let parsed = (|| {
                 Ok((
                     convert::item(r.item)?,
@@ -279,7 +306,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::GetItemRequest>,
     ) -> Result<Response<pb::GetItemResponse>, Status> {
-        handle!(request, "GetItem", |call, r| {
+        handle!(self, request, "GetItem", |call, r| {
             match convert::item(r.key) {
                 Ok(key) => self
                     .tables
@@ -297,7 +324,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::UpdateItemRequest>,
     ) -> Result<Response<pb::UpdateItemResponse>, Status> {
-        handle!(request, "UpdateItem", |call, r| {
+        handle!(self, request, "UpdateItem", |call, r| {
             let parsed = (|| {
                 Ok((
                     convert::item(r.key)?,
@@ -323,7 +350,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::DeleteItemRequest>,
     ) -> Result<Response<pb::DeleteItemResponse>, Status> {
-        handle!(request, "DeleteItem", |call, r| {
+        handle!(self, request, "DeleteItem", |call, r| {
             let parsed = (|| {
                 Ok((
                     convert::item(r.key)?,
@@ -348,7 +375,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
-        handle!(request, "Query", |call, r| {
+        handle!(self, request, "Query", |call, r| {
             let parsed = (|| {
                 let pk = r
                     .partition_key_value
@@ -390,7 +417,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        handle!(request, "Scan", |call, r| {
+        handle!(self, request, "Scan", |call, r| {
             match convert::optional_key(r.exclusive_start_key) {
                 Ok(start) => self
                     .tables
@@ -421,7 +448,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::BatchGetItemRequest>,
     ) -> Result<Response<pb::BatchGetItemResponse>, Status> {
-        handle!(request, "BatchGetItem", |call, r| {
+        handle!(self, request, "BatchGetItem", |call, r| {
             let parsed: Result<BTreeMap<String, Vec<crate::model::Item>>, TableError> = r
                 .request_items
                 .into_iter()
@@ -471,7 +498,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::BatchWriteItemRequest>,
     ) -> Result<Response<pb::BatchWriteItemResponse>, Status> {
-        handle!(request, "BatchWriteItem", |call, r| {
+        handle!(self, request, "BatchWriteItem", |call, r| {
             use pb::write_request::Request as W;
             let parsed: Result<BTreeMap<String, Vec<BatchWrite>>, TableError> = r
                 .request_items

@@ -389,7 +389,9 @@ impl Tables {
                     .map_err(|e| TableError::Internal(e.to_string()))?
                     .map_err(store_error)?;
                 if let Some(envelope) = found {
-                    if bytes + envelope.len() > budget {
+                    // The first item is always read, so a batch makes
+                    // progress (or fails on that item, naming the limit).
+                    if bytes > 0 && bytes + envelope.len() > budget {
                         unprocessed
                             .entry(name.clone())
                             .or_default()
@@ -405,7 +407,7 @@ impl Tables {
             let mut fitting = Vec::with_capacity(items.len());
             for (item, key_map) in items.into_iter().zip(stored_keys) {
                 let size = encoded_size(&item);
-                if answered + size > budget {
+                if answered > 0 && answered + size > budget {
                     unprocessed
                         .entry(name.clone())
                         .or_default()

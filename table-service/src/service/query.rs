@@ -89,13 +89,17 @@ impl Tables {
         encoded_size: &EncodedSize,
     ) -> Result<Page, TableError> {
         let mut full = stored.len() >= limit;
-        // Cut on stored size before decrypting, so a page never unwraps data
-        // keys of items it will not return (the envelope is about the size
-        // of the item's non-key attributes).
+        // Cut on stored size before decrypting, so a page seldom unwraps
+        // data keys of items it will not return (the envelope is about the
+        // size of the item's non-key attributes; an item of many small
+        // attributes takes more in the response, so the cut below may still
+        // drop some).
+        let budget = self.max_response_bytes.saturating_sub(PAGE_KEY_ROOM);
+        let stored_cap = MAX_PAGE_BYTES.min(budget);
         let mut stored_bytes = 0usize;
         if let Some(cut) = stored.iter().position(|s| {
             stored_bytes += s.envelope.len() + s.key.partition.len() + s.key.sort.len();
-            stored_bytes > MAX_PAGE_BYTES
+            stored_bytes > stored_cap
         }) {
             stored.truncate(cut.max(1));
             full = true;
@@ -105,7 +109,6 @@ impl Tables {
         let mut page = Page::default();
         let mut bytes = 0usize;
         let mut encoded = 0usize;
-        let budget = self.max_response_bytes.saturating_sub(PAGE_KEY_ROOM);
         let mut cut = false;
         for item in items {
             let size = model::item_size(&item);
