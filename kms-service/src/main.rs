@@ -208,8 +208,11 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
                 Ok(report) => {
+                    let uncovered = report
+                        .last_sequence
+                        .saturating_sub(report.last_checkpointed);
                     println!(
-                        "OK: {} records (last sequence {}), {} checkpoints{}",
+                        "OK: {} records (last sequence {}), {} checkpoints{}{}",
                         report.records,
                         report.last_sequence,
                         report.checkpoints,
@@ -217,6 +220,15 @@ async fn main() -> ExitCode {
                             ", signatures checked"
                         } else {
                             ", signatures not checked (no --root-key-file)"
+                        },
+                        match (uncovered, report.last_checkpointed) {
+                            (0, _) => String::new(),
+                            (n, 0) => format!(
+                                "; no checkpoint names any of the {n} record(s): they rest on the hash chain alone"
+                            ),
+                            (n, last) => format!(
+                                "; the newest {n} record(s), after the last checkpoint (record {last}), rest on the hash chain alone"
+                            ),
                         }
                     );
                     ExitCode::SUCCESS

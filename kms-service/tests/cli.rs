@@ -558,12 +558,10 @@ async fn audit_verify_needs_the_checkpoints_to_pass() {
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("audit.jsonl");
     let checkpoints = dir.path().join("audit.jsonl.checkpoints");
-    let log = AuditLog::open(AuditConfig::new(
-        &log_path,
-        &checkpoints,
-        zeroize::Zeroizing::new([7u8; 32]),
-    ))
-    .unwrap();
+    let mut config = AuditConfig::new(&log_path, &checkpoints, zeroize::Zeroizing::new([7u8; 32]));
+    // Checkpoints at records 2 and (on close) 3.
+    config.checkpoint_every = 2;
+    let log = AuditLog::open(config).unwrap();
     for i in 0..3 {
         log.append(AuditEvent {
             request_id: format!("r{i}"),
@@ -579,6 +577,38 @@ async fn audit_verify_needs_the_checkpoints_to_pass() {
     let out = verify(&log_path);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("OK: 3 records"), "{}", stdout(&out));
+    assert!(
+        !stdout(&out).contains("hash chain alone"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Records after the last checkpoint pass, and the report says how many
+    // rest on the unkeyed chain alone.
+    let whole = std::fs::read(&checkpoints).unwrap();
+    let lines: Vec<&[u8]> = whole.split_inclusive(|&b| b == b'\n').collect();
+    assert_eq!(lines.len(), 2, "checkpoints at records 2 and 3");
+    std::fs::write(&checkpoints, lines[0]).unwrap();
+    let out = verify(&log_path);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(
+            "the newest 1 record(s), after the last checkpoint (record 2), rest on the hash chain alone"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::write(&checkpoints, b"").unwrap();
+    let out = verify(&log_path);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(
+            "no checkpoint names any of the 3 record(s): they rest on the hash chain alone"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::write(&checkpoints, &whole).unwrap();
 
     std::fs::rename(&checkpoints, dir.path().join("elsewhere")).unwrap();
     let out = verify(&log_path);

@@ -419,6 +419,7 @@ async fn appended_records_verify() -> TestResult {
                 records: n,
                 checkpoints: periodic + on_close,
                 last_sequence: n,
+                last_checkpointed: n,
             },
             "n={n} every={every}"
         );
@@ -1075,7 +1076,8 @@ async fn reopening_continues_the_chain() -> TestResult {
         VerifyReport {
             records: 7,
             checkpoints: 2,
-            last_sequence: 7
+            last_sequence: 7,
+            last_checkpointed: 7,
         }
     );
     Ok(())
@@ -1131,7 +1133,8 @@ async fn a_partial_checkpoint_line_is_cut_off_on_open() -> TestResult {
         VerifyReport {
             records: 11,
             checkpoints: 3,
-            last_sequence: 11
+            last_sequence: 11,
+            last_checkpointed: 11,
         }
     );
     Ok(())
@@ -1682,7 +1685,8 @@ fn verify_reports_missing_and_empty_files() -> TestResult {
         VerifyReport {
             records: 0,
             checkpoints: 0,
-            last_sequence: 0
+            last_sequence: 0,
+            last_checkpointed: 0,
         }
     );
     Ok(())

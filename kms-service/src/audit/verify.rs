@@ -25,6 +25,9 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// Sequence of the last record, 0 for an empty log.
     pub last_sequence: u64,
+    /// The newest record a checkpoint names (0: none). Records after it
+    /// rest on the hash chain alone.
+    pub last_checkpointed: u64,
 }
 
 /// Which file a [`VerifyFailure`] points into.
@@ -89,6 +92,7 @@ pub fn verify(
         records: seen.records,
         checkpoints: seen.checkpoints,
         last_sequence: seen.head.sequence,
+        last_checkpointed: seen.last_checkpointed,
     })
 }
 
