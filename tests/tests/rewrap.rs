@@ -123,6 +123,26 @@ async fn set_enabled(
     }
 }
 
+/// UpdateTable of `table` to `key_id`, as `token`.
+async fn switch_key(
+    tables: &mut TableServiceClient<Channel>,
+    token: &str,
+    table: &str,
+    key_id: &str,
+) -> Result<tonic::Response<pb::UpdateTableResponse>, tonic::Status> {
+    tables
+        .update_table(authed(
+            token,
+            pb::UpdateTableRequest {
+                table_name: table.into(),
+                sse_specification: Some(pb::SseSpecification {
+                    kms_key_id: key_id.into(),
+                }),
+            },
+        ))
+        .await
+}
+
 /// The grants on `key_id`, listed as `token`.
 async fn grants_on(
     keys: &mut KeyManagementServiceClient<Channel>,
@@ -182,16 +202,7 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
             .await
             .unwrap();
     }
-    let updated = tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: "orders".into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: target.clone(),
-                }),
-            },
-        ))
+    let updated = switch_key(&mut tables, &admin, "orders", &target)
         .await
         .unwrap()
         .into_inner()
@@ -201,16 +212,7 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
     assert_eq!(updated.sse_description.unwrap().kms_key_id, target);
     // A second change while one runs is refused: a precondition (wait),
     // not "already exists".
-    let again = tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: "orders".into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: old_key.clone(),
-                }),
-            },
-        ))
+    let again = switch_key(&mut tables, &admin, "orders", &old_key)
         .await
         .expect_err("refused");
     assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
@@ -418,16 +420,7 @@ async fn stalled_key_change(
     create_table(&mut tables, &admin, name, Some(&old_key)).await;
     put_many(&mut tables, &admin, name, n).await;
     set_enabled(&mut keys, &admin, &old_key, false).await;
-    tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: name.into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: target.clone(),
-                }),
-            },
-        ))
+    switch_key(&mut tables, &admin, name, &target)
         .await
         .unwrap();
     Stalled {
@@ -488,16 +481,7 @@ async fn a_stalled_rewrap_shows_its_error_and_resumes_when_the_key_is_enabled() 
     assert_eq!(still.items_done, 0, "{still:?}");
     assert!(still.last_error.contains(&old_key), "{still:?}");
     // UpdateTable refuses another change and says where to look.
-    let refused = tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: "stalled".into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: old_key.clone(),
-                }),
-            },
-        ))
+    let refused = switch_key(&mut tables, &admin, "stalled", &old_key)
         .await
         .expect_err("a re-wrap is in progress");
     assert_eq!(
@@ -749,16 +733,7 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
 
     // Service-managed → customer managed key.
     let cmk = create_key(&mut keys, &admin).await;
-    let updated = tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: "managed".into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: cmk.clone(),
-                }),
-            },
-        ))
+    let updated = switch_key(&mut tables, &admin, "managed", &cmk)
         .await
         .unwrap()
         .into_inner()
@@ -801,16 +776,7 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
         .key_metadata
         .unwrap()
         .key_id;
-    let refused = tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: "managed".into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: closed.clone(),
-                }),
-            },
-        ))
+    let refused = switch_key(&mut tables, &admin, "managed", &closed)
         .await
         .expect_err("no CreateGrant on the target key");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
@@ -834,16 +800,7 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
         .key_metadata
         .unwrap()
         .key_id;
-    let back = tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: "managed".into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: managed_id,
-                }),
-            },
-        ))
+    let back = switch_key(&mut tables, &admin, "managed", &managed_id)
         .await
         .unwrap()
         .into_inner()
@@ -918,16 +875,7 @@ async fn writes_racing_a_key_change_all_end_up_under_the_new_key() {
         });
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: "race".into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: new_key.clone(),
-                }),
-            },
-        ))
+    switch_key(&mut tables, &admin, "race", &new_key)
         .await
         .unwrap();
     wait_active(&mut tables, &admin, "race").await;
@@ -1013,16 +961,7 @@ async fn tables_come_and_go_while_a_rewrap_runs() {
             .unprocessed_items;
         assert!(unprocessed.is_empty());
     }
-    tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: "big".into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: key_ids[1].clone(),
-                }),
-            },
-        ))
+    switch_key(&mut tables, &admin, "big", &key_ids[1])
         .await
         .unwrap();
     let bounded = Duration::from_secs(30);
@@ -1137,17 +1076,7 @@ async fn tables_take_only_an_enabled_key_and_a_refusal_changes_nothing() {
                 },
             ))
             .await;
-        let updated = tables
-            .update_table(authed(
-                &admin,
-                pb::UpdateTableRequest {
-                    table_name: "kept".into(),
-                    sse_specification: Some(pb::SseSpecification {
-                        kms_key_id: key.to_string(),
-                    }),
-                },
-            ))
-            .await;
+        let updated = switch_key(&mut tables, &admin, "kept", key).await;
         for (what, result) in [
             ("CreateTable", created.map(drop)),
             ("UpdateTable", updated.map(drop)),
@@ -1165,16 +1094,7 @@ async fn tables_take_only_an_enabled_key_and_a_refusal_changes_nothing() {
             );
         }
     }
-    let same = tables
-        .update_table(authed(
-            &admin,
-            pb::UpdateTableRequest {
-                table_name: "kept".into(),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: current.clone(),
-                }),
-            },
-        ))
+    let same = switch_key(&mut tables, &admin, "kept", &current)
         .await
         .expect_err("the key it has");
     assert_eq!(same.code(), tonic::Code::InvalidArgument, "{same:?}");
