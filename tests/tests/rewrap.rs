@@ -93,6 +93,30 @@ async fn start_kms_with_clock(dir: &std::path::Path, clock: Arc<dyn Clock>) -> (
     (kms_server, admin)
 }
 
+/// Both services in `dir` (table-service as [`table_config`]), clients of
+/// each, and the admin token.
+struct Started {
+    kms_server: KmsServer,
+    tables_server: TableServer,
+    keys: KeyManagementServiceClient<Channel>,
+    tables: TableServiceClient<Channel>,
+    admin: String,
+}
+
+async fn start_both(dir: &std::path::Path) -> Started {
+    let (kms_server, admin) = start_kms(dir).await;
+    let tables_server = TableServer::start(table_config(dir, &kms_server))
+        .await
+        .unwrap();
+    Started {
+        keys: KeyManagementServiceClient::new(channel(kms_server.addr).await),
+        tables: TableServiceClient::new(channel(tables_server.addr).await),
+        kms_server,
+        tables_server,
+        admin,
+    }
+}
+
 /// table-service's configuration in `dir`, on `kms`, data-key cache off.
 fn table_config(dir: &std::path::Path, kms: &KmsServer) -> TableConfig {
     let mut c = TableConfig::for_data_dir(
@@ -599,12 +623,13 @@ async fn items_left_under_a_deleted_old_key_say_so_and_overwriting_them_lets_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_key_changes_refuse_the_loser_with_a_code_that_says_wait_or_retry() {
     let dir = tempfile::tempdir().unwrap();
-    let (kms_server, admin) = start_kms(dir.path()).await;
-    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
-        .await
-        .unwrap();
-    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
-    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let Started {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+    } = start_both(dir.path()).await;
     let first = create_key(&mut keys, &admin).await;
     create_table(&mut tables, &admin, "contended", Some(&first)).await;
     // Enough items that a re-wrap takes pages, so the winner's re-wrap is
@@ -674,12 +699,13 @@ async fn concurrent_key_changes_refuse_the_loser_with_a_code_that_says_wait_or_r
 async fn update_table_moves_between_the_service_managed_key_and_a_customer_key() {
     const N: usize = 40;
     let dir = tempfile::tempdir().unwrap();
-    let (kms_server, admin) = start_kms(dir.path()).await;
-    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
-        .await
-        .unwrap();
-    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
-    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let Started {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+    } = start_both(dir.path()).await;
     create_table(&mut tables, &admin, "managed", None).await;
     for i in 0..N {
         tables
@@ -824,12 +850,13 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_racing_a_key_change_all_end_up_under_the_new_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (kms_server, admin) = start_kms(dir.path()).await;
-    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
-        .await
-        .unwrap();
-    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
-    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let Started {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+    } = start_both(dir.path()).await;
     let key_ids = [
         create_key(&mut keys, &admin).await,
         create_key(&mut keys, &admin).await,
@@ -923,12 +950,13 @@ async fn writes_racing_a_key_change_all_end_up_under_the_new_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_come_and_go_while_a_rewrap_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let (kms_server, admin) = start_kms(dir.path()).await;
-    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
-        .await
-        .unwrap();
-    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
-    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let Started {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+    } = start_both(dir.path()).await;
     let key_ids = [
         create_key(&mut keys, &admin).await,
         create_key(&mut keys, &admin).await,
@@ -1015,12 +1043,13 @@ async fn tables_come_and_go_while_a_rewrap_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_take_only_an_enabled_key_and_a_refusal_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let (kms_server, admin) = start_kms(dir.path()).await;
-    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
-        .await
-        .unwrap();
-    let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
-    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let Started {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+    } = start_both(dir.path()).await;
     let current = create_key(&mut keys, &admin).await;
     let disabled = create_key(&mut keys, &admin).await;
     set_enabled(&mut keys, &admin, &disabled, false).await;

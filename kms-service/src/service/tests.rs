@@ -76,6 +76,15 @@ async fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// `plaintext` encrypted under `key` by the administrator.
+    async fn blob(&self, key: &str, plaintext: &[u8], context: &EncryptionContext) -> Vec<u8> {
+        self.kms
+            .encrypt(&self.admin, key, plaintext, context, &[])
+            .await
+            .unwrap()
+            .ciphertext_blob
+    }
+
     async fn key(&self, spec: KeySpec) -> String {
         self.kms
             .create_key(
@@ -214,12 +223,7 @@ async fn bad_input_is_refused_with_reason_and_message() {
     let key = f.key(KeySpec::SymmetricDefault).await;
     let hmac = f.key(KeySpec::Hmac256).await;
     let none = EncryptionContext::new();
-    let blob = f
-        .kms
-        .encrypt(&f.admin, &key, b"x", &ctx(&[("a", "b")]), &[])
-        .await
-        .unwrap()
-        .ciphertext_blob;
+    let blob = f.blob(&key, b"x", &ctx(&[("a", "b")])).await;
     let k = &f.kms;
     let a = &f.admin;
     check_err(
@@ -791,12 +795,7 @@ async fn a_call_made_conditional_with_x_authorize_needs_both_decisions() {
     let f = fixture().await;
     let key = f.key(KeySpec::SymmetricDefault).await;
     let c = ctx(&[("table", "orders")]);
-    let blob = f
-        .kms
-        .encrypt(&f.admin, &key, b"secret", &c, &[])
-        .await
-        .unwrap()
-        .ciphertext_blob;
+    let blob = f.blob(&key, b"secret", &c).await;
     let svc = f.user("table-service", PrincipalKind::Service, &[]).await;
     let bob = f
         .user("bob", PrincipalKind::User, &["TableReadOnlyAccess"])
@@ -1050,18 +1049,8 @@ async fn grants_allow_within_their_constraints_until_revoked() {
     let key = f.key(KeySpec::SymmetricDefault).await;
     let bob = f.user("bob", PrincipalKind::User, &[]).await;
     let c = ctx(&[("tenant", "acme")]);
-    let blob = f
-        .kms
-        .encrypt(&f.admin, &key, b"payload", &c, &[])
-        .await
-        .unwrap()
-        .ciphertext_blob;
-    let blob2 = f
-        .kms
-        .encrypt(&f.admin, &key, b"payload", &ctx(&[("tenant", "evil")]), &[])
-        .await
-        .unwrap()
-        .ciphertext_blob;
+    let blob = f.blob(&key, b"payload", &c).await;
+    let blob2 = f.blob(&key, b"payload", &ctx(&[("tenant", "evil")])).await;
     check_err(
         f.kms.decrypt(&bob, &blob, &c, "", &[]).await,
         "AccessDeniedException",
@@ -1331,21 +1320,11 @@ async fn every_cryptographic_operation_refuses_a_disabled_or_pending_key() {
     let f = fixture().await;
     let none = EncryptionContext::new();
     let other = f.key(KeySpec::SymmetricDefault).await;
-    let other_blob = f
-        .kms
-        .encrypt(&f.admin, &other, b"o", &none, &[])
-        .await
-        .unwrap()
-        .ciphertext_blob;
+    let other_blob = f.blob(&other, b"o", &none).await;
     for pending in [false, true] {
         let key = f.key(KeySpec::SymmetricDefault).await;
         let hmac = f.key(KeySpec::Hmac256).await;
-        let blob = f
-            .kms
-            .encrypt(&f.admin, &key, b"x", &none, &[])
-            .await
-            .unwrap()
-            .ciphertext_blob;
+        let blob = f.blob(&key, b"x", &none).await;
         let (_, tag) = f
             .kms
             .generate_mac(&f.admin, &hmac, b"m", MacAlgorithm::HmacSha256, &[])
@@ -1462,12 +1441,7 @@ async fn disabled_and_pending_keys_refuse_crypto_and_deleted_keys_are_gone() {
     let f = fixture().await;
     let key = f.key(KeySpec::SymmetricDefault).await;
     let none = EncryptionContext::new();
-    let blob = f
-        .kms
-        .encrypt(&f.admin, &key, b"x", &none, &[])
-        .await
-        .unwrap()
-        .ciphertext_blob;
+    let blob = f.blob(&key, b"x", &none).await;
     f.kms.disable_key(&f.admin, &key).await.unwrap();
     check_err(
         f.kms.encrypt(&f.admin, &key, b"x", &none, &[]).await,
@@ -2528,12 +2502,7 @@ async fn a_deleted_principals_grants_go_with_it() {
     let f = fixture().await;
     let key = f.key(KeySpec::SymmetricDefault).await;
     let c = ctx(&[("t", "1")]);
-    let blob = f
-        .kms
-        .encrypt(&f.admin, &key, b"secret", &c, &[])
-        .await
-        .unwrap()
-        .ciphertext_blob;
+    let blob = f.blob(&key, b"secret", &c).await;
     let bob = f.user("bob", PrincipalKind::User, &[]).await;
     let grant = |grantee: &str| CreateGrantInput {
         key_id: key.clone(),
