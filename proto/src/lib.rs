@@ -27,6 +27,7 @@ pub mod table {
     }
 }
 
+pub mod tcp;
 pub mod transport;
 
 /// gRPC metadata names the services and their clients share.

@@ -300,8 +300,8 @@ pub async fn serve_with_tls(
         .add_service(v1alpha)
         .add_service(health)
         .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY small responses wait for the peer's delayed ACK.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            // TCP_NODELAY, and small messages coalesced into one write.
+            lockbox_proto::tcp::incoming(listener),
             shutdown,
         )
         .await;

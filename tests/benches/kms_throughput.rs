@@ -41,7 +41,8 @@
 //! requests back to back on one shared tonic `Channel` (one HTTP/2
 //! connection, multiplexed), the same scheme for every workload; both
 //! servers accept connections the same way (`serve_with_incoming_shutdown`
-//! over a `TcpIncoming` with TCP_NODELAY). Throughput counts the requests that completed
+//! over `lockbox_proto::tcp::incoming`: TCP_NODELAY, small
+//! messages coalesced into one write). Throughput counts the requests that completed
 //! inside the measured window; latency is per request, client-observed.
 //!
 //! Client and servers share one multi-threaded tokio runtime in this process,
@@ -396,12 +397,9 @@ async fn start_echo() -> Result<
     let task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
+            .serve_with_incoming_shutdown(lockbox_proto::tcp::incoming(listener), async {
+                let _ = stopped.await;
+            }),
     );
     Ok((addr, stop, task))
 }

@@ -58,7 +58,8 @@
 //! run has `c` client tasks issuing requests back to back on one shared tonic
 //! `Channel` per server (one HTTP/2 connection, multiplexed), the same scheme
 //! for every workload; all servers accept connections the same way
-//! (`serve_with_incoming_shutdown` over a `TcpIncoming` with TCP_NODELAY). A run warms
+//! (`serve_with_incoming_shutdown` over `lockbox_proto::tcp::incoming`: TCP_NODELAY, small
+//! messages coalesced into one write). A run warms
 //! up for 0.3 s and until every client task has had an answer; its measured
 //! window is `BENCH_SECONDS` long, extended if needed until it holds at least
 //! max(c, 10) requests (a cache-off Query at concurrency 64 puts 6,400 kms
@@ -875,7 +876,7 @@ async fn spawn(router: tonic::transport::server::Router) -> Result<Spawned, BoxE
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(router.serve_with_incoming_shutdown(
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        lockbox_proto::tcp::incoming(listener),
         async {
             let _ = stopped.await;
         },

@@ -1,0 +1,130 @@
+//! TCP connections for the services' HTTP/2 traffic that let h2 coalesce
+//! small messages into one write.
+//!
+//! h2 sends a DATA frame whose payload is over 256 bytes by chaining it
+//! behind its write buffer (no copy), when the connection can write
+//! vectored. A chained frame must be written before any further frame is
+//! encoded, so every such message costs a `writev` of its own: a round of
+//! 64 answers of 300 bytes is 64 system calls, and 64 TCP segments for the
+//! peer to wake up for. When the connection says it cannot write vectored,
+//! h2 copies payloads of up to 1 KiB into its 16 KiB buffer instead and
+//! writes the whole round at once. Copying a few hundred bytes costs far
+//! less than a system call, so [`CoalescingTcp`] says exactly that; larger
+//! payloads are still chained, so bulk data is not copied.
+//!
+//! [`incoming`] serves connections this way, with TCP_NODELAY.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+
+/// A TCP stream that does not write vectored (see the module docs).
+#[derive(Debug)]
+pub struct CoalescingTcp(TcpStream);
+
+impl AsyncRead for CoalescingTcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CoalescingTcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    // `is_write_vectored` keeps its default, false: that is the point.
+}
+
+impl Connected for CoalescingTcp {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.connect_info()
+    }
+}
+
+/// The connections a server accepts on `listener`, with TCP_NODELAY (without
+/// it, small answers wait for the peer's delayed ACK), as [`CoalescingTcp`].
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<CoalescingTcp>> {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(CoalescingTcp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_are_unvectored_nodelay_and_know_their_peer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut accepted = Box::pin(incoming(listener));
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let server_side = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        // Vectored writes would let h2 chain every message over 256 bytes
+        // into a write of its own.
+        assert!(!server_side.is_write_vectored());
+        assert!(server_side.0.nodelay().expect("nodelay"));
+        let info = server_side.connect_info();
+        assert_eq!(
+            info.remote_addr,
+            Some(client.local_addr().expect("client address"))
+        );
+        assert_eq!(info.local_addr, Some(addr));
+    }
+
+    #[tokio::test]
+    async fn bytes_pass_both_ways_unchanged() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let mut accepted = Box::pin(incoming(listener));
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let mut server_side = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        let message: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        client.write_all(&message).await.expect("client write");
+        let mut got = vec![0; message.len()];
+        server_side.read_exact(&mut got).await.expect("server read");
+        assert_eq!(got, message);
+        server_side
+            .write_all(b"answer")
+            .await
+            .expect("server write");
+        server_side.flush().await.expect("flush");
+        server_side.shutdown().await.expect("shutdown");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("client read");
+        assert_eq!(answer, b"answer");
+    }
+}
