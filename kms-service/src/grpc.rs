@@ -61,9 +61,21 @@ fn credentials_from(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    // A credential sent twice, or not as visible ASCII, is kept as an
+    // empty string, which authentication refuses as malformed, never
+    // dropped: a dropped `x-on-behalf-of` would have the call decided for
+    // the service itself.
+    let credential = |name: &str| {
+        let mut values = meta.get_all(name).iter();
+        let first = values.next()?;
+        if values.next().is_some() {
+            return Some(String::new());
+        }
+        Some(first.to_str().unwrap_or_default().to_string())
+    };
     Credentials {
-        authorization: text("authorization"),
-        on_behalf_of: text(ON_BEHALF_OF),
+        authorization: credential("authorization"),
+        on_behalf_of: credential(ON_BEHALF_OF),
         request_id: text(REQUEST_ID)
             .filter(|id| !id.is_empty() && id.len() <= 128)
             .unwrap_or_else(|| crate::crypto::random_uuid().to_string()),

@@ -710,6 +710,59 @@ async fn x_authorize_conditions_a_call_and_x_principal_names_the_caller() {
         "is not \"<action> <resource>\"",
     );
 
+    // A forwarded credential that cannot be read is refused, never
+    // dropped (which would decide the call for the service itself); so is
+    // one sent twice, and an own credential sent twice.
+    let bobs = format!("Bearer {bob}");
+    let own = format!("Bearer {service}");
+    let cases: [(&str, Vec<&[u8]>, &str); 4] = [
+        (
+            "x-on-behalf-of",
+            vec![b"Bearer \xe9\xe9"],
+            "malformed caller's credential (forwarded in x-on-behalf-of)",
+        ),
+        (
+            "x-on-behalf-of",
+            vec![b""],
+            "malformed caller's credential (forwarded in x-on-behalf-of)",
+        ),
+        (
+            "x-on-behalf-of",
+            vec![bobs.as_bytes(), bobs.as_bytes()],
+            "malformed caller's credential (forwarded in x-on-behalf-of)",
+        ),
+        (
+            "authorization",
+            vec![own.as_bytes()],
+            "malformed service's own credential (authorization)",
+        ),
+    ];
+    for (header, values, message) in cases {
+        let mut request = authed(&service, iam::GetCallerIdentityRequest {});
+        let meta = request.metadata_mut();
+        if header == "x-on-behalf-of" {
+            for value in &values {
+                meta.append(header, MetadataValue::try_from(*value).unwrap());
+            }
+        } else {
+            meta.insert("x-on-behalf-of", bobs.parse().unwrap());
+            meta.append(header, MetadataValue::try_from(values[0]).unwrap());
+        }
+        let answer = iam_client.get_caller_identity(request).await;
+        if let Ok(answer) = &answer {
+            panic!(
+                "{header} {values:?}: answered for {:?}",
+                answer.get_ref().principal
+            );
+        }
+        check_status(
+            answer,
+            Code::Unauthenticated,
+            "IncompleteSignatureException",
+            message,
+        );
+    }
+
     // An oversized forwarded call, refused before any handler, is answered
     // like any other: with the principal it was decided for.
     let mut huge = authed(
