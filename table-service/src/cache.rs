@@ -3,7 +3,9 @@
 //! - [`DataKeyCache`]: plaintext data keys, keyed by *(principal, wrapped
 //!   key)* (as one SHA-256 digest of both). **Invariant:** an entry earned by one principal never
 //!   serves another; each principal earns its own entry through its own
-//!   kms:Decrypt. Values are zeroized when evicted or expired.
+//!   kms:Decrypt. Values are zeroized when evicted, or when expired: on
+//!   the next lookup, or by the sweep every [`SWEEP_EVERY`], whichever
+//!   comes first.
 //! - [`AuthzCache`]: allow decisions (of `Authorize`, or of a kms-service
 //!   call made conditional on one with `x-authorize`), keyed by *(the caller's
 //!   credential, action, resource)* (as one SHA-256 digest of the three). Denials are never cached, so a
@@ -84,7 +86,22 @@ impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
     fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
+
+    /// Drops (and so, for secrets, zeroizes) every expired entry; returns
+    /// how many.
+    fn purge_expired(&self) -> usize {
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let before = entries.len();
+        entries.retain(|_, (_, expires)| *expires > now);
+        before - entries.len()
+    }
 }
+
+/// How often [`crate::service::Tables::sweep_caches`] drops expired
+/// entries, so a plaintext data key outlives its TTL by at most this long
+/// even when nothing looks it up again.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// SHA-256 of length-prefixed parts: a fixed-size cache key that two
 /// different lists of parts cannot share.
@@ -136,6 +153,11 @@ impl DataKeyCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Drops and zeroizes the expired entries; returns how many.
+    pub fn purge_expired(&self) -> usize {
+        self.0.purge_expired()
+    }
 }
 
 /// Allow decisions per credential, keyed by the digest of (credential,
@@ -145,6 +167,11 @@ pub struct AuthzCache(Bounded<[u8; 32], String>);
 impl AuthzCache {
     pub fn new(config: CacheConfig) -> Self {
         AuthzCache(Bounded::new(config))
+    }
+
+    /// Whether allows are kept at all (a TTL or size of 0 disables it).
+    pub fn enabled(&self) -> bool {
+        self.0.config.enabled()
     }
 
     fn key(credential: &str, action: &str, resource: &str) -> [u8; 32] {
@@ -166,6 +193,11 @@ impl AuthzCache {
             Self::key(credential, action, resource),
             principal.to_string(),
         );
+    }
+
+    /// Drops the expired allows; returns how many.
+    pub fn purge_expired(&self) -> usize {
+        self.0.purge_expired()
     }
 }
 

@@ -279,6 +279,7 @@ pub async fn serve_with_tls(
     }
     let limit = config.max_message_bytes as usize;
     tables.resume_rewraps();
+    tables.sweep_caches();
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<TableServiceServer<TableGrpc>>()
@@ -328,6 +329,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 /// for kms-service: the lazy channel connects on the first call.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Not a strong handle: the service goes when the server stops.
+    tables: std::sync::Weak<Tables>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), StartError>>,
 }
@@ -341,6 +344,7 @@ impl RunningServer {
             .local_addr()
             .map_err(|e| StartError::Config(format!("local address: {e}")))?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let handle = Arc::downgrade(&tables);
         let task = tokio::spawn(async move {
             serve_with_tls(&config, tls, tables, listener, async {
                 let _ = rx.await;
@@ -349,9 +353,15 @@ impl RunningServer {
         });
         Ok(RunningServer {
             addr,
+            tables: handle,
             shutdown: Some(tx),
             task,
         })
+    }
+
+    /// The service it serves, while it runs (for tests and embedding).
+    pub fn tables(&self) -> Option<Arc<Tables>> {
+        self.tables.upgrade()
     }
 
     pub async fn stop(mut self) -> Result<(), StartError> {

@@ -93,10 +93,6 @@ impl Call {
         }
     }
 
-    fn principal(&self) -> &str {
-        self.outcome.principal.as_deref().unwrap_or("")
-    }
-
     /// A call for one part of this request (run as its own task): the same
     /// caller and principal, its own counts; [`Call::absorb`] adds them back.
     fn sub(&self) -> Call {
@@ -177,6 +173,32 @@ impl Tables {
         }))
     }
 
+    /// Starts the background job that drops expired cache entries every
+    /// [`crate::cache::SWEEP_EVERY`], zeroizing data keys nobody looks up
+    /// again. It holds no strong reference: it ends with the service.
+    pub fn sweep_caches(self: &Arc<Self>) {
+        if !self.data_keys.enabled() && !self.authz.enabled() {
+            return;
+        }
+        let this = Arc::downgrade(self);
+        let job = tokio::spawn(async move {
+            let mut every = tokio::time::interval(crate::cache::SWEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(tables) = this.upgrade() else {
+                    return;
+                };
+                tables.data_keys.purge_expired();
+                tables.authz.purge_expired();
+            }
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job);
+    }
+
     /// Stops background jobs; they resume from their saved progress at the
     /// next start.
     pub async fn stop_jobs(&self) {
@@ -195,6 +217,12 @@ impl Tables {
         for job in jobs {
             let _ = job.await;
         }
+    }
+
+    /// How many plaintext data keys the cache holds (live or expired but
+    /// not yet swept).
+    pub fn cached_data_keys(&self) -> usize {
+        self.data_keys.len()
     }
 
     /// The largest response message the server sends.
@@ -477,8 +505,11 @@ impl Tables {
         stored: &StoredItem,
     ) -> Result<Item, TableError> {
         let parsed = envelope::parse(&stored.envelope).map_err(|_| integrity(table))?;
-        let principal = call.principal();
-        let data_key = match self.data_keys.get(principal, parsed.wrapped_key) {
+        // Entries are the principal's own; a call whose principal is not
+        // known (not yet authorized) neither reads nor fills the cache.
+        let principal = call.outcome.principal.as_deref();
+        let cached = principal.and_then(|p| self.data_keys.get(p, parsed.wrapped_key));
+        let data_key = match cached {
             Some(k) => {
                 call.outcome.cache_hits += 1;
                 k
@@ -488,8 +519,9 @@ impl Tables {
                 let k = self
                     .unwrap_data_key(&call.caller, table, stored, parsed.wrapped_key)
                     .await?;
-                self.data_keys
-                    .insert(call.principal(), parsed.wrapped_key, &k);
+                if let Some(p) = principal {
+                    self.data_keys.insert(p, parsed.wrapped_key, &k);
+                }
                 k
             }
         };

@@ -3115,3 +3115,29 @@ async fn both_servers_bound_the_calls_one_connection_may_have_open() {
     assert_eq!(answered, limit + 200, "first error: {first_error:?}");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn expired_data_keys_are_swept_without_another_lookup() {
+    let stack = start_with(|c| c.data_key_cache_ttl_secs = 1).await;
+    stack.create("swept", ("id", S), None).await;
+    let key = item(&[("id", s("A"))]);
+    stack
+        .put("swept", with(&key, &[("secret", s("plaintext"))]))
+        .await;
+    assert_eq!(
+        stack.get("swept", key.clone()).await.get("secret"),
+        Some(&s("plaintext"))
+    );
+    let tables = stack.tables.tables().expect("table-service runs");
+    assert_eq!(tables.cached_data_keys(), 1, "the read cached its data key");
+    // TTL 1 s, a sweep every second: gone within about 2 s, with no
+    // lookup to notice it expired.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tables.cached_data_keys() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "an expired data key was still held after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

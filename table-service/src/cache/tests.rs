@@ -95,3 +95,21 @@ fn key_parts_do_not_run_into_each_other() {
             .is_none()
     );
 }
+
+#[test]
+fn a_sweep_drops_expired_entries_that_nobody_looks_up() {
+    let keys = DataKeyCache::new(config(40, 10));
+    let allows = AuthzCache::new(config(40, 10));
+    keys.insert("user/alice", b"old", b"k");
+    allows.record_allow("Bearer a", "table:GetItem", "table/t", "user/a");
+    assert_eq!((keys.purge_expired(), allows.purge_expired()), (0, 0));
+    std::thread::sleep(Duration::from_millis(60));
+    keys.insert("user/alice", b"new", b"k");
+    assert_eq!(keys.len(), 2, "nothing looked the old entry up");
+    assert_eq!((keys.purge_expired(), allows.purge_expired()), (1, 1));
+    assert_eq!(keys.len(), 1);
+    assert!(
+        keys.get("user/alice", b"new").is_some(),
+        "a live entry stays"
+    );
+}
