@@ -551,7 +551,7 @@ impl Kms {
             |r| {
                 if !r.inline.contains_key(policy_name) && r.inline.len() >= MAX_INLINE_POLICIES {
                     return Err(KmsError::LimitExceeded(format!(
-                        "{} already has {MAX_INLINE_POLICIES} inline policies",
+                        "{} already has {MAX_INLINE_POLICIES} inline policies, the most a principal may have; delete one (DeleteUserPolicy) first",
                         r.principal
                     )));
                 }

@@ -65,12 +65,14 @@ fn apply_tags(
     new: &[(String, String)],
 ) -> Result<(), KmsError> {
     for (k, v) in new {
-        if k.is_empty() || k.len() > 128 {
+        // Counted in characters, as AWS does (a key of 128 non-ASCII
+        // characters is more than 128 bytes).
+        if k.is_empty() || k.chars().count() > 128 {
             return Err(KmsError::validation(format!(
                 "tag key {k:?} must have 1–128 characters"
             )));
         }
-        if v.len() > 256 {
+        if v.chars().count() > 256 {
             return Err(KmsError::validation(format!(
                 "tag value for {k:?} must have at most 256 characters"
             )));

@@ -11,6 +11,7 @@ use crate::clock::ManualClock;
 use crate::crypto::mac::MacAlgorithm;
 use crate::crypto::root_key::SoftwareRootKey;
 use crate::grants::{GrantConstraints, GrantOperation};
+use crate::identity::PrincipalRecord;
 use crate::keys::KeySpec;
 use crate::store::sqlite::SqliteStore;
 
@@ -2563,4 +2564,1213 @@ fn credentials_never_show_their_tokens_in_debug_output() {
     );
     let none = format!("{:?}", Credentials::default());
     assert!(none.contains("authorization: None"), "{none}");
+}
+
+/// The principals of a page of ListUsers, in order.
+fn principals(page: &Page<PrincipalRecord>) -> Vec<&str> {
+    page.items.iter().map(|p| p.principal.as_str()).collect()
+}
+
+/// ListUsers lists every principal once, in name order, a page at a time;
+/// only a caller allowed iam:ListUsers may list them.
+#[tokio::test]
+async fn list_users_pages_through_every_principal() {
+    let f = fixture().await;
+    for (name, kind) in [
+        ("carol", PrincipalKind::User),
+        ("bob", PrincipalKind::User),
+        ("table-service", PrincipalKind::Service),
+    ] {
+        f.kms.create_user(&f.admin, name, Some(kind)).await.unwrap();
+    }
+    let all = f.kms.list_users(&f.admin, 0, "").await.unwrap();
+    assert_eq!(
+        principals(&all),
+        [
+            "service/table-service",
+            "user/admin",
+            "user/bob",
+            "user/carol"
+        ]
+    );
+    assert_eq!(all.next_marker, None);
+    assert_eq!(
+        all.items
+            .iter()
+            .map(|p| (p.kind, p.created))
+            .collect::<Vec<_>>(),
+        [
+            (PrincipalKind::Service, T0),
+            (PrincipalKind::User, T0),
+            (PrincipalKind::User, T0),
+            (PrincipalKind::User, T0),
+        ]
+    );
+    let first = f.kms.list_users(&f.admin, 3, "").await.unwrap();
+    assert_eq!(
+        principals(&first),
+        ["service/table-service", "user/admin", "user/bob"]
+    );
+    assert_eq!(first.next_marker.as_deref(), Some("user/bob"));
+    let second = f.kms.list_users(&f.admin, 3, "user/bob").await.unwrap();
+    assert_eq!(principals(&second), ["user/carol"]);
+    assert_eq!(second.next_marker, None);
+    // A page that ends exactly at the last principal says there is no more.
+    let exact = f.kms.list_users(&f.admin, 4, "").await.unwrap();
+    assert_eq!((exact.items.len(), exact.next_marker), (4, None));
+    check_err(
+        f.kms.list_users(&f.admin, 1001, "").await,
+        "ValidationException",
+        "limit 1001",
+    );
+    let dave = f
+        .user("dave", PrincipalKind::User, &["TableFullAccess"])
+        .await;
+    check_err(
+        f.kms.list_users(&dave, 0, "").await,
+        "AccessDeniedException",
+        "User: user/dave is not authorized to perform: iam:ListUsers on resource: *",
+    );
+    // A deleted principal is no longer listed.
+    f.kms.delete_user(&f.admin, "bob").await.unwrap();
+    let after = f.kms.list_users(&f.admin, 0, "").await.unwrap();
+    assert_eq!(
+        principals(&after),
+        [
+            "service/table-service",
+            "user/admin",
+            "user/carol",
+            "user/dave"
+        ]
+    );
+}
+
+/// Detaching a managed policy takes away what it allowed, at once; a
+/// policy that is not attached (or does not exist) cannot be detached.
+#[tokio::test]
+async fn detach_user_policy_takes_away_what_it_allowed() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let c = ctx(&[("t", "1")]);
+    let carol = f
+        .user(
+            "carol",
+            PrincipalKind::User,
+            &["AdministratorAccess", "TableReadOnlyAccess"],
+        )
+        .await;
+    // The default key policy delegates to identity policies.
+    let blob = f
+        .kms
+        .encrypt(&carol, &key, b"x", &c, &[])
+        .await
+        .expect("AdministratorAccess allows Encrypt")
+        .ciphertext_blob;
+    let attached = |r: PrincipalRecord| r.attached.into_iter().collect::<Vec<_>>();
+    assert_eq!(
+        attached(f.kms.list_user_policies(&f.admin, "carol").await.unwrap()),
+        ["AdministratorAccess", "TableReadOnlyAccess"]
+    );
+    f.kms
+        .detach_user_policy(&f.admin, "carol", "AdministratorAccess")
+        .await
+        .unwrap();
+    assert_eq!(
+        attached(f.kms.list_user_policies(&f.admin, "carol").await.unwrap()),
+        ["TableReadOnlyAccess"]
+    );
+    check_err(
+        f.kms.encrypt(&carol, &key, b"x", &c, &[]).await,
+        "AccessDeniedException",
+        &format!(
+            "User: user/carol is not authorized to perform: kms:Encrypt on resource: key/{key} because no identity-based policy allows the kms:Encrypt action"
+        ),
+    );
+    check_err(
+        f.kms.decrypt(&carol, &blob, &c, "", &[]).await,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    check_err(
+        f.kms.list_users(&carol, 0, "").await,
+        "AccessDeniedException",
+        "iam:ListUsers",
+    );
+    // GetUser shows the same attachments.
+    let shown = f.kms.get_user(&f.admin, "carol").await.unwrap();
+    assert_eq!(
+        shown.attached.into_iter().collect::<Vec<_>>(),
+        ["TableReadOnlyAccess"]
+    );
+    // Not attached (any more, or ever), or no such policy at all.
+    for name in ["AdministratorAccess", "TableFullAccess", "NoSuchPolicy"] {
+        check_err(
+            f.kms.detach_user_policy(&f.admin, "carol", name).await,
+            "NotFoundException",
+            &format!("policy {name} is not attached to user/carol"),
+        );
+    }
+    check_err(
+        f.kms
+            .detach_user_policy(&f.admin, "nobody", "TableReadOnlyAccess")
+            .await,
+        "NotFoundException",
+        "principal user/nobody does not exist",
+    );
+    // carol may not detach her own policies (she no longer has the rights).
+    check_err(
+        f.kms
+            .detach_user_policy(&carol, "carol", "TableReadOnlyAccess")
+            .await,
+        "AccessDeniedException",
+        "iam:DetachUserPolicy on resource: user/carol",
+    );
+    assert_eq!(
+        attached(f.kms.list_user_policies(&f.admin, "carol").await.unwrap()),
+        ["TableReadOnlyAccess"],
+        "refused detaches changed nothing"
+    );
+    // Attached again, the access is back.
+    f.kms
+        .attach_user_policy(&f.admin, "carol", "AdministratorAccess")
+        .await
+        .unwrap();
+    f.kms
+        .decrypt(&carol, &blob, &c, "", &[])
+        .await
+        .expect("reattached");
+}
+
+/// The names of a principal's inline policies.
+fn inline_names(record: &PrincipalRecord) -> Vec<&str> {
+    record.inline.keys().map(String::as_str).collect()
+}
+
+/// Deleting an inline policy takes away what it allowed; ListUserPolicies
+/// names the inline policies left; a policy that is not there cannot be
+/// deleted.
+#[tokio::test]
+async fn delete_user_policy_takes_away_what_it_allowed() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let c = ctx(&[("t", "1")]);
+    let dev = f
+        .user("dev", PrincipalKind::User, &["TableReadOnlyAccess"])
+        .await;
+    let use_keys = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Use","Effect":"Allow","Action":["kms:Encrypt","kms:Decrypt"],"Resource":"*"}]}"#;
+    let describe = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:DescribeKey","Resource":"*"}]}"#;
+    assert!(
+        f.kms
+            .list_user_policies(&f.admin, "dev")
+            .await
+            .unwrap()
+            .inline
+            .is_empty()
+    );
+    f.kms
+        .put_user_policy(&f.admin, "dev", "UseKeys", use_keys)
+        .await
+        .unwrap();
+    f.kms
+        .put_user_policy(&f.admin, "dev", "Describe", describe)
+        .await
+        .unwrap();
+    let listed = f.kms.list_user_policies(&f.admin, "dev").await.unwrap();
+    assert_eq!(inline_names(&listed), ["Describe", "UseKeys"]);
+    assert_eq!(listed.inline["UseKeys"], use_keys);
+    assert_eq!(
+        listed
+            .attached
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["TableReadOnlyAccess"]
+    );
+    let blob = f
+        .kms
+        .encrypt(&dev, &key, b"x", &c, &[])
+        .await
+        .expect("UseKeys allows Encrypt")
+        .ciphertext_blob;
+    f.kms
+        .delete_user_policy(&f.admin, "dev", "UseKeys")
+        .await
+        .unwrap();
+    assert_eq!(
+        inline_names(&f.kms.list_user_policies(&f.admin, "dev").await.unwrap()),
+        ["Describe"]
+    );
+    check_err(
+        f.kms.encrypt(&dev, &key, b"x", &c, &[]).await,
+        "AccessDeniedException",
+        &format!(
+            "User: user/dev is not authorized to perform: kms:Encrypt on resource: key/{key} because no identity-based policy allows the kms:Encrypt action"
+        ),
+    );
+    check_err(
+        f.kms.decrypt(&dev, &blob, &c, "", &[]).await,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    // The policy left still allows.
+    assert_eq!(
+        f.kms.describe_key(&dev, &key, &[]).await.unwrap().key_id,
+        key
+    );
+    for name in ["UseKeys", "NeverMade"] {
+        check_err(
+            f.kms.delete_user_policy(&f.admin, "dev", name).await,
+            "NotFoundException",
+            &format!("user/dev has no inline policy {name}"),
+        );
+    }
+    check_err(
+        f.kms
+            .delete_user_policy(&f.admin, "nobody", "Describe")
+            .await,
+        "NotFoundException",
+        "principal user/nobody does not exist",
+    );
+    // dev may not delete its own policies, nor list another's.
+    check_err(
+        f.kms.delete_user_policy(&dev, "dev", "Describe").await,
+        "AccessDeniedException",
+        "iam:DeleteUserPolicy on resource: user/dev",
+    );
+    check_err(
+        f.kms.list_user_policies(&dev, "admin").await,
+        "AccessDeniedException",
+        "iam:ListUserPolicies on resource: user/admin",
+    );
+    check_err(
+        f.kms.list_user_policies(&f.admin, "nobody").await,
+        "NotFoundException",
+        "principal user/nobody does not exist",
+    );
+    assert_eq!(
+        inline_names(&f.kms.list_user_policies(&f.admin, "dev").await.unwrap()),
+        ["Describe"],
+        "refused deletes changed nothing"
+    );
+}
+
+/// ListPolicies lists the managed policies that ship with the product, each
+/// one a valid identity policy that AttachUserPolicy accepts.
+#[tokio::test]
+async fn list_policies_lists_every_managed_policy() {
+    let f = fixture().await;
+    let listed = f.kms.list_policies(&f.admin).await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        [
+            "AdministratorAccess",
+            "TableFullAccess",
+            "TableReadOnlyAccess",
+            "KeyAdministratorAccess"
+        ]
+    );
+    f.kms
+        .create_user(&f.admin, "bob", Some(PrincipalKind::User))
+        .await
+        .unwrap();
+    for (name, text) in &listed {
+        crate::policy::PolicyDocument::parse(text, crate::policy::PolicyKind::Identity)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        f.kms
+            .attach_user_policy(&f.admin, "bob", name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let mut attached: Vec<String> = f
+        .kms
+        .list_user_policies(&f.admin, "bob")
+        .await
+        .unwrap()
+        .attached
+        .into_iter()
+        .collect();
+    attached.sort();
+    let mut expected: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(attached, expected);
+    // What each says: administrators may do anything, table policies only
+    // table actions, the key administrator manages keys but may not use them.
+    let text = |name: &str| listed.iter().find(|(n, _)| *n == name).unwrap().1;
+    assert!(text("AdministratorAccess").contains(r#""Action": "*""#));
+    assert!(text("TableFullAccess").contains(r#""Action": "table:*""#));
+    assert!(!text("TableReadOnlyAccess").contains("table:PutItem"));
+    let key_admin = text("KeyAdministratorAccess");
+    assert!(key_admin.contains("kms:Create*") && key_admin.contains("kms:ScheduleKeyDeletion"));
+    for use_action in ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"] {
+        assert!(!key_admin.contains(use_action), "{use_action}");
+    }
+    let dave = f
+        .user("dave", PrincipalKind::User, &["TableFullAccess"])
+        .await;
+    check_err(
+        f.kms.list_policies(&dave).await,
+        "AccessDeniedException",
+        "User: user/dave is not authorized to perform: iam:ListPolicies on resource: *",
+    );
+}
+
+/// DisableKeyRotation turns automatic rotation off: the status says so and
+/// maintenance no longer rotates the key. An HMAC key is refused, as
+/// EnableKeyRotation refuses it, and so is a caller not allowed the action.
+#[tokio::test]
+async fn disable_key_rotation_turns_automatic_rotation_off() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let hmac = f.key(KeySpec::Hmac256).await;
+    f.kms
+        .enable_key_rotation(&f.admin, &key, Some(180))
+        .await
+        .unwrap();
+    let on = f.kms.get_key_rotation_status(&f.admin, &key).await.unwrap();
+    assert_eq!(
+        (on.enabled, on.period_days, on.next_rotation),
+        (true, 180, Some(T0 + 180 * DAY))
+    );
+    // Someone without the right cannot turn it off.
+    let bob = f
+        .user("bob", PrincipalKind::User, &["TableFullAccess"])
+        .await;
+    check_err(
+        f.kms.disable_key_rotation(&bob, &key).await,
+        "AccessDeniedException",
+        &format!("kms:DisableKeyRotation on resource: key/{key}"),
+    );
+    assert_eq!(
+        f.kms.get_key_rotation_status(&f.admin, &key).await.unwrap(),
+        on
+    );
+    f.kms.disable_key_rotation(&f.admin, &key).await.unwrap();
+    let off = f.kms.get_key_rotation_status(&f.admin, &key).await.unwrap();
+    assert_eq!(
+        off,
+        RotationStatus {
+            key_id: key.clone(),
+            enabled: false,
+            period_days: 0,
+            next_rotation: None,
+        }
+    );
+    let described = f.kms.describe_key(&f.admin, &key, &[]).await.unwrap();
+    assert_eq!(
+        (described.rotation_period_days, described.next_rotation),
+        (None, None)
+    );
+    // When rotation was due, nothing rotates.
+    f.clock.advance(181 * DAY);
+    assert!(f.kms.run_maintenance().await.unwrap().rotated.is_empty());
+    assert!(
+        f.kms
+            .list_key_rotations(&f.admin, &key, 0, "")
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // Disabling it again is harmless; enabling it again starts a new period.
+    f.kms.disable_key_rotation(&f.admin, &key).await.unwrap();
+    f.kms
+        .enable_key_rotation(&f.admin, &key, None)
+        .await
+        .unwrap();
+    let again = f.kms.get_key_rotation_status(&f.admin, &key).await.unwrap();
+    assert_eq!(
+        (again.enabled, again.period_days, again.next_rotation),
+        (true, 365, Some(T0 + 181 * DAY + 365 * DAY))
+    );
+    // HMAC keys: refused, like EnableKeyRotation, and the status stays off.
+    for result in [
+        f.kms.disable_key_rotation(&f.admin, &hmac).await,
+        f.kms.enable_key_rotation(&f.admin, &hmac, None).await,
+    ] {
+        check_err(
+            result,
+            "UnsupportedOperationException",
+            &format!(
+                "automatic rotation is only supported for SYMMETRIC_DEFAULT keys; key {hmac} is HMAC_256"
+            ),
+        );
+    }
+    let hmac_status = f
+        .kms
+        .get_key_rotation_status(&f.admin, &hmac)
+        .await
+        .unwrap();
+    assert_eq!((hmac_status.enabled, hmac_status.period_days), (false, 0));
+    check_err(
+        f.kms
+            .disable_key_rotation(&f.admin, "00000000-0000-0000-0000-000000000000")
+            .await,
+        "NotFoundException",
+        "does not exist",
+    );
+}
+
+/// GenerateDataKeyWithoutPlaintext returns only the wrapped data key: it
+/// decrypts, under the same context, to a key of the length asked for, and
+/// under no other context. It is its own action in policies.
+#[tokio::test]
+async fn generate_data_key_without_plaintext_wraps_a_key_of_the_asked_length() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let c = ctx(&[("table", "orders"), ("column", "card")]);
+    for (length, bytes) in [
+        (DataKeyLength::Aes128, 16),
+        (DataKeyLength::Aes256, 32),
+        (DataKeyLength::Bytes(7), 7),
+    ] {
+        let wrapped = f
+            .kms
+            .generate_data_key_without_plaintext(&f.admin, &key, &c, length, &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                wrapped.key_id.as_str(),
+                wrapped.key_version,
+                &wrapped.source
+            ),
+            (key.as_str(), 1, &None)
+        );
+        let opened = f
+            .kms
+            .decrypt(&f.admin, &wrapped.ciphertext_blob, &c, "", &[])
+            .await
+            .unwrap();
+        assert_eq!(opened.plaintext.len(), bytes, "{length:?}");
+        assert_eq!(opened.key_id, key);
+        // Another data key of the same length is another key.
+        let other = f
+            .kms
+            .generate_data_key_without_plaintext(&f.admin, &key, &c, length, &[])
+            .await
+            .unwrap();
+        assert_ne!(other.ciphertext_blob, wrapped.ciphertext_blob);
+        let other_plain = f
+            .kms
+            .decrypt(&f.admin, &other.ciphertext_blob, &c, "", &[])
+            .await
+            .unwrap();
+        if bytes >= 16 {
+            assert_ne!(
+                other_plain.plaintext.as_slice(),
+                opened.plaintext.as_slice()
+            );
+        }
+        for wrong in [
+            ctx(&[("table", "orders")]),
+            ctx(&[("table", "orders"), ("column", "name")]),
+            ctx(&[("table", "orders"), ("column", "card"), ("x", "y")]),
+            EncryptionContext::new(),
+        ] {
+            check_err(
+                f.kms
+                    .decrypt(&f.admin, &wrapped.ciphertext_blob, &wrong, "", &[])
+                    .await,
+                "InvalidCiphertextException",
+                "",
+            );
+        }
+    }
+    // The record names the operation and holds the context, never a key.
+    let last = f
+        .audit_lines()
+        .into_iter()
+        .rev()
+        .find(|r| r["event_name"] == "GenerateDataKeyWithoutPlaintext")
+        .unwrap();
+    assert_eq!(last["decision"], "Allow");
+    assert_eq!(last["key_id"], key.as_str());
+    assert_eq!(
+        last["encryption_context"],
+        serde_json::json!({"table": "orders", "column": "card"})
+    );
+    // A key policy that allows GenerateDataKey does not allow it.
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"Bob","Effect":"Allow","Principal":{"AWS":"user/bob"},"Action":["kms:GenerateDataKey","kms:Decrypt"],"Resource":"*"}]}"#;
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", policy)
+        .await
+        .unwrap();
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    check_err(
+        f.kms
+            .generate_data_key_without_plaintext(&bob, &key, &c, DataKeyLength::Aes256, &[])
+            .await,
+        "AccessDeniedException",
+        &format!(
+            "User: user/bob is not authorized to perform: kms:GenerateDataKeyWithoutPlaintext on resource: key/{key}"
+        ),
+    );
+    assert_eq!(
+        f.kms
+            .generate_data_key(&bob, &key, &c, DataKeyLength::Aes256, &[])
+            .await
+            .unwrap()
+            .plaintext
+            .len(),
+        32
+    );
+}
+
+/// `kms:CallerPrincipal` is the principal the call is decided for: the
+/// caller, or the end caller a service forwards (never the service).
+#[tokio::test]
+async fn caller_principal_condition_is_the_end_caller() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"OnlyBob","Effect":"Allow","Principal":"*","Action":["kms:Encrypt","kms:Decrypt"],"Resource":"*",
+       "Condition":{"StringEquals":{"kms:CallerPrincipal":"user/bob"}}},
+      {"Sid":"NoTesters","Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*",
+       "Condition":{"StringLike":{"kms:CallerPrincipal":"user/test-*"}}}]}"#;
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", policy)
+        .await
+        .unwrap();
+    let c = ctx(&[("t", "1")]);
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let carol = f.user("carol", PrincipalKind::User, &[]).await;
+    let tester = f
+        .user("test-1", PrincipalKind::User, &["AdministratorAccess"])
+        .await;
+    let svc = f.user("table-service", PrincipalKind::Service, &[]).await;
+    let via = |user: &Credentials| Credentials {
+        on_behalf_of: user.authorization.clone(),
+        ..svc.clone()
+    };
+    let blob = f
+        .kms
+        .encrypt(&bob, &key, b"bob's", &c, &[])
+        .await
+        .expect("bob is the caller principal")
+        .ciphertext_blob;
+    f.kms
+        .decrypt(&via(&bob), &blob, &c, "", &[])
+        .await
+        .expect("bob via the service is still bob");
+    for (who, principal) in [
+        (&carol, "user/carol"),
+        (&via(&carol), "user/carol"),
+        (&svc, "service/table-service"),
+    ] {
+        check_err(
+            f.kms.decrypt(who, &blob, &c, "", &[]).await,
+            "AccessDeniedException",
+            &format!(
+                "User: {principal} is not authorized to perform: kms:Decrypt on resource: key/{key} because no"
+            ),
+        );
+    }
+    // The Deny matches the tester whatever else allows it.
+    check_err(
+        f.kms.decrypt(&tester, &blob, &c, "", &[]).await,
+        "AccessDeniedException",
+        &format!(
+            "User: user/test-1 is not authorized to perform: kms:Decrypt on resource: key/{key} with an explicit deny"
+        ),
+    );
+    let denied = f
+        .audit_lines()
+        .into_iter()
+        .rev()
+        .find(|r| r["event_name"] == "Decrypt" && r["principal"] == "user/test-1")
+        .unwrap();
+    assert_eq!(
+        denied["matched_statements"],
+        serde_json::json!(["key-policy:NoTesters"])
+    );
+}
+
+/// `kms:EncryptionContext:<k>` holds the request's context values and
+/// `kms:EncryptionContextKeys` its keys, in key policies and identity
+/// policies alike: a context that does not match is refused, for Encrypt,
+/// GenerateDataKey and Decrypt.
+#[tokio::test]
+async fn encryption_context_conditions_decide_key_use() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"Delegate","Effect":"Allow","Principal":{"AWS":"account"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"BobAcmeOnly","Effect":"Allow","Principal":{"AWS":"user/bob"},"Action":["kms:Encrypt","kms:Decrypt","kms:GenerateDataKey"],"Resource":"*",
+       "Condition":{"StringEquals":{"kms:EncryptionContext:tenant":"acme"}}}]}"#;
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", policy)
+        .await
+        .unwrap();
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let acme = ctx(&[("tenant", "acme")]);
+    let acme_and_more = ctx(&[("tenant", "acme"), ("table", "orders")]);
+    let blob = f
+        .kms
+        .encrypt(&bob, &key, b"x", &acme, &[])
+        .await
+        .expect("the matching value")
+        .ciphertext_blob;
+    f.kms
+        .encrypt(&bob, &key, b"x", &acme_and_more, &[])
+        .await
+        .expect("other pairs besides do not matter");
+    assert_eq!(
+        f.kms
+            .decrypt(&bob, &blob, &acme, "", &[])
+            .await
+            .unwrap()
+            .plaintext
+            .as_slice(),
+        b"x"
+    );
+    f.kms
+        .generate_data_key(&bob, &key, &acme, DataKeyLength::Aes128, &[])
+        .await
+        .unwrap();
+    let evil = ctx(&[("tenant", "evil")]);
+    let evil_blob = f.blob(&key, b"y", &evil).await;
+    let refused = [
+        (
+            "Encrypt",
+            f.kms.encrypt(&bob, &key, b"x", &evil, &[]).await.map(drop),
+        ),
+        (
+            "Encrypt",
+            f.kms
+                .encrypt(&bob, &key, b"x", &EncryptionContext::new(), &[])
+                .await
+                .map(drop),
+        ),
+        (
+            // Context keys are case-sensitive.
+            "Encrypt",
+            f.kms
+                .encrypt(&bob, &key, b"x", &ctx(&[("Tenant", "acme")]), &[])
+                .await
+                .map(drop),
+        ),
+        (
+            "Encrypt",
+            f.kms
+                .encrypt(&bob, &key, b"x", &ctx(&[("tenant", "ACME")]), &[])
+                .await
+                .map(drop),
+        ),
+        (
+            "GenerateDataKey",
+            f.kms
+                .generate_data_key(&bob, &key, &evil, DataKeyLength::Aes128, &[])
+                .await
+                .map(drop),
+        ),
+        (
+            "Decrypt",
+            f.kms
+                .decrypt(&bob, &evil_blob, &evil, "", &[])
+                .await
+                .map(drop),
+        ),
+    ];
+    for (action, result) in refused {
+        check_err(
+            result,
+            "AccessDeniedException",
+            &format!(
+                "User: user/bob is not authorized to perform: kms:{action} on resource: key/{key}"
+            ),
+        );
+    }
+
+    // kms:EncryptionContextKeys, from an identity policy: carol may use
+    // only contexts whose keys are all among tenant and table.
+    f.kms
+        .create_user(&f.admin, "carol", Some(PrincipalKind::User))
+        .await
+        .unwrap();
+    let keys_only = r#"{"Version":"2012-10-17","Statement":[{"Sid":"KnownKeys","Effect":"Allow","Action":["kms:Encrypt","kms:Decrypt"],"Resource":"*",
+       "Condition":{"ForAllValues:StringEquals":{"kms:EncryptionContextKeys":["tenant","table"]}}}]}"#;
+    f.kms
+        .put_user_policy(&f.admin, "carol", "KnownKeys", keys_only)
+        .await
+        .unwrap();
+    let carol = creds(
+        &f.kms
+            .create_access_token(&f.admin, "user/carol")
+            .await
+            .unwrap()
+            .token,
+    );
+    for allowed in [
+        ctx(&[("tenant", "acme")]),
+        ctx(&[("table", "orders")]),
+        ctx(&[("tenant", "evil"), ("table", "orders")]),
+        // ForAllValues holds for an empty set, as in AWS.
+        EncryptionContext::new(),
+    ] {
+        let blob = f
+            .kms
+            .encrypt(&carol, &key, b"z", &allowed, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{allowed:?}: {e}"))
+            .ciphertext_blob;
+        f.kms
+            .decrypt(&carol, &blob, &allowed, "", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{allowed:?}: {e}"));
+    }
+    let stray = ctx(&[("tenant", "acme"), ("owner", "mallory")]);
+    let stray_blob = f.blob(&key, b"w", &stray).await;
+    for other in [stray.clone(), ctx(&[("Tenant", "acme")])] {
+        check_err(
+            f.kms.encrypt(&carol, &key, b"z", &other, &[]).await,
+            "AccessDeniedException",
+            &format!(
+                "User: user/carol is not authorized to perform: kms:Encrypt on resource: key/{key} because no identity-based policy allows the kms:Encrypt action"
+            ),
+        );
+    }
+    check_err(
+        f.kms.decrypt(&carol, &stray_blob, &stray, "", &[]).await,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+}
+
+/// On CreateGrant, `kms:GranteePrincipal` is the grantee and
+/// `kms:GrantOperations` the operations asked for (named without `kms:`):
+/// a policy can let a principal give only some operations to only some
+/// grantees.
+#[tokio::test]
+async fn grantee_and_grant_operations_conditions_decide_create_grant() {
+    use GrantOperation::{Decrypt, Encrypt, RetireGrant};
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"BobGivesCarolDecrypt","Effect":"Allow","Principal":{"AWS":"user/bob"},"Action":"kms:CreateGrant","Resource":"*",
+       "Condition":{"StringEquals":{"kms:GranteePrincipal":"user/carol"},
+                    "ForAllValues:StringEquals":{"kms:GrantOperations":["Decrypt","RetireGrant"]}}}]}"#;
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", policy)
+        .await
+        .unwrap();
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let carol = f.user("carol", PrincipalKind::User, &[]).await;
+    let c = ctx(&[("t", "1")]);
+    let blob = f.blob(&key, b"for carol", &c).await;
+    let input = |grantee: &str, operations: Vec<GrantOperation>| CreateGrantInput {
+        key_id: key.clone(),
+        grantee: grantee.into(),
+        retiring: None,
+        operations,
+        constraints: GrantConstraints::default(),
+        name: String::new(),
+        grant_tokens: vec![],
+    };
+    for (grantee, operations) in [
+        ("user/dave", vec![Decrypt]),
+        ("user/bob", vec![Decrypt]),
+        ("service/carol", vec![Decrypt]),
+        ("user/carol", vec![Decrypt, Encrypt]),
+        ("user/carol", vec![Encrypt]),
+    ] {
+        check_err(
+            f.kms.create_grant(&bob, input(grantee, operations)).await,
+            "AccessDeniedException",
+            &format!(
+                "User: user/bob is not authorized to perform: kms:CreateGrant on resource: key/{key}"
+            ),
+        );
+    }
+    let listed = || async {
+        f.kms
+            .list_grants(&f.admin, &key, "", "", 0, "")
+            .await
+            .unwrap()
+            .items
+    };
+    assert!(listed().await.is_empty(), "refused grants were not made");
+    let decrypt_only = f
+        .kms
+        .create_grant(&bob, input("user/carol", vec![Decrypt]))
+        .await
+        .expect("the grantee and operations the policy allows");
+    let with_retire = f
+        .kms
+        .create_grant(&bob, input("user/carol", vec![Decrypt, RetireGrant]))
+        .await
+        .expect("every operation among those allowed");
+    assert_eq!(
+        (decrypt_only.grantee.as_str(), decrypt_only.issuing.as_str()),
+        ("user/carol", "user/bob")
+    );
+    let mut ids: Vec<String> = listed().await.into_iter().map(|g| g.grant_id).collect();
+    ids.sort();
+    let mut expected = vec![decrypt_only.grant_id.clone(), with_retire.grant_id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    // The grant bob could make works for carol.
+    assert_eq!(
+        f.kms
+            .decrypt(&carol, &blob, &c, "", &[])
+            .await
+            .unwrap()
+            .plaintext
+            .as_slice(),
+        b"for carol"
+    );
+    let record = f
+        .audit_lines()
+        .into_iter()
+        .rev()
+        .find(|r| r["event_name"] == "CreateGrant" && r["decision"] == "Allow")
+        .unwrap();
+    assert_eq!(
+        record["matched_statements"],
+        serde_json::json!(["key-policy:BobGivesCarolDecrypt"])
+    );
+}
+
+/// A key holds at most MAX_TAGS tags: one more is refused, naming the
+/// limit, and changes nothing; a tag that replaces one is not one more.
+#[tokio::test]
+async fn tag_keys_and_values_are_limited_in_characters_not_bytes() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    // "é" is two bytes: 128 of them are 256 bytes and still a valid key.
+    let (k128, v256) = ("é".repeat(128), "é".repeat(256));
+    f.kms
+        .tag_resource(&f.admin, &key, &[(k128.clone(), v256.clone())])
+        .await
+        .expect("128 characters of key, 256 of value");
+    for (k, v, needle) in [
+        (
+            "é".repeat(129),
+            "v".to_string(),
+            "must have 1–128 characters",
+        ),
+        (String::new(), "v".to_string(), "must have 1–128 characters"),
+        (
+            "k".to_string(),
+            "é".repeat(257),
+            "must have at most 256 characters",
+        ),
+    ] {
+        check_err(
+            f.kms.tag_resource(&f.admin, &key, &[(k, v)]).await,
+            "ValidationException",
+            needle,
+        );
+    }
+    let tags = f
+        .kms
+        .list_resource_tags(&f.admin, &key, 0, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        tags.items,
+        vec![(k128, v256)],
+        "refused tags are not stored"
+    );
+}
+
+#[tokio::test]
+async fn a_key_holds_at_most_max_tags() {
+    use crate::keys::MAX_TAGS;
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let tag = |i: usize| (format!("k{i:02}"), format!("v{i}"));
+    let full: Vec<(String, String)> = (0..MAX_TAGS).map(tag).collect();
+    f.kms.tag_resource(&f.admin, &key, &full).await.unwrap();
+    let tags = || async {
+        f.kms
+            .list_resource_tags(&f.admin, &key, 0, "")
+            .await
+            .unwrap()
+            .items
+    };
+    assert_eq!(tags().await, full);
+    let limit = format!("a key may have at most {MAX_TAGS} tags");
+    check_err(
+        f.kms.tag_resource(&f.admin, &key, &[tag(MAX_TAGS)]).await,
+        "LimitExceededException",
+        &limit,
+    );
+    // A request that replaces one tag and adds another is refused whole.
+    check_err(
+        f.kms
+            .tag_resource(
+                &f.admin,
+                &key,
+                &[("k00".into(), "changed".into()), tag(MAX_TAGS)],
+            )
+            .await,
+        "LimitExceededException",
+        &limit,
+    );
+    assert_eq!(tags().await, full, "refused tagging changed nothing");
+    f.kms
+        .tag_resource(&f.admin, &key, &[("k00".into(), "changed".into())])
+        .await
+        .expect("replacing a tag at the limit");
+    assert_eq!(tags().await[0], ("k00".to_string(), "changed".to_string()));
+    f.kms
+        .untag_resource(&f.admin, &key, &["k01".into()])
+        .await
+        .unwrap();
+    f.kms
+        .tag_resource(&f.admin, &key, &[tag(MAX_TAGS)])
+        .await
+        .expect("room after an untag");
+    assert_eq!(tags().await.len(), MAX_TAGS);
+    // CreateKey: the same limit, and no key is made.
+    let keys_before = f.kms.list_keys(&f.admin, 0, "").await.unwrap().items;
+    let too_many: Vec<(String, String)> = (0..=MAX_TAGS).map(tag).collect();
+    check_err(
+        f.kms
+            .create_key(
+                &f.admin,
+                CreateKeyInput {
+                    description: String::new(),
+                    spec: KeySpec::SymmetricDefault,
+                    usage: None,
+                    policy: None,
+                    tags: too_many,
+                },
+            )
+            .await,
+        "LimitExceededException",
+        &limit,
+    );
+    assert_eq!(
+        f.kms.list_keys(&f.admin, 0, "").await.unwrap().items,
+        keys_before
+    );
+    let with_full = f
+        .kms
+        .create_key(
+            &f.admin,
+            CreateKeyInput {
+                description: String::new(),
+                spec: KeySpec::SymmetricDefault,
+                usage: None,
+                policy: None,
+                tags: full.clone(),
+            },
+        )
+        .await
+        .expect("exactly the limit");
+    assert_eq!(with_full.tags.len(), MAX_TAGS);
+}
+
+/// A request may carry at most MAX_GRANT_TOKENS grant tokens, whichever
+/// operation it is: one more is refused before anything is decided.
+#[tokio::test]
+async fn a_request_carries_at_most_max_grant_tokens() {
+    use crate::grants::MAX_GRANT_TOKENS;
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let c = ctx(&[("t", "1")]);
+    let blob = f.blob(&key, b"x", &c).await;
+    let mut tokens = Vec::new();
+    for _ in 0..=MAX_GRANT_TOKENS {
+        let grant = f
+            .kms
+            .create_grant(
+                &f.admin,
+                CreateGrantInput {
+                    key_id: key.clone(),
+                    grantee: "user/bob".into(),
+                    retiring: None,
+                    operations: vec![
+                        GrantOperation::Decrypt,
+                        GrantOperation::Encrypt,
+                        GrantOperation::DescribeKey,
+                        GrantOperation::GenerateDataKey,
+                        GrantOperation::CreateGrant,
+                    ],
+                    constraints: GrantConstraints::default(),
+                    name: String::new(),
+                    grant_tokens: vec![],
+                },
+            )
+            .await
+            .unwrap();
+        tokens.push(grant.token());
+    }
+    let (at_limit, over) = (&tokens[..MAX_GRANT_TOKENS], &tokens[..]);
+    assert_eq!(over.len(), MAX_GRANT_TOKENS + 1);
+    let limit = format!("at most {MAX_GRANT_TOKENS} grant tokens may be sent");
+    assert_eq!(
+        f.kms
+            .decrypt(&bob, &blob, &c, "", at_limit)
+            .await
+            .unwrap()
+            .plaintext
+            .as_slice(),
+        b"x"
+    );
+    f.kms.encrypt(&bob, &key, b"x", &c, at_limit).await.unwrap();
+    f.kms.describe_key(&bob, &key, at_limit).await.unwrap();
+    let refused: Vec<(&str, Result<(), KmsError>)> = vec![
+        (
+            "Decrypt",
+            f.kms.decrypt(&bob, &blob, &c, "", over).await.map(drop),
+        ),
+        (
+            "Encrypt",
+            f.kms.encrypt(&bob, &key, b"x", &c, over).await.map(drop),
+        ),
+        (
+            "GenerateDataKey",
+            f.kms
+                .generate_data_key(&bob, &key, &c, DataKeyLength::Aes256, over)
+                .await
+                .map(drop),
+        ),
+        (
+            "DescribeKey",
+            f.kms.describe_key(&bob, &key, over).await.map(drop),
+        ),
+        (
+            "CreateGrant",
+            f.kms
+                .create_grant(
+                    &bob,
+                    CreateGrantInput {
+                        key_id: key.clone(),
+                        grantee: "user/bob".into(),
+                        retiring: None,
+                        operations: vec![GrantOperation::Decrypt],
+                        constraints: GrantConstraints::default(),
+                        name: String::new(),
+                        grant_tokens: over.to_vec(),
+                    },
+                )
+                .await
+                .map(drop),
+        ),
+    ];
+    for (operation, result) in refused {
+        let e = result.expect_err(operation);
+        assert_eq!(e.reason(), "ValidationException", "{operation}: {e}");
+        assert!(e.to_string().contains(&limit), "{operation}: {e}");
+    }
+    assert_eq!(
+        f.kms
+            .list_grants(&f.admin, &key, "", "", 0, "")
+            .await
+            .unwrap()
+            .items
+            .len(),
+        MAX_GRANT_TOKENS + 1,
+        "the refused CreateGrant made no grant"
+    );
+}
+
+/// A principal holds at most MAX_INLINE_POLICIES inline policies (one more
+/// is refused, naming the limit, and changes nothing; replacing one is not
+/// one more) and MAX_TOKENS_PER_PRINCIPAL active access tokens.
+#[tokio::test]
+async fn a_principal_holds_at_most_max_inline_policies_and_tokens() {
+    use iam_ops::{MAX_INLINE_POLICIES, MAX_TOKENS_PER_PRINCIPAL};
+    let f = fixture().await;
+    f.kms
+        .create_user(&f.admin, "dev", Some(PrincipalKind::User))
+        .await
+        .unwrap();
+    let doc = |action: &str| {
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"{action}","Resource":"*"}}]}}"#
+        )
+    };
+    let names: Vec<String> = (0..MAX_INLINE_POLICIES)
+        .map(|i| format!("P{i:02}"))
+        .collect();
+    for name in &names {
+        f.kms
+            .put_user_policy(&f.admin, "dev", name, &doc("table:GetItem"))
+            .await
+            .unwrap();
+    }
+    let listed = || async { f.kms.list_user_policies(&f.admin, "dev").await.unwrap() };
+    assert_eq!(inline_names(&listed().await), names);
+    check_err(
+        f.kms
+            .put_user_policy(&f.admin, "dev", "OneMore", &doc("kms:*"))
+            .await,
+        "LimitExceededException",
+        &format!("user/dev already has {MAX_INLINE_POLICIES} inline policies"),
+    );
+    let after = listed().await;
+    assert_eq!(
+        inline_names(&after),
+        names,
+        "the refused policy was not added"
+    );
+    // Nor does it apply: dev still may not create keys.
+    let token = f.kms.create_access_token(&f.admin, "dev").await.unwrap();
+    let dev = creds(&token.token);
+    check_err(
+        f.kms
+            .create_key(
+                &dev,
+                CreateKeyInput {
+                    description: String::new(),
+                    spec: KeySpec::SymmetricDefault,
+                    usage: None,
+                    policy: None,
+                    tags: vec![],
+                },
+            )
+            .await,
+        "AccessDeniedException",
+        "kms:CreateKey",
+    );
+    // Replacing a policy at the limit is allowed.
+    f.kms
+        .put_user_policy(&f.admin, "dev", "P00", &doc("kms:CreateKey"))
+        .await
+        .expect("replacing one at the limit");
+    assert_eq!(listed().await.inline["P00"], doc("kms:CreateKey"));
+    f.kms
+        .delete_user_policy(&f.admin, "dev", "P01")
+        .await
+        .unwrap();
+    f.kms
+        .put_user_policy(&f.admin, "dev", "OneMore", &doc("kms:ListKeys"))
+        .await
+        .expect("room after a delete");
+    assert_eq!(listed().await.inline.len(), MAX_INLINE_POLICIES);
+
+    // Access tokens: dev has one; fill up to the limit, then one more is refused.
+    for _ in 1..MAX_TOKENS_PER_PRINCIPAL {
+        f.kms.create_access_token(&f.admin, "dev").await.unwrap();
+    }
+    check_err(
+        f.kms.create_access_token(&f.admin, "dev").await,
+        "LimitExceededException",
+        &format!("user/dev already has {MAX_TOKENS_PER_PRINCIPAL} active tokens"),
+    );
+    let tokens = f.kms.list_access_tokens(&f.admin, "dev").await.unwrap();
+    assert_eq!(tokens.len(), MAX_TOKENS_PER_PRINCIPAL);
+    f.kms
+        .delete_access_token(&f.admin, "dev", &tokens[1].token_id)
+        .await
+        .unwrap();
+    f.kms
+        .create_access_token(&f.admin, "dev")
+        .await
+        .expect("room after a revocation");
+    // The first token still works.
+    assert_eq!(
+        f.kms.get_caller_identity(&dev).await.unwrap().principal,
+        "user/dev"
+    );
 }
