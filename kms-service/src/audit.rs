@@ -204,7 +204,9 @@ pub struct AuditEvent {
     /// made the call conditional on (`x-authorize`), decided for the end
     /// caller before the call's own work, and the alias of an alias
     /// operation (`kms:CreateAlias` on `alias/…`). When one was refused, it
-    /// is the last one and the call did nothing else.
+    /// is the last one and the call did nothing else. For `Authorize`:
+    /// every question, as answered, in order (its own `decision` is "Allow"
+    /// when all were allowed, "Partial" when some, else "Deny").
     pub conditions: Vec<AuditCondition>,
 }
 

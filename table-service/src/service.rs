@@ -248,6 +248,62 @@ impl Tables {
         self.authorize_uncached(call, action, resource).await
     }
 
+    /// Asks about several `actions` on `resource` at once: those the allow
+    /// cache holds are not asked again, the rest go to kms-service in one
+    /// `Authorize`. On refusal: the index of the first refused action, in
+    /// order, and the error.
+    async fn authorize_each(
+        &self,
+        call: &mut Call,
+        actions: &[&str],
+        resource: &str,
+    ) -> Result<Option<(usize, TableError)>, TableError> {
+        let open: Vec<(usize, &str)> = actions
+            .iter()
+            .enumerate()
+            .filter(|(_, action)| !self.cached_allow(call, action, resource))
+            .map(|(i, action)| (i, *action))
+            .collect();
+        if open.is_empty() {
+            return Ok(None);
+        }
+        call.outcome.kms_calls += 1;
+        let questions: Vec<(String, String)> = open
+            .iter()
+            .map(|(_, action)| (action.to_string(), resource.to_string()))
+            .collect();
+        let (principal, answers) = self.kms.authorize(&call.caller, &questions).await?;
+        if answers.len() != questions.len() {
+            return Err(TableError::Internal(format!(
+                "Authorize answered {} of {} questions",
+                answers.len(),
+                questions.len()
+            )));
+        }
+        let mut refused = None;
+        for ((i, action), answer) in open.iter().zip(answers) {
+            if answer.allowed {
+                self.authz.record_allow(
+                    call.caller.authorization.as_str(),
+                    action,
+                    resource,
+                    &principal,
+                );
+            } else if refused.is_none() {
+                refused = Some((
+                    *i,
+                    TableError::Kms {
+                        code: tonic::Code::PermissionDenied,
+                        reason: "AccessDeniedException".into(),
+                        message: answer.message,
+                    },
+                ));
+            }
+        }
+        call.outcome.principal = Some(principal);
+        Ok(refused)
+    }
+
     /// Whether the allow cache holds an allow of `action` on `resource` for
     /// the caller; if so, records the caller's principal.
     fn cached_allow(&self, call: &mut Call, action: &str, resource: &str) -> bool {

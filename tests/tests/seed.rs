@@ -18,6 +18,7 @@ use lockbox_proto::kms::v1 as kms;
 use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use lockbox_proto::table::v1 as pb;
 use lockbox_proto::table::v1::table_service_client::TableServiceClient;
+use serde_json::json;
 use table_service::config::ServeConfig as TableConfig;
 use table_service::server::RunningServer as TableServer;
 use tonic::Code;
@@ -1189,11 +1190,40 @@ async fn put_item_decides_the_table_action_with_its_data_key() {
         calls_of(put(&admin, "fold", "c", vec![absent])).await,
         [authorize.clone(), generate.clone()]
     );
-    // ALL_OLD reads the old item first: the decision comes before it.
+    // ALL_OLD reads the old item first: the decision comes before it, and
+    // asks for table:GetItem besides table:PutItem, in the same call.
     let mut all_old = put(&admin, "fold", "c", vec![]);
     all_old.get_mut().return_values = pb::ReturnValues::AllOld.into();
     let decrypt = ("Decrypt".to_string(), serde_json::json!([key_resource]));
     assert_eq!(calls_of(all_old).await, [authorize, decrypt, generate]);
+    let record: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .rev()
+            .find(|l| l.contains("\"Authorize\""))
+            .unwrap(),
+    )
+    .unwrap();
+    let asked: Vec<_> = record["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["action"].clone(),
+                c["resource"].clone(),
+                c["decision"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            (json!("table:PutItem"), json!("table/fold"), json!("Allow")),
+            (json!("table:GetItem"), json!("table/fold"), json!("Allow")),
+        ]
+    );
     // A caller who is not authenticated costs one call, not two.
     let before = std::fs::read_to_string(&log).unwrap().lines().count();
     check_status(
@@ -1695,4 +1725,196 @@ async fn an_unreachable_kms_service_is_not_asked_again_for_the_decision() {
     tables_server.stop().await.unwrap();
     front.abort();
     kms.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_writer_without_get_item_reads_nothing_through_return_values() {
+    // The service-managed key lets any caller unwrap through table-service,
+    // so on such a table `table:GetItem` is all that guards a read.
+    let stack = start(60).await;
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let admin = stack.admin.clone();
+    tables
+        .create_table(authed(
+            &admin,
+            pb::CreateTableRequest {
+                table_name: "ledger".into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "pk".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: None,
+                }),
+                sse_specification: None,
+            },
+        ))
+        .await
+        .unwrap();
+    let secret = item(&[("pk", s("a")), ("secret", s("launch code")), ("n", n("7"))]);
+    tables
+        .put_item(authed(
+            &admin,
+            pb::PutItemRequest {
+                table_name: "ledger".into(),
+                item: secret.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let mut iam_client = IdentityServiceClient::new(channel(stack.kms.addr).await);
+    let writer = user_token(&mut iam_client, &admin, "writer", None).await;
+    iam_client
+        .put_user_policy(authed(
+            &admin,
+            iam::PutUserPolicyRequest {
+                user_name: "writer".into(),
+                policy_name: "WriteOnly".into(),
+                policy_document: r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow",
+                  "Action":["table:PutItem","table:UpdateItem","table:DeleteItem"],
+                  "Resource":"table/ledger"}]}"#
+                    .into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let key = item(&[("pk", s("a"))]);
+    let update = |return_values: pb::ReturnValues, action: pb::update_action::Action| {
+        authed(
+            &writer,
+            pb::UpdateItemRequest {
+                table_name: "ledger".into(),
+                key: key.clone(),
+                actions: vec![pb::UpdateAction {
+                    action: Some(action),
+                }],
+                return_values: return_values.into(),
+                ..Default::default()
+            },
+        )
+    };
+    let remove_nothing = || pb::update_action::Action::Remove("absent".into());
+    let add_one = || {
+        pb::update_action::Action::Add(pb::SetAction {
+            attribute: "n".into(),
+            value: Some(n("1")),
+        })
+    };
+    let refused = |rv: &str| {
+        format!(
+            "User: user/writer is not authorized to perform: table:GetItem on resource: table/ledger \
+             because no identity-based policy allows the table:GetItem action \
+             (return_values {rv} returns the item, which needs table:GetItem)"
+        )
+    };
+    for (return_values, action, name) in [
+        (pb::ReturnValues::AllOld, remove_nothing(), "ALL_OLD"),
+        (pb::ReturnValues::AllNew, remove_nothing(), "ALL_NEW"),
+        (pb::ReturnValues::UpdatedOld, add_one(), "UPDATED_OLD"),
+        // The new value of a number after ADD tells the old one.
+        (pb::ReturnValues::UpdatedNew, add_one(), "UPDATED_NEW"),
+    ] {
+        let answer = tables.update_item(update(return_values, action)).await;
+        assert!(!format!("{answer:?}").contains("launch"), "{answer:?}");
+        check_status(
+            answer,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            &refused(name),
+        );
+    }
+    let answer = tables
+        .put_item(authed(
+            &writer,
+            pb::PutItemRequest {
+                table_name: "ledger".into(),
+                item: item(&[("pk", s("a")), ("secret", s("overwritten"))]),
+                return_values: pb::ReturnValues::AllOld.into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert!(!format!("{answer:?}").contains("launch"), "{answer:?}");
+    check_status(
+        answer,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        &refused("ALL_OLD"),
+    );
+    let answer = tables
+        .delete_item(authed(
+            &writer,
+            pb::DeleteItemRequest {
+                table_name: "ledger".into(),
+                key: key.clone(),
+                return_values: pb::ReturnValues::AllOld.into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert!(!format!("{answer:?}").contains("launch"), "{answer:?}");
+    check_status(
+        answer,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        &refused("ALL_OLD"),
+    );
+    // Nothing was written by the refused calls.
+    let get = |token: &str| {
+        authed(
+            token,
+            pb::GetItemRequest {
+                table_name: "ledger".into(),
+                key: key.clone(),
+            },
+        )
+    };
+    assert_eq!(
+        tables
+            .get_item(get(&admin))
+            .await
+            .unwrap()
+            .into_inner()
+            .item,
+        secret
+    );
+    // Without return values the same writes are the writer's to make, and
+    // answer nothing.
+    let answer = tables
+        .update_item(update(pb::ReturnValues::None, add_one()))
+        .await
+        .expect("a write without return values")
+        .into_inner();
+    assert!(answer.attributes.is_empty());
+    assert_eq!(
+        tables
+            .get_item(get(&admin))
+            .await
+            .unwrap()
+            .into_inner()
+            .item
+            .get("n"),
+        Some(&n("8"))
+    );
+    // With table:GetItem as well, return values come back.
+    iam_client
+        .attach_user_policy(authed(
+            &admin,
+            iam::AttachUserPolicyRequest {
+                user_name: "writer".into(),
+                policy_name: "TableReadOnlyAccess".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let old = tables
+        .update_item(update(pb::ReturnValues::AllOld, remove_nothing()))
+        .await
+        .expect("a reader and writer gets the old item")
+        .into_inner()
+        .attributes;
+    assert_eq!(old.get("secret"), Some(&s("launch code")));
+    stack.tables.stop().await.unwrap();
+    stack.kms.stop().await.unwrap();
 }

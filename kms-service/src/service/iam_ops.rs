@@ -661,6 +661,13 @@ impl Kms {
             for (action, resource) in questions {
                 let outcome = ctx.decide(&state, action, Target::Resource(resource), &EncryptionContext::new(), &[]);
                 any_allowed |= outcome.is_ok();
+                // Each question, as answered, in the record.
+                ctx.event.conditions.push(crate::audit::AuditCondition {
+                    action: action.clone(),
+                    resource: resource.clone(),
+                    decision: if outcome.is_ok() { "Allow" } else { "Deny" }.into(),
+                    matched_statements: std::mem::take(&mut ctx.event.matched_statements),
+                });
                 answers.push(AuthorizationAnswer {
                     action: action.clone(),
                     resource: resource.clone(),

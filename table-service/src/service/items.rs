@@ -32,6 +32,16 @@ pub enum ReturnValues {
 }
 
 impl ReturnValues {
+    fn name(self) -> &'static str {
+        match self {
+            ReturnValues::None => "NONE",
+            ReturnValues::AllOld => "ALL_OLD",
+            ReturnValues::AllNew => "ALL_NEW",
+            ReturnValues::UpdatedOld => "UPDATED_OLD",
+            ReturnValues::UpdatedNew => "UPDATED_NEW",
+        }
+    }
+
     /// What PutItem and DeleteItem offer: NONE or ALL_OLD, as in DynamoDB.
     fn check_for(self, operation: &str) -> Result<(), TableError> {
         match self {
@@ -55,6 +65,45 @@ fn resource(name: &str) -> String {
 }
 
 impl Tables {
+    /// Authorizes a write's `action` (when given: PutItem may have it
+    /// decided already) and, when `return_values` hands back item contents,
+    /// `table:GetItem` too, in one `Authorize`. Those answers are a read
+    /// (even UPDATED_NEW: a number's new value after ADD tells its old
+    /// one), and a caller who may only write must not read items through
+    /// its writes' answers.
+    async fn authorize_write(
+        &self,
+        call: &mut Call,
+        action: Option<&str>,
+        resource: &str,
+        return_values: ReturnValues,
+    ) -> Result<(), TableError> {
+        let reads = return_values != ReturnValues::None;
+        let actions: Vec<&str> = action
+            .into_iter()
+            .chain(reads.then_some("table:GetItem"))
+            .collect();
+        match self.authorize_each(call, &actions, resource).await? {
+            None => Ok(()),
+            Some((
+                i,
+                TableError::Kms {
+                    code,
+                    reason,
+                    message,
+                },
+            )) if actions[i] == "table:GetItem" => Err(TableError::Kms {
+                code,
+                reason,
+                message: format!(
+                    "{message} (return_values {} returns the item, which needs table:GetItem)",
+                    return_values.name()
+                ),
+            }),
+            Some((_, error)) => Err(error),
+        }
+    }
+
     /// Reads and opens the current item at `key`, if any.
     async fn current(
         &self,
@@ -134,8 +183,10 @@ impl Tables {
         // (`x-authorize`): one kms-service call instead of two.
         let cached = self.cached_allow(call, ACTION, &resource);
         let deciding = !cached && conditions.is_empty() && return_values == ReturnValues::None;
-        if !cached && !deciding {
-            self.authorize_uncached(call, ACTION, &resource).await?;
+        if !deciding {
+            let action = (!cached).then_some(ACTION);
+            self.authorize_write(call, action, &resource, return_values)
+                .await?;
         }
         let _writes = self.table_writes.read().await;
         let prepared = self.table(table_name).and_then(|table| {
@@ -256,8 +307,13 @@ impl Tables {
         conditions: &[Condition],
         return_values: ReturnValues,
     ) -> Result<Option<Item>, TableError> {
-        self.authorize(call, "table:DeleteItem", &resource(table_name))
-            .await?;
+        self.authorize_write(
+            call,
+            Some("table:DeleteItem"),
+            &resource(table_name),
+            return_values,
+        )
+        .await?;
         let _writes = self.table_writes.read().await;
         let table = self.table(table_name)?;
         return_values.check_for("DeleteItem")?;
@@ -285,8 +341,13 @@ impl Tables {
         conditions: &[Condition],
         return_values: ReturnValues,
     ) -> Result<Option<Item>, TableError> {
-        self.authorize(call, "table:UpdateItem", &resource(table_name))
-            .await?;
+        self.authorize_write(
+            call,
+            Some("table:UpdateItem"),
+            &resource(table_name),
+            return_values,
+        )
+        .await?;
         let _writes = self.table_writes.read().await;
         let table = self.table(table_name)?;
         if actions.is_empty() {
