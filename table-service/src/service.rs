@@ -248,21 +248,20 @@ impl Tables {
         self.authorize_uncached(call, action, resource).await
     }
 
-    /// Asks about several `actions` on `resource` at once: those the allow
-    /// cache holds are not asked again, the rest go to kms-service in one
-    /// `Authorize`. On refusal: the index of the first refused action, in
-    /// order, and the error.
+    /// Asks several `(action, resource)` questions at once: those the
+    /// allow cache holds are not asked again, the rest go to kms-service in
+    /// one `Authorize`. On refusal: the index of the first refused
+    /// question, in order, and the error.
     async fn authorize_each(
         &self,
         call: &mut Call,
-        actions: &[&str],
-        resource: &str,
+        asked: &[(&str, &str)],
     ) -> Result<Option<(usize, TableError)>, TableError> {
-        let open: Vec<(usize, &str)> = actions
+        let open: Vec<(usize, &str, &str)> = asked
             .iter()
             .enumerate()
-            .filter(|(_, action)| !self.cached_allow(call, action, resource))
-            .map(|(i, action)| (i, *action))
+            .filter(|(_, (action, resource))| !self.cached_allow(call, action, resource))
+            .map(|(i, (action, resource))| (i, *action, *resource))
             .collect();
         if open.is_empty() {
             return Ok(None);
@@ -270,7 +269,7 @@ impl Tables {
         call.outcome.kms_calls += 1;
         let questions: Vec<(String, String)> = open
             .iter()
-            .map(|(_, action)| (action.to_string(), resource.to_string()))
+            .map(|(_, action, resource)| (action.to_string(), resource.to_string()))
             .collect();
         let (principal, answers) = self.kms.authorize(&call.caller, &questions).await?;
         if answers.len() != questions.len() {
@@ -281,7 +280,7 @@ impl Tables {
             )));
         }
         let mut refused = None;
-        for ((i, action), answer) in open.iter().zip(answers) {
+        for ((i, action, resource), answer) in open.iter().zip(answers) {
             if answer.allowed {
                 self.authz.record_allow(
                     call.caller.authorization.as_str(),
@@ -302,6 +301,18 @@ impl Tables {
         }
         call.outcome.principal = Some(principal);
         Ok(refused)
+    }
+
+    /// [`Tables::authorize_each`] where any refusal is the error.
+    async fn authorize_all(
+        &self,
+        call: &mut Call,
+        asked: &[(&str, &str)],
+    ) -> Result<(), TableError> {
+        match self.authorize_each(call, asked).await? {
+            None => Ok(()),
+            Some((_, refusal)) => Err(refusal),
+        }
     }
 
     /// Whether the allow cache holds an allow of `action` on `resource` for

@@ -2504,7 +2504,16 @@ async fn a_batch_get_is_checked_whole_before_anything_is_unwrapped() {
         check_status(get(tables).await, code, reason, needle);
         assert_eq!(decrypts(), before, "no data key was unwrapped");
     }
-    // The same request with a valid second table reads a-items's item.
+    // The same request with a valid second table reads a-items's item,
+    // both tables decided in one Authorize.
+    let records = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let seen = records().len();
     let answered = get(vec![
         ("a-items", vec![one.clone()]),
         ("b-items", vec![one.clone()]),
@@ -2514,6 +2523,25 @@ async fn a_batch_get_is_checked_whole_before_anything_is_unwrapped() {
     .into_inner();
     assert_eq!(answered.responses["a-items"].items.len(), 1);
     assert_eq!(decrypts(), before + 1);
+    let authorized: Vec<Vec<(String, String)>> = records()[seen..]
+        .iter()
+        .filter(|r| r["event_name"] == "Authorize")
+        .map(|r| {
+            r["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    (
+                        c["action"].as_str().unwrap().to_string(),
+                        c["resource"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let pair = |table: &str| ("table:BatchGetItem".to_string(), format!("table/{table}"));
+    assert_eq!(authorized, [vec![pair("a-items"), pair("b-items")]]);
     stack.stop().await;
 }
 

@@ -79,11 +79,12 @@ impl Tables {
         return_values: ReturnValues,
     ) -> Result<(), TableError> {
         let reads = return_values != ReturnValues::None;
-        let actions: Vec<&str> = action
+        let asked: Vec<(&str, &str)> = action
             .into_iter()
             .chain(reads.then_some("table:GetItem"))
+            .map(|action| (action, resource))
             .collect();
-        match self.authorize_each(call, &actions, resource).await? {
+        match self.authorize_each(call, &asked).await? {
             None => Ok(()),
             Some((
                 i,
@@ -92,7 +93,7 @@ impl Tables {
                     reason,
                     message,
                 },
-            )) if actions[i] == "table:GetItem" => Err(TableError::Kms {
+            )) if asked[i].0 == "table:GetItem" => Err(TableError::Kms {
                 code,
                 reason,
                 message: format!(
@@ -421,10 +422,14 @@ impl Tables {
         // The whole request is checked (each table allowed and existing,
         // each key valid and unique) before anything is read or unwrapped,
         // so a refusal costs no key use and names the first problem.
+        let resources: Vec<String> = requests.keys().map(|name| resource(name)).collect();
+        let asked: Vec<(&str, &str)> = resources
+            .iter()
+            .map(|r| ("table:BatchGetItem", r.as_str()))
+            .collect();
+        self.authorize_all(call, &asked).await?;
         let mut checked = Vec::with_capacity(requests.len());
         for (name, keys) in requests {
-            self.authorize(call, "table:BatchGetItem", &resource(name))
-                .await?;
             let table = self.table(name)?;
             let mut seen = std::collections::BTreeSet::new();
             let mut valid = Vec::with_capacity(keys.len());
@@ -503,10 +508,12 @@ impl Tables {
         // batch (its stripes in one global order, as the re-wrap does), so
         // that no other writer of these items, conditional or not, can
         // interleave between their reads and this commit.
-        for name in requests.keys() {
-            self.authorize(call, "table:BatchWriteItem", &resource(name))
-                .await?;
-        }
+        let resources: Vec<String> = requests.keys().map(|name| resource(name)).collect();
+        let asked: Vec<(&str, &str)> = resources
+            .iter()
+            .map(|r| ("table:BatchWriteItem", r.as_str()))
+            .collect();
+        self.authorize_all(call, &asked).await?;
         let _writes = self.table_writes.read().await;
         let mut planned: Vec<(&String, TableRecord, ItemKey, &BatchWrite)> = Vec::new();
         for (name, writes) in requests {
