@@ -56,6 +56,9 @@ async fn main() -> ExitCode {
                     (Some(_), None) => "TLS",
                     (Some(_), Some(_)) => "mutual TLS",
                 };
+                if let Some(warning) = lockbox_proto::transport::plaintext_warning(config.listen, tls.is_some(), "KMS") {
+                    tracing::warn!("{warning}");
+                }
                 tracing::info!(listen = %config.listen, transport, data_dir = %config.storage.data_dir.display(), "kms-service ready");
                 server::serve_with_tls(&config, tls, opened.kms, listener, shutdown_signal()).await
             }

@@ -47,6 +47,25 @@ pub fn server_builder() -> tonic::transport::Server {
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
 }
 
+/// The warning to log when a server is about to serve plaintext on an
+/// address other machines can reach (plaintext is for development on
+/// loopback): tokens, keys and item plaintext would cross the network
+/// unencrypted. `None` for TLS, or a loopback address.
+pub fn plaintext_warning(
+    listen: std::net::SocketAddr,
+    tls: bool,
+    env_prefix: &str,
+) -> Option<String> {
+    if tls || listen.ip().is_loopback() {
+        return None;
+    }
+    Some(format!(
+        "serving plaintext on {listen}, which is not a loopback address: access tokens, \
+         plaintext and data keys cross the network unencrypted; set --tls-cert and --tls-key \
+         ({env_prefix}_TLS_CERT, {env_prefix}_TLS_KEY), or listen on 127.0.0.1 for development"
+    ))
+}
+
 /// A configuration error, as a complete sentence for the operator.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -415,5 +434,35 @@ pub async fn healthcheck(
         Ok(ServingStatus::Serving) => Ok(()),
         Ok(other) => Err(format!("{addr} reports {}", other.as_str_name())),
         Err(_) => Err(format!("{addr} reports unknown status {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plaintext_warning;
+
+    #[test]
+    fn plaintext_off_loopback_is_warned_about_naming_the_fix() {
+        let warning = plaintext_warning("0.0.0.0:50051".parse().unwrap(), false, "KMS")
+            .expect("all interfaces, plaintext");
+        assert!(warning.contains("0.0.0.0:50051"), "{warning}");
+        assert!(
+            warning.contains("--tls-cert and --tls-key (KMS_TLS_CERT, KMS_TLS_KEY)"),
+            "{warning}"
+        );
+        assert!(plaintext_warning("10.1.2.3:1".parse().unwrap(), false, "TABLE").is_some());
+        assert!(plaintext_warning("[::]:1".parse().unwrap(), false, "TABLE").is_some());
+        for quiet in ["127.0.0.1:50051", "[::1]:50051"] {
+            assert_eq!(
+                plaintext_warning(quiet.parse().unwrap(), false, "KMS"),
+                None,
+                "{quiet}"
+            );
+        }
+        assert_eq!(
+            plaintext_warning("0.0.0.0:1".parse().unwrap(), true, "KMS"),
+            None,
+            "TLS"
+        );
     }
 }

@@ -83,6 +83,9 @@ async fn serve(config: ServeConfig) -> ExitCode {
             (Some(_), None) => "TLS",
             (Some(_), Some(_)) => "mutual TLS",
         };
+        if let Some(warning) = lockbox_proto::transport::plaintext_warning(config.listen, server_tls.is_some(), "TABLE") {
+            tracing::warn!("{warning}");
+        }
         tracing::info!(listen = %config.listen, transport, kms = %config.kms_endpoint, %principal, "table-service ready");
         server::serve_with_tls(&config, server_tls, tables, listener, shutdown_signal()).await
     }
