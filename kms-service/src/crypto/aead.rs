@@ -54,13 +54,13 @@ pub fn open(
                 aad,
             },
         )
-        .map(Zeroizing::new)
+        .map(SecretBytes::new)
         .map_err(|_| OpenError)
 }
 
 /// `HKDF-SHA256(ikm, salt, info)` expanded to `len` bytes.
 pub fn hkdf_sha256(ikm: &[u8], salt: &[u8], info: &[u8], len: usize) -> SecretBytes {
-    let mut okm = Zeroizing::new(vec![0u8; len]);
+    let mut okm = SecretBytes::zeroed(len);
     Hkdf::<Sha256>::new(Some(salt), ikm)
         .expand(info, &mut okm)
         // Only fails above 255 * 32 bytes; our lengths are constants.
