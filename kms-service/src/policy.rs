@@ -49,6 +49,18 @@ pub struct PolicyDocument {
 }
 
 impl PolicyDocument {
+    /// Whether a statement names `principal` itself in its `Principal`
+    /// (`*` and `account` name no one in particular).
+    pub fn names_principal(&self, principal: &str) -> bool {
+        self.statements.iter().any(|statement| {
+            statement.principals.as_ref().is_some_and(|named| {
+                named
+                    .iter()
+                    .any(|p| matches!(p, document::Principal::Named(n) if n == principal))
+            })
+        })
+    }
+
     /// Parses and validates a policy. Nothing that could silently change the
     /// meaning of the policy (unknown fields, duplicate JSON keys, unknown
     /// operators or condition keys) is tolerated.

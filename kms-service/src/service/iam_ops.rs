@@ -241,6 +241,30 @@ impl Kms {
                         "principal {principal} already exists"
                     )));
                 }
+                // Key policies name principals by name: a new principal of
+                // a deleted one's name would silently inherit what those
+                // statements gave the old one (a key's creator has full
+                // control of it by default). A name never used before may
+                // be named by a policy ahead of its creation.
+                let retired = state.meta.contains_key(&retired_meta(&principal));
+                let naming: Vec<&str> = state
+                    .keys
+                    .values()
+                    .filter(|entry| retired && entry.policy.names_principal(&principal))
+                    .map(|entry| entry.record.key_id.as_str())
+                    .collect();
+                if !naming.is_empty() {
+                    const SHOWN: usize = 5;
+                    let more = naming.len().saturating_sub(SHOWN);
+                    return Err(KmsError::AlreadyExists(format!(
+                        "a deleted {principal} is still named in the key policy of {} key(s) ({}{}); \
+                         a new principal of that name would inherit what those statements give: \
+                         remove it from those policies (PutKeyPolicy) or choose another name",
+                        naming.len(),
+                        naming[..naming.len().min(SHOWN)].join(", "),
+                        if more > 0 { format!(" and {more} more") } else { String::new() }
+                    )));
+                }
                 let record = PrincipalRecord {
                     principal: principal.clone(),
                     kind,
@@ -318,6 +342,7 @@ impl Kms {
                 ));
             }
             ctx.event.resources = vec![principal.clone()];
+            let now = ctx.kms.now();
             ctx.write(|ctx, state| {
                 ctx.authorize(
                     state,
@@ -339,6 +364,12 @@ impl Kms {
                     .collect();
                 mutations.push(Mutation::DeletePrincipal {
                     principal: principal.clone(),
+                });
+                // Remembered, so a principal of the same name is not
+                // created while a key policy still names this one.
+                mutations.push(Mutation::PutMeta {
+                    name: retired_meta(&principal),
+                    value: now.to_string().into_bytes(),
                 });
                 Ok(((), mutations))
             })
@@ -690,6 +721,12 @@ impl Kms {
         })
         .await
     }
+}
+
+/// The store's note that `principal` was deleted (the value: when, in
+/// seconds since the epoch).
+fn retired_meta(principal: &str) -> String {
+    format!("retired-principal:{principal}")
 }
 
 /// Refuses a question `Authorize` or `x-authorize` may not ask: an empty

@@ -3774,3 +3774,78 @@ async fn a_principal_holds_at_most_max_inline_policies_and_tokens() {
         "user/dev"
     );
 }
+
+/// Key policies name principals by name: a principal of a deleted one's
+/// name is refused while a key policy still names it, so it cannot inherit
+/// the old one's keys (a creator has full control of its keys by default).
+#[tokio::test]
+async fn a_deleted_principals_name_is_not_reused_while_a_key_policy_names_it() {
+    let f = fixture().await;
+    let bob = f
+        .user("bob", PrincipalKind::User, &["AdministratorAccess"])
+        .await;
+    let bobs_key = f
+        .kms
+        .create_key(
+            &bob,
+            CreateKeyInput {
+                description: "bob's".into(),
+                spec: KeySpec::SymmetricDefault,
+                usage: None,
+                policy: None,
+                tags: vec![],
+            },
+        )
+        .await
+        .unwrap()
+        .key_id;
+    let c = ctx(&[("t", "1")]);
+    let blob = f
+        .kms
+        .encrypt(&bob, &bobs_key, b"bob's secret", &c, &[])
+        .await
+        .unwrap()
+        .ciphertext_blob;
+    f.kms.delete_user(&f.admin, "bob").await.unwrap();
+    check_err(
+        f.kms
+            .create_user(&f.admin, "bob", Some(PrincipalKind::User))
+            .await,
+        "AlreadyExistsException",
+        &format!("a deleted user/bob is still named in the key policy of 1 key(s) ({bobs_key})"),
+    );
+    assert!(
+        f.kms
+            .list_users(&f.admin, 0, "")
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .all(|u| u.principal != "user/bob"),
+        "the refused user was not created"
+    );
+    // A name never used before may be named ahead of its creation.
+    let daves = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"Dave","Effect":"Allow","Principal":{"AWS":"user/dave"},"Action":"kms:Decrypt","Resource":"*"}]}"#;
+    let daves_key = f.key(KeySpec::SymmetricDefault).await;
+    f.kms
+        .put_key_policy(&f.admin, &daves_key, "default", daves)
+        .await
+        .unwrap();
+    f.user("dave", PrincipalKind::User, &[]).await;
+    // Once no policy names the old bob, the name is free, and the new bob
+    // has nothing of the old one's.
+    let admin_only = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"}]}"#;
+    f.kms
+        .put_key_policy(&f.admin, &bobs_key, "default", admin_only)
+        .await
+        .unwrap();
+    let new_bob = f.user("bob", PrincipalKind::User, &[]).await;
+    check_err(
+        f.kms.decrypt(&new_bob, &blob, &c, "", &[]).await,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+}
