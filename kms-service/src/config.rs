@@ -75,6 +75,18 @@ pub struct StorageConfig {
     /// (mode 0600). Default: `<data-dir>/admin.token`.
     #[arg(long, env = "KMS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// A file holding the bootstrap administrator's token, a secret the
+    /// deployment provides (a Docker or Kubernetes secret): on first start
+    /// the administrator gets this token instead of a new one, and no token
+    /// file is written. 32–256 characters of A–Z a–z 0–9 and `-._~+/=`
+    /// (e.g. `openssl rand -base64 32`). Read on first start only.
+    #[arg(
+        long,
+        env = "KMS_ADMIN_TOKEN_SECRET_FILE",
+        value_name = "FILE",
+        conflicts_with = "admin_token_file"
+    )]
+    pub admin_token_secret_file: Option<PathBuf>,
     /// When set, the principal `service/table-service` and the
     /// service-managed key `alias/table-service` are created on first start,
     /// and the service's token is written to this file (mode 0600).
@@ -189,6 +201,7 @@ impl ServeConfig {
                 data_dir,
                 root_key_file: None,
                 admin_token_file: None,
+                admin_token_secret_file: None,
                 table_service_token_file: None,
                 audit_dir: None,
                 audit_accept_new_log: false,

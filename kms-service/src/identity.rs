@@ -94,6 +94,48 @@ pub fn mint_token(principal: &str, now: i64) -> NewToken {
     }
 }
 
+/// Shortest and longest token a deployment may choose
+/// (`--admin-token-secret-file`): 32 characters of base64 carry 192 bits.
+pub const SECRET_TOKEN_CHARS: std::ops::RangeInclusive<usize> = 32..=256;
+
+/// Checks a token a deployment chose: 32–256 characters of A–Z a–z 0–9
+/// and `-._~+/=` (base64 of either alphabet, hex, or our own tokens).
+pub fn check_chosen_token(secret: &str) -> Result<(), String> {
+    if !SECRET_TOKEN_CHARS.contains(&secret.len()) {
+        return Err(format!(
+            "the token has {} characters; it must have {}–{} (e.g. `openssl rand -base64 32`)",
+            secret.len(),
+            SECRET_TOKEN_CHARS.start(),
+            SECRET_TOKEN_CHARS.end()
+        ));
+    }
+    if let Some(bad) = secret
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._~+/=".contains(*c)))
+    {
+        return Err(format!(
+            "the token contains {bad:?}; it may only contain A–Z, a–z, 0–9 and -._~+/="
+        ));
+    }
+    Ok(())
+}
+
+/// A token record for `secret`, a token the deployment chose (checked with
+/// [`check_chosen_token`]).
+pub fn chosen_token(principal: &str, now: i64, secret: zeroize::Zeroizing<String>) -> NewToken {
+    let id: [u8; 8] = random_array();
+    NewToken {
+        record: TokenRecord {
+            token_id: format!("tok-{}", hex::encode(id)),
+            principal: principal.to_string(),
+            digest: token_digest(&secret),
+            created: now,
+            revoked: None,
+        },
+        secret,
+    }
+}
+
 /// SHA-256 of the token text, the only form we store.
 pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()

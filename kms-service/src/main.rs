@@ -109,10 +109,16 @@ async fn main() -> ExitCode {
                     if let Some(path) = &opened.admin_token_file {
                         println!("administrator token written to {}", path.display());
                     }
+                    if let Some(path) = &opened.admin_token_secret_file {
+                        println!("administrator created with the token in {}", path.display());
+                    }
                     if let Some(path) = &opened.service_token_file {
                         println!("table-service token written to {}", path.display());
                     }
-                    if opened.admin_token_file.is_none() && opened.service_token_file.is_none() {
+                    if opened.admin_token_file.is_none()
+                        && opened.admin_token_secret_file.is_none()
+                        && opened.service_token_file.is_none()
+                    {
                         println!(
                             "data directory {} was already initialised",
                             storage.data_dir.display()

@@ -56,6 +56,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
 const DATA_DIR: &str = "--data-dir / KMS_DATA_DIR";
 const AUDIT_DIR: &str = "--audit-dir / KMS_AUDIT_DIR";
 const ADMIN_TOKEN_FILE: &str = "--admin-token-file / KMS_ADMIN_TOKEN_FILE";
+const ADMIN_TOKEN_SECRET_FILE: &str = "--admin-token-secret-file / KMS_ADMIN_TOKEN_SECRET_FILE";
 const SERVICE_TOKEN_FILE: &str = "--table-service-token-file / KMS_TABLE_SERVICE_TOKEN_FILE";
 
 /// Creates `path` (owner-only) and its parents; an error names `setting`,
@@ -136,6 +137,26 @@ fn open_secret_file(path: &Path, setting: &'static str) -> Result<PendingSecret,
         setting,
         temporary: None,
     })
+}
+
+/// Reads the administrator's token from the deployment's secret file
+/// (`--admin-token-secret-file`): its content less surrounding whitespace,
+/// checked, never logged.
+fn read_chosen_token(path: &Path) -> Result<zeroize::Zeroizing<String>, StartError> {
+    let text = std::fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(io(format!(
+            "cannot read the administrator's token from {} ({ADMIN_TOKEN_SECRET_FILE})",
+            path.display()
+        )))?;
+    let token = zeroize::Zeroizing::new(text.trim().to_string());
+    crate::identity::check_chosen_token(&token).map_err(|why| {
+        StartError::Config(format!(
+            "{} ({ADMIN_TOKEN_SECRET_FILE}) does not hold a usable token: {why}",
+            path.display()
+        ))
+    })?;
+    Ok(token)
 }
 
 /// Writes the secret, makes it durable and, from a new file, moves it to
@@ -230,6 +251,9 @@ pub struct Opened {
     pub kms: Arc<Kms>,
     /// Path of the administrator token file, when this start created it.
     pub admin_token_file: Option<std::path::PathBuf>,
+    /// Path of the secret file whose token this start gave the
+    /// administrator (`--admin-token-secret-file`), when it did.
+    pub admin_token_secret_file: Option<std::path::PathBuf>,
     /// Path of the table-service token file, when this start wrote it.
     pub service_token_file: Option<std::path::PathBuf>,
 }
@@ -273,11 +297,24 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     kms.check_audit_anchor(storage.audit_accept_new_log).await?;
     kms.anchor_audit().await?;
     let mut admin_token_file = None;
+    let mut admin_token_secret_file = None;
     let mut service_token_file = None;
     // Each token file is opened before its token is made: a token whose
     // file cannot be written would be lost, and the administrator's with
     // it for good (it is made on the first start only).
-    if kms.has_no_principals() {
+    if kms.has_no_principals()
+        && let Some(path) = &storage.admin_token_secret_file
+    {
+        let secret = read_chosen_token(path)?;
+        if kms
+            .bootstrap_administrator_with(ADMIN_PRINCIPAL, &["AdministratorAccess"], secret)
+            .await?
+            .is_some()
+        {
+            tracing::info!(path = %path.display(), principal = ADMIN_PRINCIPAL, "bootstrap administrator created with the token in this secret file");
+            admin_token_secret_file = Some(path.clone());
+        }
+    } else if kms.has_no_principals() {
         let path = storage.admin_token_path();
         let pending = open_secret_file(&path, ADMIN_TOKEN_FILE)?;
         match kms
@@ -349,6 +386,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     Ok(Opened {
         kms,
         admin_token_file,
+        admin_token_secret_file,
         service_token_file,
     })
 }

@@ -808,3 +808,95 @@ fn a_second_process_on_the_same_data_directory_is_refused() {
     let addr = format!("http://127.0.0.1:{}", again.port);
     wait_serving(&mut again, &["--addr".as_ref(), addr.as_ref()]);
 }
+
+/// `--admin-token-secret-file`: on first start the administrator gets the
+/// deployment's token (nothing is written), a bad one is refused naming the
+/// setting and leaves no administrator, and later starts ignore the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_administrators_token_can_come_from_a_secret_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("admin-secret");
+    let setting = "(--admin-token-secret-file / KMS_ADMIN_TOKEN_SECRET_FILE)";
+    for (content, why) in [
+        ("short", "the token has 5 characters; it must have 32–256"),
+        (
+            "a token with spaces in it that is long enough",
+            "the token contains ' '",
+        ),
+    ] {
+        std::fs::write(&secret, content).unwrap();
+        let out = run(kms()
+            .args(["init", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--admin-token-secret-file")
+            .arg(&secret));
+        assert_fails_with(&out, &[setting, why]);
+        assert!(!stderr(&out).contains(content), "the token is never echoed");
+    }
+    let out = run(kms()
+        .args(["init", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--admin-token-secret-file")
+        .arg(dir.path().join("missing")));
+    assert_fails_with(&out, &["cannot read the administrator's token", setting]);
+    // Both ways of getting the token at once: refused by the parser.
+    let out = run(kms()
+        .args(["init", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--admin-token-secret-file")
+        .arg(&secret)
+        .arg("--admin-token-file")
+        .arg(dir.path().join("admin.token")));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+
+    let token = "s3cr3t-from-the-deployment-0123456789+/=";
+    std::fs::write(&secret, format!("{token}\n")).unwrap();
+    let out = run(kms()
+        .args(["init", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("KMS_ADMIN_TOKEN_SECRET_FILE", &secret));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("administrator created with the token in"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !dir.path().join("data/admin.token").exists(),
+        "no token file is written"
+    );
+
+    // Later starts ignore the file: changing it changes nothing.
+    std::fs::write(&secret, "another-token-that-is-long-enough-0123456789").unwrap();
+    let mut server = start(
+        dir.path(),
+        &["--admin-token-secret-file".as_ref(), secret.as_os_str()],
+    );
+    let addr = format!("http://127.0.0.1:{}", server.port);
+    wait_serving(&mut server, &["--addr".as_ref(), addr.as_ref()]);
+    let mut client =
+        IdentityServiceClient::new(Channel::from_shared(addr).unwrap().connect().await.unwrap());
+    let whoami = |token: &str| {
+        let mut request = tonic::Request::new(iam::GetCallerIdentityRequest {});
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    let me = client
+        .get_caller_identity(whoami(token))
+        .await
+        .expect("the deployment's token is the administrator's")
+        .into_inner();
+    assert_eq!(me.principal, "user/admin");
+    let refused = client
+        .get_caller_identity(whoami("another-token-that-is-long-enough-0123456789"))
+        .await
+        .expect_err("a later file is not read");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+}

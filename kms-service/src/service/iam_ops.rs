@@ -2,6 +2,7 @@
 //! and `Authorize`, the policy decision point for other services.
 
 use std::collections::{BTreeMap, BTreeSet};
+use zeroize::Zeroizing;
 
 use super::key_ops::Page;
 use super::{Caller, Credentials, Ctx, Kms, Target, page_limit, paginate};
@@ -89,7 +90,7 @@ impl Kms {
         kind: PrincipalKind,
         policies: &[&str],
     ) -> Result<Option<BootstrapToken>, KmsError> {
-        self.bootstrap(principal, kind, policies, false).await
+        self.bootstrap(principal, kind, policies, false, None).await
     }
 
     /// Creates the bootstrap administrator, only into a store with no
@@ -101,7 +102,20 @@ impl Kms {
         principal: &str,
         policies: &[&str],
     ) -> Result<Option<BootstrapToken>, KmsError> {
-        self.bootstrap(principal, PrincipalKind::User, policies, true)
+        self.bootstrap(principal, PrincipalKind::User, policies, true, None)
+            .await
+    }
+
+    /// [`Kms::bootstrap_administrator`] with a token the deployment chose
+    /// (`--admin-token-secret-file`) instead of a new one.
+    pub async fn bootstrap_administrator_with(
+        &self,
+        principal: &str,
+        policies: &[&str],
+        secret: Zeroizing<String>,
+    ) -> Result<Option<BootstrapToken>, KmsError> {
+        crate::identity::check_chosen_token(&secret).map_err(KmsError::Validation)?;
+        self.bootstrap(principal, PrincipalKind::User, policies, true, Some(secret))
             .await
     }
 
@@ -111,6 +125,7 @@ impl Kms {
         kind: PrincipalKind,
         policies: &[&str],
         first_only: bool,
+        chosen: Option<Zeroizing<String>>,
     ) -> Result<Option<BootstrapToken>, KmsError> {
         let now = self.now();
         let minted = {
@@ -120,7 +135,10 @@ impl Kms {
             {
                 return Ok(None);
             }
-            let minted = mint_token(principal, now);
+            let minted = match chosen {
+                Some(secret) => crate::identity::chosen_token(principal, now, secret),
+                None => mint_token(principal, now),
+            };
             let mutations = vec![
                 Mutation::PutPrincipal(PrincipalRecord {
                     principal: principal.to_string(),
