@@ -900,3 +900,34 @@ async fn the_administrators_token_can_come_from_a_secret_file() {
         .expect_err("a later file is not read");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
+
+/// `deploy/config/kms-service.toml`: every setting it shows, active or
+/// commented out, is a `serve` flag, and its active values are accepted
+/// (start-up gets as far as the port, which the test holds).
+#[test]
+fn the_example_settings_file_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/kms-service.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let help = stdout(&run(kms().args(["serve", "--help"])));
+    let keys: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.trim_start_matches('#').trim().split_once(" = "))
+        .map(|(key, _)| key.trim())
+        .collect();
+    assert!(keys.len() >= 14, "{keys:?}");
+    for key in keys {
+        assert!(
+            help.contains(&format!("--{key} ")),
+            "--{key} is not a serve flag"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(kms()
+        .args(["serve", "--config"])
+        .arg(&example)
+        .args(["--listen", &addr, "--data-dir"])
+        .arg(dir.path().join("data")));
+    assert_fails_with(&out, &[&addr, "already in use"]);
+}

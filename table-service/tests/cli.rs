@@ -845,3 +845,34 @@ fn a_settings_file_is_below_the_environment_and_the_command_line() {
         );
     }
 }
+
+/// `deploy/config/table-service.toml`: every setting it shows, active or
+/// commented out, is a `serve` flag, and its active values are accepted
+/// (start-up gets as far as the port, which the test holds).
+#[test]
+fn the_example_settings_file_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/table-service.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let (help, _) = run(table().args(["serve", "--help"]));
+    let help = stdout(&help);
+    let keys: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.trim_start_matches('#').trim().split_once(" = "))
+        .map(|(key, _)| key.trim())
+        .collect();
+    assert!(keys.len() >= 15, "{keys:?}");
+    for key in keys {
+        assert!(
+            help.contains(&format!("--{key} ")),
+            "--{key} is not a serve flag"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (out, _) = run(serve(dir.path())
+        .arg("--config")
+        .arg(&example)
+        .args(["--listen", &addr]));
+    assert_fails_with(&out, &[&addr, "already in use"]);
+}
