@@ -802,8 +802,30 @@ async fn mutual_tls_end_to_end() {
             .all(|e| e["request_id"].as_str().is_some_and(|id| !id.is_empty()))
     );
     assert_eq!(events[3]["request_id"], "huge-1");
+    // Each event's request id is that of the kms-service calls it made:
+    // its kms audit records carry it, as many as its kms_calls.
     drop(binary);
     kms.stop().await.unwrap();
+    let audit = std::fs::read_to_string(dir.path().join("kms/audit/audit.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for event in &events {
+        let id = event["request_id"].as_str().unwrap();
+        let made: Vec<&serde_json::Value> =
+            records.iter().filter(|r| r["request_id"] == id).collect();
+        assert_eq!(
+            made.len() as u64,
+            event["kms_calls"].as_u64().unwrap(),
+            "kms records of {event}: {made:?}"
+        );
+        assert!(
+            made.iter()
+                .all(|r| r["via_service"] == "service/table-service"),
+            "{made:?}"
+        );
+    }
 }
 
 /// `--config FILE` (or `TABLE_CONFIG`) sets what neither the command line
