@@ -101,20 +101,22 @@ pub const SECRET_TOKEN_CHARS: std::ops::RangeInclusive<usize> = 32..=256;
 /// Checks a token a deployment chose: 32–256 characters of A–Z a–z 0–9
 /// and `-._~+/=` (base64 of either alphabet, hex, or our own tokens).
 pub fn check_chosen_token(secret: &str) -> Result<(), String> {
-    if !SECRET_TOKEN_CHARS.contains(&secret.len()) {
+    let chars = secret.chars().count();
+    if !SECRET_TOKEN_CHARS.contains(&chars) {
         return Err(format!(
-            "the token has {} characters; it must have {}–{} (e.g. `openssl rand -base64 32`)",
-            secret.len(),
+            "the token has {chars} characters; it must have {}–{} (e.g. `openssl rand -base64 32`)",
             SECRET_TOKEN_CHARS.start(),
             SECRET_TOKEN_CHARS.end()
         ));
     }
-    if let Some(bad) = secret
+    // The offending character is not shown: it is part of a secret.
+    if let Some(at) = secret
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "-._~+/=".contains(*c)))
+        .position(|c| !(c.is_ascii_alphanumeric() || "-._~+/=".contains(c)))
     {
         return Err(format!(
-            "the token contains {bad:?}; it may only contain A–Z, a–z, 0–9 and -._~+/="
+            "character {} of the token is not allowed; a token may only contain A–Z, a–z, 0–9 and -._~+/=",
+            at + 1
         ));
     }
     Ok(())

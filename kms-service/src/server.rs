@@ -143,12 +143,26 @@ fn open_secret_file(path: &Path, setting: &'static str) -> Result<PendingSecret,
 /// (`--admin-token-secret-file`): its content less surrounding whitespace,
 /// checked, never logged.
 fn read_chosen_token(path: &Path) -> Result<zeroize::Zeroizing<String>, StartError> {
-    let text = std::fs::read_to_string(path)
-        .map(zeroize::Zeroizing::new)
-        .map_err(io(format!(
+    use std::io::Read;
+    // Room for the longest token and some whitespace; a larger file is not
+    // a token file.
+    const MAX_FILE: u64 = 4096;
+    let unreadable = || {
+        io(format!(
             "cannot read the administrator's token from {} ({ADMIN_TOKEN_SECRET_FILE})",
             path.display()
-        )))?;
+        ))
+    };
+    let mut text = zeroize::Zeroizing::new(String::with_capacity(MAX_FILE as usize + 1));
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE + 1).read_to_string(&mut text))
+        .map_err(unreadable())?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(StartError::Config(format!(
+            "{} ({ADMIN_TOKEN_SECRET_FILE}) is over {MAX_FILE} bytes: it is not a token file",
+            path.display()
+        )));
+    }
     let token = zeroize::Zeroizing::new(text.trim().to_string());
     crate::identity::check_chosen_token(&token).map_err(|why| {
         StartError::Config(format!(
@@ -305,6 +319,14 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     if kms.has_no_principals()
         && let Some(path) = &storage.admin_token_secret_file
     {
+        if storage.table_service_token_file.as_deref() == Some(path.as_path()) {
+            return Err(StartError::Config(format!(
+                "{} is named both as the administrator's secret token file ({ADMIN_TOKEN_SECRET_FILE}) \
+                 and as table-service's token file ({SERVICE_TOKEN_FILE}), which kms-service writes: \
+                 give them different files",
+                path.display()
+            )));
+        }
         let secret = read_chosen_token(path)?;
         if kms
             .bootstrap_administrator_with(ADMIN_PRINCIPAL, &["AdministratorAccess"], secret)

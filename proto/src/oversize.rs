@@ -114,7 +114,17 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let kept = KEPT.map(|name| request.headers().get(&name).cloned());
+        // A header sent twice is kept as an empty value, which kms-service
+        // refuses as malformed (as it does when it sees both), rather than
+        // as its first value.
+        let kept = KEPT.map(|name| {
+            let mut values = request.headers().get_all(&name).iter();
+            let first = values.next().cloned();
+            match values.next() {
+                Some(_) => Some(http::HeaderValue::from_static("")),
+                None => first,
+            }
+        });
         let remote_addr = remote_addr(request.extensions());
         let uri = request.uri().clone();
         let answer = self.inner.call(request);

@@ -56,7 +56,7 @@ pub fn plaintext_warning(
     tls: bool,
     env_prefix: &str,
 ) -> Option<String> {
-    if tls || listen.ip().is_loopback() {
+    if tls || listen.ip().to_canonical().is_loopback() {
         return None;
     }
     Some(format!(
@@ -64,6 +64,28 @@ pub fn plaintext_warning(
          plaintext and data keys cross the network unencrypted; set --tls-cert and --tls-key \
          ({env_prefix}_TLS_CERT, {env_prefix}_TLS_KEY), or listen on 127.0.0.1 for development"
     ))
+}
+
+/// The warning to log when table-service is to reach kms-service over
+/// plaintext (`http://`) at an address other than loopback: every caller's
+/// forwarded token and every data key would cross the network unencrypted.
+pub fn plaintext_endpoint_warning(endpoint: &str) -> Option<String> {
+    let uri: tonic::codegen::http::Uri = endpoint.parse().ok()?;
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    (!loopback).then(|| {
+        format!(
+            "reaching kms-service at {endpoint} over plaintext: callers' forwarded tokens and \
+             their data keys cross the network unencrypted; use an https:// --kms-endpoint \
+             with --kms-ca-file (TABLE_KMS_ENDPOINT, TABLE_KMS_CA_FILE), or loopback for development"
+        )
+    })
 }
 
 /// A configuration error, as a complete sentence for the operator.
@@ -464,5 +486,26 @@ mod tests {
             None,
             "TLS"
         );
+        assert_eq!(
+            plaintext_warning("[::ffff:127.0.0.1]:1".parse().unwrap(), false, "KMS"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_plaintext_kms_endpoint_off_loopback_is_warned_about() {
+        use super::plaintext_endpoint_warning as warn;
+        let warning = warn("http://kms.internal:50051").expect("a remote plaintext endpoint");
+        assert!(warning.contains("http://kms.internal:50051"), "{warning}");
+        assert!(warning.contains("TABLE_KMS_CA_FILE"), "{warning}");
+        assert!(warn("http://10.0.0.7:50051").is_some());
+        for quiet in [
+            "http://127.0.0.1:50051",
+            "http://localhost:50051",
+            "http://[::1]:50051",
+            "https://kms.internal:50051",
+        ] {
+            assert_eq!(warn(quiet), None, "{quiet}");
+        }
     }
 }

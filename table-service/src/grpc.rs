@@ -48,9 +48,18 @@ pub fn oversize_layer() -> lockbox_proto::oversize::OversizeLayer {
 }
 
 /// The caller's credential, forwarded to kms-service; refused here only when
-/// it is missing altogether.
+/// it is missing altogether, or sent twice (which one would count?).
 fn caller<T>(request: &tonic::Request<T>) -> Result<CallerCredential, TableError> {
     let meta = request.metadata();
+    if meta.get_all("authorization").iter().nth(1).is_some() {
+        return Err(TableError::Kms {
+            code: tonic::Code::Unauthenticated,
+            reason: "IncompleteSignatureException".into(),
+            message:
+                "malformed credential: send one \"authorization: Bearer <token>\", not several"
+                    .into(),
+        });
+    }
     let authorization = meta
         .get("authorization")
         .and_then(|v| v.to_str().ok())

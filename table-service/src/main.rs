@@ -83,6 +83,11 @@ async fn serve(config: ServeConfig) -> ExitCode {
             (Some(_), None) => "TLS",
             (Some(_), Some(_)) => "mutual TLS",
         };
+        if let Some(warning) =
+            lockbox_proto::transport::plaintext_endpoint_warning(&config.kms_endpoint)
+        {
+            tracing::warn!("{warning}");
+        }
         if let Some(warning) = lockbox_proto::transport::plaintext_warning(config.listen, server_tls.is_some(), "TABLE") {
             tracing::warn!("{warning}");
         }

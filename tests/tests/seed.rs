@@ -1860,6 +1860,46 @@ async fn a_writer_without_get_item_reads_nothing_through_return_values() {
         "AccessDeniedException",
         &refused("ALL_OLD"),
     );
+    // A return_values the operation does not offer is a bad request, for
+    // a writer without table:GetItem too.
+    for (put_rv, name) in [
+        (pb::ReturnValues::AllNew, "PutItem"),
+        (pb::ReturnValues::UpdatedOld, "DeleteItem"),
+    ] {
+        let answer = if name == "PutItem" {
+            tables
+                .put_item(authed(
+                    &writer,
+                    pb::PutItemRequest {
+                        table_name: "ledger".into(),
+                        item: item(&[("pk", s("a"))]),
+                        return_values: put_rv.into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(drop)
+        } else {
+            tables
+                .delete_item(authed(
+                    &writer,
+                    pb::DeleteItemRequest {
+                        table_name: "ledger".into(),
+                        key: key.clone(),
+                        return_values: put_rv.into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .map(drop)
+        };
+        check_status(
+            answer,
+            Code::InvalidArgument,
+            "ValidationException",
+            &format!("{name} supports return_values NONE or ALL_OLD"),
+        );
+    }
     // Nothing was written by the refused calls.
     let get = |token: &str| {
         authed(

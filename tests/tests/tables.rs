@@ -2780,6 +2780,36 @@ async fn batch_write_then_batch_get_across_tables() {
         "ResourceNotFoundException",
         "Table: nope not found",
     );
+    // A table named with nothing to do: refused, so a request names at most
+    // as many tables as it has keys (or writes).
+    check_status(
+        stack
+            .c()
+            .batch_get_item(stack.req(batch_get(vec![("bw1", vec![k1("a")]), ("bw2", vec![])])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "BatchGetItem names table bw2 with no keys",
+    );
+    check_status(
+        stack
+            .c()
+            .batch_write_item(stack.req(batch_write(vec![("bw1", vec![])])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "BatchWriteItem takes 1–25 requests; this request has 0",
+    );
+    let one_put = write_put(k1("z"));
+    check_status(
+        stack
+            .c()
+            .batch_write_item(stack.req(batch_write(vec![("bw1", vec![one_put]), ("bw2", vec![])])))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "BatchWriteItem names table bw2 with no requests",
+    );
     stack.stop().await;
 }
 
@@ -3168,4 +3198,25 @@ async fn expired_data_keys_are_swept_without_another_lookup() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_credential_sent_twice_is_refused() {
+    let stack = start().await;
+    stack.create("twice", ("id", S), None).await;
+    let mut request = stack.req(pb::GetItemRequest {
+        table_name: "twice".into(),
+        key: item(&[("id", s("a"))]),
+    });
+    request.metadata_mut().append(
+        "authorization",
+        format!("Bearer {}", stack.admin).parse().unwrap(),
+    );
+    check_status(
+        stack.c().get_item(request).await,
+        Code::Unauthenticated,
+        "IncompleteSignatureException",
+        "send one \"authorization: Bearer <token>\", not several",
+    );
+    stack.stop().await;
 }

@@ -177,6 +177,9 @@ impl Tables {
         return_values: ReturnValues,
     ) -> Result<Option<Item>, TableError> {
         const ACTION: &str = "table:PutItem";
+        // A return_values PutItem does not offer is a bad request, not a
+        // question of rights.
+        return_values.check_for("PutItem")?;
         let resource = resource(table_name);
         // Unless the decision is cached, or conditions must be checked
         // against the current item first (and only for a caller who may
@@ -191,7 +194,6 @@ impl Tables {
         }
         let _writes = self.table_writes.read().await;
         let prepared = self.table(table_name).and_then(|table| {
-            return_values.check_for("PutItem")?;
             let (key, attributes) = model::split_item(&table.schema, item)?;
             Ok((table, key, attributes))
         });
@@ -308,6 +310,7 @@ impl Tables {
         conditions: &[Condition],
         return_values: ReturnValues,
     ) -> Result<Option<Item>, TableError> {
+        return_values.check_for("DeleteItem")?;
         self.authorize_write(
             call,
             Some("table:DeleteItem"),
@@ -317,7 +320,6 @@ impl Tables {
         .await?;
         let _writes = self.table_writes.read().await;
         let table = self.table(table_name)?;
-        return_values.check_for("DeleteItem")?;
         let key = table.schema.validate_key_map(key)?;
         let _guard = self.stripe(&table, &key).lock().await;
         let old = self
@@ -411,6 +413,11 @@ impl Tables {
                 "BatchGetItem takes 1–{MAX_BATCH_GET_KEYS} keys; this request has {total}"
             )));
         }
+        if let Some((name, _)) = requests.iter().find(|(_, keys)| keys.is_empty()) {
+            return Err(TableError::validation(format!(
+                "BatchGetItem names table {name} with no keys; give each table 1 or more keys"
+            )));
+        }
         let budget =
             MAX_BATCH_GET_BYTES.min(self.max_response_bytes.saturating_sub(BATCH_GET_KEY_ROOM));
         let mut responses = BTreeMap::new();
@@ -502,6 +509,11 @@ impl Tables {
         if total == 0 || total > MAX_BATCH_WRITES {
             return Err(TableError::validation(format!(
                 "BatchWriteItem takes 1–{MAX_BATCH_WRITES} requests; this request has {total}"
+            )));
+        }
+        if let Some((name, _)) = requests.iter().find(|(_, writes)| writes.is_empty()) {
+            return Err(TableError::validation(format!(
+                "BatchWriteItem names table {name} with no requests; give each table 1 or more"
             )));
         }
         // Decide and validate everything first, then lock every item of the
