@@ -27,6 +27,7 @@ pub mod table {
     }
 }
 
+pub mod codec;
 pub mod tcp;
 pub mod transport;
 
