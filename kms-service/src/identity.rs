@@ -81,17 +81,7 @@ pub fn mint_token(principal: &str, now: i64) -> NewToken {
         "{TOKEN_PREFIX}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
     ));
-    let id: [u8; 8] = random_array();
-    NewToken {
-        record: TokenRecord {
-            token_id: format!("tok-{}", hex::encode(id)),
-            principal: principal.to_string(),
-            digest: token_digest(&secret),
-            created: now,
-            revoked: None,
-        },
-        secret,
-    }
+    chosen_token(principal, now, secret)
 }
 
 /// Shortest and longest token a deployment may choose
@@ -122,8 +112,8 @@ pub fn check_chosen_token(secret: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A token record for `secret`, a token the deployment chose (checked with
-/// [`check_chosen_token`]).
+/// A token record for `secret`: one just minted, or one the deployment
+/// chose (checked with [`check_chosen_token`]).
 pub fn chosen_token(principal: &str, now: i64, secret: zeroize::Zeroizing<String>) -> NewToken {
     let id: [u8; 8] = random_array();
     NewToken {

@@ -124,6 +124,15 @@ impl Fixture {
         creds(&token.token)
     }
 
+    /// The newest audit record that `matches`.
+    fn last_record(&self, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        self.audit_lines()
+            .into_iter()
+            .rev()
+            .find(|r| matches(r))
+            .expect("a matching audit record")
+    }
+
     fn audit_lines(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
             .expect("audit log")
@@ -680,12 +689,7 @@ async fn forwarded_identity_is_decided_for_the_end_caller() {
         (caller.principal.as_str(), caller.via_service.as_deref()),
         ("user/bob", Some("service/table-service"))
     );
-    let last = f
-        .audit_lines()
-        .into_iter()
-        .rev()
-        .find(|r| r["event_name"] == "Decrypt")
-        .unwrap();
+    let last = f.last_record(|r| r["event_name"] == "Decrypt");
     assert_eq!(last["principal"], "user/bob");
     assert_eq!(last["via_service"], "service/table-service");
     // Revoke bob's token: the forwarded call fails.
@@ -1100,12 +1104,7 @@ async fn grants_allow_within_their_constraints_until_revoked() {
         .await
         .unwrap();
     assert_eq!(listed.items.len(), 1);
-    let audit = f
-        .audit_lines()
-        .into_iter()
-        .rev()
-        .find(|r| r["event_name"] == "Decrypt" && r["decision"] == "Allow")
-        .unwrap();
+    let audit = f.last_record(|r| r["event_name"] == "Decrypt" && r["decision"] == "Allow");
     assert_eq!(audit["grant_id"], grant.grant_id.as_str());
     // The grantee may retire it (RetireGrant is among its operations).
     f.kms
@@ -3078,12 +3077,7 @@ async fn generate_data_key_without_plaintext_wraps_a_key_of_the_asked_length() {
         }
     }
     // The record names the operation and holds the context, never a key.
-    let last = f
-        .audit_lines()
-        .into_iter()
-        .rev()
-        .find(|r| r["event_name"] == "GenerateDataKeyWithoutPlaintext")
-        .unwrap();
+    let last = f.last_record(|r| r["event_name"] == "GenerateDataKeyWithoutPlaintext");
     assert_eq!(last["decision"], "Allow");
     assert_eq!(last["key_id"], key.as_str());
     assert_eq!(
@@ -3177,12 +3171,7 @@ async fn caller_principal_condition_is_the_end_caller() {
             "User: user/test-1 is not authorized to perform: kms:Decrypt on resource: key/{key} with an explicit deny"
         ),
     );
-    let denied = f
-        .audit_lines()
-        .into_iter()
-        .rev()
-        .find(|r| r["event_name"] == "Decrypt" && r["principal"] == "user/test-1")
-        .unwrap();
+    let denied = f.last_record(|r| r["event_name"] == "Decrypt" && r["principal"] == "user/test-1");
     assert_eq!(
         denied["matched_statements"],
         serde_json::json!(["key-policy:NoTesters"])
@@ -3424,20 +3413,14 @@ async fn grantee_and_grant_operations_conditions_decide_create_grant() {
             .as_slice(),
         b"for carol"
     );
-    let record = f
-        .audit_lines()
-        .into_iter()
-        .rev()
-        .find(|r| r["event_name"] == "CreateGrant" && r["decision"] == "Allow")
-        .unwrap();
+    let record = f.last_record(|r| r["event_name"] == "CreateGrant" && r["decision"] == "Allow");
     assert_eq!(
         record["matched_statements"],
         serde_json::json!(["key-policy:BobGivesCarolDecrypt"])
     );
 }
 
-/// A key holds at most MAX_TAGS tags: one more is refused, naming the
-/// limit, and changes nothing; a tag that replaces one is not one more.
+/// Tag keys and values are limited in characters (as in AWS), not bytes.
 #[tokio::test]
 async fn tag_keys_and_values_are_limited_in_characters_not_bytes() {
     let f = fixture().await;
@@ -3479,6 +3462,8 @@ async fn tag_keys_and_values_are_limited_in_characters_not_bytes() {
     );
 }
 
+/// A key holds at most MAX_TAGS tags: one more is refused, naming the
+/// limit, and changes nothing; a tag that replaces one is not one more.
 #[tokio::test]
 async fn a_key_holds_at_most_max_tags() {
     use crate::keys::MAX_TAGS;
