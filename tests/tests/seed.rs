@@ -200,6 +200,35 @@ async fn encrypted_table(
     key
 }
 
+/// Creates table `name` (partition key S `pk`) on the service-managed key,
+/// as `admin`.
+async fn managed_table(
+    tables: &mut TableServiceClient<Channel>,
+    admin: &str,
+    name: &str,
+) -> pb::TableDescription {
+    tables
+        .create_table(authed(
+            admin,
+            pb::CreateTableRequest {
+                table_name: name.into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "pk".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: None,
+                }),
+                sse_specification: None,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .table_description
+        .unwrap()
+}
+
 /// Creates user `name` with the managed `policy`, if any, as `admin`;
 /// returns a new access token of theirs.
 async fn user_token(
@@ -561,26 +590,7 @@ async fn service_managed_key_only_works_via_the_table_service() {
     let stack = start(0).await;
     let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
     let admin = stack.admin.clone();
-    let created = tables
-        .create_table(authed(
-            &admin,
-            pb::CreateTableRequest {
-                table_name: "managed".into(),
-                key_schema: Some(pb::KeySchema {
-                    partition_key: Some(pb::KeyElement {
-                        name: "pk".into(),
-                        r#type: pb::ScalarType::S.into(),
-                    }),
-                    sort_key: None,
-                }),
-                sse_specification: None,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .table_description
-        .unwrap();
+    let created = managed_table(&mut tables, &admin, "managed").await;
     let sse = created.sse_description.unwrap();
     assert!(sse.service_managed);
     tables
@@ -1734,23 +1744,7 @@ async fn a_writer_without_get_item_reads_nothing_through_return_values() {
     let stack = start(60).await;
     let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
     let admin = stack.admin.clone();
-    tables
-        .create_table(authed(
-            &admin,
-            pb::CreateTableRequest {
-                table_name: "ledger".into(),
-                key_schema: Some(pb::KeySchema {
-                    partition_key: Some(pb::KeyElement {
-                        name: "pk".into(),
-                        r#type: pb::ScalarType::S.into(),
-                    }),
-                    sort_key: None,
-                }),
-                sse_specification: None,
-            },
-        ))
-        .await
-        .unwrap();
+    managed_table(&mut tables, &admin, "ledger").await;
     let secret = item(&[("pk", s("a")), ("secret", s("launch code")), ("n", n("7"))]);
     tables
         .put_item(authed(
