@@ -57,6 +57,9 @@ const DEFAULT_COMMIT_DELAY_US: u64 = crate::audit::DEFAULT_COMMIT_DELAY.as_micro
 const MAX_COMMIT_DELAY_US: u64 = crate::audit::MAX_COMMIT_DELAY.as_micros() as u64;
 
 /// Where state lives and where secrets come from.
+/// The environment variable that may hold the root key itself.
+pub const ROOT_KEY_VAR: &str = "KMS_ROOT_KEY";
+
 #[derive(Debug, Clone, Args)]
 pub struct StorageConfig {
     /// TOML file of settings: keys are the long flag names (`data-dir =
@@ -71,6 +74,12 @@ pub struct StorageConfig {
     /// created on first start. When set, the file must exist.
     #[arg(long, env = "KMS_ROOT_KEY_FILE")]
     pub root_key_file: Option<PathBuf>,
+    /// The root key itself (64 hex characters), for deployments that pass
+    /// secrets in the environment: from the variable `KMS_ROOT_KEY` only,
+    /// never a flag or the settings file (a command line is visible to
+    /// every user of the machine). Exclusive with `--root-key-file`.
+    #[arg(skip = std::env::var(ROOT_KEY_VAR).ok().map(zeroize::Zeroizing::new))]
+    pub root_key_env: Option<zeroize::Zeroizing<String>>,
     /// Where the bootstrap administrator's token is written on first start
     /// (mode 0600). Default: `<data-dir>/admin.token`.
     #[arg(long, env = "KMS_ADMIN_TOKEN_FILE")]
@@ -200,6 +209,7 @@ impl ServeConfig {
                 config: None,
                 data_dir,
                 root_key_file: None,
+                root_key_env: None,
                 admin_token_file: None,
                 admin_token_secret_file: None,
                 table_service_token_file: None,

@@ -231,6 +231,21 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
 /// Loads the root key, creating it only for a brand-new data directory:
 /// generating a new key beside existing key material would orphan it.
 fn root_key(storage: &StorageConfig) -> Result<SoftwareRootKey, StartError> {
+    use crate::config::ROOT_KEY_VAR;
+    if let Some(hex) = &storage.root_key_env {
+        if storage.root_key_file.is_some() {
+            return Err(StartError::Config(format!(
+                "both {ROOT_KEY_VAR} and --root-key-file / KMS_ROOT_KEY_FILE are set: give the root key one way"
+            )));
+        }
+        // Whether it is this data directory's key is checked when the
+        // store is opened.
+        return SoftwareRootKey::from_hex(
+            hex,
+            &format!("in the environment variable {ROOT_KEY_VAR}"),
+        )
+        .map_err(|e| StartError::Config(format!("cannot use the root key: {e}")));
+    }
     let path = storage.root_key_path();
     let origin = if storage.root_key_file.is_some() {
         "set by --root-key-file / KMS_ROOT_KEY_FILE"
@@ -301,13 +316,14 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     );
     audit_config.batching.commit_delay =
         std::time::Duration::from_micros(storage.audit_commit_delay_us);
-    let audit = AuditLog::open(audit_config).map_err(|e| {
-        StartError::Config(format!(
-            "cannot open the audit log in {} ({AUDIT_DIR}): {e}",
-            audit_dir.display()
-        ))
-    })?;
-    let kms = Arc::new(Kms::open(Arc::new(store), root, audit, clock)?);
+    let kms = Arc::new(Kms::open_then(Arc::new(store), root, clock, || {
+        AuditLog::open(audit_config).map_err(|e| {
+            StartError::Config(format!(
+                "cannot open the audit log in {} ({AUDIT_DIR}): {e}",
+                audit_dir.display()
+            ))
+        })
+    })?);
     kms.check_audit_anchor(storage.audit_accept_new_log).await?;
     kms.anchor_audit().await?;
     let mut admin_token_file = None;

@@ -143,10 +143,23 @@ impl Kms {
         audit: AuditLog,
         clock: Arc<dyn Clock>,
     ) -> Result<Kms, KmsError> {
-        let snapshot = store.load()?;
+        Self::open_then(store, root, clock, || Ok(audit))
+    }
+
+    /// [`Kms::open`] that opens the audit log (`audit`) only once the store
+    /// is loaded and the root key found to be its own: a wrong root key is
+    /// named as such, not as audit checkpoints that do not verify (they are
+    /// keyed from the root key too).
+    pub fn open_then<E: From<KmsError>>(
+        store: Arc<dyn Store>,
+        root: Arc<dyn RootKey>,
+        clock: Arc<dyn Clock>,
+        audit: impl FnOnce() -> Result<AuditLog, E>,
+    ) -> Result<Kms, E> {
+        let snapshot = store.load().map_err(KmsError::from)?;
         let mut state = State::default();
         for mutation in snapshot.into_mutations() {
-            state.apply(&mutation)?;
+            state.apply(&mutation).map_err(KmsError::from)?;
         }
         let mut managed = BTreeMap::new();
         for (name, text) in policy::managed_policies() {
@@ -154,7 +167,6 @@ impl Kms {
                 .map_err(|e| KmsError::Internal(format!("managed policy {name}: {e}")))?;
             managed.insert(name.to_string(), Arc::new(doc));
         }
-        let committer = Arc::new(GroupCommitter::start(store));
         match state.meta.get(ROOT_CHECK_META) {
             Some(wrapped) => {
                 let check = root.unwrap(ROOT_CHECK_LABEL, wrapped).map_err(|_| {
@@ -165,22 +177,27 @@ impl Kms {
                     )
                 })?;
                 if check.as_slice() != ROOT_CHECK_VALUE {
-                    return Err(KmsError::Internal("root key check value mismatch".into()));
+                    return Err(KmsError::Internal("root key check value mismatch".into()).into());
                 }
             }
             None => {
                 if !state.keys.is_empty() {
                     return Err(KmsError::Internal(
                         "store holds keys but no root key check value".into(),
-                    ));
+                    )
+                    .into());
                 }
-                let m = Mutation::PutMeta {
-                    name: ROOT_CHECK_META.into(),
-                    value: root.wrap(ROOT_CHECK_LABEL, ROOT_CHECK_VALUE),
-                };
-                state.apply(&m)?;
-                committer.enqueue(vec![m])?;
             }
+        }
+        let audit = audit()?;
+        let committer = Arc::new(GroupCommitter::start(store));
+        if !state.meta.contains_key(ROOT_CHECK_META) {
+            let m = Mutation::PutMeta {
+                name: ROOT_CHECK_META.into(),
+                value: root.wrap(ROOT_CHECK_LABEL, ROOT_CHECK_VALUE),
+            };
+            state.apply(&m).map_err(KmsError::from)?;
+            committer.enqueue(vec![m]).map_err(KmsError::from)?;
         }
         Ok(Kms {
             state: RwLock::new(state),

@@ -948,3 +948,52 @@ fn the_example_settings_file_is_valid() {
         .arg(dir.path().join("data")));
     assert_fails_with(&out, &[&addr, "already in use"]);
 }
+
+/// `KMS_ROOT_KEY`: the root key from the environment, for deployments that
+/// pass secrets there. Nothing is written for it; a key that is not this
+/// data directory's, a malformed one, or one given besides
+/// `--root-key-file` is refused without showing it.
+#[test]
+fn the_root_key_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key = "0123456789abcdef".repeat(4);
+    let init = |root_key: &str| {
+        let mut command = kms();
+        command
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .env("KMS_ROOT_KEY", root_key);
+        command
+    };
+    let out = run(&mut init(&key));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !data.join("root.key").exists(),
+        "no root key file is written"
+    );
+    assert!(data.join("admin.token").exists());
+    let out = run(&mut init(&key));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("already initialised"),
+        "{}",
+        stdout(&out)
+    );
+
+    let other = "fedcba9876543210".repeat(4);
+    let out = run(&mut init(&other));
+    assert_fails_with(&out, &["the root key does not match this data directory"]);
+    let out = run(&mut init("not-hex"));
+    assert_fails_with(
+        &out,
+        &["root key in the environment variable KMS_ROOT_KEY must be 64 hexadecimal characters"],
+    );
+    let file = dir.path().join("root.key");
+    std::fs::write(&file, &key).unwrap();
+    let out = run(init(&key).arg("--root-key-file").arg(&file));
+    assert_fails_with(&out, &["both KMS_ROOT_KEY and --root-key-file"]);
+    for out in [run(&mut init(&other)), run(&mut init("not-hex"))] {
+        assert!(!stderr(&out).contains(&other) && !stderr(&out).contains(&key));
+    }
+}
