@@ -56,10 +56,21 @@ pub enum LogFormat {
 const DEFAULT_COMMIT_DELAY_US: u64 = crate::audit::DEFAULT_COMMIT_DELAY.as_micros() as u64;
 const MAX_COMMIT_DELAY_US: u64 = crate::audit::MAX_COMMIT_DELAY.as_micros() as u64;
 
-/// Where state lives and where secrets come from.
 /// The environment variable that may hold the root key itself.
 pub const ROOT_KEY_VAR: &str = "KMS_ROOT_KEY";
 
+/// The root key in [`ROOT_KEY_VAR`], if set. A value that is not UTF-8 is
+/// kept as an empty one, which the root key's parser refuses, rather than
+/// taken for unset (which could create a development root key).
+pub fn root_key_from_env() -> Option<zeroize::Zeroizing<String>> {
+    match std::env::var(ROOT_KEY_VAR) {
+        Ok(value) => Some(zeroize::Zeroizing::new(value)),
+        Err(std::env::VarError::NotUnicode(_)) => Some(zeroize::Zeroizing::new(String::new())),
+        Err(std::env::VarError::NotPresent) => None,
+    }
+}
+
+/// Where state lives and where secrets come from.
 #[derive(Debug, Clone, Args)]
 pub struct StorageConfig {
     /// TOML file of settings: keys are the long flag names (`data-dir =
@@ -78,7 +89,7 @@ pub struct StorageConfig {
     /// secrets in the environment: from the variable `KMS_ROOT_KEY` only,
     /// never a flag or the settings file (a command line is visible to
     /// every user of the machine). Exclusive with `--root-key-file`.
-    #[arg(skip = std::env::var(ROOT_KEY_VAR).ok().map(zeroize::Zeroizing::new))]
+    #[arg(skip = root_key_from_env())]
     pub root_key_env: Option<zeroize::Zeroizing<String>>,
     /// Where the bootstrap administrator's token is written on first start
     /// (mode 0600). Default: `<data-dir>/admin.token`.
@@ -232,10 +243,14 @@ pub struct VerifyConfig {
     /// The checkpoint file. Default: the log path with `.checkpoints` appended.
     #[arg(long)]
     pub checkpoints: Option<PathBuf>,
-    /// Root key file, to check checkpoint signatures. Without it only the
-    /// hash chain and the checkpoints' record hashes are checked.
+    /// Root key file, to check checkpoint signatures (or the root key
+    /// itself in `KMS_ROOT_KEY`). Without either only the hash chain and the
+    /// checkpoints' record hashes are checked.
     #[arg(long, env = "KMS_ROOT_KEY_FILE")]
     pub root_key_file: Option<PathBuf>,
+    /// The root key from `KMS_ROOT_KEY` (environment only).
+    #[arg(skip = root_key_from_env())]
+    pub root_key_env: Option<zeroize::Zeroizing<String>>,
 }
 
 #[derive(Debug, Clone, Args)]

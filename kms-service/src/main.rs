@@ -194,15 +194,26 @@ async fn main() -> ExitCode {
                 p.push(".checkpoints");
                 p.into()
             });
-            let key = match &v.root_key_file {
-                Some(path) => match SoftwareRootKey::read_file(path) {
-                    Ok(root) => Some(root.derive(kms_service::AUDIT_CHECKPOINT_PURPOSE)),
-                    Err(e) => {
-                        eprintln!("kms-service audit verify: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                None => None,
+            let root = match (&v.root_key_file, &v.root_key_env) {
+                (Some(_), Some(_)) => {
+                    eprintln!(
+                        "kms-service audit verify: both KMS_ROOT_KEY and --root-key-file / KMS_ROOT_KEY_FILE are set: give the root key one way"
+                    );
+                    return ExitCode::from(2);
+                }
+                (Some(path), None) => Some(SoftwareRootKey::read_file(path)),
+                (None, Some(hex)) => Some(SoftwareRootKey::from_hex(
+                    hex,
+                    "in the environment variable KMS_ROOT_KEY",
+                )),
+                (None, None) => None,
+            };
+            let key = match root.transpose() {
+                Ok(root) => root.map(|r| r.derive(kms_service::AUDIT_CHECKPOINT_PURPOSE)),
+                Err(e) => {
+                    eprintln!("kms-service audit verify: {e}");
+                    return ExitCode::from(2);
+                }
             };
             let checkpoint_path = checkpoints.exists().then_some(checkpoints.as_path());
             match kms_service::audit::verify(&v.path, checkpoint_path, key.as_deref()) {
@@ -228,7 +239,7 @@ async fn main() -> ExitCode {
                         if key.is_some() {
                             ", signatures checked"
                         } else {
-                            ", signatures not checked (no --root-key-file)"
+                            ", signatures not checked (no --root-key-file or KMS_ROOT_KEY)"
                         },
                         match (uncovered, report.last_checkpointed) {
                             (0, _) => String::new(),

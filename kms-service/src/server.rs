@@ -264,7 +264,7 @@ fn root_key(storage: &StorageConfig) -> Result<SoftwareRootKey, StartError> {
     }
     if storage.store_path().exists() {
         return Err(StartError::Config(format!(
-            "the key store {} exists but its root key {} is missing; restore the root key file (or name where it is with --root-key-file / KMS_ROOT_KEY_FILE)",
+            "the key store {} exists but its root key {} is missing; restore the root key file (or name where it is with --root-key-file / KMS_ROOT_KEY_FILE, or give the key in KMS_ROOT_KEY)",
             storage.store_path().display(),
             path.display()
         )));
@@ -291,9 +291,10 @@ pub struct Opened {
 pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Opened, StartError> {
     // A root key named in the configuration is checked before the data
     // directory is touched; the development default may be created in it.
-    let named = match storage.root_key_file {
-        Some(_) => Some(root_key(storage)?),
-        None => None,
+    let named = if storage.root_key_file.is_some() || storage.root_key_env.is_some() {
+        Some(root_key(storage)?)
+    } else {
+        None
     };
     create_private_dir(&storage.data_dir, DATA_DIR)?;
     let root: Arc<dyn RootKey> = Arc::new(match named {

@@ -981,7 +981,36 @@ fn the_root_key_can_come_from_the_environment() {
         stdout(&out)
     );
 
+    // `audit verify` checks the checkpoints' signatures with it.
+    let verify = |root_key: &str| {
+        let mut command = kms();
+        command
+            .args(["audit", "verify"])
+            .arg(data.join("audit/audit.jsonl"))
+            .env("KMS_ROOT_KEY", root_key);
+        command
+    };
+    let out = run(&mut verify(&key));
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("signatures checked"),
+        "{}",
+        stdout(&out)
+    );
     let other = "fedcba9876543210".repeat(4);
+    let out = run(&mut verify(&other));
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains("FAILED"), "{}", stdout(&out));
+
+    // Malformed, on a new data directory: refused before it is created.
+    let fresh = dir.path().join("fresh");
+    let out = run(kms()
+        .args(["init", "--data-dir"])
+        .arg(&fresh)
+        .env("KMS_ROOT_KEY", "0123"));
+    assert_fails_with(&out, &["KMS_ROOT_KEY must be 64 hexadecimal characters"]);
+    assert!(!fresh.exists(), "nothing is created for a refused key");
+
     let out = run(&mut init(&other));
     assert_fails_with(&out, &["the root key does not match this data directory"]);
     let out = run(&mut init("not-hex"));
