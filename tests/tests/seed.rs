@@ -154,25 +154,7 @@ async fn keyed_table(
         .key_metadata
         .unwrap()
         .key_id;
-    tables
-        .create_table(authed(
-            admin,
-            pb::CreateTableRequest {
-                table_name: name.into(),
-                key_schema: Some(pb::KeySchema {
-                    partition_key: Some(pb::KeyElement {
-                        name: "pk".into(),
-                        r#type: pb::ScalarType::S.into(),
-                    }),
-                    sort_key: None,
-                }),
-                sse_specification: Some(pb::SseSpecification {
-                    kms_key_id: key.clone(),
-                }),
-            },
-        ))
-        .await
-        .unwrap();
+    table_on(tables, admin, name, Some(&key)).await;
     key
 }
 
@@ -207,6 +189,17 @@ async fn managed_table(
     admin: &str,
     name: &str,
 ) -> pb::TableDescription {
+    table_on(tables, admin, name, None).await
+}
+
+/// Creates table `name` (partition key S `pk`) on `key`, or on the
+/// service-managed key when `None`, as `admin`.
+async fn table_on(
+    tables: &mut TableServiceClient<Channel>,
+    admin: &str,
+    name: &str,
+    key: Option<&str>,
+) -> pb::TableDescription {
     tables
         .create_table(authed(
             admin,
@@ -219,7 +212,9 @@ async fn managed_table(
                     }),
                     sort_key: None,
                 }),
-                sse_specification: None,
+                sse_specification: key.map(|key| pb::SseSpecification {
+                    kms_key_id: key.to_string(),
+                }),
             },
         ))
         .await
