@@ -1813,81 +1813,71 @@ async fn a_writer_without_get_item_reads_nothing_through_return_values() {
             &refused(name),
         );
     }
-    let answer = tables
-        .put_item(authed(
+    let put = |return_values: pb::ReturnValues| {
+        authed(
             &writer,
             pb::PutItemRequest {
                 table_name: "ledger".into(),
                 item: item(&[("pk", s("a")), ("secret", s("overwritten"))]),
-                return_values: pb::ReturnValues::AllOld.into(),
+                return_values: return_values.into(),
                 ..Default::default()
             },
-        ))
-        .await;
-    assert!(!format!("{answer:?}").contains("launch"), "{answer:?}");
-    check_status(
-        answer,
-        Code::PermissionDenied,
-        "AccessDeniedException",
-        &refused("ALL_OLD"),
-    );
-    let answer = tables
-        .delete_item(authed(
+        )
+    };
+    let delete = |return_values: pb::ReturnValues| {
+        authed(
             &writer,
             pb::DeleteItemRequest {
                 table_name: "ledger".into(),
                 key: key.clone(),
-                return_values: pb::ReturnValues::AllOld.into(),
+                return_values: return_values.into(),
                 ..Default::default()
             },
-        ))
-        .await;
-    assert!(!format!("{answer:?}").contains("launch"), "{answer:?}");
-    check_status(
-        answer,
-        Code::PermissionDenied,
-        "AccessDeniedException",
-        &refused("ALL_OLD"),
-    );
+        )
+    };
+    let denied = |rv| (Code::PermissionDenied, "AccessDeniedException", refused(rv));
     // A return_values the operation does not offer is a bad request, for
     // a writer without table:GetItem too.
-    for (put_rv, name) in [
-        (pb::ReturnValues::AllNew, "PutItem"),
-        (pb::ReturnValues::UpdatedOld, "DeleteItem"),
-    ] {
-        let answer = if name == "PutItem" {
-            tables
-                .put_item(authed(
-                    &writer,
-                    pb::PutItemRequest {
-                        table_name: "ledger".into(),
-                        item: item(&[("pk", s("a"))]),
-                        return_values: put_rv.into(),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(drop)
-        } else {
-            tables
-                .delete_item(authed(
-                    &writer,
-                    pb::DeleteItemRequest {
-                        table_name: "ledger".into(),
-                        key: key.clone(),
-                        return_values: put_rv.into(),
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .map(drop)
-        };
-        check_status(
-            answer,
+    let invalid = |operation: &str| {
+        (
             Code::InvalidArgument,
             "ValidationException",
-            &format!("{name} supports return_values NONE or ALL_OLD"),
-        );
+            format!("{operation} supports return_values NONE or ALL_OLD"),
+        )
+    };
+    let refusals = [
+        (
+            tables
+                .put_item(put(pb::ReturnValues::AllOld))
+                .await
+                .map(drop),
+            denied("ALL_OLD"),
+        ),
+        (
+            tables
+                .delete_item(delete(pb::ReturnValues::AllOld))
+                .await
+                .map(drop),
+            denied("ALL_OLD"),
+        ),
+        (
+            tables
+                .put_item(put(pb::ReturnValues::AllNew))
+                .await
+                .map(drop),
+            invalid("PutItem"),
+        ),
+        (
+            tables
+                .delete_item(delete(pb::ReturnValues::UpdatedOld))
+                .await
+                .map(drop),
+            invalid("DeleteItem"),
+        ),
+    ];
+    for (answer, (code, reason, message)) in refusals {
+        assert!(!format!("{answer:?}").contains("launch"), "{answer:?}");
+        check_status(answer, code, reason, &message);
     }
     // Nothing was written by the refused calls.
     let get = |token: &str| {
