@@ -305,6 +305,10 @@ impl KmsClient {
 
     /// Creates, on behalf of the caller, a grant for `grantee` on `key_id`
     /// limited to contexts containing `subset`; returns the grant id.
+    /// `name` must be unique to this grant's purpose: kms-service answers a
+    /// CreateGrant repeated with the same name and parameters with the
+    /// grant it made (idempotency), so two purposes sharing a name would
+    /// share, and retire, one grant.
     pub async fn create_grant(
         &self,
         caller: &CallerCredential,
@@ -312,6 +316,7 @@ impl KmsClient {
         grantee: &str,
         operations: &[pb::GrantOperation],
         subset: HashMap<String, String>,
+        name: &str,
     ) -> Result<String, TableError> {
         let request = self.request(
             caller,
@@ -324,7 +329,7 @@ impl KmsClient {
                     encryption_context_equals: HashMap::new(),
                     encryption_context_subset: subset,
                 }),
-                name: "table-service key change".into(),
+                name: name.to_string(),
                 grant_tokens: vec![],
             },
         )?;

@@ -44,6 +44,15 @@ impl Tables {
     ) -> Result<Vec<(String, String)>, TableError> {
         let subset =
             std::collections::HashMap::from([("table_id".to_string(), table.table_id.clone())]);
+        // One name per key change: two changes of the same table racing
+        // (or a retried one) must not be answered with each other's grant,
+        // which the loser would then retire.
+        // (At most 256 characters whatever the table's and key's names.)
+        let name = format!(
+            "table-service key change of table {} ({})",
+            table.table_id,
+            lockbox_proto::random::random_uuid()
+        );
         let mut grants = Vec::new();
         for (key, ops) in [
             (
@@ -62,7 +71,14 @@ impl Tables {
             call.outcome.kms_calls += 1;
             match self
                 .kms
-                .create_grant(&call.caller, key, SELF_PRINCIPAL, ops, subset.clone())
+                .create_grant(
+                    &call.caller,
+                    key,
+                    SELF_PRINCIPAL,
+                    ops,
+                    subset.clone(),
+                    &name,
+                )
                 .await
             {
                 Ok(grant) => grants.push((key.to_string(), grant)),
