@@ -85,6 +85,9 @@ pub enum KmsError {
     UnsupportedOperation(String),
     #[error("{0}")]
     LimitExceeded(String),
+    /// A tag key or value that is not allowed.
+    #[error("{0}")]
+    Tag(String),
     /// Bad input.
     #[error("{0}")]
     Validation(String),
@@ -120,6 +123,7 @@ impl KmsError {
             KmsError::MalformedPolicy(_) => "MalformedPolicyDocumentException",
             KmsError::UnsupportedOperation(_) => "UnsupportedOperationException",
             KmsError::LimitExceeded(_) => "LimitExceededException",
+            KmsError::Tag(_) => "TagException",
             KmsError::Validation(_) => "ValidationException",
             KmsError::Unavailable(_) => "KMSUnavailableException",
             KmsError::Internal(_) => "KMSInternalException",

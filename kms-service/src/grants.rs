@@ -63,6 +63,20 @@ impl GrantOperation {
         )
     }
 
+    /// Whether a key of `usage` can perform this operation at all.
+    pub fn applies_to(self, usage: crate::keys::KeyUsage) -> bool {
+        use crate::keys::KeyUsage;
+        match self {
+            GrantOperation::DescribeKey
+            | GrantOperation::CreateGrant
+            | GrantOperation::RetireGrant => true,
+            GrantOperation::GenerateMac | GrantOperation::VerifyMac => {
+                usage == KeyUsage::GenerateVerifyMac
+            }
+            _ => usage == KeyUsage::EncryptDecrypt,
+        }
+    }
+
     pub const ALL: [GrantOperation; 11] = [
         GrantOperation::Decrypt,
         GrantOperation::Encrypt,
@@ -146,8 +160,12 @@ impl GrantRecord {
     /// Whether this grant allows `principal` to do `action` with `context`.
     pub fn allows(&self, principal: &str, action: &str, context: &EncryptionContext) -> bool {
         self.grantee == principal
-            && GrantOperation::from_action(action).is_some_and(|op| self.operations.contains(&op))
-            && self.constraints.allows(context)
+            && GrantOperation::from_action(action).is_some_and(|op| {
+                // Constraints bound only the operations that take an
+                // encryption context (DescribeKey is not one).
+                self.operations.contains(&op)
+                    && (!op.uses_context() || self.constraints.allows(context))
+            })
     }
 
     /// Whether this grant lets `principal` create a grant for

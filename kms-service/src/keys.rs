@@ -15,6 +15,9 @@ pub const ROTATION_PERIOD_DAYS: std::ops::RangeInclusive<u32> = 90..=2560;
 pub const DEFAULT_ROTATION_PERIOD_DAYS: u32 = 365;
 pub const MAX_DESCRIPTION_LEN: usize = 8192;
 pub const MAX_TAGS: usize = 50;
+/// On-demand rotations allowed per key (AWS's quota too); automatic
+/// rotation is not counted, its period bounds it.
+pub const MAX_ON_DEMAND_ROTATIONS: usize = 25;
 pub const SECONDS_PER_DAY: i64 = 86_400;
 
 /// What a key's material is and so what it can do.

@@ -26,6 +26,7 @@ pub fn to_status(error: &KmsError) -> Status {
         | KmsError::InvalidGrantToken(_)
         | KmsError::InvalidGrantId(_)
         | KmsError::MalformedPolicy(_)
+        | KmsError::Tag(_)
         | KmsError::Validation(_) => Code::InvalidArgument,
         KmsError::LimitExceeded(_) => Code::ResourceExhausted,
         KmsError::Unavailable(_) => Code::Unavailable,
@@ -167,6 +168,7 @@ mod tests {
                 Code::ResourceExhausted,
                 "LimitExceededException",
             ),
+            (KmsError::Tag(s("m")), Code::InvalidArgument, "TagException"),
             (
                 KmsError::Unavailable(s("m")),
                 Code::Unavailable,

@@ -59,14 +59,26 @@ impl Kms {
                     "constraints: use encryption_context_equals or encryption_context_subset, not both",
                 ));
             }
+            // As in AWS: constraints go with operations that take an
+            // encryption context, and may also list CreateGrant (they bound
+            // the grants it makes), RetireGrant and DescribeKey (which they
+            // do not constrain); a grant of only the last two would
+            // constrain nothing, so it is refused as a mistake.
             if (c.equals.is_some() || c.subset.is_some())
-                && !operations.iter().all(|op| {
+                && (!operations.iter().all(|op| {
                     op.uses_context()
-                        || matches!(op, GrantOperation::CreateGrant | GrantOperation::RetireGrant)
-                })
+                        || matches!(
+                            op,
+                            GrantOperation::CreateGrant
+                                | GrantOperation::RetireGrant
+                                | GrantOperation::DescribeKey
+                        )
+                }) || !operations
+                    .iter()
+                    .any(|op| op.uses_context() || *op == GrantOperation::CreateGrant))
             {
                 return Err(KmsError::validation(
-                    "encryption context constraints are only allowed with operations that take an encryption context (and CreateGrant, RetireGrant)",
+                    "encryption context constraints are only allowed with operations that take an encryption context (optionally with CreateGrant, RetireGrant and DescribeKey)",
                 ));
             }
             for m in [&c.equals, &c.subset].into_iter().flatten() {
@@ -100,6 +112,34 @@ impl Kms {
                 )
                 .map_err(|denial| denial.error)?;
                 super::key_ops::not_pending(&entry.record, "grant its use")?;
+                let usage = entry.record.spec.usage();
+                if let Some(op) = operations.iter().find(|op| !op.applies_to(usage)) {
+                    return Err(KmsError::validation(format!(
+                        "operation {} does not apply to key {}, whose usage is {}",
+                        &op.action()[4..],
+                        entry.record.key_id,
+                        usage.name()
+                    )));
+                }
+                // A retried named CreateGrant (same name and parameters)
+                // answers with the grant it made, as AWS does, instead of
+                // adding another.
+                if !input.name.is_empty()
+                    && let Some(same) = entry
+                        .grants
+                        .iter()
+                        .filter_map(|id| state.grants.get(id))
+                        .find(|g| {
+                            g.name == input.name
+                                && g.grantee == grantee
+                                && g.retiring == retiring
+                                && g.operations == operations
+                                && g.constraints == input.constraints
+                        })
+                {
+                    ctx.event.grant_id = Some(same.grant_id.clone());
+                    return Ok((same.clone(), vec![]));
+                }
                 if entry.grants.len() >= MAX_GRANTS_PER_KEY {
                     return Err(KmsError::LimitExceeded(format!(
                         "key {} already has {MAX_GRANTS_PER_KEY} grants",
@@ -209,14 +249,18 @@ impl Kms {
                 if self_service {
                     ctx.event.decision = "Allow".into();
                 } else {
+                    // Policies alone: a grant's RetireGrant lets its grantee
+                    // retire that grant (above), never another one.
                     let entry = &state.keys[&grant.key_id];
-                    ctx.authorize(
+                    ctx.decide_with(
                         state,
                         "kms:RetireGrant",
                         Target::Key(entry),
                         &EncryptionContext::new(),
                         &[],
-                    )?;
+                        &|_, _| false,
+                    )
+                    .map_err(|denial| denial.error)?;
                 }
                 Ok((
                     (),

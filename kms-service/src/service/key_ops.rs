@@ -9,9 +9,9 @@ use crate::crypto::random_bytes;
 use crate::error::KmsError;
 use crate::keys::{
     AliasRecord, DEFAULT_PENDING_WINDOW_DAYS, DEFAULT_ROTATION_PERIOD_DAYS, KeyRecord, KeySpec,
-    KeyState, KeyUsage, KeyVersionRecord, MAX_DESCRIPTION_LEN, MAX_TAGS, PENDING_WINDOW_DAYS,
-    ROTATION_PERIOD_DAYS, SECONDS_PER_DAY, VersionOrigin, refuse_service_managed_alias,
-    validate_alias_name, wrap_label,
+    KeyState, KeyUsage, KeyVersionRecord, MAX_DESCRIPTION_LEN, MAX_ON_DEMAND_ROTATIONS, MAX_TAGS,
+    PENDING_WINDOW_DAYS, ROTATION_PERIOD_DAYS, SECONDS_PER_DAY, VersionOrigin,
+    refuse_service_managed_alias, validate_alias_name, wrap_label,
 };
 use crate::policy::{self, PolicyDocument, PolicyKind};
 use crate::state::State;
@@ -68,12 +68,13 @@ fn apply_tags(
         // Counted in characters, as AWS does (a key of 128 non-ASCII
         // characters is more than 128 bytes).
         if k.is_empty() || k.chars().count() > 128 {
-            return Err(KmsError::validation(format!(
+            return Err(KmsError::Tag(format!(
                 "tag key {k:?} must have 1–128 characters"
             )));
         }
+        reserved_tag_key(k)?;
         if v.chars().count() > 256 {
-            return Err(KmsError::validation(format!(
+            return Err(KmsError::Tag(format!(
                 "tag value for {k:?} must have at most 256 characters"
             )));
         }
@@ -82,6 +83,16 @@ fn apply_tags(
     if tags.len() > MAX_TAGS {
         return Err(KmsError::LimitExceeded(format!(
             "a key may have at most {MAX_TAGS} tags"
+        )));
+    }
+    Ok(())
+}
+
+/// Tag keys beginning with `aws:` are reserved, as in AWS (any case).
+fn reserved_tag_key(key: &str) -> Result<(), KmsError> {
+    if key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("aws:")) {
+        return Err(KmsError::Tag(format!(
+            "tag key {key:?} begins with the reserved prefix \"aws:\"; choose another key"
         )));
     }
     Ok(())
@@ -411,6 +422,7 @@ impl Kms {
         self.run(creds, "UpdateKeyDescription", |ctx| {
             validate_description(description)?;
             ctx.update_key(key_id, "kms:UpdateKeyDescription", |r, _| {
+                not_pending(r, "change its description")?;
                 r.description = description.to_string();
                 Ok(())
             })
@@ -565,6 +577,17 @@ impl Kms {
                 }
                 let key = key?;
                 not_pending(&key, "point an alias at it")?;
+                // As in AWS: an alias moves only between keys of one usage,
+                // so what works through it keeps working.
+                if key.spec.usage() != current.spec.usage() {
+                    return Err(KmsError::validation(format!(
+                        "{alias_name} points at key {}, whose usage is {}; key {} has usage {}. An alias can only move to a key of the same usage: delete it and create it again instead",
+                        current.key_id,
+                        current.spec.usage().name(),
+                        key.key_id,
+                        key.spec.usage().name()
+                    )));
+                }
                 Ok((
                     (),
                     vec![Mutation::PutAlias(AliasRecord {
@@ -697,8 +720,16 @@ impl Kms {
             ctx.update_key(key_id, "kms:EnableKeyRotation", |r, now| {
                 symmetric_only(r, "automatic rotation")?;
                 super::require_enabled(r)?;
+                // Enabling it again keeps the schedule: the next rotation is
+                // still counted from the last one (or from when rotation was
+                // enabled), with the new period; one already due happens at
+                // the next maintenance pass.
+                let anchor = match (r.rotation_period_days, r.next_rotation) {
+                    (Some(old), Some(next)) => next - i64::from(old) * SECONDS_PER_DAY,
+                    _ => now,
+                };
                 r.rotation_period_days = Some(days);
-                r.next_rotation = Some(now + i64::from(days) * SECONDS_PER_DAY);
+                r.next_rotation = Some((anchor + i64::from(days) * SECONDS_PER_DAY).max(now));
                 Ok(())
             })
             .map(drop)
@@ -753,6 +784,17 @@ impl Kms {
                 let mut r = ctx.key_for(state, key_id, "kms:RotateKeyOnDemand")?;
                 symmetric_only(&r, "rotation")?;
                 super::require_enabled(&r)?;
+                let on_demand = state.keys[&r.key_id]
+                    .versions
+                    .values()
+                    .filter(|v| v.origin == VersionOrigin::OnDemandRotation)
+                    .count();
+                if on_demand >= MAX_ON_DEMAND_ROTATIONS {
+                    return Err(KmsError::LimitExceeded(format!(
+                        "key {} has been rotated on demand {on_demand} times, the most allowed; automatic rotation still applies",
+                        r.key_id
+                    )));
+                }
                 r.current_version += 1;
                 let version = new_version_for(
                     ctx.kms,
@@ -789,6 +831,7 @@ impl Kms {
             };
             let state = ctx.state();
             let r = ctx.key_for(&state, key_id, "kms:ListKeyRotations")?;
+            symmetric_only(&r, "rotation")?;
             let entry = &state.keys[&r.key_id];
             let (items, truncated) = paginate(
                 entry.versions.values().filter(|v| v.version > 1),
@@ -835,6 +878,9 @@ impl Kms {
         self.run(creds, "UntagResource", |ctx| {
             if tag_keys.is_empty() {
                 return Err(KmsError::validation("tag_keys must not be empty"));
+            }
+            for k in tag_keys {
+                reserved_tag_key(k)?;
             }
             ctx.update_key(key_id, "kms:UntagResource", |r, _| {
                 not_pending(r, "untag it")?;

@@ -3443,13 +3443,44 @@ async fn tag_keys_and_values_are_limited_in_characters_not_bytes() {
             "é".repeat(257),
             "must have at most 256 characters",
         ),
+        ("aws:team".to_string(), "v".to_string(), "reserved prefix"),
+        ("AWS:team".to_string(), "v".to_string(), "reserved prefix"),
     ] {
         check_err(
             f.kms.tag_resource(&f.admin, &key, &[(k, v)]).await,
-            "ValidationException",
+            "TagException",
             needle,
         );
     }
+    check_err(
+        f.kms
+            .untag_resource(&f.admin, &key, &["aws:team".to_string()])
+            .await,
+        "TagException",
+        "reserved prefix",
+    );
+    // CreateKey with a reserved tag creates nothing.
+    let before = f.kms.list_keys(&f.admin, 0, "").await.unwrap().items.len();
+    check_err(
+        f.kms
+            .create_key(
+                &f.admin,
+                CreateKeyInput {
+                    description: String::new(),
+                    spec: KeySpec::SymmetricDefault,
+                    usage: None,
+                    policy: None,
+                    tags: vec![("aws:cost-center".into(), "1".into())],
+                },
+            )
+            .await,
+        "TagException",
+        "aws:cost-center",
+    );
+    assert_eq!(
+        f.kms.list_keys(&f.admin, 0, "").await.unwrap().items.len(),
+        before
+    );
     let tags = f
         .kms
         .list_resource_tags(&f.admin, &key, 0, "")
@@ -3838,4 +3869,315 @@ async fn a_deleted_principals_name_is_not_reused_while_a_key_policy_names_it() {
         "AccessDeniedException",
         "kms:Decrypt",
     );
+}
+
+fn grant_input(key: &str, grantee: &str, operations: &[GrantOperation]) -> CreateGrantInput {
+    CreateGrantInput {
+        key_id: key.to_string(),
+        grantee: grantee.to_string(),
+        retiring: None,
+        operations: operations.to_vec(),
+        constraints: GrantConstraints::default(),
+        name: String::new(),
+        grant_tokens: vec![],
+    }
+}
+
+/// A grant's RetireGrant lets its grantee retire that grant, never another
+/// principal's grant on the same key.
+#[tokio::test]
+async fn a_grants_retire_grant_covers_only_that_grant() {
+    use GrantOperation::{Decrypt, RetireGrant};
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let alice = f.user("alice", PrincipalKind::User, &[]).await;
+    let bobs = f
+        .kms
+        .create_grant(
+            &f.admin,
+            grant_input(&key, "user/bob", &[Decrypt, RetireGrant]),
+        )
+        .await
+        .unwrap();
+    let alices = f
+        .kms
+        .create_grant(&f.admin, grant_input(&key, "user/alice", &[Decrypt]))
+        .await
+        .unwrap();
+    check_err(
+        f.kms.retire_grant(&bob, "", &key, &alices.grant_id).await,
+        "AccessDeniedException",
+        "kms:RetireGrant",
+    );
+    check_err(
+        f.kms.retire_grant(&bob, &alices.token(), "", "").await,
+        "AccessDeniedException",
+        "kms:RetireGrant",
+    );
+    let blob = f.blob(&key, b"still hers", &ctx(&[])).await;
+    assert_eq!(
+        &f.kms
+            .decrypt(&alice, &blob, &ctx(&[]), "", &[])
+            .await
+            .expect("alice's grant is still there")
+            .plaintext[..],
+        b"still hers"
+    );
+    f.kms
+        .retire_grant(&bob, "", &key, &bobs.grant_id)
+        .await
+        .expect("bob retires his own grant");
+    let left = f
+        .kms
+        .list_grants(&f.admin, &key, "", "", 0, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        left.items.iter().map(|g| &g.grant_id).collect::<Vec<_>>(),
+        vec![&alices.grant_id]
+    );
+}
+
+/// Encryption-context constraints bound the operations that take a
+/// context; DescribeKey may be granted beside them and is not bound. A
+/// grant for operations the key cannot perform is refused.
+#[tokio::test]
+async fn constrained_grants_may_include_describe_key_and_must_fit_the_key() {
+    use GrantOperation::{Decrypt, DescribeKey, Encrypt, GenerateMac};
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let hmac = f.key(KeySpec::Hmac256).await;
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let acme = ctx(&[("tenant", "acme")]);
+    let mut input = grant_input(&key, "user/bob", &[Decrypt, DescribeKey]);
+    input.constraints = GrantConstraints {
+        equals: None,
+        subset: Some(acme.clone()),
+    };
+    f.kms
+        .create_grant(&f.admin, input)
+        .await
+        .expect("a constrained grant may list DescribeKey");
+    let described = f
+        .kms
+        .describe_key(&bob, &key, &[])
+        .await
+        .expect("DescribeKey is not bound by the constraint");
+    assert_eq!(described.key_id, key);
+    let blob = f.blob(&key, b"x", &acme).await;
+    f.kms
+        .decrypt(&bob, &blob, &acme, "", &[])
+        .await
+        .expect("Decrypt within the constraint");
+    let other = ctx(&[("tenant", "other")]);
+    let blob = f.blob(&key, b"x", &other).await;
+    check_err(
+        f.kms.decrypt(&bob, &blob, &other, "", &[]).await,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    // Operations the key cannot perform.
+    for (key_id, op, usage) in [
+        (&key, GenerateMac, "ENCRYPT_DECRYPT"),
+        (&hmac, Encrypt, "GENERATE_VERIFY_MAC"),
+        (&hmac, Decrypt, "GENERATE_VERIFY_MAC"),
+    ] {
+        check_err(
+            f.kms
+                .create_grant(&f.admin, grant_input(key_id, "user/bob", &[op]))
+                .await,
+            "ValidationException",
+            &format!("whose usage is {usage}"),
+        );
+    }
+    f.kms
+        .create_grant(
+            &f.admin,
+            grant_input(&hmac, "user/bob", &[GenerateMac, DescribeKey]),
+        )
+        .await
+        .expect("MAC operations on an HMAC key");
+}
+
+async fn grant_count(f: &Fixture, key: &str) -> usize {
+    f.kms
+        .list_grants(&f.admin, key, "", "", 0, "")
+        .await
+        .unwrap()
+        .items
+        .len()
+}
+
+/// A retried CreateGrant with the same name and parameters answers with
+/// the grant it made; any difference makes a new grant.
+#[tokio::test]
+async fn a_named_create_grant_is_idempotent() {
+    use GrantOperation::{Decrypt, Encrypt};
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let mut input = grant_input(&key, "user/bob", &[Decrypt]);
+    input.name = "nightly-job".into();
+    let first = f.kms.create_grant(&f.admin, input.clone()).await.unwrap();
+    let again = f.kms.create_grant(&f.admin, input.clone()).await.unwrap();
+    assert_eq!(again.grant_id, first.grant_id);
+    assert_eq!(grant_count(&f, &key).await, 1);
+    let mut wider = input.clone();
+    wider.operations = vec![Decrypt, Encrypt];
+    let other = f.kms.create_grant(&f.admin, wider).await.unwrap();
+    assert_ne!(other.grant_id, first.grant_id);
+    let mut unnamed = input;
+    unnamed.name = String::new();
+    let a = f.kms.create_grant(&f.admin, unnamed.clone()).await.unwrap();
+    let b = f.kms.create_grant(&f.admin, unnamed).await.unwrap();
+    assert_ne!(a.grant_id, b.grant_id, "unnamed grants are never merged");
+    assert_eq!(grant_count(&f, &key).await, 4);
+}
+
+/// An alias moves only between keys of one usage; the refused move leaves
+/// it where it was.
+#[tokio::test]
+async fn update_alias_keeps_the_key_usage() {
+    let f = fixture().await;
+    let a = f.key(KeySpec::SymmetricDefault).await;
+    let b = f.key(KeySpec::SymmetricDefault).await;
+    let mac = f.key(KeySpec::Hmac256).await;
+    let mac512 = f.key(KeySpec::Hmac512).await;
+    f.kms
+        .create_alias(&f.admin, "alias/orders", &a)
+        .await
+        .unwrap();
+    check_err(
+        f.kms.update_alias(&f.admin, "alias/orders", &mac).await,
+        "ValidationException",
+        "same usage",
+    );
+    assert_eq!(
+        f.kms
+            .describe_key(&f.admin, "alias/orders", &[])
+            .await
+            .unwrap()
+            .key_id,
+        a
+    );
+    f.kms
+        .update_alias(&f.admin, "alias/orders", &b)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.kms
+            .describe_key(&f.admin, "alias/orders", &[])
+            .await
+            .unwrap()
+            .key_id,
+        b
+    );
+    // Between HMAC keys of different lengths: the same usage.
+    f.kms
+        .create_alias(&f.admin, "alias/signing", &mac)
+        .await
+        .unwrap();
+    f.kms
+        .update_alias(&f.admin, "alias/signing", &mac512)
+        .await
+        .unwrap();
+}
+
+/// A key pending deletion keeps its description.
+#[tokio::test]
+async fn update_key_description_is_refused_while_pending_deletion() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    f.kms
+        .schedule_key_deletion(&f.admin, &key, Some(7))
+        .await
+        .unwrap();
+    check_err(
+        f.kms
+            .update_key_description(&f.admin, &key, "changed")
+            .await,
+        "KMSInvalidStateException",
+        "change its description",
+    );
+    assert_eq!(
+        f.kms
+            .describe_key(&f.admin, &key, &[])
+            .await
+            .unwrap()
+            .description,
+        "test"
+    );
+}
+
+/// On-demand rotation is limited per key; the refused rotation changes
+/// nothing. Rotation history is for symmetric keys only.
+#[tokio::test]
+async fn on_demand_rotations_are_limited_and_hmac_keys_have_no_history() {
+    use crate::keys::MAX_ON_DEMAND_ROTATIONS;
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    for n in 0..MAX_ON_DEMAND_ROTATIONS {
+        let (_, version) = f.kms.rotate_key_on_demand(&f.admin, &key).await.unwrap();
+        assert_eq!(version as usize, n + 2);
+    }
+    check_err(
+        f.kms.rotate_key_on_demand(&f.admin, &key).await,
+        "LimitExceededException",
+        &format!("rotated on demand {MAX_ON_DEMAND_ROTATIONS} times"),
+    );
+    let described = f.kms.describe_key(&f.admin, &key, &[]).await.unwrap();
+    assert_eq!(
+        described.current_version as usize,
+        MAX_ON_DEMAND_ROTATIONS + 1
+    );
+    let hmac = f.key(KeySpec::Hmac256).await;
+    check_err(
+        f.kms.list_key_rotations(&f.admin, &hmac, 0, "").await,
+        "UnsupportedOperationException",
+        "HMAC_256",
+    );
+}
+
+/// Enabling rotation again keeps the schedule: with the same period
+/// nothing moves; with another one the next rotation is counted from the
+/// same start.
+#[tokio::test]
+async fn enabling_rotation_again_keeps_its_schedule() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    f.kms
+        .enable_key_rotation(&f.admin, &key, Some(365))
+        .await
+        .unwrap();
+    f.clock.advance(100 * DAY);
+    f.kms
+        .enable_key_rotation(&f.admin, &key, Some(365))
+        .await
+        .unwrap();
+    let status = f.kms.get_key_rotation_status(&f.admin, &key).await.unwrap();
+    assert_eq!(status.next_rotation, Some(T0 + 365 * DAY));
+    f.kms
+        .enable_key_rotation(&f.admin, &key, Some(180))
+        .await
+        .unwrap();
+    let status = f.kms.get_key_rotation_status(&f.admin, &key).await.unwrap();
+    assert_eq!(
+        (status.period_days, status.next_rotation),
+        (180, Some(T0 + 180 * DAY))
+    );
+    // A period already over from the start: due now.
+    f.kms
+        .enable_key_rotation(&f.admin, &key, Some(90))
+        .await
+        .unwrap();
+    let status = f.kms.get_key_rotation_status(&f.admin, &key).await.unwrap();
+    assert_eq!(status.next_rotation, Some(T0 + 100 * DAY));
+    // Turned off and on again: counted from now.
+    f.kms.disable_key_rotation(&f.admin, &key).await.unwrap();
+    f.kms
+        .enable_key_rotation(&f.admin, &key, Some(90))
+        .await
+        .unwrap();
+    let status = f.kms.get_key_rotation_status(&f.admin, &key).await.unwrap();
+    assert_eq!(status.next_rotation, Some(T0 + 190 * DAY));
 }
