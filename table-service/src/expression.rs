@@ -19,6 +19,35 @@ pub enum Operator {
     Between,
 }
 
+impl Operator {
+    /// DynamoDB's name of the operator (`EQ`, `BEGINS_WITH`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Operator::Eq => "EQ",
+            Operator::Ne => "NE",
+            Operator::Lt => "LT",
+            Operator::Le => "LE",
+            Operator::Gt => "GT",
+            Operator::Ge => "GE",
+            Operator::BeginsWith => "BEGINS_WITH",
+            Operator::Between => "BETWEEN",
+        }
+    }
+
+    /// Refuses a second value (`value2`) for any operator but BETWEEN, as
+    /// DynamoDB refuses a wrong number of arguments; `subject` says where
+    /// (e.g. "condition on n").
+    pub fn check_value2<T>(self, subject: &str, upper: Option<&T>) -> Result<(), TableError> {
+        if upper.is_some() && self != Operator::Between {
+            return Err(TableError::validation(format!(
+                "{subject}: Invalid number of argument(s) for the {} ComparisonOperator: it takes one value, and value2 is only for BETWEEN; leave value2 unset",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
     Exists(String),
@@ -109,9 +138,10 @@ impl Condition {
     /// ValidationException rather than a failed condition: an empty
     /// attribute name, an order comparison or BETWEEN on a value that is
     /// not S, N or B, BETWEEN without an upper bound, with bounds of two
-    /// types or a lower bound above the upper, and BEGINS_WITH on a value
-    /// that is not S or B. (A stored value of another type than the
-    /// operand only makes the condition false.)
+    /// types or a lower bound above the upper, an upper bound (`value2`)
+    /// for any other operator, and BEGINS_WITH on a value that is not S or
+    /// B. (A stored value of another type than the operand only makes the
+    /// condition false.)
     pub fn validate(&self) -> Result<(), TableError> {
         let (attribute, operator, value, upper) = match self {
             Condition::Exists(name) | Condition::NotExists(name) => {
@@ -135,6 +165,7 @@ impl Condition {
                 "a condition names an empty attribute",
             ));
         }
+        operator.check_value2(&format!("condition on {attribute}"), upper)?;
         let scalar = |v: &AttributeValue| {
             matches!(
                 v,

@@ -1088,6 +1088,14 @@ async fn conditional_puts_and_deletes() {
         ),
         (compare("n", Op::Between, n("1"), None), "needs value2"),
         (
+            compare("n", Op::Eq, n("10"), Some(n("11"))),
+            "Invalid number of argument(s) for the EQ ComparisonOperator",
+        ),
+        (
+            compare("tag", Op::BeginsWith, s("f"), Some(s("g"))),
+            "Invalid number of argument(s) for the BEGINS_WITH ComparisonOperator",
+        ),
+        (
             compare("tag", Op::BeginsWith, n("1"), None),
             "BeginsWith takes an S or B value",
         ),
@@ -1192,7 +1200,7 @@ fn delete_members(name: &str, value: Av) -> pb::UpdateAction {
 #[tokio::test]
 async fn update_item_actions_return_all_new() {
     let stack = start().await;
-    stack.create("upd", ("id", S), None).await;
+    let table_id = stack.create("upd", ("id", S), None).await.table_id;
     let key = item(&[("id", s("u"))]);
     stack
         .put(
@@ -1333,7 +1341,6 @@ async fn update_item_actions_return_all_new() {
             vec![set("name", s("z")), remove("name")],
             "two update actions name attribute name",
         ),
-        (vec![], "UpdateItem needs at least one action"),
     ];
     for (actions, needle) in invalid {
         check_status(
@@ -1347,6 +1354,105 @@ async fn update_item_actions_return_all_new() {
         );
         assert_eq!(stack.get("upd", key.clone()).await, expected, "{needle}");
     }
+
+    // An update with no actions leaves an existing item as it is (its
+    // stored envelope too: nothing is sealed or written), still checking
+    // its conditions and answering its return_values.
+    let db = stack.dir.path().join("tables/tables.db");
+    let envelope = |pk: &str| -> Vec<u8> {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row(
+            "SELECT envelope FROM items WHERE table_id = ?1 AND pk = ?2 AND sk = x''",
+            rusqlite::params![table_id, pk.as_bytes()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let sealed = envelope("u");
+    let empty_update = |key: &Item, conditions: Vec<pb::Condition>, rv: pb::ReturnValues| {
+        stack.req(pb::UpdateItemRequest {
+            table_name: "upd".into(),
+            key: key.clone(),
+            actions: vec![],
+            conditions,
+            return_values: rv.into(),
+        })
+    };
+    for (return_values, answer) in [
+        (pb::ReturnValues::None, Item::new()),
+        (pb::ReturnValues::AllOld, expected.clone()),
+        (pb::ReturnValues::AllNew, expected.clone()),
+        (pb::ReturnValues::UpdatedOld, Item::new()),
+        (pb::ReturnValues::UpdatedNew, Item::new()),
+    ] {
+        let got = stack
+            .c()
+            .update_item(empty_update(
+                &key,
+                vec![compare("count", Op::Eq, n("0"), None)],
+                return_values,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .attributes;
+        assert_eq!(got, answer, "{return_values:?}");
+    }
+    check_status(
+        stack
+            .c()
+            .update_item(empty_update(
+                &key,
+                vec![compare("count", Op::Gt, n("0"), None)],
+                pb::ReturnValues::None,
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "ConditionalCheckFailedException",
+        "count Gt value is not satisfied",
+    );
+    assert_eq!(stack.get("upd", key.clone()).await, expected);
+    assert_eq!(envelope("u"), sealed, "an empty update rewrote the item");
+    // ... and creates an absent one holding just its key, unless a
+    // condition fails.
+    let bare = item(&[("id", s("bare"))]);
+    check_status(
+        stack
+            .c()
+            .update_item(empty_update(
+                &bare,
+                vec![exists("id")],
+                pb::ReturnValues::AllNew,
+            ))
+            .await,
+        Code::FailedPrecondition,
+        "ConditionalCheckFailedException",
+        "attribute_exists(id) is not satisfied",
+    );
+    assert!(stack.try_get("upd", bare.clone()).await.unwrap().is_empty());
+    let created = stack
+        .c()
+        .update_item(empty_update(
+            &bare,
+            vec![not_exists("id")],
+            pb::ReturnValues::AllNew,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .attributes;
+    assert_eq!(created, bare);
+    assert_eq!(stack.get("upd", bare.clone()).await, bare);
+    let bare_old = item(&[("id", s("bare-old"))]);
+    let old = stack
+        .c()
+        .update_item(empty_update(&bare_old, vec![], pb::ReturnValues::AllOld))
+        .await
+        .unwrap()
+        .into_inner()
+        .attributes;
+    assert!(old.is_empty(), "{old:?}");
+    assert_eq!(stack.get("upd", bare_old.clone()).await, bare_old);
 
     // UpdateItem of an absent key creates the item; ALL_OLD of it is empty.
     let new_key = item(&[("id", s("new"))]);
@@ -1897,6 +2003,156 @@ async fn query_orders_filters_and_pages() {
             "ValidationException",
             "not in the queried partition",
         ),
+        // Sort-key condition values are held to the rules of sort key
+        // values: not empty, at most 1024 bytes.
+        (
+            pb::QueryRequest {
+                table_name: "q_str".into(),
+                sort_key_condition: sort_condition(Op::BeginsWith, s(""), None),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "cannot contain an empty string value. Key: k",
+        ),
+        (
+            pb::QueryRequest {
+                table_name: "q_bin".into(),
+                sort_key_condition: sort_condition(Op::Eq, b(b""), None),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "cannot contain an empty binary value. Key: k",
+        ),
+        (
+            pb::QueryRequest {
+                table_name: "q_str".into(),
+                sort_key_condition: sort_condition(Op::Lt, s(&"k".repeat(1025)), None),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "Size of sort key k is 1025 bytes, which exceeds the maximum size limit of 1024 bytes",
+        ),
+        (
+            pb::QueryRequest {
+                table_name: "q_str".into(),
+                sort_key_condition: sort_condition(Op::Between, s("a"), Some(s(&"z".repeat(1025)))),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "Size of sort key k is 1025 bytes",
+        ),
+        // value2 belongs to BETWEEN only.
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Eq, n("1"), Some(n("2"))),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "Invalid number of argument(s) for the EQ ComparisonOperator",
+        ),
+        (
+            pb::QueryRequest {
+                table_name: "q_str".into(),
+                sort_key_condition: sort_condition(Op::BeginsWith, s("a"), Some(s("b"))),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "Invalid number of argument(s) for the BEGINS_WITH ComparisonOperator",
+        ),
+        // A start key outside the sort-key condition would restart the
+        // range: refused, in either order, at either end of the range.
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Ge, n("10"), None),
+                exclusive_start_key: item(&[("p", s("a")), ("k", n("3"))]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "The provided starting key does not match the range key predicate",
+        ),
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Between, n("1"), Some(n("5"))),
+                exclusive_start_key: item(&[("p", s("a")), ("k", n("9"))]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "The provided starting key does not match the range key predicate",
+        ),
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Between, n("1"), Some(n("5"))),
+                exclusive_start_key: item(&[("p", s("a")), ("k", n("0.5"))]),
+                descending: true,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "does not match the range key predicate",
+        ),
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Le, n("2"), None),
+                exclusive_start_key: item(&[("p", s("a")), ("k", n("10"))]),
+                descending: true,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "does not match the range key predicate",
+        ),
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Gt, n("2"), None),
+                exclusive_start_key: item(&[("p", s("a")), ("k", n("2"))]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "does not match the range key predicate",
+        ),
+        (
+            pb::QueryRequest {
+                sort_key_condition: sort_condition(Op::Eq, n("2"), None),
+                exclusive_start_key: item(&[("p", s("a")), ("k", n("1"))]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "does not match the range key predicate",
+        ),
+        (
+            pb::QueryRequest {
+                table_name: "q_str".into(),
+                sort_key_condition: sort_condition(Op::BeginsWith, s("ap"), None),
+                // "aq" is the first string past every one starting with "ap".
+                exclusive_start_key: item(&[("p", s("a")), ("k", s("aq"))]),
+                descending: true,
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "does not match the range key predicate",
+        ),
+        (
+            pb::QueryRequest {
+                table_name: "q_bin".into(),
+                sort_key_condition: sort_condition(Op::BeginsWith, b(&[0xff]), None),
+                exclusive_start_key: item(&[("p", s("a")), ("k", b(&[0xfe]))]),
+                ..base.clone()
+            },
+            Code::InvalidArgument,
+            "ValidationException",
+            "does not match the range key predicate",
+        ),
         (
             pb::QueryRequest {
                 table_name: "nope".into(),
@@ -1909,6 +2165,79 @@ async fn query_orders_filters_and_pages() {
     ];
     for (request, code, reason, needle) in refused {
         check_status(stack.query(request).await, code, reason, needle);
+    }
+
+    // A start key inside the condition's range (any key there, not only a
+    // last_evaluated_key) goes on after it.
+    let accepted = vec![
+        (
+            "q_num",
+            sort_condition(Op::Ge, n("10"), None),
+            false,
+            n("10"),
+            vec!["20"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Ge, n("2"), None),
+            false,
+            n("3"),
+            vec!["10", "20"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Between, n("0.5"), Some(n("10"))),
+            true,
+            n("2"),
+            vec!["1", "0.5"],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Between, n("0.5"), Some(n("10"))),
+            true,
+            n("0.5"),
+            vec![],
+        ),
+        (
+            "q_num",
+            sort_condition(Op::Eq, n("2"), None),
+            false,
+            n("2"),
+            vec![],
+        ),
+        (
+            "q_str",
+            sort_condition(Op::BeginsWith, s("ap"), None),
+            false,
+            s("apple"),
+            vec!["apricot"],
+        ),
+        (
+            "q_str",
+            sort_condition(Op::BeginsWith, s("ap"), None),
+            true,
+            s("apz"),
+            vec!["apricot", "apple", "ap"],
+        ),
+    ];
+    for (table, condition, descending, start, expected) in accepted {
+        let page = stack
+            .query(pb::QueryRequest {
+                table_name: table.into(),
+                partition_key_value: Some(s("a")),
+                sort_key_condition: condition.clone(),
+                descending,
+                exclusive_start_key: item(&[("p", s("a")), ("k", start.clone())]),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{table} {condition:?} from {start:?}: {e:?}"));
+        let sort_keys: Vec<String> = page
+            .items
+            .iter()
+            .map(|i| text(i.attributes.get("k")))
+            .collect();
+        assert_eq!(sort_keys, expected, "{table} {condition:?} from {start:?}");
     }
     stack.stop().await;
 }
@@ -2243,7 +2572,7 @@ async fn scan_pages_and_parallel_segments() {
         assert_eq!(paged, full, "limit {limit}");
     }
 
-    for total in [1u32, 3] {
+    for total in [1u32, 2, 3] {
         let mut union = Vec::new();
         for segment in 0..total {
             let items: Vec<Item> = scan_pages(
@@ -2271,6 +2600,42 @@ async fn scan_pages_and_parallel_segments() {
             union.iter().cloned().collect::<BTreeSet<_>>(),
             full.iter().cloned().collect::<BTreeSet<_>>()
         );
+    }
+
+    // A start key of one segment does not fit another: its partition is
+    // not there, and the items of that segment below it would be skipped.
+    let first_of_segment_0 = stack
+        .scan(pb::ScanRequest {
+            segment: 0,
+            total_segments: 2,
+            limit: 1,
+            ..base.clone()
+        })
+        .await
+        .unwrap();
+    assert!(!first_of_segment_0.last_evaluated_key.is_empty());
+    let stray = pb::ScanRequest {
+        segment: 1,
+        total_segments: 2,
+        exclusive_start_key: first_of_segment_0.last_evaluated_key.clone(),
+        ..base.clone()
+    };
+    check_status(
+        stack.scan(stray.clone()).await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "The provided starting key is invalid: Invalid ExclusiveStartKey. Please use ExclusiveStartKey with correct Segment",
+    );
+    // It still goes on in its own segment, and in a scan without segments.
+    for (segment, total_segments) in [(0, 2), (0, 0)] {
+        stack
+            .scan(pb::ScanRequest {
+                segment,
+                total_segments,
+                ..stray.clone()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("segment {segment} of {total_segments}: {e:?}"));
     }
 
     let invalid = [(3, 3), (1, 0), (5, 3), (0, 1_000_001)];

@@ -310,7 +310,7 @@ fn type_mismatches_never_compare() {
 }
 
 #[test]
-fn between_needs_an_upper_bound_and_other_operators_ignore_it() {
+fn between_needs_an_upper_bound_and_other_operators_refuse_one() {
     let fixture = fixture();
     let with_upper = |attribute: &str, operator, value, upper| Condition::Compare {
         attribute: attribute.to_owned(),
@@ -318,20 +318,45 @@ fn between_needs_an_upper_bound_and_other_operators_ignore_it() {
         value,
         upper,
     };
+    // Without value2 BETWEEN never holds (and is refused, below).
+    for condition in [
+        with_upper("n", Operator::Between, n("1"), None),
+        with_upper("n", Operator::Between, n("10"), None),
+        with_upper("s", Operator::Between, s("a"), None),
+    ] {
+        check_holds(Some(&fixture), &condition, false);
+    }
+    // Any other operator takes one value: value2 is refused, as DynamoDB
+    // refuses a wrong number of arguments, even where the condition would
+    // otherwise hold.
     let cases = [
-        (with_upper("n", Operator::Between, n("1"), None), false),
-        (with_upper("n", Operator::Between, n("10"), None), false),
-        (with_upper("s", Operator::Between, s("a"), None), false),
-        (with_upper("n", Operator::Eq, n("10"), Some(n("0"))), true),
-        (with_upper("n", Operator::Lt, n("11"), Some(n("0"))), true),
+        (with_upper("n", Operator::Eq, n("10"), Some(n("0"))), "EQ"),
+        (with_upper("n", Operator::Ne, n("1"), Some(n("0"))), "NE"),
+        (with_upper("n", Operator::Lt, n("11"), Some(n("0"))), "LT"),
+        (with_upper("n", Operator::Le, n("11"), Some(n("0"))), "LE"),
+        (with_upper("n", Operator::Gt, n("1"), Some(n("0"))), "GT"),
+        (with_upper("n", Operator::Ge, n("1"), Some(n("0"))), "GE"),
         (
             with_upper("s", Operator::BeginsWith, s("a"), Some(s("x"))),
-            true,
+            "BEGINS_WITH",
         ),
     ];
-    for (condition, expected) in &cases {
-        check_holds(Some(&fixture), condition, *expected);
+    for (condition, name) in &cases {
+        match condition.validate() {
+            Err(TableError::Validation(message)) => assert!(
+                message.contains(&format!(
+                    "Invalid number of argument(s) for the {name} ComparisonOperator"
+                )) && message.contains("value2"),
+                "{condition:?}: {message}"
+            ),
+            other => panic!("{condition:?}: {other:?}"),
+        }
     }
+    assert!(
+        with_upper("n", Operator::Between, n("1"), Some(n("10")))
+            .validate()
+            .is_ok()
+    );
 }
 
 // --------------------------------------------------------- check_all

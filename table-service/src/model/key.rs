@@ -165,6 +165,18 @@ impl KeySchema {
         encode_key_value(name, *ty, Some(value), Role::Partition)
     }
 
+    /// Encodes a sort key value on its own (a Query sort-key condition's),
+    /// with the same checks as in a key: its type, not empty, at most 1024
+    /// bytes.
+    pub fn encode_sort_value(&self, value: &AttributeValue) -> Result<Vec<u8>, ModelError> {
+        let Some((name, ty)) = &self.sort else {
+            return Err(ModelError::KeySchemaMismatch {
+                detail: "the table has no sort key".to_owned(),
+            });
+        };
+        encode_key_value(name, *ty, Some(value), Role::Sort)
+    }
+
     /// Turns stored key bytes back into the key attributes.
     pub fn key_attributes(&self, key: &ItemKey) -> Result<Item, ModelError> {
         let mut out = Item::new();

@@ -353,11 +353,6 @@ impl Tables {
         .await?;
         let _writes = self.table_writes.read().await;
         let table = self.table(table_name)?;
-        if actions.is_empty() {
-            return Err(TableError::validation(
-                "UpdateItem needs at least one action",
-            ));
-        }
         let key = table.schema.validate_key_map(key_map)?;
         // A request that cannot succeed whatever the item holds is refused
         // before the item is read: no data key is unwrapped for it.
@@ -368,24 +363,30 @@ impl Tables {
         let mut new = old.clone().unwrap_or_else(|| key_map.clone());
         expression::apply(&table.schema, &mut new, actions)?;
         // As in DynamoDB, removing attributes from (or deleting set members
-        // of) an item that does not exist does not create it.
-        let only_removes = actions
-            .iter()
-            .all(|a| matches!(a, UpdateAction::Remove(_) | UpdateAction::Delete(..)));
+        // of) an item that does not exist does not create it; an update
+        // with no actions does, holding just the key.
+        let only_removes = !actions.is_empty()
+            && actions
+                .iter()
+                .all(|a| matches!(a, UpdateAction::Remove(_) | UpdateAction::Delete(..)));
         if old.is_none() && only_removes {
             return Ok(None);
         }
-        let (new_key, attributes) = model::split_item(&table.schema, new.clone())?;
-        debug_assert_eq!(new_key, key);
-        let envelope = self.seal(call, &table, &key, &attributes).await?;
-        self.commit
-            .commit(vec![Mutation::PutItem {
-                table_id: table.table_id.clone(),
-                key,
-                envelope,
-            }])
-            .await
-            .map_err(store_error)?;
+        // An update with no actions leaves an existing item as it is:
+        // nothing to seal or write.
+        if old.is_none() || !actions.is_empty() {
+            let (new_key, attributes) = model::split_item(&table.schema, new.clone())?;
+            debug_assert_eq!(new_key, key);
+            let envelope = self.seal(call, &table, &key, &attributes).await?;
+            self.commit
+                .commit(vec![Mutation::PutItem {
+                    table_id: table.table_id.clone(),
+                    key,
+                    envelope,
+                }])
+                .await
+                .map_err(store_error)?;
+        }
         Ok(match return_values {
             ReturnValues::None => None,
             ReturnValues::AllOld => old,

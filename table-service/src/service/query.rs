@@ -10,8 +10,8 @@ use std::sync::Arc;
 use super::{Call, Tables, store_error};
 use crate::error::TableError;
 use crate::expression::Operator;
-use crate::model::{self, AttributeValue, Item, ItemKey, ScalarType};
-use crate::store::{RangeQuery, ScanQuery, StoredItem, TableRecord};
+use crate::model::{self, AttributeValue, Item, ItemKey, KeySchema, ScalarType};
+use crate::store::{RangeQuery, ScanQuery, StoredItem, TableRecord, segment_hash};
 
 pub const MAX_PAGE_ITEMS: u32 = 1000;
 pub const DEFAULT_PAGE_ITEMS: usize = 100;
@@ -38,15 +38,18 @@ pub struct Page {
     pub last_evaluated_key: Option<Item>,
 }
 
-fn encode_scalar(
-    name: &str,
-    kind: ScalarType,
-    value: &AttributeValue,
-) -> Result<Vec<u8>, TableError> {
+/// Encodes a sort-key condition value, held to the rules of a sort key
+/// value (its type, not empty, at most 1024 bytes) as DynamoDB holds it.
+fn encode_sort_operand(schema: &KeySchema, value: &AttributeValue) -> Result<Vec<u8>, TableError> {
+    let Some((name, kind)) = &schema.sort else {
+        return Err(TableError::Internal(
+            "sort-key condition on a table without a sort key".to_owned(),
+        ));
+    };
     match (kind, value) {
-        (ScalarType::S, AttributeValue::S(s)) => Ok(s.as_bytes().to_vec()),
-        (ScalarType::B, AttributeValue::B(b)) => Ok(b.clone()),
-        (ScalarType::N, AttributeValue::N(n)) => Ok(n.encode_key()),
+        (ScalarType::S, AttributeValue::S(_))
+        | (ScalarType::B, AttributeValue::B(_))
+        | (ScalarType::N, AttributeValue::N(_)) => Ok(schema.encode_sort_value(value)?),
         (kind, other) => Err(TableError::validation(format!(
             "One or more parameter values were invalid: Condition parameter type does not match schema type for {name}: expected {kind}, got {}",
             other.type_name()
@@ -149,12 +152,14 @@ impl Tables {
         let partition = table.schema.encode_partition_value(partition_value)?;
         let (mut lower, mut upper) = (Bound::Unbounded, Bound::Unbounded);
         if let Some(cond) = sort {
-            let Some((sk_name, sk_type)) = &table.schema.sort else {
+            let Some((_, sk_type)) = &table.schema.sort else {
                 return Err(TableError::validation(format!(
                     "table {table_name} has no sort key, so a sort key condition cannot be used"
                 )));
             };
-            let v = encode_scalar(sk_name, *sk_type, &cond.value)?;
+            cond.operator
+                .check_value2("sort_key_condition", cond.upper.as_ref())?;
+            let v = encode_sort_operand(&table.schema, &cond.value)?;
             match cond.operator {
                 Operator::Eq => (lower, upper) = (Bound::Included(v.clone()), Bound::Included(v)),
                 Operator::Lt => upper = Bound::Excluded(v),
@@ -166,7 +171,7 @@ impl Tables {
                         .upper
                         .as_ref()
                         .ok_or_else(|| TableError::validation("BETWEEN needs value2"))?;
-                    let hi = encode_scalar(sk_name, *sk_type, hi)?;
+                    let hi = encode_sort_operand(&table.schema, hi)?;
                     if hi < v {
                         return Err(TableError::validation(
                             "Invalid KeyConditionExpression: the BETWEEN bounds are in the wrong order (value must be ≤ value2)",
@@ -197,11 +202,19 @@ impl Tables {
                     "exclusive_start_key is not in the queried partition",
                 ));
             }
+            // A start key outside the condition's range would start the
+            // range over (or skip it); inside it, the start is always the
+            // tighter bound on its side.
+            if !within(&lower, &upper, &start.sort) {
+                return Err(TableError::validation(
+                    "The provided starting key does not match the range key predicate: the sort key of exclusive_start_key is outside the sort key condition; start from a last_evaluated_key of the same query, or a key within the condition",
+                ));
+            }
             let after = Bound::Excluded(start.sort);
             if descending {
-                upper = tighter(upper, after, true);
+                upper = after;
             } else {
-                lower = tighter(lower, after, false);
+                lower = after;
             }
         }
         let request = RangeQuery {
@@ -249,6 +262,16 @@ impl Tables {
         let after = exclusive_start_key
             .map(|k| table.schema.validate_key_map(k))
             .transpose()?;
+        // The store finds a segment's items after the start key among those
+        // of the segment: a start key of another segment would skip some.
+        if let (Some(after), Some((segment, total))) = (&after, segment)
+            && segment_hash(&after.partition) % total != segment
+        {
+            return Err(TableError::validation(format!(
+                "The provided starting key is invalid: Invalid ExclusiveStartKey. Please use ExclusiveStartKey with correct Segment. exclusive_start_key belongs to segment {} of total_segments {total}, not segment {segment}; continue a segment's scan with that segment's last_evaluated_key",
+                segment_hash(&after.partition) % total
+            )));
+        }
         let request = ScanQuery {
             table_id: table.table_id.clone(),
             after,
@@ -266,18 +289,17 @@ impl Tables {
     }
 }
 
-/// The stricter of two bounds on the same side.
-fn tighter(current: Bound<Vec<u8>>, new: Bound<Vec<u8>>, upper: bool) -> Bound<Vec<u8>> {
-    let value = |b: &Bound<Vec<u8>>| match b {
-        Bound::Included(v) | Bound::Excluded(v) => Some(v.clone()),
-        Bound::Unbounded => None,
+/// Whether `value` lies between the two bounds.
+fn within(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>, value: &[u8]) -> bool {
+    let above = match lower {
+        Bound::Included(v) => value >= v.as_slice(),
+        Bound::Excluded(v) => value > v.as_slice(),
+        Bound::Unbounded => true,
     };
-    match (value(&current), value(&new)) {
-        (None, _) => new,
-        (_, None) => current,
-        (Some(c), Some(n)) => {
-            let new_is_tighter = if upper { n <= c } else { n >= c };
-            if new_is_tighter { new } else { current }
-        }
-    }
+    let below = match upper {
+        Bound::Included(v) => value <= v.as_slice(),
+        Bound::Excluded(v) => value < v.as_slice(),
+        Bound::Unbounded => true,
+    };
+    above && below
 }
