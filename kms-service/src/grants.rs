@@ -128,6 +128,17 @@ impl GrantConstraints {
     }
 
     /// Whether a request with this context satisfies the constraints.
+    /// The constraint's pairs (of whichever is set; none when neither is):
+    /// the encryption context that conditions on CreateGrant and
+    /// RetireGrant see, as in AWS.
+    pub fn pairs(&self) -> EncryptionContext {
+        self.equals
+            .as_ref()
+            .or(self.subset.as_ref())
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub fn allows(&self, context: &EncryptionContext) -> bool {
         if let Some(equals) = &self.equals
             && equals != context

@@ -40,6 +40,18 @@ pub enum PolicyKind {
     Identity,
 }
 
+/// Whether a policy is being stored now or was stored earlier. Rules added
+/// to the language refuse new policies only: a policy a previous version
+/// accepted still loads (with a warning), so an upgrade never leaves a
+/// key's or a principal's stored policy unreadable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Being put now (CreateKey, PutKeyPolicy, PutUserPolicy): every rule.
+    New,
+    /// Read back from the store: the rules of the first version only.
+    Stored,
+}
+
 /// A validated policy, ready to be evaluated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyDocument {
@@ -65,7 +77,21 @@ impl PolicyDocument {
     /// meaning of the policy (unknown fields, duplicate JSON keys, unknown
     /// operators or condition keys) is tolerated.
     pub fn parse(json: &str, kind: PolicyKind) -> Result<PolicyDocument, PolicyError> {
-        document::parse(json, kind)
+        document::parse(json, kind, Origin::New)
+    }
+
+    /// Parses a stored policy: [`PolicyDocument::parse`] without the rules
+    /// added since policies were first stored. When the stored text breaks
+    /// one of them, the document comes with that rule's refusal, for a
+    /// warning.
+    pub fn load(
+        json: &str,
+        kind: PolicyKind,
+    ) -> Result<(PolicyDocument, Option<PolicyError>), PolicyError> {
+        match document::parse(json, kind, Origin::New) {
+            Ok(doc) => Ok((doc, None)),
+            Err(newer) => document::parse(json, kind, Origin::Stored).map(|doc| (doc, Some(newer))),
+        }
     }
 
     pub fn statement_count(&self) -> usize {
@@ -82,11 +108,10 @@ impl PolicyDocument {
     }
 }
 
-/// Values of condition keys for one request. Keys are matched case-insensitively.
-///
-/// The `<k>` part of `kms:EncryptionContext:<k>` keeps its case, because
-/// encryption context keys are case-sensitive. An empty value list counts as
-/// an absent key. When `kms:CallerPrincipal` is not set, conditions on it see
+/// Values of condition keys for one request. Keys are matched
+/// case-insensitively, as in AWS: the `<k>` of `kms:EncryptionContext:<k>`
+/// too (the values compare as the operator says). An empty value list counts
+/// as an absent key. When `kms:CallerPrincipal` is not set, conditions on it see
 /// [`Request::principal`], so a caller cannot dodge a condition by omission.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConditionContext {
@@ -102,6 +127,15 @@ impl ConditionContext {
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         self.values
             .insert(condition::canonical_key(key), vec![value.into()]);
+    }
+
+    /// Adds a value to a key (after any it has): the values of context keys
+    /// that differ only by case all count for `kms:EncryptionContext:<k>`.
+    pub fn add(&mut self, key: &str, value: impl Into<String>) {
+        self.values
+            .entry(condition::canonical_key(key))
+            .or_default()
+            .push(value.into());
     }
 
     /// Sets a multi-valued key such as `kms:EncryptionContextKeys`, replacing
@@ -274,6 +308,25 @@ pub enum PolicyError {
 
     #[error("unsupported policy \"Version\" \"{found}\"; use \"Version\": \"2012-10-17\"")]
     UnsupportedVersion { found: String },
+
+    #[error(
+        "{at}: {field} value \"{value}\" contains a policy variable (\"${{...}}\"), which this service does not substitute: it would be compared as plain text. Name the value itself, or for the caller use the kms:CallerPrincipal condition key"
+    )]
+    PolicyVariable {
+        at: Location,
+        field: String,
+        value: String,
+    },
+
+    #[error(
+        "{at}: \"{operator}\" on \"{key}\", which holds one value per request: ForAllValues is true whenever the key is absent, so this would allow (or deny nothing) without the value it names; use \"{plain}\" instead"
+    )]
+    SetOperatorOnSingleValuedKey {
+        at: Location,
+        operator: String,
+        key: String,
+        plain: String,
+    },
 
     #[error("\"Statement\" is empty; add at least one statement")]
     NoStatements,

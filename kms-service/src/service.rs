@@ -617,8 +617,11 @@ impl<'a> Ctx<'a> {
         if let Some(via) = &caller.via_service {
             c.set("kms:ViaService", via.clone());
         }
+        // Condition keys ignore case, so context keys that differ only by
+        // case (possible in a ciphertext made before such contexts were
+        // refused) all count: a Deny on any of their values applies.
         for (k, v) in context {
-            c.set(&format!("kms:EncryptionContext:{k}"), v.clone());
+            c.add(&format!("kms:EncryptionContext:{k}"), v.clone());
         }
         c.set_multi(
             "kms:EncryptionContextKeys",

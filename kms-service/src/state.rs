@@ -38,6 +38,25 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
 
+/// A stored policy, read with the rules it was stored under; one that a
+/// rule added since would refuse is kept as it is, with a warning that says
+/// what to change.
+fn load_policy(
+    text: &str,
+    kind: PolicyKind,
+    what: impl Fn() -> String,
+) -> Result<PolicyDocument, StoreError> {
+    let (doc, newer) = PolicyDocument::load(text, kind).map_err(|e| corrupt(&what(), e))?;
+    if let Some(rule) = newer {
+        tracing::warn!(
+            policy = %what(),
+            "a stored policy breaks a rule added since it was stored; it still applies as written, \
+             but put a corrected version: {rule}"
+        );
+    }
+    Ok(doc)
+}
+
 impl State {
     /// Applies one change. Callers validate before they build mutations, so
     /// a failure here means stored data is inconsistent.
@@ -47,10 +66,9 @@ impl State {
                 self.meta.insert(name.clone(), value.clone());
             }
             Mutation::PutKey(record) => {
-                let policy = Arc::new(
-                    PolicyDocument::parse(&record.policy, PolicyKind::Key)
-                        .map_err(|e| corrupt(&format!("key {} policy", record.key_id), e))?,
-                );
+                let policy = Arc::new(load_policy(&record.policy, PolicyKind::Key, || {
+                    format!("key {} policy", record.key_id)
+                })?);
                 match self.keys.get_mut(&record.key_id) {
                     Some(entry) => {
                         entry.record = record.clone();
@@ -93,8 +111,9 @@ impl State {
             Mutation::PutPrincipal(record) => {
                 let mut inline = Vec::with_capacity(record.inline.len());
                 for (name, doc) in &record.inline {
-                    let parsed = PolicyDocument::parse(doc, PolicyKind::Identity)
-                        .map_err(|e| corrupt(&format!("inline policy {name}"), e))?;
+                    let parsed = load_policy(doc, PolicyKind::Identity, || {
+                        format!("inline policy {name} of {}", record.principal)
+                    })?;
                     inline.push((name.clone(), Arc::new(parsed)));
                 }
                 self.principals.insert(

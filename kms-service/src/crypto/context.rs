@@ -25,6 +25,10 @@ pub enum ContextError {
     TooLarge(usize),
     #[error("encryption context keys must not be empty")]
     EmptyKey,
+    #[error(
+        "encryption context keys {0:?} and {1:?} differ only by case, which policy conditions (case-insensitive, as in AWS) cannot tell apart; use one of them"
+    )]
+    KeysDifferOnlyByCase(String, String),
 }
 
 /// Checks the size limits of a context.
@@ -38,6 +42,24 @@ pub fn validate(context: &EncryptionContext) -> Result<(), ContextError> {
     let size: usize = context.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_BYTES {
         return Err(ContextError::TooLarge(size));
+    }
+    Ok(())
+}
+
+/// [`validate`], for a context a new ciphertext is bound to: also no two
+/// keys that differ only by case. (A ciphertext made before this rule still
+/// opens with its context.)
+pub fn validate_new(context: &EncryptionContext) -> Result<(), ContextError> {
+    validate(context)?;
+    let mut seen: std::collections::HashMap<String, &String> =
+        std::collections::HashMap::with_capacity(context.len());
+    for key in context.keys() {
+        if let Some(other) = seen.insert(key.to_lowercase(), key) {
+            return Err(ContextError::KeysDifferOnlyByCase(
+                other.clone(),
+                key.clone(),
+            ));
+        }
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use super::document::{Json, wrong_type};
 use super::wildcard::wildcard_match;
-use super::{Location, PolicyError, Request};
+use super::{Location, Origin, PolicyError, Request};
 
 /// Lower-cased on purpose: keys are stored and compared in this form.
 const ENCRYPTION_CONTEXT_PREFIX: &str = "kms:encryptioncontext:";
@@ -24,16 +24,16 @@ const KNOWN_KEYS: [(&str, KeyType); 9] = [
     ("kms:requestalias", KeyType::String),
 ];
 
+/// Multi-valued keys: the only ones `ForAllValues` makes sense with.
+const MULTI_VALUED_KEYS: [&str; 2] = ["kms:encryptioncontextkeys", "kms:grantoperations"];
+
 /// The form a condition key is stored under: condition keys are
-/// case-insensitive, except the caller-chosen `<k>` of
-/// `kms:EncryptionContext:<k>`, because encryption context keys are.
+/// case-insensitive, the `<k>` of `kms:EncryptionContext:<k>` included
+/// (AWS: "the condition key, including the context key, is not case
+/// sensitive"; a policy that needs the context key's exact case adds a
+/// `kms:EncryptionContextKeys` condition).
 pub(super) fn canonical_key(key: &str) -> String {
-    match key.split_at_checked(ENCRYPTION_CONTEXT_PREFIX.len()) {
-        Some((head, sub_key)) if head.eq_ignore_ascii_case(ENCRYPTION_CONTEXT_PREFIX) => {
-            format!("{ENCRYPTION_CONTEXT_PREFIX}{sub_key}")
-        }
-        _ => key.to_ascii_lowercase(),
-    }
+    key.to_lowercase()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +188,7 @@ fn request_values<'a>(request: &Request<'a>, canonical_key: &str) -> Vec<&'a str
 pub(super) fn parse_condition(
     at: &Location,
     value: Json,
+    origin: Origin,
 ) -> Result<Vec<ConditionBlock>, PolicyError> {
     let Json::Object(operators) = value else {
         return Err(wrong_type(
@@ -224,8 +225,8 @@ pub(super) fn parse_condition(
         };
         let mut entries = Vec::with_capacity(keys.len());
         for (key, values) in keys {
-            let canonical_key = check_key(at, &name, operator, &key)?;
-            let values = parse_values(at, &name, operator, &key, values)?;
+            let canonical_key = check_key(at, &name, operator, &key, origin)?;
+            let values = parse_values(at, &name, operator, &key, values, origin)?;
             entries.push(Entry {
                 canonical_key,
                 values,
@@ -242,6 +243,7 @@ fn check_key(
     operator_name: &str,
     operator: Operator,
     key: &str,
+    origin: Origin,
 ) -> Result<String, PolicyError> {
     let canonical = canonical_key(key);
     let key_type = match canonical.strip_prefix(ENCRYPTION_CONTEXT_PREFIX) {
@@ -259,6 +261,22 @@ fn check_key(
             key: key.into(),
         });
     };
+    // As AWS KMS refuses it for kms:EncryptionContext:<k>: on a key with one
+    // value, ForAllValues is vacuously true when the key is absent.
+    if origin == Origin::New
+        && operator.set == Some(SetQualifier::ForAllValues)
+        && !MULTI_VALUED_KEYS.contains(&canonical.as_str())
+    {
+        return Err(PolicyError::SetOperatorOnSingleValuedKey {
+            at: at.clone(),
+            operator: operator_name.into(),
+            key: key.into(),
+            plain: operator_name
+                .strip_prefix("ForAllValues:")
+                .unwrap_or(operator_name)
+                .into(),
+        });
+    }
     // A string comparison on a boolean key (or the reverse) can only ever
     // be false or true by accident, so it is almost certainly a mistake.
     let mismatch = match (operator.comparison, key_type) {
@@ -288,6 +306,7 @@ fn parse_values(
     operator: Operator,
     key: &str,
     value: Json,
+    origin: Origin,
 ) -> Result<Vec<String>, PolicyError> {
     let invalid = |detail: String| PolicyError::InvalidConditionValue {
         at: at.clone(),
@@ -318,6 +337,13 @@ fn parse_values(
                     )));
                 }
             };
+            if origin == Origin::New && text.contains("${") {
+                return Err(PolicyError::PolicyVariable {
+                    at: at.clone(),
+                    field: format!("Condition.{operator_name}.{key}"),
+                    value: text,
+                });
+            }
             if booleans_only && text != "true" && text != "false" {
                 return Err(invalid(format!(
                     "value \"{text}\" must be \"true\" or \"false\""

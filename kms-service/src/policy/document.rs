@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use super::Origin;
 use super::condition::{self, ConditionBlock};
 use super::{
     Location, MAX_POLICY_BYTES, MAX_STATEMENTS, POLICY_VERSION, PolicyDocument, PolicyError,
@@ -59,7 +60,11 @@ pub(super) struct Statement {
     pub(super) conditions: Vec<ConditionBlock>,
 }
 
-pub(super) fn parse(json: &str, kind: PolicyKind) -> Result<PolicyDocument, PolicyError> {
+pub(super) fn parse(
+    json: &str,
+    kind: PolicyKind,
+    origin: Origin,
+) -> Result<PolicyDocument, PolicyError> {
     // Checked before parsing so oversized input costs nothing to reject.
     if json.len() > MAX_POLICY_BYTES {
         return Err(PolicyError::TooLarge {
@@ -149,7 +154,7 @@ pub(super) fn parse(json: &str, kind: PolicyKind) -> Result<PolicyDocument, Poli
     let mut statements = Vec::with_capacity(raw_statements.len());
     let mut sids: Vec<(String, usize)> = Vec::new();
     for (index, raw) in raw_statements.into_iter().enumerate() {
-        let (statement, sid) = parse_statement(index, raw, kind)?;
+        let (statement, sid) = parse_statement(index, raw, kind, origin)?;
         if let Some(sid) = sid {
             // Sids name statements in decisions and audit logs, so two
             // statements sharing one would make those records ambiguous.
@@ -179,6 +184,7 @@ fn parse_statement(
     index: usize,
     raw: Json,
     kind: PolicyKind,
+    origin: Origin,
 ) -> Result<(Statement, Option<String>), PolicyError> {
     let Json::Object(fields) = raw else {
         return Err(wrong_type(
@@ -287,12 +293,12 @@ fn parse_statement(
         }
     };
     for resource in &resources.patterns {
-        check_resource(&at, resource)?;
+        check_resource(&at, resource, origin)?;
     }
 
     let conditions = match condition {
         None => Vec::new(),
-        Some(value) => condition::parse_condition(&at, value)?,
+        Some(value) => condition::parse_condition(&at, value, origin)?,
     };
 
     let label = sid.clone().unwrap_or_else(|| format!("Statement[{index}]"));
@@ -437,9 +443,16 @@ fn check_action(at: &Location, action: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
-fn check_resource(at: &Location, resource: &str) -> Result<(), PolicyError> {
+fn check_resource(at: &Location, resource: &str, origin: Origin) -> Result<(), PolicyError> {
     if resource == "*" {
         return Ok(());
+    }
+    if origin == Origin::New && resource.contains("${") {
+        return Err(PolicyError::PolicyVariable {
+            at: at.clone(),
+            field: "Resource".into(),
+            value: resource.into(),
+        });
     }
     // Resource matching is case-sensitive, so "Key/..." could never match
     // anything; rejecting it surfaces the typo instead of a silent no-op.

@@ -1117,7 +1117,7 @@ fn condition_set_operators() {
             false,
         ),
         (
-            r#"{"ForAllValues:Bool":{"kms:GrantIsForAWSResource":true}}"#,
+            r#"{"ForAnyValue:Bool":{"kms:GrantIsForAWSResource":true}}"#,
             &[(AWS_RESOURCE, &["true"])],
             true,
         ),
@@ -1127,7 +1127,8 @@ fn condition_set_operators() {
 #[test]
 fn condition_keys() {
     check_conditions(&[
-        // The kms:EncryptionContext: prefix ignores case; the context key does not.
+        // The whole condition key ignores case, the context key included
+        // (as in AWS); the value does not under StringEquals.
         (
             r#"{"StringEquals":{"KMS:ENCRYPTIONCONTEXT:tenant":"acme"}}"#,
             &[(TENANT, &["acme"])],
@@ -1136,7 +1137,7 @@ fn condition_keys() {
         (
             r#"{"StringEquals":{"kms:EncryptionContext:Tenant":"acme"}}"#,
             &[(TENANT, &["acme"])],
-            false,
+            true,
         ),
         (
             r#"{"StringEquals":{"kms:EncryptionContext:tenant":"acme"}}"#,
@@ -1201,11 +1202,14 @@ fn condition_context_lookup() {
     context.set("KMS:ViaService", "service/a");
     context.set("kms:viaservice", "service/b");
     context.set("kms:EncryptionContext:Tenant", "acme");
+    // `add` keeps what is there: context keys that differ only by case.
+    context.add("kms:EncryptionContext:TENANT", "evil");
     context.set_multi("kms:EncryptionContextKeys", Vec::new());
     let cases: &[(&str, Option<&[&str]>)] = &[
         ("kms:VIASERVICE", Some(&["service/b"])),
-        ("KMS:ENCRYPTIONCONTEXT:Tenant", Some(&["acme"])),
-        ("kms:EncryptionContext:tenant", None),
+        ("KMS:ENCRYPTIONCONTEXT:Tenant", Some(&["acme", "evil"])),
+        ("kms:EncryptionContext:tenant", Some(&["acme", "evil"])),
+        ("kms:EncryptionContext:tenan", None),
         ("kms:encryptioncontextkeys", Some(&[])),
         ("kms:KeySpec", None),
     ];
@@ -1884,9 +1888,10 @@ fn evaluate_conditions_in_policies() {
             ..BASE
         },
         Case {
-            name: "encryption context key case matters",
+            name: "encryption context key case does not matter (as in AWS)",
             key_policy: Some(KEY_TENANT),
             context: &[("kms:EncryptionContext:Tenant", &["acme"])],
+            expect: Expect::Allow(KeyPolicy, &["key-policy:AcmeOnly"]),
             ..BASE
         },
         Case {
@@ -2029,4 +2034,81 @@ fn service_managed_key_policy_allows_only_rewrap_grants_to_the_service() {
             ..base
         },
     ]);
+}
+
+/// Rules added to the language since policies were first stored: a new
+/// policy breaking one is refused, naming what to change; the same text
+/// read back from the store still loads (with the refusal, for a warning)
+/// and applies as written.
+#[test]
+fn newer_rules_refuse_new_policies_and_still_load_stored_ones() {
+    let statement = |extra: &str| {
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":{{"Effect":"Allow","Action":"kms:Decrypt",{extra}}}}}"#
+        )
+    };
+    let cases = [
+        (
+            "policy variable in a condition value",
+            statement(
+                r#""Resource":"*","Condition":{"StringEquals":{"kms:EncryptionContext:user":"${aws:username}"}}"#,
+            ),
+            "policy variable",
+        ),
+        (
+            "policy variable in a resource",
+            statement(r#""Resource":"key/${aws:username}""#),
+            "policy variable",
+        ),
+        (
+            "ForAllValues on an encryption context key",
+            statement(
+                r#""Resource":"*","Condition":{"ForAllValues:StringEquals":{"kms:EncryptionContext:Department":"IT"}}"#,
+            ),
+            "use \"StringEquals\" instead",
+        ),
+        (
+            "ForAllValues on kms:ViaService",
+            statement(
+                r#""Resource":"*","Condition":{"ForAllValues:StringLike":{"kms:ViaService":"service/*"}}"#,
+            ),
+            "use \"StringLike\" instead",
+        ),
+    ];
+    for (case, json, needle) in &cases {
+        let refused = PolicyDocument::parse(json, Identity)
+            .expect_err(case)
+            .to_string();
+        assert!(refused.contains(needle), "{case}: {refused}");
+        let (doc, newer) = PolicyDocument::load(json, Identity).expect(case);
+        assert_eq!(
+            newer.map(|e| e.to_string()).as_deref(),
+            Some(refused.as_str()),
+            "{case}"
+        );
+        assert_eq!(doc.statement_count(), 1, "{case}");
+    }
+    // Stored, the ForAllValues one applies as written: vacuously true
+    // without the key, which is why new policies may not say it.
+    let (doc, _) = PolicyDocument::load(&cases[2].1, Identity).unwrap();
+    let empty = ConditionContext::new();
+    let request = Request {
+        principal: "user/bob",
+        action: "kms:Decrypt",
+        resource: "key/k1",
+        context: &empty,
+    };
+    let evaluation = Evaluation {
+        key_policy: None,
+        identity_policies: &[("stored", &doc)],
+        grant: None,
+    };
+    assert!(evaluate(&request, &evaluation).is_allowed());
+    // The multi-valued keys still take ForAllValues, and a policy that
+    // breaks no newer rule loads without a refusal.
+    let fine = statement(
+        r#""Resource":"*","Condition":{"ForAllValues:StringEquals":{"kms:EncryptionContextKeys":["tenant"]}}"#,
+    );
+    PolicyDocument::parse(&fine, Identity).unwrap();
+    assert!(PolicyDocument::load(&fine, Identity).unwrap().1.is_none());
 }

@@ -83,6 +83,11 @@ fn check_context(ctx: &EncryptionContext) -> Result<(), KmsError> {
     context::validate(ctx).map_err(|e| KmsError::validation(e.to_string()))
 }
 
+/// [`check_context`] for the context a new ciphertext is bound to.
+fn check_new_context(ctx: &EncryptionContext) -> Result<(), KmsError> {
+    context::validate_new(ctx).map_err(|e| KmsError::validation(e.to_string()))
+}
+
 fn key_uuid(key_id: &str) -> Result<[u8; 16], KmsError> {
     uuid::Uuid::parse_str(key_id)
         .map(|u| *u.as_bytes())
@@ -186,7 +191,7 @@ impl<'a> Ctx<'a> {
         grant_tokens: &[String],
         action: &str,
     ) -> Result<DataKey, KmsError> {
-        check_context(context)?;
+        check_new_context(context)?;
         if let DataKeyLength::Bytes(n) = length {
             data_key_length(None, Some(n))?;
         }
@@ -260,7 +265,7 @@ impl Kms {
                     plaintext.len()
                 )));
             }
-            check_context(context)?;
+            check_new_context(context)?;
             ctx.event.encryption_context = Some(context.clone());
             let state = ctx.state();
             ctx.check_grant_tokens(&state, grant_tokens)?;
@@ -300,7 +305,7 @@ impl Kms {
     ) -> Result<Encrypted, KmsError> {
         self.run(creds, "ReEncrypt", |ctx| {
             check_context(source_context)?;
-            check_context(destination_context)?;
+            check_new_context(destination_context)?;
             if destination_key_id.is_empty() {
                 return Err(KmsError::validation(
                     "destination_key_id is required (it may be the source key, to move to its newest version)",

@@ -94,11 +94,14 @@ impl Kms {
                 ctx.event.resources = vec![entry.record.resource()];
                 let ops: Vec<String> = operations.iter().map(|o| o.action()[4..].to_string()).collect();
                 // A grant allows this only for a grant no wider than itself.
+                // As in AWS, kms:EncryptionContext:<k> and
+                // kms:EncryptionContextKeys are the new grant's constraint
+                // pairs.
                 ctx.decide_with(
                     state,
                     "kms:CreateGrant",
                     Target::Key(entry),
-                    &EncryptionContext::new(),
+                    &input.constraints.pairs(),
                     &[
                         ("kms:GranteePrincipal", vec![grantee.clone()]),
                         ("kms:RetiringPrincipal", retiring.iter().cloned().collect()),
@@ -256,7 +259,7 @@ impl Kms {
                         state,
                         "kms:RetireGrant",
                         Target::Key(entry),
-                        &EncryptionContext::new(),
+                        &grant.constraints.pairs(),
                         &[],
                         &|_, _| false,
                     )

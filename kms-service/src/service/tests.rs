@@ -3221,6 +3221,26 @@ async fn encryption_context_conditions_decide_key_use() {
         .generate_data_key(&bob, &key, &acme, DataKeyLength::Aes128, &[])
         .await
         .unwrap();
+    // Condition keys ignore case, the context key's too (as in AWS).
+    f.kms
+        .encrypt(&bob, &key, b"x", &ctx(&[("Tenant", "acme")]), &[])
+        .await
+        .expect("kms:EncryptionContext:tenant covers a context key Tenant");
+    // A new ciphertext may not bind keys that differ only by case: a
+    // condition could not tell them apart.
+    check_err(
+        f.kms
+            .encrypt(
+                &f.admin,
+                &key,
+                b"x",
+                &ctx(&[("tenant", "acme"), ("Tenant", "evil")]),
+                &[],
+            )
+            .await,
+        "ValidationException",
+        "differ only by case",
+    );
     let evil = ctx(&[("tenant", "evil")]);
     let evil_blob = f.blob(&key, b"y", &evil).await;
     let refused = [
@@ -3232,14 +3252,6 @@ async fn encryption_context_conditions_decide_key_use() {
             "Encrypt",
             f.kms
                 .encrypt(&bob, &key, b"x", &EncryptionContext::new(), &[])
-                .await
-                .map(drop),
-        ),
-        (
-            // Context keys are case-sensitive.
-            "Encrypt",
-            f.kms
-                .encrypt(&bob, &key, b"x", &ctx(&[("Tenant", "acme")]), &[])
                 .await
                 .map(drop),
         ),
@@ -4180,4 +4192,59 @@ async fn enabling_rotation_again_keeps_its_schedule() {
         .unwrap();
     let status = f.kms.get_key_rotation_status(&f.admin, &key).await.unwrap();
     assert_eq!(status.next_rotation, Some(T0 + 190 * DAY));
+}
+
+/// CreateGrant and RetireGrant are decided with the grant's constraint
+/// pairs as the encryption context (as in AWS), so a Deny on a context
+/// value stops a grant for it.
+#[tokio::test]
+async fn create_and_retire_grant_see_the_constraint_pairs_as_context() {
+    use GrantOperation::Decrypt;
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let policy = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"NoRestrictedGrants","Effect":"Deny","Principal":{"AWS":"*"},
+       "Action":["kms:CreateGrant","kms:RetireGrant"],"Resource":"*",
+       "Condition":{"StringEquals":{"kms:EncryptionContext:Stage":"Restricted"}}}]}"#;
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", policy)
+        .await
+        .unwrap();
+    let constrained = |stage: &str, subset: bool| {
+        let mut input = grant_input(&key, "user/bob", &[Decrypt]);
+        let pairs = Some(ctx(&[("stage", stage)]));
+        input.constraints = if subset {
+            GrantConstraints {
+                equals: None,
+                subset: pairs,
+            }
+        } else {
+            GrantConstraints {
+                equals: pairs,
+                subset: None,
+            }
+        };
+        input
+    };
+    for subset in [false, true] {
+        check_err(
+            f.kms
+                .create_grant(&f.admin, constrained("Restricted", subset))
+                .await,
+            "AccessDeniedException",
+            "kms:CreateGrant",
+        );
+    }
+    let grant = f
+        .kms
+        .create_grant(&f.admin, constrained("Test", true))
+        .await
+        .expect("a grant for another stage");
+    let record = f.last_record(|r| r["event_name"] == "CreateGrant");
+    assert_eq!(record["decision"], "Allow");
+    f.kms
+        .retire_grant(&f.admin, "", &key, &grant.grant_id)
+        .await
+        .expect("retire a grant for another stage");
 }
