@@ -464,12 +464,31 @@ pub async fn serve_with_tls(
         .build_v1alpha()
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<KeyManagementServiceServer<grpc::KeyManagementGrpc>>()
+    lockbox_proto::health::set_all(
+        &health_reporter,
+        HEALTH_SERVICES,
+        tonic_health::ServingStatus::Serving,
+    )
+    .await;
+    // NOT_SERVING while a failed audit write or store commit makes every
+    // call fail until restart, and from the moment shutdown begins.
+    let health_watch = {
+        let kms = kms.clone();
+        lockbox_proto::health::watch(health_reporter.clone(), HEALTH_SERVICES, move || {
+            kms.fault()
+        })
+    };
+    let stop_watch = health_watch.abort_handle();
+    let shutdown = async move {
+        shutdown.await;
+        health_watch.abort();
+        lockbox_proto::health::set_all(
+            &health_reporter,
+            HEALTH_SERVICES,
+            tonic_health::ServingStatus::NotServing,
+        )
         .await;
-    health_reporter
-        .set_serving::<IdentityServiceServer<grpc::IdentityGrpc>>()
-        .await;
+    };
 
     let maintenance = {
         let kms = kms.clone();
@@ -513,6 +532,9 @@ pub async fn serve_with_tls(
             shutdown,
         )
         .await;
+    // (Also when the server ended without a shutdown: the task holds the
+    // service.)
+    stop_watch.abort();
     maintenance.abort();
     // Its handle on the service goes with it (and so, in time, the store).
     let _ = maintenance.await;
@@ -523,6 +545,12 @@ pub async fn serve_with_tls(
     }
     result.map_err(StartError::from)
 }
+
+/// The services whose health is reported (besides the server's, "").
+const HEALTH_SERVICES: &[&str] = &[
+    <KeyManagementServiceServer<grpc::KeyManagementGrpc> as tonic::server::NamedService>::NAME,
+    <IdentityServiceServer<grpc::IdentityGrpc> as tonic::server::NamedService>::NAME,
+];
 
 /// Reflection over our contract plus the descriptors clients need to
 /// render it: health, and `google.rpc` so grpcurl shows `ErrorInfo`.

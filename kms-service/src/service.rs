@@ -213,6 +213,17 @@ impl Kms {
         &self.audit
     }
 
+    /// Why the service refuses calls until it is restarted, if it does:
+    /// its audit log or its key store failed to make something durable.
+    /// (Health checks report it.)
+    pub fn fault(&self) -> Option<String> {
+        self.audit.fault().or_else(|| {
+            self.committer.is_poisoned().then(|| {
+                "a key store commit failed (or a change lost its audit record); every change is refused until kms-service is restarted".to_string()
+            })
+        })
+    }
+
     /// The newest audit checkpoint the store has recorded (0: none).
     fn audit_anchor(&self) -> u64 {
         self.read_state()

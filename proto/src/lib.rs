@@ -50,6 +50,8 @@ pub mod metadata {
 #[cfg(feature = "service")]
 pub mod config_file;
 #[cfg(feature = "service")]
+pub mod health;
+#[cfg(feature = "service")]
 pub mod job_thread;
 #[cfg(feature = "service")]
 pub mod oversize;

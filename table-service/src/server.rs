@@ -281,9 +281,33 @@ pub async fn serve_with_tls(
     tables.resume_rewraps();
     tables.sweep_caches();
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<TableServiceServer<TableGrpc>>()
+    lockbox_proto::health::set_all(
+        &health_reporter,
+        HEALTH_SERVICES,
+        tonic_health::ServingStatus::Serving,
+    )
+    .await;
+    // NOT_SERVING while a failed store commit makes every write fail until
+    // restart, and from the moment shutdown begins. (kms-service being away
+    // is not a fault of this process: calls answer UNAVAILABLE meanwhile
+    // and it recovers by itself.)
+    let health_watch = {
+        let tables = tables.clone();
+        lockbox_proto::health::watch(health_reporter.clone(), HEALTH_SERVICES, move || {
+            tables.fault()
+        })
+    };
+    let stop_watch = health_watch.abort_handle();
+    let shutdown = async move {
+        shutdown.await;
+        health_watch.abort();
+        lockbox_proto::health::set_all(
+            &health_reporter,
+            HEALTH_SERVICES,
+            tonic_health::ServingStatus::NotServing,
+        )
         .await;
+    };
     let v1 = reflection()
         .build_v1()
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
@@ -306,9 +330,16 @@ pub async fn serve_with_tls(
             shutdown,
         )
         .await;
+    // (Also when the server ended without a shutdown: the task holds the
+    // service.)
+    stop_watch.abort();
     tables.stop_jobs().await;
     Ok(result?)
 }
+
+/// The services whose health is reported (besides the server's, "").
+const HEALTH_SERVICES: &[&str] =
+    &[<TableServiceServer<TableGrpc> as tonic::server::NamedService>::NAME];
 
 /// Binds `addr`, with a message that names the address when it is taken.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -199,6 +199,15 @@ impl Tables {
             .push(job);
     }
 
+    /// Why the service refuses writes until it is restarted, if it does (a
+    /// failed store commit). Health checks report it.
+    pub fn fault(&self) -> Option<String> {
+        self.commit.is_poisoned().then(|| {
+            "a table store commit failed; every write is refused until table-service is restarted"
+                .to_string()
+        })
+    }
+
     /// Stops background jobs; they resume from their saved progress at the
     /// next start.
     pub async fn stop_jobs(&self) {

@@ -321,6 +321,16 @@ impl AuditLog {
         shared.seal(event)
     }
 
+    /// Why the log refuses appends, if it does: a failed write or sync
+    /// (until it is reopened), or a close.
+    pub fn fault(&self) -> Option<String> {
+        match self.shared.status.state.load(Ordering::Acquire) {
+            OPEN => None,
+            CLOSED => Some("the audit log is closed".into()),
+            _ => Some(self.shared.status.unavailable().to_string()),
+        }
+    }
+
     /// The sequence number of the newest checkpoint written (and synced),
     /// 0 when there is none. It only grows.
     pub fn last_checkpoint(&self) -> u64 {

@@ -140,6 +140,12 @@ impl GroupCommitter {
         Ok(())
     }
 
+    /// Whether a failed commit (or an abandoned change) has stopped the
+    /// committer: every later change fails until restart.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
     /// The number of the newest queued batch.
     pub fn last_enqueued(&self) -> u64 {
         self.enqueued.load(Ordering::Acquire)

@@ -31,6 +31,12 @@ impl GroupCommit {
         GroupCommit { queue, poisoned }
     }
 
+    /// Whether a failed commit has stopped the committer: every later
+    /// write fails until restart.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
     /// Commits `batch` together with whatever else is queued; returns once
     /// it is durable.
     pub async fn commit(&self, batch: Vec<Mutation>) -> Result<(), StoreError> {

@@ -842,6 +842,7 @@ fn group_commit_fails_every_waiter_and_then_stays_closed(engine: &dyn Engine) {
             .commit(vec![put(T1, &before, b"ok")])
             .await
             .expect("healthy commit");
+        assert!(!commits.is_poisoned());
 
         failing.fail.store(true, Ordering::SeqCst);
         let mut tasks = tokio::task::JoinSet::new();
@@ -865,6 +866,7 @@ fn group_commit_fails_every_waiter_and_then_stays_closed(engine: &dyn Engine) {
             }
         }
         assert!(engine_errors >= 1, "no waiter saw the engine error");
+        assert!(commits.is_poisoned(), "health checks must see the failure");
 
         // Poisoned: even with a healthy engine again, writes are refused.
         failing.fail.store(false, Ordering::SeqCst);
