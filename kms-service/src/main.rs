@@ -21,22 +21,6 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = lockbox_proto::config_file::parse::<Cli>();
@@ -60,7 +44,7 @@ async fn main() -> ExitCode {
                     tracing::warn!("{warning}");
                 }
                 tracing::info!(listen = %config.listen, transport, data_dir = %config.storage.data_dir.display(), "kms-service ready");
-                server::serve_with_tls(&config, tls, opened.kms, listener, shutdown_signal()).await
+                server::serve_with_tls(&config, tls, opened.kms, listener, lockbox_proto::shutdown::signal("kms-service")).await
             }
             .await;
             match result {
@@ -103,8 +87,17 @@ async fn main() -> ExitCode {
             let clock = Arc::new(kms_service::clock::SystemClock);
             match server::open(&storage, clock).await {
                 Ok(opened) => {
-                    if opened.kms.audit_log().close().await.is_ok() {
-                        let _ = opened.kms.anchor_audit().await;
+                    if let Err(e) = opened.kms.audit_log().close().await {
+                        eprintln!(
+                            "kms-service init: closing the audit log failed: {e}; check its disk and run `kms-service audit verify`"
+                        );
+                        return ExitCode::FAILURE;
+                    }
+                    if let Err(e) = opened.kms.anchor_audit().await {
+                        eprintln!(
+                            "kms-service init: recording the audit log's newest checkpoint in the key store failed: {e}"
+                        );
+                        return ExitCode::FAILURE;
                     }
                     if let Some(path) = &opened.admin_token_file {
                         println!("administrator token written to {}", path.display());

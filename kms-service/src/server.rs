@@ -45,6 +45,9 @@ pub enum StartError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsConfigError),
+    /// The server stopped, but the audit log could not be closed cleanly.
+    #[error("{0}")]
+    Shutdown(String),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
@@ -60,16 +63,23 @@ const ADMIN_TOKEN_SECRET_FILE: &str = "--admin-token-secret-file / KMS_ADMIN_TOK
 const SERVICE_TOKEN_FILE: &str = "--table-service-token-file / KMS_TABLE_SERVICE_TOKEN_FILE";
 
 /// Creates `path` (owner-only) and its parents; an error names `setting`,
-/// the flag and variable that chose the place.
-fn create_private_dir(path: &Path, setting: &str) -> Result<(), StartError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(path).map_err(io(format!(
+/// the flag and variable that chose the place. Returns the warning for an
+/// existing directory others may use.
+fn create_private_dir(path: &Path, setting: &str) -> Result<Option<String>, StartError> {
+    lockbox_proto::store_lock::create_private_dir(path).map_err(io(format!(
         "cannot create directory {} ({setting})",
         path.display()
     )))
+}
+
+/// [`create_private_dir`] for a directory of state (the store, the audit
+/// log): one others may use is worth a warning. (A token file's directory
+/// may well be shared; the file itself is 0600.)
+fn create_state_dir(path: &Path, setting: &str) -> Result<(), StartError> {
+    if let Some(warning) = create_private_dir(path, setting)? {
+        tracing::warn!("{warning} ({setting})");
+    }
+    Ok(())
 }
 
 /// A secret file being written.
@@ -296,7 +306,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     } else {
         None
     };
-    create_private_dir(&storage.data_dir, DATA_DIR)?;
+    create_state_dir(&storage.data_dir, DATA_DIR)?;
     let root: Arc<dyn RootKey> = Arc::new(match named {
         Some(key) => key,
         None => root_key(storage)?,
@@ -309,7 +319,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
         .map_err(|e| KmsError::Internal(format!("opening the store: {e}")))?
         .map_err(KmsError::from)?;
     let audit_dir = storage.audit_path();
-    create_private_dir(&audit_dir, AUDIT_DIR)?;
+    create_state_dir(&audit_dir, AUDIT_DIR)?;
     let mut audit_config = AuditConfig::new(
         audit_dir.join("audit.jsonl"),
         audit_dir.join("audit.jsonl.checkpoints"),
@@ -511,7 +521,7 @@ pub async fn serve_with_tls(
         })
     };
 
-    let result = builder
+    let server = builder
         .layer(grpc::oversize_layer(kms.clone()))
         .add_service(
             KeyManagementServiceServer::new(kms_grpc)
@@ -525,25 +535,46 @@ pub async fn serve_with_tls(
         )
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(health)
-        .serve_with_incoming_shutdown(
-            // TCP_NODELAY, and small messages coalesced into one write.
-            lockbox_proto::tcp::incoming(listener),
-            shutdown,
-        )
-        .await;
+        .add_service(health);
+    let result = lockbox_proto::shutdown::bounded(
+        |stop| {
+            server.serve_with_incoming_shutdown(
+                // TCP_NODELAY, and small messages coalesced into one write.
+                lockbox_proto::tcp::incoming(listener),
+                stop,
+            )
+        },
+        shutdown,
+        lockbox_proto::shutdown::DRAIN_DEADLINE,
+    )
+    .await
+    // Connections left after the deadline were closed: the audit log and
+    // the store still close below.
+    .unwrap_or(Ok(()));
     // (Also when the server ended without a shutdown: the task holds the
     // service.)
     stop_watch.abort();
     maintenance.abort();
     // Its handle on the service goes with it (and so, in time, the store).
     let _ = maintenance.await;
-    if let Err(error) = kms.audit_log().close().await {
-        tracing::error!(%error, "closing the audit log failed");
-    } else if let Err(error) = kms.anchor_audit().await {
-        tracing::error!(%error, "recording the audit log's newest checkpoint failed");
-    }
-    result.map_err(StartError::from)
+    // A log that cannot be closed (it failed while serving, or its last
+    // write or sync fails now) makes the exit a failure, so a supervisor or
+    // a Compose dependency sees it.
+    let closed = match kms.audit_log().close().await {
+        Err(error) => Err(StartError::Shutdown(format!(
+            "closing the audit log failed: {error}; records of calls that were refused may be missing, and `kms-service audit verify` checks the rest"
+        ))),
+        Ok(()) => {
+            if let Err(error) = kms.anchor_audit().await {
+                // The next start checks the log against an older anchor,
+                // which still holds.
+                tracing::error!(%error, "recording the audit log's newest checkpoint failed");
+            }
+            Ok(())
+        }
+    };
+    result.map_err(StartError::from)?;
+    closed
 }
 
 /// The services whose health is reported (besides the server's, "").

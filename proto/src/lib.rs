@@ -58,6 +58,8 @@ pub mod oversize;
 #[cfg(feature = "service")]
 pub mod random;
 #[cfg(feature = "service")]
+pub mod shutdown;
+#[cfg(feature = "service")]
 pub mod store_lock;
 
 /// Encoded `FileDescriptorSet` of every proto in this crate, for reflection.

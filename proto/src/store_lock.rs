@@ -107,3 +107,51 @@ mod tests {
         waiter.join().expect("waiter").expect("taken once let go");
     }
 }
+
+/// Creates `dir` and its missing parents, owner-only (mode 0700 on Unix).
+/// A directory that already exists is left as it is; when group or others
+/// may use it, the answer is a warning to log, naming the mode and the fix.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<Option<String>> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Ok(Some(format!(
+                "directory {} has mode {mode:03o}: other users of this machine may read or list what it holds; `chmod 700 {}`",
+                dir.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(all(test, unix))]
+mod private_dir_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::create_private_dir;
+
+    #[test]
+    fn new_directories_are_owner_only_and_shared_ones_are_reported() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        assert_eq!(create_private_dir(&dir).unwrap(), None);
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&root.path().join("a")), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let warning = create_private_dir(&dir).unwrap().expect("a warning");
+        assert!(
+            warning.contains("mode 755") && warning.contains("chmod 700"),
+            "{warning}"
+        );
+        assert_eq!(mode(&dir), 0o755, "an existing directory is left as it is");
+    }
+}

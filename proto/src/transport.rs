@@ -40,11 +40,20 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 512;
 /// can hold.
 pub const MAX_PENDING_ACCEPT_RESETS: usize = MAX_CONCURRENT_STREAMS as usize;
 
+/// How often a server pings an HTTP/2 connection, and how long it waits
+/// for the answer before it closes the connection: a client gone without
+/// closing (a crashed host, a network black hole) stops holding its
+/// streams and buffers within a minute instead of until the kernel gives up.
+pub const SERVER_KEEPALIVE: (Duration, Duration) =
+    (Duration::from_secs(30), Duration::from_secs(10));
+
 /// A tonic server builder with the limits both services share.
 pub fn server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+        .http2_keepalive_interval(Some(SERVER_KEEPALIVE.0))
+        .http2_keepalive_timeout(Some(SERVER_KEEPALIVE.1))
 }
 
 /// The warning to log when a server is about to serve plaintext on an

@@ -67,6 +67,10 @@ pub struct KmsClient {
     timeout: Duration,
 }
 
+/// HTTP/2 keepalive of the connection to kms-service: a ping every 10 s
+/// (also while idle), the connection replaced when one goes 5 s unanswered.
+pub const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
+
 impl KmsClient {
     /// Connects lazily: the first call dials, and a kms-service that is down
     /// only fails the calls made while it is down (the channel dials again
@@ -78,13 +82,33 @@ impl KmsClient {
         timeout: Duration,
         tls: Option<ClientTlsConfig>,
     ) -> Result<Self, TableError> {
+        Self::with_keepalive(endpoint, service_token, timeout, tls, KEEPALIVE)
+    }
+
+    /// [`KmsClient::new`] with HTTP/2 keepalive pings every
+    /// `keepalive.0`, the connection given up after `keepalive.1` without
+    /// an answer.
+    pub fn with_keepalive(
+        endpoint: &str,
+        service_token: Zeroizing<String>,
+        timeout: Duration,
+        tls: Option<ClientTlsConfig>,
+        keepalive: (Duration, Duration),
+    ) -> Result<Self, TableError> {
         let mut builder = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| {
                 TableError::validation(format!("kms endpoint {endpoint:?} is not a valid URL: {e}"))
             })?
             .connect_timeout(timeout)
             .timeout(timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A connection that went silent (a network black hole, a
+            // kms-service gone without closing it) is given up and
+            // replaced within seconds, instead of every call timing out
+            // on it until the kernel gives up (many minutes).
+            .http2_keep_alive_interval(keepalive.0)
+            .keep_alive_timeout(keepalive.1)
+            .keep_alive_while_idle(true);
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).map_err(|e| {
                 TableError::validation(format!("TLS for kms endpoint {endpoint:?}: {e}"))

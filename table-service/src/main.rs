@@ -18,22 +18,6 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     tls::install_crypto_provider();
@@ -76,7 +60,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
         let tables = server::open_with(&config, kms.clone()).await?;
         let principal = tokio::select! {
             principal = server::wait_for_kms(&kms, &config) => principal?,
-            () = shutdown_signal() => return Ok(()),
+            () = lockbox_proto::shutdown::signal("table-service") => return Ok(()),
         };
         let transport = match (&server_tls, &config.tls.tls_client_ca) {
             (None, _) => "plaintext",
@@ -92,7 +76,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
             tracing::warn!("{warning}");
         }
         tracing::info!(listen = %config.listen, transport, kms = %config.kms_endpoint, %principal, "table-service ready");
-        server::serve_with_tls(&config, server_tls, tables, listener, shutdown_signal()).await
+        server::serve_with_tls(&config, server_tls, tables, listener, lockbox_proto::shutdown::signal("table-service")).await
     }
     .await;
     match result {

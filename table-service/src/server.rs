@@ -70,12 +70,17 @@ pub fn kms_client(config: &ServeConfig) -> Result<KmsClient, StartError> {
 pub async fn open_with(config: &ServeConfig, kms: KmsClient) -> Result<Arc<Tables>, StartError> {
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            StartError::Config(format!(
-                "cannot create data directory {} (TABLE_DATA_DIR / --data-dir): {e}",
-                config.data_dir.display()
-            ))
-        })?;
+        // Owner-only: the items' key attributes are stored in clear.
+        let warning =
+            lockbox_proto::store_lock::create_private_dir(&config.data_dir).map_err(|e| {
+                StartError::Config(format!(
+                    "cannot create data directory {} (TABLE_DATA_DIR / --data-dir): {e}",
+                    config.data_dir.display()
+                ))
+            })?;
+        if let Some(warning) = warning {
+            tracing::warn!("{warning} (TABLE_DATA_DIR / --data-dir)");
+        }
         let store = SqliteTableStore::open(&config.data_dir.join("tables.db"))
             .map_err(|e| StartError::Config(format!("cannot open the item store: {e}")))?;
         Ok(Tables::open(Arc::new(store), kms, config.tables_config())?)
@@ -314,7 +319,7 @@ pub async fn serve_with_tls(
     let v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
-    let result = builder
+    let server = builder
         .layer(crate::grpc::oversize_layer())
         .add_service(
             TableServiceServer::new(TableGrpc::new(tables.clone()))
@@ -323,13 +328,22 @@ pub async fn serve_with_tls(
         )
         .add_service(v1)
         .add_service(v1alpha)
-        .add_service(health)
-        .serve_with_incoming_shutdown(
-            // TCP_NODELAY, and small messages coalesced into one write.
-            lockbox_proto::tcp::incoming(listener),
-            shutdown,
-        )
-        .await;
+        .add_service(health);
+    let result = lockbox_proto::shutdown::bounded(
+        |stop| {
+            server.serve_with_incoming_shutdown(
+                // TCP_NODELAY, and small messages coalesced into one write.
+                lockbox_proto::tcp::incoming(listener),
+                stop,
+            )
+        },
+        shutdown,
+        lockbox_proto::shutdown::DRAIN_DEADLINE,
+    )
+    .await
+    // Connections left after the deadline were closed; the jobs still stop
+    // and the store still closes.
+    .unwrap_or(Ok(()));
     // (Also when the server ended without a shutdown: the task holds the
     // service.)
     stop_watch.abort();
