@@ -522,6 +522,8 @@ pub async fn serve_with_tls(
     };
 
     let server = builder
+        // Outermost, so every answer (an oversize refusal too) has the id.
+        .layer(lockbox_proto::request_id::RequestIdLayer)
         .layer(grpc::oversize_layer(kms.clone()))
         .add_service(
             KeyManagementServiceServer::new(kms_grpc)

@@ -58,6 +58,8 @@ pub mod oversize;
 #[cfg(feature = "service")]
 pub mod random;
 #[cfg(feature = "service")]
+pub mod request_id;
+#[cfg(feature = "service")]
 pub mod shutdown;
 #[cfg(feature = "service")]
 pub mod store_lock;

@@ -285,6 +285,12 @@ pub async fn serve_with_tls(
     let limit = config.max_message_bytes as usize;
     tables.resume_rewraps();
     tables.sweep_caches();
+    let v1 = reflection()
+        .build_v1()
+        .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
+    let v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     lockbox_proto::health::set_all(
         &health_reporter,
@@ -313,13 +319,9 @@ pub async fn serve_with_tls(
         )
         .await;
     };
-    let v1 = reflection()
-        .build_v1()
-        .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
-    let v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
     let server = builder
+        // Outermost, so every answer (an oversize refusal too) has the id.
+        .layer(lockbox_proto::request_id::RequestIdLayer)
         .layer(crate::grpc::oversize_layer())
         .add_service(
             TableServiceServer::new(TableGrpc::new(tables.clone()))

@@ -841,3 +841,69 @@ async fn a_burst_of_cancelled_calls_does_not_close_the_connection() {
     }
     kms.server.stop().await.unwrap();
 }
+
+/// Every answer carries the call's request id in `x-request-id`: the
+/// caller's own (kept as sent), or the one kms-service made up, which is
+/// the id its audit record has; errors carry it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_the_request_id_the_audit_log_knows() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = start(dir.path()).await;
+    let mut client = KeyManagementServiceClient::new(channel(&kms).await);
+    let id_of = |meta: &tonic::metadata::MetadataMap| {
+        meta.get("x-request-id")
+            .expect("x-request-id in the answer")
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut mine = authed(
+        &kms.admin,
+        pb::GenerateRandomRequest {
+            number_of_bytes: Some(8),
+        },
+    );
+    mine.metadata_mut()
+        .insert("x-request-id", "client-chosen-7".parse().unwrap());
+    let answer = client.generate_random(mine).await.unwrap();
+    assert_eq!(id_of(answer.metadata()), "client-chosen-7");
+
+    let answer = client
+        .generate_random(authed(
+            &kms.admin,
+            pb::GenerateRandomRequest {
+                number_of_bytes: Some(8),
+            },
+        ))
+        .await
+        .unwrap();
+    let made_up = id_of(answer.metadata());
+    let refused = client
+        .generate_random(authed(
+            "",
+            pb::GenerateRandomRequest {
+                number_of_bytes: Some(8),
+            },
+        ))
+        .await
+        .unwrap_err();
+    let refused_id = id_of(refused.metadata());
+    assert_ne!(made_up, refused_id);
+
+    let audit: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("audit").join("audit.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let record = |id: &str| {
+        audit
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap_or_else(|| panic!("no audit record of request {id}"))
+    };
+    assert_eq!(record("client-chosen-7")["event_name"], "GenerateRandom");
+    assert_eq!(record(&made_up)["decision"], "Allow");
+    assert_eq!(record(&refused_id)["decision"], "Unauthenticated");
+    kms.server.stop().await.unwrap();
+}

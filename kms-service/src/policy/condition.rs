@@ -3,7 +3,7 @@
 //! semantics, including the set operators' pitfalls (`ForAllValues` is true
 //! for an absent or empty set, negated operators are true for an absent key).
 
-use super::document::{Json, wrong_type};
+use super::document::{Effect, Json, wrong_type};
 use super::wildcard::wildcard_match;
 use super::{Location, Origin, PolicyError, Request};
 
@@ -169,9 +169,26 @@ pub(super) struct ConditionBlock {
 impl ConditionBlock {
     /// All keys of a block must hold (AND); within a key any listed value
     /// may match (OR), which `Operator::holds` takes care of.
-    pub(super) fn matches(&self, request: &Request<'_>) -> bool {
+    ///
+    /// `kms:EncryptionContext:<k>` has one value per request, except for a
+    /// ciphertext made before contexts with keys that differ only by case
+    /// were refused: then each of those values is tested on its own, and
+    /// the statement's effect decides, so it is never the laxer reading: a
+    /// Deny applies if any of them triggers it, an Allow only if all of
+    /// them satisfy it.
+    pub(super) fn matches(&self, request: &Request<'_>, effect: Effect) -> bool {
         self.entries.iter().all(|entry| {
             let actual = request_values(request, &entry.canonical_key);
+            if actual.len() > 1
+                && self.operator.set.is_none()
+                && entry.canonical_key.starts_with(ENCRYPTION_CONTEXT_PREFIX)
+            {
+                let one = |value: &&str| self.operator.holds(&[*value], &entry.values);
+                return match effect {
+                    Effect::Deny => actual.iter().any(one),
+                    Effect::Allow => actual.iter().all(one),
+                };
+            }
             self.operator.holds(&actual, &entry.values)
         })
     }

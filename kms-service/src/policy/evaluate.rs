@@ -101,7 +101,10 @@ fn applies(statement: &Statement, request: &Request<'_>, scope: Scope) -> bool {
             wildcard_match_ignore_ascii_case,
         )
         && set_matches(&statement.resources, request.resource, wildcard_match)
-        && statement.conditions.iter().all(|c| c.matches(request))
+        && statement
+            .conditions
+            .iter()
+            .all(|c| c.matches(request, statement.effect))
 }
 
 fn set_matches(set: &PatternSet, value: &str, matcher: fn(&str, &str) -> bool) -> bool {

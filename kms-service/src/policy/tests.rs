@@ -2112,3 +2112,57 @@ fn newer_rules_refuse_new_policies_and_still_load_stored_ones() {
     PolicyDocument::parse(&fine, Identity).unwrap();
     assert!(PolicyDocument::load(&fine, Identity).unwrap().1.is_none());
 }
+
+/// A ciphertext made before such contexts were refused may bind context
+/// keys that differ only by case: a condition on them tests each value on
+/// its own and takes the stricter reading for the statement's effect.
+#[test]
+fn merged_case_variants_of_a_context_key_read_strictly() {
+    let identity = |statement: &str| {
+        PolicyDocument::parse(
+            &format!(r#"{{"Version":"2012-10-17","Statement":[{statement}]}}"#),
+            Identity,
+        )
+        .unwrap()
+    };
+    let allow_acme = identity(
+        r#"{"Effect":"Allow","Action":"kms:Decrypt","Resource":"*","Condition":{"StringEquals":{"kms:EncryptionContext:Tenant":"acme"}}}"#,
+    );
+    let allow_all_but_acme_denied = identity(
+        r#"{"Effect":"Allow","Action":"kms:Decrypt","Resource":"*"},
+           {"Effect":"Deny","Action":"kms:Decrypt","Resource":"*","Condition":{"StringNotEquals":{"kms:EncryptionContext:Tenant":"acme"}}}"#,
+    );
+    let decide = |doc: &PolicyDocument, values: &[&str]| {
+        let mut context = ConditionContext::new();
+        for (i, v) in values.iter().enumerate() {
+            // "Tenant", "tenant", ...: one key for conditions.
+            let key = if i % 2 == 0 { "Tenant" } else { "tenant" };
+            context.add(&format!("kms:EncryptionContext:{key}"), *v);
+        }
+        let request = Request {
+            principal: "user/bob",
+            action: "kms:Decrypt",
+            resource: "key/k1",
+            context: &context,
+        };
+        evaluate(
+            &request,
+            &Evaluation {
+                key_policy: None,
+                identity_policies: &[("p", doc)],
+                grant: None,
+            },
+        )
+        .is_allowed()
+    };
+    // Allow: every value must satisfy it.
+    assert!(decide(&allow_acme, &["acme"]));
+    assert!(decide(&allow_acme, &["acme", "acme"]));
+    assert!(!decide(&allow_acme, &["acme", "evil"]));
+    assert!(!decide(&allow_acme, &["evil", "acme"]));
+    // Deny: any value triggers it (a negated test included).
+    assert!(decide(&allow_all_but_acme_denied, &["acme"]));
+    assert!(decide(&allow_all_but_acme_denied, &["acme", "acme"]));
+    assert!(!decide(&allow_all_but_acme_denied, &["evil", "acme"]));
+    assert!(!decide(&allow_all_but_acme_denied, &["acme", "evil"]));
+}

@@ -4207,10 +4207,6 @@ async fn create_and_retire_grant_see_the_constraint_pairs_as_context() {
       {"Sid":"NoRestrictedGrants","Effect":"Deny","Principal":{"AWS":"*"},
        "Action":["kms:CreateGrant","kms:RetireGrant"],"Resource":"*",
        "Condition":{"StringEquals":{"kms:EncryptionContext:Stage":"Restricted"}}}]}"#;
-    f.kms
-        .put_key_policy(&f.admin, &key, "default", policy)
-        .await
-        .unwrap();
     let constrained = |stage: &str, subset: bool| {
         let mut input = grant_input(&key, "user/bob", &[Decrypt]);
         let pairs = Some(ctx(&[("stage", stage)]));
@@ -4227,6 +4223,16 @@ async fn create_and_retire_grant_see_the_constraint_pairs_as_context() {
         };
         input
     };
+    // Made before the Deny is in place.
+    let restricted = f
+        .kms
+        .create_grant(&f.admin, constrained("Restricted", false))
+        .await
+        .unwrap();
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", policy)
+        .await
+        .unwrap();
     for subset in [false, true] {
         check_err(
             f.kms
@@ -4236,6 +4242,25 @@ async fn create_and_retire_grant_see_the_constraint_pairs_as_context() {
             "kms:CreateGrant",
         );
     }
+    check_err(
+        f.kms
+            .retire_grant(&f.admin, "", &key, &restricted.grant_id)
+            .await,
+        "AccessDeniedException",
+        "kms:RetireGrant",
+    );
+    // Constraint keys that differ only by case are refused, as in a new
+    // ciphertext's context.
+    let mut twins = grant_input(&key, "user/bob", &[Decrypt]);
+    twins.constraints = GrantConstraints {
+        equals: Some(ctx(&[("stage", "Test"), ("Stage", "Restricted")])),
+        subset: None,
+    };
+    check_err(
+        f.kms.create_grant(&f.admin, twins).await,
+        "ValidationException",
+        "differ only by case",
+    );
     let grant = f
         .kms
         .create_grant(&f.admin, constrained("Test", true))
