@@ -28,6 +28,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Serve(config) => {
             init_tracing(config.log_format);
+            let shutdown = lockbox_proto::shutdown::Shutdown::listen("kms-service");
             let clock = Arc::new(kms_service::clock::SystemClock);
             let result = async {
                 // Configuration and the port first: nothing in the data
@@ -44,7 +45,7 @@ async fn main() -> ExitCode {
                     tracing::warn!("{warning}");
                 }
                 tracing::info!(listen = %config.listen, transport, data_dir = %config.storage.data_dir.display(), "kms-service ready");
-                server::serve_with_tls(&config, tls, opened.kms, listener, lockbox_proto::shutdown::signal("kms-service")).await
+                server::serve_with_tls(&config, tls, opened.kms, listener, shutdown.requested()).await
             }
             .await;
             match result {

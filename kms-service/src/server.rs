@@ -539,10 +539,11 @@ pub async fn serve_with_tls(
         .add_service(reflection_v1alpha)
         .add_service(health);
     let result = lockbox_proto::shutdown::bounded(
-        |stop| {
+        |stop, closer| {
             server.serve_with_incoming_shutdown(
-                // TCP_NODELAY, and small messages coalesced into one write.
-                lockbox_proto::tcp::incoming(listener),
+                // TCP_NODELAY, small messages coalesced into one write, and
+                // closed by the drain deadline.
+                lockbox_proto::tcp::closable(listener, closer),
                 stop,
             )
         },

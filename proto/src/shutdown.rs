@@ -15,51 +15,116 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Exit code after a second signal (128 + SIGINT, as shells report it).
 pub const FORCED_EXIT: i32 = 130;
 
-/// Completes at the first SIGINT (Ctrl-C) or SIGTERM; from then on, another
-/// one exits the process at once with [`FORCED_EXIT`]. (What was
-/// acknowledged is durable already; what a forced exit cuts short is what
-/// `kill -9` would.)
-pub async fn signal(service: &'static str) {
-    next_signal().await;
-    tracing::info!(
-        "shutting down: finishing in-flight requests (at most {} s; a second signal exits at once)",
-        DRAIN_DEADLINE.as_secs()
-    );
-    tokio::spawn(async move {
-        next_signal().await;
-        tracing::warn!("second signal: {service} exits without finishing in-flight requests");
-        std::process::exit(FORCED_EXIT);
-    });
-}
+/// The shutdown signals of a service, listened to from the moment
+/// [`Shutdown::listen`] is called (so none is missed however late a server
+/// starts to wait for them): the first SIGINT (Ctrl-C) or SIGTERM asks
+/// for shutdown; another one exits the process at once with
+/// [`FORCED_EXIT`]. (What was acknowledged is durable already; what a
+/// forced exit cuts short is what `kill -9` would.)
+#[derive(Clone)]
+pub struct Shutdown(tokio::sync::watch::Receiver<bool>);
 
-async fn next_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let term = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending().await,
+impl Shutdown {
+    /// Starts listening. Call it first thing, inside the runtime.
+    pub fn listen(service: &'static str) -> Shutdown {
+        Self::listen_then(service, || std::process::exit(FORCED_EXIT))
+    }
+
+    /// [`Shutdown::listen`], calling `second` at the second signal.
+    pub fn listen_then(service: &'static str, second: impl FnOnce() + Send + 'static) -> Shutdown {
+        let (asked, requested) = tokio::sync::watch::channel(false);
+        let mut signals = Signals::install();
+        tokio::spawn(async move {
+            signals.next().await;
+            tracing::info!(
+                "shutting down: finishing in-flight requests (at most {} s; a second signal exits at once)",
+                DRAIN_DEADLINE.as_secs()
+            );
+            let _ = asked.send(true);
+            signals.next().await;
+            tracing::warn!("second signal: {service} exits without finishing in-flight requests");
+            second();
+        });
+        Shutdown(requested)
+    }
+
+    /// Completes once shutdown is asked for (at once if it was already).
+    pub fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut requested = self.0.clone();
+        async move {
+            if requested.wait_for(|asked| *asked).await.is_err() {
+                // The listener is gone (the runtime is ending): never.
+                std::future::pending::<()>().await;
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            () = term => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
-/// Runs `serving` (a server that stops once `shutdown` completes) to the
-/// end, but no longer than `deadline` after `shutdown` completed: then it
-/// is dropped, which closes its connections, and `None` says so.
+/// SIGINT and SIGTERM streams, made once, so a signal between two waits
+/// is still seen.
+struct Signals {
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let make = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .map_err(|e| tracing::warn!(error = %e, "cannot listen for {name}"))
+                    .ok()
+            };
+            Signals {
+                interrupt: make(SignalKind::interrupt(), "SIGINT"),
+                terminate: make(SignalKind::terminate(), "SIGTERM"),
+            }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn one(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = one(&mut self.interrupt) => {}
+                () = one(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// How long, after the drain deadline closed the connections left, the
+/// server gets to notice and end.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs a server to the end, but no longer than `deadline` after `shutdown`
+/// completed. `serving` gets the future that tells the server to stop
+/// (for `serve_with_incoming_shutdown`) and a token that ends every
+/// connection once cancelled (for [`crate::tcp::closable`]). When the
+/// deadline passes, the token is cancelled, so the connections still open
+/// fail and close (their tasks let go of what they hold), and the server
+/// then ends; `None` says the deadline was needed.
 pub async fn bounded<T>(
-    serving: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> T,
+    serving: impl FnOnce(
+        std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+        tokio_util::sync::CancellationToken,
+    ) -> T,
     shutdown: impl Future<Output = ()> + Send + 'static,
     deadline: Duration,
 ) -> Option<T::Output>
@@ -71,7 +136,8 @@ where
         shutdown.await;
         let _ = began.send(());
     });
-    let serving = serving(signal);
+    let closer = tokio_util::sync::CancellationToken::new();
+    let mut serving = std::pin::pin!(serving(signal, closer.clone()));
     let expired = async {
         match began_rx.await {
             Ok(()) => tokio::time::sleep(deadline).await,
@@ -80,15 +146,21 @@ where
         }
     };
     tokio::select! {
-        output = serving => Some(output),
-        () = expired => {
-            tracing::warn!(
-                "connections still open {} s after shutdown began; closing them",
-                deadline.as_secs_f32()
-            );
-            None
-        }
+        output = &mut serving => return Some(output),
+        () = expired => {}
     }
+    tracing::warn!(
+        "connections still open {} s after shutdown began; closing them",
+        deadline.as_secs_f32()
+    );
+    closer.cancel();
+    if tokio::time::timeout(CLOSE_GRACE, &mut serving)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the server did not end once its connections were closed; leaving it");
+    }
+    None
 }
 
 #[cfg(test)]
@@ -97,10 +169,42 @@ mod tests {
 
     use super::*;
 
+    /// Signals sent to this test's own process (nextest runs each test in
+    /// a process of its own; the handlers stay installed either way).
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_first_signal_asks_for_shutdown_and_a_second_forces_it() {
+        let forced = std::sync::Arc::new(tokio::sync::Notify::new());
+        let shutdown = {
+            let forced = forced.clone();
+            Shutdown::listen_then("test", move || forced.notify_one())
+        };
+        let requested = shutdown.requested();
+        let kill = || {
+            let status = std::process::Command::new("kill")
+                .args(["-s", "TERM", &std::process::id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success());
+        };
+        // Sent before anyone waits: still seen.
+        kill();
+        tokio::time::timeout(Duration::from_secs(5), requested)
+            .await
+            .expect("shutdown asked for");
+        tokio::time::timeout(Duration::from_secs(1), shutdown.requested())
+            .await
+            .expect("a late waiter sees it at once");
+        kill();
+        tokio::time::timeout(Duration::from_secs(5), forced.notified())
+            .await
+            .expect("the second signal forces the exit");
+    }
+
     #[tokio::test]
     async fn a_server_that_stops_in_time_finishes() {
         let out = bounded(
-            |stop| async move {
+            |stop, _| async move {
                 stop.await;
                 "stopped"
             },
@@ -115,10 +219,10 @@ mod tests {
     async fn a_server_that_never_stops_is_dropped_after_the_deadline() {
         let started = Instant::now();
         let out = bounded(
-            |stop| async move {
+            |stop, closer| async move {
                 stop.await;
-                // A connection that never closes.
-                std::future::pending::<()>().await;
+                // A connection that closes only when it is closed.
+                closer.cancelled().await;
             },
             tokio::time::sleep(Duration::from_millis(50)),
             Duration::from_millis(100),
@@ -133,7 +237,7 @@ mod tests {
         let out = tokio::time::timeout(
             Duration::from_millis(300),
             bounded(
-                |_stop| std::future::pending::<()>(),
+                |_stop, _| std::future::pending::<()>(),
                 std::future::pending::<()>(),
                 Duration::from_millis(10),
             ),

@@ -18,6 +18,7 @@
 //!
 //! [`incoming`] serves connections this way, with TCP_NODELAY.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,11 +26,31 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
 /// A TCP stream that does not write vectored (see the module docs).
-#[derive(Debug)]
-pub struct CoalescingTcp(TcpStream);
+pub struct CoalescingTcp(TcpStream, Pin<Box<WaitForCancellationFutureOwned>>);
+
+impl std::fmt::Debug for CoalescingTcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CoalescingTcp").field(&self.0).finish()
+    }
+}
+
+impl CoalescingTcp {
+    /// Once the connection's token is cancelled (a shutdown's drain
+    /// deadline passed), every read and write fails, which ends the
+    /// connection; polling the token also wakes a read waiting for bytes.
+    fn closed(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.1.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server is shutting down and its drain deadline has passed",
+            )
+        })
+    }
+}
 
 impl AsyncRead for CoalescingTcp {
     fn poll_read(
@@ -37,6 +58,9 @@ impl AsyncRead for CoalescingTcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
@@ -47,10 +71,16 @@ impl AsyncWrite for CoalescingTcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.0).poll_flush(cx)
     }
 
@@ -72,9 +102,21 @@ impl Connected for CoalescingTcp {
 /// The connections a server accepts on `listener`, with TCP_NODELAY (without
 /// it, small answers wait for the peer's delayed ACK), as [`CoalescingTcp`].
 pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<CoalescingTcp>> {
+    closable(listener, CancellationToken::new())
+}
+
+/// [`incoming`], whose connections all end (their reads and writes fail)
+/// once `closer` is cancelled: how a shutdown closes the connections left
+/// when its drain deadline passes (see [`crate::shutdown::bounded`]).
+pub fn closable(
+    listener: TcpListener,
+    closer: CancellationToken,
+) -> impl Stream<Item = io::Result<CoalescingTcp>> {
     TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .map(|accepted| accepted.map(CoalescingTcp))
+        .map(move |accepted| {
+            accepted.map(|tcp| CoalescingTcp(tcp, Box::pin(closer.clone().cancelled_owned())))
+        })
 }
 
 #[cfg(test)]
@@ -102,6 +144,41 @@ mod tests {
             Some(client.local_addr().expect("client address"))
         );
         assert_eq!(info.local_addr, Some(addr));
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_fails_even_a_waiting_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let closer = CancellationToken::new();
+        let mut accepted = Box::pin(closable(listener, closer.clone()));
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        let mut server_side = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        client.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        server_side
+            .read_exact(&mut one)
+            .await
+            .expect("open: bytes pass");
+        // The client sends nothing more: the read waits until the close.
+        let waiting = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            (server_side.read(&mut buf).await, server_side)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        closer.cancel();
+        let (read, mut server_side) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+                .await
+                .expect("the waiting read ends")
+                .unwrap();
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::ConnectionAborted);
+        assert!(server_side.write_all(b"late").await.is_err());
     }
 
     #[tokio::test]

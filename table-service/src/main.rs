@@ -52,6 +52,7 @@ async fn main() -> ExitCode {
 
 async fn serve(config: ServeConfig) -> ExitCode {
     init_tracing(config.log_format);
+    let shutdown = lockbox_proto::shutdown::Shutdown::listen("table-service");
     let result = async {
         // Every file and the port first, then the store, then kms-service.
         let server_tls = config.tls.server_config()?;
@@ -60,7 +61,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
         let tables = server::open_with(&config, kms.clone()).await?;
         let principal = tokio::select! {
             principal = server::wait_for_kms(&kms, &config) => principal?,
-            () = lockbox_proto::shutdown::signal("table-service") => return Ok(()),
+            () = shutdown.requested() => return Ok(()),
         };
         let transport = match (&server_tls, &config.tls.tls_client_ca) {
             (None, _) => "plaintext",
@@ -76,7 +77,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
             tracing::warn!("{warning}");
         }
         tracing::info!(listen = %config.listen, transport, kms = %config.kms_endpoint, %principal, "table-service ready");
-        server::serve_with_tls(&config, server_tls, tables, listener, lockbox_proto::shutdown::signal("table-service")).await
+        server::serve_with_tls(&config, server_tls, tables, listener, shutdown.requested()).await
     }
     .await;
     match result {

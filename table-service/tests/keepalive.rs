@@ -115,6 +115,7 @@ async fn a_connection_gone_silent_is_replaced() {
     );
     // The silent connection is still open at kms-service: its shutdown
     // closes it once the drain deadline has passed, instead of waiting.
+    let service = kms.kms.clone();
     let stopping = Instant::now();
     kms.stop().await.unwrap();
     let took = stopping.elapsed();
@@ -122,4 +123,15 @@ async fn a_connection_gone_silent_is_replaced() {
         took < lockbox_proto::shutdown::DRAIN_DEADLINE + Duration::from_secs(5),
         "kms-service took {took:?} to stop"
     );
+    // ... and the connection's task, closed, let go of the service (and so
+    // of its store).
+    let released = Instant::now() + Duration::from_secs(2);
+    while Arc::strong_count(&service) > 1 {
+        assert!(
+            Instant::now() < released,
+            "{} handles on the service remain after the server stopped",
+            Arc::strong_count(&service) - 1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
