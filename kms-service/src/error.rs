@@ -88,6 +88,9 @@ pub enum KmsError {
     /// A tag key or value that is not allowed.
     #[error("{0}")]
     Tag(String),
+    /// A list call's `marker` that no such call could have returned.
+    #[error("{0}")]
+    InvalidMarker(String),
     /// Bad input.
     #[error("{0}")]
     Validation(String),
@@ -124,6 +127,7 @@ impl KmsError {
             KmsError::UnsupportedOperation(_) => "UnsupportedOperationException",
             KmsError::LimitExceeded(_) => "LimitExceededException",
             KmsError::Tag(_) => "TagException",
+            KmsError::InvalidMarker(_) => "InvalidMarkerException",
             KmsError::Validation(_) => "ValidationException",
             KmsError::Unavailable(_) => "KMSUnavailableException",
             KmsError::Internal(_) => "KMSInternalException",

@@ -885,6 +885,27 @@ fn page_limit(limit: u32) -> Result<usize, KmsError> {
     }
 }
 
+/// A list call's `marker` (`None` for the first page), refused with
+/// InvalidMarkerException unless it has the shape of what that call
+/// returns (`what` names it), so a mistyped marker is an error rather than
+/// a silently empty page.
+fn marker<'m>(
+    marker: &'m str,
+    what: &str,
+    shape: impl Fn(&str) -> bool,
+) -> Result<Option<&'m str>, KmsError> {
+    if marker.is_empty() {
+        return Ok(None);
+    }
+    if shape(marker) {
+        Ok(Some(marker))
+    } else {
+        Err(KmsError::InvalidMarker(format!(
+            "marker {marker:?} is not one this call returned (it returns {what}); pass the next_marker of the previous page, or none for the first"
+        )))
+    }
+}
+
 /// One page of `items` after `marker` (exclusive), by `key`.
 fn paginate<T, K: Ord>(
     items: impl Iterator<Item = T>,

@@ -27,6 +27,7 @@ pub fn to_status(error: &KmsError) -> Status {
         | KmsError::InvalidGrantId(_)
         | KmsError::MalformedPolicy(_)
         | KmsError::Tag(_)
+        | KmsError::InvalidMarker(_)
         | KmsError::Validation(_) => Code::InvalidArgument,
         KmsError::LimitExceeded(_) => Code::ResourceExhausted,
         KmsError::Unavailable(_) => Code::Unavailable,
@@ -169,6 +170,11 @@ mod tests {
                 "LimitExceededException",
             ),
             (KmsError::Tag(s("m")), Code::InvalidArgument, "TagException"),
+            (
+                KmsError::InvalidMarker(s("m")),
+                Code::InvalidArgument,
+                "InvalidMarkerException",
+            ),
             (
                 KmsError::Unavailable(s("m")),
                 Code::Unavailable,

@@ -191,7 +191,11 @@ impl Kms {
                 &EncryptionContext::new(),
                 &[],
             )?;
-            let marker = (!marker.is_empty()).then_some(marker);
+            let marker = super::marker(marker, "grant ids", |m| {
+                m.len() == 64
+                    && m.bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })?;
             let (items, truncated) = paginate(
                 entry
                     .grants

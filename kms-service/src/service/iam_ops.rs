@@ -333,7 +333,9 @@ impl Kms {
                 &EncryptionContext::new(),
                 &[],
             )?;
-            let marker = (!marker.is_empty()).then_some(marker);
+            let marker = super::marker(marker, "principal names", |m| {
+                m.starts_with("user/") || m.starts_with("service/")
+            })?;
             let (items, truncated) = paginate(
                 state.principals.values().map(|e| &e.record),
                 |p| p.principal.as_str(),

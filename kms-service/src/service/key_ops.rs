@@ -399,7 +399,9 @@ impl Kms {
                 NO_CONTEXT,
                 &[],
             )?;
-            let marker = (!marker.is_empty()).then_some(marker);
+            let marker = super::marker(marker, "key ids", |m| {
+                uuid::Uuid::parse_str(m).is_ok_and(|u| u.hyphenated().to_string() == m)
+            })?;
             let (items, truncated) =
                 paginate(state.keys.keys().map(String::as_str), |k| *k, marker, limit);
             let next_marker = truncated
@@ -648,7 +650,9 @@ impl Kms {
             } else {
                 Some(ctx.key_for(&state, key_id, "kms:ListAliases")?.key_id)
             };
-            let marker = (!marker.is_empty()).then_some(marker);
+            let marker = super::marker(marker, "alias names", |m| {
+                m.starts_with("alias/") && m.len() <= 256
+            })?;
             let (items, truncated) = paginate(
                 state
                     .aliases
@@ -826,7 +830,9 @@ impl Kms {
                 None
             } else {
                 Some(marker.parse::<u32>().map_err(|_| {
-                    KmsError::validation(format!("marker {marker:?} is not one this call returned"))
+                    KmsError::InvalidMarker(format!(
+                        "marker {marker:?} is not one this call returned (it returns version numbers); pass the next_marker of the previous page, or none for the first"
+                    ))
                 })?)
             };
             let state = ctx.state();
@@ -905,7 +911,7 @@ impl Kms {
             let limit = page_limit(limit)?;
             let state = ctx.state();
             let r = ctx.key_for(&state, key_id, "kms:ListResourceTags")?;
-            let marker = (!marker.is_empty()).then_some(marker);
+            let marker = super::marker(marker, "tag keys", |m| m.chars().count() <= 128)?;
             let (items, truncated) = paginate(r.tags.iter(), |(k, _)| k.as_str(), marker, limit);
             let next_marker = truncated
                 .then(|| items.last().map(|(k, _)| k.to_string()))

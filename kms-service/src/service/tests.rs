@@ -4273,3 +4273,79 @@ async fn create_and_retire_grant_see_the_constraint_pairs_as_context() {
         .await
         .expect("retire a grant for another stage");
 }
+
+/// A list call's marker must be one such a call returns: a mistyped one is
+/// InvalidMarkerException, not a silently empty page; a real one (even of
+/// an item deleted since) pages on.
+#[tokio::test]
+async fn list_markers_must_be_ones_the_call_returns() {
+    use GrantOperation::Decrypt;
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    f.key(KeySpec::SymmetricDefault).await;
+    f.kms.create_alias(&f.admin, "alias/a", &key).await.unwrap();
+    f.kms
+        .tag_resource(&f.admin, &key, &[("k".into(), "v".into())])
+        .await
+        .unwrap();
+    let grant = f
+        .kms
+        .create_grant(&f.admin, grant_input(&key, "user/bob", &[Decrypt]))
+        .await
+        .unwrap();
+    let bad = "zzz";
+    check_err(
+        f.kms.list_keys(&f.admin, 0, bad).await,
+        "InvalidMarkerException",
+        "it returns key ids",
+    );
+    check_err(
+        f.kms.list_aliases(&f.admin, "", 0, bad).await,
+        "InvalidMarkerException",
+        "it returns alias names",
+    );
+    check_err(
+        f.kms.list_grants(&f.admin, &key, "", "", 0, bad).await,
+        "InvalidMarkerException",
+        "it returns grant ids",
+    );
+    check_err(
+        f.kms.list_users(&f.admin, 0, bad).await,
+        "InvalidMarkerException",
+        "it returns principal names",
+    );
+    check_err(
+        f.kms.list_key_rotations(&f.admin, &key, 0, bad).await,
+        "InvalidMarkerException",
+        "it returns version numbers",
+    );
+    check_err(
+        f.kms
+            .list_resource_tags(&f.admin, &key, 0, &"x".repeat(129))
+            .await,
+        "InvalidMarkerException",
+        "it returns tag keys",
+    );
+    // Well-formed markers page on, whether or not they name something
+    // that still exists.
+    let first = f.kms.list_keys(&f.admin, 1, "").await.unwrap();
+    let after = first.items[0].clone();
+    let rest = f.kms.list_keys(&f.admin, 0, &after).await.unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert!(f.kms.list_aliases(&f.admin, "", 0, "alias/0").await.is_ok());
+    assert!(
+        f.kms
+            .list_grants(&f.admin, &key, "", "", 0, &grant.grant_id)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(f.kms.list_users(&f.admin, 0, "user/a").await.is_ok());
+    assert!(
+        f.kms
+            .list_resource_tags(&f.admin, &key, 0, "a")
+            .await
+            .is_ok()
+    );
+}
