@@ -35,7 +35,12 @@ async fn main() -> ExitCode {
                 // directory is touched when either is wrong.
                 let tls = config.tls.server_config()?;
                 let listener = server::bind(config.listen).await?;
-                let opened = server::open(&config.storage, clock).await?;
+                // A signal while the store and audit log are being opened
+                // (a long log to verify, a lock to wait for) ends it there.
+                let opened = tokio::select! {
+                    opened = server::open(&config.storage, clock) => opened?,
+                    () = shutdown.requested() => return Ok(()),
+                };
                 let transport = match (&tls, &config.tls.tls_client_ca) {
                     (None, _) => "plaintext",
                     (Some(_), None) => "TLS",

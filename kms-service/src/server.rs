@@ -576,6 +576,10 @@ pub async fn serve_with_tls(
             Ok(())
         }
     };
+    if let (Err(_), Err(close)) = (&result, &closed) {
+        // The server's error is the one returned; this one is not lost.
+        tracing::error!("{close}");
+    }
     result.map_err(StartError::from)?;
     closed
 }

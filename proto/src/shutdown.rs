@@ -119,7 +119,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// connection once cancelled (for [`crate::tcp::closable`]). When the
 /// deadline passes, the token is cancelled, so the connections still open
 /// fail and close (their tasks let go of what they hold), and the server
-/// then ends; `None` says the deadline was needed.
+/// then ends; `None` says it did not end even then.
 pub async fn bounded<T>(
     serving: impl FnOnce(
         std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -154,13 +154,13 @@ where
         deadline.as_secs_f32()
     );
     closer.cancel();
-    if tokio::time::timeout(CLOSE_GRACE, &mut serving)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the server did not end once its connections were closed; leaving it");
+    match tokio::time::timeout(CLOSE_GRACE, &mut serving).await {
+        Ok(output) => Some(output),
+        Err(_) => {
+            tracing::warn!("the server did not end once its connections were closed; leaving it");
+            None
+        }
     }
-    None
 }
 
 #[cfg(test)]
@@ -181,13 +181,13 @@ mod tests {
         };
         let requested = shutdown.requested();
         let kill = || {
-            let status = std::process::Command::new("kill")
-                .args(["-s", "TERM", &std::process::id().to_string()])
+            let status = std::process::Command::new("sh")
+                .args(["-c", &format!("kill -s TERM {}", std::process::id())])
                 .status()
                 .expect("kill runs");
             assert!(status.success());
         };
-        // Sent before anyone waits: still seen.
+        // Sent before anyone waits: still seen. (`kill` of the shell.)
         kill();
         tokio::time::timeout(Duration::from_secs(5), requested)
             .await
@@ -228,8 +228,23 @@ mod tests {
             Duration::from_millis(100),
         )
         .await;
-        assert_eq!(out, None);
+        // Closed at the deadline, the server ends.
+        assert_eq!(out, Some(()));
         assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_ignores_the_close_is_left() {
+        let out = bounded(
+            |stop, _| async move {
+                stop.await;
+                std::future::pending::<()>().await;
+            },
+            async {},
+            Duration::from_millis(10),
+        )
+        .await;
+        assert_eq!(out, None);
     }
 
     #[tokio::test]

@@ -30,7 +30,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
 /// A TCP stream that does not write vectored (see the module docs).
-pub struct CoalescingTcp(TcpStream, Pin<Box<WaitForCancellationFutureOwned>>);
+pub struct CoalescingTcp(TcpStream, Option<Pin<Box<WaitForCancellationFutureOwned>>>);
 
 impl std::fmt::Debug for CoalescingTcp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,7 +43,8 @@ impl CoalescingTcp {
     /// deadline passed), every read and write fails, which ends the
     /// connection; polling the token also wakes a read waiting for bytes.
     fn closed(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        self.1.as_mut().poll(cx).is_ready().then(|| {
+        let closer = self.1.as_mut()?;
+        closer.as_mut().poll(cx).is_ready().then(|| {
             io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "the server is shutting down and its drain deadline has passed",
@@ -102,7 +103,9 @@ impl Connected for CoalescingTcp {
 /// The connections a server accepts on `listener`, with TCP_NODELAY (without
 /// it, small answers wait for the peer's delayed ACK), as [`CoalescingTcp`].
 pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<CoalescingTcp>> {
-    closable(listener, CancellationToken::new())
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(|accepted| accepted.map(|tcp| CoalescingTcp(tcp, None)))
 }
 
 /// [`incoming`], whose connections all end (their reads and writes fail)
@@ -115,7 +118,11 @@ pub fn closable(
     TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .map(move |accepted| {
-            accepted.map(|tcp| CoalescingTcp(tcp, Box::pin(closer.clone().cancelled_owned())))
+            // A token of its own per connection (a child of `closer`): its
+            // polls lock nothing other connections use.
+            accepted.map(|tcp| {
+                CoalescingTcp(tcp, Some(Box::pin(closer.child_token().cancelled_owned())))
+            })
         })
 }
 

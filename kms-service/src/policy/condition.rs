@@ -179,10 +179,9 @@ impl ConditionBlock {
     pub(super) fn matches(&self, request: &Request<'_>, effect: Effect) -> bool {
         self.entries.iter().all(|entry| {
             let actual = request_values(request, &entry.canonical_key);
-            if actual.len() > 1
-                && self.operator.set.is_none()
-                && entry.canonical_key.starts_with(ENCRYPTION_CONTEXT_PREFIX)
-            {
+            // (For one value, ForAnyValue and ForAllValues read as the
+            // plain test does, so set operators take this path too.)
+            if actual.len() > 1 && entry.canonical_key.starts_with(ENCRYPTION_CONTEXT_PREFIX) {
                 let one = |value: &&str| self.operator.holds(&[*value], &entry.values);
                 return match effect {
                     Effect::Deny => actual.iter().any(one),

@@ -2160,6 +2160,12 @@ fn merged_case_variants_of_a_context_key_read_strictly() {
     assert!(decide(&allow_acme, &["acme", "acme"]));
     assert!(!decide(&allow_acme, &["acme", "evil"]));
     assert!(!decide(&allow_acme, &["evil", "acme"]));
+    // ForAnyValue reads no laxer.
+    let allow_any_acme = identity(
+        r#"{"Effect":"Allow","Action":"kms:Decrypt","Resource":"*","Condition":{"ForAnyValue:StringEquals":{"kms:EncryptionContext:Tenant":"acme"}}}"#,
+    );
+    assert!(decide(&allow_any_acme, &["acme", "acme"]));
+    assert!(!decide(&allow_any_acme, &["acme", "evil"]));
     // Deny: any value triggers it (a negated test included).
     assert!(decide(&allow_all_but_acme_denied, &["acme"]));
     assert!(decide(&allow_all_but_acme_denied, &["acme", "acme"]));
