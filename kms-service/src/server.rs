@@ -473,31 +473,11 @@ pub async fn serve_with_tls(
     let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    lockbox_proto::health::set_all(
-        &health_reporter,
-        HEALTH_SERVICES,
-        tonic_health::ServingStatus::Serving,
-    )
-    .await;
     // NOT_SERVING while a failed audit write or store commit makes every
     // call fail until restart, and from the moment shutdown begins.
-    let health_watch = {
+    let (health, shutdown, stop_watch) = {
         let kms = kms.clone();
-        lockbox_proto::health::watch(health_reporter.clone(), HEALTH_SERVICES, move || {
-            kms.fault()
-        })
-    };
-    let stop_watch = health_watch.abort_handle();
-    let shutdown = async move {
-        shutdown.await;
-        health_watch.abort();
-        lockbox_proto::health::set_all(
-            &health_reporter,
-            HEALTH_SERVICES,
-            tonic_health::ServingStatus::NotServing,
-        )
-        .await;
+        lockbox_proto::health::follow(HEALTH_SERVICES, move || kms.fault(), shutdown).await
     };
 
     let maintenance = {

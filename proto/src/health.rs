@@ -34,6 +34,33 @@ pub fn watch(
     watch_every(reporter, services, WATCH_EVERY, fault)
 }
 
+/// The health of a server from start to shutdown: SERVING now (for the
+/// server and each of `services`), then as [`watch`] finds `fault`, and
+/// NOT_SERVING from the moment `shutdown` completes. Returns the health
+/// service to serve, the shutdown future to give the server in place of
+/// `shutdown`, and the handle that stops the watch (abort it when the
+/// server has ended, however it ended: the watch holds what `fault` uses).
+pub async fn follow(
+    services: &'static [&'static str],
+    fault: impl Fn() -> Option<String> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+    tokio::task::AbortHandle,
+) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_all(&reporter, services, ServingStatus::Serving).await;
+    let watching = watch(reporter.clone(), services, fault);
+    let stop = watching.abort_handle();
+    let shutdown = async move {
+        shutdown.await;
+        watching.abort();
+        set_all(&reporter, services, ServingStatus::NotServing).await;
+    };
+    (health, shutdown, stop)
+}
+
 fn watch_every(
     reporter: HealthReporter,
     services: &'static [&'static str],

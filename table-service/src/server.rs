@@ -291,33 +291,13 @@ pub async fn serve_with_tls(
     let v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    lockbox_proto::health::set_all(
-        &health_reporter,
-        HEALTH_SERVICES,
-        tonic_health::ServingStatus::Serving,
-    )
-    .await;
     // NOT_SERVING while a failed store commit makes every write fail until
     // restart, and from the moment shutdown begins. (kms-service being away
     // is not a fault of this process: calls answer UNAVAILABLE meanwhile
     // and it recovers by itself.)
-    let health_watch = {
+    let (health, shutdown, stop_watch) = {
         let tables = tables.clone();
-        lockbox_proto::health::watch(health_reporter.clone(), HEALTH_SERVICES, move || {
-            tables.fault()
-        })
-    };
-    let stop_watch = health_watch.abort_handle();
-    let shutdown = async move {
-        shutdown.await;
-        health_watch.abort();
-        lockbox_proto::health::set_all(
-            &health_reporter,
-            HEALTH_SERVICES,
-            tonic_health::ServingStatus::NotServing,
-        )
-        .await;
+        lockbox_proto::health::follow(HEALTH_SERVICES, move || tables.fault(), shutdown).await
     };
     let server = builder
         // Outermost, so every answer (an oversize refusal too) has the id.
