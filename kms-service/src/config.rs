@@ -38,6 +38,20 @@ pub enum Command {
     /// Calls grpc.health.v1.Health/Check on a running server; prints
     /// SERVING and exits 0, otherwise prints the reason and exits 1.
     Healthcheck(HealthcheckConfig),
+    /// Copies the key store to a new file (owner-only), consistent even
+    /// while kms-service runs. Keep the root key with it: the copy holds
+    /// the keys only wrapped by it.
+    Backup(BackupConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupConfig {
+    /// Directory whose key store (`kms.db`) is copied.
+    #[arg(long, env = "KMS_DATA_DIR", default_value = "./data/kms-service")]
+    pub data_dir: PathBuf,
+    /// The new file to write; an existing file is never overwritten.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

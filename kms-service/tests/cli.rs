@@ -1026,3 +1026,121 @@ fn the_root_key_can_come_from_the_environment() {
         assert!(!stderr(&out).contains(&other) && !stderr(&out).contains(&key));
     }
 }
+
+/// `kms-service backup` copies the key store while the service runs; with
+/// the root key and the audit log, a new data directory made from the copy
+/// serves the keys as they were at the backup: ciphertexts made before it
+/// decrypt, a key created after it is not there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_while_serving_restores_the_keys() {
+    use lockbox_proto::kms::v1 as pb;
+    use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), &[]);
+    let addr = format!("http://127.0.0.1:{}", server.port);
+    wait_serving(&mut server, &["--addr".as_ref(), addr.as_ref()]);
+    let data = dir.path().join("data");
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token.trim()).parse().unwrap(),
+        );
+        request
+    }
+    let connect = |addr: String| async move {
+        KeyManagementServiceClient::new(
+            Channel::from_shared(addr).unwrap().connect().await.unwrap(),
+        )
+    };
+    let mut client = connect(addr.clone()).await;
+    let key =
+        |r: tonic::Response<pb::CreateKeyResponse>| r.into_inner().key_metadata.unwrap().key_id;
+    let kept = key(client
+        .create_key(bearer(&token, pb::CreateKeyRequest::default()))
+        .await
+        .unwrap());
+    let blob = client
+        .encrypt(bearer(
+            &token,
+            pb::EncryptRequest {
+                key_id: kept.clone(),
+                plaintext: b"before the backup".to_vec(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .ciphertext_blob;
+
+    let copy = dir.path().join("kms-backup.db");
+    let out = run(kms()
+        .args(["backup", "--data-dir"])
+        .arg(&data)
+        .arg("--to")
+        .arg(&copy));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("Keep the root key with it"),
+        "{}",
+        stdout(&out)
+    );
+    let again = run(kms()
+        .args(["backup", "--data-dir"])
+        .arg(&data)
+        .arg("--to")
+        .arg(&copy));
+    assert_fails_with(&again, &["already exists", "never overwrites"]);
+    let later = key(client
+        .create_key(bearer(&token, pb::CreateKeyRequest::default()))
+        .await
+        .unwrap());
+    drop(client);
+    drop(server);
+
+    // Restore: the copy as the store, beside the same root key and log.
+    let restored = tempfile::tempdir().unwrap();
+    let restored_data = restored.path().join("data");
+    std::fs::create_dir_all(&restored_data).unwrap();
+    std::fs::copy(&copy, restored_data.join("kms.db")).unwrap();
+    std::fs::copy(data.join("root.key"), restored_data.join("root.key")).unwrap();
+    std::fs::create_dir_all(restored_data.join("audit")).unwrap();
+    for name in ["audit.jsonl", "audit.jsonl.checkpoints"] {
+        std::fs::copy(
+            data.join("audit").join(name),
+            restored_data.join("audit").join(name),
+        )
+        .unwrap();
+    }
+    std::fs::copy(data.join("admin.token"), restored_data.join("admin.token")).unwrap();
+    let mut server = start(restored.path(), &[]);
+    let addr = format!("http://127.0.0.1:{}", server.port);
+    wait_serving(&mut server, &["--addr".as_ref(), addr.as_ref()]);
+    let mut client = connect(addr).await;
+    let opened = client
+        .decrypt(bearer(
+            &token,
+            pb::DecryptRequest {
+                ciphertext_blob: blob,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(opened.plaintext, b"before the backup");
+    assert_eq!(opened.key_id, kept);
+    let gone = client
+        .describe_key(bearer(
+            &token,
+            pb::DescribeKeyRequest {
+                key_id: later,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
+}

@@ -48,6 +48,8 @@ pub mod metadata {
 }
 
 #[cfg(feature = "service")]
+pub mod backup;
+#[cfg(feature = "service")]
 pub mod config_file;
 #[cfg(feature = "service")]
 pub mod health;

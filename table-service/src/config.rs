@@ -31,6 +31,20 @@ pub enum Command {
     /// Calls grpc.health.v1.Health/Check on a running server; prints
     /// SERVING and exits 0, otherwise prints the reason and exits 1.
     Healthcheck(HealthcheckConfig),
+    /// Copies the item store to a new file (owner-only), consistent even
+    /// while table-service runs. Its items stay sealed under their data
+    /// keys: reading them needs kms-service's keys.
+    Backup(BackupConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupConfig {
+    /// Directory whose item store (`tables.db`) is copied.
+    #[arg(long, env = "TABLE_DATA_DIR", default_value = "./data/table-service")]
+    pub data_dir: PathBuf,
+    /// The new file to write; an existing file is never overwritten.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -289,7 +303,7 @@ mod tests {
         let cli = Cli::try_parse_from(["table-service", "serve"].iter().chain(args))?;
         match cli.command {
             Command::Serve(config) => Ok(*config),
-            Command::Healthcheck(_) => panic!("parsed as healthcheck"),
+            other => panic!("parsed as {other:?}"),
         }
     }
 

@@ -23,6 +23,23 @@ async fn main() -> ExitCode {
     tls::install_crypto_provider();
     match lockbox_proto::config_file::parse::<Cli>().command {
         Command::Serve(config) => serve(*config).await,
+        Command::Backup(backup) => {
+            let store = backup.data_dir.join("tables.db");
+            match lockbox_proto::backup::snapshot(&store, &backup.to) {
+                Ok(size) => {
+                    println!(
+                        "copied the item store {} to {} ({size} bytes)",
+                        store.display(),
+                        backup.to.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("table-service backup: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Healthcheck(check) => {
             let client_tls = match check.client_tls() {
                 Ok(client_tls) => client_tls,

@@ -898,3 +898,56 @@ fn the_example_settings_file_is_valid() {
         .args(["--listen", &addr]));
     assert_fails_with(&out, &[&addr, "already in use"]);
 }
+
+/// `table-service backup` copies the item store (even while it is open)
+/// to a new file, never over an existing one, and names a missing store.
+#[test]
+fn backup_copies_the_item_store_to_a_new_file() {
+    use table_service::store::TableStore;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let store = table_service::store::sqlite::SqliteTableStore::open(&data.join("tables.db"))
+        .expect("store opens");
+    let key = table_service::model::ItemKey {
+        partition: b"p".to_vec(),
+        sort: Vec::new(),
+    };
+    store
+        .commit(&[table_service::store::Mutation::PutItem {
+            table_id: "t1".into(),
+            key: key.clone(),
+            envelope: b"sealed".to_vec(),
+        }])
+        .unwrap();
+    let copy = dir.path().join("tables-backup.db");
+    let (out, _) = run(table()
+        .args(["backup", "--data-dir"])
+        .arg(&data)
+        .arg("--to")
+        .arg(&copy));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("copied the item store"),
+        "{}",
+        stdout(&out)
+    );
+    drop(store);
+    let reopened = table_service::store::sqlite::SqliteTableStore::open(&copy).expect("copy opens");
+    assert_eq!(
+        reopened.get_item("t1", &key).unwrap().as_deref(),
+        Some(&b"sealed"[..])
+    );
+    let (again, _) = run(table()
+        .args(["backup", "--data-dir"])
+        .arg(&data)
+        .arg("--to")
+        .arg(&copy));
+    assert_fails_with(&again, &["already exists"]);
+    let (missing, _) = run(table()
+        .args(["backup", "--data-dir"])
+        .arg(dir.path().join("nowhere"))
+        .arg("--to")
+        .arg(dir.path().join("x.db")));
+    assert_fails_with(&missing, &["there is no store", "--data-dir"]);
+}
