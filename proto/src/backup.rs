@@ -61,9 +61,16 @@ pub fn snapshot(database: &Path, to: &Path) -> Result<u64, String> {
             return Err(e);
         }
     };
-    std::fs::rename(&partial, to).map_err(|e| {
-        let _ = std::fs::remove_file(&partial);
-        format!("cannot name the copy {}: {e}", to.display())
+    // A link, not a rename: it fails rather than replace a file that
+    // appeared under that name meanwhile.
+    let named = std::fs::hard_link(&partial, to);
+    let _ = std::fs::remove_file(&partial);
+    named.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => format!(
+            "{} already exists: name a new file (a backup never overwrites one)",
+            to.display()
+        ),
+        _ => format!("cannot name the copy {}: {e}", to.display()),
     })?;
     if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(dir) = std::fs::File::open(dir)
