@@ -46,6 +46,9 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct BackupConfig {
+    /// TOML file of settings, as for `serve` (only `data-dir` is used).
+    #[arg(long, env = "KMS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Directory whose key store (`kms.db`) is copied.
     #[arg(long, env = "KMS_DATA_DIR", default_value = "./data/kms-service")]
     pub data_dir: PathBuf,

@@ -1093,6 +1093,21 @@ async fn a_backup_taken_while_serving_restores_the_keys() {
         .arg("--to")
         .arg(&copy));
     assert_fails_with(&again, &["already exists", "never overwrites"]);
+    // The data directory may come from the settings file `serve` uses.
+    let settings = dir.path().join("kms.toml");
+    std::fs::write(
+        &settings,
+        format!("data-dir = {:?}\n", data.to_str().unwrap()),
+    )
+    .unwrap();
+    let from_file = dir.path().join("kms-backup-2.db");
+    let out = run(kms()
+        .args(["backup", "--config"])
+        .arg(&settings)
+        .arg("--to")
+        .arg(&from_file));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(from_file.exists());
     let later = key(client
         .create_key(bearer(&token, pb::CreateKeyRequest::default()))
         .await

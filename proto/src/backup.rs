@@ -23,16 +23,26 @@ pub fn snapshot(database: &Path, to: &Path) -> Result<u64, String> {
             to.display()
         ));
     }
+    // Absolute paths: SQLite would read a name beginning with `file:` as
+    // a URI.
+    let database =
+        std::path::absolute(database).map_err(|e| format!("{}: {e}", database.display()))?;
+    let to = std::path::absolute(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let (database, to) = (database.as_path(), to.as_path());
     let partial = partial_name(to);
-    // Left by an interrupted earlier backup to the same name.
-    let _ = std::fs::remove_file(&partial);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(&partial)
-        .map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
+    options.open(&partial).map_err(|e| match e.kind() {
+        // Another backup to the same name is running, or one was cut short.
+        std::io::ErrorKind::AlreadyExists => format!(
+            "{} exists: another backup to {} is running, or one was interrupted (then remove it)",
+            partial.display(),
+            to.display()
+        ),
+        _ => format!("cannot create {}: {e}", partial.display()),
+    })?;
     let copied = (|| {
         let source = rusqlite::Connection::open_with_flags(
             database,
@@ -62,15 +72,23 @@ pub fn snapshot(database: &Path, to: &Path) -> Result<u64, String> {
         }
     };
     // A link, not a rename: it fails rather than replace a file that
-    // appeared under that name meanwhile.
-    let named = std::fs::hard_link(&partial, to);
-    let _ = std::fs::remove_file(&partial);
-    named.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AlreadyExists => format!(
-            "{} already exists: name a new file (a backup never overwrites one)",
-            to.display()
-        ),
-        _ => format!("cannot name the copy {}: {e}", to.display()),
+    // appeared under that name meanwhile. Where the file system has no
+    // links, a rename after a last look.
+    let named = match std::fs::hard_link(&partial, to) {
+        Ok(()) => std::fs::remove_file(&partial).or(Ok(())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if to.exists() => Err(std::io::ErrorKind::AlreadyExists.into()),
+        Err(_) => std::fs::rename(&partial, to),
+    };
+    named.map_err(|e| {
+        let _ = std::fs::remove_file(&partial);
+        match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} already exists: name a new file (a backup never overwrites one)",
+                to.display()
+            ),
+            _ => format!("cannot name the copy {}: {e}", to.display()),
+        }
     })?;
     if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(dir) = std::fs::File::open(dir)
@@ -120,6 +138,29 @@ mod tests {
         assert!(!partial_name(&to).exists());
         // The store still takes writes.
         db.execute("INSERT INTO t VALUES (4)", []).unwrap();
+    }
+
+    #[test]
+    fn odd_names_are_file_names_and_a_left_partial_copy_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let _db = store(&dir.path().join("s.db"));
+        // (Given relative, such a name would be a URI to SQLite; the copy
+        // is always made under the absolute path.)
+        let to = dir.path().join("file:b.db");
+        let size = snapshot(&dir.path().join("s.db"), &to).unwrap();
+        assert!(size > 0 && std::fs::metadata(&to).unwrap().len() == size);
+        assert!(!dir.path().join("b.db.partial").exists());
+        let other = dir.path().join("c.db");
+        std::fs::write(partial_name(&other), b"").unwrap();
+        let refused = snapshot(&dir.path().join("s.db"), &other).unwrap_err();
+        assert!(
+            refused.contains("interrupted (then remove it)"),
+            "{refused}"
+        );
+        assert!(
+            partial_name(&other).exists(),
+            "a file it did not make is left alone"
+        );
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct BackupConfig {
+    /// TOML file of settings, as for `serve` (only `data-dir` is used).
+    #[arg(long, env = "TABLE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Directory whose item store (`tables.db`) is copied.
     #[arg(long, env = "TABLE_DATA_DIR", default_value = "./data/table-service")]
     pub data_dir: PathBuf,
