@@ -475,9 +475,16 @@ pub async fn serve_with_tls(
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;
     // NOT_SERVING while a failed audit write or store commit makes every
     // call fail until restart, and from the moment shutdown begins.
-    let (health, shutdown, stop_watch) = {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let (shutdown, stop_watch) = {
         let kms = kms.clone();
-        lockbox_proto::health::follow(HEALTH_SERVICES, move || kms.fault(), shutdown).await
+        lockbox_proto::health::follow(
+            health_reporter,
+            HEALTH_SERVICES,
+            move || kms.fault(),
+            shutdown,
+        )
+        .await
     };
 
     let maintenance = {

@@ -900,10 +900,15 @@ fn marker<'m>(
     if shape(marker) {
         Ok(Some(marker))
     } else {
-        Err(KmsError::InvalidMarker(format!(
-            "marker {marker:?} is not one this call returned (it returns {what}); pass the next_marker of the previous page, or none for the first"
-        )))
+        Err(invalid_marker(marker, what))
     }
+}
+
+/// The refusal of a `marker` no call returning `what` could have made.
+fn invalid_marker(marker: &str, what: &str) -> KmsError {
+    KmsError::InvalidMarker(format!(
+        "marker {marker:?} is not one this call returned (it returns {what}); pass the next_marker of the previous page, or none for the first"
+    ))
 }
 
 /// One page of `items` after `marker` (exclusive), by `key`.

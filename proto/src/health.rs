@@ -36,20 +36,19 @@ pub fn watch(
 
 /// The health of a server from start to shutdown: SERVING now (for the
 /// server and each of `services`), then as [`watch`] finds `fault`, and
-/// NOT_SERVING from the moment `shutdown` completes. Returns the health
-/// service to serve, the shutdown future to give the server in place of
+/// NOT_SERVING from the moment `shutdown` completes, all through
+/// `reporter`. Returns the shutdown future to give the server in place of
 /// `shutdown`, and the handle that stops the watch (abort it when the
 /// server has ended, however it ended: the watch holds what `fault` uses).
 pub async fn follow(
+    reporter: HealthReporter,
     services: &'static [&'static str],
     fault: impl Fn() -> Option<String> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> (
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     impl std::future::Future<Output = ()> + Send + 'static,
     tokio::task::AbortHandle,
 ) {
-    let (reporter, health) = tonic_health::server::health_reporter();
     set_all(&reporter, services, ServingStatus::Serving).await;
     let watching = watch(reporter.clone(), services, fault);
     let stop = watching.abort_handle();
@@ -58,7 +57,7 @@ pub async fn follow(
         watching.abort();
         set_all(&reporter, services, ServingStatus::NotServing).await;
     };
-    (health, shutdown, stop)
+    (shutdown, stop)
 }
 
 fn watch_every(
@@ -117,6 +116,36 @@ mod tests {
     }
 
     const EVERY: Duration = Duration::from_millis(20);
+
+    /// NOT_SERVING once shutdown begins, while the server still drains and
+    /// answers health checks.
+    #[tokio::test]
+    async fn a_followed_server_is_not_serving_once_shutdown_begins() {
+        let reporter = HealthReporter::new();
+        let service = tonic_health::server::HealthService::from_health_reporter(reporter.clone());
+        let (begin, began) = tokio::sync::oneshot::channel::<()>();
+        let (shutdown, stop) = follow(reporter, &["a.A"], || None, async {
+            let _ = began.await;
+        })
+        .await;
+        assert_eq!(
+            status(&service, "a.A").await.unwrap(),
+            ServingStatus::Serving
+        );
+        let shutting = tokio::spawn(shutdown);
+        tokio::time::sleep(EVERY * 5).await;
+        assert_eq!(status(&service, "").await.unwrap(), ServingStatus::Serving);
+        begin.send(()).unwrap();
+        shutting.await.unwrap();
+        for name in ["", "a.A"] {
+            assert_eq!(
+                status(&service, name).await.unwrap(),
+                ServingStatus::NotServing,
+                "{name:?}"
+            );
+        }
+        stop.abort();
+    }
 
     #[tokio::test]
     async fn the_status_follows_the_fault() {

@@ -130,17 +130,28 @@ pub fn closable(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn accepted_connections_are_unvectored_nodelay_and_know_their_peer() {
+    /// A client connected to a loopback listener, and the server side of
+    /// that connection as `accept` serves it.
+    async fn connected<S>(accept: impl FnOnce(TcpListener) -> S) -> (TcpStream, CoalescingTcp)
+    where
+        S: Stream<Item = io::Result<CoalescingTcp>>,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
-        let mut accepted = Box::pin(incoming(listener));
+        let mut accepted = Box::pin(accept(listener));
         let client = TcpStream::connect(addr).await.expect("connect");
         let server_side = accepted
             .next()
             .await
             .expect("a connection")
             .expect("accepted");
+        (client, server_side)
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_are_unvectored_nodelay_and_know_their_peer() {
+        let (client, server_side) = connected(incoming).await;
+        let addr = client.peer_addr().expect("address");
         // Vectored writes would let h2 chain every message over 256 bytes
         // into a write of its own.
         assert!(!server_side.is_write_vectored());
@@ -156,16 +167,9 @@ mod tests {
     #[tokio::test]
     async fn a_closed_connection_fails_even_a_waiting_read() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
         let closer = CancellationToken::new();
-        let mut accepted = Box::pin(closable(listener, closer.clone()));
-        let mut client = TcpStream::connect(addr).await.expect("connect");
-        let mut server_side = accepted
-            .next()
-            .await
-            .expect("a connection")
-            .expect("accepted");
+        let (mut client, mut server_side) =
+            connected(|listener| closable(listener, closer.clone())).await;
         client.write_all(b"x").await.unwrap();
         let mut one = [0u8; 1];
         server_side
@@ -191,15 +195,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_pass_both_ways_unchanged() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let mut accepted = Box::pin(incoming(listener));
-        let mut client = TcpStream::connect(addr).await.expect("connect");
-        let mut server_side = accepted
-            .next()
-            .await
-            .expect("a connection")
-            .expect("accepted");
+        let (mut client, mut server_side) = connected(incoming).await;
         let message: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
         client.write_all(&message).await.expect("client write");
         let mut got = vec![0; message.len()];

@@ -295,9 +295,16 @@ pub async fn serve_with_tls(
     // restart, and from the moment shutdown begins. (kms-service being away
     // is not a fault of this process: calls answer UNAVAILABLE meanwhile
     // and it recovers by itself.)
-    let (health, shutdown, stop_watch) = {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let (shutdown, stop_watch) = {
         let tables = tables.clone();
-        lockbox_proto::health::follow(HEALTH_SERVICES, move || tables.fault(), shutdown).await
+        lockbox_proto::health::follow(
+            health_reporter,
+            HEALTH_SERVICES,
+            move || tables.fault(),
+            shutdown,
+        )
+        .await
     };
     let server = builder
         // Outermost, so every answer (an oversize refusal too) has the id.

@@ -829,11 +829,11 @@ impl Kms {
             let marker = if marker.is_empty() {
                 None
             } else {
-                Some(marker.parse::<u32>().map_err(|_| {
-                    KmsError::InvalidMarker(format!(
-                        "marker {marker:?} is not one this call returned (it returns version numbers); pass the next_marker of the previous page, or none for the first"
-                    ))
-                })?)
+                Some(
+                    marker
+                        .parse::<u32>()
+                        .map_err(|_| super::invalid_marker(marker, "version numbers"))?,
+                )
             };
             let state = ctx.state();
             let r = ctx.key_for(&state, key_id, "kms:ListKeyRotations")?;

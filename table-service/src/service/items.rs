@@ -65,6 +65,23 @@ fn resource(name: &str) -> String {
 }
 
 impl Tables {
+    /// Commits an item's new envelope (durable when this returns).
+    async fn put_sealed(
+        &self,
+        table: &TableRecord,
+        key: ItemKey,
+        envelope: Vec<u8>,
+    ) -> Result<(), TableError> {
+        self.commit
+            .commit(vec![Mutation::PutItem {
+                table_id: table.table_id.clone(),
+                key,
+                envelope,
+            }])
+            .await
+            .map_err(store_error)
+    }
+
     /// Authorizes a write's `action` (when given: PutItem may have it
     /// decided already) and, when `return_values` hands back item contents,
     /// `table:GetItem` too, in one `Authorize`. Those answers are a read
@@ -226,14 +243,7 @@ impl Tables {
             let envelope = self.seal(call, &table, &key, &attributes).await?;
             (envelope, guard, old)
         };
-        self.commit
-            .commit(vec![Mutation::PutItem {
-                table_id: table.table_id.clone(),
-                key,
-                envelope,
-            }])
-            .await
-            .map_err(store_error)?;
+        self.put_sealed(&table, key, envelope).await?;
         Ok(old.filter(|_| return_values == ReturnValues::AllOld))
     }
 
@@ -378,14 +388,7 @@ impl Tables {
             let (new_key, attributes) = model::split_item(&table.schema, new.clone())?;
             debug_assert_eq!(new_key, key);
             let envelope = self.seal(call, &table, &key, &attributes).await?;
-            self.commit
-                .commit(vec![Mutation::PutItem {
-                    table_id: table.table_id.clone(),
-                    key,
-                    envelope,
-                }])
-                .await
-                .map_err(store_error)?;
+            self.put_sealed(&table, key, envelope).await?;
         }
         Ok(match return_values {
             ReturnValues::None => None,
