@@ -9,6 +9,13 @@ use kms_service::crypto::root_key::{RootKey, SoftwareRootKey};
 use kms_service::server;
 use kms_service::tls::{self, InitOutcome};
 
+/// mimalloc: per-thread heaps. Under load glibc's allocator made the
+/// service's threads wait on each other's arena locks (memory is often
+/// freed on another thread than the one that allocated it); see
+/// ARCHITECTURE.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

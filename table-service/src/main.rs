@@ -6,6 +6,13 @@ use std::process::ExitCode;
 use table_service::config::{Cli, Command, LogFormat, ServeConfig};
 use table_service::server::{self, tls};
 
+/// mimalloc: per-thread heaps. Under load glibc's allocator made the
+/// service's threads wait on each other's arena locks (memory is often
+/// freed on another thread than the one that allocated it); see
+/// ARCHITECTURE.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -96,6 +96,11 @@
 //! quick smoke test with very short windows, 200 items and concurrency 1 and
 //! 4 only: that checks it works, not how fast.
 
+/// The services' own allocator (their binaries set it), so what is measured
+/// in process is what they run with; the echo servers share it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod common;
 
 use std::collections::{HashMap, HashSet};
