@@ -59,43 +59,62 @@ fn finish<T: prost::Message>(
     result.map(Response::new).map_err(|e| to_status(&e))
 }
 
-/// Runs one request: extracts the caller, runs `work`, logs the event.
+/// Runs one request: extracts the caller, runs the body, logs the event.
+///
+/// The body runs as a task of its own, which the request's future only
+/// awaits: a caller that goes away (a deadline, a reset stream) drops the
+/// future, not the work. A write whose commit is already queued is then
+/// still seen through (its table or item lock held until the commit ends,
+/// the in-memory state updated with it, its event logged), never left
+/// committed on disk and forgotten in memory.
 macro_rules! handle {
-    ($self:ident, $request:expr, $action:literal, |$call:ident, $r:ident| $body:expr) => {{
+    ($self:ident, $request:expr, $action:literal, |$tables:ident, $call:ident, $r:ident| $body:expr) => {{
         let request = $request;
         let credential = caller(&request);
         let $r = request.into_inner();
         let table = table_of(&$r);
-        match credential {
-            Err(e) => finish(
-                $action,
-                &table,
-                "-",
-                &Outcome::default(),
-                $self.tables.max_response_bytes(),
-                Err(e),
-            ),
-            Ok(credential) => {
-                let request_id = credential.request_id.clone();
-                let mut call = Call::new(credential);
-                // A name no table could have is a bad request whoever
-                // asks, before any decision is asked for.
-                let result = match $r.check_names() {
-                    Err(e) => Err(e),
-                    Ok(()) => {
-                        let $call = &mut call;
-                        $body
-                    }
-                };
-                finish(
+        let $tables = $self.tables.clone();
+        let max_response_bytes = $tables.max_response_bytes();
+        let work = async move {
+            match credential {
+                Err(e) => finish(
                     $action,
                     &table,
-                    &request_id,
-                    &call.outcome,
-                    $self.tables.max_response_bytes(),
-                    result,
-                )
+                    "-",
+                    &Outcome::default(),
+                    max_response_bytes,
+                    Err(e),
+                ),
+                Ok(credential) => {
+                    let request_id = credential.request_id.clone();
+                    let mut call = Call::new(credential);
+                    // A name no table could have is a bad request whoever
+                    // asks, before any decision is asked for.
+                    let result = match $r.check_names() {
+                        Err(e) => Err(e),
+                        Ok(()) => {
+                            let $call = &mut call;
+                            let $tables = &$tables;
+                            $body
+                        }
+                    };
+                    finish(
+                        $action,
+                        &table,
+                        &request_id,
+                        &call.outcome,
+                        max_response_bytes,
+                        result,
+                    )
+                }
             }
+        };
+        match tokio::spawn(work).await {
+            Ok(answer) => answer,
+            Err(e) => Err(to_status(&TableError::Internal(format!(
+                "the {} request failed: {e}",
+                $action
+            )))),
         }
     }};
 }
@@ -195,14 +214,14 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::CreateTableRequest>,
     ) -> Result<Response<pb::CreateTableResponse>, Status> {
-        handle!(self, request, "CreateTable", |call, r| {
+        handle!(self, request, "CreateTable", |tables, call, r| {
             match convert::schema(r.key_schema) {
                 Ok(schema) => {
                     let key = r
                         .sse_specification
                         .map(|s| s.kms_key_id)
                         .unwrap_or_default();
-                    self.tables
+                    tables
                         .create_table(call, &r.table_name, schema, &key)
                         .await
                         .map(|v| pb::CreateTableResponse {
@@ -218,8 +237,8 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::DescribeTableRequest>,
     ) -> Result<Response<pb::DescribeTableResponse>, Status> {
-        handle!(self, request, "DescribeTable", |call, r| {
-            self.tables
+        handle!(self, request, "DescribeTable", |tables, call, r| {
+            tables
                 .describe_table(call, &r.table_name)
                 .await
                 .map(|v| pb::DescribeTableResponse {
@@ -232,8 +251,8 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::ListTablesRequest>,
     ) -> Result<Response<pb::ListTablesResponse>, Status> {
-        handle!(self, request, "ListTables", |call, r| {
-            self.tables
+        handle!(self, request, "ListTables", |tables, call, r| {
+            tables
                 .list_tables(call, r.limit, &r.exclusive_start_table_name)
                 .await
                 .map(|(names, last)| pb::ListTablesResponse {
@@ -247,13 +266,12 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::UpdateTableRequest>,
     ) -> Result<Response<pb::UpdateTableResponse>, Status> {
-        handle!(self, request, "UpdateTable", |call, r| {
+        handle!(self, request, "UpdateTable", |tables, call, r| {
             match r.sse_specification {
                 None => Err(TableError::validation(
                     "sse_specification is required: its kms_key_id names the key to switch to (alias/table-service for the service-managed key)",
                 )),
-                Some(sse) => self
-                    .tables
+                Some(sse) => tables
                     .update_table(call, &r.table_name, &sse.kms_key_id)
                     .await
                     .map(|v| pb::UpdateTableResponse {
@@ -267,8 +285,8 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::DeleteTableRequest>,
     ) -> Result<Response<pb::DeleteTableResponse>, Status> {
-        handle!(self, request, "DeleteTable", |call, r| {
-            self.tables
+        handle!(self, request, "DeleteTable", |tables, call, r| {
+            tables
                 .delete_table(call, &r.table_name)
                 .await
                 .map(|v| pb::DeleteTableResponse {
@@ -281,7 +299,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::PutItemRequest>,
     ) -> Result<Response<pb::PutItemResponse>, Status> {
-        handle!(self, request, "PutItem", |call, r| {
+        handle!(self, request, "PutItem", |tables, call, r| {
             let parsed = (|| {
                 Ok((
                     convert::item(r.item)?,
@@ -290,8 +308,7 @@ impl TableService for TableGrpc {
                 ))
             })();
             match parsed {
-                Ok((item, conditions, rv)) => self
-                    .tables
+                Ok((item, conditions, rv)) => tables
                     .put_item(call, &r.table_name, item, &conditions, rv)
                     .await
                     .map(|old| pb::PutItemResponse {
@@ -306,10 +323,9 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::GetItemRequest>,
     ) -> Result<Response<pb::GetItemResponse>, Status> {
-        handle!(self, request, "GetItem", |call, r| {
+        handle!(self, request, "GetItem", |tables, call, r| {
             match convert::item(r.key) {
-                Ok(key) => self
-                    .tables
+                Ok(key) => tables
                     .get_item(call, &r.table_name, &key)
                     .await
                     .map(|item| pb::GetItemResponse {
@@ -324,7 +340,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::UpdateItemRequest>,
     ) -> Result<Response<pb::UpdateItemResponse>, Status> {
-        handle!(self, request, "UpdateItem", |call, r| {
+        handle!(self, request, "UpdateItem", |tables, call, r| {
             let parsed = (|| {
                 Ok((
                     convert::item(r.key)?,
@@ -334,8 +350,7 @@ impl TableService for TableGrpc {
                 ))
             })();
             match parsed {
-                Ok((key, actions, conditions, rv)) => self
-                    .tables
+                Ok((key, actions, conditions, rv)) => tables
                     .update_item(call, &r.table_name, &key, &actions, &conditions, rv)
                     .await
                     .map(|item| pb::UpdateItemResponse {
@@ -350,7 +365,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::DeleteItemRequest>,
     ) -> Result<Response<pb::DeleteItemResponse>, Status> {
-        handle!(self, request, "DeleteItem", |call, r| {
+        handle!(self, request, "DeleteItem", |tables, call, r| {
             let parsed = (|| {
                 Ok((
                     convert::item(r.key)?,
@@ -359,8 +374,7 @@ impl TableService for TableGrpc {
                 ))
             })();
             match parsed {
-                Ok((key, conditions, rv)) => self
-                    .tables
+                Ok((key, conditions, rv)) => tables
                     .delete_item(call, &r.table_name, &key, &conditions, rv)
                     .await
                     .map(|old| pb::DeleteItemResponse {
@@ -375,7 +389,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
-        handle!(self, request, "Query", |call, r| {
+        handle!(self, request, "Query", |tables, call, r| {
             let parsed = (|| {
                 let pk = r
                     .partition_key_value
@@ -387,8 +401,7 @@ impl TableService for TableGrpc {
                 ))
             })();
             match parsed {
-                Ok((pk, sort, start)) => self
-                    .tables
+                Ok((pk, sort, start)) => tables
                     .query(
                         call,
                         &r.table_name,
@@ -417,10 +430,9 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::ScanRequest>,
     ) -> Result<Response<pb::ScanResponse>, Status> {
-        handle!(self, request, "Scan", |call, r| {
+        handle!(self, request, "Scan", |tables, call, r| {
             match convert::optional_key(r.exclusive_start_key) {
-                Ok(start) => self
-                    .tables
+                Ok(start) => tables
                     .scan(
                         call,
                         &r.table_name,
@@ -448,7 +460,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::BatchGetItemRequest>,
     ) -> Result<Response<pb::BatchGetItemResponse>, Status> {
-        handle!(self, request, "BatchGetItem", |call, r| {
+        handle!(self, request, "BatchGetItem", |tables, call, r| {
             let parsed: Result<BTreeMap<String, Vec<crate::model::Item>>, TableError> = r
                 .request_items
                 .into_iter()
@@ -461,8 +473,7 @@ impl TableService for TableGrpc {
                 })
                 .collect();
             match parsed {
-                Ok(requests) => self
-                    .tables
+                Ok(requests) => tables
                     .batch_get_item(call, &requests, &encoded_item_size)
                     .await
                     .map(|(responses, unprocessed)| pb::BatchGetItemResponse {
@@ -498,7 +509,7 @@ impl TableService for TableGrpc {
         &self,
         request: Request<pb::BatchWriteItemRequest>,
     ) -> Result<Response<pb::BatchWriteItemResponse>, Status> {
-        handle!(self, request, "BatchWriteItem", |call, r| {
+        handle!(self, request, "BatchWriteItem", |tables, call, r| {
             use pb::write_request::Request as W;
             let parsed: Result<BTreeMap<String, Vec<BatchWrite>>, TableError> = r
                 .request_items
@@ -523,40 +534,36 @@ impl TableService for TableGrpc {
                 })
                 .collect();
             match parsed {
-                Ok(requests) => {
-                    self.tables
-                        .batch_write_item(call, &requests)
-                        .await
-                        .map(|unprocessed| pb::BatchWriteItemResponse {
-                            unprocessed_items: unprocessed
-                                .iter()
-                                .map(|(t, writes)| {
-                                    (
-                                        t.clone(),
-                                        pb::WriteRequests {
-                                            requests: writes
-                                                .iter()
-                                                .map(|w| pb::WriteRequest {
-                                                    request: Some(match w {
-                                                        BatchWrite::Put(i) => {
-                                                            W::PutRequest(pb::Item {
-                                                                attributes: convert::item_out(i),
-                                                            })
-                                                        }
-                                                        BatchWrite::Delete(k) => {
-                                                            W::DeleteRequest(pb::Item {
-                                                                attributes: convert::item_out(k),
-                                                            })
-                                                        }
+                Ok(requests) => tables
+                    .batch_write_item(call, &requests)
+                    .await
+                    .map(|unprocessed| pb::BatchWriteItemResponse {
+                        unprocessed_items: unprocessed
+                            .iter()
+                            .map(|(t, writes)| {
+                                (
+                                    t.clone(),
+                                    pb::WriteRequests {
+                                        requests: writes
+                                            .iter()
+                                            .map(|w| pb::WriteRequest {
+                                                request: Some(match w {
+                                                    BatchWrite::Put(i) => W::PutRequest(pb::Item {
+                                                        attributes: convert::item_out(i),
                                                     }),
-                                                })
-                                                .collect(),
-                                        },
-                                    )
-                                })
-                                .collect(),
-                        })
-                }
+                                                    BatchWrite::Delete(k) => {
+                                                        W::DeleteRequest(pb::Item {
+                                                            attributes: convert::item_out(k),
+                                                        })
+                                                    }
+                                                }),
+                                            })
+                                            .collect(),
+                                    },
+                                )
+                            })
+                            .collect(),
+                    }),
                 Err(e) => Err(e),
             }
         })

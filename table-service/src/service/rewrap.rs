@@ -97,7 +97,7 @@ impl Tables {
     pub(super) async fn retire_rewrap_grants(&self, grants: &[(String, String)]) {
         for (key, grant) in grants {
             if let Err(error) = self.kms.retire_grant(key, grant).await {
-                tracing::warn!(%error, %grant, %key, "could not retire a re-wrap grant");
+                tracing::warn!(%error, %grant, %key, "could not retire a re-wrap grant; revoke it with RevokeGrant");
             }
         }
     }
@@ -211,8 +211,11 @@ impl Tables {
             .map_err(store_error)?;
         if page.is_empty() {
             drop(writes);
-            self.retire_rewrap_grants(&rewrap.grants).await;
+            // Done first, then the grants go: a crash in between leaves
+            // grants to retire by hand (RevokeGrant), never a job that
+            // resumes without them and is refused for ever.
             self.save_progress(&table, None).await?;
+            self.retire_rewrap_grants(&rewrap.grants).await;
             tracing::info!(table = %name, items = rewrap.items_done, "re-wrap finished");
             return Ok(false);
         }

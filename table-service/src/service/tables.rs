@@ -325,7 +325,7 @@ impl Tables {
 
     /// The second half of [`Self::update_table`]: records the new key and
     /// the pending re-wrap, and starts it.
-    async fn switch_key(
+    pub(super) async fn switch_key(
         self: &Arc<Self>,
         name: &str,
         current: &TableRecord,
@@ -337,7 +337,13 @@ impl Tables {
         // Waits for writes that may have sealed under the old key.
         let _writes = self.table_writes.write().await;
         let mut record = self.table(name)?;
-        if record.table_id != current.table_id || record.rewrap.is_some() {
+        // The grants were made for `current`'s key: another switch that
+        // came and finished meanwhile moved the table to a key they do not
+        // cover, and a re-wrap from there would be refused for ever.
+        if record.table_id != current.table_id
+            || record.rewrap.is_some()
+            || record.kms_key_id != current.kms_key_id
+        {
             return Err(TableError::ConcurrentChange(format!(
                 "table {name} changed while its key was being switched (another UpdateTable or a DeleteTable came first); call DescribeTable and retry"
             )));

@@ -109,3 +109,76 @@ async fn a_panicking_bounded_task_is_reported_not_lost() {
     let error = spawn_bounded(2, tasks).await.unwrap_err();
     assert!(error.is_panic());
 }
+
+/// A table whose key another UpdateTable switched (and whose re-wrap
+/// already finished) since this one read it is not switched again from the
+/// stale reading: its grants cover the key it read, not the key the table
+/// has now, and a re-wrap without them would be refused for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_switch_from_a_stale_reading_of_the_table_is_refused() {
+    use crate::model::{KeySchema, ScalarType};
+    use crate::store::{Mutation, TableRecord, TableStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        crate::store::sqlite::SqliteTableStore::open(&dir.path().join("tables.db")).unwrap();
+    let record = |key: &str| TableRecord {
+        name: "orders".into(),
+        table_id: "0f6c2d7e-3a1b-4c5d-8e9f-a0b1c2d3e4f5".into(),
+        schema: KeySchema {
+            partition: ("id".into(), ScalarType::S),
+            sort: None,
+        },
+        kms_key_id: key.into(),
+        service_managed: false,
+        created: 1_717_171_717,
+        rewrap: None,
+    };
+    // The table is under key B now; this UpdateTable read it under key A.
+    store
+        .commit(&[Mutation::PutTable(record("key-b"))])
+        .unwrap();
+    let kms = crate::kms::KmsClient::new(
+        "http://127.0.0.1:9",
+        zeroize::Zeroizing::new("Bearer lbx_unused".into()),
+        Duration::from_millis(200),
+        None,
+    )
+    .unwrap();
+    let tables = super::Tables::open(
+        Arc::new(store),
+        kms,
+        super::TablesConfig {
+            data_key_cache: crate::cache::CacheConfig {
+                ttl: Duration::ZERO,
+                capacity: 0,
+            },
+            authz_cache: crate::cache::CacheConfig {
+                ttl: Duration::ZERO,
+                capacity: 0,
+            },
+            unwrap_concurrency: 1,
+            max_response_bytes: 1 << 20,
+        },
+    )
+    .unwrap();
+    let stale = record("key-a");
+    let switched = tables
+        .switch_key(
+            "orders",
+            &stale,
+            crate::kms::KeyInfo {
+                key_id: "key-c".into(),
+                state: "Enabled".into(),
+            },
+            false,
+            vec![],
+        )
+        .await;
+    assert!(
+        matches!(switched, Err(crate::error::TableError::ConcurrentChange(_))),
+        "{:?}",
+        switched.map(|v| v.record.kms_key_id)
+    );
+    assert_eq!(tables.table("orders").unwrap().kms_key_id, "key-b");
+}

@@ -68,7 +68,12 @@ fn run(store: Arc<dyn TableStore>, jobs: mpsc::Receiver<Job>, poisoned: Arc<Atom
                 Err(_) => break,
             }
         }
-        let result = store.commit(&batch).map_err(|e| e.to_string());
+        // Waiters get it back as `StoreError::Engine`: its message only,
+        // so their error does not say "storage engine failed" twice.
+        let result = store.commit(&batch).map_err(|e| match e {
+            StoreError::Engine(message) => message,
+            other => other.to_string(),
+        });
         if let Err(error) = &result {
             tracing::error!(%error, "item store commit failed; refusing all further writes");
             poisoned.store(true, Ordering::Release);

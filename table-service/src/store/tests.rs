@@ -858,7 +858,7 @@ fn group_commit_fails_every_waiter_and_then_stays_closed(engine: &dyn Engine) {
         while let Some(joined) = tasks.join_next().await {
             match joined.expect("task") {
                 Err(StoreError::Engine(message)) => {
-                    assert!(message.contains("disk on fire"), "{message}");
+                    assert_eq!(message, "disk on fire");
                     engine_errors += 1;
                 }
                 Err(StoreError::Poisoned) => {}
