@@ -932,11 +932,24 @@ fn the_example_settings_file_is_valid() {
         .map(|(key, _)| key.trim())
         .collect();
     assert!(keys.len() >= 14, "{keys:?}");
+    // The other way round too: every serve flag but --config and --help
+    // is shown, so the file is the complete list it says it is.
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|line| {
+            let option = line.trim_start();
+            let option = option.split_once(", ").map_or(option, |(_, long)| long);
+            let name = option.strip_prefix("--")?;
+            Some(name.split([' ', '\n']).next().unwrap_or(name))
+        })
+        .filter(|flag| !["config", "help"].contains(flag))
+        .collect();
+    assert!(flags.len() >= keys.len(), "{flags:?}");
+    for flag in &flags {
+        assert!(keys.contains(flag), "--{flag} is missing from {example:?}");
+    }
     for key in keys {
-        assert!(
-            help.contains(&format!("--{key} ")),
-            "--{key} is not a serve flag"
-        );
+        assert!(flags.contains(&key), "--{key} is not a serve flag");
     }
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -3,9 +3,10 @@
 //!
 //! tonic allocates an encode and a decode buffer of `buffer_size` for every
 //! call on each side (four per unary RPC between two of our processes). At
-//! 8 KiB those come from the general heap, where freeing them costs
-//! consolidation work; at 1 KiB they come from the allocator's per-thread
-//! cache. Our messages are mostly a few hundred bytes; a larger one grows
+//! 8 KiB those come from glibc's general heap, where freeing them costs
+//! consolidation work; at 1 KiB they come from its per-thread cache. (The
+//! services allocate with mimalloc, where the size matters less; a Rust
+//! client on the system allocator still gains.) Our messages are mostly a few hundred bytes; a larger one grows
 //! its buffer as it is written, as with any size.
 
 use std::marker::PhantomData;
