@@ -168,6 +168,27 @@ pub struct GrantRecord {
 }
 
 impl GrantRecord {
+    /// About how many bytes this grant takes in a ListGrants answer (its
+    /// text, plus room for the key's ARN, the operations and the framing).
+    pub fn approximate_size(&self) -> usize {
+        let context = |c: &Option<EncryptionContext>| {
+            c.iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>()
+        };
+        self.grant_id.len()
+            + self.key_id.len()
+            + self.name.len()
+            + self.grantee.len()
+            + self.retiring.as_ref().map_or(0, String::len)
+            + self.issuing.len()
+            + self.operations.len() * 40
+            + context(&self.constraints.equals)
+            + context(&self.constraints.subset)
+            + 256
+    }
+
     /// Whether this grant allows `principal` to do `action` with `context`.
     pub fn allows(&self, principal: &str, action: &str, context: &EncryptionContext) -> bool {
         self.grantee == principal

@@ -720,8 +720,7 @@ impl<'a> Ctx<'a> {
         let (resource, key_policy, grant) = match &target {
             Target::Key(entry) => {
                 let grant = entry
-                    .grants
-                    .iter()
+                    .grants_of(&principal)
                     .filter_map(|id| state.grants.get(id))
                     .find(|g| grant_allows(g, &principal))
                     .map(|g| g.grant_id.clone());
@@ -874,13 +873,20 @@ fn require_usage(record: &KeyRecord, usage: KeyUsage, operation: &str) -> Result
     }
 }
 
-/// Validates a `limit` of a list call: 0 means the default.
-fn page_limit(limit: u32) -> Result<usize, KmsError> {
+/// The most items a page of most list calls holds.
+const MAX_PAGE: u32 = 1000;
+/// The most items a page of ListGrants or ListAliases holds, as in AWS: a
+/// grant may carry 8 KiB of constraints.
+const MAX_SMALL_PAGE: u32 = 100;
+
+/// Validates a `limit` of a list call whose pages hold at most `max`
+/// items: 0 means the default, 100.
+fn page_limit(limit: u32, max: u32) -> Result<usize, KmsError> {
     match limit {
-        0 => Ok(100),
-        1..=1000 => Ok(limit as usize),
+        0 => Ok(100.min(max) as usize),
+        _ if limit <= max => Ok(limit as usize),
         _ => Err(KmsError::validation(format!(
-            "limit {limit} is out of range; use 1–1000"
+            "limit {limit} is out of range; use 1–{max}"
         ))),
     }
 }

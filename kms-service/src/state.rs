@@ -17,6 +17,16 @@ pub struct KeyEntry {
     pub policy: Arc<PolicyDocument>,
     pub versions: BTreeMap<u32, KeyVersionRecord>,
     pub grants: BTreeSet<String>,
+    /// The same grants by grantee, so a decision looks only at the caller's
+    /// (a key may have 50,000 grants, and every call on it decides).
+    grantees: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl KeyEntry {
+    /// The ids of the grants on this key whose grantee is `principal`.
+    pub fn grants_of<'a>(&'a self, principal: &str) -> impl Iterator<Item = &'a String> + 'a {
+        self.grantees.get(principal).into_iter().flatten()
+    }
 }
 
 pub struct PrincipalEntry {
@@ -32,6 +42,16 @@ pub struct State {
     pub principals: BTreeMap<String, PrincipalEntry>,
     pub tokens: HashMap<[u8; 32], TokenRecord>,
     pub grants: BTreeMap<String, GrantRecord>,
+}
+
+/// Takes `grant` out of `entry`'s grantee index.
+fn forget_grantee(entry: &mut KeyEntry, grant: &GrantRecord) {
+    if let Some(ids) = entry.grantees.get_mut(&grant.grantee) {
+        ids.remove(&grant.grant_id);
+        if ids.is_empty() {
+            entry.grantees.remove(&grant.grantee);
+        }
+    }
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -82,6 +102,7 @@ impl State {
                                 policy,
                                 versions: BTreeMap::new(),
                                 grants: BTreeSet::new(),
+                                grantees: BTreeMap::new(),
                             },
                         );
                     }
@@ -137,16 +158,104 @@ impl State {
                     .get_mut(&grant.key_id)
                     .ok_or_else(|| corrupt("grant", "grant on an unknown key"))?;
                 entry.grants.insert(grant.grant_id.clone());
-                self.grants.insert(grant.grant_id.clone(), grant.clone());
+                entry
+                    .grantees
+                    .entry(grant.grantee.clone())
+                    .or_default()
+                    .insert(grant.grant_id.clone());
+                if let Some(old) = self.grants.insert(grant.grant_id.clone(), grant.clone())
+                    && old.grantee != grant.grantee
+                {
+                    forget_grantee(entry, &old);
+                }
             }
             Mutation::DeleteGrant { grant_id } => {
                 if let Some(grant) = self.grants.remove(grant_id)
                     && let Some(entry) = self.keys.get_mut(&grant.key_id)
                 {
                     entry.grants.remove(grant_id);
+                    forget_grantee(entry, &grant);
                 }
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grants::{GrantConstraints, GrantOperation};
+    use crate::keys::{KeySpec, KeyState};
+
+    fn grant(id: &str, grantee: &str) -> GrantRecord {
+        GrantRecord {
+            grant_id: id.into(),
+            key_id: "key-1".into(),
+            name: String::new(),
+            grantee: grantee.into(),
+            retiring: None,
+            issuing: "user/admin".into(),
+            operations: BTreeSet::from([GrantOperation::Decrypt]),
+            constraints: GrantConstraints::default(),
+            created: 1_700_000_000,
+        }
+    }
+
+    fn grants_of(state: &State, principal: &str) -> Vec<String> {
+        state.keys["key-1"].grants_of(principal).cloned().collect()
+    }
+
+    /// Decisions look only at the caller's grants on a key: the index by
+    /// grantee follows every grant made, changed and deleted.
+    #[test]
+    fn a_keys_grants_are_found_by_grantee() {
+        let mut state = State::default();
+        let key = KeyRecord {
+            key_id: "key-1".into(),
+            created: 1_700_000_000,
+            creator: "user/admin".into(),
+            description: String::new(),
+            spec: KeySpec::SymmetricDefault,
+            state: KeyState::Enabled,
+            deletion_date: None,
+            pending_window_days: 30,
+            policy: r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"}]}"#.into(),
+            tags: BTreeMap::new(),
+            rotation_period_days: None,
+            next_rotation: None,
+            current_version: 1,
+        };
+        let apply = |state: &mut State, mutation: Mutation| state.apply(&mutation).unwrap();
+        apply(&mut state, Mutation::PutKey(key.clone()));
+        for (id, grantee) in [
+            ("g1", "user/alice"),
+            ("g2", "user/bob"),
+            ("g3", "user/alice"),
+        ] {
+            apply(&mut state, Mutation::PutGrant(grant(id, grantee)));
+        }
+        assert_eq!(grants_of(&state, "user/alice"), ["g1", "g3"]);
+        assert_eq!(grants_of(&state, "user/bob"), ["g2"]);
+        assert!(grants_of(&state, "user/carol").is_empty());
+
+        // A grant stored again under another grantee moves.
+        apply(&mut state, Mutation::PutGrant(grant("g3", "user/carol")));
+        assert_eq!(grants_of(&state, "user/alice"), ["g1"]);
+        assert_eq!(grants_of(&state, "user/carol"), ["g3"]);
+
+        apply(
+            &mut state,
+            Mutation::DeleteGrant {
+                grant_id: "g1".into(),
+            },
+        );
+        assert!(grants_of(&state, "user/alice").is_empty());
+        assert!(!state.keys["key-1"].grantees.contains_key("user/alice"));
+        assert_eq!(state.keys["key-1"].grants.len(), 2);
+
+        // A key stored again keeps its grants and their index.
+        apply(&mut state, Mutation::PutKey(key));
+        assert_eq!(grants_of(&state, "user/bob"), ["g2"]);
     }
 }

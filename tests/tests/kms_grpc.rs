@@ -907,3 +907,132 @@ async fn answers_carry_the_request_id_the_audit_log_knows() {
     assert_eq!(record(&refused_id)["decision"], "Unauthenticated");
     kms.server.stop().await.unwrap();
 }
+
+/// Pages that could not be sent: 100 grants with 8 KiB of constraints each
+/// are about 850 KiB, over the 256 KiB an answer may take. ListGrants ends
+/// a page before that, ListGrants and ListAliases take at most 100 items a
+/// page (as in AWS) and the other list calls 1000.
+#[tokio::test]
+async fn list_pages_fit_in_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = start(dir.path()).await;
+    let mut client = KeyManagementServiceClient::new(channel(&kms).await);
+    let key = client
+        .create_key(authed(&kms.admin, pb::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let mut made = std::collections::BTreeSet::new();
+    for g in 0..100 {
+        // 64 pairs of 60 + 60 bytes: just under the 8 KiB a grant may hold.
+        let subset = (0..64)
+            .map(|i| (format!("{g:03}-{i:02}-{}", "k".repeat(53)), "v".repeat(60)))
+            .collect();
+        let grant = client
+            .create_grant(authed(
+                &kms.admin,
+                pb::CreateGrantRequest {
+                    key_id: key.clone(),
+                    grantee_principal: "user/reader".into(),
+                    operations: vec![pb::GrantOperation::Decrypt.into()],
+                    constraints: Some(pb::GrantConstraints {
+                        encryption_context_subset: subset,
+                        ..Default::default()
+                    }),
+                    name: format!("grant-{g:03}-{}", "n".repeat(200)),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        made.insert(grant.grant_id);
+    }
+    let mut listed = std::collections::BTreeSet::new();
+    let mut marker = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_grants(authed(
+                &kms.admin,
+                pb::ListGrantsRequest {
+                    key_id: key.clone(),
+                    marker: marker.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("a page of ListGrants is sent")
+            .into_inner();
+        pages += 1;
+        assert!(!page.grants.is_empty());
+        for grant in page.grants {
+            assert!(listed.insert(grant.grant_id), "a grant listed twice");
+        }
+        if !page.truncated {
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert_eq!(listed, made);
+    assert!(pages >= 4, "{pages} pages");
+
+    for limit in [101, 1000] {
+        check_status(
+            client
+                .list_grants(authed(
+                    &kms.admin,
+                    pb::ListGrantsRequest {
+                        key_id: key.clone(),
+                        limit,
+                        ..Default::default()
+                    },
+                ))
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+            "use 1–100",
+        );
+        check_status(
+            client
+                .list_aliases(authed(
+                    &kms.admin,
+                    pb::ListAliasesRequest {
+                        limit,
+                        ..Default::default()
+                    },
+                ))
+                .await,
+            Code::InvalidArgument,
+            "ValidationException",
+            "use 1–100",
+        );
+    }
+    client
+        .list_keys(authed(
+            &kms.admin,
+            pb::ListKeysRequest {
+                limit: 1000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    check_status(
+        client
+            .list_keys(authed(
+                &kms.admin,
+                pb::ListKeysRequest {
+                    limit: 1001,
+                    ..Default::default()
+                },
+            ))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "use 1–1000",
+    );
+}

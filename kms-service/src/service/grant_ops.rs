@@ -3,13 +3,17 @@
 use std::collections::BTreeSet;
 
 use super::key_ops::Page;
-use super::{Credentials, Kms, Target, page_limit, paginate, resolve_key};
+use super::{Credentials, Kms, MAX_SMALL_PAGE, Target, page_limit, paginate, resolve_key};
 use crate::crypto::context::EncryptionContext;
 use crate::crypto::random_array;
 use crate::error::KmsError;
 use crate::grants::{GrantConstraints, GrantOperation, GrantRecord, MAX_GRANTS_PER_KEY};
 use crate::identity::principal_from_request;
 use crate::store::Mutation;
+
+/// The most bytes of grants (as [`GrantRecord::approximate_size`] counts
+/// them) one ListGrants page holds: half the default message-size limit.
+pub const LIST_GRANTS_PAGE_BYTES: usize = 128 * 1024;
 
 /// What `CreateGrant` asks for.
 #[derive(Debug, Clone)]
@@ -132,8 +136,7 @@ impl Kms {
                 // adding another.
                 if !input.name.is_empty()
                     && let Some(same) = entry
-                        .grants
-                        .iter()
+                        .grants_of(&grantee)
                         .filter_map(|id| state.grants.get(id))
                         .find(|g| {
                             g.name == input.name
@@ -180,7 +183,7 @@ impl Kms {
         marker: &str,
     ) -> Result<Page<GrantRecord>, KmsError> {
         self.run(creds, "ListGrants", |ctx| {
-            let limit = page_limit(limit)?;
+            let limit = page_limit(limit, MAX_SMALL_PAGE)?;
             let state = ctx.state();
             let entry = ctx.resolve(&state, key_id)?;
             ctx.event.key_id = Some(entry.record.key_id.clone());
@@ -196,7 +199,7 @@ impl Kms {
                     && m.bytes()
                         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             })?;
-            let (items, truncated) = paginate(
+            let (mut items, mut truncated) = paginate(
                 entry
                     .grants
                     .iter()
@@ -207,6 +210,17 @@ impl Kms {
                 marker,
                 limit,
             );
+            // A page also ends before its grants pass LIST_GRANTS_PAGE_BYTES
+            // (always holding one), so it fits in an answer whatever the
+            // grants' constraints.
+            let mut bytes = 0;
+            if let Some(fit) = items.iter().position(|g| {
+                bytes += g.approximate_size();
+                bytes > LIST_GRANTS_PAGE_BYTES
+            }) {
+                items.truncate(fit.max(1));
+                truncated = true;
+            }
             let next_marker = truncated
                 .then(|| items.last().map(|g| g.grant_id.clone()))
                 .flatten();

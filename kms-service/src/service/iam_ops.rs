@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use zeroize::Zeroizing;
 
 use super::key_ops::Page;
-use super::{Caller, Credentials, Ctx, Kms, Target, page_limit, paginate};
+use super::{Caller, Credentials, Ctx, Kms, MAX_PAGE, Target, page_limit, paginate};
 use crate::audit::AuditEvent;
 use crate::crypto::context::EncryptionContext;
 use crate::error::KmsError;
@@ -324,7 +324,7 @@ impl Kms {
         marker: &str,
     ) -> Result<Page<PrincipalRecord>, KmsError> {
         self.run(creds, "ListUsers", |ctx| {
-            let limit = page_limit(limit)?;
+            let limit = page_limit(limit, MAX_PAGE)?;
             let state = ctx.state();
             ctx.authorize(
                 &state,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Credentials, Ctx, Kms, Target, page_limit, paginate};
+use super::{Credentials, Ctx, Kms, MAX_PAGE, MAX_SMALL_PAGE, Target, page_limit, paginate};
 use crate::crypto::context::EncryptionContext;
 use crate::crypto::random_bytes;
 use crate::error::KmsError;
@@ -390,7 +390,7 @@ impl Kms {
         marker: &str,
     ) -> Result<Page<String>, KmsError> {
         self.run(creds, "ListKeys", |ctx| {
-            let limit = page_limit(limit)?;
+            let limit = page_limit(limit, MAX_PAGE)?;
             let state = ctx.state();
             ctx.authorize(
                 &state,
@@ -636,7 +636,7 @@ impl Kms {
         marker: &str,
     ) -> Result<Page<AliasRecord>, KmsError> {
         self.run(creds, "ListAliases", |ctx| {
-            let limit = page_limit(limit)?;
+            let limit = page_limit(limit, MAX_SMALL_PAGE)?;
             let state = ctx.state();
             let only = if key_id.is_empty() {
                 ctx.authorize(
@@ -825,7 +825,7 @@ impl Kms {
         marker: &str,
     ) -> Result<Page<KeyVersionRecord>, KmsError> {
         self.run(creds, "ListKeyRotations", |ctx| {
-            let limit = page_limit(limit)?;
+            let limit = page_limit(limit, MAX_PAGE)?;
             let marker = if marker.is_empty() {
                 None
             } else {
@@ -908,7 +908,7 @@ impl Kms {
         marker: &str,
     ) -> Result<Page<(String, String)>, KmsError> {
         self.run(creds, "ListResourceTags", |ctx| {
-            let limit = page_limit(limit)?;
+            let limit = page_limit(limit, MAX_PAGE)?;
             let state = ctx.state();
             let r = ctx.key_for(&state, key_id, "kms:ListResourceTags")?;
             let marker = super::marker(marker, "tag keys", |m| m.chars().count() <= 128)?;
