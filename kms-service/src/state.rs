@@ -152,6 +152,9 @@ impl State {
             Mutation::PutToken(token) => {
                 self.tokens.insert(token.digest, token.clone());
             }
+            Mutation::DeleteToken { digest, .. } => {
+                self.tokens.remove(digest);
+            }
             Mutation::PutGrant(grant) => {
                 let entry = self
                     .keys

@@ -44,6 +44,12 @@ pub enum Mutation {
         principal: String,
     },
     PutToken(TokenRecord),
+    /// Forgets a (revoked) token: its record, by id, and by digest in
+    /// memory.
+    DeleteToken {
+        token_id: String,
+        digest: [u8; 32],
+    },
     PutGrant(GrantRecord),
     DeleteGrant {
         grant_id: String,

@@ -18,6 +18,10 @@ use crate::store::Mutation;
 
 pub const MAX_INLINE_POLICIES: usize = 10;
 pub const MAX_TOKENS_PER_PRINCIPAL: usize = 10;
+/// The most revoked tokens kept per principal (so that their use is
+/// reported as revoked, and ListAccessTokens shows when): revoking another
+/// forgets the longest revoked, whose use is then refused as unknown.
+pub const MAX_REVOKED_TOKENS_KEPT: usize = 10;
 pub const MAX_AUTHORIZE_QUESTIONS: usize = 100;
 
 /// A token minted without a caller, at first start.
@@ -461,7 +465,10 @@ impl Kms {
     }
 
     /// Revokes a token. The record stays (marked revoked) so that a later
-    /// use is reported as revoked rather than unknown.
+    /// use is reported as revoked rather than unknown, for the principal's
+    /// [`MAX_REVOKED_TOKENS_KEPT`] most recently revoked tokens; older
+    /// ones are forgotten, so tokens made and deleted again and again do
+    /// not pile up.
     pub async fn delete_access_token(
         &self,
         creds: &Credentials,
@@ -491,7 +498,24 @@ impl Kms {
                     })?;
                 let mut revoked = token.clone();
                 revoked.revoked = Some(now);
-                Ok(((), vec![Mutation::PutToken(revoked)]))
+                let mut earlier: Vec<&TokenRecord> = state
+                    .tokens
+                    .values()
+                    .filter(|t| t.principal == principal && t.revoked.is_some())
+                    .collect();
+                // Newest first: those past the ones kept are forgotten.
+                earlier.sort_by(|a, b| (b.revoked, &b.token_id).cmp(&(a.revoked, &a.token_id)));
+                let mut changes = vec![Mutation::PutToken(revoked)];
+                changes.extend(
+                    earlier
+                        .into_iter()
+                        .skip(MAX_REVOKED_TOKENS_KEPT - 1)
+                        .map(|t| Mutation::DeleteToken {
+                            token_id: t.token_id.clone(),
+                            digest: t.digest,
+                        }),
+                );
+                Ok(((), changes))
             })
         })
         .await

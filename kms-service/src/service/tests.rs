@@ -4349,3 +4349,75 @@ async fn list_markers_must_be_ones_the_call_returns() {
             .is_ok()
     );
 }
+
+/// Tokens made and deleted again and again do not pile up: a principal
+/// keeps its most recently revoked ten (a use of one says "revoked"), and
+/// an older one is forgotten (its use is refused as unknown), in memory and
+/// in the store.
+#[tokio::test]
+async fn only_the_latest_revoked_tokens_are_kept() {
+    use iam_ops::MAX_REVOKED_TOKENS_KEPT;
+    let f = fixture().await;
+    let bob = f
+        .kms
+        .create_user(&f.admin, "bob", Some(PrincipalKind::User))
+        .await
+        .unwrap();
+    let mut secrets = Vec::new();
+    for _ in 0..25 {
+        let t = f
+            .kms
+            .create_access_token(&f.admin, &bob.principal)
+            .await
+            .unwrap();
+        f.kms
+            .delete_access_token(&f.admin, "bob", &t.token_id)
+            .await
+            .unwrap();
+        secrets.push((t.token_id.clone(), t.token.to_string()));
+        f.clock.advance(1);
+    }
+    let active = f
+        .kms
+        .create_access_token(&f.admin, &bob.principal)
+        .await
+        .unwrap();
+    let listed = f.kms.list_access_tokens(&f.admin, "bob").await.unwrap();
+    let revoked: Vec<&str> = listed
+        .iter()
+        .filter(|t| t.revoked.is_some())
+        .map(|t| t.token_id.as_str())
+        .collect();
+    let latest: Vec<&str> = secrets[15..].iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(revoked.len(), MAX_REVOKED_TOKENS_KEPT);
+    for id in &latest {
+        assert!(revoked.contains(id), "{id} was revoked last but is gone");
+    }
+    assert_eq!(listed.len(), MAX_REVOKED_TOKENS_KEPT + 1);
+    assert!(listed.iter().any(|t| t.token_id == active.token_id));
+    check_err(
+        f.kms.get_caller_identity(&creds(&secrets[24].1)).await,
+        "UnrecognizedClientException",
+        "revoked",
+    );
+    check_err(
+        f.kms.get_caller_identity(&creds(&secrets[0].1)).await,
+        "UnrecognizedClientException",
+        "not a valid access token",
+    );
+    f.kms
+        .get_caller_identity(&creds(&active.token))
+        .await
+        .unwrap();
+
+    // The store forgot them too.
+    let db = rusqlite::Connection::open(f.dir.path().join("kms.db")).unwrap();
+    let stored: usize = db
+        .query_row(
+            "SELECT count(*) FROM tokens WHERE principal = ?1",
+            [&bob.principal],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, MAX_REVOKED_TOKENS_KEPT + 1);
+}

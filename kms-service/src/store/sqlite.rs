@@ -221,6 +221,9 @@ impl Store for SqliteStore {
                      ON CONFLICT (token_id) DO UPDATE SET principal = excluded.principal, body = excluded.body",
                     params![t.token_id, t.principal, json(t)?],
                 ),
+                Mutation::DeleteToken { token_id, .. } => {
+                    tx.execute("DELETE FROM tokens WHERE token_id = ?1", [token_id])
+                }
                 Mutation::PutGrant(g) => tx.execute(
                     "INSERT INTO grants (grant_id, key_id, body) VALUES (?1, ?2, ?3)
                      ON CONFLICT (grant_id) DO UPDATE SET key_id = excluded.key_id, body = excluded.body",

@@ -771,6 +771,24 @@ fn deletes_remove_exactly_their_rows(make: &dyn Fn() -> Fixture) {
             |_| {},
         ),
         (
+            "DeleteToken",
+            vec![Mutation::DeleteToken {
+                token_id: "tok-2".into(),
+                digest: tok_2().digest,
+            }],
+            |s| {
+                s.tokens.retain(|t| t.token_id != "tok-2");
+            },
+        ),
+        (
+            "DeleteToken of an absent token",
+            vec![Mutation::DeleteToken {
+                token_id: "tok-absent".into(),
+                digest: [0x5a; 32],
+            }],
+            |_| {},
+        ),
+        (
             "DeletePrincipal takes its tokens, not others' nor grants to it",
             vec![delete_principal(ALICE)],
             |s| {
