@@ -534,6 +534,7 @@ impl Kms {
                         "alias {alias_name} already exists"
                     )));
                 }
+                room_for_an_alias(state, &key.key_id)?;
                 Ok((
                     (),
                     vec![Mutation::PutAlias(AliasRecord {
@@ -579,6 +580,9 @@ impl Kms {
                 }
                 let key = key?;
                 not_pending(&key, "point an alias at it")?;
+                if key.key_id != current.key_id {
+                    room_for_an_alias(state, &key.key_id)?;
+                }
                 // As in AWS: an alias moves only between keys of one usage,
                 // so what works through it keeps working.
                 if key.spec.usage() != current.spec.usage() {
@@ -1012,4 +1016,22 @@ fn document_delegates(document: &PolicyDocument, principal: &str, resource: &str
         ),
         Err(_) => false,
     }
+}
+
+/// The most aliases one key may have, as in AWS.
+pub const MAX_ALIASES_PER_KEY: usize = 50;
+
+/// Refuses one more alias for `key_id` when it has [`MAX_ALIASES_PER_KEY`].
+fn room_for_an_alias(state: &crate::state::State, key_id: &str) -> Result<(), KmsError> {
+    let aliases = state
+        .aliases
+        .values()
+        .filter(|a| a.key_id == key_id)
+        .count();
+    if aliases >= MAX_ALIASES_PER_KEY {
+        return Err(KmsError::LimitExceeded(format!(
+            "key {key_id} already has {MAX_ALIASES_PER_KEY} aliases, the most a key may have; delete one (DeleteAlias) first"
+        )));
+    }
+    Ok(())
 }

@@ -4421,3 +4421,45 @@ async fn only_the_latest_revoked_tokens_are_kept() {
         .unwrap();
     assert_eq!(stored, MAX_REVOKED_TOKENS_KEPT + 1);
 }
+
+/// A key has at most 50 aliases (as in AWS), whether the next one is
+/// created for it or moved to it; one deleted makes room.
+#[tokio::test]
+async fn a_key_has_at_most_fifty_aliases() {
+    use key_ops::MAX_ALIASES_PER_KEY;
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let other = f.key(KeySpec::SymmetricDefault).await;
+    for i in 0..MAX_ALIASES_PER_KEY {
+        f.kms
+            .create_alias(&f.admin, &format!("alias/k-{i}"), &key)
+            .await
+            .unwrap();
+    }
+    check_err(
+        f.kms.create_alias(&f.admin, "alias/one-more", &key).await,
+        "LimitExceededException",
+        &format!("key {key} already has 50 aliases"),
+    );
+    f.kms
+        .create_alias(&f.admin, "alias/elsewhere", &other)
+        .await
+        .unwrap();
+    check_err(
+        f.kms.update_alias(&f.admin, "alias/elsewhere", &key).await,
+        "LimitExceededException",
+        "DeleteAlias",
+    );
+    // Pointing one of the key's own aliases at it again is no new alias.
+    f.kms
+        .update_alias(&f.admin, "alias/k-0", &key)
+        .await
+        .unwrap();
+    f.kms.delete_alias(&f.admin, "alias/k-0").await.unwrap();
+    f.kms
+        .update_alias(&f.admin, "alias/elsewhere", &key)
+        .await
+        .unwrap();
+    let listed = f.kms.list_aliases(&f.admin, &key, 100, "").await.unwrap();
+    assert_eq!(listed.items.len(), MAX_ALIASES_PER_KEY);
+}
