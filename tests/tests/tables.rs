@@ -3380,7 +3380,10 @@ async fn kms_service_down_fails_fast_and_writes_nothing() {
 /// With kms-service down (and the decision cached), a BatchWriteItem
 /// applies what needs no data key (its deletes) and returns every put,
 /// unchanged and in order, as unprocessed instead of failing or dropping
-/// them; once kms-service is back the same puts go through.
+/// them; once kms-service is back the same puts go through. A BatchGetItem
+/// answers the tables it can read and hands back the keys of those whose
+/// items need a data key. A batch of which nothing at all could be done
+/// fails, naming kms-service, as DynamoDB's does.
 #[tokio::test]
 async fn batch_puts_that_cannot_be_sealed_come_back_unprocessed() {
     let mut stack = start_with(|c| {
@@ -3403,8 +3406,48 @@ async fn batch_puts_that_cannot_be_sealed_come_back_unprocessed() {
         .unwrap();
     assert!(warm.into_inner().unprocessed_items.is_empty());
     assert!(stack.get("bwu", key("absent")).await.is_empty());
+    stack.create("bwu-empty", ("id", S), None).await;
+    let gets = || {
+        batch_get(vec![
+            ("bwu", vec![key("old"), key("warm")]),
+            ("bwu-empty", vec![key("nothing")]),
+        ])
+    };
+    stack.c().batch_get_item(stack.req(gets())).await.unwrap();
 
     let kms_addr = stack.stop_kms().await;
+    let got = stack
+        .c()
+        .batch_get_item(stack.req(gets()))
+        .await
+        .expect("the table that needs no data key is answered")
+        .into_inner();
+    assert!(got.responses["bwu-empty"].items.is_empty());
+    assert!(!got.responses.contains_key("bwu"), "{:?}", got.responses);
+    let handed_back: Vec<String> = got.unprocessed_keys["bwu"]
+        .keys
+        .iter()
+        .map(|k| text(k.attributes.get("id")))
+        .collect();
+    assert_eq!(handed_back, ["old", "warm"]);
+    let named = format!("kms-service at http://{kms_addr} is unavailable");
+    let only_sealed = stack
+        .c()
+        .batch_get_item(stack.req(batch_get(vec![("bwu", vec![key("old")])])))
+        .await
+        .expect_err("nothing could be read");
+    assert_eq!(only_sealed.code(), Code::Unavailable, "{only_sealed:?}");
+    assert!(only_sealed.message().contains(&named), "{only_sealed:?}");
+    let only_puts = stack
+        .c()
+        .batch_write_item(stack.req(batch_write(vec![(
+            "bwu",
+            vec![write_put(with(&key("p"), &[("v", s("1"))]))],
+        )])))
+        .await
+        .expect_err("nothing could be written");
+    assert_eq!(only_puts.code(), Code::Unavailable, "{only_puts:?}");
+    assert!(only_puts.message().contains(&named), "{only_puts:?}");
     let puts: Vec<pb::WriteRequest> = (0..5)
         .map(|i| write_put(with(&key(&format!("new{i}")), &[("v", s(&i.to_string()))])))
         .collect();

@@ -426,6 +426,7 @@ impl Tables {
             MAX_BATCH_GET_BYTES.min(self.max_response_bytes.saturating_sub(BATCH_GET_KEY_ROOM));
         let mut responses = BTreeMap::new();
         let mut unprocessed: BTreeMap<String, Vec<Item>> = BTreeMap::new();
+        let mut unreachable = None;
         // Stored bytes, to leave items unread past the budget before their
         // data keys are unwrapped; then the items' response bytes.
         let mut bytes = 0usize;
@@ -480,7 +481,21 @@ impl Tables {
                     stored_keys.push(key_map);
                 }
             }
-            let items = self.open_all(call, &table, stored).await?;
+            // As for BatchWriteItem: with kms-service unreachable this
+            // table's keys come back unprocessed, and the other tables'
+            // items are still answered.
+            let items = match self.open_all(call, &table, stored).await {
+                Ok(items) => items,
+                Err(e @ TableError::KmsUnavailable { .. }) => {
+                    unprocessed
+                        .entry(name.clone())
+                        .or_default()
+                        .extend(stored_keys.into_iter().cloned());
+                    unreachable.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut fitting = Vec::with_capacity(items.len());
             for (item, key_map) in items.into_iter().zip(stored_keys) {
                 let size = encoded_size(&item);
@@ -495,6 +510,13 @@ impl Tables {
                 }
             }
             responses.insert(name.clone(), fitting);
+        }
+        // Nothing could be read: the caller learns why, rather than being
+        // handed everything back to retry at once.
+        if responses.is_empty()
+            && let Some(e) = unreachable
+        {
+            return Err(e);
         }
         Ok((responses, unprocessed))
     }
@@ -588,16 +610,27 @@ impl Tables {
             .await
             .map_err(|e| TableError::Internal(format!("seal task: {e}")))?;
         let mut unprocessed: BTreeMap<String, Vec<BatchWrite>> = BTreeMap::new();
+        let mut unreachable = None;
         for ((name, write), (mutation, outcome)) in puts.into_iter().zip(sealed) {
             call.absorb(&outcome);
             match mutation {
                 Ok(mutation) => mutations.push(mutation),
-                Err(TableError::KmsUnavailable { .. }) => unprocessed
-                    .entry(name.clone())
-                    .or_default()
-                    .push(write.clone()),
+                Err(e @ TableError::KmsUnavailable { .. }) => {
+                    unprocessed
+                        .entry(name.clone())
+                        .or_default()
+                        .push(write.clone());
+                    unreachable.get_or_insert(e);
+                }
                 Err(e) => return Err(e),
             }
+        }
+        // As DynamoDB: when nothing at all could be written the call fails
+        // (naming kms-service) instead of handing every request back.
+        if mutations.is_empty()
+            && let Some(e) = unreachable
+        {
+            return Err(e);
         }
         if !mutations.is_empty() {
             self.commit.commit(mutations).await.map_err(store_error)?;
