@@ -59,14 +59,26 @@ fn finish<T: prost::Message>(
     result.map(Response::new).map_err(|e| to_status(&e))
 }
 
+/// The actions that change nothing: their work stops with the request.
+const READS: [&str; 6] = [
+    "DescribeTable",
+    "ListTables",
+    "GetItem",
+    "Query",
+    "Scan",
+    "BatchGetItem",
+];
+
 /// Runs one request: extracts the caller, runs the body, logs the event.
 ///
-/// The body runs as a task of its own, which the request's future only
-/// awaits: a caller that goes away (a deadline, a reset stream) drops the
-/// future, not the work. A write whose commit is already queued is then
-/// still seen through (its table or item lock held until the commit ends,
-/// the in-memory state updated with it, its event logged), never left
-/// committed on disk and forgotten in memory.
+/// A write's body runs as a task of its own, which the request's future
+/// only awaits: a caller that goes away (a deadline, a reset stream) drops
+/// the future, not the work. A write whose commit is already queued is
+/// then still seen through (its table or item lock held until the commit
+/// ends, the in-memory state updated with it, its event logged), never left
+/// committed on disk and forgotten in memory. A read runs in the request's
+/// own future, so one nobody waits for any more stops (a Query's data-key
+/// unwraps with it).
 macro_rules! handle {
     ($self:ident, $request:expr, $action:literal, |$tables:ident, $call:ident, $r:ident| $body:expr) => {{
         let request = $request;
@@ -109,12 +121,16 @@ macro_rules! handle {
                 }
             }
         };
-        match tokio::spawn(work).await {
-            Ok(answer) => answer,
-            Err(e) => Err(to_status(&TableError::Internal(format!(
-                "the {} request failed: {e}",
-                $action
-            )))),
+        if READS.contains(&$action) {
+            work.await
+        } else {
+            match tokio::spawn(work).await {
+                Ok(answer) => answer,
+                Err(e) => Err(to_status(&TableError::Internal(format!(
+                    "the {} request failed: {e}",
+                    $action
+                )))),
+            }
         }
     }};
 }
