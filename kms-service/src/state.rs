@@ -152,8 +152,9 @@ impl State {
             Mutation::PutToken(token) => {
                 self.tokens.insert(token.digest, token.clone());
             }
-            Mutation::DeleteToken { digest, .. } => {
-                self.tokens.remove(digest);
+            Mutation::DeleteToken { token_id } => {
+                // Rare (a revocation past the ones kept), so a scan.
+                self.tokens.retain(|_, t| t.token_id != *token_id);
             }
             Mutation::PutGrant(grant) => {
                 let entry = self

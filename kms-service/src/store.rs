@@ -44,11 +44,9 @@ pub enum Mutation {
         principal: String,
     },
     PutToken(TokenRecord),
-    /// Forgets a (revoked) token: its record, by id, and by digest in
-    /// memory.
+    /// Forgets a (revoked) token.
     DeleteToken {
         token_id: String,
-        digest: [u8; 32],
     },
     PutGrant(GrantRecord),
     DeleteGrant {

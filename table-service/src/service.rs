@@ -31,6 +31,10 @@ pub use tables::{TableView, validate_table_name};
 pub const SERVICE_MANAGED_ALIAS: &str = "alias/table-service";
 const STRIPES: usize = 1024;
 
+/// How long shutdown waits for writes still running (each bounded by its
+/// kms-service calls' timeout and its commit).
+pub const WRITES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Debug, Clone, Copy)]
 pub struct TablesConfig {
     pub data_key_cache: CacheConfig,
@@ -64,6 +68,9 @@ pub struct Tables {
     table_writes: tokio::sync::RwLock<()>,
     /// Background jobs (key-change re-wraps), stopped at shutdown.
     jobs: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Writes running as tasks of their own ([`Tables::spawn_write`]),
+    /// waited for at shutdown.
+    writes: tokio_util::task::TaskTracker,
     /// The latest failure of each re-wrap whose last page failed, by table
     /// id ("<reason>: <message>"); DescribeTable shows it.
     rewrap_failures: std::sync::Mutex<std::collections::HashMap<String, String>>,
@@ -168,6 +175,7 @@ impl Tables {
             ddl: tokio::sync::Mutex::new(()),
             table_writes: tokio::sync::RwLock::new(()),
             jobs: std::sync::Mutex::new(Vec::new()),
+            writes: tokio_util::task::TaskTracker::new(),
             rewrap_failures: std::sync::Mutex::new(std::collections::HashMap::new()),
             service_managed_key_id: std::sync::OnceLock::new(),
         }))
@@ -210,7 +218,30 @@ impl Tables {
 
     /// Stops background jobs; they resume from their saved progress at the
     /// next start.
+    /// Runs a write request's work as a task of its own (see the gRPC
+    /// layer's `handle!`), which [`Tables::stop_jobs`] waits for.
+    pub fn spawn_write<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.writes.spawn(work)
+    }
+
+    /// Stops the background jobs, and waits (at most [`WRITES_DEADLINE`])
+    /// for the writes still running, whose callers may have gone: each
+    /// holds the service until it ends.
     pub async fn stop_jobs(&self) {
+        self.writes.close();
+        if tokio::time::timeout(WRITES_DEADLINE, self.writes.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                writes = self.writes.len(),
+                "writes still running at shutdown were left behind"
+            );
+        }
         let jobs: Vec<_> = self
             .jobs
             .lock()

@@ -137,6 +137,14 @@ async fn start() -> Stack {
     }
 }
 
+/// A failed test still opens the gate, so the store's commit thread (which
+/// dropping the service joins) is not left waiting at it.
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.gate.open();
+    }
+}
+
 fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()
@@ -273,4 +281,57 @@ async fn an_update_whose_caller_left_keeps_its_item_locked_until_its_commit_ends
     stack.gate.open();
     second.await.unwrap().unwrap();
     assert_eq!(counter(&stack, "counters", "c").await, "2");
+}
+
+/// Shutdown waits for a write still running whose caller left: the service
+/// (and its store) is let go only once the write ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_write_whose_caller_left() {
+    let stack = start().await;
+    stack
+        .grpc
+        .create_table(authed(&stack.admin, create("late")))
+        .await
+        .unwrap();
+    let before = stack.gate.shut();
+    let put = {
+        let (grpc, admin) = (stack.grpc.clone(), stack.admin.clone());
+        tokio::spawn(async move {
+            grpc.put_item(authed(
+                &admin,
+                pb::PutItemRequest {
+                    table_name: "late".into(),
+                    item: key("k"),
+                    ..Default::default()
+                },
+            ))
+            .await
+        })
+    };
+    stack.gate.reached(before + 1).await;
+    put.abort();
+    let stop = {
+        let tables = stack.tables.clone();
+        tokio::spawn(async move { tables.stop_jobs().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stop.is_finished(), "shutdown did not wait for the write");
+    stack.gate.open();
+    tokio::time::timeout(Duration::from_secs(10), stop)
+        .await
+        .expect("shutdown ends once the write did")
+        .unwrap();
+    let got = stack
+        .grpc
+        .get_item(authed(
+            &stack.admin,
+            pb::GetItemRequest {
+                table_name: "late".into(),
+                key: key("k"),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.item, key("k"));
 }

@@ -3407,10 +3407,13 @@ async fn batch_puts_that_cannot_be_sealed_come_back_unprocessed() {
     assert!(warm.into_inner().unprocessed_items.is_empty());
     assert!(stack.get("bwu", key("absent")).await.is_empty());
     stack.create("bwu-empty", ("id", S), None).await;
+    stack.create("bwu2", ("id", S), None).await;
+    stack.put("bwu2", with(&key("two"), &[("v", s("2"))])).await;
     let gets = || {
         batch_get(vec![
             ("bwu", vec![key("old"), key("warm")]),
             ("bwu-empty", vec![key("nothing")]),
+            ("bwu2", vec![key("two")]),
         ])
     };
     stack.c().batch_get_item(stack.req(gets())).await.unwrap();
@@ -3430,6 +3433,11 @@ async fn batch_puts_that_cannot_be_sealed_come_back_unprocessed() {
         .map(|k| text(k.attributes.get("id")))
         .collect();
     assert_eq!(handed_back, ["old", "warm"]);
+    assert_eq!(
+        text(got.unprocessed_keys["bwu2"].keys[0].attributes.get("id")),
+        "two"
+    );
+    assert!(!got.responses.contains_key("bwu2"));
     let named = format!("kms-service at http://{kms_addr} is unavailable");
     let only_sealed = stack
         .c()

@@ -12,7 +12,9 @@ use crate::identity::principal_from_request;
 use crate::store::Mutation;
 
 /// The most bytes of grants (as [`GrantRecord::approximate_size`] counts
-/// them) one ListGrants page holds: half the default message-size limit.
+/// them) one ListGrants page holds: half the default message-size limit
+/// (`--max-message-bytes`, which also caps answers; one set below about
+/// 140 KiB may refuse a page of grants with large constraints).
 pub const LIST_GRANTS_PAGE_BYTES: usize = 128 * 1024;
 
 /// What `CreateGrant` asks for.
@@ -218,8 +220,9 @@ impl Kms {
                 bytes += g.approximate_size();
                 bytes > LIST_GRANTS_PAGE_BYTES
             }) {
-                items.truncate(fit.max(1));
-                truncated = true;
+                let kept = fit.max(1);
+                truncated |= kept < items.len();
+                items.truncate(kept);
             }
             let next_marker = truncated
                 .then(|| items.last().map(|g| g.grant_id.clone()))

@@ -19,8 +19,9 @@ use crate::store::Mutation;
 pub const MAX_INLINE_POLICIES: usize = 10;
 pub const MAX_TOKENS_PER_PRINCIPAL: usize = 10;
 /// The most revoked tokens kept per principal (so that their use is
-/// reported as revoked, and ListAccessTokens shows when): revoking another
-/// forgets the longest revoked, whose use is then refused as unknown.
+/// reported as revoked, and ListAccessTokens lists them as revoked):
+/// revoking another forgets the longest revoked, whose use is then refused
+/// as unknown.
 pub const MAX_REVOKED_TOKENS_KEPT: usize = 10;
 pub const MAX_AUTHORIZE_QUESTIONS: usize = 100;
 
@@ -512,7 +513,6 @@ impl Kms {
                         .skip(MAX_REVOKED_TOKENS_KEPT - 1)
                         .map(|t| Mutation::DeleteToken {
                             token_id: t.token_id.clone(),
-                            digest: t.digest,
                         }),
                 );
                 Ok(((), changes))

@@ -580,9 +580,6 @@ impl Kms {
                 }
                 let key = key?;
                 not_pending(&key, "point an alias at it")?;
-                if key.key_id != current.key_id {
-                    room_for_an_alias(state, &key.key_id)?;
-                }
                 // As in AWS: an alias moves only between keys of one usage,
                 // so what works through it keeps working.
                 if key.spec.usage() != current.spec.usage() {
@@ -593,6 +590,9 @@ impl Kms {
                         key.key_id,
                         key.spec.usage().name()
                     )));
+                }
+                if key.key_id != current.key_id {
+                    room_for_an_alias(state, &key.key_id)?;
                 }
                 Ok((
                     (),

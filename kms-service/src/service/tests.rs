@@ -4450,6 +4450,18 @@ async fn a_key_has_at_most_fifty_aliases() {
         "LimitExceededException",
         "DeleteAlias",
     );
+    // A move that could not be made anyway says why, not that the key is
+    // full.
+    let mac = f.key(KeySpec::Hmac256).await;
+    f.kms
+        .create_alias(&f.admin, "alias/mac", &mac)
+        .await
+        .unwrap();
+    check_err(
+        f.kms.update_alias(&f.admin, "alias/mac", &key).await,
+        "ValidationException",
+        "same usage",
+    );
     // Pointing one of the key's own aliases at it again is no new alias.
     f.kms
         .update_alias(&f.admin, "alias/k-0", &key)

@@ -221,7 +221,7 @@ impl Store for SqliteStore {
                      ON CONFLICT (token_id) DO UPDATE SET principal = excluded.principal, body = excluded.body",
                     params![t.token_id, t.principal, json(t)?],
                 ),
-                Mutation::DeleteToken { token_id, .. } => {
+                Mutation::DeleteToken { token_id } => {
                     tx.execute("DELETE FROM tokens WHERE token_id = ?1", [token_id])
                 }
                 Mutation::PutGrant(g) => tx.execute(

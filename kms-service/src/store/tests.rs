@@ -774,7 +774,6 @@ fn deletes_remove_exactly_their_rows(make: &dyn Fn() -> Fixture) {
             "DeleteToken",
             vec![Mutation::DeleteToken {
                 token_id: "tok-2".into(),
-                digest: tok_2().digest,
             }],
             |s| {
                 s.tokens.retain(|t| t.token_id != "tok-2");
@@ -784,7 +783,6 @@ fn deletes_remove_exactly_their_rows(make: &dyn Fn() -> Fixture) {
             "DeleteToken of an absent token",
             vec![Mutation::DeleteToken {
                 token_id: "tok-absent".into(),
-                digest: [0x5a; 32],
             }],
             |_| {},
         ),

@@ -124,7 +124,12 @@ macro_rules! handle {
         if READS.contains(&$action) {
             work.await
         } else {
-            match tokio::spawn(work).await {
+            // In the request's span, so its log lines keep the request id.
+            match $self
+                .tables
+                .spawn_write(tracing::Instrument::in_current_span(work))
+                .await
+            {
                 Ok(answer) => answer,
                 Err(e) => Err(to_status(&TableError::Internal(format!(
                     "the {} request failed: {e}",

@@ -459,6 +459,7 @@ impl Tables {
         for (name, table, valid) in checked {
             let mut stored = Vec::new();
             let mut stored_keys = Vec::new();
+            let mut table_bytes = 0;
             for (key, key_map) in valid {
                 let store = self.store.clone();
                 let (table_id, lookup) = (table.table_id.clone(), key.clone());
@@ -477,24 +478,33 @@ impl Tables {
                         continue;
                     }
                     bytes += envelope.len();
+                    table_bytes += envelope.len();
                     stored.push(StoredItem { key, envelope });
                     stored_keys.push(key_map);
                 }
             }
             // As for BatchWriteItem: with kms-service unreachable this
-            // table's keys come back unprocessed, and the other tables'
-            // items are still answered.
-            let items = match self.open_all(call, &table, stored).await {
-                Ok(items) => items,
-                Err(e @ TableError::KmsUnavailable { .. }) => {
-                    unprocessed
-                        .entry(name.clone())
-                        .or_default()
-                        .extend(stored_keys.into_iter().cloned());
-                    unreachable.get_or_insert(e);
-                    continue;
-                }
-                Err(e) => return Err(e),
+            // table's keys come back unprocessed (their bytes freed for the
+            // others), and the other tables' items are still answered; once
+            // it was found unreachable it is not waited for again.
+            let opened = match &unreachable {
+                Some(_) if !stored.is_empty() => None,
+                _ => match self.open_all(call, &table, stored).await {
+                    Ok(items) => Some(items),
+                    Err(e @ TableError::KmsUnavailable { .. }) => {
+                        unreachable.get_or_insert(e);
+                        None
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            let Some(items) = opened else {
+                bytes -= table_bytes;
+                unprocessed
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(stored_keys.into_iter().cloned());
+                continue;
             };
             let mut fitting = Vec::with_capacity(items.len());
             for (item, key_map) in items.into_iter().zip(stored_keys) {
@@ -524,8 +534,9 @@ impl Tables {
     /// Up to 25 puts and deletes across tables, committed together; the
     /// puts' data keys are generated concurrently. Items
     /// whose data key could not be obtained because kms-service was
-    /// unavailable come back unprocessed; every other error fails the whole
-    /// batch, and nothing of it is written.
+    /// unavailable come back unprocessed (and if that leaves nothing to
+    /// write, the batch fails with that error); every other error fails the
+    /// whole batch, and nothing of it is written.
     pub async fn batch_write_item(
         self: &Arc<Self>,
         call: &mut Call,

@@ -211,9 +211,10 @@ impl Tables {
             .map_err(store_error)?;
         if page.is_empty() {
             drop(writes);
-            // Done first, then the grants go: a crash in between leaves
-            // grants to retire by hand (RevokeGrant), never a job that
-            // resumes without them and is refused for ever.
+            // Done first, then the grants go: a crash or a shutdown in
+            // between leaves grants to retire by hand (RevokeGrant; the
+            // warning names them), never a job that resumes without them
+            // and is refused for ever.
             self.save_progress(&table, None).await?;
             self.retire_rewrap_grants(&rewrap.grants).await;
             tracing::info!(table = %name, items = rewrap.items_done, "re-wrap finished");
