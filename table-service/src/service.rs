@@ -30,6 +30,8 @@ pub use tables::{TableView, validate_table_name};
 /// The alias of the key tables use when the creator names none.
 pub const SERVICE_MANAGED_ALIAS: &str = "alias/table-service";
 const STRIPES: usize = 1024;
+/// How many table locks the tables' names are spread over.
+const TABLE_WRITE_LOCKS: usize = 64;
 
 /// How long shutdown waits for writes still running (each bounded by its
 /// kms-service calls' timeout and its commit).
@@ -60,12 +62,15 @@ pub struct Tables {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Serializes table creation and deletion.
     ddl: tokio::sync::Mutex<()>,
-    /// Item writes (and re-wrap pages) hold this shared from reading their
-    /// table's record to committing; switching a table's key and deleting
-    /// a table hold it exclusively. So no item sealed under a table's old
-    /// key is committed after the switch (the re-wrap, which starts after
-    /// it, would miss a new one), and no write lands in a deleted table.
-    table_writes: tokio::sync::RwLock<()>,
+    /// Item writes (and re-wrap pages) hold their table's lock (one of
+    /// these, by the table's name) shared from reading its record to
+    /// committing; switching a table's key and deleting a table hold it
+    /// exclusively. So no item sealed under a table's old key is committed
+    /// after the switch (the re-wrap, which starts after it, would miss a
+    /// new one), and no write lands in a deleted table; and a delete or a
+    /// switch waiting for a slow write pauses only the writes of tables
+    /// that share its lock.
+    table_writes: Vec<tokio::sync::RwLock<()>>,
     /// Background jobs (key-change re-wraps), stopped at shutdown.
     jobs: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Writes running as tasks of their own ([`Tables::spawn_write`]),
@@ -173,7 +178,9 @@ impl Tables {
             max_response_bytes: config.max_response_bytes,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             ddl: tokio::sync::Mutex::new(()),
-            table_writes: tokio::sync::RwLock::new(()),
+            table_writes: (0..TABLE_WRITE_LOCKS)
+                .map(|_| tokio::sync::RwLock::new(()))
+                .collect(),
             jobs: std::sync::Mutex::new(Vec::new()),
             writes: tokio_util::task::TaskTracker::new(),
             rewrap_failures: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -439,6 +446,34 @@ impl Tables {
 
     fn stripe(&self, table: &TableRecord, key: &ItemKey) -> &tokio::sync::Mutex<()> {
         &self.stripes[self.stripe_index(table, key)]
+    }
+
+    /// Which of `table_writes` is table `name`'s.
+    fn table_lock_index(name: &str) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        (h.finish() as usize) % TABLE_WRITE_LOCKS
+    }
+
+    /// Table `name`'s lock (see `table_writes`).
+    fn table_lock(&self, name: &str) -> &tokio::sync::RwLock<()> {
+        &self.table_writes[Self::table_lock_index(name)]
+    }
+
+    /// The locks of tables `names`, shared, taken in one global order (so
+    /// two batches never wait for each other crosswise).
+    async fn table_locks_shared<'a>(
+        &self,
+        names: impl Iterator<Item = &'a String>,
+    ) -> Vec<tokio::sync::RwLockReadGuard<'_, ()>> {
+        let locks: std::collections::BTreeSet<usize> =
+            names.map(|n| Self::table_lock_index(n)).collect();
+        let mut guards = Vec::with_capacity(locks.len());
+        for i in locks {
+            guards.push(self.table_writes[i].read().await);
+        }
+        guards
     }
 
     /// Seals `attributes` for the item at `key` under a fresh data key.

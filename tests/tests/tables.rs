@@ -3636,3 +3636,81 @@ async fn a_credential_sent_twice_is_refused() {
     );
     stack.stop().await;
 }
+
+/// A DeleteTable that waits for a write in flight (here one stuck in
+/// kms-service, which has stopped answering) holds up that table's writes
+/// only: a write to another table, whose decision is cached and which needs
+/// no data key, goes through while the stuck one still waits.
+#[tokio::test]
+async fn a_delete_waiting_for_a_slow_write_pauses_only_its_own_tables_writes() {
+    let mut stack = start_with(|c| {
+        c.data_key_cache_ttl_secs = 0;
+        c.authz_cache_ttl_secs = 60;
+        c.kms_timeout_ms = 5000;
+    })
+    .await;
+    let key = |id: &str| item(&[("id", s(id))]);
+    for name in ["slow-a", "gone-b", "other-c"] {
+        stack.create(name, ("id", S), None).await;
+    }
+    // Warm every decision the calls below need.
+    stack.put("slow-a", key("warm")).await;
+    stack.put("other-c", key("x")).await;
+    let delete_table = |name: &str| pb::DeleteTableRequest {
+        table_name: name.into(),
+    };
+    stack
+        .c()
+        .delete_table(stack.req(delete_table("gone-b")))
+        .await
+        .unwrap();
+    stack.create("gone-b", ("id", S), None).await;
+    let delete_item = pb::DeleteItemRequest {
+        table_name: "other-c".into(),
+        key: key("x"),
+        ..Default::default()
+    };
+    stack
+        .c()
+        .delete_item(stack.req(delete_item.clone()))
+        .await
+        .unwrap();
+
+    let kms_addr = stack.stop_kms().await;
+    let hung = unresponsive(kms_addr).await;
+    let stuck = {
+        let (mut client, request) = (
+            stack.c(),
+            stack.req(pb::PutItemRequest {
+                table_name: "slow-a".into(),
+                item: key("stuck"),
+                ..Default::default()
+            }),
+        );
+        tokio::spawn(async move { client.put_item(request).await })
+    };
+    // The put has its table's lock and waits for a data key.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deleting = {
+        let (mut client, request) = (stack.c(), stack.req(delete_table("gone-b")));
+        tokio::spawn(async move { client.delete_table(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stack
+        .c()
+        .delete_item(stack.req(delete_item))
+        .await
+        .expect("a write to another table is not held up");
+    assert!(
+        !stuck.is_finished(),
+        "the other table's write waited for the stuck one"
+    );
+    deleting.await.unwrap().expect("the delete went through");
+    let refused = stuck
+        .await
+        .unwrap()
+        .expect_err("kms-service never answered");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    hung.abort();
+    stack.stop().await;
+}

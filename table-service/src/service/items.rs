@@ -209,7 +209,7 @@ impl Tables {
             self.authorize_write(call, action, &resource, return_values)
                 .await?;
         }
-        let _writes = self.table_writes.read().await;
+        let _writes = self.table_lock(table_name).read().await;
         let prepared = self.table(table_name).and_then(|table| {
             let (key, attributes) = model::split_item(&table.schema, item)?;
             Ok((table, key, attributes))
@@ -328,7 +328,7 @@ impl Tables {
             return_values,
         )
         .await?;
-        let _writes = self.table_writes.read().await;
+        let _writes = self.table_lock(table_name).read().await;
         let table = self.table(table_name)?;
         let key = table.schema.validate_key_map(key)?;
         let _guard = self.stripe(&table, &key).lock().await;
@@ -361,7 +361,7 @@ impl Tables {
             return_values,
         )
         .await?;
-        let _writes = self.table_writes.read().await;
+        let _writes = self.table_lock(table_name).read().await;
         let table = self.table(table_name)?;
         let key = table.schema.validate_key_map(key_map)?;
         // A request that cannot succeed whatever the item holds is refused
@@ -563,7 +563,7 @@ impl Tables {
             .map(|r| ("table:BatchWriteItem", r.as_str()))
             .collect();
         self.authorize_all(call, &asked).await?;
-        let _writes = self.table_writes.read().await;
+        let _writes = self.table_locks_shared(requests.keys()).await;
         let mut planned: Vec<(&String, TableRecord, ItemKey, &BatchWrite)> = Vec::new();
         for (name, writes) in requests {
             let table = self.table(name)?;

@@ -180,8 +180,8 @@ impl Tables {
     async fn rewrap_page(&self, name: &str, table_id: &str) -> Result<bool, TableError> {
         // Held while the page is read and written, and let go before
         // `save_progress` (which takes `ddl`): DeleteTable and key switches
-        // take `ddl` first, then `table_writes`.
-        let writes = self.table_writes.read().await;
+        // take `ddl` first, then the table's lock.
+        let writes = self.table_lock(name).read().await;
         let Ok(table) = self.table(name) else {
             return Ok(false);
         };

@@ -206,7 +206,7 @@ impl Tables {
         let record = {
             let _ddl = self.ddl.lock().await;
             // Waits for writes in progress, so none lands after the delete.
-            let _writes = self.table_writes.write().await;
+            let _writes = self.table_lock(name).write().await;
             let record = self.table(name)?;
             self.commit
                 .commit(vec![Mutation::DeleteTable {
@@ -335,7 +335,7 @@ impl Tables {
     ) -> Result<TableView, TableError> {
         let _ddl = self.ddl.lock().await;
         // Waits for writes that may have sealed under the old key.
-        let _writes = self.table_writes.write().await;
+        let _writes = self.table_lock(name).write().await;
         let mut record = self.table(name)?;
         // The grants were made for `current`'s key: another switch that
         // came and finished meanwhile moved the table to a key they do not
