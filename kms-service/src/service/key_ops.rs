@@ -50,11 +50,13 @@ pub(super) fn validate_policy(text: &str) -> Result<PolicyDocument, KmsError> {
         .map_err(|e| KmsError::MalformedPolicy(format!("key policy: {e}")))
 }
 
+/// A key description: at most [`MAX_DESCRIPTION_LEN`] characters, counted
+/// as AWS and this service's tag checks count them (not bytes).
 fn validate_description(description: &str) -> Result<(), KmsError> {
-    if description.len() > MAX_DESCRIPTION_LEN {
+    let chars = description.chars().count();
+    if chars > MAX_DESCRIPTION_LEN {
         return Err(KmsError::validation(format!(
-            "description is {} bytes; at most {MAX_DESCRIPTION_LEN} are allowed",
-            description.len()
+            "description is {chars} characters; at most {MAX_DESCRIPTION_LEN} are allowed"
         )));
     }
     Ok(())

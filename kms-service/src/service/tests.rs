@@ -4475,3 +4475,41 @@ async fn a_key_has_at_most_fifty_aliases() {
     let listed = f.kms.list_aliases(&f.admin, &key, 100, "").await.unwrap();
     assert_eq!(listed.items.len(), MAX_ALIASES_PER_KEY);
 }
+
+/// A description may hold 8192 characters, however many bytes they take
+/// (as AWS counts); one more is refused, on CreateKey and on
+/// UpdateKeyDescription, and changes nothing.
+#[tokio::test]
+async fn descriptions_are_limited_in_characters() {
+    let f = fixture().await;
+    let input = |description: String| CreateKeyInput {
+        description,
+        spec: KeySpec::SymmetricDefault,
+        usage: None,
+        policy: None,
+        tags: vec![],
+    };
+    let longest = "é".repeat(crate::keys::MAX_DESCRIPTION_LEN);
+    assert_eq!(longest.len(), 2 * crate::keys::MAX_DESCRIPTION_LEN);
+    let key = f
+        .kms
+        .create_key(&f.admin, input(longest.clone()))
+        .await
+        .expect("8192 two-byte characters are allowed")
+        .key_id;
+    let too_long = format!("{longest}x");
+    check_err(
+        f.kms.create_key(&f.admin, input(too_long.clone())).await,
+        "ValidationException",
+        "description is 8193 characters; at most 8192",
+    );
+    check_err(
+        f.kms
+            .update_key_description(&f.admin, &key, &too_long)
+            .await,
+        "ValidationException",
+        "8193 characters",
+    );
+    let described = f.kms.describe_key(&f.admin, &key, &[]).await.unwrap();
+    assert_eq!(described.description, longest);
+}
