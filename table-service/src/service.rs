@@ -448,12 +448,14 @@ impl Tables {
         &self.stripes[self.stripe_index(table, key)]
     }
 
-    /// Which of `table_writes` is table `name`'s.
+    /// Which of `table_writes` is table `name`'s: 64-bit FNV-1a of the
+    /// name, fixed (unlike std's `DefaultHasher`, which may change between
+    /// Rust releases), so which names share a lock is the same everywhere.
     fn table_lock_index(name: &str) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        name.hash(&mut h);
-        (h.finish() as usize) % TABLE_WRITE_LOCKS
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        (hash % TABLE_WRITE_LOCKS as u64) as usize
     }
 
     /// Table `name`'s lock (see `table_writes`).

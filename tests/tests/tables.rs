@@ -3639,8 +3639,9 @@ async fn a_credential_sent_twice_is_refused() {
 
 /// A DeleteTable that waits for a write in flight (here one stuck in
 /// kms-service, which has stopped answering) holds up that table's writes
-/// only: a write to another table, whose decision is cached and which needs
-/// no data key, goes through while the stuck one still waits.
+/// only: it waits for the stuck write, while a write to another table,
+/// whose decision is cached and which needs no data key, goes through.
+/// (`slow-a` and `other-c` use different table locks: 10 and 49 of 64.)
 #[tokio::test]
 async fn a_delete_waiting_for_a_slow_write_pauses_only_its_own_tables_writes() {
     let mut stack = start_with(|c| {
@@ -3650,21 +3651,22 @@ async fn a_delete_waiting_for_a_slow_write_pauses_only_its_own_tables_writes() {
     })
     .await;
     let key = |id: &str| item(&[("id", s(id))]);
-    for name in ["slow-a", "gone-b", "other-c"] {
-        stack.create(name, ("id", S), None).await;
-    }
-    // Warm every decision the calls below need.
-    stack.put("slow-a", key("warm")).await;
-    stack.put("other-c", key("x")).await;
     let delete_table = |name: &str| pb::DeleteTableRequest {
         table_name: name.into(),
     };
+    // Warm every decision the calls below need (DeleteTable's by deleting
+    // the table once).
+    for name in ["slow-a", "other-c"] {
+        stack.create(name, ("id", S), None).await;
+    }
     stack
         .c()
-        .delete_table(stack.req(delete_table("gone-b")))
+        .delete_table(stack.req(delete_table("slow-a")))
         .await
         .unwrap();
-    stack.create("gone-b", ("id", S), None).await;
+    stack.create("slow-a", ("id", S), None).await;
+    stack.put("slow-a", key("warm")).await;
+    stack.put("other-c", key("x")).await;
     let delete_item = pb::DeleteItemRequest {
         table_name: "other-c".into(),
         key: key("x"),
@@ -3692,7 +3694,7 @@ async fn a_delete_waiting_for_a_slow_write_pauses_only_its_own_tables_writes() {
     // The put has its table's lock and waits for a data key.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let deleting = {
-        let (mut client, request) = (stack.c(), stack.req(delete_table("gone-b")));
+        let (mut client, request) = (stack.c(), stack.req(delete_table("slow-a")));
         tokio::spawn(async move { client.delete_table(request).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -3705,12 +3707,16 @@ async fn a_delete_waiting_for_a_slow_write_pauses_only_its_own_tables_writes() {
         !stuck.is_finished(),
         "the other table's write waited for the stuck one"
     );
-    deleting.await.unwrap().expect("the delete went through");
+    assert!(
+        !deleting.is_finished(),
+        "the delete did not wait for its table's write"
+    );
     let refused = stuck
         .await
         .unwrap()
         .expect_err("kms-service never answered");
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    deleting.await.unwrap().expect("the delete went through");
     hung.abort();
     stack.stop().await;
 }
