@@ -83,6 +83,7 @@
 
 mod checkpoint;
 mod record;
+mod segment;
 mod sink;
 mod verify;
 mod writer;
@@ -98,7 +99,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use sink::{AuditSink, AuditSyncer, FileSink};
+pub use sink::{AuditSink, AuditSyncer, FileSink, RotateError};
 pub use verify::{AuditFile, VerifyFailure, VerifyReport, verify};
 pub use writer::{AuditLog, AuditStats, CheckpointSink};
 
@@ -106,6 +107,9 @@ pub use writer::{AuditLog, AuditStats, CheckpointSink};
 pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
 /// Default longest time a durable record goes without a checkpoint.
 pub const DEFAULT_CHECKPOINT_AFTER: Duration = Duration::from_secs(5);
+/// Default size past which the log is rotated (see
+/// [`AuditConfig::rotate_bytes`]).
+pub const DEFAULT_ROTATE_BYTES: u64 = 256 * 1024 * 1024;
 /// Default largest number of records written with one sync.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
 /// Largest accepted `max_batch`; it also bounds the records sealed but not
@@ -238,6 +242,12 @@ pub struct AuditConfig {
     /// on close only.
     pub checkpoint_after: Duration,
     pub batching: Batching,
+    /// Once the log has reached this many bytes, the next write first
+    /// renames it to a rotated segment named by its first record's sequence
+    /// (`audit.jsonl` to `audit-00000000000000000001.jsonl`), after
+    /// checkpointing its last record, and starts a new log under the old
+    /// name; the chain runs on across them. 0: never.
+    pub rotate_bytes: u64,
 }
 
 impl AuditConfig {
@@ -254,6 +264,7 @@ impl AuditConfig {
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             checkpoint_after: DEFAULT_CHECKPOINT_AFTER,
             batching: Batching::default(),
+            rotate_bytes: DEFAULT_ROTATE_BYTES,
         }
     }
 }
@@ -268,6 +279,7 @@ impl fmt::Debug for AuditConfig {
             .field("checkpoint_every", &self.checkpoint_every)
             .field("checkpoint_after", &self.checkpoint_after)
             .field("batching", &self.batching)
+            .field("rotate_bytes", &self.rotate_bytes)
             .finish()
     }
 }

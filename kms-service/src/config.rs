@@ -72,6 +72,21 @@ pub enum LogFormat {
 
 const DEFAULT_COMMIT_DELAY_US: u64 = crate::audit::DEFAULT_COMMIT_DELAY.as_micros() as u64;
 const MAX_COMMIT_DELAY_US: u64 = crate::audit::MAX_COMMIT_DELAY.as_micros() as u64;
+/// Smallest audit rotation size other than 0 (never).
+pub const MIN_AUDIT_ROTATE_BYTES: u64 = 64 * 1024;
+
+/// `--audit-rotate-bytes`: 0, or at least [`MIN_AUDIT_ROTATE_BYTES`].
+fn parse_rotate_bytes(value: &str) -> Result<u64, String> {
+    let bytes: u64 = value
+        .parse()
+        .map_err(|e| format!("{value:?} is not a number of bytes: {e}"))?;
+    if bytes != 0 && bytes < MIN_AUDIT_ROTATE_BYTES {
+        return Err(format!(
+            "{bytes} is too small: give 0 (never rotate) or at least {MIN_AUDIT_ROTATE_BYTES} bytes"
+        ));
+    }
+    Ok(bytes)
+}
 
 /// The environment variable that may hold the root key itself.
 pub const ROOT_KEY_VAR: &str = "KMS_ROOT_KEY";
@@ -144,6 +159,15 @@ pub struct StorageConfig {
     #[arg(long, env = "KMS_AUDIT_COMMIT_DELAY_US", default_value_t = DEFAULT_COMMIT_DELAY_US,
           value_parser = clap::value_parser!(u64).range(0..=MAX_COMMIT_DELAY_US))]
     pub audit_commit_delay_us: u64,
+    /// Bytes after which the audit log is rotated: the file is renamed to
+    /// `audit-<sequence of its first record, 20 digits>.jsonl` (after its
+    /// last record is checkpointed) and a new `audit.jsonl` begins, the
+    /// chain running on across them. Start-up reads only the newest file;
+    /// `kms-service audit verify` reads them all. Rotated files may be
+    /// shipped and removed, oldest first. 0: never rotate.
+    #[arg(long, env = "KMS_AUDIT_ROTATE_BYTES", default_value_t = crate::audit::DEFAULT_ROTATE_BYTES,
+          value_parser = parse_rotate_bytes)]
+    pub audit_rotate_bytes: u64,
 }
 
 impl StorageConfig {
@@ -244,6 +268,7 @@ impl ServeConfig {
                 audit_dir: None,
                 audit_accept_new_log: false,
                 audit_commit_delay_us: DEFAULT_COMMIT_DELAY_US,
+                audit_rotate_bytes: crate::audit::DEFAULT_ROTATE_BYTES,
             },
             log_format: LogFormat::Text,
             max_message_bytes: 256 * 1024,
@@ -255,7 +280,9 @@ impl ServeConfig {
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyConfig {
-    /// The audit log (JSON Lines).
+    /// The audit log (JSON Lines). Its rotated segments beside it
+    /// (`audit-<first sequence>.jsonl` for `audit.jsonl`) are verified
+    /// first, oldest first, as one chain with it.
     pub path: PathBuf,
     /// The checkpoint file. Default: the log path with `.checkpoints` appended.
     #[arg(long)]

@@ -254,8 +254,19 @@ async fn main() -> ExitCode {
                     let uncovered = report
                         .last_sequence
                         .saturating_sub(report.last_checkpointed);
+                    let files = match report.segments {
+                        0 => String::new(),
+                        n => format!(" in {n} rotated segment(s) and the log"),
+                    };
+                    let removed = match report.first_sequence {
+                        0 | 1 => String::new(),
+                        first => format!(
+                            "; records before {first} are not present (their rotated segments were removed): the chain is checked from record {first}, which follows checkpointed record {}",
+                            first - 1
+                        ),
+                    };
                     println!(
-                        "OK: {} records (last sequence {}), {} checkpoints{}{}",
+                        "OK: {} records{files} (last sequence {}), {} checkpoints{}{}{removed}",
                         report.records,
                         report.last_sequence,
                         report.checkpoints,

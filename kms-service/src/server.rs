@@ -327,6 +327,7 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     );
     audit_config.batching.commit_delay =
         std::time::Duration::from_micros(storage.audit_commit_delay_us);
+    audit_config.rotate_bytes = storage.audit_rotate_bytes;
     let kms = Arc::new(Kms::open_then(Arc::new(store), root, clock, || {
         AuditLog::open(audit_config).map_err(|e| {
             StartError::Config(format!(

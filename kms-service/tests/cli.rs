@@ -1171,3 +1171,100 @@ async fn a_backup_taken_while_serving_restores_the_keys() {
         .unwrap_err();
     assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");
 }
+
+/// With `--audit-rotate-bytes`, the audit log is renamed to numbered
+/// segments as it grows; a restart goes on from the newest file, and
+/// `audit verify` checks segments and log as one chain, also once the
+/// oldest segment was removed. A size below 64 KiB is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_rotates_and_verifies_across_its_segments() {
+    use lockbox_proto::kms::v1 as pb;
+    use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(serve(dir.path()).args(["--audit-rotate-bytes", "65535"]));
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("at least 65536"), "{}", stderr(&out));
+
+    let data = dir.path().join("data");
+    let audit = data.join("audit");
+    let segments = || {
+        let mut names: Vec<String> = std::fs::read_dir(&audit)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+            .collect();
+        names.sort();
+        names
+    };
+    let verify = || {
+        run(kms()
+            .args(["audit", "verify"])
+            .arg(audit.join("audit.jsonl"))
+            .arg("--root-key-file")
+            .arg(data.join("root.key")))
+    };
+    let rotate: [&std::ffi::OsStr; 2] = ["--audit-rotate-bytes".as_ref(), "65536".as_ref()];
+    let mut calls = 0;
+    for round in 0..2 {
+        let mut server = start(dir.path(), &rotate);
+        let addr = format!("http://127.0.0.1:{}", server.port);
+        wait_serving(&mut server, &["--addr".as_ref(), addr.as_ref()]);
+        let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+        let mut client = KeyManagementServiceClient::new(
+            Channel::from_shared(addr).unwrap().connect().await.unwrap(),
+        );
+        for _ in 0..150 {
+            let mut request = tonic::Request::new(pb::ListKeysRequest::default());
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", token.trim()).parse().unwrap(),
+            );
+            client.list_keys(request).await.unwrap();
+            calls += 1;
+        }
+        drop(server);
+        let names = segments();
+        assert!(names.len() > round, "round {round}: {names:?}");
+        assert_eq!(names[0], "audit-00000000000000000001.jsonl");
+        let out = verify();
+        assert!(out.status.success(), "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains(&format!(
+                "in {} rotated segment(s) and the log",
+                names.len()
+            )),
+            "{}",
+            stdout(&out)
+        );
+    }
+    assert!(calls >= 300);
+
+    // Shipped and removed, oldest first: what is left still verifies, and
+    // the report says where it starts.
+    let names = segments();
+    let second: u64 = names[1]["audit-".len()..names[1].len() - ".jsonl".len()]
+        .parse()
+        .unwrap();
+    std::fs::remove_file(audit.join(&names[0])).unwrap();
+    let out = verify();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("records before {second} are not present")),
+        "{}",
+        stdout(&out)
+    );
+    // A changed byte in a segment is named with the segment.
+    let path = audit.join(&names[1]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\"ListKeys\"", "\"ListKeyz\"", 1)).unwrap();
+    let out = verify();
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains(&format!(
+            "FAILED: rotated segment {}: record {second}",
+            names[1]
+        )),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -47,6 +47,7 @@ async fn an_old_service_managed_key_policy_is_brought_up_to_date() {
         audit_dir: None,
         audit_accept_new_log: false,
         audit_commit_delay_us: 500,
+        audit_rotate_bytes: kms_service::audit::DEFAULT_ROTATE_BYTES,
     };
     let opened = server::open(&storage, Arc::new(SystemClock)).await.unwrap();
     opened.kms.audit_log().close().await.unwrap();
@@ -98,6 +99,7 @@ fn storage_in(dir: &std::path::Path) -> StorageConfig {
         audit_dir: None,
         audit_accept_new_log: false,
         audit_commit_delay_us: 500,
+        audit_rotate_bytes: kms_service::audit::DEFAULT_ROTATE_BYTES,
     }
 }
 
@@ -316,6 +318,7 @@ async fn an_audit_log_cut_short_or_replaced_is_refused_at_start_up() {
     let accepting = StorageConfig {
         audit_accept_new_log: true,
         audit_commit_delay_us: 500,
+        audit_rotate_bytes: kms_service::audit::DEFAULT_ROTATE_BYTES,
         ..storage.clone()
     };
     session(accepting).await.unwrap();

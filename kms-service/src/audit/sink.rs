@@ -20,6 +20,28 @@ pub trait AuditSink: Send + 'static {
     /// syncs through such handles so that the next records are written while
     /// the previous ones are being synced.
     fn syncer(&self) -> io::Result<Box<dyn AuditSyncer>>;
+    /// Moves everything appended so far aside, as the rotated segment whose
+    /// first record is `first`, and goes on appending to a new, empty
+    /// destination. Called only when everything appended is durable.
+    /// Syncers made before it keep syncing the old destination. A sink that
+    /// cannot rotate (the default) keeps appending where it was.
+    fn rotate(&mut self, first: u64) -> Result<(), RotateError> {
+        let _ = first;
+        Err(RotateError::Kept(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this audit destination does not rotate",
+        )))
+    }
+}
+
+/// Why [`AuditSink::rotate`] failed.
+#[derive(Debug)]
+pub enum RotateError {
+    /// Nothing changed: the sink goes on appending to the same destination.
+    Kept(io::Error),
+    /// The old destination was moved aside but no new one could be made:
+    /// nothing more can be appended.
+    Lost(io::Error),
 }
 
 /// Makes a sink's bytes durable; see [`AuditSink::syncer`]. Several handles
@@ -102,6 +124,27 @@ fn sync_parent_dir(_path: &Path) -> io::Result<()> {
 impl AuditSink for FileSink {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)
+    }
+
+    /// Renames the file to its segment name (`audit.jsonl` to
+    /// `audit-<first, 20 digits>.jsonl`, never over an existing file),
+    /// syncs the directory, and creates a new file (mode 0600) under the
+    /// old name, syncing the directory again.
+    fn rotate(&mut self, first: u64) -> Result<(), RotateError> {
+        let to = super::segment::segment_path(&self.path, first);
+        if to.exists() {
+            return Err(RotateError::Kept(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists already", to.display()),
+            )));
+        }
+        std::fs::rename(&self.path, &to).map_err(RotateError::Kept)?;
+        let file = sync_parent_dir(&self.path)
+            .and_then(|()| options(true).open(&self.path))
+            .and_then(|file| sync_parent_dir(&self.path).map(|()| file))
+            .map_err(RotateError::Lost)?;
+        self.file = file;
+        Ok(())
     }
 
     fn sync(&mut self) -> io::Result<()> {

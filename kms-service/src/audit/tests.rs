@@ -417,6 +417,8 @@ async fn appended_records_verify() -> TestResult {
             report,
             VerifyReport {
                 records: n,
+                first_sequence: u64::from(n > 0),
+                segments: 0,
                 checkpoints: periodic + on_close,
                 last_sequence: n,
                 last_checkpointed: n,
@@ -1075,6 +1077,8 @@ async fn reopening_continues_the_chain() -> TestResult {
         fx.verify()?,
         VerifyReport {
             records: 7,
+            first_sequence: 1,
+            segments: 0,
             checkpoints: 2,
             last_sequence: 7,
             last_checkpointed: 7,
@@ -1132,6 +1136,8 @@ async fn a_partial_checkpoint_line_is_cut_off_on_open() -> TestResult {
         fx.verify()?,
         VerifyReport {
             records: 11,
+            first_sequence: 1,
+            segments: 0,
             checkpoints: 3,
             last_sequence: 11,
             last_checkpointed: 11,
@@ -1684,6 +1690,8 @@ fn verify_reports_missing_and_empty_files() -> TestResult {
         fx.verify()?,
         VerifyReport {
             records: 0,
+            first_sequence: 0,
+            segments: 0,
             checkpoints: 0,
             last_sequence: 0,
             last_checkpointed: 0,
@@ -1696,6 +1704,7 @@ fn verify_reports_missing_and_empty_files() -> TestResult {
 fn failures_display_the_record_and_line() {
     let failure = |file, sequence, line| VerifyFailure {
         file,
+        segment: None,
         sequence,
         line,
         reason: "hash does not match its contents".into(),
@@ -1720,6 +1729,13 @@ fn failures_display_the_record_and_line() {
         (
             failure(AuditFile::Log, None, 0),
             "audit log: hash does not match its contents",
+        ),
+        (
+            VerifyFailure {
+                segment: Some("audit-00000000000000000001.jsonl".into()),
+                ..failure(AuditFile::Log, Some(3), 3)
+            },
+            "rotated segment audit-00000000000000000001.jsonl: record 3 (line 3): hash does not match its contents",
         ),
     ];
     for (failure, text) in cases {
@@ -1801,5 +1817,384 @@ fn a_syncer_is_never_made_for_a_file_that_replaced_the_log() -> TestResult {
     // Gone entirely: the open itself fails.
     std::fs::remove_file(&fx.log)?;
     assert!(sink.syncer().is_err());
+    Ok(())
+}
+
+// -------------------------------------------------------------- rotation --
+
+/// A rotated segment: its first sequence, path and lines.
+type Segment = (u64, PathBuf, Vec<String>);
+
+/// Rotates after about three records.
+const SMALL_ROTATION: u64 = 2_000;
+
+impl Fixture {
+    fn open_rotating(&self, rotate_bytes: u64) -> Result<AuditLog, AuditError> {
+        let mut config = self.config(1000, KEY);
+        config.rotate_bytes = rotate_bytes;
+        AuditLog::open(config)
+    }
+
+    /// Appends `event(from..to)` one at a time to a log rotating at
+    /// `rotate_bytes`, then closes it.
+    async fn write_rotating(&self, from: usize, to: usize, rotate_bytes: u64) -> TestResult {
+        let log = self.open_rotating(rotate_bytes)?;
+        for i in from..to {
+            assert_eq!(log.append(event(i)).await?, i as u64 + 1);
+        }
+        log.close().await?;
+        Ok(())
+    }
+
+    /// The rotated segments: first sequence, path and lines.
+    fn segments(&self) -> Result<Vec<Segment>, Box<dyn Error>> {
+        let mut found = Vec::new();
+        for (first, path) in segment::list(&self.log)? {
+            let lines = read_lines(&path)?;
+            found.push((first, path, lines));
+        }
+        Ok(found)
+    }
+}
+
+fn sequence_of(line: &str) -> Result<u64, Box<dyn Error>> {
+    Ok(serde_json::from_str::<StoredRecord>(line)?.sequence)
+}
+
+#[tokio::test]
+async fn a_rotated_log_verifies_as_one_chain_and_reopens_where_it_left_off() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write_rotating(0, 20, SMALL_ROTATION).await?;
+    let segments = fx.segments()?;
+    assert!(segments.len() >= 4, "{} segments", segments.len());
+    let checkpointed: Vec<u64> = checkpoint_lines(&fx)?.iter().map(|c| c.sequence).collect();
+    let mut next = 1;
+    for (first, path, lines) in &segments {
+        // Named by its first record; consecutive; about the rotation size
+        // (the write that crossed it is the last one).
+        assert_eq!(*first, next, "{}", path.display());
+        assert_eq!(sequence_of(&lines[0])?, *first);
+        let size = std::fs::metadata(path)?.len();
+        assert!(
+            (SMALL_ROTATION..SMALL_ROTATION * 2).contains(&size),
+            "{size} bytes"
+        );
+        let last = sequence_of(&lines[lines.len() - 1])?;
+        // Every segment's last record is checkpointed before it is moved.
+        assert!(
+            checkpointed.contains(&last),
+            "{last} not in {checkpointed:?}"
+        );
+        next = last + 1;
+    }
+    let active = fx.lines()?;
+    assert_eq!(sequence_of(&active[0])?, next);
+    assert_eq!(
+        fx.verify()?,
+        VerifyReport {
+            records: 20,
+            first_sequence: 1,
+            segments: segments.len(),
+            checkpoints: u64::try_from(checkpointed.len())?,
+            last_sequence: 20,
+            last_checkpointed: 20,
+        }
+    );
+
+    // Reopened, the log goes on from its own first record (the segments
+    // are not read) and rotates on.
+    fx.write_rotating(20, 30, SMALL_ROTATION).await?;
+    let report = fx.verify()?;
+    assert_eq!((report.records, report.last_sequence), (30, 30));
+    assert!(report.segments > segments.len());
+    // A log that no longer rotates (0) goes on in the same file.
+    fx.write_rotating(30, 40, 0).await?;
+    assert_eq!(fx.verify()?.segments, report.segments);
+    assert_eq!(fx.verify()?.records, 40);
+    Ok(())
+}
+
+#[tokio::test]
+async fn removed_oldest_segments_leave_a_chain_that_verifies_from_a_checkpoint() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write_rotating(0, 20, SMALL_ROTATION).await?;
+    let segments = fx.segments()?;
+    std::fs::remove_file(&segments[0].1)?;
+    std::fs::remove_file(&segments[1].1)?;
+    let report = fx.verify()?;
+    assert_eq!(report.first_sequence, segments[2].0);
+    assert_eq!(report.records, 20 - (segments[2].0 - 1));
+    assert_eq!(report.last_sequence, 20);
+    // Without the checkpoints nothing vouches for where the chain starts.
+    let failure = expect_failure(verify(&fx.log, None, None))?;
+    assert_eq!(failure.segment, Some(segment_name(&segments[2].1)));
+    assert!(
+        failure.reason.contains("expected record 1 here"),
+        "{failure}"
+    );
+    // The service goes on, since it reads only the newest file.
+    fx.write_rotating(20, 22, SMALL_ROTATION).await?;
+    assert_eq!(fx.verify()?.last_sequence, 22);
+    Ok(())
+}
+
+fn segment_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_missing_or_altered_segment_in_the_middle_is_named() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write_rotating(0, 20, SMALL_ROTATION).await?;
+    let segments = fx.segments()?;
+    let (first, path, lines) = &segments[2];
+
+    // One byte of the second record of the third segment.
+    let mut altered = lines.clone();
+    altered[1] = altered[1].replacen("req-", "req_", 1);
+    write_lines(path, &altered)?;
+    let failure = expect_failure(fx.verify())?;
+    assert_eq!(failure.segment, Some(segment_name(path)), "{failure}");
+    assert_eq!(
+        (failure.sequence, failure.line),
+        (Some(first + 1), 2),
+        "{failure}"
+    );
+    assert!(
+        failure.to_string().starts_with("rotated segment audit-"),
+        "{failure}"
+    );
+    write_lines(path, lines)?;
+    fx.verify()?;
+
+    // The whole segment gone: the next one does not follow.
+    std::fs::remove_file(path)?;
+    let failure = expect_failure(fx.verify())?;
+    assert_eq!(
+        failure.segment,
+        Some(segment_name(&segments[3].1)),
+        "{failure}"
+    );
+    assert_eq!(failure.line, 1, "{failure}");
+    assert!(
+        failure
+            .reason
+            .contains(&format!("expected record {first} here")),
+        "{failure}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_log_rotated_just_before_a_stop_goes_on_from_its_newest_segment() -> TestResult {
+    // As if the service stopped right after moving the log aside: the
+    // segment's last record (5) is checkpointed, and there is no log.
+    let fx = Fixture::new()?;
+    fx.write(5, 1000).await?;
+    let moved = segment::segment_path(&fx.log, 1);
+    std::fs::rename(&fx.log, &moved)?;
+    fx.write_rotating(5, 7, 0).await?;
+    let lines = fx.lines()?;
+    assert_eq!(sequence_of(&lines[0])?, 6);
+    let fifth = read_lines(&moved)?.pop().ok_or("empty segment")?;
+    let sixth: StoredRecord = serde_json::from_str(&lines[0])?;
+    assert_eq!(sixth.previous_hash, sha256_hex(fifth.as_bytes()));
+    assert_eq!(fx.verify()?.records, 7);
+
+    // The same with an empty log left behind.
+    let fx = Fixture::new()?;
+    fx.write(5, 1000).await?;
+    std::fs::rename(&fx.log, segment::segment_path(&fx.log, 1))?;
+    std::fs::write(&fx.log, b"")?;
+    fx.write_rotating(5, 6, 0).await?;
+    assert_eq!(fx.verify()?.records, 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_emptied_log_is_refused_even_beside_its_segments() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write_rotating(0, 20, SMALL_ROTATION).await?;
+    // The records after the newest segment are gone: the checkpoint of
+    // record 20 (on close) says so.
+    std::fs::write(&fx.log, b"")?;
+    let (_, failure) = expect_corrupt(fx.open_rotating(SMALL_ROTATION))?;
+    assert_eq!(failure.sequence, Some(20), "{failure}");
+    assert!(
+        failure.reason.contains("records were removed from the end"),
+        "{failure}"
+    );
+
+    // The newest segment removed too, while the log is empty: refused, not
+    // taken for a fresh start.
+    let fx = Fixture::new()?;
+    fx.write(5, 1000).await?;
+    std::fs::rename(&fx.log, segment::segment_path(&fx.log, 1))?;
+    std::fs::remove_file(segment::segment_path(&fx.log, 1))?;
+    let (_, failure) = expect_corrupt(fx.open_rotating(SMALL_ROTATION))?;
+    assert!(
+        failure.reason.contains("checkpoint says record 5 existed"),
+        "{failure}"
+    );
+
+    // A newest segment whose last record no checkpoint names.
+    let fx = Fixture::new()?;
+    fx.write(5, 1000).await?;
+    let moved = segment::segment_path(&fx.log, 1);
+    std::fs::rename(&fx.log, &moved)?;
+    let mut lines = read_lines(&moved)?;
+    lines.pop();
+    write_lines(&moved, &lines)?;
+    let (path, failure) = expect_corrupt(fx.open_rotating(SMALL_ROTATION))?;
+    assert_eq!(path, moved);
+    assert_eq!(failure.sequence, Some(4), "{failure}");
+    assert!(failure.reason.contains("no checkpoint names"), "{failure}");
+    Ok(())
+}
+
+/// A sink whose rotation fails in the given way.
+struct FailingRotation {
+    inner: FileSink,
+    lost: bool,
+    rotations: Arc<AtomicUsize>,
+}
+
+impl AuditSink for FailingRotation {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.append(bytes)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn syncer(&self) -> io::Result<Box<dyn AuditSyncer>> {
+        self.inner.syncer()
+    }
+    fn rotate(&mut self, _first: u64) -> Result<(), RotateError> {
+        self.rotations.fetch_add(1, Ordering::SeqCst);
+        let error = io::Error::other("injected rotation failure");
+        Err(if self.lost {
+            RotateError::Lost(error)
+        } else {
+            RotateError::Kept(error)
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_failed_rotation_keeps_the_file_or_fails_closed() -> TestResult {
+    for lost in [false, true] {
+        let fx = Fixture::new()?;
+        let rotations = Arc::new(AtomicUsize::new(0));
+        let sink = FailingRotation {
+            inner: FileSink::open(&fx.log)?,
+            lost,
+            rotations: Arc::clone(&rotations),
+        };
+        let log = AuditLog::with_rotating_sink(
+            Box::new(sink),
+            None,
+            ChainHead::GENESIS,
+            Batching::max_batch(1024),
+            SMALL_ROTATION,
+        )?;
+        let mut results = Vec::new();
+        for i in 0..10 {
+            results.push(log.append(event(i)).await);
+        }
+        let tried = rotations.load(Ordering::SeqCst);
+        if lost {
+            // Refused from the first write that needed a new file on.
+            assert_eq!(tried, 1);
+            let refused = results
+                .iter()
+                .position(Result::is_err)
+                .ok_or("none refused")?;
+            assert!(refused >= 2, "refused from {refused}");
+            assert!(results[refused..].iter().all(Result::is_err));
+            let kept = fx.lines()?.len();
+            assert_eq!(kept, refused, "the refused records are not in the file");
+        } else {
+            // Tried again after as many bytes more; nothing refused.
+            assert!(tried >= 2, "{tried} rotations tried");
+            assert!(results.iter().all(Result::is_ok));
+            log.close().await?;
+            assert_eq!(verify(&fx.log, None, None)?.records, 10);
+        }
+    }
+    Ok(())
+}
+
+/// A file sink whose syncers refuse to sync once the file they were made
+/// for has been rotated away, as a stale one would sync the wrong file.
+struct GenerationSink {
+    inner: FileSink,
+    generation: Arc<AtomicUsize>,
+}
+
+struct GenerationSyncer {
+    inner: Box<dyn AuditSyncer>,
+    made_for: usize,
+    generation: Arc<AtomicUsize>,
+}
+
+impl AuditSyncer for GenerationSyncer {
+    fn sync(&mut self) -> io::Result<()> {
+        if self.made_for != self.generation.load(Ordering::SeqCst) {
+            return Err(io::Error::other("a syncer of a rotated-away file was used"));
+        }
+        self.inner.sync()
+    }
+}
+
+impl AuditSink for GenerationSink {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.append(bytes)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn syncer(&self) -> io::Result<Box<dyn AuditSyncer>> {
+        Ok(Box::new(GenerationSyncer {
+            inner: self.inner.syncer()?,
+            made_for: self.generation.load(Ordering::SeqCst),
+            generation: Arc::clone(&self.generation),
+        }))
+    }
+    fn rotate(&mut self, first: u64) -> Result<(), RotateError> {
+        self.inner.rotate(first)?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_rotate_without_losing_or_reordering_a_record() -> TestResult {
+    let fx = Fixture::new()?;
+    let generation = Arc::new(AtomicUsize::new(0));
+    let sink = GenerationSink {
+        inner: FileSink::open(&fx.log)?,
+        generation: Arc::clone(&generation),
+    };
+    let log = AuditLog::with_rotating_sink(
+        Box::new(sink),
+        None,
+        ChainHead::GENESIS,
+        Batching::max_batch(16),
+        20_000,
+    )?;
+    let tasks: Vec<_> = (0..600).map(|i| spawn_append(&log, i)).collect();
+    let mut sequences = Vec::new();
+    for task in tasks {
+        sequences.push(task.await??);
+    }
+    log.close().await?;
+    sequences.sort_unstable();
+    assert_eq!(sequences, (1..=600).collect::<Vec<u64>>());
+    let report = verify(&fx.log, None, None)?;
+    assert_eq!((report.records, report.last_sequence), (600, 600));
+    assert!(report.segments >= 10, "{} segments", report.segments);
+    assert_eq!(generation.load(Ordering::SeqCst), report.segments);
     Ok(())
 }

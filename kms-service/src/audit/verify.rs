@@ -15,12 +15,19 @@ use std::path::Path;
 use super::ChainHead;
 use super::checkpoint;
 use super::record::{StoredRecord, check_own_hash, hash_hex, line_hash};
+use super::segment;
 
 /// What a successful verification saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
-    /// Records checked (every line of the log).
+    /// Records checked (every line of the rotated segments and the log).
     pub records: u64,
+    /// Sequence of the first record present, 0 for an empty log. Above 1
+    /// when the oldest rotated segments were removed (their records are
+    /// not verified; the first one present follows a checkpointed record).
+    pub first_sequence: u64,
+    /// Rotated segments read before the log, oldest first.
+    pub segments: usize,
     /// Checkpoint lines checked (0 without a checkpoint file).
     pub checkpoints: u64,
     /// Sequence of the last record, 0 for an empty log.
@@ -40,10 +47,13 @@ pub enum AuditFile {
 /// The first problem found. `line` is 1-based within `file` (0 when the file
 /// could not be read at all). `sequence` is the record concerned: the one on
 /// that line when the line is intact, otherwise the one that belonged there;
-/// for a checkpoint, the record it names.
+/// for a checkpoint, the record it names. `segment` names the rotated
+/// segment of the log the problem is in (`None`: the log itself, or the
+/// checkpoint file).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyFailure {
     pub file: AuditFile,
+    pub segment: Option<String>,
     pub sequence: Option<u64>,
     pub line: usize,
     pub reason: String,
@@ -51,6 +61,9 @@ pub struct VerifyFailure {
 
 impl fmt::Display for VerifyFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(segment) = &self.segment {
+            write!(f, "rotated segment {segment}: ")?;
+        }
         match (self.file, self.sequence, self.line) {
             (AuditFile::Log, _, 0) => write!(f, "audit log: {}", self.reason),
             (AuditFile::Checkpoints, _, 0) => write!(f, "checkpoint file: {}", self.reason),
@@ -70,13 +83,17 @@ impl fmt::Display for VerifyFailure {
 
 impl std::error::Error for VerifyFailure {}
 
-/// Verifies the log at `log_path`: every record's own hash (over its exact
-/// text), that it parses as a record with exactly the known fields, sequences
-/// 1, 2, 3… without gaps, and every `previous_hash` link. With a checkpoint
-/// file it also checks that each checkpointed record is in the log with that
-/// record hash (so a log cut short fails), and with a key each checkpoint's
-/// MAC. Strict: an unterminated last line fails too (opening the log for
-/// writing repairs that case).
+/// Verifies the log at `log_path`, after its rotated segments (the files
+/// beside it named `<stem>-<first sequence>.<extension>`), oldest first, as
+/// one chain: every record's own hash (over its exact text), that it parses
+/// as a record with exactly the known fields, sequences 1, 2, 3… without
+/// gaps, and every `previous_hash` link. The oldest segments may have been
+/// removed: the first record present may then follow a checkpointed record
+/// instead of starting at 1 (see [`VerifyReport::first_sequence`]). With a
+/// checkpoint file it also checks that each checkpointed record from there
+/// on is present with that record hash (so a log cut short fails), and with
+/// a key each checkpoint's MAC. Strict: an unterminated last line fails too
+/// (opening the log for writing repairs that case).
 pub fn verify(
     log_path: &Path,
     checkpoint_path: Option<&Path>,
@@ -86,14 +103,67 @@ pub fn verify(
         Some(path) => Some(open_reader(path, AuditFile::Checkpoints)?),
         None => None,
     };
-    let log = open_reader(log_path, AuditFile::Log)?;
-    let seen = inspect(Some(log), checkpoints, checkpoint_key, Tail::Reject)?;
+    let listed = segment::list(log_path).map_err(|e| VerifyFailure {
+        file: AuditFile::Log,
+        segment: None,
+        sequence: None,
+        line: 0,
+        reason: format!(
+            "cannot list the rotated segments beside {}: {e}",
+            log_path.display()
+        ),
+    })?;
+    let mut segments = Vec::with_capacity(listed.len());
+    for (first, path) in &listed {
+        let name = file_name(path);
+        let reader = open_reader(path, AuditFile::Log).map_err(|mut failure| {
+            failure.segment = Some(name.clone());
+            failure
+        })?;
+        segments.push((name, *first, reader));
+    }
+    // Just after a rotation (before the first record after it), the log
+    // may not exist yet.
+    let log = match File::open(log_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !segments.is_empty() => None,
+        _ => Some(open_reader(log_path, AuditFile::Log)?),
+    };
+    let seen = inspect(
+        segments,
+        log,
+        checkpoints,
+        checkpoint_key,
+        Tail::Reject,
+        None,
+    )?;
     Ok(VerifyReport {
         records: seen.records,
+        first_sequence: seen.first_sequence,
+        segments: listed.len(),
         checkpoints: seen.checkpoints,
         last_sequence: seen.head.sequence,
         last_checkpointed: seen.last_checkpointed,
     })
+}
+
+/// The sequence and record hash of one record's line, after checking its
+/// own hash and that it parses.
+pub(crate) fn record_head(line: &[u8]) -> Result<ChainHead, String> {
+    check_own_hash(line).map_err(String::from)?;
+    let record: StoredRecord =
+        serde_json::from_slice(line).map_err(|e| format!("not a valid audit record: {e}"))?;
+    Ok(ChainHead {
+        sequence: record.sequence,
+        hash: line_hash(line),
+    })
+}
+
+/// A path's file name, for messages.
+pub(crate) fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 fn open_reader(path: &Path, file: AuditFile) -> Result<BufReader<File>, VerifyFailure> {
@@ -101,6 +171,7 @@ fn open_reader(path: &Path, file: AuditFile) -> Result<BufReader<File>, VerifyFa
         .map(BufReader::new)
         .map_err(|e| VerifyFailure {
             file,
+            segment: None,
             sequence: None,
             line: 0,
             reason: format!("cannot open {}: {e}", path.display()),
@@ -130,20 +201,31 @@ pub(crate) struct TailInfo {
 #[derive(Debug)]
 pub(crate) struct Inspection {
     pub(crate) head: ChainHead,
+    /// Records read, in the segments and the log.
     pub(crate) records: u64,
+    /// The first record read (0: none).
+    pub(crate) first_sequence: u64,
     pub(crate) checkpoints: u64,
     pub(crate) last_checkpointed: u64,
     pub(crate) log_tail: TailInfo,
     pub(crate) checkpoint_tail: TailInfo,
 }
 
-/// Verifies a log and optionally its checkpoint file (a `None` reader is an
-/// empty file).
+/// Verifies a log (after `segments`, its rotated segments to read first,
+/// oldest first, each with its file name and the first sequence that name
+/// gives) and optionally its checkpoint
+/// file (a `None` reader is an empty file). `newest_segment` is for a log
+/// opened for writing, whose segments are not read: the name and last
+/// record of its newest rotated segment, where the chain goes on from when
+/// the log itself has no records yet (it was just rotated); that record
+/// must be checkpointed.
 pub(crate) fn inspect<L: BufRead, C: BufRead>(
+    segments: Vec<(String, u64, L)>,
     log: Option<L>,
     checkpoints: Option<C>,
     key: Option<&[u8; 32]>,
     tail: Tail,
+    newest_segment: Option<(String, ChainHead)>,
 ) -> Result<Inspection, VerifyFailure> {
     let mut set = CheckpointSet::default();
     let checkpoint_tail = match checkpoints {
@@ -156,17 +238,47 @@ pub(crate) fn inspect<L: BufRead, C: BufRead>(
     let mut chain = ChainScanner {
         head: ChainHead::GENESIS,
         records: 0,
+        first: 0,
+        named_first: None,
+        segment: None,
         checkpoints: &set,
     };
+    for (name, first, reader) in segments {
+        chain.named_first = Some(first);
+        chain.segment = Some(name);
+        // A rotated segment was complete (synced) before it was renamed.
+        read_lines(reader, Tail::Reject, &mut chain)?;
+    }
+    chain.segment = None;
     let log_tail = match log {
         Some(reader) => read_lines(reader, tail, &mut chain)?,
         None => TailInfo::default(),
     };
-    let (head, records) = (chain.head, chain.records);
+    if chain.records == 0
+        && let Some((name, end)) = newest_segment
+    {
+        match set.by_sequence.get(&end.sequence) {
+            Some(cp) if cp.hash == end.hash => chain.head = end,
+            _ => {
+                return Err(VerifyFailure {
+                    file: AuditFile::Log,
+                    segment: Some(name),
+                    sequence: Some(end.sequence),
+                    line: 0,
+                    reason: format!(
+                        "the log is empty and its newest rotated segment ends at record {}, which no checkpoint names with that hash (a rotation checkpoints the segment's last record first)",
+                        end.sequence
+                    ),
+                });
+            }
+        }
+    }
+    let (head, records, first_sequence) = (chain.head, chain.records, chain.first);
     set.check_covered(head.sequence)?;
     Ok(Inspection {
         head,
         records,
+        first_sequence,
         checkpoints: set.count,
         last_checkpointed: set.highest,
         log_tail,
@@ -244,6 +356,7 @@ impl CheckpointSet {
             None => Ok(()),
             Some((&sequence, expected)) => Err(VerifyFailure {
                 file: AuditFile::Checkpoints,
+                segment: None,
                 sequence: Some(sequence),
                 line: expected.line,
                 reason: format!(
@@ -272,6 +385,7 @@ impl LineVisitor for CheckpointReader<'_> {
         {
             return Err(VerifyFailure {
                 file: AuditFile::Checkpoints,
+                segment: None,
                 sequence: Some(cp.sequence),
                 line: number,
                 reason: format!(
@@ -288,6 +402,7 @@ impl LineVisitor for CheckpointReader<'_> {
     fn failure(&self, number: usize, reason: String) -> VerifyFailure {
         VerifyFailure {
             file: AuditFile::Checkpoints,
+            segment: None,
             sequence: None,
             line: number,
             reason,
@@ -298,6 +413,13 @@ impl LineVisitor for CheckpointReader<'_> {
 struct ChainScanner<'a> {
     head: ChainHead,
     records: u64,
+    /// The first record read (0: none yet).
+    first: u64,
+    /// The rotated segment being read (`None`: the log).
+    segment: Option<String>,
+    /// The first sequence the name of the segment being read gives: where
+    /// the chain is expected to start when earlier segments were removed.
+    named_first: Option<u64>,
     checkpoints: &'a CheckpointSet,
 }
 
@@ -308,11 +430,20 @@ impl ChainScanner<'_> {
     fn expected(&self) -> u64 {
         self.head.sequence.saturating_add(1)
     }
+
+    /// The record that belongs on a line that cannot be read: the next one,
+    /// or, at the start of a chain whose first segments were removed, the
+    /// one the segment's name gives.
+    fn belongs_here(&self) -> u64 {
+        match self.named_first {
+            Some(first) if self.records == 0 && self.head == ChainHead::GENESIS => first,
+            _ => self.expected(),
+        }
+    }
 }
 
 impl LineVisitor for ChainScanner<'_> {
     fn line(&mut self, number: usize, line: &[u8]) -> Result<(), VerifyFailure> {
-        let expected = self.expected();
         // Integrity first: until the line's own hash checks out, nothing on it
         // (including its sequence number) can be trusted, so failures name
         // the record that belongs here.
@@ -324,8 +455,24 @@ impl LineVisitor for ChainScanner<'_> {
         if !line.ends_with(format!("{}\"}}", record.hash).as_bytes()) {
             return Err(self.failure(number, "hash field is not the last field".into()));
         }
+        // The oldest rotated segments may have been removed: the first
+        // record present then goes on from a checkpointed record (a
+        // rotation checkpoints each segment's last record).
+        if self.records == 0
+            && self.head == ChainHead::GENESIS
+            && record.sequence > 1
+            && let Some(cp) = self.checkpoints.by_sequence.get(&(record.sequence - 1))
+            && hash_hex(&cp.hash).as_str() == record.previous_hash
+        {
+            self.head = ChainHead {
+                sequence: record.sequence - 1,
+                hash: cp.hash,
+            };
+        }
+        let expected = self.expected();
         let intact = |reason: String| VerifyFailure {
             file: AuditFile::Log,
+            segment: self.segment.clone(),
             sequence: Some(record.sequence),
             line: number,
             reason,
@@ -358,6 +505,9 @@ impl LineVisitor for ChainScanner<'_> {
             sequence: record.sequence,
             hash,
         };
+        if self.records == 0 {
+            self.first = record.sequence;
+        }
         self.records += 1;
         Ok(())
     }
@@ -365,7 +515,8 @@ impl LineVisitor for ChainScanner<'_> {
     fn failure(&self, number: usize, reason: String) -> VerifyFailure {
         VerifyFailure {
             file: AuditFile::Log,
-            sequence: Some(self.expected()),
+            segment: self.segment.clone(),
+            sequence: Some(self.belongs_here()),
             line: number,
             reason,
         }

@@ -38,9 +38,11 @@ use zeroize::Zeroizing;
 
 use super::checkpoint::CheckpointWriter;
 use super::record::{StoredRecord, encode_line, rfc3339};
-use super::verify::{Tail, inspect};
+use super::segment;
+use super::verify::{Tail, file_name, inspect, record_head};
 use super::{
-    AuditConfig, AuditError, AuditEvent, AuditSink, AuditSyncer, Batching, ChainHead, FileSink,
+    AuditConfig, AuditError, AuditEvent, AuditFile, AuditSink, AuditSyncer, Batching, ChainHead,
+    FileSink, RotateError, VerifyFailure,
 };
 
 /// Checkpointing for [`AuditLog::with_sink`].
@@ -183,6 +185,7 @@ impl AuditLog {
             checkpoint_every,
             checkpoint_after,
             batching,
+            rotate_bytes,
         } = config;
         batching.check()?;
         if log_path == checkpoint_path {
@@ -203,15 +206,33 @@ impl AuditLog {
                 checkpoint_path.display()
             )));
         }
-        let seen = inspect(log, checkpoints, Some(&checkpoint_key), Tail::Truncate).map_err(
-            |failure| AuditError::Corrupt {
-                path: match failure.file {
-                    super::AuditFile::Log => log_path.clone(),
-                    super::AuditFile::Checkpoints => checkpoint_path.clone(),
-                },
-                failure,
+        // Only the newest rotated segment's last record is read: where the
+        // chain goes on from if the log was rotated just before it stopped.
+        let segments = segment::list(&log_path).map_err(|source| AuditError::Io {
+            action: "list the rotated segments of",
+            path: log_path.clone(),
+            source,
+        })?;
+        let newest_segment = match segments.last() {
+            None => None,
+            Some((_, path)) => Some(newest_segment_end(path)?),
+        };
+        let seen = inspect(
+            Vec::new(),
+            log,
+            checkpoints,
+            Some(&checkpoint_key),
+            Tail::Truncate,
+            newest_segment,
+        )
+        .map_err(|failure| AuditError::Corrupt {
+            path: match (&failure.segment, failure.file) {
+                (Some(segment), _) => log_path.with_file_name(segment),
+                (None, AuditFile::Log) => log_path.clone(),
+                (None, AuditFile::Checkpoints) => checkpoint_path.clone(),
             },
-        )?;
+            failure,
+        })?;
         if seen.log_tail.partial {
             truncate(&log_path, seen.log_tail.complete_len)?;
         }
@@ -246,6 +267,15 @@ impl AuditLog {
             )),
             seen.head,
             batching,
+            Rotation {
+                bytes: rotate_bytes,
+                first: if seen.records > 0 {
+                    seen.first_sequence
+                } else {
+                    seen.head.sequence.saturating_add(1)
+                },
+                size: seen.log_tail.complete_len,
+            },
         )
     }
 
@@ -262,7 +292,32 @@ impl AuditLog {
         batching.check()?;
         let checkpoints =
             checkpoints.map(|cp| CheckpointWriter::new(cp.sink, cp.key, cp.every, cp.after, 0));
-        spawn(sink, checkpoints, resume, batching)
+        spawn(sink, checkpoints, resume, batching, Rotation::never(resume))
+    }
+
+    /// [`AuditLog::with_sink`] with rotation: once `rotate_bytes` have been
+    /// appended, the next write first asks the sink to rotate (see
+    /// [`AuditSink::rotate`]).
+    pub fn with_rotating_sink(
+        sink: Box<dyn AuditSink>,
+        checkpoints: Option<CheckpointSink>,
+        resume: ChainHead,
+        batching: Batching,
+        rotate_bytes: u64,
+    ) -> Result<AuditLog, AuditError> {
+        batching.check()?;
+        let checkpoints =
+            checkpoints.map(|cp| CheckpointWriter::new(cp.sink, cp.key, cp.every, cp.after, 0));
+        spawn(
+            sink,
+            checkpoints,
+            resume,
+            batching,
+            Rotation {
+                bytes: rotate_bytes,
+                ..Rotation::never(resume)
+            },
+        )
     }
 
     /// Appends one record and returns its sequence number once it is durable
@@ -369,6 +424,49 @@ impl AuditLog {
     }
 }
 
+/// The name and last record of a rotated segment.
+fn newest_segment_end(path: &Path) -> Result<(String, ChainHead), AuditError> {
+    let name = file_name(path);
+    let corrupt = |reason: String| AuditError::Corrupt {
+        path: path.to_path_buf(),
+        failure: VerifyFailure {
+            file: AuditFile::Log,
+            segment: Some(name.clone()),
+            sequence: None,
+            line: 0,
+            reason,
+        },
+    };
+    let line = segment::last_line(path).map_err(|source| AuditError::Io {
+        action: "read the end of",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let line = line.ok_or_else(|| corrupt("the rotated segment has no records".into()))?;
+    let head = record_head(&line).map_err(|reason| corrupt(format!("last record: {reason}")))?;
+    Ok((name, head))
+}
+
+/// The log's rotation: its size limit and where the current file stands.
+struct Rotation {
+    /// Rotate once the file has this many bytes; 0: never.
+    bytes: u64,
+    /// Sequence of the file's first record (of the next one, while empty).
+    first: u64,
+    /// Bytes in the file.
+    size: u64,
+}
+
+impl Rotation {
+    fn never(resume: ChainHead) -> Rotation {
+        Rotation {
+            bytes: 0,
+            first: resume.sequence.saturating_add(1),
+            size: 0,
+        }
+    }
+}
+
 /// A reader for `path`, or `None` when it does not exist yet (a new log).
 fn open_existing(path: &Path) -> Result<Option<BufReader<File>>, AuditError> {
     match File::open(path) {
@@ -400,6 +498,7 @@ fn spawn(
     checkpoints: Option<CheckpointWriter>,
     head: ChainHead,
     batching: Batching,
+    rotation: Rotation,
 ) -> Result<AuditLog, AuditError> {
     let Batching {
         max_batch,
@@ -437,6 +536,7 @@ fn spawn(
         commit_delay,
         checkpoint_every: checkpoints.as_ref().map_or(0, CheckpointWriter::every),
         checkpoint_after,
+        rotate_bytes: rotation.bytes,
         room: Semaphore::new(max_batch.saturating_mul(2)),
         pending: Mutex::new(Pending {
             sealed: head,
@@ -459,6 +559,10 @@ fn spawn(
             time: TimeCache::default(),
             last_take: None,
             uncheckpointed_since,
+            segment_first: rotation.first,
+            segment_bytes: rotation.size,
+            rotate_due: rotation.bytes > 0 && rotation.size >= rotation.bytes,
+            generation: 0,
         }),
         work: Condvar::new(),
         sink: Mutex::new(sink),
@@ -496,6 +600,8 @@ struct Shared {
     /// A durable record is checkpointed at most this long after it became
     /// durable (`None`: no checkpoints, or no such limit).
     checkpoint_after: Option<Duration>,
+    /// Rotate the log once it has this many bytes; 0: never.
+    rotate_bytes: u64,
     /// Permits for sealed records that are not yet taken for writing.
     room: Semaphore,
     pending: Mutex<Pending>,
@@ -584,6 +690,18 @@ struct Pending {
     /// Since when durable records have gone without a checkpoint (kept only
     /// with `checkpoint_after`).
     uncheckpointed_since: Option<Instant>,
+    /// Sequence of the first record of the current file (of the next
+    /// record, while it is empty): the name it is rotated to.
+    segment_first: u64,
+    /// Bytes appended to the current file.
+    segment_bytes: u64,
+    /// The file has reached the rotation size: the next write rotates it
+    /// first, once everything written is durable and no sync or checkpoint
+    /// is in flight.
+    rotate_due: bool,
+    /// How many times the log was rotated: a syncer whose handle is older
+    /// opens a new one before it writes.
+    generation: u64,
 }
 
 impl Pending {
@@ -596,6 +714,8 @@ impl Pending {
             && !self.unwritten.is_empty()
             && self.checkpointing.is_none()
             && self.checkpoint_next.is_none()
+            && (!self.rotate_due
+                || (self.in_flight.is_empty() && self.durable == self.written.sequence))
     }
 
     /// Whether nothing is in flight any more.
@@ -905,6 +1025,79 @@ impl Shared {
         }
     }
 
+    /// Rotates the log before the next write: checkpoints `end`, its last
+    /// record (so the chain can go on from it without reading the rotated
+    /// file), then has the sink move the file aside, and replaces `syncer`
+    /// with one of the new file. Called by the syncer holding `writing`
+    /// when everything written is durable and nothing else is in flight.
+    /// Returns the new generation, or `None` when the log was poisoned.
+    fn rotate(&self, end: ChainHead, syncer: &mut Box<dyn AuditSyncer>) -> Option<u64> {
+        let checkpointed = self
+            .checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .map_or(Ok(()), |cp| {
+                if cp.behind(&end) {
+                    cp.write(&end)
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = checkpointed {
+            self.poison(&reason_of(&e));
+            return None;
+        }
+        let first = self.lock().segment_first;
+        let rotated = self
+            .sink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rotate(first);
+        let mut pending = self.lock();
+        pending.rotate_due = false;
+        match rotated {
+            Ok(()) => {
+                pending.generation += 1;
+                pending.segment_first = end.sequence.saturating_add(1);
+                pending.segment_bytes = 0;
+                let generation = pending.generation;
+                drop(pending);
+                match self.sink.lock().unwrap_or_else(|e| e.into_inner()).syncer() {
+                    Ok(new) => *syncer = new,
+                    Err(e) => {
+                        self.poison(&format!(
+                            "cannot sync the new audit log after rotating it: {e}"
+                        ));
+                        return None;
+                    }
+                }
+                tracing::info!(
+                    first_sequence = first,
+                    last_sequence = end.sequence,
+                    "audit log rotated"
+                );
+                Some(generation)
+            }
+            Err(RotateError::Kept(e)) => {
+                // Nothing changed: appending goes on to the same file, and
+                // rotation is tried again after as many bytes more.
+                pending.segment_bytes = 0;
+                let generation = pending.generation;
+                drop(pending);
+                tracing::warn!(error = %e, "audit log rotation failed; the log goes on in the same file");
+                Some(generation)
+            }
+            Err(RotateError::Lost(e)) => {
+                self.poison_locked(
+                    pending,
+                    &format!("audit log rotation left no file to append to: {e}"),
+                );
+                None
+            }
+        }
+    }
+
     /// Writes `bytes` (records up to `head`), syncs, and answers the callers
     /// this sync made durable.
     fn write_and_sync(&self, syncer: &mut dyn AuditSyncer, bytes: &mut Vec<u8>, head: ChainHead) {
@@ -913,6 +1106,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .append(bytes);
+        let len = bytes.len() as u64;
         bytes.clear();
         let mut pending = self.lock();
         pending.writing = false;
@@ -927,6 +1121,10 @@ impl Shared {
             return;
         }
         pending.written = head;
+        pending.segment_bytes = pending.segment_bytes.saturating_add(len);
+        if self.rotate_bytes > 0 && pending.segment_bytes >= self.rotate_bytes {
+            pending.rotate_due = true;
+        }
         // Another syncer can write what was sealed meanwhile while this one
         // syncs.
         self.unlock_and_wake(pending);
@@ -990,6 +1188,8 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
     // This syncer's last wait was for the commit delay (not for a slow sync
     // to be overlapped, nor for work).
     let mut gathering = false;
+    // The rotation generation of the file `syncer` syncs.
+    let mut generation = 0;
     loop {
         let now = Instant::now();
         // While another sync of many records runs, whatever it does not
@@ -1015,6 +1215,31 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
             gather_until.filter(|&at| at > now && pending.unwritten.len() < shared.max_batch);
         let held_until = overlap_at.max(gather_at);
         if !shared.status.poisoned() && pending.can_write() && held_until.is_none() {
+            if generation != pending.generation {
+                // The log was rotated since this syncer's handle was made.
+                let current = pending.generation;
+                drop(pending);
+                let reopened = shared
+                    .sink
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .syncer();
+                pending = shared.lock();
+                match reopened {
+                    Ok(new) => {
+                        syncer = new;
+                        generation = current;
+                    }
+                    Err(e) => {
+                        shared.poison_locked(
+                            pending,
+                            &format!("cannot sync the new audit log after rotating it: {e}"),
+                        );
+                        pending = shared.lock();
+                    }
+                }
+                continue;
+            }
             // Taken at the end of a wait for the commit delay, and its
             // oldest record was sealed before the delay ran out: held back
             // by it.
@@ -1026,6 +1251,9 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
             if held_back {
                 shared.delayed.fetch_add(1, Ordering::Relaxed);
             }
+            // The last record before this batch ends the file rotated
+            // first.
+            let rotate = pending.rotate_due.then_some(pending.written);
             let (mut bytes, n, head) = pending.take(shared.max_batch);
             pending.last_take = Some((now, n));
             pending.writing = true;
@@ -1036,6 +1264,18 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
             });
             drop(pending);
             shared.room.add_permits(n);
+            if let Some(end) = rotate {
+                match shared.rotate(end, &mut syncer) {
+                    Some(current) => generation = current,
+                    None => {
+                        // Poisoned: the batch's callers were refused.
+                        pending = shared.lock();
+                        pending.writing = false;
+                        pending.in_flight.retain(|f| f.syncer != me);
+                        continue;
+                    }
+                }
+            }
             shared.write_and_sync(syncer.as_mut(), &mut bytes, head);
             pending = shared.lock();
             pending.in_flight.retain(|f| f.syncer != me);
