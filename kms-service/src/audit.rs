@@ -57,11 +57,27 @@
 //! Removing records from the end keeps a valid chain, which is what
 //! checkpoints are for.
 //!
+//! # Rotation
+//!
+//! Once the log file has reached [`AuditConfig::rotate_bytes`], the next
+//! write first writes a *rotation checkpoint* of the file's last record,
+//! renames the file to `<stem>-<sequence of its first record, 20
+//! digits>.<extension>` (`audit.jsonl` to `audit-00000000000000000001.jsonl`)
+//! and starts a new file under the old name; the chain runs on across
+//! them. The first record of a file may follow something other than the
+//! record before it in the same file only there: a chain may start after
+//! record 1 only when its first record follows a record a rotation
+//! checkpoint names (the oldest segments were removed). Cutting records
+//! off the start anywhere else fails.
+//!
 //! # Checkpoint file (JSON Lines)
 //!
 //! `{"sequence":N,"record_hash":"<hex record hash of record N>","time":"<RFC 3339>","mac":"<hex>"}`
 //! where `mac` is HMAC-SHA256, under the checkpoint key, of the 8-byte
-//! big-endian `sequence` followed by the 32 raw bytes of `record_hash`. One
+//! big-endian `sequence` followed by the 32 raw bytes of `record_hash`. A
+//! rotation checkpoint has `"rotated":true` before `mac`, and its MAC input
+//! ends in one more byte, 1 (a kms-service older than rotation cannot read
+//! a checkpoint file that has one). One
 //! is appended (and synced) after a sync makes the log durable across a
 //! multiple of `checkpoint_every`, or once a durable record has gone
 //! `checkpoint_after` without one (at the next sync, or when the log falls

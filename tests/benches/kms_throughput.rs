@@ -597,6 +597,25 @@ fn count_lines(path: &Path) -> Result<u64, BoxError> {
     Ok(data.iter().filter(|&&b| b == b'\n').count() as u64)
 }
 
+/// Records in the audit log `path` (`…/audit.jsonl`) and in its rotated
+/// segments beside it (`audit-<first sequence>.jsonl`): a long run fills
+/// more than one file at the default rotation size.
+fn count_records(path: &Path) -> Result<u64, BoxError> {
+    let mut records = count_lines(path)?;
+    let dir = path
+        .parent()
+        .ok_or("an audit log path without a directory")?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("audit-") && name.ends_with(".jsonl") {
+            records += count_lines(&entry.path())?;
+        }
+    }
+    Ok(records)
+}
+
 /// Latency of `fdatasync` after a small append, in a given directory.
 struct FsyncBaseline {
     p50: Duration,
@@ -865,7 +884,7 @@ async fn bench() -> Result<(), BoxError> {
         (data_dir.join("audit").join("audit.jsonl"), calls(false)),
         (reference.log_path.clone(), calls(true)),
     ] {
-        let records = count_lines(&path)?;
+        let records = count_records(&path)?;
         if records < calls {
             return Err(format!(
                 "{} has {records} records for {calls} successful KMS calls",

@@ -732,19 +732,46 @@ fn ms(d: Duration) -> f64 {
 struct AuditCounter {
     path: PathBuf,
     offset: u64,
+    /// Rotated segments of the log already accounted for.
+    segments: usize,
 }
 
 impl AuditCounter {
     /// The complete records appended since the last look; a partial line is
-    /// left for the next one.
+    /// left for the next one. Follows the log across rotations: a segment
+    /// that appeared since the last look is the file read up to `offset`
+    /// then (or one written whole since). Called between runs, when nothing
+    /// is being written, so the log is not rotated while it reads.
     fn take_records(&mut self) -> Result<Vec<u8>, BoxError> {
+        let mut segments = Vec::new();
+        let dir = self
+            .path
+            .parent()
+            .ok_or("an audit log path without a directory")?;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("audit-") && name.ends_with(".jsonl") {
+                segments.push(entry.path());
+            }
+        }
+        // Named by their first sequence, zero-padded: in chain order.
+        segments.sort();
+        let mut data = Vec::new();
+        for segment in segments.iter().skip(self.segments) {
+            let mut file = std::fs::File::open(segment)?;
+            file.seek(SeekFrom::Start(self.offset))?;
+            file.read_to_end(&mut data)?;
+            self.offset = 0;
+        }
+        self.segments = segments.len();
         let mut file = std::fs::File::open(&self.path)?;
         file.seek(SeekFrom::Start(self.offset))?;
-        let mut data = Vec::new();
+        let start = data.len();
         file.read_to_end(&mut data)?;
         let complete = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
         data.truncate(complete);
-        self.offset += complete as u64;
+        self.offset += complete.saturating_sub(start) as u64;
         Ok(data)
     }
 
@@ -1373,6 +1400,7 @@ async fn bench() -> Result<(), BoxError> {
         let mut audit = AuditCounter {
             path: kms_dir.join("audit").join("audit.jsonl"),
             offset: 0,
+            segments: 0,
         };
         let mut results = Vec::new();
         for &concurrency in &settings.concurrency {

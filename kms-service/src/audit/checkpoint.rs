@@ -21,18 +21,32 @@ pub(crate) struct CheckpointLine {
     pub(crate) sequence: u64,
     pub(crate) record_hash: String,
     pub(crate) time: String,
+    /// Written when the log was rotated after this record: the record ends
+    /// a rotated segment, so the chain may be checked from the record after
+    /// it once the segments before were removed. Left out when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) rotated: bool,
     pub(crate) mac: String,
 }
 
-/// The MAC input is fixed-width (8 + 32 bytes), so no two (sequence, hash)
-/// pairs share an encoding.
-fn keyed_mac(key: &[u8; 32], sequence: u64, record_hash: &[u8; 32]) -> Result<HmacSha256, String> {
+/// The MAC input is fixed-width (8 + 32 bytes, and one more byte, 1, for a
+/// rotation checkpoint), so no two (sequence, hash, rotated) triples share
+/// an encoding.
+fn keyed_mac(
+    key: &[u8; 32],
+    sequence: u64,
+    record_hash: &[u8; 32],
+    rotated: bool,
+) -> Result<HmacSha256, String> {
     // `new_from_slice` because `KeyInit::new` wants a block-sized (64-byte)
     // key array; HMAC accepts every key length, so the error is theoretical.
     let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key)
         .map_err(|e| format!("cannot key HMAC-SHA256: {e}"))?;
     mac.update(&sequence.to_be_bytes());
     mac.update(record_hash);
+    if rotated {
+        mac.update(&[1]);
+    }
     Ok(mac)
 }
 
@@ -41,9 +55,10 @@ pub(crate) fn sign(
     key: &[u8; 32],
     sequence: u64,
     record_hash: &[u8; 32],
+    rotated: bool,
 ) -> Result<String, String> {
     Ok(hex::encode(
-        keyed_mac(key, sequence, record_hash)?
+        keyed_mac(key, sequence, record_hash, rotated)?
             .finalize()
             .into_bytes(),
     ))
@@ -53,6 +68,7 @@ pub(crate) fn sign(
 pub(crate) struct Checkpoint {
     pub(crate) sequence: u64,
     pub(crate) record_hash: [u8; 32],
+    pub(crate) rotated: bool,
 }
 
 /// Parses one checkpoint line and, with a key, checks its MAC in constant
@@ -67,13 +83,14 @@ pub(crate) fn parse_line(line: &[u8], key: Option<&[u8; 32]>) -> Result<Checkpoi
         .ok_or("checkpoint record_hash is not 64 lowercase hex digits")?;
     if let Some(key) = key {
         let tag = hex::decode(&parsed.mac).map_err(|_| "checkpoint mac is not hex")?;
-        keyed_mac(key, parsed.sequence, &record_hash)?
+        keyed_mac(key, parsed.sequence, &record_hash, parsed.rotated)?
             .verify_slice(&tag)
             .map_err(|_| "checkpoint MAC does not verify (wrong key or forged checkpoint)")?;
     }
     Ok(Checkpoint {
         sequence: parsed.sequence,
         record_hash,
+        rotated: parsed.rotated,
     })
 }
 
@@ -143,11 +160,30 @@ impl CheckpointWriter {
         if head.sequence <= self.last {
             return Ok(());
         }
+        self.append(head, false)
+    }
+
+    /// Appends and syncs the rotation checkpoint of `head`, the last record
+    /// before a rotation, even if a plain one names it already.
+    pub(crate) fn write_rotation(&mut self, head: &ChainHead) -> Result<(), AuditError> {
+        if head.sequence < self.last {
+            return Err(AuditError::Unavailable {
+                reason: format!(
+                    "cannot rotate after record {}: a checkpoint names the later record {}",
+                    head.sequence, self.last
+                ),
+            });
+        }
+        self.append(head, true)
+    }
+
+    fn append(&mut self, head: &ChainHead, rotated: bool) -> Result<(), AuditError> {
         let line = CheckpointLine {
             sequence: head.sequence,
             record_hash: hex::encode(head.hash),
             time: now_rfc3339()?,
-            mac: sign(&self.key, head.sequence, &head.hash).map_err(AuditError::Encode)?,
+            rotated,
+            mac: sign(&self.key, head.sequence, &head.hash, rotated).map_err(AuditError::Encode)?,
         };
         let mut bytes = serde_json::to_vec(&line).map_err(|e| AuditError::Encode(e.to_string()))?;
         bytes.push(b'\n');

@@ -127,7 +127,8 @@ impl AuditSink for FileSink {
     }
 
     /// Renames the file to its segment name (`audit.jsonl` to
-    /// `audit-<first, 20 digits>.jsonl`, never over an existing file),
+    /// `audit-<first, 20 digits>.jsonl`, never over an existing file: the
+    /// service, under its store lock, is the directory's only writer),
     /// syncs the directory, and creates a new file (mode 0600) under the
     /// old name, syncing the directory again.
     fn rotate(&mut self, first: u64) -> Result<(), RotateError> {

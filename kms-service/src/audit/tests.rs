@@ -735,12 +735,12 @@ async fn a_deleted_record_is_detected_where_it_was() -> TestResult {
         let failure = expect_failure(fx.verify())?;
         assert_eq!(failure.line, deleted, "{failure}");
         assert_eq!(failure.sequence, Some(deleted as u64 + 1), "{failure}");
-        assert!(
-            failure
-                .reason
-                .contains(&format!("expected record {deleted} here")),
-            "{failure}"
-        );
+        let reason = if deleted == 1 {
+            "the first record present is 2, and it neither is record 1 nor follows the end of a rotated segment".to_string()
+        } else {
+            format!("expected record {deleted} here")
+        };
+        assert!(failure.reason.contains(&reason), "{failure}");
     }
     Ok(())
 }
@@ -1008,7 +1008,7 @@ async fn forged_checkpoints_fail() -> TestResult {
             |cps| {
                 let mut forged: checkpoint::CheckpointLine = serde_json::from_str(&cps[0])?;
                 let hash = record::parse_hash_hex(&forged.record_hash).ok_or("bad hash")?;
-                forged.mac = checkpoint::sign(&OTHER_KEY, forged.sequence, &hash)?;
+                forged.mac = checkpoint::sign(&OTHER_KEY, forged.sequence, &hash, false)?;
                 cps[0] = serde_json::to_string(&forged)?;
                 Ok(())
             },
@@ -1929,7 +1929,9 @@ async fn removed_oldest_segments_leave_a_chain_that_verifies_from_a_checkpoint()
     let failure = expect_failure(verify(&fx.log, None, None))?;
     assert_eq!(failure.segment, Some(segment_name(&segments[2].1)));
     assert!(
-        failure.reason.contains("expected record 1 here"),
+        failure
+            .reason
+            .contains("records were removed from the start"),
         "{failure}"
     );
     // The service goes on, since it reads only the newest file.
@@ -1987,29 +1989,109 @@ async fn a_missing_or_altered_segment_in_the_middle_is_named() -> TestResult {
     Ok(())
 }
 
+impl Fixture {
+    /// A log rotated once, as the service leaves it when it stops right
+    /// after moving the log aside (before the first record after it): the
+    /// segment, the checkpoints up to its last record (the rotation's
+    /// among them), and no log. Returns the segment's last sequence.
+    async fn rotated_then_stopped(&self) -> Result<u64, Box<dyn Error>> {
+        self.write_rotating(0, 5, SMALL_ROTATION).await?;
+        let segments = self.segments()?;
+        let [(1, _, lines)] = segments.as_slice() else {
+            return Err(format!("want one segment from 1, got {}", segments.len()).into());
+        };
+        let end = sequence_of(&lines[lines.len() - 1])?;
+        std::fs::remove_file(&self.log)?;
+        let kept: Vec<String> = read_lines(&self.checkpoints)?
+            .into_iter()
+            .filter(|line| {
+                serde_json::from_str::<checkpoint::CheckpointLine>(line)
+                    .is_ok_and(|cp| cp.sequence <= end)
+            })
+            .collect();
+        write_lines(&self.checkpoints, &kept)?;
+        Ok(end)
+    }
+}
+
 #[tokio::test]
 async fn a_log_rotated_just_before_a_stop_goes_on_from_its_newest_segment() -> TestResult {
-    // As if the service stopped right after moving the log aside: the
-    // segment's last record (5) is checkpointed, and there is no log.
-    let fx = Fixture::new()?;
-    fx.write(5, 1000).await?;
-    let moved = segment::segment_path(&fx.log, 1);
-    std::fs::rename(&fx.log, &moved)?;
-    fx.write_rotating(5, 7, 0).await?;
-    let lines = fx.lines()?;
-    assert_eq!(sequence_of(&lines[0])?, 6);
-    let fifth = read_lines(&moved)?.pop().ok_or("empty segment")?;
-    let sixth: StoredRecord = serde_json::from_str(&lines[0])?;
-    assert_eq!(sixth.previous_hash, sha256_hex(fifth.as_bytes()));
-    assert_eq!(fx.verify()?.records, 7);
+    for empty_log_left in [false, true] {
+        let fx = Fixture::new()?;
+        let end = fx.rotated_then_stopped().await?;
+        if empty_log_left {
+            std::fs::write(&fx.log, b"")?;
+        }
+        let log = fx.open_rotating(SMALL_ROTATION)?;
+        assert_eq!(log.append(event(9)).await?, end + 1);
+        log.close().await?;
+        let lines = fx.lines()?;
+        let last = read_lines(&segment::segment_path(&fx.log, 1))?
+            .pop()
+            .ok_or("empty segment")?;
+        let next: StoredRecord = serde_json::from_str(&lines[0])?;
+        assert_eq!(next.previous_hash, sha256_hex(last.as_bytes()));
+        assert_eq!(fx.verify()?.records, end + 1);
+    }
 
-    // The same with an empty log left behind.
+    // Only a rotation checkpoint vouches for a segment's end: a plain one
+    // (here the one written on close) does not.
     let fx = Fixture::new()?;
     fx.write(5, 1000).await?;
     std::fs::rename(&fx.log, segment::segment_path(&fx.log, 1))?;
-    std::fs::write(&fx.log, b"")?;
-    fx.write_rotating(5, 6, 0).await?;
-    assert_eq!(fx.verify()?.records, 6);
+    let (_, failure) = expect_corrupt(fx.open_rotating(SMALL_ROTATION))?;
+    assert!(
+        failure.reason.contains("no rotation checkpoint names"),
+        "{failure}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn records_cut_from_the_start_at_a_plain_checkpoint_are_detected() -> TestResult {
+    // Checkpoints every 5 records, no rotation: cutting records 1–5 leaves
+    // a log that starts right after a checkpointed record, which only a
+    // rotation may do.
+    let fx = Fixture::new()?;
+    fx.write(12, 5).await?;
+    let lines = fx.lines()?;
+    fx.rewrite(&lines[5..])?;
+    let failure = expect_failure(fx.verify())?;
+    assert_eq!((failure.sequence, failure.line), (Some(6), 1), "{failure}");
+    assert!(
+        failure
+            .reason
+            .contains("records were removed from the start"),
+        "{failure}"
+    );
+    let (_, failure) = expect_corrupt(fx.open(5))?;
+    assert!(
+        failure
+            .reason
+            .contains("records were removed from the start"),
+        "{failure}"
+    );
+    // The same cut at the front of the oldest remaining segment.
+    let fx = Fixture::new()?;
+    let log = fx.open_rotating(SMALL_ROTATION)?;
+    for i in 0..20 {
+        log.append(event(i)).await?;
+    }
+    log.close().await?;
+    let segments = fx.segments()?;
+    std::fs::remove_file(&segments[0].1)?;
+    let (first, path, lines) = &segments[1];
+    // Cut its first record: the next one follows no rotation checkpoint
+    // (and the name no longer matches).
+    write_lines(path, &lines[1..])?;
+    let failure = expect_failure(fx.verify())?;
+    assert_eq!(failure.segment, Some(segment_name(path)), "{failure}");
+    assert!(
+        failure.reason.contains(&format!(
+            "the segment's name says it begins with record {first}"
+        )),
+        "{failure}"
+    );
     Ok(())
 }
 
@@ -2027,15 +2109,16 @@ async fn an_emptied_log_is_refused_even_beside_its_segments() -> TestResult {
         "{failure}"
     );
 
-    // The newest segment removed too, while the log is empty: refused, not
-    // taken for a fresh start.
+    // The newest segment removed too, while the log is empty: the older
+    // one does not end where the checkpoints say the chain went on to.
     let fx = Fixture::new()?;
-    fx.write(5, 1000).await?;
-    std::fs::rename(&fx.log, segment::segment_path(&fx.log, 1))?;
-    std::fs::remove_file(segment::segment_path(&fx.log, 1))?;
+    fx.write_rotating(0, 20, SMALL_ROTATION).await?;
+    let segments = fx.segments()?;
+    std::fs::remove_file(&fx.log)?;
+    std::fs::remove_file(&segments[segments.len() - 1].1)?;
     let (_, failure) = expect_corrupt(fx.open_rotating(SMALL_ROTATION))?;
     assert!(
-        failure.reason.contains("checkpoint says record 5 existed"),
+        failure.reason.contains("checkpoint says record 20 existed"),
         "{failure}"
     );
 
@@ -2050,7 +2133,10 @@ async fn an_emptied_log_is_refused_even_beside_its_segments() -> TestResult {
     let (path, failure) = expect_corrupt(fx.open_rotating(SMALL_ROTATION))?;
     assert_eq!(path, moved);
     assert_eq!(failure.sequence, Some(4), "{failure}");
-    assert!(failure.reason.contains("no checkpoint names"), "{failure}");
+    assert!(
+        failure.reason.contains("no rotation checkpoint names"),
+        "{failure}"
+    );
     Ok(())
 }
 
@@ -2196,5 +2282,22 @@ async fn concurrent_appends_rotate_without_losing_or_reordering_a_record() -> Te
     assert_eq!((report.records, report.last_sequence), (600, 600));
     assert!(report.segments >= 10, "{} segments", report.segments);
     assert_eq!(generation.load(Ordering::SeqCst), report.segments);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_segment_of_another_chain_beside_the_log_stops_the_start() -> TestResult {
+    // A new log (from record 1) beside an old chain's segments: its first
+    // rotation would collide with them, so the start is refused.
+    let fx = Fixture::new()?;
+    fx.write(3, 1000).await?;
+    std::fs::copy(&fx.log, segment::segment_path(&fx.log, 1))?;
+    match fx.open_rotating(SMALL_ROTATION) {
+        Err(AuditError::Config(message)) => {
+            assert!(message.contains("belongs to another chain"), "{message}");
+        }
+        Err(other) => return Err(format!("expected a configuration error, got {other}").into()),
+        Ok(_) => return Err("a foreign segment was accepted".into()),
+    }
     Ok(())
 }

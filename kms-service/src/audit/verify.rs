@@ -134,7 +134,7 @@ pub fn verify(
         checkpoints,
         checkpoint_key,
         Tail::Reject,
-        None,
+        || Ok(None),
     )?;
     Ok(VerifyReport {
         records: seen.records,
@@ -215,17 +215,17 @@ pub(crate) struct Inspection {
 /// oldest first, each with its file name and the first sequence that name
 /// gives) and optionally its checkpoint
 /// file (a `None` reader is an empty file). `newest_segment` is for a log
-/// opened for writing, whose segments are not read: the name and last
-/// record of its newest rotated segment, where the chain goes on from when
-/// the log itself has no records yet (it was just rotated); that record
-/// must be checkpointed.
+/// opened for writing, whose segments are not read: called only when the
+/// log itself has no records yet (it was just rotated), it gives the name
+/// and last record of the newest rotated segment, where the chain goes on
+/// from; that record must have a rotation checkpoint.
 pub(crate) fn inspect<L: BufRead, C: BufRead>(
     segments: Vec<(String, u64, L)>,
     log: Option<L>,
     checkpoints: Option<C>,
     key: Option<&[u8; 32]>,
     tail: Tail,
-    newest_segment: Option<(String, ChainHead)>,
+    newest_segment: impl FnOnce() -> Result<Option<(String, ChainHead)>, VerifyFailure>,
 ) -> Result<Inspection, VerifyFailure> {
     let mut set = CheckpointSet::default();
     let checkpoint_tail = match checkpoints {
@@ -239,26 +239,38 @@ pub(crate) fn inspect<L: BufRead, C: BufRead>(
         head: ChainHead::GENESIS,
         records: 0,
         first: 0,
+        file_first: None,
         named_first: None,
         segment: None,
         checkpoints: &set,
     };
     for (name, first, reader) in segments {
         chain.named_first = Some(first);
-        chain.segment = Some(name);
+        chain.segment = Some(name.clone());
+        chain.file_first = Some(first);
         // A rotated segment was complete (synced) before it was renamed.
         read_lines(reader, Tail::Reject, &mut chain)?;
+        if chain.file_first.is_some() {
+            return Err(VerifyFailure {
+                file: AuditFile::Log,
+                segment: Some(name),
+                sequence: Some(first),
+                line: 0,
+                reason: "the rotated segment has no records".into(),
+            });
+        }
     }
     chain.segment = None;
+    chain.named_first = None;
     let log_tail = match log {
         Some(reader) => read_lines(reader, tail, &mut chain)?,
         None => TailInfo::default(),
     };
     if chain.records == 0
-        && let Some((name, end)) = newest_segment
+        && let Some((name, end)) = newest_segment()?
     {
         match set.by_sequence.get(&end.sequence) {
-            Some(cp) if cp.hash == end.hash => chain.head = end,
+            Some(cp) if cp.hash == end.hash && cp.rotated => chain.head = end,
             _ => {
                 return Err(VerifyFailure {
                     file: AuditFile::Log,
@@ -266,7 +278,7 @@ pub(crate) fn inspect<L: BufRead, C: BufRead>(
                     sequence: Some(end.sequence),
                     line: 0,
                     reason: format!(
-                        "the log is empty and its newest rotated segment ends at record {}, which no checkpoint names with that hash (a rotation checkpoints the segment's last record first)",
+                        "the log is empty and its newest rotated segment ends at record {}, which no rotation checkpoint names with that hash (a rotation checkpoints the segment's last record first); to start a new log after losing this one and its checkpoints, move the rotated segments aside too",
                         end.sequence
                     ),
                 });
@@ -336,6 +348,9 @@ fn read_lines<R: BufRead>(
 struct Expected {
     line: usize,
     hash: [u8; 32],
+    /// A rotation checkpoint names this record (see
+    /// [`checkpoint::CheckpointLine::rotated`]).
+    rotated: bool,
 }
 
 #[derive(Debug, Default)]
@@ -376,23 +391,30 @@ impl LineVisitor for CheckpointReader<'_> {
     fn line(&mut self, number: usize, line: &[u8]) -> Result<(), VerifyFailure> {
         let cp = checkpoint::parse_line(line, self.key)
             .map_err(|reason| self.failure(number, reason))?;
-        let expected = Expected {
-            line: number,
-            hash: cp.record_hash,
-        };
-        if let Some(earlier) = self.set.by_sequence.insert(cp.sequence, expected)
-            && earlier.hash != cp.record_hash
-        {
-            return Err(VerifyFailure {
-                file: AuditFile::Checkpoints,
-                segment: None,
-                sequence: Some(cp.sequence),
-                line: number,
-                reason: format!(
-                    "disagrees with checkpoint line {} about the hash of this record",
-                    earlier.line
-                ),
-            });
+        match self.set.by_sequence.entry(cp.sequence) {
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(Expected {
+                    line: number,
+                    hash: cp.record_hash,
+                    rotated: cp.rotated,
+                });
+            }
+            std::collections::btree_map::Entry::Occupied(mut entry) => {
+                let earlier = entry.get_mut();
+                if earlier.hash != cp.record_hash {
+                    return Err(VerifyFailure {
+                        file: AuditFile::Checkpoints,
+                        segment: None,
+                        sequence: Some(cp.sequence),
+                        line: number,
+                        reason: format!(
+                            "disagrees with checkpoint line {} about the hash of this record",
+                            earlier.line
+                        ),
+                    });
+                }
+                earlier.rotated |= cp.rotated;
+            }
         }
         self.set.count += 1;
         self.set.highest = self.set.highest.max(cp.sequence);
@@ -417,6 +439,9 @@ struct ChainScanner<'a> {
     first: u64,
     /// The rotated segment being read (`None`: the log).
     segment: Option<String>,
+    /// The first sequence the name of the segment being read gives, until
+    /// its first record has been checked against it.
+    file_first: Option<u64>,
     /// The first sequence the name of the segment being read gives: where
     /// the chain is expected to start when earlier segments were removed.
     named_first: Option<u64>,
@@ -455,13 +480,29 @@ impl LineVisitor for ChainScanner<'_> {
         if !line.ends_with(format!("{}\"}}", record.hash).as_bytes()) {
             return Err(self.failure(number, "hash field is not the last field".into()));
         }
+        // A segment's name says which record it begins with.
+        if let Some(first) = self.file_first.take()
+            && record.sequence != first
+        {
+            return Err(VerifyFailure {
+                file: AuditFile::Log,
+                segment: self.segment.clone(),
+                sequence: Some(record.sequence),
+                line: number,
+                reason: format!(
+                    "the segment's name says it begins with record {first}, but its first record is {}",
+                    record.sequence
+                ),
+            });
+        }
         // The oldest rotated segments may have been removed: the first
-        // record present then goes on from a checkpointed record (a
-        // rotation checkpoints each segment's last record).
+        // record present then goes on from the last record of a removed
+        // segment, which its rotation checkpoint names.
         if self.records == 0
             && self.head == ChainHead::GENESIS
             && record.sequence > 1
             && let Some(cp) = self.checkpoints.by_sequence.get(&(record.sequence - 1))
+            && cp.rotated
             && hash_hex(&cp.hash).as_str() == record.previous_hash
         {
             self.head = ChainHead {
@@ -478,9 +519,18 @@ impl LineVisitor for ChainScanner<'_> {
             reason,
         };
         if record.sequence != expected {
-            return Err(intact(format!(
-                "expected record {expected} here (records are missing, duplicated or out of order)"
-            )));
+            return Err(intact(
+                if self.records == 0 && self.head == ChainHead::GENESIS {
+                    format!(
+                        "the first record present is {}, and it neither is record 1 nor follows the end of a rotated segment (a record a rotation checkpoint names): records were removed from the start",
+                        record.sequence
+                    )
+                } else {
+                    format!(
+                        "expected record {expected} here (records are missing, duplicated or out of order)"
+                    )
+                },
+            ));
         }
         if record.previous_hash != hash_hex(&self.head.hash).as_str() {
             return Err(intact(if self.head.sequence == 0 {

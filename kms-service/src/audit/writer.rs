@@ -213,9 +213,9 @@ impl AuditLog {
             path: log_path.clone(),
             source,
         })?;
-        let newest_segment = match segments.last() {
-            None => None,
-            Some((_, path)) => Some(newest_segment_end(path)?),
+        let newest_segment = || match segments.last() {
+            None => Ok(None),
+            Some((_, path)) => newest_segment_end(path).map(Some),
         };
         let seen = inspect(
             Vec::new(),
@@ -233,6 +233,20 @@ impl AuditLog {
             },
             failure,
         })?;
+        // A segment named at or after the log's first record is not one of
+        // its own (a new log beside an old chain's segments): the first
+        // rotation would collide with it.
+        if let Some((first, path)) = segments.last()
+            && seen.records > 0
+            && *first >= seen.first_sequence
+        {
+            return Err(AuditError::Config(format!(
+                "the rotated segment {} begins at record {first}, not before the log's first record {}: it belongs to another chain; move it (and the segments of that chain) out of {}",
+                path.display(),
+                seen.first_sequence,
+                log_path.parent().unwrap_or(Path::new(".")).display()
+            )));
+        }
         if seen.log_tail.partial {
             truncate(&log_path, seen.log_tail.complete_len)?;
         }
@@ -425,25 +439,19 @@ impl AuditLog {
 }
 
 /// The name and last record of a rotated segment.
-fn newest_segment_end(path: &Path) -> Result<(String, ChainHead), AuditError> {
+fn newest_segment_end(path: &Path) -> Result<(String, ChainHead), VerifyFailure> {
     let name = file_name(path);
-    let corrupt = |reason: String| AuditError::Corrupt {
-        path: path.to_path_buf(),
-        failure: VerifyFailure {
-            file: AuditFile::Log,
-            segment: Some(name.clone()),
-            sequence: None,
-            line: 0,
-            reason,
-        },
+    let failure = |reason: String| VerifyFailure {
+        file: AuditFile::Log,
+        segment: Some(name.clone()),
+        sequence: None,
+        line: 0,
+        reason,
     };
-    let line = segment::last_line(path).map_err(|source| AuditError::Io {
-        action: "read the end of",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let line = line.ok_or_else(|| corrupt("the rotated segment has no records".into()))?;
-    let head = record_head(&line).map_err(|reason| corrupt(format!("last record: {reason}")))?;
+    let line =
+        segment::last_line(path).map_err(|e| failure(format!("cannot read its end: {e}")))?;
+    let line = line.ok_or_else(|| failure("the rotated segment has no records".into()))?;
+    let head = record_head(&line).map_err(|reason| failure(format!("last record: {reason}")))?;
     Ok((name, head))
 }
 
@@ -1037,13 +1045,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
-            .map_or(Ok(()), |cp| {
-                if cp.behind(&end) {
-                    cp.write(&end)
-                } else {
-                    Ok(())
-                }
-            });
+            .map_or(Ok(()), |cp| cp.write_rotation(&end));
         if let Err(e) = checkpointed {
             self.poison(&reason_of(&e));
             return None;
