@@ -168,6 +168,16 @@ pub struct StorageConfig {
     #[arg(long, env = "KMS_AUDIT_ROTATE_BYTES", default_value_t = crate::audit::DEFAULT_ROTATE_BYTES,
           value_parser = parse_rotate_bytes)]
     pub audit_rotate_bytes: u64,
+    /// Most keys that may exist at once (in any state until destroyed);
+    /// CreateKey past it fails with LimitExceededException.
+    #[arg(long, env = "KMS_MAX_KEYS", default_value_t = crate::service::DEFAULT_MAX_KEYS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
+    pub max_keys: usize,
+    /// Most principals (users and services) that may exist at once;
+    /// CreateUser past it fails with LimitExceededException.
+    #[arg(long, env = "KMS_MAX_PRINCIPALS", default_value_t = crate::service::DEFAULT_MAX_PRINCIPALS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_principals: usize,
 }
 
 impl StorageConfig {
@@ -269,6 +279,8 @@ impl ServeConfig {
                 audit_accept_new_log: false,
                 audit_commit_delay_us: DEFAULT_COMMIT_DELAY_US,
                 audit_rotate_bytes: crate::audit::DEFAULT_ROTATE_BYTES,
+                max_keys: crate::service::DEFAULT_MAX_KEYS,
+                max_principals: crate::service::DEFAULT_MAX_PRINCIPALS,
             },
             log_format: LogFormat::Text,
             max_message_bytes: 256 * 1024,

@@ -328,14 +328,20 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     audit_config.batching.commit_delay =
         std::time::Duration::from_micros(storage.audit_commit_delay_us);
     audit_config.rotate_bytes = storage.audit_rotate_bytes;
-    let kms = Arc::new(Kms::open_then(Arc::new(store), root, clock, || {
-        AuditLog::open(audit_config).map_err(|e| {
-            StartError::Config(format!(
-                "cannot open the audit log in {} ({AUDIT_DIR}): {e}",
-                audit_dir.display()
-            ))
-        })
-    })?);
+    let kms = Arc::new(
+        Kms::open_then(Arc::new(store), root, clock, || {
+            AuditLog::open(audit_config).map_err(|e| {
+                StartError::Config(format!(
+                    "cannot open the audit log in {} ({AUDIT_DIR}): {e}",
+                    audit_dir.display()
+                ))
+            })
+        })?
+        .with_quotas(crate::service::Quotas {
+            keys: storage.max_keys,
+            principals: storage.max_principals,
+        }),
+    );
     kms.check_audit_anchor(storage.audit_accept_new_log).await?;
     kms.anchor_audit().await?;
     let mut admin_token_file = None;

@@ -118,6 +118,30 @@ pub struct Kms {
     audit: AuditLog,
     clock: Arc<dyn Clock>,
     managed: BTreeMap<String, Arc<PolicyDocument>>,
+    quotas: Quotas,
+}
+
+/// How many keys and principals may exist at once; CreateKey and
+/// CreateUser past them fail with `LimitExceededException`. Keys count in
+/// every state until destroyed, as AWS counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    pub keys: usize,
+    pub principals: usize,
+}
+
+/// AWS's default quota of customer managed keys per account and region.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// Principals (users and services).
+pub const DEFAULT_MAX_PRINCIPALS: usize = 10_000;
+
+impl Default for Quotas {
+    fn default() -> Quotas {
+        Quotas {
+            keys: DEFAULT_MAX_KEYS,
+            principals: DEFAULT_MAX_PRINCIPALS,
+        }
+    }
 }
 
 /// Work done under the state lock for one request.
@@ -206,7 +230,15 @@ impl Kms {
             audit,
             clock,
             managed,
+            quotas: Quotas::default(),
         })
+    }
+
+    /// The same service with other [`Quotas`] (those already exceeded stay
+    /// as they are; only new keys and principals are refused).
+    pub fn with_quotas(mut self, quotas: Quotas) -> Kms {
+        self.quotas = quotas;
+        self
     }
 
     pub fn audit_log(&self) -> &AuditLog {

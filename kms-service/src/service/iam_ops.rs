@@ -288,6 +288,15 @@ impl Kms {
                         if more > 0 { format!(" and {more} more") } else { String::new() }
                     )));
                 }
+                let most = ctx.kms.quotas.principals;
+                if state.principals.len() >= most {
+                    return Err(KmsError::LimitExceeded(format!(
+                        "this service already has {} principals, the most it allows \
+                         (--max-principals {most}); delete unused ones (DeleteUser) or raise \
+                         --max-principals",
+                        state.principals.len()
+                    )));
+                }
                 let record = PrincipalRecord {
                     principal: principal.clone(),
                     kind,

@@ -343,6 +343,15 @@ impl Kms {
                     &[],
                 )?;
                 check_lockout(&document, &principal, &format!("key/{key_id}"))?;
+                let most = ctx.kms.quotas.keys;
+                if state.keys.len() >= most {
+                    return Err(KmsError::LimitExceeded(format!(
+                        "this service already holds {} keys, the most it allows (--max-keys {most}); \
+                         keys count until they are destroyed: schedule unused ones for deletion \
+                         (ScheduleKeyDeletion) or raise --max-keys",
+                        state.keys.len()
+                    )));
+                }
                 let record = KeyRecord {
                     key_id,
                     created: now,

@@ -4513,3 +4513,93 @@ async fn descriptions_are_limited_in_characters() {
     let described = f.kms.describe_key(&f.admin, &key, &[]).await.unwrap();
     assert_eq!(described.description, longest);
 }
+
+/// `--max-keys` and `--max-principals`: past them CreateKey and CreateUser
+/// fail with LimitExceededException naming the setting, and change
+/// nothing; a key counts until it is destroyed, a principal until deleted;
+/// a caller who may not create them is refused for that, not told the
+/// count.
+#[tokio::test]
+async fn keys_and_principals_are_limited_by_the_quotas() {
+    let Fixture {
+        kms,
+        admin,
+        clock,
+        dir,
+    } = fixture().await;
+    let f = Fixture {
+        kms: kms.with_quotas(super::Quotas {
+            keys: 3,
+            principals: 3,
+        }),
+        admin,
+        clock,
+        dir,
+    };
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        keys.push(f.key(KeySpec::SymmetricDefault).await);
+    }
+    let input = CreateKeyInput {
+        description: "one too many".into(),
+        spec: KeySpec::SymmetricDefault,
+        usage: None,
+        policy: None,
+        tags: vec![],
+    };
+    check_err(
+        f.kms.create_key(&f.admin, input.clone()).await,
+        "LimitExceededException",
+        "already holds 3 keys, the most it allows (--max-keys 3)",
+    );
+    let listed = f.kms.list_keys(&f.admin, 100, "").await.unwrap();
+    assert_eq!(listed.items.len(), 3, "nothing was created");
+    // Pending deletion still counts; destroyed does not.
+    f.kms
+        .schedule_key_deletion(&f.admin, &keys[0], Some(7))
+        .await
+        .unwrap();
+    check_err(
+        f.kms.create_key(&f.admin, input.clone()).await,
+        "LimitExceededException",
+        "ScheduleKeyDeletion",
+    );
+    f.clock.advance(7 * DAY + 1);
+    f.kms.run_maintenance().await.unwrap();
+    f.kms
+        .create_key(&f.admin, input.clone())
+        .await
+        .expect("a destroyed key makes room");
+
+    // The administrator is one principal.
+    let reader = f.user("reader", PrincipalKind::User, &[]).await;
+    f.kms
+        .create_user(&f.admin, "second", Some(PrincipalKind::User))
+        .await
+        .unwrap();
+    check_err(
+        f.kms
+            .create_user(&f.admin, "third", Some(PrincipalKind::User))
+            .await,
+        "LimitExceededException",
+        "already has 3 principals, the most it allows (--max-principals 3)",
+    );
+    // Refused for what it is not allowed, whatever the count.
+    check_err(
+        f.kms
+            .create_user(&reader, "fourth", Some(PrincipalKind::User))
+            .await,
+        "AccessDeniedException",
+        "iam:CreateUser",
+    );
+    check_err(
+        f.kms.create_key(&reader, input.clone()).await,
+        "AccessDeniedException",
+        "kms:CreateKey",
+    );
+    f.kms.delete_user(&f.admin, "user/second").await.unwrap();
+    f.kms
+        .create_user(&f.admin, "third", Some(PrincipalKind::User))
+        .await
+        .expect("a deleted principal makes room");
+}
