@@ -534,6 +534,25 @@ impl KmsClient {
 /// authenticated).
 pub type Conditional<R> = Result<(String, R), (Option<String>, TableError)>;
 
+/// The key id a kms-service ciphertext blob names in its clear header
+/// (format 1: a version byte, then the 16 bytes of the key's UUID), as
+/// kms-service spells key ids. Only a hint, for work that may be skipped
+/// (a re-wrap of a data key already under its target key): kms-service
+/// checks the whole blob, and who may use its key, whenever it is used.
+pub fn blob_key_id(blob: &[u8]) -> Option<String> {
+    const FORMAT: u8 = 1;
+    let id = blob.get(1..17).filter(|_| blob.first() == Some(&FORMAT))?;
+    let hex = hex::encode(id);
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
+}
+
 fn decrypt_request(
     key_id: &str,
     wrapped: &[u8],
@@ -622,5 +641,21 @@ mod tests {
             }
             other => panic!("not KmsUnavailable: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_blobs_key_id_is_read_from_its_clear_header() {
+        let mut blob = vec![1u8];
+        blob.extend(0u8..16);
+        blob.extend([0xee; 60]);
+        assert_eq!(
+            super::blob_key_id(&blob).as_deref(),
+            Some("00010203-0405-0607-0809-0a0b0c0d0e0f")
+        );
+        // Another format, or too short to hold a key id: no hint.
+        blob[0] = 2;
+        assert_eq!(super::blob_key_id(&blob), None);
+        assert_eq!(super::blob_key_id(&[1u8; 16]), None);
+        assert_eq!(super::blob_key_id(&[]), None);
     }
 }

@@ -1152,3 +1152,55 @@ async fn tables_take_only_an_enabled_key_and_a_refusal_changes_nothing() {
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
 }
+
+/// Items written while a key change is under way are sealed under the new
+/// key already: the re-wrap leaves them as they are (no ReEncrypt, not
+/// counted), and moves only the items written before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_written_during_a_key_change_are_not_rewrapped_again() {
+    const OLD: usize = 120;
+    const NEW: usize = 30;
+    let dir = tempfile::tempdir().unwrap();
+    let Stalled {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+        old_key,
+        target,
+    } = stalled_key_change(dir.path(), Arc::new(SystemClock), "moving", OLD).await;
+    for i in 0..NEW {
+        tables
+            .put_item(authed(
+                &admin,
+                pb::PutItemRequest {
+                    table_name: "moving".into(),
+                    item: HashMap::from([
+                        ("id".to_string(), s(&format!("new-{i:04}"))),
+                        ("v".to_string(), s("written during the change")),
+                    ]),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    set_enabled(&mut keys, &admin, &old_key, true).await;
+    let t = wait_active(&mut tables, &admin, "moving").await;
+    assert_eq!(t.sse_description.unwrap().kms_key_id, target);
+
+    // One successful ReEncrypt per item written before the change.
+    let audit = std::fs::read_to_string(dir.path().join("kms/audit/audit.jsonl")).unwrap();
+    let rewrapped = audit
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|r| r["event_name"] == "ReEncrypt" && r["error_code"].is_null())
+        .count();
+    assert_eq!(rewrapped, OLD, "ReEncrypts that succeeded");
+    // All of them read with the old key disabled.
+    set_enabled(&mut keys, &admin, &old_key, false).await;
+    read_all(&mut tables, &admin, "moving", OLD).await;
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}

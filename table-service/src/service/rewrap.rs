@@ -3,7 +3,8 @@
 //! data key never leaves kms-service), page by page, with the progress stored
 //! in the table record so the job resumes after a restart. Reads and writes
 //! continue meanwhile: a blob names its own key, and each item is re-wrapped
-//! under its item lock. A page that fails is retried with back-off for as
+//! under its item lock. An item whose data key is already under the target
+//! key (written since the change began) is left as it is and not counted. A page that fails is retried with back-off for as
 //! long as the table changes its key (the old key may be enabled again,
 //! kms-service may come back); the latest failure is kept in memory for
 //! DescribeTable until a page succeeds.
@@ -247,6 +248,16 @@ impl Tables {
         for (key, bytes) in current {
             // Deleted meanwhile: nothing to re-wrap.
             let Some(bytes) = bytes else { continue };
+            // Written under the target key since the change began (or
+            // re-wrapped before a restart lost the page's progress):
+            // nothing to move, and not counted.
+            let under_target = envelope::parse(&bytes).is_ok_and(|parsed| {
+                crate::kms::blob_key_id(parsed.wrapped_key).as_deref()
+                    == Some(rewrap.target_key_id.as_str())
+            });
+            if under_target {
+                continue;
+            }
             let kms = self.kms.clone();
             let (table_id, target, name) = (
                 table.table_id.clone(),
