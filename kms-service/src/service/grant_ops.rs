@@ -204,7 +204,7 @@ impl Kms {
             let (mut items, mut truncated) = paginate(
                 entry
                     .grants
-                    .iter()
+                    .range::<str, _>(super::after(marker))
                     .filter_map(|id| state.grants.get(id))
                     .filter(|g| grant_id.is_empty() || g.grant_id == grant_id)
                     .filter(|g| grantee.is_empty() || g.grantee == grantee),

@@ -351,7 +351,10 @@ impl Kms {
                 m.starts_with("user/") || m.starts_with("service/")
             })?;
             let (items, truncated) = paginate(
-                state.principals.values().map(|e| &e.record),
+                state
+                    .principals
+                    .range::<str, _>(super::after(marker))
+                    .map(|(_, e)| &e.record),
                 |p| p.principal.as_str(),
                 marker,
                 limit,

@@ -413,8 +413,15 @@ impl Kms {
             let marker = super::marker(marker, "key ids", |m| {
                 uuid::Uuid::parse_str(m).is_ok_and(|u| u.hyphenated().to_string() == m)
             })?;
-            let (items, truncated) =
-                paginate(state.keys.keys().map(String::as_str), |k| *k, marker, limit);
+            let (items, truncated) = paginate(
+                state
+                    .keys
+                    .range::<str, _>(super::after(marker))
+                    .map(|(k, _)| k.as_str()),
+                |k| *k,
+                marker,
+                limit,
+            );
             let next_marker = truncated
                 .then(|| items.last().map(|s| s.to_string()))
                 .flatten();
@@ -671,7 +678,8 @@ impl Kms {
             let (items, truncated) = paginate(
                 state
                     .aliases
-                    .values()
+                    .range::<str, _>(super::after(marker))
+                    .map(|(_, a)| a)
                     .filter(|a| only.as_ref().is_none_or(|k| &a.key_id == k)),
                 |a| a.alias_name.as_str(),
                 marker,
