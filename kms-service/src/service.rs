@@ -130,7 +130,8 @@ pub struct Quotas {
     pub principals: usize,
 }
 
-/// AWS's default quota of customer managed keys per account and region.
+/// AWS's default quota of customer managed keys per account and region
+/// (here the service-managed key counts too).
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Principals (users and services).
 pub const DEFAULT_MAX_PRINCIPALS: usize = 10_000;
@@ -950,8 +951,9 @@ fn invalid_marker(marker: &str, what: &str) -> KmsError {
 }
 
 /// The range of a map (or set) keyed by strings after `marker` (all of it
-/// without one), so a page is found through the tree rather than by walking
-/// past the entries before it: it costs the same wherever it starts.
+/// without one), so a page's start is found through the tree rather than by
+/// walking past the entries before it (a filtered listing still walks past
+/// the entries after it that the filter leaves out).
 fn after(marker: Option<&str>) -> (std::ops::Bound<&str>, std::ops::Bound<&str>) {
     (
         marker.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),

@@ -348,7 +348,8 @@ impl Kms {
                     return Err(KmsError::LimitExceeded(format!(
                         "this service already holds {} keys, the most it allows (--max-keys {most}); \
                          keys count until they are destroyed: schedule unused ones for deletion \
-                         (ScheduleKeyDeletion) or raise --max-keys",
+                         (ScheduleKeyDeletion; each frees its place once its pending window has \
+                         passed) or raise --max-keys",
                         state.keys.len()
                     )));
                 }

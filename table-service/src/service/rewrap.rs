@@ -4,7 +4,8 @@
 //! in the table record so the job resumes after a restart. Reads and writes
 //! continue meanwhile: a blob names its own key, and each item is re-wrapped
 //! under its item lock. An item whose data key is already under the target
-//! key (written since the change began) is left as it is and not counted. A page that fails is retried with back-off for as
+//! key (written since the change began) is left as it is, and counted as
+//! done. A page that fails is retried with back-off for as
 //! long as the table changes its key (the old key may be enabled again,
 //! kms-service may come back); the latest failure is kept in memory for
 //! DescribeTable until a page succeeds.
@@ -245,17 +246,19 @@ impl Tables {
         .map_err(|e| TableError::Internal(e.to_string()))?
         .map_err(store_error)?;
         let mut set = tokio::task::JoinSet::new();
+        let mut already = 0u64;
         for (key, bytes) in current {
             // Deleted meanwhile: nothing to re-wrap.
             let Some(bytes) = bytes else { continue };
             // Written under the target key since the change began (or
             // re-wrapped before a restart lost the page's progress):
-            // nothing to move, and not counted.
+            // nothing to move, but counted as done.
             let under_target = envelope::parse(&bytes).is_ok_and(|parsed| {
                 crate::kms::blob_key_id(parsed.wrapped_key).as_deref()
                     == Some(rewrap.target_key_id.as_str())
             });
             if under_target {
+                already += 1;
                 continue;
             }
             let kms = self.kms.clone();
@@ -300,7 +303,7 @@ impl Tables {
         if let Some(e) = failed {
             return Err(e);
         }
-        let done = mutations.len() as u64;
+        let done = mutations.len() as u64 + already;
         if !mutations.is_empty() {
             self.commit.commit(mutations).await.map_err(store_error)?;
         }
