@@ -474,6 +474,7 @@ pub async fn serve_with_tls(
     }
     let (kms_grpc, iam_grpc) = grpc::services(kms.clone());
     let limit = config.max_message_bytes as usize;
+    kms.set_response_limit(limit);
     let reflection_v1 = reflection()
         .build_v1()
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;

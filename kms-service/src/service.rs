@@ -119,7 +119,14 @@ pub struct Kms {
     clock: Arc<dyn Clock>,
     managed: BTreeMap<String, Arc<PolicyDocument>>,
     quotas: Quotas,
+    /// Most bytes (approximately) of items one list page holds, so that
+    /// its answer fits in a response; see [`Kms::set_response_limit`].
+    page_bytes: std::sync::atomic::AtomicUsize,
 }
+
+/// Most bytes (approximately) of items one list page holds at the default
+/// response limit and above.
+pub const LIST_PAGE_BYTES: usize = 128 * 1024;
 
 /// How many keys and principals may exist at once; CreateKey and
 /// CreateUser past them fail with `LimitExceededException`. Keys count in
@@ -232,7 +239,24 @@ impl Kms {
             clock,
             managed,
             quotas: Quotas::default(),
+            page_bytes: std::sync::atomic::AtomicUsize::new(LIST_PAGE_BYTES),
         })
+    }
+
+    /// Makes list pages end before their items pass half of
+    /// `max_message_bytes` (the largest answer the server sends), or
+    /// [`LIST_PAGE_BYTES`] if that is smaller: a page is cut short, with a
+    /// marker for the rest, rather than fail to be sent. A page always
+    /// holds one item.
+    pub fn set_response_limit(&self, max_message_bytes: usize) {
+        self.page_bytes.store(
+            (max_message_bytes / 2).min(LIST_PAGE_BYTES),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn page_bytes(&self) -> usize {
+        self.page_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The same service with other [`Quotas`] (those already exceeded stay
@@ -959,6 +983,20 @@ fn after(marker: Option<&str>) -> (std::ops::Bound<&str>, std::ops::Bound<&str>)
         marker.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded),
         std::ops::Bound::Unbounded,
     )
+}
+
+/// Ends `page` before its items (as `size` counts them) pass `budget`,
+/// keeping at least one, and sets `truncated` if it dropped any.
+fn fit_page<T>(page: &mut Vec<T>, truncated: &mut bool, budget: usize, size: impl Fn(&T) -> usize) {
+    let mut bytes = 0;
+    if let Some(over) = page.iter().position(|item| {
+        bytes += size(item);
+        bytes > budget
+    }) {
+        let kept = over.max(1);
+        *truncated |= kept < page.len();
+        page.truncate(kept);
+    }
 }
 
 /// One page of `items` after `marker` (exclusive), by `key`.

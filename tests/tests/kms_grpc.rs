@@ -1036,3 +1036,152 @@ async fn list_pages_fit_in_an_answer() {
         "use 1–1000",
     );
 }
+
+/// Under a small `--max-message-bytes` (which also caps answers), every
+/// list call ends its pages before they would outgrow an answer, instead
+/// of failing: 400 keys, 200 users and 20 grants of 3.5 KiB, each listed
+/// in full through markers at the largest `limit`.
+#[tokio::test]
+async fn list_pages_fit_a_small_message_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServeConfig::for_data_dir(dir.path().to_path_buf());
+    config.max_message_bytes = 16 * 1024;
+    let server = RunningServer::start(config).await.unwrap();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let kms = Kms { server, admin };
+    let ch = channel(&kms).await;
+    let mut client = KeyManagementServiceClient::new(ch.clone());
+    let mut iam_client = IdentityServiceClient::new(ch);
+
+    let mut keys = std::collections::BTreeSet::new();
+    for _ in 0..400 {
+        let key = client
+            .create_key(authed(&kms.admin, pb::CreateKeyRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .key_metadata
+            .unwrap()
+            .key_id;
+        keys.insert(key);
+    }
+    let (mut listed, mut marker, mut pages) = (std::collections::BTreeSet::new(), String::new(), 0);
+    loop {
+        let page = client
+            .list_keys(authed(
+                &kms.admin,
+                pb::ListKeysRequest {
+                    limit: 1000,
+                    marker: marker.clone(),
+                },
+            ))
+            .await
+            .expect("a page of ListKeys is sent")
+            .into_inner();
+        pages += 1;
+        for entry in page.keys {
+            assert!(listed.insert(entry.key_id), "a key listed twice");
+        }
+        if !page.truncated {
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert_eq!(listed, keys);
+    assert!(pages >= 2, "{pages} pages");
+
+    let mut users = std::collections::BTreeSet::from(["user/admin".to_string()]);
+    for i in 0..200 {
+        let name = format!("user-{i:03}-{}", "u".repeat(50));
+        iam_client
+            .create_user(authed(
+                &kms.admin,
+                iam::CreateUserRequest {
+                    user_name: name.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        users.insert(format!("user/{name}"));
+    }
+    let (mut listed, mut marker, mut pages) = (std::collections::BTreeSet::new(), String::new(), 0);
+    loop {
+        let page = iam_client
+            .list_users(authed(
+                &kms.admin,
+                iam::ListUsersRequest {
+                    limit: 1000,
+                    marker: marker.clone(),
+                },
+            ))
+            .await
+            .expect("a page of ListUsers is sent")
+            .into_inner();
+        pages += 1;
+        for user in page.users {
+            assert!(listed.insert(user.principal), "a user listed twice");
+        }
+        if !page.truncated {
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert_eq!(listed, users);
+    assert!(pages >= 2, "{pages} pages");
+
+    let key = keys.first().unwrap().clone();
+    let mut made = std::collections::BTreeSet::new();
+    for g in 0..20 {
+        // 28 pairs of 60 + 60 bytes: about 3.5 KiB.
+        let subset = (0..28)
+            .map(|i| (format!("{g:03}-{i:02}-{}", "k".repeat(53)), "v".repeat(60)))
+            .collect();
+        let grant = client
+            .create_grant(authed(
+                &kms.admin,
+                pb::CreateGrantRequest {
+                    key_id: key.clone(),
+                    grantee_principal: "user/admin".into(),
+                    operations: vec![pb::GrantOperation::Decrypt.into()],
+                    constraints: Some(pb::GrantConstraints {
+                        encryption_context_subset: subset,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        made.insert(grant.grant_id);
+    }
+    let (mut listed, mut marker) = (std::collections::BTreeSet::new(), String::new());
+    loop {
+        let page = client
+            .list_grants(authed(
+                &kms.admin,
+                pb::ListGrantsRequest {
+                    key_id: key.clone(),
+                    limit: 100,
+                    marker: marker.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("a page of ListGrants is sent")
+            .into_inner();
+        for grant in page.grants {
+            assert!(listed.insert(grant.grant_id), "a grant listed twice");
+        }
+        if !page.truncated {
+            break;
+        }
+        marker = page.next_marker;
+    }
+    assert_eq!(listed, made);
+    kms.server.stop().await.unwrap();
+}

@@ -11,12 +11,6 @@ use crate::grants::{GrantConstraints, GrantOperation, GrantRecord, MAX_GRANTS_PE
 use crate::identity::principal_from_request;
 use crate::store::Mutation;
 
-/// The most bytes of grants (as [`GrantRecord::approximate_size`] counts
-/// them) one ListGrants page holds: half the default message-size limit
-/// (`--max-message-bytes`, which also caps answers; one set below about
-/// 140 KiB may refuse a page of grants with large constraints).
-pub const LIST_GRANTS_PAGE_BYTES: usize = 128 * 1024;
-
 /// What `CreateGrant` asks for.
 #[derive(Debug, Clone)]
 pub struct CreateGrantInput {
@@ -212,18 +206,12 @@ impl Kms {
                 marker,
                 limit,
             );
-            // A page also ends before its grants pass LIST_GRANTS_PAGE_BYTES
+            // A page also ends before its grants pass the page byte budget
             // (always holding one), so it fits in an answer whatever the
             // grants' constraints.
-            let mut bytes = 0;
-            if let Some(fit) = items.iter().position(|g| {
-                bytes += g.approximate_size();
-                bytes > LIST_GRANTS_PAGE_BYTES
-            }) {
-                let kept = fit.max(1);
-                truncated |= kept < items.len();
-                items.truncate(kept);
-            }
+            super::fit_page(&mut items, &mut truncated, ctx.kms.page_bytes(), |g| {
+                g.approximate_size()
+            });
             let next_marker = truncated
                 .then(|| items.last().map(|g| g.grant_id.clone()))
                 .flatten();

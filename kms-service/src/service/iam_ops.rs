@@ -350,7 +350,7 @@ impl Kms {
             let marker = super::marker(marker, "principal names", |m| {
                 m.starts_with("user/") || m.starts_with("service/")
             })?;
-            let (items, truncated) = paginate(
+            let (mut items, mut truncated) = paginate(
                 state
                     .principals
                     .range::<str, _>(super::after(marker))
@@ -359,6 +359,10 @@ impl Kms {
                 marker,
                 limit,
             );
+            // Each entry: the principal, its name, kind and creation time.
+            super::fit_page(&mut items, &mut truncated, ctx.kms.page_bytes(), |p| {
+                2 * p.principal.len() + 24
+            });
             let next_marker = truncated
                 .then(|| items.last().map(|p| p.principal.clone()))
                 .flatten();

@@ -414,7 +414,7 @@ impl Kms {
             let marker = super::marker(marker, "key ids", |m| {
                 uuid::Uuid::parse_str(m).is_ok_and(|u| u.hyphenated().to_string() == m)
             })?;
-            let (items, truncated) = paginate(
+            let (mut items, mut truncated) = paginate(
                 state
                     .keys
                     .range::<str, _>(super::after(marker))
@@ -423,6 +423,10 @@ impl Kms {
                 marker,
                 limit,
             );
+            // Each entry: the id, and the resource (`key/<id>`).
+            super::fit_page(&mut items, &mut truncated, ctx.kms.page_bytes(), |k| {
+                2 * k.len() + 16
+            });
             let next_marker = truncated
                 .then(|| items.last().map(|s| s.to_string()))
                 .flatten();
@@ -676,7 +680,7 @@ impl Kms {
             let marker = super::marker(marker, "alias names", |m| {
                 m.starts_with("alias/") && m.len() <= 256
             })?;
-            let (items, truncated) = paginate(
+            let (mut items, mut truncated) = paginate(
                 state
                     .aliases
                     .range::<str, _>(super::after(marker))
@@ -686,6 +690,9 @@ impl Kms {
                 marker,
                 limit,
             );
+            super::fit_page(&mut items, &mut truncated, ctx.kms.page_bytes(), |a| {
+                a.alias_name.len() + a.key_id.len() + 32
+            });
             let next_marker = truncated
                 .then(|| items.last().map(|a| a.alias_name.clone()))
                 .flatten();
@@ -863,12 +870,13 @@ impl Kms {
             let r = ctx.key_for(&state, key_id, "kms:ListKeyRotations")?;
             symmetric_only(&r, "rotation")?;
             let entry = &state.keys[&r.key_id];
-            let (items, truncated) = paginate(
+            let (mut items, mut truncated) = paginate(
                 entry.versions.values().filter(|v| v.version > 1),
                 |v| v.version,
                 marker,
                 limit,
             );
+            super::fit_page(&mut items, &mut truncated, ctx.kms.page_bytes(), |_| 96);
             let next_marker = truncated
                 .then(|| items.last().map(|v| v.version.to_string()))
                 .flatten();
@@ -936,7 +944,14 @@ impl Kms {
             let state = ctx.state();
             let r = ctx.key_for(&state, key_id, "kms:ListResourceTags")?;
             let marker = super::marker(marker, "tag keys", |m| m.chars().count() <= 128)?;
-            let (items, truncated) = paginate(r.tags.iter(), |(k, _)| k.as_str(), marker, limit);
+            let (mut items, mut truncated) =
+                paginate(r.tags.iter(), |(k, _)| k.as_str(), marker, limit);
+            super::fit_page(
+                &mut items,
+                &mut truncated,
+                ctx.kms.page_bytes(),
+                |(k, v)| k.len() + v.len() + 8,
+            );
             let next_marker = truncated
                 .then(|| items.last().map(|(k, _)| k.to_string()))
                 .flatten();
