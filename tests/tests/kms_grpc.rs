@@ -1037,6 +1037,29 @@ async fn list_pages_fit_in_an_answer() {
     );
 }
 
+/// Every item of a listing, following `next_marker` page by page from the
+/// first: `page(marker)` gives one page's item ids and its next marker
+/// (`None` on the last). Fails if an item comes twice. Returns the items
+/// and how many pages held them.
+async fn walk_pages<F, Fut>(mut page: F) -> (std::collections::BTreeSet<String>, usize)
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = (Vec<String>, Option<String>)>,
+{
+    let (mut listed, mut marker, mut pages) = (std::collections::BTreeSet::new(), String::new(), 0);
+    loop {
+        let (items, next) = page(marker).await;
+        pages += 1;
+        for item in items {
+            assert!(listed.insert(item.clone()), "{item} listed twice");
+        }
+        match next {
+            Some(next) => marker = next,
+            None => return (listed, pages),
+        }
+    }
+}
+
 /// Under a small `--max-message-bytes` (which also caps answers), every
 /// list call ends its pages before they would outgrow an answer, instead
 /// of failing: 400 keys, 200 users and 20 grants of 3.5 KiB, each listed
@@ -1055,6 +1078,7 @@ async fn list_pages_fit_a_small_message_limit() {
     let ch = channel(&kms).await;
     let mut client = KeyManagementServiceClient::new(ch.clone());
     let mut iam_client = IdentityServiceClient::new(ch);
+    let next = |truncated: bool, marker: String| truncated.then_some(marker);
 
     let mut keys = std::collections::BTreeSet::new();
     for _ in 0..400 {
@@ -1068,28 +1092,25 @@ async fn list_pages_fit_a_small_message_limit() {
             .key_id;
         keys.insert(key);
     }
-    let (mut listed, mut marker, mut pages) = (std::collections::BTreeSet::new(), String::new(), 0);
-    loop {
-        let page = client
-            .list_keys(authed(
-                &kms.admin,
-                pb::ListKeysRequest {
-                    limit: 1000,
-                    marker: marker.clone(),
-                },
-            ))
-            .await
-            .expect("a page of ListKeys is sent")
-            .into_inner();
-        pages += 1;
-        for entry in page.keys {
-            assert!(listed.insert(entry.key_id), "a key listed twice");
+    let (listed, pages) = walk_pages(|marker| {
+        let (mut client, admin) = (client.clone(), kms.admin.clone());
+        async move {
+            let page = client
+                .list_keys(authed(
+                    &admin,
+                    pb::ListKeysRequest {
+                        limit: 1000,
+                        marker,
+                    },
+                ))
+                .await
+                .expect("a page of ListKeys is sent")
+                .into_inner();
+            let items = page.keys.into_iter().map(|k| k.key_id).collect();
+            (items, next(page.truncated, page.next_marker))
         }
-        if !page.truncated {
-            break;
-        }
-        marker = page.next_marker;
-    }
+    })
+    .await;
     assert_eq!(listed, keys);
     assert!(pages >= 2, "{pages} pages");
 
@@ -1108,28 +1129,25 @@ async fn list_pages_fit_a_small_message_limit() {
             .unwrap();
         users.insert(format!("user/{name}"));
     }
-    let (mut listed, mut marker, mut pages) = (std::collections::BTreeSet::new(), String::new(), 0);
-    loop {
-        let page = iam_client
-            .list_users(authed(
-                &kms.admin,
-                iam::ListUsersRequest {
-                    limit: 1000,
-                    marker: marker.clone(),
-                },
-            ))
-            .await
-            .expect("a page of ListUsers is sent")
-            .into_inner();
-        pages += 1;
-        for user in page.users {
-            assert!(listed.insert(user.principal), "a user listed twice");
+    let (listed, pages) = walk_pages(|marker| {
+        let (mut iam_client, admin) = (iam_client.clone(), kms.admin.clone());
+        async move {
+            let page = iam_client
+                .list_users(authed(
+                    &admin,
+                    iam::ListUsersRequest {
+                        limit: 1000,
+                        marker,
+                    },
+                ))
+                .await
+                .expect("a page of ListUsers is sent")
+                .into_inner();
+            let items = page.users.into_iter().map(|u| u.principal).collect();
+            (items, next(page.truncated, page.next_marker))
         }
-        if !page.truncated {
-            break;
-        }
-        marker = page.next_marker;
-    }
+    })
+    .await;
     assert_eq!(listed, users);
     assert!(pages >= 2, "{pages} pages");
 
@@ -1159,29 +1177,26 @@ async fn list_pages_fit_a_small_message_limit() {
             .into_inner();
         made.insert(grant.grant_id);
     }
-    let (mut listed, mut marker) = (std::collections::BTreeSet::new(), String::new());
-    loop {
-        let page = client
-            .list_grants(authed(
-                &kms.admin,
-                pb::ListGrantsRequest {
-                    key_id: key.clone(),
-                    limit: 100,
-                    marker: marker.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("a page of ListGrants is sent")
-            .into_inner();
-        for grant in page.grants {
-            assert!(listed.insert(grant.grant_id), "a grant listed twice");
+    let (listed, pages) = walk_pages(|marker| {
+        let (mut client, admin, key) = (client.clone(), kms.admin.clone(), key.clone());
+        async move {
+            let request = pb::ListGrantsRequest {
+                key_id: key,
+                limit: 100,
+                marker,
+                ..Default::default()
+            };
+            let page = client
+                .list_grants(authed(&admin, request))
+                .await
+                .expect("a page of ListGrants is sent")
+                .into_inner();
+            let items = page.grants.into_iter().map(|g| g.grant_id).collect();
+            (items, next(page.truncated, page.next_marker))
         }
-        if !page.truncated {
-            break;
-        }
-        marker = page.next_marker;
-    }
+    })
+    .await;
     assert_eq!(listed, made);
+    assert!(pages >= 2, "{pages} pages");
     kms.server.stop().await.unwrap();
 }

@@ -803,6 +803,14 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn sink(&self) -> MutexGuard<'_, Box<dyn AuditSink>> {
+        self.sink.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn checkpoint_writer(&self) -> MutexGuard<'_, Option<CheckpointWriter>> {
+        self.checkpoints.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Seals `event` after the current tail of the chain and returns where
     /// its answer will come. The caller holds one `room` permit, which this
     /// gives back if nothing is sealed.
@@ -939,23 +947,14 @@ impl Shared {
         } else {
             let head = self.lock().written;
             let result = self
-                .sink
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .sink()
                 .sync()
                 .map_err(|e| AuditError::Unavailable {
                     reason: format!("final audit log sync failed: {e}"),
                 })
-                .and_then(|()| {
-                    match self
-                        .checkpoints
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .as_mut()
-                    {
-                        Some(cp) if cp.behind(&head) => cp.write(&head),
-                        _ => Ok(()),
-                    }
+                .and_then(|()| match self.checkpoint_writer().as_mut() {
+                    Some(cp) if cp.behind(&head) => cp.write(&head),
+                    _ => Ok(()),
                 });
             if let Err(e) = &result {
                 self.poison(&reason_of(e));
@@ -1006,9 +1005,7 @@ impl Shared {
     fn write_checkpoints(&self, mut head: ChainHead) {
         loop {
             let written = self
-                .checkpoints
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .checkpoint_writer()
                 .as_mut()
                 .map_or(Ok(()), |checkpoints| checkpoints.write(&head));
             if let Err(e) = written {
@@ -1041,9 +1038,7 @@ impl Shared {
     /// Returns the new generation, or `None` when the log was poisoned.
     fn rotate(&self, end: ChainHead, syncer: &mut Box<dyn AuditSyncer>) -> Option<u64> {
         let checkpointed = self
-            .checkpoints
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .checkpoint_writer()
             .as_mut()
             .map_or(Ok(()), |cp| cp.write_rotation(&end));
         if let Err(e) = checkpointed {
@@ -1051,11 +1046,7 @@ impl Shared {
             return None;
         }
         let first = self.lock().segment_first;
-        let rotated = self
-            .sink
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .rotate(first);
+        let rotated = self.sink().rotate(first);
         let mut pending = self.lock();
         pending.rotate_due = false;
         match rotated {
@@ -1065,7 +1056,7 @@ impl Shared {
                 pending.segment_bytes = 0;
                 let generation = pending.generation;
                 drop(pending);
-                match self.sink.lock().unwrap_or_else(|e| e.into_inner()).syncer() {
+                match self.sink().syncer() {
                     Ok(new) => *syncer = new,
                     Err(e) => {
                         self.poison(&format!(
@@ -1103,11 +1094,7 @@ impl Shared {
     /// Writes `bytes` (records up to `head`), syncs, and answers the callers
     /// this sync made durable.
     fn write_and_sync(&self, syncer: &mut dyn AuditSyncer, bytes: &mut Vec<u8>, head: ChainHead) {
-        let wrote = self
-            .sink
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .append(bytes);
+        let wrote = self.sink().append(bytes);
         let len = bytes.len() as u64;
         bytes.clear();
         let mut pending = self.lock();
@@ -1221,11 +1208,7 @@ fn sync_loop(shared: &Shared, me: usize, mut syncer: Box<dyn AuditSyncer>) {
                 // The log was rotated since this syncer's handle was made.
                 let current = pending.generation;
                 drop(pending);
-                let reopened = shared
-                    .sink
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .syncer();
+                let reopened = shared.sink().syncer();
                 pending = shared.lock();
                 match reopened {
                     Ok(new) => {
