@@ -2301,3 +2301,41 @@ async fn a_segment_of_another_chain_beside_the_log_stops_the_start() -> TestResu
     }
     Ok(())
 }
+
+/// The rotation checkpoint cannot be written: the log is poisoned (fail
+/// closed), the record that needed the rotation is refused, and the file
+/// is left where it was, with every record acknowledged before.
+#[tokio::test]
+async fn a_failing_rotation_checkpoint_refuses_the_write_and_keeps_the_file() -> TestResult {
+    let fx = Fixture::new()?;
+    let (mut checkpoint_sink, _) = TestSink::new(&fx.checkpoints)?;
+    // Every 1000 records: the first checkpoint is the rotation's.
+    checkpoint_sink.fail_append_on = Some(1);
+    let log = AuditLog::with_rotating_sink(
+        Box::new(FileSink::open(&fx.log)?),
+        Some(CheckpointSink {
+            sink: Box::new(checkpoint_sink),
+            key: Zeroizing::new(KEY),
+            every: 1000,
+            after: Duration::ZERO,
+        }),
+        ChainHead::GENESIS,
+        Batching::max_batch(1024),
+        SMALL_ROTATION,
+    )?;
+    let mut results = Vec::new();
+    for i in 0..8 {
+        results.push(log.append(event(i)).await);
+    }
+    let acknowledged = results.iter().take_while(|r| r.is_ok()).count();
+    assert!(acknowledged >= 2, "{acknowledged} acknowledged");
+    assert!(
+        results[acknowledged..].iter().all(Result::is_err),
+        "{results:?}"
+    );
+    assert!(log.fault().is_some(), "the log is poisoned");
+    assert!(segment::list(&fx.log)?.is_empty(), "nothing was rotated");
+    assert_eq!(fx.lines()?.len(), acknowledged);
+    assert_eq!(verify(&fx.log, None, None)?.records, acknowledged as u64);
+    Ok(())
+}
