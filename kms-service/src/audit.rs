@@ -52,7 +52,8 @@
 //!   text, without the terminating `\n`, hash field included).
 //! * `previous_hash` is the lowercase hex record hash of the previous record,
 //!   and 64 zeros for sequence 1. Deleting, duplicating or reordering records
-//!   is detected through `sequence` and `previous_hash`.
+//!   is detected through `sequence` and `previous_hash` (except removing
+//!   whole rotated segments, oldest first: see Rotation).
 //!
 //! Removing records from the end keeps a valid chain, which is what
 //! checkpoints are for.
@@ -64,11 +65,13 @@
 //! renames the file to `<stem>-<sequence of its first record, 20
 //! digits>.<extension>` (`audit.jsonl` to `audit-00000000000000000001.jsonl`)
 //! and starts a new file under the old name; the chain runs on across
-//! them. The first record of a file may follow something other than the
-//! record before it in the same file only there: a chain may start after
-//! record 1 only when its first record follows a record a rotation
-//! checkpoint names (the oldest segments were removed). Cutting records
-//! off the start anywhere else fails.
+//! them. A chain may start after record 1 only when its first record
+//! follows a record a rotation checkpoint names (the oldest segments were
+//! removed), and such a record must be the last of its file, so cutting
+//! records off the start anywhere else fails. Once the rotation checkpoint
+//! is written the file is moved aside or the log poisoned; a start that
+//! finds the log's last record so checkpointed (a stop came between)
+//! finishes the move.
 //!
 //! # Checkpoint file (JSON Lines)
 //!
@@ -91,7 +94,9 @@
 //!
 //! # Recovery
 //!
-//! [`AuditLog::open`] verifies both files before appending. A trailing line
+//! [`AuditLog::open`] verifies the log and the checkpoint file before
+//! appending (not the rotated segments: of those it reads only the newest
+//! one's last record, and only while the log has none). A trailing line
 //! without its `\n` (a crash during a write, so never acknowledged) is cut
 //! off; anything else that does not verify makes `open` refuse, because
 //! appending to a broken chain would bury the damage. One process at a time
@@ -115,7 +120,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use sink::{AuditSink, AuditSyncer, FileSink, RotateError};
+pub use sink::{AuditSink, AuditSyncer, FileSink};
 pub use verify::{AuditFile, VerifyFailure, VerifyReport, verify};
 pub use writer::{AuditLog, AuditStats, CheckpointSink};
 

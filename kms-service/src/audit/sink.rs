@@ -20,28 +20,30 @@ pub trait AuditSink: Send + 'static {
     /// syncs through such handles so that the next records are written while
     /// the previous ones are being synced.
     fn syncer(&self) -> io::Result<Box<dyn AuditSyncer>>;
-    /// Moves everything appended so far aside, as the rotated segment whose
-    /// first record is `first`, and goes on appending to a new, empty
-    /// destination. Called only when everything appended is durable.
-    /// Syncers made before it keep syncing the old destination. A sink that
-    /// cannot rotate (the default) keeps appending where it was.
-    fn rotate(&mut self, first: u64) -> Result<(), RotateError> {
+    /// Whether [`AuditSink::rotate`] can be asked for now, to the segment
+    /// whose first record is `first`; `Err` says why not (nothing is done,
+    /// and the sink goes on appending where it is). A sink that cannot
+    /// rotate (the default) says so.
+    fn can_rotate(&self, first: u64) -> io::Result<()> {
         let _ = first;
-        Err(RotateError::Kept(io::Error::new(
+        Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "this audit destination does not rotate",
-        )))
+        ))
     }
-}
-
-/// Why [`AuditSink::rotate`] failed.
-#[derive(Debug)]
-pub enum RotateError {
-    /// Nothing changed: the sink goes on appending to the same destination.
-    Kept(io::Error),
-    /// The old destination was moved aside but no new one could be made:
-    /// nothing more can be appended.
-    Lost(io::Error),
+    /// Moves everything appended so far aside, as the rotated segment whose
+    /// first record is `first`, and goes on appending to a new, empty
+    /// destination. Called only after [`AuditSink::can_rotate`] said yes
+    /// and the rotation checkpoint was written, when everything appended is
+    /// durable; any `Err` poisons the log (the checkpoint says the file
+    /// ends here, so nothing more may be appended to it). Syncers made
+    /// before it keep syncing the old destination.
+    fn rotate(&mut self, first: u64) -> io::Result<()> {
+        Err(self
+            .can_rotate(first)
+            .err()
+            .unwrap_or_else(|| io::Error::other("rotate is not implemented")))
+    }
 }
 
 /// Makes a sink's bytes durable; see [`AuditSink::syncer`]. Several handles
@@ -94,6 +96,21 @@ impl FileSink {
     }
 }
 
+/// Renames the log at `path`, whose first record is `first`, to its
+/// segment name and makes the rename durable (also used to finish a
+/// rotation a stop interrupted).
+pub(crate) fn rotate_file(path: &Path, first: u64) -> io::Result<()> {
+    let to = super::segment::segment_path(path, first);
+    if to.try_exists()? {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists already", to.display()),
+        ));
+    }
+    std::fs::rename(path, &to)?;
+    sync_parent_dir(path)
+}
+
 fn options(create_new: bool) -> OpenOptions {
     let mut options = OpenOptions::new();
     options.append(true).create_new(create_new);
@@ -126,24 +143,27 @@ impl AuditSink for FileSink {
         self.file.write_all(bytes)
     }
 
-    /// Renames the file to its segment name (`audit.jsonl` to
-    /// `audit-<first, 20 digits>.jsonl`, never over an existing file: the
-    /// service, under its store lock, is the directory's only writer),
-    /// syncs the directory, and creates a new file (mode 0600) under the
-    /// old name, syncing the directory again.
-    fn rotate(&mut self, first: u64) -> Result<(), RotateError> {
+    /// No file of the segment's name may exist (it is never overwritten:
+    /// the service, under its store lock, is the directory's only writer).
+    fn can_rotate(&self, first: u64) -> io::Result<()> {
         let to = super::segment::segment_path(&self.path, first);
-        if to.exists() {
-            return Err(RotateError::Kept(io::Error::new(
+        match to.try_exists()? {
+            true => Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 format!("{} exists already", to.display()),
-            )));
+            )),
+            false => Ok(()),
         }
-        std::fs::rename(&self.path, &to).map_err(RotateError::Kept)?;
-        let file = sync_parent_dir(&self.path)
-            .and_then(|()| options(true).open(&self.path))
-            .and_then(|file| sync_parent_dir(&self.path).map(|()| file))
-            .map_err(RotateError::Lost)?;
+    }
+
+    /// Renames the file to its segment name (`audit.jsonl` to
+    /// `audit-<first, 20 digits>.jsonl`), syncs the directory, and creates a
+    /// new file (mode 0600) under the old name, syncing the directory again.
+    fn rotate(&mut self, first: u64) -> io::Result<()> {
+        self.can_rotate(first)?;
+        rotate_file(&self.path, first)?;
+        let file = options(true).open(&self.path)?;
+        sync_parent_dir(&self.path)?;
         self.file = file;
         Ok(())
     }

@@ -2157,14 +2157,16 @@ impl AuditSink for FailingRotation {
     fn syncer(&self) -> io::Result<Box<dyn AuditSyncer>> {
         self.inner.syncer()
     }
-    fn rotate(&mut self, _first: u64) -> Result<(), RotateError> {
+    fn can_rotate(&self, _first: u64) -> io::Result<()> {
         self.rotations.fetch_add(1, Ordering::SeqCst);
-        let error = io::Error::other("injected rotation failure");
-        Err(if self.lost {
-            RotateError::Lost(error)
-        } else {
-            RotateError::Kept(error)
-        })
+        match self.lost {
+            // Fails only once the rotation checkpoint is written.
+            true => Ok(()),
+            false => Err(io::Error::other("injected: cannot rotate now")),
+        }
+    }
+    fn rotate(&mut self, _first: u64) -> io::Result<()> {
+        Err(io::Error::other("injected rotation failure"))
     }
 }
 
@@ -2248,7 +2250,10 @@ impl AuditSink for GenerationSink {
             generation: Arc::clone(&self.generation),
         }))
     }
-    fn rotate(&mut self, first: u64) -> Result<(), RotateError> {
+    fn can_rotate(&self, first: u64) -> io::Result<()> {
+        self.inner.can_rotate(first)
+    }
+    fn rotate(&mut self, first: u64) -> io::Result<()> {
         self.inner.rotate(first)?;
         self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -2337,5 +2342,59 @@ async fn a_failing_rotation_checkpoint_refuses_the_write_and_keeps_the_file() ->
     assert!(segment::list(&fx.log)?.is_empty(), "nothing was rotated");
     assert_eq!(fx.lines()?.len(), acknowledged);
     assert_eq!(verify(&fx.log, None, None)?.records, acknowledged as u64);
+    Ok(())
+}
+
+/// A stop between writing the rotation checkpoint and moving the file
+/// aside: the log's last record has a rotation checkpoint. The next start
+/// finishes the move, and the chain goes on in a new file.
+#[tokio::test]
+async fn a_rotation_a_stop_interrupted_is_finished_at_the_next_start() -> TestResult {
+    let fx = Fixture::new()?;
+    let end = fx.rotated_then_stopped().await?;
+    let moved = segment::segment_path(&fx.log, 1);
+    std::fs::rename(&moved, &fx.log)?;
+    assert!(segment::list(&fx.log)?.is_empty());
+    let log = fx.open_rotating(SMALL_ROTATION)?;
+    assert_eq!(
+        read_lines(&moved)?.len() as u64,
+        end,
+        "moved aside at the start"
+    );
+    assert_eq!(log.append(event(9)).await?, end + 1);
+    log.close().await?;
+    assert_eq!(sequence_of(&fx.lines()?[0])?, end + 1);
+    let report = fx.verify()?;
+    assert_eq!((report.records, report.segments), (end + 1, 1));
+    Ok(())
+}
+
+/// A rotation checkpoint names a record that ends its file: one followed
+/// by more records in the same file (segments joined back together, or a
+/// file cut short at a rotation point and spliced) fails, at verify and at
+/// start-up.
+#[tokio::test]
+async fn a_rotation_checkpoint_in_the_middle_of_a_file_fails() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write_rotating(0, 8, SMALL_ROTATION).await?;
+    let segments = fx.segments()?;
+    let mut joined = Vec::new();
+    for (_, path, lines) in &segments {
+        joined.extend(lines.iter().cloned());
+        std::fs::remove_file(path)?;
+    }
+    let end = sequence_of(&segments[0].2[segments[0].2.len() - 1])?;
+    joined.extend(fx.lines()?);
+    fx.rewrite(&joined)?;
+    let failure = expect_failure(fx.verify())?;
+    assert_eq!(failure.sequence, Some(end + 1), "{failure}");
+    assert!(
+        failure.reason.contains(&format!(
+            "record {end} has a rotation checkpoint, so it ends its file"
+        )),
+        "{failure}"
+    );
+    let (_, failure) = expect_corrupt(fx.open_rotating(SMALL_ROTATION))?;
+    assert!(failure.reason.contains("so it ends its file"), "{failure}");
     Ok(())
 }

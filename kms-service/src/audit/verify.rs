@@ -205,6 +205,9 @@ pub(crate) struct Inspection {
     pub(crate) records: u64,
     /// The first record read (0: none).
     pub(crate) first_sequence: u64,
+    /// The last record read has a rotation checkpoint: its file was to be
+    /// moved aside (a stop came first).
+    pub(crate) log_ends_segment: bool,
     pub(crate) checkpoints: u64,
     pub(crate) last_checkpointed: u64,
     pub(crate) log_tail: TailInfo,
@@ -239,12 +242,14 @@ pub(crate) fn inspect<L: BufRead, C: BufRead>(
         head: ChainHead::GENESIS,
         records: 0,
         first: 0,
+        ends_file: None,
         file_first: None,
         named_first: None,
         segment: None,
         checkpoints: &set,
     };
     for (name, first, reader) in segments {
+        chain.ends_file = None;
         chain.named_first = Some(first);
         chain.segment = Some(name.clone());
         chain.file_first = Some(first);
@@ -262,6 +267,7 @@ pub(crate) fn inspect<L: BufRead, C: BufRead>(
     }
     chain.segment = None;
     chain.named_first = None;
+    chain.ends_file = None;
     let log_tail = match log {
         Some(reader) => read_lines(reader, tail, &mut chain)?,
         None => TailInfo::default(),
@@ -287,10 +293,12 @@ pub(crate) fn inspect<L: BufRead, C: BufRead>(
     }
     let (head, records, first_sequence) = (chain.head, chain.records, chain.first);
     set.check_covered(head.sequence)?;
+    let log_ends_segment = chain.ends_file.is_some();
     Ok(Inspection {
         head,
         records,
         first_sequence,
+        log_ends_segment,
         checkpoints: set.count,
         last_checkpointed: set.highest,
         log_tail,
@@ -442,6 +450,9 @@ struct ChainScanner<'a> {
     /// The first sequence the name of the segment being read gives, until
     /// its first record has been checked against it.
     file_first: Option<u64>,
+    /// The last record read in this file has a rotation checkpoint, so it
+    /// must be the file's last.
+    ends_file: Option<u64>,
     /// The first sequence the name of the segment being read gives: where
     /// the chain is expected to start when earlier segments were removed.
     named_first: Option<u64>,
@@ -479,6 +490,19 @@ impl LineVisitor for ChainScanner<'_> {
         // trailing one just checked; compared anyway so that can never drift.
         if !line.ends_with(format!("{}\"}}", record.hash).as_bytes()) {
             return Err(self.failure(number, "hash field is not the last field".into()));
+        }
+        // A record with a rotation checkpoint ends its file.
+        if let Some(end) = self.ends_file {
+            return Err(VerifyFailure {
+                file: AuditFile::Log,
+                segment: self.segment.clone(),
+                sequence: Some(record.sequence),
+                line: number,
+                reason: format!(
+                    "record {end} has a rotation checkpoint, so it ends its file, but record {} follows it in the same file",
+                    record.sequence
+                ),
+            });
         }
         // A segment's name says which record it begins with.
         if let Some(first) = self.file_first.take()
@@ -559,6 +583,12 @@ impl LineVisitor for ChainScanner<'_> {
             self.first = record.sequence;
         }
         self.records += 1;
+        self.ends_file = self
+            .checkpoints
+            .by_sequence
+            .get(&record.sequence)
+            .is_some_and(|cp| cp.rotated)
+            .then_some(record.sequence);
         Ok(())
     }
 

@@ -42,7 +42,7 @@ use super::segment;
 use super::verify::{Tail, file_name, inspect, record_head};
 use super::{
     AuditConfig, AuditError, AuditEvent, AuditFile, AuditSink, AuditSyncer, Batching, ChainHead,
-    FileSink, RotateError, VerifyFailure,
+    FileSink, VerifyFailure,
 };
 
 /// Checkpointing for [`AuditLog::with_sink`].
@@ -268,6 +268,31 @@ impl AuditLog {
                 _ => {}
             }
         }
+        // The log's last record has a rotation checkpoint: the service
+        // stopped between writing it and moving the file aside. The move is
+        // finished now, since that checkpoint says the file ends there.
+        let (first, size) = if seen.records > 0 && seen.log_ends_segment {
+            super::sink::rotate_file(&log_path, seen.first_sequence).map_err(|source| {
+                AuditError::Io {
+                    action: "finish the interrupted rotation of",
+                    path: log_path.clone(),
+                    source,
+                }
+            })?;
+            tracing::info!(
+                first_sequence = seen.first_sequence,
+                last_sequence = seen.head.sequence,
+                "finished an audit log rotation a stop interrupted"
+            );
+            (seen.head.sequence.saturating_add(1), 0)
+        } else if seen.records > 0 {
+            (seen.first_sequence, seen.log_tail.complete_len)
+        } else {
+            (
+                seen.head.sequence.saturating_add(1),
+                seen.log_tail.complete_len,
+            )
+        };
         let sink = FileSink::open(&log_path)?;
         let checkpoint_sink = FileSink::open(&checkpoint_path)?;
         spawn(
@@ -283,12 +308,8 @@ impl AuditLog {
             batching,
             Rotation {
                 bytes: rotate_bytes,
-                first: if seen.records > 0 {
-                    seen.first_sequence
-                } else {
-                    seen.head.sequence.saturating_add(1)
-                },
-                size: seen.log_tail.complete_len,
+                first,
+                size,
             },
         )
     }
@@ -1035,8 +1056,27 @@ impl Shared {
     /// file), then has the sink move the file aside, and replaces `syncer`
     /// with one of the new file. Called by the syncer holding `writing`
     /// when everything written is durable and nothing else is in flight.
-    /// Returns the new generation, or `None` when the log was poisoned.
+    /// Returns the generation to sync, or `None` when the log was poisoned.
+    ///
+    /// A rotation checkpoint promises that its record ends its file (a
+    /// chain may start after it once the file is removed), so once it is
+    /// written the file must be moved aside or nothing more appended: a
+    /// failure from there on poisons the log, and the next start finishes
+    /// the move. Whatever can be checked is checked before it.
     fn rotate(&self, end: ChainHead, syncer: &mut Box<dyn AuditSyncer>) -> Option<u64> {
+        let first = self.lock().segment_first;
+        let can = self.sink().can_rotate(first);
+        if let Err(e) = can {
+            // Nothing done: appending goes on to the same file, and
+            // rotation is tried again after as many bytes more.
+            let mut pending = self.lock();
+            pending.rotate_due = false;
+            pending.segment_bytes = 0;
+            let generation = pending.generation;
+            drop(pending);
+            tracing::warn!(error = %e, "the audit log cannot be rotated now; it goes on in the same file");
+            return Some(generation);
+        }
         let checkpointed = self
             .checkpoint_writer()
             .as_mut()
@@ -1045,26 +1085,22 @@ impl Shared {
             self.poison(&reason_of(&e));
             return None;
         }
-        let first = self.lock().segment_first;
-        let rotated = self.sink().rotate(first);
-        let mut pending = self.lock();
-        pending.rotate_due = false;
+        let rotated = {
+            // One lock for both (a second while the first is held would
+            // never be granted).
+            let mut sink = self.sink();
+            sink.rotate(first).and_then(|()| sink.syncer())
+        };
         match rotated {
-            Ok(()) => {
+            Ok(new) => {
+                *syncer = new;
+                let mut pending = self.lock();
+                pending.rotate_due = false;
                 pending.generation += 1;
                 pending.segment_first = end.sequence.saturating_add(1);
                 pending.segment_bytes = 0;
                 let generation = pending.generation;
                 drop(pending);
-                match self.sink().syncer() {
-                    Ok(new) => *syncer = new,
-                    Err(e) => {
-                        self.poison(&format!(
-                            "cannot sync the new audit log after rotating it: {e}"
-                        ));
-                        return None;
-                    }
-                }
                 tracing::info!(
                     first_sequence = first,
                     last_sequence = end.sequence,
@@ -1072,20 +1108,8 @@ impl Shared {
                 );
                 Some(generation)
             }
-            Err(RotateError::Kept(e)) => {
-                // Nothing changed: appending goes on to the same file, and
-                // rotation is tried again after as many bytes more.
-                pending.segment_bytes = 0;
-                let generation = pending.generation;
-                drop(pending);
-                tracing::warn!(error = %e, "audit log rotation failed; the log goes on in the same file");
-                Some(generation)
-            }
-            Err(RotateError::Lost(e)) => {
-                self.poison_locked(
-                    pending,
-                    &format!("audit log rotation left no file to append to: {e}"),
-                );
+            Err(e) => {
+                self.poison(&format!("audit log rotation failed: {e}"));
                 None
             }
         }
