@@ -491,33 +491,28 @@ impl LineVisitor for ChainScanner<'_> {
         if !line.ends_with(format!("{}\"}}", record.hash).as_bytes()) {
             return Err(self.failure(number, "hash field is not the last field".into()));
         }
+        let intact = |reason: String| VerifyFailure {
+            file: AuditFile::Log,
+            segment: self.segment.clone(),
+            sequence: Some(record.sequence),
+            line: number,
+            reason,
+        };
         // A record with a rotation checkpoint ends its file.
         if let Some(end) = self.ends_file {
-            return Err(VerifyFailure {
-                file: AuditFile::Log,
-                segment: self.segment.clone(),
-                sequence: Some(record.sequence),
-                line: number,
-                reason: format!(
-                    "record {end} has a rotation checkpoint, so it ends its file, but record {} follows it in the same file",
-                    record.sequence
-                ),
-            });
+            return Err(intact(format!(
+                "record {end} has a rotation checkpoint, so it ends its file, but record {} follows it in the same file",
+                record.sequence
+            )));
         }
         // A segment's name says which record it begins with.
         if let Some(first) = self.file_first.take()
             && record.sequence != first
         {
-            return Err(VerifyFailure {
-                file: AuditFile::Log,
-                segment: self.segment.clone(),
-                sequence: Some(record.sequence),
-                line: number,
-                reason: format!(
-                    "the segment's name says it begins with record {first}, but its first record is {}",
-                    record.sequence
-                ),
-            });
+            return Err(intact(format!(
+                "the segment's name says it begins with record {first}, but its first record is {}",
+                record.sequence
+            )));
         }
         // The oldest rotated segments may have been removed: the first
         // record present then goes on from the last record of a removed
@@ -535,13 +530,6 @@ impl LineVisitor for ChainScanner<'_> {
             };
         }
         let expected = self.expected();
-        let intact = |reason: String| VerifyFailure {
-            file: AuditFile::Log,
-            segment: self.segment.clone(),
-            sequence: Some(record.sequence),
-            line: number,
-            reason,
-        };
         if record.sequence != expected {
             return Err(intact(
                 if self.records == 0 && self.head == ChainHead::GENESIS {
