@@ -216,14 +216,7 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
         tables
             .put_item(authed(
                 &admin,
-                pb::PutItemRequest {
-                    table_name: "orders".into(),
-                    item: HashMap::from([
-                        ("id".to_string(), s(&format!("{i:04}"))),
-                        ("v".to_string(), s(&format!("value {i}"))),
-                    ]),
-                    ..Default::default()
-                },
+                put_request("orders", &format!("{i:04}"), &format!("value {i}")),
             ))
             .await
             .unwrap();
@@ -252,14 +245,7 @@ async fn update_table_rewraps_every_item_and_survives_a_restart() {
     tables
         .put_item(authed(
             &admin,
-            pb::PutItemRequest {
-                table_name: "orders".into(),
-                item: HashMap::from([
-                    ("id".to_string(), s("new")),
-                    ("v".to_string(), s("written during the change")),
-                ]),
-                ..Default::default()
-            },
+            put_request("orders", "new", "written during the change"),
         ))
         .await
         .unwrap();
@@ -363,6 +349,15 @@ async fn read_all(tables: &mut TableServiceClient<Channel>, token: &str, name: &
             .into_inner()
             .item;
         assert_eq!(item.get("v"), Some(&s(&format!("value {i}"))));
+    }
+}
+
+/// A PutItem of the item `id` with attribute `v` to `table`.
+fn put_request(table: &str, id: &str, v: &str) -> pb::PutItemRequest {
+    pb::PutItemRequest {
+        table_name: table.into(),
+        item: HashMap::from([("id".to_string(), s(id)), ("v".to_string(), s(v))]),
+        ..Default::default()
     }
 }
 
@@ -713,14 +708,7 @@ async fn update_table_moves_between_the_service_managed_key_and_a_customer_key()
         tables
             .put_item(authed(
                 &admin,
-                pb::PutItemRequest {
-                    table_name: "managed".into(),
-                    item: HashMap::from([
-                        ("id".to_string(), s(&format!("{i:04}"))),
-                        ("v".to_string(), s(&format!("value {i}"))),
-                    ]),
-                    ..Default::default()
-                },
+                put_request("managed", &format!("{i:04}"), &format!("value {i}")),
             ))
             .await
             .unwrap();
@@ -872,14 +860,7 @@ async fn writes_racing_a_key_change_all_end_up_under_the_new_key() {
             tables
                 .put_item(authed(
                     &admin,
-                    pb::PutItemRequest {
-                        table_name: "race".into(),
-                        item: HashMap::from([
-                            ("id".to_string(), s(&id)),
-                            ("v".to_string(), s(&format!("value of {id}"))),
-                        ]),
-                        ..Default::default()
-                    },
+                    put_request("race", &id, &format!("value of {id}")),
                 ))
                 .await
                 .map(|_| id)
@@ -1016,14 +997,7 @@ async fn tables_come_and_go_while_a_rewrap_runs() {
             bounded,
             tables.put_item(authed(
                 &admin,
-                pb::PutItemRequest {
-                    table_name: "big".into(),
-                    item: HashMap::from([
-                        ("id".to_string(), s(&format!("during-{i}"))),
-                        ("v".to_string(), s("y")),
-                    ]),
-                    ..Default::default()
-                },
+                put_request("big", &format!("during-{i}"), "y"),
             )),
         )
         .await
@@ -1176,14 +1150,11 @@ async fn items_written_during_a_key_change_are_not_rewrapped_again() {
         tables
             .put_item(authed(
                 &admin,
-                pb::PutItemRequest {
-                    table_name: "moving".into(),
-                    item: HashMap::from([
-                        ("id".to_string(), s(&format!("new-{i:04}"))),
-                        ("v".to_string(), s("written during the change")),
-                    ]),
-                    ..Default::default()
-                },
+                put_request(
+                    "moving",
+                    &format!("new-{i:04}"),
+                    "written during the change",
+                ),
             ))
             .await
             .unwrap();

@@ -100,15 +100,22 @@ impl FileSink {
 /// segment name and makes the rename durable (also used to finish a
 /// rotation a stop interrupted).
 pub(crate) fn rotate_file(path: &Path, first: u64) -> io::Result<()> {
-    let to = super::segment::segment_path(path, first);
-    if to.try_exists()? {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("{} exists already", to.display()),
-        ));
-    }
+    let to = free_segment_path(path, first)?;
     std::fs::rename(path, &to)?;
     sync_parent_dir(path)
+}
+
+/// The segment name of the log at `path` whose first record is `first`,
+/// if no file has it (a segment is never overwritten).
+fn free_segment_path(path: &Path, first: u64) -> io::Result<PathBuf> {
+    let to = super::segment::segment_path(path, first);
+    match to.try_exists()? {
+        true => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists already", to.display()),
+        )),
+        false => Ok(to),
+    }
 }
 
 fn options(create_new: bool) -> OpenOptions {
@@ -146,21 +153,13 @@ impl AuditSink for FileSink {
     /// No file of the segment's name may exist (it is never overwritten:
     /// the service, under its store lock, is the directory's only writer).
     fn can_rotate(&self, first: u64) -> io::Result<()> {
-        let to = super::segment::segment_path(&self.path, first);
-        match to.try_exists()? {
-            true => Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} exists already", to.display()),
-            )),
-            false => Ok(()),
-        }
+        free_segment_path(&self.path, first).map(drop)
     }
 
     /// Renames the file to its segment name (`audit.jsonl` to
     /// `audit-<first, 20 digits>.jsonl`), syncs the directory, and creates a
     /// new file (mode 0600) under the old name, syncing the directory again.
     fn rotate(&mut self, first: u64) -> io::Result<()> {
-        self.can_rotate(first)?;
         rotate_file(&self.path, first)?;
         let file = options(true).open(&self.path)?;
         sync_parent_dir(&self.path)?;

@@ -555,7 +555,8 @@ impl LineVisitor for ChainScanner<'_> {
             }));
         }
         let hash = line_hash(line);
-        if let Some(cp) = self.checkpoints.by_sequence.get(&record.sequence)
+        let checkpoint = self.checkpoints.by_sequence.get(&record.sequence);
+        if let Some(cp) = checkpoint
             && cp.hash != hash
         {
             return Err(intact(format!(
@@ -571,10 +572,7 @@ impl LineVisitor for ChainScanner<'_> {
             self.first = record.sequence;
         }
         self.records += 1;
-        self.ends_file = self
-            .checkpoints
-            .by_sequence
-            .get(&record.sequence)
+        self.ends_file = checkpoint
             .is_some_and(|cp| cp.rotated)
             .then_some(record.sequence);
         Ok(())

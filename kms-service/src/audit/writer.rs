@@ -324,15 +324,12 @@ impl AuditLog {
         resume: ChainHead,
         batching: Batching,
     ) -> Result<AuditLog, AuditError> {
-        batching.check()?;
-        let checkpoints =
-            checkpoints.map(|cp| CheckpointWriter::new(cp.sink, cp.key, cp.every, cp.after, 0));
-        spawn(sink, checkpoints, resume, batching, Rotation::never(resume))
+        Self::with_rotating_sink(sink, checkpoints, resume, batching, 0)
     }
 
     /// [`AuditLog::with_sink`] with rotation: once `rotate_bytes` have been
     /// appended, the next write first asks the sink to rotate (see
-    /// [`AuditSink::rotate`]).
+    /// [`AuditSink::rotate`]); 0 never does.
     pub fn with_rotating_sink(
         sink: Box<dyn AuditSink>,
         checkpoints: Option<CheckpointSink>,
@@ -350,7 +347,8 @@ impl AuditLog {
             batching,
             Rotation {
                 bytes: rotate_bytes,
-                ..Rotation::never(resume)
+                first: resume.sequence.saturating_add(1),
+                size: 0,
             },
         )
     }
@@ -484,16 +482,6 @@ struct Rotation {
     first: u64,
     /// Bytes in the file.
     size: u64,
-}
-
-impl Rotation {
-    fn never(resume: ChainHead) -> Rotation {
-        Rotation {
-            bytes: 0,
-            first: resume.sequence.saturating_add(1),
-            size: 0,
-        }
-    }
 }
 
 /// A reader for `path`, or `None` when it does not exist yet (a new log).
