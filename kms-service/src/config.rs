@@ -102,6 +102,60 @@ pub fn root_key_from_env() -> Option<zeroize::Zeroizing<String>> {
     }
 }
 
+/// A root key on a PKCS#11 token (a hardware security module), instead of a
+/// root key file.
+#[derive(Debug, Clone, Args)]
+pub struct Pkcs11Config {
+    /// The PKCS#11 library of the token that holds the root key (e.g.
+    /// `/usr/lib/softhsm/libsofthsm2.so`). Setting it keeps the root key on
+    /// the token, where it never leaves: backing keys are wrapped and
+    /// unwrapped there. On the first start of a new data directory the key
+    /// is generated on the token (AES-256, sensitive, not extractable)
+    /// unless one with its label is there. Exclusive with
+    /// `--root-key-file` and `KMS_ROOT_KEY`.
+    #[arg(
+        long,
+        env = "KMS_ROOT_KEY_PKCS11_MODULE",
+        value_name = "LIBRARY",
+        requires_all = ["root_key_pkcs11_token", "root_key_pkcs11_pin_file"],
+        conflicts_with = "root_key_file"
+    )]
+    pub root_key_pkcs11_module: Option<PathBuf>,
+    /// The label of the token that holds the root key.
+    #[arg(
+        long,
+        env = "KMS_ROOT_KEY_PKCS11_TOKEN",
+        value_name = "LABEL",
+        requires = "root_key_pkcs11_module"
+    )]
+    pub root_key_pkcs11_token: Option<String>,
+    /// A file holding the token's user PIN (surrounding white space is
+    /// ignored; never a flag, which every user of the machine can see).
+    #[arg(
+        long,
+        env = "KMS_ROOT_KEY_PKCS11_PIN_FILE",
+        value_name = "FILE",
+        requires = "root_key_pkcs11_module"
+    )]
+    pub root_key_pkcs11_pin_file: Option<PathBuf>,
+    /// The label of the root key object on the token.
+    #[arg(long, env = "KMS_ROOT_KEY_PKCS11_KEY", value_name = "LABEL",
+          default_value = crate::crypto::pkcs11::DEFAULT_KEY_LABEL)]
+    pub root_key_pkcs11_key: String,
+}
+
+impl Pkcs11Config {
+    /// No token: the root key is a file or in the environment.
+    pub fn none() -> Pkcs11Config {
+        Pkcs11Config {
+            root_key_pkcs11_module: None,
+            root_key_pkcs11_token: None,
+            root_key_pkcs11_pin_file: None,
+            root_key_pkcs11_key: crate::crypto::pkcs11::DEFAULT_KEY_LABEL.to_string(),
+        }
+    }
+}
+
 /// Where state lives and where secrets come from.
 #[derive(Debug, Clone, Args)]
 pub struct StorageConfig {
@@ -123,6 +177,8 @@ pub struct StorageConfig {
     /// every user of the machine). Exclusive with `--root-key-file`.
     #[arg(skip = root_key_from_env())]
     pub root_key_env: Option<zeroize::Zeroizing<String>>,
+    #[command(flatten)]
+    pub pkcs11: Pkcs11Config,
     /// Where the bootstrap administrator's token is written on first start
     /// (mode 0600). Default: `<data-dir>/admin.token`.
     #[arg(long, env = "KMS_ADMIN_TOKEN_FILE")]
@@ -272,6 +328,7 @@ impl ServeConfig {
                 data_dir,
                 root_key_file: None,
                 root_key_env: None,
+                pkcs11: Pkcs11Config::none(),
                 admin_token_file: None,
                 admin_token_secret_file: None,
                 table_service_token_file: None,
@@ -307,6 +364,9 @@ pub struct VerifyConfig {
     /// The root key from `KMS_ROOT_KEY` (environment only).
     #[arg(skip = root_key_from_env())]
     pub root_key_env: Option<zeroize::Zeroizing<String>>,
+    /// Or the root key on a PKCS#11 token.
+    #[command(flatten)]
+    pub pkcs11: Pkcs11Config,
 }
 
 #[derive(Debug, Clone, Args)]

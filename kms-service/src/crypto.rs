@@ -10,6 +10,7 @@ pub mod aead;
 pub mod blob;
 pub mod context;
 pub mod mac;
+pub mod pkcs11;
 pub mod root_key;
 
 use zeroize::Zeroizing;

@@ -98,6 +98,10 @@ pub enum KmsError {
     /// is refused (fail closed).
     #[error("{0}")]
     Unavailable(String),
+    /// The root key (a hardware token) cannot be used just now: nothing
+    /// was done; the call may be retried.
+    #[error("{0}")]
+    KeyUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -130,12 +134,25 @@ impl KmsError {
             KmsError::InvalidMarker(_) => "InvalidMarkerException",
             KmsError::Validation(_) => "ValidationException",
             KmsError::Unavailable(_) => "KMSUnavailableException",
+            KmsError::KeyUnavailable(_) => "KeyUnavailableException",
             KmsError::Internal(_) => "KMSInternalException",
         }
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
         KmsError::Validation(message.into())
+    }
+}
+
+impl From<crate::crypto::root_key::RootKeyUnavailable> for KmsError {
+    fn from(e: crate::crypto::root_key::RootKeyUnavailable) -> Self {
+        // The detail (the token's own error) is for the log; the caller
+        // learns that the call may be retried.
+        tracing::error!(error = %e, "the root key could not be used");
+        KmsError::KeyUnavailable(
+            "the root key's hardware token cannot be used just now; nothing was done, retry later"
+                .into(),
+        )
     }
 }
 

@@ -217,22 +217,34 @@ async fn main() -> ExitCode {
                 p.push(".checkpoints");
                 p.into()
             });
-            let root = match (&v.root_key_file, &v.root_key_env) {
-                (Some(_), Some(_)) => {
-                    eprintln!(
-                        "kms-service audit verify: both KMS_ROOT_KEY and --root-key-file / KMS_ROOT_KEY_FILE are set: give the root key one way"
-                    );
-                    return ExitCode::from(2);
-                }
-                (Some(path), None) => Some(SoftwareRootKey::read_file(path)),
-                (None, Some(hex)) => Some(SoftwareRootKey::from_hex(
-                    hex,
-                    "in the environment variable KMS_ROOT_KEY",
-                )),
-                (None, None) => None,
-            };
-            let key = match root.transpose() {
-                Ok(root) => root.map(|r| r.derive(kms_service::AUDIT_CHECKPOINT_PURPOSE)),
+            let token = v.pkcs11.root_key_pkcs11_module.is_some();
+            let root: Result<Option<Box<dyn RootKey>>, String> =
+                match (&v.root_key_file, &v.root_key_env) {
+                    (Some(_), Some(_)) | (None, Some(_)) if token => Err(
+                        "both KMS_ROOT_KEY and --root-key-pkcs11-module / KMS_ROOT_KEY_PKCS11_MODULE are set: give the root key one way".into(),
+                    ),
+                    (Some(_), Some(_)) => Err(
+                        "both KMS_ROOT_KEY and --root-key-file / KMS_ROOT_KEY_FILE are set: give the root key one way".into(),
+                    ),
+                    (Some(path), None) => SoftwareRootKey::read_file(path)
+                        .map(|r| Some(Box::new(r) as Box<dyn RootKey>))
+                        .map_err(|e| e.to_string()),
+                    (None, Some(hex)) => {
+                        SoftwareRootKey::from_hex(hex, "in the environment variable KMS_ROOT_KEY")
+                            .map(|r| Some(Box::new(r) as Box<dyn RootKey>))
+                            .map_err(|e| e.to_string())
+                    }
+                    // Never creates a key: verify only reads.
+                    (None, None) => kms_service::server::pkcs11_root_key(&v.pkcs11, false)
+                        .map(|r| r.map(|(r, _)| Box::new(r) as Box<dyn RootKey>))
+                        .map_err(|e| e.to_string()),
+                };
+            let key = match root.and_then(|root| {
+                root.map(|r| r.derive(kms_service::AUDIT_CHECKPOINT_PURPOSE))
+                    .transpose()
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(key) => key,
                 Err(e) => {
                     eprintln!("kms-service audit verify: {e}");
                     return ExitCode::from(2);
@@ -273,7 +285,7 @@ async fn main() -> ExitCode {
                         if key.is_some() {
                             ", signatures checked"
                         } else {
-                            ", signatures not checked (no --root-key-file or KMS_ROOT_KEY)"
+                            ", signatures not checked (no root key given: --root-key-file, KMS_ROOT_KEY or --root-key-pkcs11-module)"
                         },
                         match (uncovered, report.last_checkpointed) {
                             (0, _) => String::new(),

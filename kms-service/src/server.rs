@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use crate::audit::{AuditConfig, AuditLog};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ServeConfig, StorageConfig};
+use crate::crypto::pkcs11::{Pkcs11RootKey, Pkcs11Settings};
 use crate::crypto::root_key::{RootKey, SoftwareRootKey};
 use crate::error::KmsError;
 use crate::grpc;
@@ -285,6 +286,57 @@ fn root_key(storage: &StorageConfig) -> Result<SoftwareRootKey, StartError> {
     Ok(key)
 }
 
+/// Largest PIN file read, in bytes.
+const MAX_PIN_FILE: u64 = 4096;
+
+/// Opens the root key on the PKCS#11 token `config` names, if it names one;
+/// with `create`, generates it there when the token has none. The answer
+/// says whether it did.
+pub fn pkcs11_root_key(
+    config: &crate::config::Pkcs11Config,
+    create: bool,
+) -> Result<Option<(Pkcs11RootKey, bool)>, StartError> {
+    use std::io::Read;
+    let Some(module) = &config.root_key_pkcs11_module else {
+        return Ok(None);
+    };
+    let (Some(token), Some(pin_file)) = (
+        &config.root_key_pkcs11_token,
+        &config.root_key_pkcs11_pin_file,
+    ) else {
+        return Err(StartError::Config(
+            "--root-key-pkcs11-module needs --root-key-pkcs11-token and --root-key-pkcs11-pin-file"
+                .into(),
+        ));
+    };
+    const SETTING: &str = "--root-key-pkcs11-pin-file / KMS_ROOT_KEY_PKCS11_PIN_FILE";
+    let mut text = zeroize::Zeroizing::new(String::new());
+    std::fs::File::open(pin_file)
+        .and_then(|file| file.take(MAX_PIN_FILE + 1).read_to_string(&mut text))
+        .map_err(io(format!(
+            "cannot read the token's PIN from {} ({SETTING})",
+            pin_file.display()
+        )))?;
+    let pin = zeroize::Zeroizing::new(text.trim().to_string());
+    if pin.is_empty() || text.len() as u64 > MAX_PIN_FILE {
+        return Err(StartError::Config(format!(
+            "{} ({SETTING}) does not hold a PIN: it is empty or over {MAX_PIN_FILE} bytes",
+            pin_file.display()
+        )));
+    }
+    let settings = Pkcs11Settings {
+        module,
+        token,
+        pin,
+        key_label: &config.root_key_pkcs11_key,
+    };
+    Pkcs11RootKey::open(&settings, create)
+        .map(Some)
+        .map_err(|e| {
+            StartError::Config(format!("cannot use the root key on the PKCS#11 token: {e}"))
+        })
+}
+
 /// An opened service, ready to serve.
 pub struct Opened {
     pub kms: Arc<Kms>,
@@ -301,16 +353,35 @@ pub struct Opened {
 pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Opened, StartError> {
     // A root key named in the configuration is checked before the data
     // directory is touched; the development default may be created in it.
-    let named = if storage.root_key_file.is_some() || storage.root_key_env.is_some() {
-        Some(root_key(storage)?)
+    let named: Option<Arc<dyn RootKey>> = if storage.pkcs11.root_key_pkcs11_module.is_some() {
+        if storage.root_key_env.is_some() {
+            return Err(StartError::Config(format!(
+                "both {} and --root-key-pkcs11-module / KMS_ROOT_KEY_PKCS11_MODULE are set: give the root key one way",
+                crate::config::ROOT_KEY_VAR
+            )));
+        }
+        // Generated on the token only for a brand-new data directory.
+        let create = !storage.store_path().exists();
+        let (key, created) = pkcs11_root_key(&storage.pkcs11, create)?
+            .ok_or_else(|| StartError::Config("no PKCS#11 library configured".into()))?;
+        if created {
+            tracing::info!(
+                token = storage.pkcs11.root_key_pkcs11_token.as_deref().unwrap_or_default(),
+                key = %storage.pkcs11.root_key_pkcs11_key,
+                "generated a new root key on the PKCS#11 token"
+            );
+        }
+        Some(Arc::new(key))
+    } else if storage.root_key_file.is_some() || storage.root_key_env.is_some() {
+        Some(Arc::new(root_key(storage)?))
     } else {
         None
     };
     create_state_dir(&storage.data_dir, DATA_DIR)?;
-    let root: Arc<dyn RootKey> = Arc::new(match named {
+    let root: Arc<dyn RootKey> = match named {
         Some(key) => key,
-        None => root_key(storage)?,
-    });
+        None => Arc::new(root_key(storage)?),
+    };
     // Off the runtime: the store lock may wait for a previous holder, whose
     // tasks this runtime may still have to drop.
     let store_path = storage.store_path();
@@ -323,7 +394,8 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
     let mut audit_config = AuditConfig::new(
         audit_dir.join("audit.jsonl"),
         audit_dir.join("audit.jsonl.checkpoints"),
-        root.derive(crate::AUDIT_CHECKPOINT_PURPOSE),
+        root.derive(crate::AUDIT_CHECKPOINT_PURPOSE)
+            .map_err(|e| StartError::Config(format!("cannot use the root key: {e}")))?,
     );
     audit_config.batching.commit_delay =
         std::time::Duration::from_micros(storage.audit_commit_delay_us);

@@ -25,7 +25,7 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::clock::Clock;
 use crate::crypto::SecretBytes;
 use crate::crypto::context::EncryptionContext;
-use crate::crypto::root_key::RootKey;
+use crate::crypto::root_key::{RootKey, UnwrapError};
 use crate::error::{AuthFailure, CredentialOf, KmsError};
 use crate::grants::GrantRecord;
 use crate::identity::{PrincipalKind, token_digest};
@@ -201,13 +201,18 @@ impl Kms {
         }
         match state.meta.get(ROOT_CHECK_META) {
             Some(wrapped) => {
-                let check = root.unwrap(ROOT_CHECK_LABEL, wrapped).map_err(|_| {
-                    KmsError::Internal(
-                        "the root key does not match this data directory: its key material \
+                let check = root
+                    .unwrap(ROOT_CHECK_LABEL, wrapped)
+                    .map_err(|e| match e {
+                        UnwrapError::Invalid => KmsError::Internal(
+                            "the root key does not match this data directory: its key material \
                          was wrapped with a different root key"
-                            .into(),
-                    )
-                })?;
+                                .into(),
+                        ),
+                        UnwrapError::Unavailable(e) => KmsError::Internal(format!(
+                            "cannot check the root key against this data directory: {e}"
+                        )),
+                    })?;
                 if check.as_slice() != ROOT_CHECK_VALUE {
                     return Err(KmsError::Internal("root key check value mismatch".into()).into());
                 }
@@ -226,7 +231,9 @@ impl Kms {
         if !state.meta.contains_key(ROOT_CHECK_META) {
             let m = Mutation::PutMeta {
                 name: ROOT_CHECK_META.into(),
-                value: root.wrap(ROOT_CHECK_LABEL, ROOT_CHECK_VALUE),
+                value: root
+                    .wrap(ROOT_CHECK_LABEL, ROOT_CHECK_VALUE)
+                    .map_err(|e| KmsError::Internal(format!("cannot use the root key: {e}")))?,
             };
             state.apply(&m).map_err(KmsError::from)?;
             committer.enqueue(vec![m]).map_err(KmsError::from)?;
@@ -864,11 +871,12 @@ impl<'a> Ctx<'a> {
         self.kms
             .root
             .unwrap(&wrap_label(&entry.record.key_id, version), &v.wrapped)
-            .map_err(|_| {
-                KmsError::Internal(format!(
+            .map_err(|e| match e {
+                UnwrapError::Unavailable(e) => KmsError::from(e),
+                UnwrapError::Invalid => KmsError::Internal(format!(
                     "backing key of {} version {version} failed to unwrap",
                     entry.record.key_id
-                ))
+                )),
             })
     }
 }

@@ -6,7 +6,9 @@
 //! (default 3; each run is preceded by a 0.5 s warm-up); `BENCH_CONCURRENCY`
 //! (e.g. `64`, or `1,64`) runs only some of the concurrency levels;
 //! `BENCH_ROUNDS` (default 3) sets how many times each level's workloads
-//! are run in turn.
+//! are run in turn; `BENCH_WORKLOADS` (a comma-separated subset of `echo`,
+//! `decrypt`, `generate-data-key`, `unsynced`) runs only some workloads,
+//! for a profile of one (a ratio needs the echo).
 //!
 //! What is measured:
 //!
@@ -121,6 +123,16 @@ enum Workload {
 }
 
 impl Workload {
+    /// Its name in `BENCH_WORKLOADS`.
+    fn key(self) -> &'static str {
+        match self {
+            Workload::Echo => "echo",
+            Workload::Decrypt => "decrypt",
+            Workload::GenerateDataKey => "generate-data-key",
+            Workload::DecryptUnsynced => "unsynced",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Workload::Echo => "echo (Health/Check)",
@@ -545,6 +557,34 @@ struct Settings {
     concurrency: Vec<usize>,
     /// How many times each level's workloads run in turn.
     rounds: usize,
+    /// The workloads to run (`BENCH_WORKLOADS=decrypt`, say, for a
+    /// profile of one); all of [`WORKLOADS`] by default. Ratios need the
+    /// echo.
+    workloads: Vec<Workload>,
+}
+
+fn workloads_setting() -> Result<Vec<Workload>, BoxError> {
+    let value = match std::env::var("BENCH_WORKLOADS") {
+        Ok(value) => value,
+        Err(std::env::VarError::NotPresent) => return Ok(WORKLOADS.to_vec()),
+        Err(e) => return Err(format!("BENCH_WORKLOADS: {e}").into()),
+    };
+    let names: Vec<&str> = WORKLOADS.iter().map(|w| w.key()).collect();
+    let mut chosen = Vec::new();
+    for part in value.split(',') {
+        let workload = WORKLOADS
+            .into_iter()
+            .find(|w| w.key() == part.trim())
+            .ok_or_else(|| {
+                format!("BENCH_WORKLOADS={value:?}: want a comma-separated subset of {names:?}")
+            })?;
+        chosen.push(workload);
+    }
+    // In the usual order, whatever order they were named in.
+    Ok(WORKLOADS
+        .into_iter()
+        .filter(|w| chosen.contains(w))
+        .collect())
 }
 
 fn settings() -> Result<Settings, BoxError> {
@@ -567,6 +607,7 @@ fn settings() -> Result<Settings, BoxError> {
     let concurrency = common::concurrency_setting(&CONCURRENCY)?;
     // A smoke run checks that the benchmark works: one round is enough.
     let rounds = common::rounds_setting(smoke)?;
+    let workloads = workloads_setting()?;
     Ok(match (smoke, seconds) {
         (false, seconds) => Settings {
             warmup: WARMUP,
@@ -574,6 +615,7 @@ fn settings() -> Result<Settings, BoxError> {
             smoke,
             concurrency,
             rounds,
+            workloads,
         },
         (true, None) => Settings {
             warmup: Duration::from_millis(20),
@@ -581,6 +623,7 @@ fn settings() -> Result<Settings, BoxError> {
             smoke,
             concurrency,
             rounds,
+            workloads,
         },
         (true, Some(seconds)) => Settings {
             warmup: WARMUP,
@@ -588,6 +631,7 @@ fn settings() -> Result<Settings, BoxError> {
             smoke,
             concurrency,
             rounds,
+            workloads,
         },
     })
 }
@@ -825,8 +869,8 @@ async fn bench() -> Result<(), BoxError> {
             if !settings.concurrency.contains(&concurrency) {
                 continue;
             }
-            for (round, workload) in
-                (0..settings.rounds).flat_map(|round| WORKLOADS.map(|w| (round, w)))
+            for (round, workload) in (0..settings.rounds)
+                .flat_map(|round| settings.workloads.iter().map(move |&w| (round, w)))
             {
                 let before = server.kms.audit_log().stats();
                 let mut result = run(

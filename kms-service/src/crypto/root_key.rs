@@ -17,21 +17,33 @@ const WRAP_AAD_PREFIX: &[u8] = b"lockbox kms v1 root-wrap ";
 /// Domain separation for keys derived from the root key for other purposes.
 const DERIVE_SALT: &[u8] = b"lockbox kms v1 root-derive";
 
-/// Wrapping failed to authenticate: the wrapped bytes were altered, or this is
-/// not the root key that wrapped them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnwrapError;
+/// Why wrapped material could not be unwrapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnwrapError {
+    /// Wrapping failed to authenticate: the wrapped bytes were altered, or
+    /// this is not the root key that wrapped them.
+    Invalid,
+    /// The root key could not be used at all.
+    Unavailable(RootKeyUnavailable),
+}
+
+/// The root key could not be used at all: a hardware token failed, went
+/// away or refused the operation. (The software root key never fails.)
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the root key is unavailable: {0}")]
+pub struct RootKeyUnavailable(pub String);
 
 /// Something that protects backing keys. Implementations keep the root key
 /// out of reach of the rest of the program.
 pub trait RootKey: Send + Sync + 'static {
     /// Encrypts `material`, bound to `label` (e.g. key id and version).
-    fn wrap(&self, label: &[u8], material: &[u8]) -> Vec<u8>;
+    fn wrap(&self, label: &[u8], material: &[u8]) -> Result<Vec<u8>, RootKeyUnavailable>;
     /// Reverses [`RootKey::wrap`] for the same label.
     fn unwrap(&self, label: &[u8], wrapped: &[u8]) -> Result<SecretBytes, UnwrapError>;
     /// A 256-bit key for another purpose (e.g. signing audit checkpoints),
-    /// derived one-way so that it reveals nothing about the root key.
-    fn derive(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]>;
+    /// derived one-way so that it reveals nothing about the root key, and
+    /// the same every time for the same root key and purpose.
+    fn derive(&self, purpose: &[u8]) -> Result<Zeroizing<[u8; 32]>, RootKeyUnavailable>;
 }
 
 /// A root key held in process memory, loaded from a file or a secret.
@@ -100,28 +112,32 @@ impl SoftwareRootKey {
         file.sync_all().map_err(io)?;
         Ok(key)
     }
+}
 
-    fn aad(label: &[u8]) -> Vec<u8> {
-        [WRAP_AAD_PREFIX, label].concat()
-    }
+/// The additional authenticated data of a wrapped backing key: what binds it
+/// to its label. Every root key uses it, so that the wrapping is the same
+/// AES-256-GCM whatever holds the key.
+pub(crate) fn wrap_aad(label: &[u8]) -> Vec<u8> {
+    [WRAP_AAD_PREFIX, label].concat()
 }
 
 impl RootKey for SoftwareRootKey {
-    fn wrap(&self, label: &[u8], material: &[u8]) -> Vec<u8> {
+    fn wrap(&self, label: &[u8], material: &[u8]) -> Result<Vec<u8>, RootKeyUnavailable> {
         let iv: [u8; IV_LEN] = random_array();
-        let sealed = aead::seal(&self.key, &iv, &Self::aad(label), material);
-        [iv.as_slice(), &sealed].concat()
+        let sealed = aead::seal(&self.key, &iv, &wrap_aad(label), material);
+        Ok([iv.as_slice(), &sealed].concat())
     }
 
     fn unwrap(&self, label: &[u8], wrapped: &[u8]) -> Result<SecretBytes, UnwrapError> {
         if wrapped.len() < IV_LEN {
-            return Err(UnwrapError);
+            return Err(UnwrapError::Invalid);
         }
         let (iv, sealed) = wrapped.split_at(IV_LEN);
-        aead::open(self.key.as_ref(), iv, &Self::aad(label), sealed).map_err(|_| UnwrapError)
+        aead::open(self.key.as_ref(), iv, &wrap_aad(label), sealed)
+            .map_err(|_| UnwrapError::Invalid)
     }
 
-    fn derive(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]> {
-        aead::derive_key(self.key.as_ref(), DERIVE_SALT, purpose)
+    fn derive(&self, purpose: &[u8]) -> Result<Zeroizing<[u8; 32]>, RootKeyUnavailable> {
+        Ok(aead::derive_key(self.key.as_ref(), DERIVE_SALT, purpose))
     }
 }

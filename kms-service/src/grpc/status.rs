@@ -30,7 +30,7 @@ pub fn to_status(error: &KmsError) -> Status {
         | KmsError::InvalidMarker(_)
         | KmsError::Validation(_) => Code::InvalidArgument,
         KmsError::LimitExceeded(_) => Code::ResourceExhausted,
-        KmsError::Unavailable(_) => Code::Unavailable,
+        KmsError::Unavailable(_) | KmsError::KeyUnavailable(_) => Code::Unavailable,
         KmsError::Internal(_) => Code::Internal,
     };
     let message = match error {
@@ -179,6 +179,11 @@ mod tests {
                 KmsError::Unavailable(s("m")),
                 Code::Unavailable,
                 "KMSUnavailableException",
+            ),
+            (
+                KmsError::KeyUnavailable(s("m")),
+                Code::Unavailable,
+                "KeyUnavailableException",
             ),
             (
                 KmsError::Internal(s("secret detail")),

@@ -106,17 +106,17 @@ pub(super) fn new_version_for(
     version: u32,
     origin: VersionOrigin,
     now: i64,
-) -> KeyVersionRecord {
+) -> Result<KeyVersionRecord, KmsError> {
     let material = random_bytes(record.spec.material_len());
-    KeyVersionRecord {
+    Ok(KeyVersionRecord {
         key_id: record.key_id.clone(),
         version,
         wrapped: kms
             .root
-            .wrap(&wrap_label(&record.key_id, version), &material),
+            .wrap(&wrap_label(&record.key_id, version), &material)?,
         created: now,
         origin,
-    }
+    })
 }
 
 impl<'a> Ctx<'a> {
@@ -279,7 +279,7 @@ impl Kms {
                 current_version: 1,
             };
             validate_policy(&record.policy)?;
-            let version = new_version_for(self, &record, 1, VersionOrigin::Created, now);
+            let version = new_version_for(self, &record, 1, VersionOrigin::Created, now)?;
             let mutations = vec![
                 Mutation::PutKey(record.clone()),
                 Mutation::PutKeyVersion(version),
@@ -371,7 +371,7 @@ impl Kms {
                 ctx.event.key_id = Some(record.key_id.clone());
                 ctx.event.key_version = Some(1);
                 ctx.event.resources = vec![record.resource()];
-                let version = new_version_for(ctx.kms, &record, 1, VersionOrigin::Created, now);
+                let version = new_version_for(ctx.kms, &record, 1, VersionOrigin::Created, now)?;
                 Ok((
                     record.clone(),
                     vec![Mutation::PutKey(record), Mutation::PutKeyVersion(version)],
@@ -837,7 +837,7 @@ impl Kms {
                     r.current_version,
                     VersionOrigin::OnDemandRotation,
                     now,
-                );
+                )?;
                 ctx.event.key_version = Some(r.current_version);
                 Ok((
                     (r.key_id.clone(), r.current_version),

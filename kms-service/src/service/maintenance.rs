@@ -40,13 +40,19 @@ impl Kms {
                     let mut record = r.clone();
                     record.current_version += 1;
                     record.next_rotation = Some(now + i64::from(period) * SECONDS_PER_DAY);
-                    let version = super::key_ops::new_version_for(
+                    let version = match super::key_ops::new_version_for(
                         self,
                         &record,
                         record.current_version,
                         VersionOrigin::AutomaticRotation,
                         now,
-                    );
+                    ) {
+                        Ok(version) => version,
+                        // The root key's token cannot be used (logged):
+                        // the rotation is due still, and the next pass
+                        // tries again.
+                        Err(_) => continue,
+                    };
                     events.push(("RotateKey", r.key_id.clone(), Some(record.current_version)));
                     report.rotated.push(r.key_id.clone());
                     mutations.push(Mutation::PutKeyVersion(version));

@@ -37,7 +37,7 @@ fn audit_for(dir: &std::path::Path, root: &dyn RootKey) -> AuditLog {
     AuditLog::open(AuditConfig::new(
         dir.join("audit.jsonl"),
         dir.join("audit.jsonl.checkpoints"),
-        root.derive(crate::AUDIT_CHECKPOINT_PURPOSE),
+        root.derive(crate::AUDIT_CHECKPOINT_PURPOSE).unwrap(),
     ))
     .expect("audit log opens")
 }
