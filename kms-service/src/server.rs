@@ -361,7 +361,11 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
             )));
         }
         // Generated on the token only for a brand-new data directory.
-        let create = !storage.store_path().exists();
+        let store = storage.store_path();
+        let create = !store.try_exists().map_err(io(format!(
+            "cannot tell whether the key store {} exists ({DATA_DIR})",
+            store.display()
+        )))?;
         let (key, created) = pkcs11_root_key(&storage.pkcs11, create)?
             .ok_or_else(|| StartError::Config("no PKCS#11 library configured".into()))?;
         if created {

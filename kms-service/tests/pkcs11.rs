@@ -432,6 +432,37 @@ fn start_up_refuses_a_wrong_pin_token_key_or_data_directory() {
     let out = serve(&software, &token.flags());
     assert_fails_with(&out, &["wrapped with a different root key"]);
 
+    // The root key given twice.
+    let out = run(kms(&token)
+        .env("KMS_ROOT_KEY", "11".repeat(32))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("twice"))
+        .args(token.flags()));
+    assert_fails_with(&out, &["give the root key one way"]);
+    let out = run(kms(&token)
+        .env("KMS_ROOT_KEY", "11".repeat(32))
+        .args(["audit", "verify"])
+        .arg(fresh.join("audit").join("audit.jsonl"))
+        .args(token.flags()));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("give the root key one way"));
+
+    // `init` prepares a directory with a key of its own on the token, as
+    // `serve` does.
+    let prepared = dir.path().join("prepared");
+    let mut flags = token.flags();
+    flags.extend(["--root-key-pkcs11-key".into(), "prepared".into()]);
+    let out = run(kms(&token)
+        .args(["init", "--data-dir"])
+        .arg(&prepared)
+        .args(&flags));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(prepared.join("admin.token").exists());
+    assert!(!prepared.join("root.key").exists());
+    // (Not the token's other key.)
+    let out = serve(&prepared, &token.flags());
+    assert_fails_with(&out, &["wrapped with a different root key"]);
+
     // Another label on the same token is another key.
     let mut other_label = token.flags();
     other_label.extend(["--root-key-pkcs11-key".into(), "another".into()]);
@@ -567,6 +598,22 @@ fn token_checks(pin_file: &Path) {
     assert_eq!(token_key.cached(), 2);
     token_key.unwrap(label, &wrapped).unwrap();
     assert_eq!(token_key.cached(), 2);
+    // What is kept answers only for the same label and the same bytes.
+    assert_eq!(
+        token_key.unwrap(b"key/1234 v2", &wrapped).err(),
+        Some(UnwrapError::Invalid)
+    );
+    let mut bad = wrapped.clone();
+    bad[20] ^= 0x01;
+    assert_eq!(
+        token_key.unwrap(label, &bad).err(),
+        Some(UnwrapError::Invalid)
+    );
+    // A destroyed key's material is dropped.
+    token_key.forget(label);
+    assert_eq!(token_key.cached(), 0);
+    token_key.unwrap(label, &wrapped).unwrap();
+    assert_eq!(token_key.cached(), 1);
 
     let derived = token_key.derive(b"lockbox test purpose").unwrap();
     assert_eq!(
@@ -593,7 +640,57 @@ fn token_checks(pin_file: &Path) {
         software.unwrap(label, &again).unwrap().as_slice(),
         &material
     );
+
+    // The PIN is changed and the application logged out: the reconnect is
+    // refused, every call then fails as unavailable (not as a bad input),
+    // and no further login is tried.
+    const NEW_PIN: &str = "changed-pin";
+    {
+        let context = Pkcs11::new(&module).unwrap();
+        let _ = context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+        let slot = context.get_slots_with_initialized_token().unwrap()[0];
+        let session = context.open_rw_session(slot).unwrap();
+        session
+            .login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
+            .or_else(|e| match e {
+                cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::UserAlreadyLoggedIn,
+                    _,
+                ) => Ok(()),
+                e => Err(e),
+            })
+            .unwrap();
+        session
+            .set_pin(
+                &AuthPin::new(pin.trim().into()),
+                &AuthPin::new(NEW_PIN.into()),
+            )
+            .unwrap();
+        session.logout().unwrap();
+    }
+    let fresh = software.wrap(label, &[9u8; 32]).unwrap();
+    let refused = token_key.unwrap(label, &fresh).err().expect("refused");
+    assert!(
+        matches!(&refused, UnwrapError::Unavailable(e) if e.0.contains("refused the PIN")),
+        "{refused:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = token_key.wrap(label, &material).unwrap_err();
+    assert!(again.0.contains("no further login is tried"), "{again:?}");
+    assert!(token_key.derive(b"p").is_err());
+    // Kept material still answers.
+    assert_eq!(
+        token_key.unwrap(label, &wrapped).unwrap().as_slice(),
+        &material
+    );
     drop(token_key);
+    let pin = NEW_PIN.to_string();
+    let settings = |label: &'static str| Pkcs11Settings {
+        module: &module,
+        token: "lockbox",
+        pin: zeroize::Zeroizing::new(pin.clone()),
+        key_label: label,
+    };
 
     // A key the service generates: not extractable, and usable after a
     // reopen; the known key's wrapping means nothing to it.

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::{Mechanism, MechanismType};
@@ -77,7 +77,33 @@ pub struct Pkcs11RootKey {
     token: String,
     key_label: String,
     cache: Mutex<UnwrapCache>,
+    /// Set when the token refused the PIN on a reconnect: no further login
+    /// is tried until the service restarts, so a changed PIN cannot use up
+    /// the token's wrong-PIN allowance and lock it.
+    blocked: Mutex<Option<String>>,
+    /// When a reconnect last failed: the next waits a second.
+    last_failed: Mutex<Option<std::time::Instant>>,
 }
+
+/// Why an operation on the token failed.
+enum Failure {
+    /// The token ran it and answered with an error.
+    Refused(CkError),
+    /// No session could be had.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(e) => e.fmt(f),
+            Failure::Unreachable(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Least time after a failed reconnect before the next is tried.
+const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Unwrapped backing keys by (label, wrapped form).
 type UnwrapCache = HashMap<(Vec<u8>, Vec<u8>), SecretBytes>;
@@ -111,26 +137,15 @@ fn session_lost(e: &CkError) -> bool {
     )
 }
 
-/// Errors that say the token could not do the work at all (as opposed to
-/// refusing the input).
-fn unavailable_error(e: &CkError) -> bool {
-    session_lost(e)
-        || !matches!(e, CkError::Pkcs11(..))
-        || matches!(
-            e,
-            CkError::Pkcs11(
-                RvError::HostMemory
-                    | RvError::DeviceMemory
-                    | RvError::SessionCount
-                    | RvError::PinExpired
-                    | RvError::PinLocked
-                    | RvError::Cancel
-                    | RvError::FunctionCanceled
-                    | RvError::CryptokiNotInitialized
-                    | RvError::OperationActive,
-                _
-            )
+/// Errors with which a token says the ciphertext did not authenticate.
+fn says_invalid(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(
+            RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange,
+            _
         )
+    )
 }
 
 impl Pkcs11RootKey {
@@ -193,6 +208,8 @@ impl Pkcs11RootKey {
             token: settings.token.to_string(),
             key_label: settings.key_label.to_string(),
             cache: Mutex::new(HashMap::new()),
+            blocked: Mutex::new(None),
+            last_failed: Mutex::new(None),
         };
         let (connection, created) = root.connect(create)?;
         *root.lock() = Some(connection);
@@ -216,6 +233,13 @@ impl Pkcs11RootKey {
                 return Err(Pkcs11OpenError(format!(
                     "the token {:?} refused the PIN (check --root-key-pkcs11-pin-file; \
                      tokens lock after several wrong PINs)",
+                    self.token
+                )));
+            }
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
+                return Err(Pkcs11OpenError(format!(
+                    "the token {:?} says its user PIN is locked (the token's security officer \
+                     must unlock it)",
                     self.token
                 )));
             }
@@ -247,6 +271,21 @@ impl Pkcs11RootKey {
                         ],
                     )
                     .map_err(failed("cannot generate the root key on the token"))?;
+                // Another process starting on a new data directory at the
+                // same moment may have made one too: one of them must go.
+                let now = session
+                    .find_objects(&template)
+                    .map_err(failed("cannot search the token"))?;
+                if now.len() > 1 {
+                    session
+                        .destroy_object(key)
+                        .map_err(failed("cannot remove a duplicate root key"))?;
+                    return Err(Pkcs11OpenError(format!(
+                        "another process generated a root key labelled {:?} on token {:?} at \
+                         the same time; start again (one process per data directory)",
+                        self.key_label, self.token
+                    )));
+                }
                 (key, true)
             }
             [] => {
@@ -273,24 +312,17 @@ impl Pkcs11RootKey {
     }
 
     /// Runs `operation` with the key; a session found lost is replaced by a
-    /// new one and the operation tried once more.
+    /// new one and the operation tried once more. A failed reconnect is not
+    /// tried again for a second, and never again once the token refused the
+    /// PIN.
     fn with_key<T>(
         &self,
         operation: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>,
-    ) -> Result<T, CkError> {
-        let mut connection = self.lock();
+    ) -> Result<T, Failure> {
+        let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         for attempt in 0..2 {
             if connection.is_none() {
-                match self.connect(false) {
-                    Ok((new, _)) => *connection = Some(new),
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot reconnect to the root key's token");
-                        return Err(CkError::Pkcs11(
-                            RvError::TokenNotPresent,
-                            Function::OpenSession,
-                        ));
-                    }
-                }
+                *connection = Some(self.reconnect()?);
             }
             let Some(current) = connection.as_ref() else {
                 continue;
@@ -300,13 +332,48 @@ impl Pkcs11RootKey {
                     tracing::warn!(error = %e, "the root key's token session was lost; opening another");
                     *connection = None;
                 }
-                other => return other,
+                other => return other.map_err(Failure::Refused),
             }
         }
-        Err(CkError::Pkcs11(
-            RvError::TokenNotPresent,
-            Function::OpenSession,
+        Err(Failure::Unreachable(
+            "the token lost the new session at once".into(),
         ))
+    }
+
+    fn reconnect(&self) -> Result<Connection, Failure> {
+        if let Some(why) = &*self.blocked.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(Failure::Unreachable(why.clone()));
+        }
+        let now = std::time::Instant::now();
+        let last_failed = *self.last_failed.lock().unwrap_or_else(|e| e.into_inner());
+        if last_failed.is_some_and(|at| now.duration_since(at) < RECONNECT_EVERY) {
+            return Err(Failure::Unreachable(
+                "the token could not be reached a moment ago; trying again shortly".into(),
+            ));
+        }
+        let connected = self.connect(false).map(|(c, _)| c).map_err(|e| {
+            let why = e.to_string();
+            tracing::error!(error = %why, "cannot reconnect to the root key's token");
+            if why.contains("refused the PIN") || why.contains("PIN is locked") {
+                *self.blocked.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                    "{why}; no further login is tried until kms-service restarts"
+                ));
+            }
+            Failure::Unreachable(why)
+        });
+        *self.last_failed.lock().unwrap_or_else(|e| e.into_inner()) =
+            connected.is_err().then_some(now);
+        connected
+    }
+
+    /// Whether the token works: wraps and unwraps a fresh value. Tells a
+    /// token that refuses everything from one that refused one input.
+    fn works(&self) -> bool {
+        let probe: [u8; 16] = random_array();
+        self.wrap(b"probe", &probe)
+            .ok()
+            .and_then(|wrapped| self.open_on_token(b"probe", &wrapped).ok())
+            .is_some_and(|opened| opened == probe)
     }
 
     /// How many unwrapped backing keys are kept (for tests).
@@ -314,25 +381,38 @@ impl Pkcs11RootKey {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
+    /// AES-GCM decryption on the token.
+    fn open_on_token(&self, label: &[u8], wrapped: &[u8]) -> Result<Vec<u8>, Failure> {
+        let (iv, sealed) = wrapped.split_at(IV_LEN.min(wrapped.len()));
+        let aad = wrap_aad(label);
+        self.with_key(|session, key| {
+            let mut iv = iv.to_vec();
+            let params = GcmParams::new(&mut iv, &aad, ((TAG_LEN * 8) as u64).into())?;
+            session.decrypt(&Mechanism::AesGcm(params), key, sealed)
+        })
+    }
+
     fn unwrap_on_token(&self, label: &[u8], wrapped: &[u8]) -> Result<SecretBytes, UnwrapError> {
         if wrapped.len() < IV_LEN + TAG_LEN {
             return Err(UnwrapError::Invalid);
         }
-        let (iv, sealed) = wrapped.split_at(IV_LEN);
-        let aad = wrap_aad(label);
-        let opened = self.with_key(|session, key| {
-            let mut iv = iv.to_vec();
-            let params = GcmParams::new(&mut iv, &aad, ((TAG_LEN * 8) as u64).into())?;
-            session.decrypt(&Mechanism::AesGcm(params), key, sealed)
-        });
-        match opened {
+        match self.open_on_token(label, wrapped) {
             Ok(material) => Ok(SecretBytes::new(material)),
-            Err(e) if unavailable_error(&e) => {
-                Err(UnwrapError::Unavailable(unavailable("unwrapping", e)))
+            Err(Failure::Refused(e)) if says_invalid(&e) => Err(UnwrapError::Invalid),
+            // Tokens differ in what they answer for a tag that does not
+            // verify (SoftHSM2: CKR_GENERAL_ERROR): if the token works
+            // otherwise, it was the input (altered, or another key's).
+            Err(Failure::Refused(e)) => {
+                if self.works() {
+                    Err(UnwrapError::Invalid)
+                } else {
+                    Err(UnwrapError::Unavailable(unavailable(
+                        "unwrapping",
+                        Failure::Refused(e),
+                    )))
+                }
             }
-            // The tag did not verify (tokens differ in what they answer:
-            // SoftHSM2 says CKR_GENERAL_ERROR): altered, or another key's.
-            Err(_) => Err(UnwrapError::Invalid),
+            Err(failure) => Err(UnwrapError::Unavailable(unavailable("unwrapping", failure))),
         }
     }
 
@@ -370,9 +450,20 @@ impl Pkcs11RootKey {
                     AttributeType::Encrypt,
                     AttributeType::Decrypt,
                     AttributeType::Sign,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
                 ],
             )
             .map_err(failed("cannot read the root key's attributes"))?;
+        if attributes.contains(&Attribute::Extractable(true))
+            || attributes.contains(&Attribute::Sensitive(false))
+        {
+            tracing::warn!(
+                key = %self.key_label,
+                token = %self.token,
+                "the root key on the token may be read out of it (extractable or not sensitive)"
+            );
+        }
         let mut problems = Vec::new();
         for attribute in &attributes {
             match attribute {
@@ -401,19 +492,24 @@ impl Pkcs11RootKey {
     }
 }
 
-fn unavailable(what: &str, e: CkError) -> RootKeyUnavailable {
+fn unavailable(what: &str, e: Failure) -> RootKeyUnavailable {
     RootKeyUnavailable(format!("PKCS#11 token, {what}: {e}"))
 }
 
 impl RootKey for Pkcs11RootKey {
     fn wrap(&self, label: &[u8], material: &[u8]) -> Result<Vec<u8>, RootKeyUnavailable> {
-        let iv: [u8; IV_LEN] = random_array();
+        let fresh: [u8; IV_LEN] = random_array();
         let aad = wrap_aad(label);
-        let sealed = self
+        let (iv, sealed) = self
             .with_key(|session, key| {
-                let mut iv = iv;
-                let params = GcmParams::new(&mut iv, &aad, ((TAG_LEN * 8) as u64).into())?;
-                session.encrypt(&Mechanism::AesGcm(params), key, material)
+                let mut iv = fresh;
+                let sealed = {
+                    let params = GcmParams::new(&mut iv, &aad, ((TAG_LEN * 8) as u64).into())?;
+                    session.encrypt(&Mechanism::AesGcm(params), key, material)?
+                };
+                // A token that makes its own IVs writes the one it used
+                // back: that is the one to keep.
+                Ok((iv, sealed))
             })
             .map_err(|e| unavailable("wrapping", e))?;
         if sealed.len() != material.len() + TAG_LEN {
@@ -443,6 +539,13 @@ impl RootKey for Pkcs11RootKey {
         }
         cache.insert(id, SecretBytes::new(material.to_vec()));
         Ok(material)
+    }
+
+    fn forget(&self, label: &[u8]) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(l, _), _| l != label);
     }
 
     fn derive(&self, purpose: &[u8]) -> Result<Zeroizing<[u8; 32]>, RootKeyUnavailable> {

@@ -44,6 +44,9 @@ pub trait RootKey: Send + Sync + 'static {
     /// derived one-way so that it reveals nothing about the root key, and
     /// the same every time for the same root key and purpose.
     fn derive(&self, purpose: &[u8]) -> Result<Zeroizing<[u8; 32]>, RootKeyUnavailable>;
+    /// Drops anything kept of the material wrapped under `label` (its key
+    /// was destroyed). Nothing to do for a root key that keeps nothing.
+    fn forget(&self, _label: &[u8]) {}
 }
 
 /// A root key held in process memory, loaded from a file or a secret.

@@ -31,6 +31,11 @@ impl Kms {
                     mutations.push(Mutation::DeleteKey {
                         key_id: r.key_id.clone(),
                     });
+                    // Nothing of its backing keys stays in memory either.
+                    for version in entry.versions.keys() {
+                        self.root
+                            .forget(&crate::keys::wrap_label(&r.key_id, *version));
+                    }
                     report.destroyed.push(r.key_id.clone());
                     events.push(("DeleteKey", r.key_id.clone(), None));
                 } else if r.state == KeyState::Enabled
@@ -49,9 +54,9 @@ impl Kms {
                     ) {
                         Ok(version) => version,
                         // The root key's token cannot be used (logged):
-                        // the rotation is due still, and the next pass
-                        // tries again.
-                        Err(_) => continue,
+                        // the rotations are due still, and the next pass
+                        // tries again (not every key now, one after another).
+                        Err(_) => break,
                     };
                     events.push(("RotateKey", r.key_id.clone(), Some(record.current_version)));
                     report.rotated.push(r.key_id.clone());

@@ -4603,3 +4603,86 @@ async fn keys_and_principals_are_limited_by_the_quotas() {
         .await
         .expect("a deleted principal makes room");
 }
+
+/// A software root key that records what it is told to forget.
+struct Forgetful {
+    inner: SoftwareRootKey,
+    forgotten: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl RootKey for Forgetful {
+    fn wrap(
+        &self,
+        label: &[u8],
+        material: &[u8],
+    ) -> Result<Vec<u8>, crate::crypto::root_key::RootKeyUnavailable> {
+        self.inner.wrap(label, material)
+    }
+
+    fn unwrap(
+        &self,
+        label: &[u8],
+        wrapped: &[u8],
+    ) -> Result<crate::crypto::SecretBytes, UnwrapError> {
+        self.inner.unwrap(label, wrapped)
+    }
+
+    fn derive(
+        &self,
+        purpose: &[u8],
+    ) -> Result<zeroize::Zeroizing<[u8; 32]>, crate::crypto::root_key::RootKeyUnavailable> {
+        self.inner.derive(purpose)
+    }
+
+    fn forget(&self, label: &[u8]) {
+        self.forgotten.lock().unwrap().push(label.to_vec());
+    }
+}
+
+/// A root key that keeps unwrapped backing keys (the PKCS#11 one) is told
+/// to drop every version's when the key is destroyed, and not before.
+#[tokio::test]
+async fn a_destroyed_keys_backing_keys_are_forgotten_by_the_root_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let root = Arc::new(Forgetful {
+        inner: SoftwareRootKey::generate(),
+        forgotten: std::sync::Mutex::new(Vec::new()),
+    });
+    let store = SqliteStore::open(&dir.path().join("kms.db")).unwrap();
+    let audit = audit_for(dir.path(), root.as_ref());
+    let kms = Kms::open(Arc::new(store), root.clone(), audit, clock.clone()).unwrap();
+    let admin = bootstrap_admin(&kms).await;
+    let f = Fixture {
+        kms,
+        admin,
+        clock,
+        dir,
+    };
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let other = f.key(KeySpec::SymmetricDefault).await;
+    f.kms.rotate_key_on_demand(&f.admin, &key).await.unwrap();
+    f.kms
+        .schedule_key_deletion(&f.admin, &key, Some(7))
+        .await
+        .unwrap();
+    f.clock.advance(7 * DAY - 1);
+    f.kms.run_maintenance().await.unwrap();
+    assert!(root.forgotten.lock().unwrap().is_empty());
+    f.clock.advance(1);
+    f.kms.run_maintenance().await.unwrap();
+    assert_eq!(
+        *root.forgotten.lock().unwrap(),
+        vec![
+            crate::keys::wrap_label(&key, 1),
+            crate::keys::wrap_label(&key, 2)
+        ]
+    );
+    assert!(
+        !root
+            .forgotten
+            .lock()
+            .unwrap()
+            .contains(&crate::keys::wrap_label(&other, 1))
+    );
+}
