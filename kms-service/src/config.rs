@@ -224,6 +224,15 @@ pub struct StorageConfig {
     #[arg(long, env = "KMS_AUDIT_ROTATE_BYTES", default_value_t = crate::audit::DEFAULT_ROTATE_BYTES,
           value_parser = parse_rotate_bytes)]
     pub audit_rotate_bytes: u64,
+    /// Failed authentications recorded one by one per source address, a
+    /// minute (in bursts of up to a tenth of that); past it they are
+    /// answered the same way but counted, and one record per address gives
+    /// the count within 5 s. Keeps a flood of bad tokens from filling the
+    /// audit log and its disk. 0: every one gets its own record.
+    #[arg(long, env = "KMS_AUDIT_AUTH_FAILURES_PER_MINUTE",
+          default_value_t = crate::service::throttle::DEFAULT_AUTH_FAILURES_PER_MINUTE,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub audit_auth_failures_per_minute: u32,
     /// Most keys that may exist at once (in any state until destroyed);
     /// CreateKey past it fails with LimitExceededException.
     #[arg(long, env = "KMS_MAX_KEYS", default_value_t = crate::service::DEFAULT_MAX_KEYS,
@@ -336,6 +345,8 @@ impl ServeConfig {
                 audit_accept_new_log: false,
                 audit_commit_delay_us: DEFAULT_COMMIT_DELAY_US,
                 audit_rotate_bytes: crate::audit::DEFAULT_ROTATE_BYTES,
+                audit_auth_failures_per_minute:
+                    crate::service::throttle::DEFAULT_AUTH_FAILURES_PER_MINUTE,
                 max_keys: crate::service::DEFAULT_MAX_KEYS,
                 max_principals: crate::service::DEFAULT_MAX_PRINCIPALS,
             },

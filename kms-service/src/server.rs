@@ -416,7 +416,8 @@ pub async fn open(storage: &StorageConfig, clock: Arc<dyn Clock>) -> Result<Open
         .with_quotas(crate::service::Quotas {
             keys: storage.max_keys,
             principals: storage.max_principals,
-        }),
+        })
+        .with_auth_failure_limit(storage.audit_auth_failures_per_minute),
     );
     kms.check_audit_anchor(storage.audit_accept_new_log).await?;
     kms.anchor_audit().await?;
@@ -592,6 +593,21 @@ pub async fn serve_with_tls(
         })
     };
 
+    // Failed authentications counted past their rate get their records
+    // within seconds.
+    let counted = {
+        let kms = kms.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(COUNTED_FAILURES_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(error) = kms.record_unrecorded_failures().await {
+                    tracing::error!(%error, "recording counted authentication failures failed");
+                }
+            }
+        })
+    };
+
     let server = builder
         // Outermost, so every answer (an oversize refusal too) has the id.
         .layer(lockbox_proto::request_id::RequestIdLayer)
@@ -629,8 +645,13 @@ pub async fn serve_with_tls(
     // service.)
     stop_watch.abort();
     maintenance.abort();
+    counted.abort();
     // Its handle on the service goes with it (and so, in time, the store).
     let _ = maintenance.await;
+    let _ = counted.await;
+    if let Err(error) = kms.record_unrecorded_failures().await {
+        tracing::error!(%error, "recording counted authentication failures failed");
+    }
     // A log that cannot be closed (it failed while serving, or its last
     // write or sync fails now) makes the exit a failure, so a supervisor or
     // a Compose dependency sees it.
@@ -654,6 +675,9 @@ pub async fn serve_with_tls(
     result.map_err(StartError::from)?;
     closed
 }
+
+/// How often failed authentications counted past their rate are recorded.
+const COUNTED_FAILURES_EVERY: Duration = Duration::from_secs(5);
 
 /// The services whose health is reported (besides the server's, "").
 const HEALTH_SERVICES: &[&str] = &[

@@ -7,7 +7,9 @@
 //! do the work under the state lock (authorize first, then check key state,
 //! then act), then — before anything is returned — make the audit record and
 //! every state change the answer depends on durable.
-//! **Invariant:** no answer leaves this module without a durable audit record.
+//! **Invariant:** no answer leaves this module without a durable audit
+//! record, but for failed authentications past the per-address rate
+//! ([`throttle`]), which are counted and recorded together within seconds.
 
 mod crypto_ops;
 mod grant_ops;
@@ -17,6 +19,7 @@ pub use key_ops::service_managed_policy;
 mod maintenance;
 #[cfg(test)]
 mod tests;
+pub mod throttle;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -50,6 +53,8 @@ const ROOT_CHECK_META: &str = "root_key_check";
 /// sequence number.
 const AUDIT_ANCHOR_META: &str = "audit_checkpoint";
 const ROOT_CHECK_LABEL: &[u8] = b"root-key-check";
+/// The `eventName` of a record of failed authentications counted together.
+pub const UNRECORDED_FAILURES_EVENT: &str = "UnauthenticatedCallsCounted";
 const ROOT_CHECK_VALUE: &[u8] = b"lockbox root key check v1";
 
 /// What the transport layer knows about a request before anything is
@@ -119,6 +124,8 @@ pub struct Kms {
     clock: Arc<dyn Clock>,
     managed: BTreeMap<String, Arc<PolicyDocument>>,
     quotas: Quotas,
+    /// Which failed authentications get a record of their own.
+    throttle: throttle::FailureThrottle,
     /// Most bytes (approximately) of items one list page holds, so that
     /// its answer fits in a response; see [`Kms::set_response_limit`].
     page_bytes: std::sync::atomic::AtomicUsize,
@@ -246,6 +253,7 @@ impl Kms {
             clock,
             managed,
             quotas: Quotas::default(),
+            throttle: throttle::FailureThrottle::new(throttle::DEFAULT_AUTH_FAILURES_PER_MINUTE),
             page_bytes: std::sync::atomic::AtomicUsize::new(LIST_PAGE_BYTES),
         })
     }
@@ -271,6 +279,52 @@ impl Kms {
     pub fn with_quotas(mut self, quotas: Quotas) -> Kms {
         self.quotas = quotas;
         self
+    }
+
+    /// The same service recording at most `per_minute` failed
+    /// authentications a minute one by one per source address (0: every
+    /// one); see [`throttle`].
+    pub fn with_auth_failure_limit(mut self, per_minute: u32) -> Kms {
+        self.throttle = throttle::FailureThrottle::new(per_minute);
+        self
+    }
+
+    /// Writes one audit record per source address for the failed
+    /// authentications counted since the last time (see [`throttle`]),
+    /// and waits until they are durable. Run by the server every few
+    /// seconds and when it stops.
+    pub async fn record_unrecorded_failures(&self) -> Result<usize, KmsError> {
+        let counts = self.throttle.take();
+        if counts.is_empty() {
+            return Ok(0);
+        }
+        let rate = self.throttle.per_minute();
+        let events: Vec<AuditEvent> = counts
+            .iter()
+            .map(|(source, u)| {
+                let (first, last) = (throttle::utc(u.first), throttle::utc(u.last));
+                AuditEvent {
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    event_name: UNRECORDED_FAILURES_EVENT.into(),
+                    source_address: Some(source.describe()),
+                    decision: "Unauthenticated".into(),
+                    error_code: Some("ThrottlingException".into()),
+                    error_message: Some(format!(
+                        "{} call(s) from {} failed authentication between {first} and {last}, \
+                         past {rate} a minute, and were refused without a record each",
+                        u.calls,
+                        source.describe()
+                    )),
+                    ..AuditEvent::default()
+                }
+            })
+            .collect();
+        let n = events.len();
+        if let Err(e) = self.settle(events, vec![]).await {
+            self.throttle.restore(counts);
+            return Err(e);
+        }
+        Ok(n)
     }
 
     pub fn audit_log(&self) -> &AuditLog {
@@ -423,6 +477,17 @@ impl Kms {
         };
         let event = std::mem::take(&mut ctx.event);
         let own = std::mem::take(&mut ctx.own);
+        if ctx.caller.is_none()
+            && own.is_empty()
+            && matches!(result, Err(KmsError::Unauthenticated { .. }))
+            && !self
+                .throttle
+                .record(creds.source_address.as_deref(), self.now())
+        {
+            // Past the rate for its address: counted, recorded with the
+            // others by `record_unrecorded_failures`. It saw nothing.
+            return result;
+        }
         self.finish(event, ctx.seen, own, result).await
     }
 

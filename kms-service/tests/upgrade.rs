@@ -49,6 +49,8 @@ async fn an_old_service_managed_key_policy_is_brought_up_to_date() {
         audit_accept_new_log: false,
         audit_commit_delay_us: 500,
         audit_rotate_bytes: kms_service::audit::DEFAULT_ROTATE_BYTES,
+        audit_auth_failures_per_minute:
+            kms_service::service::throttle::DEFAULT_AUTH_FAILURES_PER_MINUTE,
         max_keys: kms_service::service::DEFAULT_MAX_KEYS,
         max_principals: kms_service::service::DEFAULT_MAX_PRINCIPALS,
     };
@@ -104,6 +106,8 @@ fn storage_in(dir: &std::path::Path) -> StorageConfig {
         audit_accept_new_log: false,
         audit_commit_delay_us: 500,
         audit_rotate_bytes: kms_service::audit::DEFAULT_ROTATE_BYTES,
+        audit_auth_failures_per_minute:
+            kms_service::service::throttle::DEFAULT_AUTH_FAILURES_PER_MINUTE,
         max_keys: kms_service::service::DEFAULT_MAX_KEYS,
         max_principals: kms_service::service::DEFAULT_MAX_PRINCIPALS,
     }
@@ -325,6 +329,8 @@ async fn an_audit_log_cut_short_or_replaced_is_refused_at_start_up() {
         audit_accept_new_log: true,
         audit_commit_delay_us: 500,
         audit_rotate_bytes: kms_service::audit::DEFAULT_ROTATE_BYTES,
+        audit_auth_failures_per_minute:
+            kms_service::service::throttle::DEFAULT_AUTH_FAILURES_PER_MINUTE,
         max_keys: kms_service::service::DEFAULT_MAX_KEYS,
         max_principals: kms_service::service::DEFAULT_MAX_PRINCIPALS,
         ..storage.clone()

@@ -4686,3 +4686,109 @@ async fn a_destroyed_keys_backing_keys_are_forgotten_by_the_root_key() {
             .contains(&crate::keys::wrap_label(&other, 1))
     );
 }
+
+/// Failed authentications past the per-address rate are answered as
+/// before but only counted; one record per address then gives the count.
+/// Other addresses, and calls that authenticate, are not held back.
+#[tokio::test]
+async fn failed_authentications_past_the_rate_are_counted_and_recorded_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let root = Arc::new(SoftwareRootKey::generate());
+    // 10 a minute: bursts of 1, then one per 6 s (longer than the test).
+    let kms = open_at(dir.path(), root, clock.clone())
+        .await
+        .with_auth_failure_limit(10);
+    let admin = bootstrap_admin(&kms).await;
+    let f = Fixture {
+        kms,
+        admin,
+        clock,
+        dir,
+    };
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let from = |authorization: Option<String>, address: &str| Credentials {
+        authorization,
+        source_address: Some(address.into()),
+        request_id: "t".into(),
+        ..Credentials::default()
+    };
+    let bad = Some("Bearer lbx_not-a-real-token".to_string());
+    for port in 0..20 {
+        check_err(
+            f.kms
+                .describe_key(&from(bad.clone(), &format!("192.0.2.7:{port}")), &key, &[])
+                .await,
+            "UnrecognizedClientException",
+            "not a valid access token",
+        );
+    }
+    check_err(
+        f.kms
+            .describe_key(&from(bad.clone(), "192.0.2.8:1"), &key, &[])
+            .await,
+        "UnrecognizedClientException",
+        "",
+    );
+    f.kms
+        .describe_key(
+            &from(f.admin.authorization.clone(), "192.0.2.7:99"),
+            &key,
+            &[],
+        )
+        .await
+        .expect("an authenticated call is not held back");
+    let failed_from = |prefix: &str| {
+        f.audit_lines()
+            .iter()
+            .filter(|r| {
+                r["decision"] == "Unauthenticated"
+                    && r["event_name"] == "DescribeKey"
+                    && r["source_address"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with(prefix))
+            })
+            .count()
+    };
+    assert_eq!(failed_from("192.0.2.7:"), 1);
+    assert_eq!(failed_from("192.0.2.8:"), 1);
+    let allowed = f.last_record(|r| r["event_name"] == "DescribeKey");
+    assert_eq!(allowed["decision"], "Allow");
+
+    assert_eq!(f.kms.record_unrecorded_failures().await.unwrap(), 1);
+    let counted = f.last_record(|r| r["event_name"] == UNRECORDED_FAILURES_EVENT);
+    assert_eq!(counted["source_address"], "192.0.2.7");
+    assert_eq!(counted["decision"], "Unauthenticated");
+    assert_eq!(counted["error_code"], "ThrottlingException");
+    let message = counted["error_message"].as_str().unwrap();
+    assert!(
+        message.starts_with("19 call(s) from 192.0.2.7"),
+        "{message}"
+    );
+    assert_eq!(f.kms.record_unrecorded_failures().await.unwrap(), 0);
+
+    // With the limit off, every failure has its own record.
+    let f = fixture().await;
+    let f = Fixture {
+        kms: f.kms.with_auth_failure_limit(0),
+        ..f
+    };
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    for _ in 0..20 {
+        check_err(
+            f.kms
+                .describe_key(&from(bad.clone(), "192.0.2.7:1"), &key, &[])
+                .await,
+            "UnrecognizedClientException",
+            "",
+        );
+    }
+    assert_eq!(
+        f.audit_lines()
+            .iter()
+            .filter(|r| r["decision"] == "Unauthenticated")
+            .count(),
+        20
+    );
+    assert_eq!(f.kms.record_unrecorded_failures().await.unwrap(), 0);
+}
