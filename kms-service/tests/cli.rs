@@ -1268,3 +1268,93 @@ async fn the_audit_log_rotates_and_verifies_across_its_segments() {
         stdout(&out)
     );
 }
+
+/// Past `--audit-auth-failures-per-minute`, failed authentications from one
+/// address are answered the same but only counted: the running service
+/// records the count within seconds, and on stopping what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_past_the_rate_are_recorded_as_a_count() {
+    use lockbox_proto::kms::v1 as pb;
+    use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("data").join("audit").join("audit.jsonl");
+    let records = |event: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["event_name"] == event)
+            .collect()
+    };
+    // One a minute: the first failure is recorded, the rest counted.
+    let mut server = start(
+        dir.path(),
+        &["--audit-auth-failures-per-minute".as_ref(), "1".as_ref()],
+    );
+    let addr = format!("http://127.0.0.1:{}", server.port);
+    wait_serving(&mut server, &["--addr".as_ref(), addr.as_ref()]);
+    let mut client = KeyManagementServiceClient::new(
+        Channel::from_shared(addr).unwrap().connect().await.unwrap(),
+    );
+    let bad = |n: usize| {
+        let mut request = tonic::Request::new(pb::ListKeysRequest::default());
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer lbx_not-a-real-token-{n}").parse().unwrap(),
+        );
+        request
+    };
+    for n in 0..5 {
+        let status = client.list_keys(bad(n)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    }
+    // Within the 5 s of the recording interval (and a margin).
+    let deadline = Instant::now() + Duration::from_secs(12);
+    while records("UnauthenticatedCallsCounted").is_empty() {
+        assert!(Instant::now() < deadline, "no count was recorded");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let counted = records("UnauthenticatedCallsCounted");
+    assert_eq!(counted[0]["source_address"], "127.0.0.1");
+    assert!(
+        counted[0]["error_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("4 call(s) from 127.0.0.1"),
+        "{}",
+        counted[0]
+    );
+    assert_eq!(records("ListKeys").len(), 1);
+
+    // Counted since, recorded when the service stops (SIGTERM).
+    for n in 0..3 {
+        client.list_keys(bad(n)).await.unwrap_err();
+    }
+    drop(client);
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counted = records("UnauthenticatedCallsCounted");
+    assert_eq!(counted.len(), 2, "{counted:?}");
+    assert!(
+        counted[1]["error_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 call(s)"),
+        "{}",
+        counted[1]
+    );
+    let out = run(kms()
+        .args(["audit", "verify"])
+        .arg(&log)
+        .arg("--root-key-file")
+        .arg(dir.path().join("data").join("root.key")));
+    assert!(out.status.success(), "{}", stdout(&out));
+}
