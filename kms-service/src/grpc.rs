@@ -80,6 +80,7 @@ fn credentials_from(
             .filter(|id| !id.is_empty() && id.len() <= 128)
             .unwrap_or_else(|| crate::crypto::random_uuid().to_string()),
         source_address: remote_addr.map(|a| a.to_string()),
+        forwarded_for: text(lockbox_proto::metadata::FORWARDED_FOR),
         // A value that is not visible ASCII is kept as an empty string,
         // which `x-authorize` parsing refuses, rather than dropped.
         required: meta

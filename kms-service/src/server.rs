@@ -595,12 +595,18 @@ pub async fn serve_with_tls(
 
     // Failed authentications counted past their rate get their records
     // within seconds.
+    // Stopped by a message, not aborted, so a recording under way is
+    // never cut short (its counts already taken).
+    let (stop_counting, mut counting_stopped) = tokio::sync::oneshot::channel::<()>();
     let counted = {
         let kms = kms.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(COUNTED_FAILURES_EVERY);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut counting_stopped => return,
+                }
                 if let Err(error) = kms.record_unrecorded_failures().await {
                     tracing::error!(%error, "recording counted authentication failures failed");
                 }
@@ -645,7 +651,7 @@ pub async fn serve_with_tls(
     // service.)
     stop_watch.abort();
     maintenance.abort();
-    counted.abort();
+    let _ = stop_counting.send(());
     // Its handle on the service goes with it (and so, in time, the store).
     let _ = maintenance.await;
     let _ = counted.await;

@@ -67,6 +67,9 @@ pub struct Credentials {
     pub on_behalf_of: Option<String>,
     pub request_id: String,
     pub source_address: Option<String>,
+    /// The `x-forwarded-for` value a service sent with a forwarded
+    /// credential: where the end caller's call came from.
+    pub forwarded_for: Option<String>,
     /// The `x-authorize` metadata values a service sent: `<action>
     /// <resource>` pairs the call is conditional on (see
     /// [`Ctx::require`]), unparsed.
@@ -85,6 +88,7 @@ impl Clone for Credentials {
             on_behalf_of: self.on_behalf_of.clone(),
             request_id: self.request_id.clone(),
             source_address: self.source_address.clone(),
+            forwarded_for: self.forwarded_for.clone(),
             required: self.required.clone(),
             principal: std::sync::OnceLock::new(),
         }
@@ -99,6 +103,7 @@ impl std::fmt::Debug for Credentials {
             .field("on_behalf_of", &shown(&self.on_behalf_of))
             .field("request_id", &self.request_id)
             .field("source_address", &self.source_address)
+            .field("forwarded_for", &self.forwarded_for)
             .field("required", &self.required)
             .field("principal", &self.principal.get())
             .finish()
@@ -294,6 +299,11 @@ impl Kms {
     /// and waits until they are durable. Run by the server every few
     /// seconds and when it stops.
     pub async fn record_unrecorded_failures(&self) -> Result<usize, KmsError> {
+        if self.audit.fault().is_some() {
+            // Nothing can be recorded until a restart; the counts stay
+            // (bounded) and the service log has why.
+            return Ok(0);
+        }
         let counts = self.throttle.take();
         if counts.is_empty() {
             return Ok(0);
@@ -321,7 +331,17 @@ impl Kms {
             .collect();
         let n = events.len();
         if let Err(e) = self.settle(events, vec![]).await {
-            self.throttle.restore(counts);
+            // The log failed: the service refuses everything from now on.
+            // The counts go to the service log instead.
+            for (source, u) in &counts {
+                tracing::error!(
+                    source = %source.describe(),
+                    calls = u.calls,
+                    first = %throttle::utc(u.first),
+                    last = %throttle::utc(u.last),
+                    "failed authentications counted but not recorded: the audit log failed"
+                );
+            }
             return Err(e);
         }
         Ok(n)
@@ -479,10 +499,11 @@ impl Kms {
         let own = std::mem::take(&mut ctx.own);
         if ctx.caller.is_none()
             && own.is_empty()
-            && matches!(result, Err(KmsError::Unauthenticated { .. }))
-            && !self
-                .throttle
-                .record(creds.source_address.as_deref(), self.now())
+            && let Err(KmsError::Unauthenticated { of, .. }) = &result
+            && !self.throttle.record(
+                throttle::Source::of(creds, *of == CredentialOf::Forwarded),
+                self.now(),
+            )
         {
             // Past the rate for its address: counted, recorded with the
             // others by `record_unrecorded_failures`. It saw nothing.

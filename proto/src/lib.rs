@@ -45,6 +45,10 @@ pub mod metadata {
     /// Answer metadata of kms-service on a call made on behalf of someone:
     /// the principal it was decided for, on success and on error alike.
     pub const PRINCIPAL: &str = "x-principal";
+    /// Set by a service (with [`ON_BEHALF_OF`]): the IP address the end
+    /// caller's call came from. kms-service counts failed authentications
+    /// of forwarded credentials by it, not by the service's own address.
+    pub const FORWARDED_FOR: &str = "x-forwarded-for";
 }
 
 #[cfg(feature = "service")]

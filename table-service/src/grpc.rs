@@ -80,5 +80,6 @@ fn caller<T>(request: &tonic::Request<T>) -> Result<CallerCredential, TableError
     Ok(CallerCredential {
         authorization: zeroize::Zeroizing::new(authorization.to_string()),
         request_id,
+        address: request.remote_addr().map(|a| a.ip()),
     })
 }

@@ -15,7 +15,7 @@ use lockbox_proto::iam::v1 as iam;
 use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
 use lockbox_proto::kms::v1 as pb;
 use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
-use lockbox_proto::metadata::{AUTHORIZE, ON_BEHALF_OF, PRINCIPAL, REQUEST_ID};
+use lockbox_proto::metadata::{AUTHORIZE, FORWARDED_FOR, ON_BEHALF_OF, PRINCIPAL, REQUEST_ID};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic_types::StatusExt;
 use zeroize::Zeroizing;
@@ -28,6 +28,8 @@ pub struct CallerCredential {
     /// The caller's `authorization` value (`Bearer …`), forwarded verbatim.
     pub authorization: Zeroizing<String>,
     pub request_id: String,
+    /// The address the caller's call came from, if known.
+    pub address: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for CallerCredential {
@@ -174,6 +176,9 @@ impl KmsClient {
         );
         if let Ok(id) = caller.request_id.parse() {
             meta.insert(REQUEST_ID, id);
+        }
+        if let Some(Ok(address)) = caller.address.map(|a| a.to_string().parse()) {
+            meta.insert(FORWARDED_FOR, address);
         }
         Ok(request)
     }

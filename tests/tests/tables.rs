@@ -3720,3 +3720,37 @@ async fn a_delete_waiting_for_a_slow_write_pauses_only_its_own_tables_writes() {
     hung.abort();
     stack.stop().await;
 }
+
+/// table-service names its caller's address (`x-forwarded-for`) when it
+/// forwards the caller's credential, so kms-service counts a caller's
+/// failed authentications past the rate against that caller, apart from
+/// table-service's own calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_forwarded_authentications_count_against_the_callers_address() {
+    let stack = start().await;
+    // Past the default burst (60 of 600 a minute).
+    for _ in 0..80 {
+        let status = stack
+            .c()
+            .list_tables(authed(
+                "lbx_not-a-real-token",
+                pb::ListTablesRequest::default(),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
+    let kms = stack.kms.as_ref().unwrap();
+    assert_eq!(kms.kms.record_unrecorded_failures().await.unwrap(), 1);
+    let log = std::fs::read_to_string(stack.dir.path().join("kms/audit/audit.jsonl")).unwrap();
+    let counted: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event_name"] == "UnauthenticatedCallsCounted")
+        .collect();
+    assert_eq!(counted.len(), 1, "{counted:?}");
+    assert_eq!(
+        counted[0]["source_address"],
+        "127.0.0.1 (forwarded by a service)"
+    );
+}

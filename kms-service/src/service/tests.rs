@@ -4767,6 +4767,48 @@ async fn failed_authentications_past_the_rate_are_counted_and_recorded_together(
     );
     assert_eq!(f.kms.record_unrecorded_failures().await.unwrap(), 0);
 
+    // A bad credential a service forwards counts against the address the
+    // service names, not against the service's own (nor the same
+    // address's direct calls).
+    let svc = f.user("table-service", PrincipalKind::Service, &[]).await;
+    let forwarding = |forwarded_for: &str| Credentials {
+        on_behalf_of: bad.clone(),
+        forwarded_for: Some(forwarded_for.into()),
+        source_address: Some("192.0.2.7:7000".into()),
+        ..svc.clone()
+    };
+    for _ in 0..5 {
+        check_err(
+            f.kms
+                .describe_key(&forwarding("198.51.100.9"), &key, &[])
+                .await,
+            "UnrecognizedClientException",
+            "",
+        );
+    }
+    check_err(
+        f.kms
+            .describe_key(&forwarding("198.51.100.10"), &key, &[])
+            .await,
+        "UnrecognizedClientException",
+        "",
+    );
+    // One record each for the two callers' first failures; the other four
+    // are counted against the first caller.
+    assert_eq!(failed_from("192.0.2.7:7000"), 2);
+    assert_eq!(f.kms.record_unrecorded_failures().await.unwrap(), 1);
+    let counted = f.last_record(|r| r["event_name"] == UNRECORDED_FAILURES_EVENT);
+    assert_eq!(
+        counted["source_address"],
+        "198.51.100.9 (forwarded by a service)"
+    );
+    assert!(
+        counted["error_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("4 call(s)")
+    );
+
     // With the limit off, every failure has its own record.
     let f = fixture().await;
     let f = Fixture {
