@@ -4,12 +4,16 @@
 //! answers for plaintext, TLS and mutual TLS.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockbox_proto::iam::v1 as iam;
 use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+mod common;
+
+use common::{assert_fails_with, free_port, run, stderr, stdout, terminate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kms-service");
 
@@ -24,63 +28,6 @@ fn kms() -> Command {
     }
     command.env("RUST_LOG", "warn");
     command
-}
-
-/// Runs to completion (at most 15 s) and returns the output.
-fn run(command: &mut Command) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kms-service starts");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "kms-service did not exit within 15 s; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Asserts a start-up failure: exit code 1 and every fragment in stderr.
-fn assert_fails_with(out: &Output, fragments: &[&str]) {
-    let err = stderr(out);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected exit code 1; stdout: {}; stderr: {err}",
-        stdout(out)
-    );
-    for fragment in fragments {
-        assert!(
-            err.contains(fragment),
-            "stderr does not mention {fragment:?}: {err}"
-        );
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// `kms-service serve` on a free port with a new data directory in `dir`.
@@ -1335,16 +1282,7 @@ async fn failed_authentications_past_the_rate_are_recorded_as_a_count() {
         client.list_keys(bad(n)).await.unwrap_err();
     }
     drop(client);
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while server.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(terminate(&mut server.child).success());
     assert_eq!(total(), 7);
     let out = run(kms()
         .args(["audit", "verify"])

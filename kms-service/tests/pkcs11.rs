@@ -11,12 +11,16 @@
 //! `softhsm2-util` on `PATH`. Each test makes its own token directory.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockbox_proto::kms::v1 as pb;
 use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
 use tonic::transport::Channel;
+
+mod common;
+
+use common::{assert_fails_with, free_port, run, terminate};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kms-service");
 const USER_PIN: &str = "4711-user";
@@ -115,43 +119,8 @@ fn kms(token: &Token) -> Command {
     command
 }
 
-/// Runs to completion (at most 30 s).
-fn run(command: &mut Command) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kms-service starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("kms-service did not exit within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
-
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Asserts a start-up failure: exit code 1 and every fragment in stderr.
-fn assert_fails_with(out: &Output, fragments: &[&str]) {
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
-    for fragment in fragments {
-        assert!(err.contains(fragment), "stderr lacks {fragment:?}: {err}");
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 /// A kms-service serving until dropped.
@@ -165,17 +134,7 @@ impl Server {
     /// Stops it as an operator would (SIGTERM): the audit log is closed
     /// with a checkpoint.
     fn stop(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let status = self.child.wait().unwrap();
+        let status = terminate(&mut self.child);
         assert!(
             status.success(),
             "{status}: {}",
