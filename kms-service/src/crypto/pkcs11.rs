@@ -63,8 +63,29 @@ pub struct Pkcs11Settings<'a> {
 /// Why the token's root key could not be opened. Each message says what to
 /// check.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Pkcs11OpenError(String);
+#[error("{message}")]
+pub struct Pkcs11OpenError {
+    message: String,
+    /// The token refused the PIN, or says it is locked: logging in again
+    /// with it would only bring the token nearer to locking it.
+    pin_refused: bool,
+}
+
+impl Pkcs11OpenError {
+    fn new(message: String) -> Pkcs11OpenError {
+        Pkcs11OpenError {
+            message,
+            pin_refused: false,
+        }
+    }
+
+    fn pin_refused(message: String) -> Pkcs11OpenError {
+        Pkcs11OpenError {
+            message,
+            pin_refused: true,
+        }
+    }
+}
 
 /// The root key on a PKCS#11 token. See the module documentation.
 pub struct Pkcs11RootKey {
@@ -115,7 +136,7 @@ struct Connection {
 }
 
 fn failed(what: &str) -> impl FnOnce(CkError) -> Pkcs11OpenError {
-    move |e| Pkcs11OpenError(format!("{what}: {e}"))
+    move |e| Pkcs11OpenError::new(format!("{what}: {e}"))
 }
 
 /// Errors after which the session is not worth keeping: a new one (logged
@@ -180,7 +201,7 @@ impl Pkcs11RootKey {
             labels.push(label);
         }
         let slot = found.ok_or_else(|| {
-            Pkcs11OpenError(format!(
+            Pkcs11OpenError::new(format!(
                 "no initialized token labelled {:?} in {module} (tokens there: {}); \
                  check --root-key-pkcs11-token",
                 settings.token,
@@ -193,7 +214,7 @@ impl Pkcs11RootKey {
         })?;
         for needed in [MechanismType::AES_GCM, MechanismType::AES_CMAC] {
             if context.get_mechanism_info(slot, needed).is_err() {
-                return Err(Pkcs11OpenError(format!(
+                return Err(Pkcs11OpenError::new(format!(
                     "token {:?} does not offer {needed}, which the root key needs \
                      (CKM_AES_GCM to wrap backing keys, CKM_AES_CMAC to derive keys)",
                     settings.token
@@ -230,14 +251,14 @@ impl Pkcs11RootKey {
         match session.login(UserType::User, Some(&pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                return Err(Pkcs11OpenError(format!(
+                return Err(Pkcs11OpenError::pin_refused(format!(
                     "the token {:?} refused the PIN (check --root-key-pkcs11-pin-file; \
                      tokens lock after several wrong PINs)",
                     self.token
                 )));
             }
             Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
-                return Err(Pkcs11OpenError(format!(
+                return Err(Pkcs11OpenError::pin_refused(format!(
                     "the token {:?} says its user PIN is locked (the token's security officer \
                      must unlock it)",
                     self.token
@@ -280,7 +301,7 @@ impl Pkcs11RootKey {
                     session
                         .destroy_object(key)
                         .map_err(failed("cannot remove a duplicate root key"))?;
-                    return Err(Pkcs11OpenError(format!(
+                    return Err(Pkcs11OpenError::new(format!(
                         "another process generated a root key labelled {:?} on token {:?} at \
                          the same time; start again (one process per data directory)",
                         self.key_label, self.token
@@ -289,7 +310,7 @@ impl Pkcs11RootKey {
                 (key, true)
             }
             [] => {
-                return Err(Pkcs11OpenError(format!(
+                return Err(Pkcs11OpenError::new(format!(
                     "token {:?} holds no secret key labelled {:?}, and this data directory \
                      already has keys wrapped by one: use the token that holds it (or check \
                      --root-key-pkcs11-key)",
@@ -298,7 +319,7 @@ impl Pkcs11RootKey {
             }
             [key] => (*key, false),
             _ => {
-                return Err(Pkcs11OpenError(format!(
+                return Err(Pkcs11OpenError::new(format!(
                     "token {:?} holds {} secret keys labelled {:?}; the root key must be \
                      the only one",
                     self.token,
@@ -354,7 +375,7 @@ impl Pkcs11RootKey {
         let connected = self.connect(false).map(|(c, _)| c).map_err(|e| {
             let why = e.to_string();
             tracing::error!(error = %why, "cannot reconnect to the root key's token");
-            if why.contains("refused the PIN") || why.contains("PIN is locked") {
+            if e.pin_refused {
                 *self.blocked.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!(
                     "{why}; no further login is tried until kms-service restarts"
                 ));
@@ -482,7 +503,7 @@ impl Pkcs11RootKey {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(Pkcs11OpenError(format!(
+            Err(Pkcs11OpenError::new(format!(
                 "the key labelled {:?} on token {:?} cannot be the root key: {}",
                 self.key_label,
                 self.token,
