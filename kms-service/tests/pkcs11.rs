@@ -465,10 +465,34 @@ fn the_token_root_key_wraps_like_the_software_one_and_refuses_tampering() {
     println!("token checks done");
 }
 
-fn token_checks(pin_file: &Path) {
+/// A session of the test's own on the token, beside the root key's
+/// (the same process: login state is shared), logged in with `pin` if given.
+fn own_session(
+    module: &Path,
+    pin: Option<&str>,
+) -> (cryptoki::context::Pkcs11, cryptoki::session::Session) {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::error::{Error, RvError};
     use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let context = Pkcs11::new(module).unwrap();
+    match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => panic!("initialize: {e}"),
+    }
+    let slot = context.get_slots_with_initialized_token().unwrap()[0];
+    let session = context.open_rw_session(slot).unwrap();
+    if let Some(pin) = pin {
+        match session.login(UserType::User, Some(&AuthPin::new(pin.into()))) {
+            Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(e) => panic!("login: {e}"),
+        }
+    }
+    (context, session)
+}
+
+fn token_checks(pin_file: &Path) {
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
     use cryptoki::types::AuthPin;
     use kms_service::crypto::pkcs11::{Pkcs11RootKey, Pkcs11Settings};
     use kms_service::crypto::root_key::{RootKey, SoftwareRootKey, UnwrapError};
@@ -487,15 +511,7 @@ fn token_checks(pin_file: &Path) {
     // with that value does, and derive the SP 800-108 vector.
     let known: Vec<u8> = (0u8..32).collect();
     {
-        let context = Pkcs11::new(&module).unwrap();
-        context
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .unwrap();
-        let slot = context.get_slots_with_initialized_token().unwrap()[0];
-        let session = context.open_rw_session(slot).unwrap();
-        session
-            .login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
-            .unwrap();
+        let (_context, session) = own_session(&module, Some(pin.trim()));
         session
             .create_object(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
@@ -521,9 +537,10 @@ fn token_checks(pin_file: &Path) {
         software.unwrap(label, &wrapped).unwrap().as_slice(),
         &material
     );
-    let by_software = software.wrap(label, &material).unwrap();
+    let other = b"key/5678 v1";
+    let by_software = software.wrap(other, &material).unwrap();
     assert_eq!(
-        token_key.unwrap(label, &by_software).unwrap().as_slice(),
+        token_key.unwrap(other, &by_software).unwrap().as_slice(),
         &material
     );
     assert_ne!(
@@ -568,11 +585,11 @@ fn token_checks(pin_file: &Path) {
         token_key.unwrap(label, &bad).err(),
         Some(UnwrapError::Invalid)
     );
-    // A destroyed key's material is dropped.
+    // A destroyed key's material is dropped, and only its.
     token_key.forget(label);
-    assert_eq!(token_key.cached(), 0);
-    token_key.unwrap(label, &wrapped).unwrap();
     assert_eq!(token_key.cached(), 1);
+    token_key.unwrap(label, &wrapped).unwrap();
+    assert_eq!(token_key.cached(), 2);
 
     let derived = token_key.derive(b"lockbox test purpose").unwrap();
     assert_eq!(
@@ -584,10 +601,7 @@ fn token_checks(pin_file: &Path) {
     // The application is logged out of the token (as after a token
     // reset): the next call opens a new session, logs in again and works.
     {
-        let context = Pkcs11::new(&module).unwrap();
-        let _ = context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-        let slot = context.get_slots_with_initialized_token().unwrap()[0];
-        let session = context.open_ro_session(slot).unwrap();
+        let (_context, session) = own_session(&module, None);
         session.logout().unwrap();
     }
     assert_eq!(
@@ -605,20 +619,7 @@ fn token_checks(pin_file: &Path) {
     // and no further login is tried.
     const NEW_PIN: &str = "changed-pin";
     {
-        let context = Pkcs11::new(&module).unwrap();
-        let _ = context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-        let slot = context.get_slots_with_initialized_token().unwrap()[0];
-        let session = context.open_rw_session(slot).unwrap();
-        session
-            .login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
-            .or_else(|e| match e {
-                cryptoki::error::Error::Pkcs11(
-                    cryptoki::error::RvError::UserAlreadyLoggedIn,
-                    _,
-                ) => Ok(()),
-                e => Err(e),
-            })
-            .unwrap();
+        let (_context, session) = own_session(&module, Some(pin.trim()));
         session
             .set_pin(
                 &AuthPin::new(pin.trim().into()),
@@ -673,11 +674,7 @@ fn token_checks(pin_file: &Path) {
     );
     assert_eq!(*reopened.derive(b"p").unwrap(), *purpose);
     {
-        let context = Pkcs11::new(&module).unwrap();
-        let _ = context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-        let slot = context.get_slots_with_initialized_token().unwrap()[0];
-        let session = context.open_ro_session(slot).unwrap();
-        let _ = session.login(UserType::User, Some(&AuthPin::new(pin.trim().into())));
+        let (_context, session) = own_session(&module, Some(&pin));
         let found = session
             .find_objects(&[Attribute::Label(b"made".to_vec())])
             .unwrap();

@@ -126,8 +126,10 @@ impl std::fmt::Display for Failure {
 /// Least time after a failed reconnect before the next is tried.
 const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Unwrapped backing keys by (label, wrapped form).
-type UnwrapCache = HashMap<(Vec<u8>, Vec<u8>), SecretBytes>;
+/// Unwrapped backing keys by label (a key id and version names one backing
+/// key), with the wrapped form they came from: only that form is answered
+/// from memory.
+type UnwrapCache = HashMap<Vec<u8>, (Vec<u8>, SecretBytes)>;
 
 /// A logged-in session and the root key's handle in it.
 struct Connection {
@@ -340,7 +342,7 @@ impl Pkcs11RootKey {
         &self,
         operation: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>,
     ) -> Result<T, Failure> {
-        let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        let mut connection = self.lock();
         for attempt in 0..2 {
             if connection.is_none() {
                 *connection = Some(self.reconnect()?);
@@ -544,12 +546,12 @@ impl RootKey for Pkcs11RootKey {
     }
 
     fn unwrap(&self, label: &[u8], wrapped: &[u8]) -> Result<SecretBytes, UnwrapError> {
-        let id = (label.to_vec(), wrapped.to_vec());
-        if let Some(material) = self
+        if let Some((kept, material)) = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
+            .get(label)
+            && kept.as_slice() == wrapped
         {
             return Ok(SecretBytes::new(material.to_vec()));
         }
@@ -558,7 +560,10 @@ impl RootKey for Pkcs11RootKey {
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(id, SecretBytes::new(material.to_vec()));
+        cache.insert(
+            label.to_vec(),
+            (wrapped.to_vec(), SecretBytes::new(material.to_vec())),
+        );
         Ok(material)
     }
 
@@ -566,7 +571,7 @@ impl RootKey for Pkcs11RootKey {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(l, _), _| l != label);
+            .remove(label);
     }
 
     fn derive(&self, purpose: &[u8]) -> Result<Zeroizing<[u8; 32]>, RootKeyUnavailable> {

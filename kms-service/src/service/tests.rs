@@ -4692,19 +4692,11 @@ async fn a_destroyed_keys_backing_keys_are_forgotten_by_the_root_key() {
 /// Other addresses, and calls that authenticate, are not held back.
 #[tokio::test]
 async fn failed_authentications_past_the_rate_are_counted_and_recorded_together() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
-    let root = Arc::new(SoftwareRootKey::generate());
     // 10 a minute: bursts of 1, then one per 6 s (longer than the test).
-    let kms = open_at(dir.path(), root, clock.clone())
-        .await
-        .with_auth_failure_limit(10);
-    let admin = bootstrap_admin(&kms).await;
+    let f = fixture().await;
     let f = Fixture {
-        kms,
-        admin,
-        clock,
-        dir,
+        kms: f.kms.with_auth_failure_limit(10),
+        ..f
     };
     let key = f.key(KeySpec::SymmetricDefault).await;
     let from = |authorization: Option<String>, address: &str| Credentials {
