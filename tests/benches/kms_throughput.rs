@@ -563,30 +563,6 @@ struct Settings {
     workloads: Vec<Workload>,
 }
 
-fn workloads_setting() -> Result<Vec<Workload>, BoxError> {
-    let value = match std::env::var("BENCH_WORKLOADS") {
-        Ok(value) => value,
-        Err(std::env::VarError::NotPresent) => return Ok(WORKLOADS.to_vec()),
-        Err(e) => return Err(format!("BENCH_WORKLOADS: {e}").into()),
-    };
-    let names: Vec<&str> = WORKLOADS.iter().map(|w| w.key()).collect();
-    let mut chosen = Vec::new();
-    for part in value.split(',') {
-        let workload = WORKLOADS
-            .into_iter()
-            .find(|w| w.key() == part.trim())
-            .ok_or_else(|| {
-                format!("BENCH_WORKLOADS={value:?}: want a comma-separated subset of {names:?}")
-            })?;
-        chosen.push(workload);
-    }
-    // In the usual order, whatever order they were named in.
-    Ok(WORKLOADS
-        .into_iter()
-        .filter(|w| chosen.contains(w))
-        .collect())
-}
-
 fn settings() -> Result<Settings, BoxError> {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
     let smoke = !std::env::args().any(|arg| arg == "--bench");
@@ -607,7 +583,7 @@ fn settings() -> Result<Settings, BoxError> {
     let concurrency = common::concurrency_setting(&CONCURRENCY)?;
     // A smoke run checks that the benchmark works: one round is enough.
     let rounds = common::rounds_setting(smoke)?;
-    let workloads = workloads_setting()?;
+    let workloads = common::workloads_setting(&WORKLOADS, Workload::key)?;
     Ok(match (smoke, seconds) {
         (false, seconds) => Settings {
             warmup: WARMUP,
@@ -766,6 +742,9 @@ fn print_report(
         .iter()
         .filter(|r| r.concurrency == TARGET_CONCURRENCY && r.workload.is_kms())
         .map(|r| {
+            if r.ratio.median.is_nan() {
+                return format!("{} not measured (no echo run)", r.workload.name());
+            }
             let verdict = if r.ratio.median >= TARGET_RATIO {
                 "PASS"
             } else {

@@ -8,7 +8,10 @@
 //! sets the measured time per run (default 2; each run is preceded by a
 //! 0.3 s warm-up); `BENCH_ROUNDS` (default 3) how many times each
 //! concurrency level's workloads are run in turn; `BENCH_CONCURRENCY` (e.g.
-//! `64`) runs only some of the levels.
+//! `64`) runs only some of the levels; `BENCH_WORKLOADS` (a comma-separated
+//! subset of `echo1`, `echo2`, `put`, `get-cache-off`, `get-cache-on`,
+//! `query`, `scan`) runs only some workloads, for a profile of one (a ratio
+//! needs its echo).
 //!
 //! What is measured:
 //!
@@ -188,6 +191,19 @@ enum Workload {
 }
 
 impl Workload {
+    /// Its name in `BENCH_WORKLOADS`.
+    fn key(self) -> &'static str {
+        match self {
+            Workload::Echo1 => "echo1",
+            Workload::Echo2 => "echo2",
+            Workload::PutItem => "put",
+            Workload::GetItemCacheOff => "get-cache-off",
+            Workload::GetItemCacheOn => "get-cache-on",
+            Workload::Query => "query",
+            Workload::Scan => "scan",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Workload::Echo1 => "echo 1-hop (Health/Check)",
@@ -1112,6 +1128,10 @@ struct Settings {
     probes: usize,
     /// How many times each level's workloads run in turn.
     rounds: usize,
+    /// The workloads to run (`BENCH_WORKLOADS=get-cache-off`, say, for a
+    /// profile of one); all of [`WORKLOADS`] by default. Ratios need the
+    /// echoes.
+    workloads: Vec<Workload>,
 }
 
 fn settings() -> Result<Settings, BoxError> {
@@ -1132,6 +1152,7 @@ fn settings() -> Result<Settings, BoxError> {
         Err(e) => return Err(format!("BENCH_SECONDS: {e}").into()),
     };
     let rounds = common::rounds_setting(smoke)?;
+    let workloads = common::workloads_setting(&WORKLOADS, Workload::key)?;
     Ok(match (smoke, seconds) {
         (false, seconds) => Settings {
             warmup: WARMUP,
@@ -1142,6 +1163,7 @@ fn settings() -> Result<Settings, BoxError> {
             min_samples: MIN_SAMPLES,
             probes: PROBES,
             rounds,
+            workloads: workloads.clone(),
         },
         (true, None) => Settings {
             warmup: Duration::from_millis(20),
@@ -1152,6 +1174,7 @@ fn settings() -> Result<Settings, BoxError> {
             min_samples: SMOKE_MIN_SAMPLES,
             probes: SMOKE_PROBES,
             rounds,
+            workloads: workloads.clone(),
         },
         (true, Some(seconds)) => Settings {
             warmup: WARMUP,
@@ -1162,6 +1185,7 @@ fn settings() -> Result<Settings, BoxError> {
             min_samples: SMOKE_MIN_SAMPLES,
             probes: SMOKE_PROBES,
             rounds,
+            workloads: workloads.clone(),
         },
     })
 }
@@ -1311,6 +1335,9 @@ fn print_report(
                 } else {
                     r.echo2.median
                 };
+                if x.is_nan() {
+                    return format!("c={} not measured (no echo run)", r.concurrency);
+                }
                 let verdict = if x >= TARGET_RATIO { "PASS" } else { "BELOW" };
                 format!("c={} {x:.2}× {verdict}", r.concurrency)
             })
@@ -1404,8 +1431,8 @@ async fn bench() -> Result<(), BoxError> {
         };
         let mut results = Vec::new();
         for &concurrency in &settings.concurrency {
-            for (round, workload) in
-                (0..settings.rounds).flat_map(|round| WORKLOADS.map(|w| (round, w)))
+            for (round, workload) in (0..settings.rounds)
+                .flat_map(|round| settings.workloads.iter().map(move |&w| (round, w)))
             {
                 if workload == Workload::GetItemCacheOn {
                     warm_cache(&fx).await?;

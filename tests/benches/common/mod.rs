@@ -49,6 +49,33 @@ pub fn concurrency_setting(levels: &[usize]) -> Result<Vec<usize>, Box<dyn Error
         .collect()
 }
 
+/// `BENCH_WORKLOADS`: a comma-separated subset of `all`, named by `key`
+/// (say one workload, for a profile of it), kept in the order of `all`;
+/// all of them when unset.
+pub fn workloads_setting<W: Copy + PartialEq>(
+    all: &[W],
+    key: impl Fn(W) -> &'static str,
+) -> Result<Vec<W>, Box<dyn Error + Send + Sync>> {
+    let value = match std::env::var("BENCH_WORKLOADS") {
+        Ok(value) => value,
+        Err(std::env::VarError::NotPresent) => return Ok(all.to_vec()),
+        Err(e) => return Err(format!("BENCH_WORKLOADS: {e}").into()),
+    };
+    let mut chosen = Vec::new();
+    for part in value.split(',') {
+        let workload = all
+            .iter()
+            .copied()
+            .find(|&w| key(w) == part.trim())
+            .ok_or_else(|| {
+                let names: Vec<&str> = all.iter().map(|&w| key(w)).collect();
+                format!("BENCH_WORKLOADS={value:?}: want a comma-separated subset of {names:?}")
+            })?;
+        chosen.push(workload);
+    }
+    Ok(all.iter().copied().filter(|w| chosen.contains(w)).collect())
+}
+
 /// `runs` grouped by `key`, the groups in the order their keys first
 /// appear (for a report: each workload and level once, in running order).
 pub fn groups<R, K: PartialEq + Copy>(runs: &[R], key: impl Fn(&R) -> K) -> Vec<(K, Vec<&R>)> {
@@ -94,9 +121,11 @@ impl Spread {
     }
 
     /// `0.42 (0.38–0.47)`, or just the median when the rounds agree or
-    /// there was one.
+    /// there was one; `–` with no ratio (its reference was not run).
     pub fn ratio_text(&self) -> String {
-        if self.min == self.max {
+        if self.median.is_nan() {
+            "–".into()
+        } else if self.min == self.max {
             format!("{:.2}", self.median)
         } else {
             format!("{:.2} ({:.2}–{:.2})", self.median, self.min, self.max)
