@@ -142,7 +142,19 @@ pub struct Pkcs11Config {
     #[arg(long, env = "KMS_ROOT_KEY_PKCS11_KEY", value_name = "LABEL",
           default_value = crate::crypto::pkcs11::DEFAULT_KEY_LABEL)]
     pub root_key_pkcs11_key: String,
+    /// How long a call waits for the token, in milliseconds. A call the
+    /// token has not answered by then fails as unavailable
+    /// (`KeyUnavailableException`), and until the token answers it, calls
+    /// that need the token fail at once; backing keys already unwrapped go
+    /// on working.
+    #[arg(long, env = "KMS_ROOT_KEY_PKCS11_TIMEOUT_MS", value_name = "MS",
+          default_value_t = DEFAULT_PKCS11_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub root_key_pkcs11_timeout_ms: u64,
 }
+
+/// Default `--root-key-pkcs11-timeout-ms`.
+pub const DEFAULT_PKCS11_TIMEOUT_MS: u64 = 5000;
 
 impl Pkcs11Config {
     /// No token: the root key is a file or in the environment.
@@ -152,6 +164,7 @@ impl Pkcs11Config {
             root_key_pkcs11_token: None,
             root_key_pkcs11_pin_file: None,
             root_key_pkcs11_key: crate::crypto::pkcs11::DEFAULT_KEY_LABEL.to_string(),
+            root_key_pkcs11_timeout_ms: DEFAULT_PKCS11_TIMEOUT_MS,
         }
     }
 }

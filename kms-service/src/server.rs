@@ -329,6 +329,7 @@ pub fn pkcs11_root_key(
         token,
         pin,
         key_label: &config.root_key_pkcs11_key,
+        timeout: std::time::Duration::from_millis(config.root_key_pkcs11_timeout_ms),
     };
     Pkcs11RootKey::open(&settings, create)
         .map(Some)

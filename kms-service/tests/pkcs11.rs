@@ -504,6 +504,7 @@ fn token_checks(pin_file: &Path) {
         token: "lockbox",
         pin: zeroize::Zeroizing::new(pin.trim().to_string()),
         key_label: label,
+        timeout: std::time::Duration::from_secs(1),
     };
 
     // A key of known value, put on the token by hand (extractable, so the
@@ -614,6 +615,52 @@ fn token_checks(pin_file: &Path) {
         &material
     );
 
+    // The token stops answering (its thread held for 2.5 s; the timeout is
+    // 1 s): the call waiting for it fails as unavailable once the timeout
+    // passes, later ones that need the token fail at once, kept material
+    // still answers, and once the token answers again, so do calls.
+    let hold = std::time::Duration::from_millis(2500);
+    let held_at = std::time::Instant::now();
+    token_key.hold_token_thread(hold);
+    let late = token_key.wrap(label, &material).unwrap_err();
+    let waited = held_at.elapsed();
+    assert!(late.0.contains("did not answer within 1000 ms"), "{late:?}");
+    assert!(
+        waited >= std::time::Duration::from_secs(1) && waited < hold,
+        "waited {waited:?}"
+    );
+    let at_once = std::time::Instant::now();
+    let fast = token_key.derive(b"p").unwrap_err();
+    assert!(fast.0.contains("has not answered a call"), "{fast:?}");
+    let uncached = software.wrap(b"key/9 v1", &[3u8; 32]).unwrap();
+    assert!(
+        matches!(
+            token_key.unwrap(b"key/9 v1", &uncached),
+            Err(UnwrapError::Unavailable(_))
+        ),
+        "an unanswered token is not a bad ciphertext"
+    );
+    assert!(
+        at_once.elapsed() < std::time::Duration::from_millis(500),
+        "calls while the token hangs fail at once, not after the timeout: {:?}",
+        at_once.elapsed()
+    );
+    assert_eq!(
+        token_key.unwrap(label, &wrapped).unwrap().as_slice(),
+        &material
+    );
+    std::thread::sleep(
+        hold.saturating_sub(held_at.elapsed()) + std::time::Duration::from_millis(100),
+    );
+    assert_eq!(
+        *token_key.derive(b"lockbox test purpose").unwrap(),
+        *derived
+    );
+    assert_eq!(
+        token_key.unwrap(b"key/9 v1", &uncached).unwrap().as_slice(),
+        &[3u8; 32]
+    );
+
     // The PIN is changed and the application logged out: the reconnect is
     // refused, every call then fails as unavailable (not as a bad input),
     // and no further login is tried.
@@ -650,6 +697,7 @@ fn token_checks(pin_file: &Path) {
         token: "lockbox",
         pin: zeroize::Zeroizing::new(pin.clone()),
         key_label: label,
+        timeout: std::time::Duration::from_secs(1),
     };
 
     // A key the service generates: not extractable, and usable after a

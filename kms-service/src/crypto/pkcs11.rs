@@ -19,10 +19,20 @@
 //! Decrypt would otherwise wait for, one at a time. At most
 //! [`CACHE_ENTRIES`] are kept; when that many are, the cache is emptied and
 //! refills as calls come.
+//!
+//! A PKCS#11 call cannot be interrupted, and a token can hang (a network HSM
+//! that lost its link, a device that stopped answering). So the token is
+//! used from a thread of its own, one call at a time, and a caller waits for
+//! it at most the configured timeout: then the call fails as unavailable,
+//! and while the token has not answered that call, every later one that
+//! needs the token fails at once instead of waiting too. Kept backing keys
+//! go on answering; once the token answers, calls reach it again.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -58,6 +68,9 @@ pub struct Pkcs11Settings<'a> {
     pub pin: Zeroizing<String>,
     /// The label of the AES key object.
     pub key_label: &'a str,
+    /// How long a call waits for the token before it fails as unavailable
+    /// (see the module documentation).
+    pub timeout: Duration,
 }
 
 /// Why the token's root key could not be opened. Each message says what to
@@ -89,6 +102,22 @@ impl Pkcs11OpenError {
 
 /// The root key on a PKCS#11 token. See the module documentation.
 pub struct Pkcs11RootKey {
+    token: Arc<Token>,
+    /// The token thread's work; it ends when this is dropped.
+    jobs: mpsc::Sender<Job>,
+    timeout: Duration,
+    cache: Mutex<UnwrapCache>,
+}
+
+/// A call for the token thread to make, unless its caller stopped waiting
+/// before it came to it.
+struct Job {
+    run: Box<dyn FnOnce(&Token) + Send>,
+    give_up_at: Instant,
+}
+
+/// The token, as the token thread uses it.
+struct Token {
     /// The session and the key's handle in it; `None` once the session
     /// was lost, until the next call opens another.
     connection: Mutex<Option<Connection>>,
@@ -97,13 +126,14 @@ pub struct Pkcs11RootKey {
     pin: Zeroizing<String>,
     token: String,
     key_label: String,
-    cache: Mutex<UnwrapCache>,
     /// Set when the token refused the PIN on a reconnect: no further login
     /// is tried until the service restarts, so a changed PIN cannot use up
     /// the token's wrong-PIN allowance and lock it.
     blocked: Mutex<Option<String>>,
     /// When a reconnect last failed: the next waits a second.
-    last_failed: Mutex<Option<std::time::Instant>>,
+    last_failed: Mutex<Option<Instant>>,
+    /// Since when the token thread has been in the call it is making.
+    busy_since: Mutex<Option<Instant>>,
 }
 
 /// Why an operation on the token failed.
@@ -124,7 +154,7 @@ impl std::fmt::Display for Failure {
 }
 
 /// Least time after a failed reconnect before the next is tried.
-const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
 /// Unwrapped backing keys by label (a key id and version names one backing
 /// key), with the wrapped form they came from: only that form is answered
@@ -223,22 +253,108 @@ impl Pkcs11RootKey {
                 )));
             }
         }
-        let root = Pkcs11RootKey {
+        let token = Arc::new(Token {
             connection: Mutex::new(None),
             context,
             slot,
             pin: settings.pin.clone(),
             token: settings.token.to_string(),
             key_label: settings.key_label.to_string(),
-            cache: Mutex::new(HashMap::new()),
             blocked: Mutex::new(None),
             last_failed: Mutex::new(None),
+            busy_since: Mutex::new(None),
+        });
+        let (connection, created) = token.connect(create)?;
+        *token.lock() = Some(connection);
+        let (jobs, queue) = mpsc::channel();
+        let for_thread = Arc::clone(&token);
+        std::thread::Builder::new()
+            .name("pkcs11-token".into())
+            .spawn(move || serve(&for_thread, &queue))
+            .map_err(|e| Pkcs11OpenError::new(format!("cannot start the token's thread: {e}")))?;
+        let root = Pkcs11RootKey {
+            token,
+            jobs,
+            timeout: settings.timeout,
+            cache: Mutex::new(HashMap::new()),
         };
-        let (connection, created) = root.connect(create)?;
-        *root.lock() = Some(connection);
         Ok((root, created))
     }
 
+    /// Has the token thread make `operation`, and waits for it at most the
+    /// timeout. While the thread has been in one call for longer than
+    /// that, fails at once: the token is not answering.
+    fn call<T: Send + 'static>(
+        &self,
+        operation: impl FnOnce(&Token) -> Result<T, Failure> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let busy_since = *lock(&self.token.busy_since);
+        if let Some(since) = busy_since
+            && since.elapsed() >= self.timeout
+        {
+            return Err(Failure::Unreachable(format!(
+                "the token has not answered a call made {:.1} s ago; calls that need it fail at once until it does",
+                since.elapsed().as_secs_f64()
+            )));
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        let job = Job {
+            run: Box::new(move |token| {
+                let _ = reply.send(operation(token));
+            }),
+            give_up_at: Instant::now() + self.timeout,
+        };
+        if self.jobs.send(job).is_err() {
+            return Err(Failure::Unreachable(
+                "the token's thread has stopped".into(),
+            ));
+        }
+        match answer.recv_timeout(self.timeout) {
+            Ok(answered) => answered,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(Failure::Unreachable(format!(
+                "the token did not answer within {} ms (--root-key-pkcs11-timeout-ms)",
+                self.timeout.as_millis()
+            ))),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Failure::Unreachable(
+                "the call to the token failed unexpectedly; see the service log".into(),
+            )),
+        }
+    }
+
+    /// Occupies the token thread for `time`, as a token that stops
+    /// answering would: for tests of the timeout.
+    #[doc(hidden)]
+    pub fn hold_token_thread(&self, time: Duration) {
+        let job = Job {
+            run: Box::new(move |_| std::thread::sleep(time)),
+            give_up_at: Instant::now() + time + self.timeout,
+        };
+        let _ = self.jobs.send(job);
+    }
+}
+
+/// The token thread: makes the calls it is given, one at a time, except
+/// those whose callers stopped waiting before it came to them.
+fn serve(token: &Token, queue: &mpsc::Receiver<Job>) {
+    for job in queue {
+        let now = Instant::now();
+        if now >= job.give_up_at {
+            continue;
+        }
+        *lock(&token.busy_since) = Some(now);
+        // A panic loses only its own call (its caller hears of it).
+        if std::panic::catch_unwind(AssertUnwindSafe(|| (job.run)(token))).is_err() {
+            tracing::error!("a call to the root key's token panicked");
+        }
+        *lock(&token.busy_since) = None;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Token {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
         self.connection.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -388,7 +504,9 @@ impl Pkcs11RootKey {
             connected.is_err().then_some(now);
         connected
     }
+}
 
+impl Pkcs11RootKey {
     /// Whether the token works: wraps and unwraps a fresh value. Tells a
     /// token that refuses everything from one that refused one input.
     fn works(&self) -> bool {
@@ -396,22 +514,26 @@ impl Pkcs11RootKey {
         self.wrap(b"probe", &probe)
             .ok()
             .and_then(|wrapped| self.open_on_token(b"probe", &wrapped).ok())
-            .is_some_and(|opened| opened == probe)
+            .is_some_and(|opened| opened.as_slice() == probe)
     }
 
     /// How many unwrapped backing keys are kept (for tests).
     pub fn cached(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.cache).len()
     }
 
     /// AES-GCM decryption on the token.
-    fn open_on_token(&self, label: &[u8], wrapped: &[u8]) -> Result<Vec<u8>, Failure> {
+    fn open_on_token(&self, label: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failure> {
         let (iv, sealed) = wrapped.split_at(IV_LEN.min(wrapped.len()));
-        let aad = wrap_aad(label);
-        self.with_key(|session, key| {
-            let mut iv = iv.to_vec();
-            let params = GcmParams::new(&mut iv, &aad, ((TAG_LEN * 8) as u64).into())?;
-            session.decrypt(&Mechanism::AesGcm(params), key, sealed)
+        let (iv, sealed, aad) = (iv.to_vec(), sealed.to_vec(), wrap_aad(label));
+        self.call(move |token| {
+            token
+                .with_key(|session, key| {
+                    let mut iv = iv.clone();
+                    let params = GcmParams::new(&mut iv, &aad, ((TAG_LEN * 8) as u64).into())?;
+                    session.decrypt(&Mechanism::AesGcm(params), key, &sealed)
+                })
+                .map(Zeroizing::new)
         })
     }
 
@@ -420,7 +542,7 @@ impl Pkcs11RootKey {
             return Err(UnwrapError::Invalid);
         }
         match self.open_on_token(label, wrapped) {
-            Ok(material) => Ok(SecretBytes::new(material)),
+            Ok(material) => Ok(SecretBytes::new(material.to_vec())),
             Err(Failure::Refused(e)) if says_invalid(&e) => Err(UnwrapError::Invalid),
             // Tokens differ in what they answer for a tag that does not
             // verify (SoftHSM2: CKR_GENERAL_ERROR): if the token works
@@ -441,7 +563,11 @@ impl Pkcs11RootKey {
 
     /// One SP 800-108 counter-mode block: CMAC over
     /// `[i]₃₂ ‖ label ‖ 0x00 ‖ purpose ‖ [256]₃₂`.
-    fn derive_block(&self, i: u32, purpose: &[u8]) -> Result<Vec<u8>, RootKeyUnavailable> {
+    fn derive_block(
+        &self,
+        i: u32,
+        purpose: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, RootKeyUnavailable> {
         let input = [
             i.to_be_bytes().as_slice(),
             DERIVE_LABEL,
@@ -451,7 +577,11 @@ impl Pkcs11RootKey {
         ]
         .concat();
         let block = self
-            .with_key(|session, key| session.sign(&Mechanism::AesCMac, key, &input))
+            .call(move |token| {
+                token
+                    .with_key(|session, key| session.sign(&Mechanism::AesCMac, key, &input))
+                    .map(Zeroizing::new)
+            })
             .map_err(|e| unavailable("deriving a key", e))?;
         if block.len() != 16 {
             return Err(RootKeyUnavailable(format!(
@@ -461,7 +591,9 @@ impl Pkcs11RootKey {
         }
         Ok(block)
     }
+}
 
+impl Token {
     /// The key must be an AES-256 key the service may use as the root key.
     fn check_key(&self, session: &Session, key: ObjectHandle) -> Result<(), Pkcs11OpenError> {
         let attributes = session
@@ -523,16 +655,19 @@ impl RootKey for Pkcs11RootKey {
     fn wrap(&self, label: &[u8], material: &[u8]) -> Result<Vec<u8>, RootKeyUnavailable> {
         let fresh: [u8; IV_LEN] = random_array();
         let aad = wrap_aad(label);
+        let plain = Zeroizing::new(material.to_vec());
         let (iv, sealed) = self
-            .with_key(|session, key| {
-                let mut iv = fresh;
-                let sealed = {
-                    let params = GcmParams::new(&mut iv, &aad, ((TAG_LEN * 8) as u64).into())?;
-                    session.encrypt(&Mechanism::AesGcm(params), key, material)?
-                };
-                // A token that makes its own IVs writes the one it used
-                // back: that is the one to keep.
-                Ok((iv, sealed))
+            .call(move |token| {
+                token.with_key(|session, key| {
+                    let mut iv = fresh;
+                    let sealed = {
+                        let params = GcmParams::new(&mut iv, &aad, ((TAG_LEN * 8) as u64).into())?;
+                        session.encrypt(&Mechanism::AesGcm(params), key, &plain)?
+                    };
+                    // A token that makes its own IVs writes the one it used
+                    // back: that is the one to keep.
+                    Ok((iv, sealed))
+                })
             })
             .map_err(|e| unavailable("wrapping", e))?;
         if sealed.len() != material.len() + TAG_LEN {
@@ -546,17 +681,13 @@ impl RootKey for Pkcs11RootKey {
     }
 
     fn unwrap(&self, label: &[u8], wrapped: &[u8]) -> Result<SecretBytes, UnwrapError> {
-        if let Some((kept, material)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(label)
+        if let Some((kept, material)) = lock(&self.cache).get(label)
             && kept.as_slice() == wrapped
         {
             return Ok(SecretBytes::new(material.to_vec()));
         }
         let material = self.unwrap_on_token(label, wrapped)?;
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.cache);
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
         }
@@ -568,16 +699,13 @@ impl RootKey for Pkcs11RootKey {
     }
 
     fn forget(&self, label: &[u8]) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(label);
+        lock(&self.cache).remove(label);
     }
 
     fn derive(&self, purpose: &[u8]) -> Result<Zeroizing<[u8; 32]>, RootKeyUnavailable> {
         let mut key = Zeroizing::new([0u8; 32]);
-        key[..16].copy_from_slice(&Zeroizing::new(self.derive_block(1, purpose)?));
-        key[16..].copy_from_slice(&Zeroizing::new(self.derive_block(2, purpose)?));
+        key[..16].copy_from_slice(&self.derive_block(1, purpose)?);
+        key[16..].copy_from_slice(&self.derive_block(2, purpose)?);
         Ok(key)
     }
 }
