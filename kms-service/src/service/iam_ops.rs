@@ -249,6 +249,12 @@ impl Kms {
                 )));
             }
             let kind = named;
+            if principal == super::SERVICE_PRINCIPAL {
+                return Err(KmsError::validation(format!(
+                    "{principal} is the name kms-service itself acts under (its records of \
+                     rotations, deletions and start-up); choose another name"
+                )));
+            }
             ctx.event.resources = vec![principal.clone()];
             let now = ctx.kms.now();
             ctx.write(|ctx, state| {
@@ -285,6 +291,30 @@ impl Kms {
                          remove it from those policies (PutKeyPolicy) or choose another name",
                         naming.len(),
                         naming[..naming.len().min(SHOWN)].join(", "),
+                        if more > 0 { format!(" and {more} more") } else { String::new() }
+                    )));
+                }
+                // Grants too: one made to the deleted name, or naming it as
+                // the principal that may retire the grant.
+                let granted: Vec<&str> = state
+                    .grants
+                    .values()
+                    .filter(|g| {
+                        retired
+                            && (g.grantee == principal
+                                || g.retiring.as_deref() == Some(principal.as_str()))
+                    })
+                    .map(|g| g.grant_id.as_str())
+                    .collect();
+                if !granted.is_empty() {
+                    const SHOWN: usize = 5;
+                    let more = granted.len().saturating_sub(SHOWN);
+                    return Err(KmsError::AlreadyExists(format!(
+                        "a deleted {principal} is still named as grantee or retiring principal of {} grant(s) ({}{}); \
+                         a new principal of that name would inherit them: retire or revoke those grants \
+                         (RetireGrant, RevokeGrant) or choose another name",
+                        granted.len(),
+                        granted[..granted.len().min(SHOWN)].join(", "),
                         if more > 0 { format!(" and {more} more") } else { String::new() }
                     )));
                 }

@@ -335,14 +335,16 @@ impl Kms {
             let key_id = uuid::Uuid::new_v4().to_string();
             let now = ctx.kms.now();
             ctx.write(|ctx, state| {
+                // The spec asked for, as kms:KeySpec, so a policy may limit
+                // which keys a principal creates.
                 ctx.authorize(
                     state,
                     "kms:CreateKey",
                     Target::Resource("*"),
                     NO_CONTEXT,
-                    &[],
+                    &[("kms:KeySpec", vec![input.spec.name().to_string()])],
                 )?;
-                check_lockout(&document, &principal, &format!("key/{key_id}"))?;
+                check_lockout(&document, &principal, &format!("key/{key_id}"), input.spec)?;
                 let most = ctx.kms.quotas.keys;
                 if state.keys.len() >= most {
                     return Err(KmsError::LimitExceeded(format!(
@@ -730,7 +732,7 @@ impl Kms {
             let document = validate_policy(policy)?;
             let principal = ctx.principal().to_string();
             ctx.update_key(key_id, "kms:PutKeyPolicy", |r, _| {
-                check_lockout(&document, &principal, &r.resource())?;
+                check_lockout(&document, &principal, &r.resource(), r.spec)?;
                 r.policy = policy.to_string();
                 Ok(())
             })
@@ -992,17 +994,24 @@ fn symmetric_only(record: &KeyRecord, what: &str) -> Result<(), KmsError> {
 /// Lockout safety check, as AWS makes on CreateKey and PutKeyPolicy: a key
 /// policy must still let `principal` (who is setting it) change the policy,
 /// directly or by delegating to identity policies, or nobody could ever
-/// repair it, disable the key or schedule its deletion.
+/// repair it, disable the key or schedule its deletion. Decided with the
+/// condition keys such a call of `principal`'s would carry (its
+/// `kms:CallerPrincipal`, the key's `kms:KeySpec`), so a condition on them
+/// is judged as it will be then.
 fn check_lockout(
     document: &PolicyDocument,
     principal: &str,
     resource: &str,
+    spec: KeySpec,
 ) -> Result<(), KmsError> {
+    let mut context = policy::ConditionContext::new();
+    context.set("kms:CallerPrincipal", principal.to_string());
+    context.set("kms:KeySpec", spec.name().to_string());
     let request = policy::Request {
         principal,
         action: "kms:PutKeyPolicy",
         resource,
-        context: &policy::ConditionContext::new(),
+        context: &context,
     };
     let allowed = matches!(
         policy::evaluate(
@@ -1014,7 +1023,7 @@ fn check_lockout(
             }
         ),
         policy::Decision::Allow { .. }
-    ) || document_delegates(document, principal, resource);
+    ) || document_delegates(document, &request);
     if allowed {
         return Ok(());
     }
@@ -1026,13 +1035,7 @@ fn check_lockout(
 
 /// Whether the policy delegates kms:PutKeyPolicy to identity policies (the
 /// `account` principal), which also keeps an administrator able to repair it.
-fn document_delegates(document: &PolicyDocument, principal: &str, resource: &str) -> bool {
-    let request = policy::Request {
-        principal,
-        action: "kms:PutKeyPolicy",
-        resource,
-        context: &policy::ConditionContext::new(),
-    };
+fn document_delegates(document: &PolicyDocument, request: &policy::Request<'_>) -> bool {
     let allow_all = PolicyDocument::parse(
         r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
         PolicyKind::Identity,
@@ -1040,7 +1043,7 @@ fn document_delegates(document: &PolicyDocument, principal: &str, resource: &str
     match allow_all {
         Ok(identity) => matches!(
             policy::evaluate(
-                &request,
+                request,
                 &policy::Evaluation {
                     key_policy: Some(document),
                     identity_policies: &[("lockout-check", &identity)],

@@ -4826,3 +4826,164 @@ async fn failed_authentications_past_the_rate_are_counted_and_recorded_together(
     );
     assert_eq!(f.kms.record_unrecorded_failures().await.unwrap(), 0);
 }
+
+/// The lockout check judges a policy with the condition keys a later
+/// PutKeyPolicy by its author will carry: a policy whose only allow for
+/// the author needs `kms:KeySpec` to be absent (it never is) would leave
+/// the key unmanageable, and is refused.
+#[tokio::test]
+async fn the_lockout_check_sees_the_condition_keys_later_calls_carry() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let spec_absent = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Admin","Effect":"Allow",
+      "Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*",
+      "Condition":{"Null":{"kms:KeySpec":"true"}}}]}"#;
+    let denies_spec = r#"{"Version":"2012-10-17","Statement":[
+      {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
+      {"Sid":"NoSymmetric","Effect":"Deny","Principal":"*","Action":"kms:*","Resource":"*",
+       "Condition":{"StringEquals":{"kms:KeySpec":"SYMMETRIC_DEFAULT"}}}]}"#;
+    let other_caller = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Admin","Effect":"Allow",
+      "Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*",
+      "Condition":{"StringEquals":{"kms:CallerPrincipal":"user/someone-else"}}}]}"#;
+    for policy in [spec_absent, denies_spec, other_caller] {
+        check_err(
+            f.kms
+                .put_key_policy(&f.admin, &key, "default", policy)
+                .await,
+            "MalformedPolicyDocumentException",
+            "will not allow user/admin",
+        );
+        check_err(
+            f.kms
+                .create_key(
+                    &f.admin,
+                    CreateKeyInput {
+                        description: String::new(),
+                        spec: KeySpec::SymmetricDefault,
+                        usage: None,
+                        policy: Some(policy.to_string()),
+                        tags: vec![],
+                    },
+                )
+                .await,
+            "MalformedPolicyDocumentException",
+            "will not allow user/admin",
+        );
+    }
+    // The key is still the administrator's to manage.
+    f.kms
+        .disable_key(&f.admin, &key)
+        .await
+        .expect("still manageable");
+    // A Deny on another spec leaves this key manageable, so it is taken.
+    let denies_hmac = denies_spec.replace("SYMMETRIC_DEFAULT", "HMAC_256");
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", &denies_hmac)
+        .await
+        .expect("a deny on another spec does not lock the author out");
+    f.kms
+        .put_key_policy(&f.admin, &key, "default", &denies_hmac)
+        .await
+        .expect("and the author can still change the policy");
+}
+
+/// CreateKey is decided with the requested spec as `kms:KeySpec`, so a
+/// policy can keep a principal to some kinds of key.
+#[tokio::test]
+async fn create_key_is_decided_with_the_requested_key_spec() {
+    let f = fixture().await;
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let no_hmac = r#"{"Version":"2012-10-17","Statement":[
+      {"Effect":"Allow","Action":"kms:*","Resource":"*"},
+      {"Effect":"Deny","Action":"kms:CreateKey","Resource":"*",
+       "Condition":{"StringLike":{"kms:KeySpec":"HMAC_*"}}}]}"#;
+    f.kms
+        .put_user_policy(&f.admin, "bob", "NoHmacKeys", no_hmac)
+        .await
+        .unwrap();
+    let input = |spec| CreateKeyInput {
+        description: String::new(),
+        spec,
+        usage: None,
+        policy: None,
+        tags: vec![],
+    };
+    check_err(
+        f.kms.create_key(&bob, input(KeySpec::Hmac256)).await,
+        "AccessDeniedException",
+        "explicit deny",
+    );
+    f.kms
+        .create_key(&bob, input(KeySpec::SymmetricDefault))
+        .await
+        .expect("a symmetric key is not denied");
+}
+
+/// A deleted principal's name is not given again while a grant names it,
+/// as grantee or as the principal that may retire it: the new principal
+/// would inherit the grant.
+#[tokio::test]
+async fn a_deleted_principals_name_is_not_reused_while_a_grant_names_it() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    f.user("carol", PrincipalKind::User, &[]).await;
+    f.user("bob", PrincipalKind::User, &[]).await;
+    let mut input = grant_input(&key, "user/carol", &[GrantOperation::Decrypt]);
+    input.retiring = Some("user/bob".into());
+    let grant = f.kms.create_grant(&f.admin, input).await.unwrap();
+    f.kms.delete_user(&f.admin, "bob").await.unwrap();
+    check_err(
+        f.kms
+            .create_user(&f.admin, "bob", Some(PrincipalKind::User))
+            .await,
+        "AlreadyExistsException",
+        &format!(
+            "a deleted user/bob is still named as grantee or retiring principal of 1 grant(s) ({})",
+            grant.grant_id
+        ),
+    );
+    // Deleting carol takes her grants with her, and with it the last one
+    // naming bob.
+    f.kms.delete_user(&f.admin, "carol").await.unwrap();
+    f.user("bob", PrincipalKind::User, &[]).await;
+    // A grant made to the deleted name after it was deleted, likewise.
+    let to_deleted = f
+        .kms
+        .create_grant(
+            &f.admin,
+            grant_input(&key, "user/carol", &[GrantOperation::Encrypt]),
+        )
+        .await
+        .unwrap();
+    check_err(
+        f.kms
+            .create_user(&f.admin, "carol", Some(PrincipalKind::User))
+            .await,
+        "AlreadyExistsException",
+        &to_deleted.grant_id,
+    );
+    // Once the grant is gone, the name is free.
+    f.kms
+        .revoke_grant(&f.admin, &key, &to_deleted.grant_id)
+        .await
+        .unwrap();
+    f.user("carol", PrincipalKind::User, &[]).await;
+}
+
+/// `service/kms-service` is the name kms-service's own records carry; no
+/// principal may be created under it.
+#[tokio::test]
+async fn the_services_own_name_is_reserved() {
+    let f = fixture().await;
+    for (name, kind) in [
+        ("service/kms-service", None),
+        ("kms-service", Some(PrincipalKind::Service)),
+    ] {
+        check_err(
+            f.kms.create_user(&f.admin, name, kind).await,
+            "ValidationException",
+            "the name kms-service itself acts under",
+        );
+    }
+    f.user("kms-service", PrincipalKind::User, &[]).await;
+}
