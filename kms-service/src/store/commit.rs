@@ -201,6 +201,11 @@ fn run(
             poisoned.store(true, Ordering::Release);
             // Wake every waiter so it sees the poison.
             durable.send_modify(|_| {});
+            // Nothing more is committed, but the store (and with it the
+            // data directory's lock) is kept until the committer is
+            // dropped: the process goes on, writing its audit log, and no
+            // other may open the directory meanwhile.
+            for _ in jobs.iter() {}
             return;
         }
         durable.send_replace(last_seq);

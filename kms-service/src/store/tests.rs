@@ -1461,6 +1461,16 @@ fn failed_commit_poisons_committer(make: &dyn Fn() -> Fixture) {
         2,
         "the committer kept committing after a failure"
     );
+    // The store (for SQLite, the data directory's lock with it) is kept
+    // until the committer is dropped, not let go at the failure: the
+    // process still writes its audit log.
+    assert_eq!(
+        Arc::strong_count(&store),
+        2,
+        "the committer let the store go when a commit failed"
+    );
+    drop(committer);
+    assert_eq!(Arc::strong_count(&store), 1);
     check(
         &*store,
         "after poisoning",
