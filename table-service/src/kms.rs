@@ -58,6 +58,9 @@ pub struct DataKey {
 pub struct KeyInfo {
     pub key_id: String,
     pub state: String,
+    /// An encryption key (`SYMMETRIC_DEFAULT`), which can make and unwrap
+    /// data keys; an HMAC key cannot.
+    pub encrypts: bool,
 }
 
 #[derive(Clone)]
@@ -329,6 +332,7 @@ impl KmsClient {
         Ok(KeyInfo {
             key_id: meta.key_id,
             state: state.to_string(),
+            encrypts: meta.key_usage == pb::KeyUsage::EncryptDecrypt as i32,
         })
     }
 

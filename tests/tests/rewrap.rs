@@ -1187,3 +1187,105 @@ async fn items_written_during_a_key_change_are_not_rewrapped_again() {
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
 }
+
+/// An HMAC key cannot make or unwrap data keys: CreateTable and UpdateTable
+/// refuse it (by id or alias), naming the key and what to use, and leave
+/// nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_is_refused_a_key_that_cannot_encrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let Started {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+    } = start_both(dir.path()).await;
+    let mac_key = keys
+        .create_key(authed(
+            &admin,
+            kms::CreateKeyRequest {
+                key_spec: kms::KeySpec::Hmac256.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    keys.create_alias(authed(
+        &admin,
+        kms::CreateAliasRequest {
+            alias_name: "alias/mac".into(),
+            target_key_id: mac_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    for named in [mac_key.as_str(), "alias/mac"] {
+        let refused = tables
+            .create_table(authed(
+                &admin,
+                pb::CreateTableRequest {
+                    table_name: "macs".into(),
+                    key_schema: Some(pb::KeySchema {
+                        partition_key: Some(pb::KeyElement {
+                            name: "id".into(),
+                            r#type: pb::ScalarType::S.into(),
+                        }),
+                        sort_key: None,
+                    }),
+                    sse_specification: Some(pb::SseSpecification {
+                        kms_key_id: named.into(),
+                    }),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+        assert_eq!(
+            reason(&refused).as_deref(),
+            Some("InvalidKeyUsageException")
+        );
+        assert!(
+            refused.message().contains(&mac_key)
+                && refused.message().contains("use a SYMMETRIC_DEFAULT key"),
+            "{refused:?}"
+        );
+    }
+    let listed = tables
+        .list_tables(authed(&admin, pb::ListTablesRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .table_names;
+    assert!(listed.is_empty(), "{listed:?}");
+    // A table under an encryption key may not move to the HMAC key.
+    let key = create_key(&mut keys, &admin).await;
+    create_table(&mut tables, &admin, "orders", Some(&key)).await;
+    let refused = switch_key(&mut tables, &admin, "orders", "alias/mac")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&refused).as_deref(),
+        Some("InvalidKeyUsageException"),
+        "{refused:?}"
+    );
+    let table = tables
+        .describe_table(authed(
+            &admin,
+            pb::DescribeTableRequest {
+                table_name: "orders".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .table
+        .unwrap();
+    assert_eq!(table.sse_description.unwrap().kms_key_id, key);
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}

@@ -39,9 +39,20 @@ pub fn validate_table_name(name: &str) -> Result<(), TableError> {
     Ok(())
 }
 
-/// A table is put only under an enabled key: a disabled one, or one
-/// pending deletion, is refused as kms-service would refuse its use.
+/// A table is put only under an enabled encryption key: an HMAC key cannot
+/// make data keys, and a disabled one, or one pending deletion, is refused
+/// as kms-service would refuse its use.
 fn require_enabled(key: &KeyInfo) -> Result<(), TableError> {
+    if !key.encrypts {
+        return Err(TableError::Kms {
+            code: tonic::Code::InvalidArgument,
+            reason: "InvalidKeyUsageException".into(),
+            message: format!(
+                "key {} is not an encryption key (its usage is not ENCRYPT_DECRYPT), so it cannot protect a table's data keys; use a SYMMETRIC_DEFAULT key",
+                key.key_id
+            ),
+        });
+    }
     if key.state == "Enabled" {
         return Ok(());
     }

@@ -170,6 +170,7 @@ async fn a_key_switch_from_a_stale_reading_of_the_table_is_refused() {
             crate::kms::KeyInfo {
                 key_id: "key-c".into(),
                 state: "Enabled".into(),
+                encrypts: true,
             },
             false,
             vec![],
