@@ -2371,7 +2371,8 @@ async fn pages_stop_before_the_response_is_too_large_to_send() {
 /// item just under 400 KiB of many small attributes takes more than 1 MiB
 /// on the wire; built by updates that each fit): GetItem, Query, Scan and BatchGetItem
 /// refuse it naming the setting, instead of failing in the transport or
-/// handing it back unprocessed forever; other items still read.
+/// handing it back unprocessed forever; other items still read. A write
+/// asking for it back is refused before it is made.
 #[tokio::test]
 async fn an_item_larger_than_any_response_is_refused_naming_the_setting() {
     let stack = start_with(|c| c.max_message_bytes = 1024 * 1024).await;
@@ -2444,6 +2445,70 @@ async fn an_item_larger_than_any_response_is_refused_naming_the_setting() {
         stack.get("huge", item(&[("id", s("small"))])).await,
         item(&[("id", s("small"))])
     );
+    // A write that asks for such an item back is refused before it is
+    // made, never made and then reported as failed: the item is not
+    // deleted, overwritten or updated (a client retrying would otherwise
+    // add twice, or lose the item it asked for).
+    let unwritten = |result: Result<(), Status>| {
+        check_status(
+            result,
+            Code::ResourceExhausted,
+            "ValidationException",
+            "so nothing was written: ask for return_values NONE",
+        )
+    };
+    unwritten(
+        stack
+            .c()
+            .delete_item(stack.req(pb::DeleteItemRequest {
+                table_name: "huge".into(),
+                key: key.clone(),
+                return_values: pb::ReturnValues::AllOld.into(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+    );
+    unwritten(
+        stack
+            .c()
+            .put_item(stack.req(pb::PutItemRequest {
+                table_name: "huge".into(),
+                item: item(&[("id", s("big")), ("small", s("now"))]),
+                return_values: pb::ReturnValues::AllOld.into(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+    );
+    for _ in 0..2 {
+        unwritten(
+            stack
+                .c()
+                .update_item(stack.req(pb::UpdateItemRequest {
+                    table_name: "huge".into(),
+                    key: key.clone(),
+                    actions: vec![add("n", n("1"))],
+                    return_values: pb::ReturnValues::AllNew.into(),
+                    ..Default::default()
+                }))
+                .await
+                .map(drop),
+        );
+    }
+    // Still there, still whole (too large to read), and never given `n`.
+    too_large(stack.try_get("huge", key.clone()).await.map(drop));
+    stack
+        .c()
+        .update_item(stack.req(pb::UpdateItemRequest {
+            table_name: "huge".into(),
+            key: key.clone(),
+            actions: vec![set("n", n("0"))],
+            conditions: vec![not_exists("n"), exists("zzz")],
+            ..Default::default()
+        }))
+        .await
+        .expect("the refused writes changed nothing");
     stack.stop().await;
 }
 

@@ -330,7 +330,14 @@ impl TableService for TableGrpc {
             })();
             match parsed {
                 Ok((item, conditions, rv)) => tables
-                    .put_item(call, &r.table_name, item, &conditions, rv)
+                    .put_item(
+                        call,
+                        &r.table_name,
+                        item,
+                        &conditions,
+                        rv,
+                        &encoded_item_size,
+                    )
                     .await
                     .map(|old| pb::PutItemResponse {
                         attributes: old.as_ref().map(convert::item_out).unwrap_or_default(),
@@ -372,7 +379,15 @@ impl TableService for TableGrpc {
             })();
             match parsed {
                 Ok((key, actions, conditions, rv)) => tables
-                    .update_item(call, &r.table_name, &key, &actions, &conditions, rv)
+                    .update_item(
+                        call,
+                        &r.table_name,
+                        &key,
+                        &actions,
+                        &conditions,
+                        rv,
+                        &encoded_item_size,
+                    )
                     .await
                     .map(|item| pb::UpdateItemResponse {
                         attributes: item.as_ref().map(convert::item_out).unwrap_or_default(),
@@ -396,7 +411,14 @@ impl TableService for TableGrpc {
             })();
             match parsed {
                 Ok((key, conditions, rv)) => tables
-                    .delete_item(call, &r.table_name, &key, &conditions, rv)
+                    .delete_item(
+                        call,
+                        &r.table_name,
+                        &key,
+                        &conditions,
+                        rv,
+                        &encoded_item_size,
+                    )
                     .await
                     .map(|old| pb::DeleteItemResponse {
                         attributes: old.as_ref().map(convert::item_out).unwrap_or_default(),

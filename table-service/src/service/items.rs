@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::query::EncodedSize;
 use super::{Call, Tables, integrity, open_envelope, store_error};
 use crate::envelope;
 use crate::error::TableError;
@@ -148,6 +149,26 @@ impl Tables {
         }
     }
 
+    /// Refuses a write whose answer (the item contents `return_values`
+    /// asked for) would be too large to send, before anything is written:
+    /// a write reported as failed must not have happened.
+    fn answer_fits(
+        &self,
+        answer: Option<&Item>,
+        encoded_size: &EncodedSize,
+    ) -> Result<(), TableError> {
+        let Some(size) = answer.map(encoded_size) else {
+            return Ok(());
+        };
+        if size <= self.max_response_bytes {
+            return Ok(());
+        }
+        Err(TableError::ResponseTooLarge(format!(
+            "the answer would be {size} bytes, more than the {} table-service sends (--max-message-bytes / TABLE_MAX_MESSAGE_BYTES), so nothing was written: ask for return_values NONE, or raise that setting to read this item",
+            self.max_response_bytes
+        )))
+    }
+
     /// Checks a PutItem's or DeleteItem's conditions against the current
     /// item and returns that item when ALL_OLD asks for it. Conditions that
     /// name only key attributes (the usual "create only if absent",
@@ -192,6 +213,7 @@ impl Tables {
         item: Item,
         conditions: &[Condition],
         return_values: ReturnValues,
+        encoded_size: &EncodedSize,
     ) -> Result<Option<Item>, TableError> {
         const ACTION: &str = "table:PutItem";
         // A return_values PutItem does not offer is a bad request, not a
@@ -240,11 +262,13 @@ impl Tables {
             let old = self
                 .check_before_write(call, &table, &key, conditions, return_values)
                 .await?;
+            let old = old.filter(|_| return_values == ReturnValues::AllOld);
+            self.answer_fits(old.as_ref(), encoded_size)?;
             let envelope = self.seal(call, &table, &key, &attributes).await?;
             (envelope, guard, old)
         };
         self.put_sealed(&table, key, envelope).await?;
-        Ok(old.filter(|_| return_values == ReturnValues::AllOld))
+        Ok(old)
     }
 
     pub async fn get_item(
@@ -319,6 +343,7 @@ impl Tables {
         key: &Item,
         conditions: &[Condition],
         return_values: ReturnValues,
+        encoded_size: &EncodedSize,
     ) -> Result<Option<Item>, TableError> {
         return_values.check_for("DeleteItem")?;
         self.authorize_write(
@@ -334,7 +359,9 @@ impl Tables {
         let _guard = self.stripe(&table, &key).lock().await;
         let old = self
             .check_before_write(call, &table, &key, conditions, return_values)
-            .await?;
+            .await?
+            .filter(|_| return_values == ReturnValues::AllOld);
+        self.answer_fits(old.as_ref(), encoded_size)?;
         self.commit
             .commit(vec![Mutation::DeleteItem {
                 table_id: table.table_id.clone(),
@@ -342,7 +369,7 @@ impl Tables {
             }])
             .await
             .map_err(store_error)?;
-        Ok(old.filter(|_| return_values == ReturnValues::AllOld))
+        Ok(old)
     }
 
     pub async fn update_item(
@@ -353,6 +380,7 @@ impl Tables {
         actions: &[UpdateAction],
         conditions: &[Condition],
         return_values: ReturnValues,
+        encoded_size: &EncodedSize,
     ) -> Result<Option<Item>, TableError> {
         self.authorize_write(
             call,
@@ -382,21 +410,24 @@ impl Tables {
         if old.is_none() && only_removes {
             return Ok(None);
         }
+        let (new_key, attributes) = model::split_item(&table.schema, new.clone())?;
+        debug_assert_eq!(new_key, key);
         // An update with no actions leaves an existing item as it is:
         // nothing to seal or write.
-        if old.is_none() || !actions.is_empty() {
-            let (new_key, attributes) = model::split_item(&table.schema, new.clone())?;
-            debug_assert_eq!(new_key, key);
-            let envelope = self.seal(call, &table, &key, &attributes).await?;
-            self.put_sealed(&table, key, envelope).await?;
-        }
-        Ok(match return_values {
+        let writes = old.is_none() || !actions.is_empty();
+        let answer = match return_values {
             ReturnValues::None => None,
             ReturnValues::AllOld => old,
             ReturnValues::AllNew => Some(new),
             ReturnValues::UpdatedOld => named_by(old, actions),
             ReturnValues::UpdatedNew => named_by(Some(new), actions),
-        })
+        };
+        self.answer_fits(answer.as_ref(), encoded_size)?;
+        if writes {
+            let envelope = self.seal(call, &table, &key, &attributes).await?;
+            self.put_sealed(&table, key, envelope).await?;
+        }
+        Ok(answer)
     }
 
     /// Reads up to 100 keys across tables. Keys beyond the response size cap
