@@ -362,29 +362,65 @@ impl Kms {
         })
     }
 
-    /// The newest audit checkpoint the store has recorded (0: none).
-    fn audit_anchor(&self) -> u64 {
-        self.read_state()
-            .meta
-            .get(AUDIT_ANCHOR_META)
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map_or(0, u64::from_be_bytes)
+    /// The newest audit checkpoint the store has recorded (0: none), and
+    /// the record hash it gave (not known for an anchor stored before
+    /// hashes were).
+    fn audit_anchor(&self) -> (u64, Option<[u8; 32]>) {
+        let state = self.read_state();
+        let Some(value) = state.meta.get(AUDIT_ANCHOR_META) else {
+            return (0, None);
+        };
+        let sequence = value
+            .get(..8)
+            .and_then(|v| <[u8; 8]>::try_from(v).ok())
+            .map_or(0, u64::from_be_bytes);
+        let hash = value.get(8..).and_then(|v| <[u8; 32]>::try_from(v).ok());
+        (sequence, hash)
     }
 
-    /// Refuses an audit log that ends before the newest checkpoint this key
-    /// store recorded ([`Kms::anchor_audit`]): the log or its checkpoint
-    /// file was cut short, replaced or deleted, which a log that verifies on
-    /// its own cannot show. With `accept_new_log`, the gap is recorded as
-    /// the log's next record and the store follows the log from now on.
+    /// The record hash the audit log's checkpoint file gives `sequence`.
+    async fn checkpointed_hash(&self, sequence: u64) -> Result<Option<[u8; 32]>, KmsError> {
+        let audit = self.audit.clone();
+        tokio::task::spawn_blocking(move || audit.checkpointed_hash(sequence))
+            .await
+            .map_err(|e| KmsError::Internal(format!("reading the audit checkpoints failed: {e}")))?
+            .map_err(|e| KmsError::Internal(format!("cannot read the audit checkpoints: {e}")))
+    }
+
+    /// Refuses an audit log that is not the one this key store follows: it
+    /// ends before the newest checkpoint the store recorded
+    /// ([`Kms::anchor_audit`]), or its checkpoints give that record another
+    /// hash, or none (another log: an older copy put back, or another
+    /// deployment's). Either the log or its checkpoint file was cut short,
+    /// replaced, moved or deleted, which a log that verifies on its own
+    /// cannot show. With `accept_new_log`, the gap is recorded as the log's
+    /// next record and the store follows the log from now on.
     pub async fn check_audit_anchor(&self, accept_new_log: bool) -> Result<(), KmsError> {
-        let (anchor, have) = (self.audit_anchor(), self.audit.last_checkpoint());
-        if have >= anchor {
+        let ((anchor, anchor_hash), have) = (self.audit_anchor(), self.audit.last_checkpoint());
+        let problem = if have < anchor {
+            Some(format!(
+                "the audit log's newest checkpoint is record {have}, but this key store saw a checkpoint of record {anchor}"
+            ))
+        } else {
+            match anchor_hash {
+                Some(expected) if anchor > 0 => match self.checkpointed_hash(anchor).await? {
+                    Some(found) if found == expected => None,
+                    Some(_) => Some(format!(
+                        "the audit log's checkpoint of record {anchor} names another record than the one this key store saw checkpointed there: this is another log"
+                    )),
+                    None => Some(format!(
+                        "the audit log has no checkpoint of record {anchor}, which this key store saw checkpointed: this is another log"
+                    )),
+                },
+                _ => None,
+            }
+        };
+        let Some(problem) = problem else {
             return Ok(());
-        }
+        };
         if !accept_new_log {
             return Err(KmsError::InvalidState(format!(
-                "the audit log's newest checkpoint is record {have}, but this key store saw a checkpoint of record {anchor}: \
-                 the audit log or its checkpoint file (in the audit directory, --audit-dir / KMS_AUDIT_DIR) was cut short, \
+                "{problem}: the audit log or its checkpoint file (in the audit directory, --audit-dir / KMS_AUDIT_DIR) was cut short, \
                  replaced, moved or deleted; restore both from backup, \
                  or (only if that is impossible) start with --audit-accept-new-log (KMS_AUDIT_ACCEPT_NEW_LOG=true) to record the gap and go on"
             )));
@@ -395,36 +431,47 @@ impl Kms {
             principal: Some(SERVICE_PRINCIPAL.into()),
             decision: "Allow".into(),
             error_message: Some(format!(
-                "the key store saw a checkpoint of record {anchor}; this log's newest checkpoint was record {have}"
+                "the key store saw a checkpoint of record {anchor}; this log's newest checkpoint was record {have} ({problem})"
             )),
             ..AuditEvent::default()
         };
         tracing::warn!(
             anchor,
             have,
-            "accepting an audit log that ends before the store's checkpoint"
+            problem,
+            "accepting an audit log that is not the one the store follows"
         );
         self.settle(vec![event], vec![]).await?;
         self.set_audit_anchor(have).await
     }
 
-    /// Records the audit log's newest checkpoint in the store, when it
-    /// moved, so that a later start can tell a log cut short. Called at
-    /// start-up, by maintenance and after the log is closed.
+    /// Records the audit log's newest checkpoint (its sequence and record
+    /// hash) in the store, when it moved, so that a later start can tell a
+    /// log cut short or replaced. Called at start-up, by maintenance and
+    /// after the log is closed.
     pub async fn anchor_audit(&self) -> Result<(), KmsError> {
         let have = self.audit.last_checkpoint();
-        if have <= self.audit_anchor() {
+        if have <= self.audit_anchor().0 {
             return Ok(());
         }
         self.set_audit_anchor(have).await
     }
 
     async fn set_audit_anchor(&self, sequence: u64) -> Result<(), KmsError> {
+        let mut value = sequence.to_be_bytes().to_vec();
+        if sequence > 0 {
+            match self.checkpointed_hash(sequence).await? {
+                Some(hash) => value.extend_from_slice(&hash),
+                // Not readable yet (written as this looked): anchored on
+                // a later pass.
+                None => return Ok(()),
+            }
+        }
         let seq = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             let m = Mutation::PutMeta {
                 name: AUDIT_ANCHOR_META.into(),
-                value: sequence.to_be_bytes().to_vec(),
+                value,
             };
             state.apply(&m)?;
             self.committer.enqueue(vec![m])?

@@ -270,9 +270,10 @@ async fn a_token_file_replaces_an_older_file_and_its_permissions() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// The key store remembers the audit log's newest checkpoint, so a log
-/// that verifies on its own but ends earlier (deleted with its checkpoint
-/// file, or put back from an older copy) is refused at start-up; only
+/// The key store remembers the audit log's newest checkpoint (its record
+/// and that record's hash), so a log that verifies on its own but ends
+/// earlier (deleted with its checkpoint file, or put back from an older
+/// copy), or that is another log altogether, is refused at start-up; only
 /// `--audit-accept-new-log` goes on, recording the gap.
 #[tokio::test]
 async fn an_audit_log_cut_short_or_replaced_is_refused_at_start_up() {
@@ -302,6 +303,10 @@ async fn an_audit_log_cut_short_or_replaced_is_refused_at_start_up() {
     );
     let second = session(storage.clone()).await.unwrap();
     assert!(second > first);
+    let newer = (
+        std::fs::read(&log).unwrap(),
+        std::fs::read(&checkpoints).unwrap(),
+    );
 
     // Put back the older copy: it verifies, but ends before the store's
     // checkpoint.
@@ -349,8 +354,28 @@ async fn an_audit_log_cut_short_or_replaced_is_refused_at_start_up() {
             )),
         "{firstline}"
     );
-    session(storage.clone()).await.unwrap();
+    let latest = session(storage.clone()).await.unwrap();
     kms_service::audit::verify(&log, Some(&checkpoints), None).expect("the new log verifies");
+
+    // The old log put back now: it verifies, and its checkpoints reach
+    // past the new log's, but it is not the log the store follows (the new
+    // one, and its record of the gap, would vanish without a trace).
+    assert!(
+        latest < second,
+        "the old copy must reach past the new log's checkpoint ({latest} < {second}) for this to test more than its length"
+    );
+    std::fs::write(&log, &newer.0).unwrap();
+    std::fs::write(&checkpoints, &newer.1).unwrap();
+    let refused = session(storage.clone()).await.unwrap_err().to_string();
+    assert!(
+        (refused.contains(&format!(
+            "the audit log has no checkpoint of record {latest}"
+        )) || refused.contains(&format!(
+            "the audit log's checkpoint of record {latest} names another record"
+        ))) && refused.contains("this is another log")
+            && refused.contains("--audit-accept-new-log"),
+        "{refused}"
+    );
 }
 
 /// A token file that cannot be written stops the first start before the

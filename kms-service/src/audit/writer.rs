@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -296,6 +296,7 @@ impl AuditLog {
         let sink = FileSink::open(&log_path)?;
         let checkpoint_sink = FileSink::open(&checkpoint_path)?;
         spawn(
+            Some(checkpoint_path.clone()),
             Box::new(sink),
             Some(CheckpointWriter::new(
                 Box::new(checkpoint_sink),
@@ -341,6 +342,7 @@ impl AuditLog {
         let checkpoints =
             checkpoints.map(|cp| CheckpointWriter::new(cp.sink, cp.key, cp.every, cp.after, 0));
         spawn(
+            None,
             sink,
             checkpoints,
             resume,
@@ -423,6 +425,42 @@ impl AuditLog {
     /// 0 when there is none. It only grows.
     pub fn last_checkpoint(&self) -> u64 {
         self.shared.checkpointed.load(Ordering::Acquire)
+    }
+
+    /// The record hash the checkpoint file gives record `sequence`: `None`
+    /// when no checkpoint names it, or the log keeps no checkpoint file.
+    /// The newest checkpoint is found at the file's end; an older one takes
+    /// a read of the file (at start-up). Blocking.
+    pub fn checkpointed_hash(&self, sequence: u64) -> Result<Option<[u8; 32]>, AuditError> {
+        let Some(path) = &self.shared.checkpoint_path else {
+            return Ok(None);
+        };
+        let io_err = |source| AuditError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        };
+        let named = |line: &[u8]| {
+            super::checkpoint::parse_line(line, None)
+                .ok()
+                .filter(|c| c.sequence == sequence)
+                .map(|c| c.record_hash)
+        };
+        if let Some(hash) = segment::last_line(path)
+            .map_err(io_err)?
+            .as_deref()
+            .and_then(named)
+        {
+            return Ok(Some(hash));
+        }
+        let file = File::open(path).map_err(io_err)?;
+        let mut found = None;
+        for line in io::BufRead::split(BufReader::new(file), b'\n') {
+            if let Some(hash) = named(&line.map_err(io_err)?) {
+                found = Some(hash);
+            }
+        }
+        Ok(found)
     }
 
     /// Counters of the durability pipeline since the log was opened: how
@@ -511,6 +549,7 @@ fn truncate(path: &Path, len: u64) -> Result<(), AuditError> {
 }
 
 fn spawn(
+    checkpoint_path: Option<PathBuf>,
     sink: Box<dyn AuditSink>,
     checkpoints: Option<CheckpointWriter>,
     head: ChainHead,
@@ -544,6 +583,7 @@ fn spawn(
         && head.sequence > checkpointed.load(Ordering::Acquire))
     .then(Instant::now);
     let shared = Arc::new(Shared {
+        checkpoint_path,
         checkpointed,
         status: Status {
             state: AtomicU8::new(OPEN),
@@ -608,6 +648,8 @@ fn spawn(
 
 /// What the handles and the syncers share.
 struct Shared {
+    /// The checkpoint file, for a log opened from files.
+    checkpoint_path: Option<PathBuf>,
     status: Status,
     max_batch: usize,
     /// See [`Batching::commit_delay`].
