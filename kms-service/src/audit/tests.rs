@@ -1940,6 +1940,39 @@ async fn removed_oldest_segments_leave_a_chain_that_verifies_from_a_checkpoint()
     Ok(())
 }
 
+/// A broken first line of the active log of a rotated chain is named as the
+/// record that belongs there (the one after the newest rotated segment),
+/// at start-up (which reads no segments) and by `audit verify` once every
+/// segment is removed, never as record 1.
+#[tokio::test]
+async fn a_broken_first_line_after_a_rotation_is_named_as_its_record() -> TestResult {
+    let fx = Fixture::new()?;
+    fx.write_rotating(0, 20, SMALL_ROTATION).await?;
+    let segments = fx.segments()?;
+    let mut active = fx.lines()?;
+    let first = sequence_of(&active[0])?;
+    assert!(first > 1, "the active log begins at {first}");
+    active[0] = active[0].replacen("req-", "req_", 1);
+    write_lines(&fx.log, &active)?;
+    let (path, failure) = expect_corrupt(fx.open_rotating(SMALL_ROTATION))?;
+    assert_eq!(path, fx.log);
+    assert_eq!(
+        (failure.sequence, failure.line),
+        (Some(first), 1),
+        "{failure}"
+    );
+    for (_, path, _) in &segments {
+        std::fs::remove_file(path)?;
+    }
+    let failure = expect_failure(fx.verify())?;
+    assert_eq!(
+        (failure.sequence, failure.line),
+        (Some(first), 1),
+        "{failure}"
+    );
+    Ok(())
+}
+
 fn segment_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())

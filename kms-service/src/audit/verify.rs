@@ -369,6 +369,16 @@ struct CheckpointSet {
 }
 
 impl CheckpointSet {
+    /// The newest record a rotation checkpoint names: the last of the
+    /// newest rotated segment.
+    fn last_rotated(&self) -> Option<u64> {
+        self.by_sequence
+            .iter()
+            .rev()
+            .find(|(_, expected)| expected.rotated)
+            .map(|(&sequence, _)| sequence)
+    }
+
     /// Fails if some checkpoint names a record after the log's last one.
     fn check_covered(&self, last_sequence: u64) -> Result<(), VerifyFailure> {
         let beyond = self
@@ -467,14 +477,23 @@ impl ChainScanner<'_> {
         self.head.sequence.saturating_add(1)
     }
 
-    /// The record that belongs on a line that cannot be read: the next one,
-    /// or, at the start of a chain whose first segments were removed, the
-    /// one the segment's name gives.
+    /// The record that belongs on a line that cannot be read: the next one;
+    /// at the start of a segment read first (the ones before it removed),
+    /// the one its name gives; at the start of the active log read first
+    /// (at start-up, or with every segment removed), the one after the
+    /// newest rotation checkpoint, since the log was begun after it.
     fn belongs_here(&self) -> u64 {
-        match self.named_first {
-            Some(first) if self.records == 0 && self.head == ChainHead::GENESIS => first,
-            _ => self.expected(),
+        if self.records == 0 && self.head == ChainHead::GENESIS {
+            if let Some(first) = self.named_first {
+                return first;
+            }
+            if self.segment.is_none()
+                && let Some(last_rotated) = self.checkpoints.last_rotated()
+            {
+                return last_rotated.saturating_add(1);
+            }
         }
+        self.expected()
     }
 }
 
