@@ -42,12 +42,13 @@ async fn main() -> ExitCode {
                 // directory is touched when either is wrong.
                 let tls = config.tls.server_config()?;
                 let listener = server::bind(config.listen).await?;
-                // A signal while the store and audit log are being opened
-                // (a long log to verify, a lock to wait for) ends it there.
-                let opened = tokio::select! {
-                    opened = server::open(&config.storage, clock) => opened?,
-                    () = shutdown.requested() => return Ok(()),
-                };
+                // Opening is never cut short by a signal: on a first start
+                // it makes the administrator and then writes its token, and
+                // stopping between the two would lose the token for good.
+                // It takes seconds at most (a log to verify, a lock to wait
+                // for); a signal meanwhile stops the service as soon as it
+                // is open, closing the audit log as any stop does.
+                let opened = server::open(&config.storage, clock).await?;
                 let transport = match (&tls, &config.tls.tls_client_ca) {
                     (None, _) => "plaintext",
                     (Some(_), None) => "TLS",

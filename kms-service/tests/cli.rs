@@ -1291,3 +1291,66 @@ async fn failed_authentications_past_the_rate_are_recorded_as_a_count() {
         .arg(dir.path().join("data").join("root.key")));
     assert!(out.status.success(), "{}", stdout(&out));
 }
+
+/// Waits up to 10 s for `path` to exist.
+fn appears(path: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// A signal while a first start is opening the data directory never
+/// leaves an administrator without its token file: opening is seen
+/// through (the administrator is made, then its token written), then the
+/// service stops as usual. SIGTERM is sent at moments around the one the
+/// token file appears, on a new directory each time; after each stop, the
+/// token file is there, or a second start (which finds no administrator)
+/// writes it.
+#[test]
+fn a_signal_during_the_first_start_never_loses_the_administrators_token() {
+    let quiet = |command: &mut Command| {
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+    };
+    // When the token file appears after a start, on this machine now.
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("data").join("admin.token");
+    let mut command = serve(dir.path());
+    quiet(&mut command);
+    let started = Instant::now();
+    let mut child = command.spawn().unwrap();
+    assert!(appears(&token), "a first start wrote no token file");
+    let written_after = started.elapsed();
+    assert!(terminate(&mut child).success());
+    for step in 0..16u32 {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("data").join("admin.token");
+        let mut command = serve(dir.path());
+        quiet(&mut command);
+        let mut child = command.spawn().unwrap();
+        // From 15 ms before the moment to about when it came last time.
+        std::thread::sleep(
+            written_after
+                .saturating_sub(Duration::from_millis(15))
+                .saturating_add(Duration::from_millis(u64::from(step))),
+        );
+        let stopped = terminate(&mut child);
+        if token.exists() {
+            assert!(stopped.success(), "step {step}: {stopped:?}");
+            continue;
+        }
+        let mut command = serve(dir.path());
+        quiet(&mut command);
+        let mut again = command.spawn().unwrap();
+        let written = appears(&token);
+        terminate(&mut again);
+        assert!(
+            written,
+            "step {step}: stopped by SIGTERM ({stopped:?}) without a token file, and a second start wrote none: the administrator was made without its token"
+        );
+    }
+}
