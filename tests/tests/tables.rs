@@ -607,6 +607,11 @@ async fn bad_input_is_refused_with_a_helpful_message() {
             }),
             "key_schema is required",
         ),
+        // A sort key with a type but no name is not taken for no sort key.
+        (
+            create("nameless", Some(("", N))),
+            "key attribute name \"\" is 0 bytes: key names must be 1 to 255 bytes",
+        ),
     ];
     let unknown_key = "0f0e0d0c-0b0a-4908-8706-050403020100";
     let other: Vec<(Call, Code, &str, &str)> = vec![

@@ -114,9 +114,15 @@ pub fn schema(s: Option<pb::KeySchema>) -> Result<KeySchema, TableError> {
         .partition_key
         .ok_or_else(|| TableError::validation("key_schema.partition_key is required"))?;
     let partition = (pk.name, scalar(pk.r#type, "partition_key")?);
+    // An empty sort_key message is no sort key; one with a type but no
+    // name is a mistake, refused below for its name, never dropped (the
+    // table would then keep one item per partition key).
     let sort = match s.sort_key {
-        Some(sk) if !sk.name.is_empty() => Some((sk.name, scalar(sk.r#type, "sort_key")?)),
-        _ => None,
+        Some(sk) if sk.name.is_empty() && sk.r#type == i32::from(pb::ScalarType::Unspecified) => {
+            None
+        }
+        Some(sk) => Some((sk.name, scalar(sk.r#type, "sort_key")?)),
+        None => None,
     };
     Ok(KeySchema::new(partition, sort)?)
 }
