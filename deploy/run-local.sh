@@ -15,7 +15,18 @@ mkdir -p "$DATA"
 ./target/release/kms-service serve --data-dir "$DATA/kms-service" --listen "$KMS_LISTEN" \
   --table-service-token-file "$DATA/kms-service/table-service.token" &
 kms=$!
-trap 'kill -TERM $kms ${tables:-} 2>/dev/null || true; wait' INT TERM
+# Ctrl-C reaches both services (they share the terminal's process group)
+# and each stops by itself; signalling them again would make them exit at
+# once, unfinished. A SIGTERM for this script alone is passed on.
+trap ':' INT
+trap 'kill -TERM $kms ${tables:-} 2>/dev/null || true' TERM
+# The exit status of service $1, waiting through the signals that stop it.
+status_of() {
+  while :; do
+    if wait "$1"; then return 0; fi
+    kill -0 "$1" 2>/dev/null || { wait "$1"; return; }
+  done
+}
 for _ in $(seq 100); do
   [ -s "$DATA/kms-service/table-service.token" ] && break
   kill -0 "$kms" 2>/dev/null || { echo "kms-service failed to start" >&2; exit 1; }
@@ -27,4 +38,7 @@ tables=$!
 echo "kms-service on $KMS_LISTEN, table-service on $TABLE_LISTEN"
 echo "administrator token: $DATA/kms-service/admin.token"
 echo "try: grpcurl -plaintext $KMS_LISTEN list"
-wait
+rc=0
+status_of "$kms" || { rc=$?; echo "kms-service exited with status $rc" >&2; }
+status_of "$tables" || { r=$?; rc=$r; echo "table-service exited with status $r" >&2; }
+exit "$rc"
