@@ -7,9 +7,10 @@
 use std::future::Future;
 use std::time::Duration;
 
-/// How long in-flight calls get after shutdown begins. Below the Compose
-/// deployment's `stop_grace_period` (20 s), so the stores and the audit log
-/// are closed before a SIGKILL could come.
+/// How long in-flight calls get after shutdown begins. With
+/// [`CLOSE_GRACE`] and table-service's wait for writes whose callers went
+/// away, below the Compose deployment's `stop_grace_period` (30 s), so the
+/// stores and the audit log are closed before a SIGKILL could come.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Exit code after a second signal (128 + SIGINT, as shells report it).
@@ -111,7 +112,7 @@ impl Signals {
 
 /// How long, after the drain deadline closed the connections left, the
 /// server gets to notice and end.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs a server to the end, but no longer than `deadline` after `shutdown`
 /// completed. `serving` gets the future that tells the server to stop

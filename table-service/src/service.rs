@@ -35,7 +35,7 @@ const TABLE_WRITE_LOCKS: usize = 64;
 
 /// How long shutdown waits for writes still running (each bounded by its
 /// kms-service calls' timeout and its commit).
-pub const WRITES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+pub const WRITES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy)]
 pub struct TablesConfig {

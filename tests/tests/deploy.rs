@@ -64,3 +64,26 @@ fn compose_services_have_health_checks_restart_and_tls() {
     assert!(compose.contains("restart: unless-stopped"));
     assert!(compose.contains("TABLE_KMS_ENDPOINT: https://kms-service:50051"));
 }
+
+/// A stop takes at most the drain deadline, the close grace and
+/// table-service's wait for detached writes: less than the Compose
+/// deployment's grace period, so no service is killed before it has closed
+/// its store and audit log.
+#[test]
+fn a_stop_ends_within_the_compose_grace_period() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let compose = std::fs::read_to_string(root.join("deploy/docker-compose.yml")).unwrap();
+    let grace: u64 = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("stop_grace_period: "))
+        .and_then(|v| v.strip_suffix('s'))
+        .and_then(|v| v.parse().ok())
+        .expect("stop_grace_period: <seconds>s in the compose file");
+    let longest = lockbox_proto::shutdown::DRAIN_DEADLINE
+        + lockbox_proto::shutdown::CLOSE_GRACE
+        + table_service::service::WRITES_DEADLINE;
+    assert!(
+        longest + std::time::Duration::from_secs(5) <= std::time::Duration::from_secs(grace),
+        "a stop may take {longest:?}, against a grace period of {grace} s"
+    );
+}
