@@ -39,7 +39,7 @@ pub fn oversize_layer(kms: Arc<Kms>) -> lockbox_proto::oversize::OversizeLayer {
             ));
             let refused: Result<(), _> = kms.refuse(&creds, &refused.method, error).await;
             // With `x-principal`, as every answer to a forwarded call.
-            match reply(&creds, refused) {
+            match answer(&creds, refused) {
                 Ok(_) => tonic::Status::internal("an oversized request was not refused"),
                 Err(status) => status,
             }
@@ -94,8 +94,29 @@ fn credentials_from(
 
 /// The answer to a call: the result as a response or a status, with the
 /// principal it was decided for in `x-principal` when a service made it on
-/// behalf of someone.
-fn reply<T>(
+/// behalf of someone. An answer larger than the server sends is refused as
+/// `LimitExceededException` naming the setting.
+fn reply<T: prost::Message>(
+    kms: &crate::service::Kms,
+    creds: &Credentials,
+    result: Result<T, crate::error::KmsError>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let most = kms.response_limit();
+    let result = result.and_then(|message| {
+        let size = message.encoded_len();
+        if size > most {
+            return Err(crate::error::KmsError::LimitExceeded(format!(
+                "the answer would be {size} bytes, more than the {most} kms-service sends \
+                 (--max-message-bytes / KMS_MAX_MESSAGE_BYTES): raise that setting"
+            )));
+        }
+        Ok(message)
+    });
+    answer(creds, result)
+}
+
+/// [`reply`] without the size check, for answers that are only a status.
+fn answer<T>(
     creds: &Credentials,
     result: Result<T, crate::error::KmsError>,
 ) -> Result<tonic::Response<T>, tonic::Status> {

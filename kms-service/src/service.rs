@@ -134,6 +134,8 @@ pub struct Kms {
     /// Most bytes (approximately) of items one list page holds, so that
     /// its answer fits in a response; see [`Kms::set_response_limit`].
     page_bytes: std::sync::atomic::AtomicUsize,
+    /// Largest answer the server sends; see [`Kms::set_response_limit`].
+    response_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// Most bytes (approximately) of items one list page holds at the default
@@ -260,6 +262,7 @@ impl Kms {
             quotas: Quotas::default(),
             throttle: throttle::FailureThrottle::new(throttle::DEFAULT_AUTH_FAILURES_PER_MINUTE),
             page_bytes: std::sync::atomic::AtomicUsize::new(LIST_PAGE_BYTES),
+            response_bytes: std::sync::atomic::AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -273,6 +276,17 @@ impl Kms {
             (max_message_bytes / 2).min(LIST_PAGE_BYTES),
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.response_bytes
+            .store(max_message_bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The largest answer the server sends (`--max-message-bytes`): a
+    /// larger one is refused as `LimitExceededException` naming the
+    /// setting (a policy stored under a larger setting, many long
+    /// `Authorize` answers), rather than fail in the transport.
+    pub fn response_limit(&self) -> usize {
+        self.response_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn page_bytes(&self) -> usize {

@@ -1200,3 +1200,78 @@ async fn list_pages_fit_a_small_message_limit() {
     assert!(pages >= 2, "{pages} pages");
     kms.server.stop().await.unwrap();
 }
+
+/// An answer that would outgrow `--max-message-bytes` (which also caps
+/// answers) is refused as `LimitExceededException` naming the setting, not
+/// failed in the transport without an ErrorInfo: here a 30 KiB key policy,
+/// stored under the default limit, read back under 16 KiB.
+#[tokio::test]
+async fn an_answer_over_the_message_limit_is_refused_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = start(dir.path()).await;
+    let mut client = KeyManagementServiceClient::new(channel(&kms).await);
+    let key = client
+        .create_key(authed(&kms.admin, pb::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    let padding: Vec<String> = (0..95)
+        .map(|i| {
+            format!(
+                r#"{{"Sid":"Pad{i:03}","Effect":"Deny","Principal":{{"AWS":"user/nobody"}},"Action":"kms:Decrypt","Resource":"*","Condition":{{"StringEquals":{{"kms:EncryptionContext:pad":"{}"}}}}}}"#,
+                "p".repeat(150)
+            )
+        })
+        .collect();
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"Admin","Effect":"Allow","Principal":{{"AWS":"user/admin"}},"Action":"kms:*","Resource":"*"}},{}]}}"#,
+        padding.join(",")
+    );
+    assert!(policy.len() > 24 * 1024, "{} bytes", policy.len());
+    client
+        .put_key_policy(authed(
+            &kms.admin,
+            pb::PutKeyPolicyRequest {
+                key_id: key.clone(),
+                policy_name: "default".into(),
+                policy: policy.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    kms.server.stop().await.unwrap();
+
+    let mut config = ServeConfig::for_data_dir(dir.path().to_path_buf());
+    config.max_message_bytes = 16 * 1024;
+    let server = RunningServer::start(config).await.unwrap();
+    let kms = Kms {
+        server,
+        admin: kms.admin,
+    };
+    let mut client = KeyManagementServiceClient::new(channel(&kms).await);
+    let get = pb::GetKeyPolicyRequest {
+        key_id: key.clone(),
+        policy_name: String::new(),
+    };
+    check_status(
+        client.get_key_policy(authed(&kms.admin, get)).await,
+        Code::ResourceExhausted,
+        "LimitExceededException",
+        "more than the 16384 kms-service sends (--max-message-bytes / KMS_MAX_MESSAGE_BYTES): raise that setting",
+    );
+    // Smaller answers about the same key go on.
+    client
+        .describe_key(authed(
+            &kms.admin,
+            pb::DescribeKeyRequest {
+                key_id: key,
+                grant_tokens: vec![],
+            },
+        ))
+        .await
+        .expect("a small answer is sent");
+    kms.server.stop().await.unwrap();
+}

@@ -57,6 +57,7 @@ impl IdentityService for IdentityGrpc {
             Err(e) => self.kms.refuse(&creds, "CreateUser", e).await,
         };
         reply(
+            &self.kms,
             &creds,
             result.map(|u| pb::CreateUserResponse {
                 user: Some(user(&u)),
@@ -72,6 +73,7 @@ impl IdentityService for IdentityGrpc {
         let r = request.into_inner();
         let result = self.kms.get_user(&creds, &r.user_name).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|u| pb::GetUserResponse {
                 user: Some(user(&u)),
@@ -89,6 +91,7 @@ impl IdentityService for IdentityGrpc {
         let r = request.into_inner();
         let result = self.kms.list_users(&creds, r.limit, &r.marker).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|page| pb::ListUsersResponse {
                 users: page.items.iter().map(user).collect(),
@@ -105,7 +108,11 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.delete_user(&creds, &r.user_name).await;
-        reply(&creds, result.map(|()| pb::DeleteUserResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::DeleteUserResponse {}),
+        )
     }
 
     async fn create_access_token(
@@ -116,6 +123,7 @@ impl IdentityService for IdentityGrpc {
         let r = request.into_inner();
         let result = self.kms.create_access_token(&creds, &r.user_name).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|t| pb::CreateAccessTokenResponse {
                 token_id: t.token_id,
@@ -133,6 +141,7 @@ impl IdentityService for IdentityGrpc {
         let r = request.into_inner();
         let result = self.kms.list_access_tokens(&creds, &r.user_name).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|tokens| pb::ListAccessTokensResponse {
                 tokens: tokens
@@ -158,7 +167,11 @@ impl IdentityService for IdentityGrpc {
             .kms
             .delete_access_token(&creds, &r.user_name, &r.token_id)
             .await;
-        reply(&creds, result.map(|()| pb::DeleteAccessTokenResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::DeleteAccessTokenResponse {}),
+        )
     }
 
     async fn attach_user_policy(
@@ -171,7 +184,11 @@ impl IdentityService for IdentityGrpc {
             .kms
             .attach_user_policy(&creds, &r.user_name, &r.policy_name)
             .await;
-        reply(&creds, result.map(|()| pb::AttachUserPolicyResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::AttachUserPolicyResponse {}),
+        )
     }
 
     async fn detach_user_policy(
@@ -184,7 +201,11 @@ impl IdentityService for IdentityGrpc {
             .kms
             .detach_user_policy(&creds, &r.user_name, &r.policy_name)
             .await;
-        reply(&creds, result.map(|()| pb::DetachUserPolicyResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::DetachUserPolicyResponse {}),
+        )
     }
 
     async fn put_user_policy(
@@ -197,7 +218,11 @@ impl IdentityService for IdentityGrpc {
             .kms
             .put_user_policy(&creds, &r.user_name, &r.policy_name, &r.policy_document)
             .await;
-        reply(&creds, result.map(|()| pb::PutUserPolicyResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::PutUserPolicyResponse {}),
+        )
     }
 
     async fn delete_user_policy(
@@ -210,7 +235,11 @@ impl IdentityService for IdentityGrpc {
             .kms
             .delete_user_policy(&creds, &r.user_name, &r.policy_name)
             .await;
-        reply(&creds, result.map(|()| pb::DeleteUserPolicyResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::DeleteUserPolicyResponse {}),
+        )
     }
 
     async fn list_user_policies(
@@ -221,6 +250,7 @@ impl IdentityService for IdentityGrpc {
         let r = request.into_inner();
         let result = self.kms.list_user_policies(&creds, &r.user_name).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|u| pb::ListUserPoliciesResponse {
                 attached_policies: u.attached.iter().cloned().collect(),
@@ -236,6 +266,7 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let result = self.kms.list_policies(&creds).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|policies| pb::ListPoliciesResponse {
                 policies: policies
@@ -256,6 +287,7 @@ impl IdentityService for IdentityGrpc {
         let creds = credentials(&request);
         let result = self.kms.get_caller_identity(&creds).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|c| pb::GetCallerIdentityResponse {
                 principal: c.principal,
@@ -278,6 +310,7 @@ impl IdentityService for IdentityGrpc {
             .collect();
         let result = self.kms.authorize_questions(&creds, &questions).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|(principal, answers)| pb::AuthorizeResponse {
                 principal,

@@ -58,6 +58,7 @@ impl KeyManagementService for KeyManagementGrpc {
             Err(e) => self.kms.refuse(&creds, "CreateKey", e).await,
         };
         reply(
+            &self.kms,
             &creds,
             result.map(|k| pb::CreateKeyResponse {
                 key_metadata: Some(convert::key_metadata(&k)),
@@ -76,6 +77,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .describe_key(&creds, &r.key_id, &r.grant_tokens)
             .await;
         reply(
+            &self.kms,
             &creds,
             result.map(|k| pb::DescribeKeyResponse {
                 key_metadata: Some(convert::key_metadata(&k)),
@@ -91,6 +93,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let r = request.into_inner();
         let result = self.kms.list_keys(&creds, r.limit, &r.marker).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|page| pb::ListKeysResponse {
                 keys: page
@@ -117,7 +120,11 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .update_key_description(&creds, &r.key_id, &r.description)
             .await;
-        reply(&creds, result.map(|()| pb::UpdateKeyDescriptionResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::UpdateKeyDescriptionResponse {}),
+        )
     }
 
     async fn enable_key(
@@ -127,6 +134,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         reply(
+            &self.kms,
             &creds,
             self.kms
                 .enable_key(&creds, &r.key_id)
@@ -142,6 +150,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         reply(
+            &self.kms,
             &creds,
             self.kms
                 .disable_key(&creds, &r.key_id)
@@ -161,6 +170,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .schedule_key_deletion(&creds, &r.key_id, r.pending_window_in_days)
             .await;
         reply(
+            &self.kms,
             &creds,
             result.map(|k| pb::ScheduleKeyDeletionResponse {
                 key_id: k.key_id.clone(),
@@ -179,6 +189,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let r = request.into_inner();
         let result = self.kms.cancel_key_deletion(&creds, &r.key_id).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|key_id| pb::CancelKeyDeletionResponse { key_id }),
         )
@@ -194,7 +205,11 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .create_alias(&creds, &r.alias_name, &r.target_key_id)
             .await;
-        reply(&creds, result.map(|()| pb::CreateAliasResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::CreateAliasResponse {}),
+        )
     }
 
     async fn update_alias(
@@ -207,7 +222,11 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .update_alias(&creds, &r.alias_name, &r.target_key_id)
             .await;
-        reply(&creds, result.map(|()| pb::UpdateAliasResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::UpdateAliasResponse {}),
+        )
     }
 
     async fn delete_alias(
@@ -217,7 +236,11 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.delete_alias(&creds, &r.alias_name).await;
-        reply(&creds, result.map(|()| pb::DeleteAliasResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::DeleteAliasResponse {}),
+        )
     }
 
     async fn list_aliases(
@@ -231,6 +254,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .list_aliases(&creds, &r.key_id, r.limit, &r.marker)
             .await;
         reply(
+            &self.kms,
             &creds,
             result.map(|page| pb::ListAliasesResponse {
                 aliases: page
@@ -259,6 +283,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .get_key_policy(&creds, &r.key_id, &r.policy_name)
             .await;
         reply(
+            &self.kms,
             &creds,
             result.map(|policy| pb::GetKeyPolicyResponse {
                 policy,
@@ -277,7 +302,11 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .put_key_policy(&creds, &r.key_id, &r.policy_name, &r.policy)
             .await;
-        reply(&creds, result.map(|()| pb::PutKeyPolicyResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::PutKeyPolicyResponse {}),
+        )
     }
 
     async fn create_grant(
@@ -312,6 +341,7 @@ impl KeyManagementService for KeyManagementGrpc {
             Err(e) => self.kms.refuse(&creds, "CreateGrant", e).await,
         };
         reply(
+            &self.kms,
             &creds,
             result.map(|g| pb::CreateGrantResponse {
                 grant_token: g.token(),
@@ -338,6 +368,7 @@ impl KeyManagementService for KeyManagementGrpc {
             )
             .await;
         reply(
+            &self.kms,
             &creds,
             result.map(|page| pb::ListGrantsResponse {
                 grants: page.items.iter().map(convert::grant_entry).collect(),
@@ -357,7 +388,11 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .retire_grant(&creds, &r.grant_token, &r.key_id, &r.grant_id)
             .await;
-        reply(&creds, result.map(|()| pb::RetireGrantResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::RetireGrantResponse {}),
+        )
     }
 
     async fn revoke_grant(
@@ -367,7 +402,11 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.revoke_grant(&creds, &r.key_id, &r.grant_id).await;
-        reply(&creds, result.map(|()| pb::RevokeGrantResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::RevokeGrantResponse {}),
+        )
     }
 
     async fn enable_key_rotation(
@@ -380,7 +419,11 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .enable_key_rotation(&creds, &r.key_id, r.rotation_period_in_days)
             .await;
-        reply(&creds, result.map(|()| pb::EnableKeyRotationResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::EnableKeyRotationResponse {}),
+        )
     }
 
     async fn disable_key_rotation(
@@ -390,7 +433,11 @@ impl KeyManagementService for KeyManagementGrpc {
         let creds = credentials(&request);
         let r = request.into_inner();
         let result = self.kms.disable_key_rotation(&creds, &r.key_id).await;
-        reply(&creds, result.map(|()| pb::DisableKeyRotationResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::DisableKeyRotationResponse {}),
+        )
     }
 
     async fn get_key_rotation_status(
@@ -401,6 +448,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let r = request.into_inner();
         let result = self.kms.get_key_rotation_status(&creds, &r.key_id).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|s| pb::GetKeyRotationStatusResponse {
                 key_id: s.key_id,
@@ -419,6 +467,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let r = request.into_inner();
         let result = self.kms.rotate_key_on_demand(&creds, &r.key_id).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|(key_id, key_version)| pb::RotateKeyOnDemandResponse {
                 key_id,
@@ -438,6 +487,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .list_key_rotations(&creds, &r.key_id, r.limit, &r.marker)
             .await;
         reply(
+            &self.kms,
             &creds,
             result.map(|page| pb::ListKeyRotationsResponse {
                 rotations: page
@@ -468,7 +518,11 @@ impl KeyManagementService for KeyManagementGrpc {
             .map(|t| (t.tag_key, t.tag_value))
             .collect();
         let result = self.kms.tag_resource(&creds, &r.key_id, &tags).await;
-        reply(&creds, result.map(|()| pb::TagResourceResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::TagResourceResponse {}),
+        )
     }
 
     async fn untag_resource(
@@ -481,7 +535,11 @@ impl KeyManagementService for KeyManagementGrpc {
             .kms
             .untag_resource(&creds, &r.key_id, &r.tag_keys)
             .await;
-        reply(&creds, result.map(|()| pb::UntagResourceResponse {}))
+        reply(
+            &self.kms,
+            &creds,
+            result.map(|()| pb::UntagResourceResponse {}),
+        )
     }
 
     async fn list_resource_tags(
@@ -495,6 +553,7 @@ impl KeyManagementService for KeyManagementGrpc {
             .list_resource_tags(&creds, &r.key_id, r.limit, &r.marker)
             .await;
         reply(
+            &self.kms,
             &creds,
             result.map(|page| pb::ListResourceTagsResponse {
                 tags: page
@@ -525,6 +584,7 @@ impl KeyManagementService for KeyManagementGrpc {
             )
             .await;
         reply(
+            &self.kms,
             &creds,
             result.map(|e| pb::EncryptResponse {
                 ciphertext_blob: e.ciphertext_blob,
@@ -551,6 +611,7 @@ impl KeyManagementService for KeyManagementGrpc {
             )
             .await;
         reply(
+            &self.kms,
             &creds,
             result.map(|d| pb::DecryptResponse {
                 key_id: d.key_id,
@@ -579,6 +640,7 @@ impl KeyManagementService for KeyManagementGrpc {
             )
             .await;
         reply(
+            &self.kms,
             &creds,
             result.map(|e| {
                 let (source_key_id, source_key_version) = e.source.unwrap_or_default();
@@ -616,6 +678,7 @@ impl KeyManagementService for KeyManagementGrpc {
             Err(e) => self.kms.refuse(&creds, "GenerateDataKey", e).await,
         };
         reply(
+            &self.kms,
             &creds,
             result.map(|k| pb::GenerateDataKeyResponse {
                 ciphertext_blob: k.ciphertext_blob,
@@ -653,6 +716,7 @@ impl KeyManagementService for KeyManagementGrpc {
             }
         };
         reply(
+            &self.kms,
             &creds,
             result.map(|e| pb::GenerateDataKeyWithoutPlaintextResponse {
                 ciphertext_blob: e.ciphertext_blob,
@@ -680,7 +744,7 @@ impl KeyManagementService for KeyManagementGrpc {
                 }),
             Err(e) => self.kms.refuse(&creds, "GenerateMac", e).await,
         };
-        reply(&creds, result)
+        reply(&self.kms, &creds, result)
     }
 
     async fn verify_mac(
@@ -701,7 +765,7 @@ impl KeyManagementService for KeyManagementGrpc {
                 }),
             Err(e) => self.kms.refuse(&creds, "VerifyMac", e).await,
         };
-        reply(&creds, result)
+        reply(&self.kms, &creds, result)
     }
 
     async fn generate_random(
@@ -712,6 +776,7 @@ impl KeyManagementService for KeyManagementGrpc {
         let r = request.into_inner();
         let result = self.kms.generate_random(&creds, r.number_of_bytes).await;
         reply(
+            &self.kms,
             &creds,
             result.map(|bytes| pb::GenerateRandomResponse {
                 plaintext: bytes.to_vec(),
