@@ -712,12 +712,13 @@ impl Tables {
                 (r, sub.outcome)
             }
         });
-        let opened = spawn_bounded(self.unwrap_concurrency, tasks)
+        // Any failure fails the page: no item is opened after one.
+        let opened = spawn_bounded(self.unwrap_concurrency, tasks, |(r, _)| r.is_err())
             .await
             .map_err(|e| TableError::Internal(format!("item task: {e}")))?;
         let mut items = Vec::with_capacity(opened.len());
         let mut first_error = None;
-        for (result, outcome) in opened {
+        for (result, outcome) in opened.into_iter().flatten() {
             call.absorb(&outcome);
             match result {
                 Ok(item) => items.push(item),
@@ -735,12 +736,17 @@ impl Tables {
 
 /// Runs `tasks` as tasks of the runtime (so they also use the other cores),
 /// at most `width` (at least 1) at a time, starting each as an earlier one
-/// finishes, and returns their outputs in the order of `tasks`. Dropping
-/// the returned future aborts the tasks still running.
+/// finishes, and returns their outputs in the order of `tasks`. Once an
+/// output satisfies `stop` (a failure that fails them all, such as
+/// kms-service not answering), no further task is started: those already
+/// running are seen to their end, and the rest are `None`, so a page does
+/// not wait for kms-service once per wave. Dropping the returned future
+/// aborts the tasks still running.
 async fn spawn_bounded<T, F>(
     width: usize,
     tasks: impl IntoIterator<Item = F>,
-) -> Result<Vec<T>, tokio::task::JoinError>
+    stop: impl Fn(&T) -> bool,
+) -> Result<Vec<Option<T>>, tokio::task::JoinError>
 where
     F: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
@@ -748,20 +754,27 @@ where
     let width = width.max(1);
     let mut set = tokio::task::JoinSet::new();
     let mut out: Vec<Option<T>> = Vec::new();
-    for (i, task) in tasks.into_iter().enumerate() {
+    let mut stopped = false;
+    let mut tasks = tasks.into_iter();
+    for (i, task) in tasks.by_ref().enumerate() {
         if set.len() >= width
             && let Some(joined) = set.join_next().await
         {
             let (j, value) = joined?;
+            stopped |= stop(&value);
             out[j] = Some(value);
         }
         out.push(None);
+        if stopped {
+            break;
+        }
         set.spawn(async move { (i, task.await) });
     }
     while let Some(joined) = set.join_next().await {
         let (j, value) = joined?;
         out[j] = Some(value);
     }
-    // Every index was filled: each task was joined exactly once.
-    Ok(out.into_iter().flatten().collect())
+    // The tasks never started, for the caller to account for.
+    out.extend(tasks.map(|_| None));
+    Ok(out)
 }

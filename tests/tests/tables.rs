@@ -3375,6 +3375,76 @@ async fn unresponsive(addr: std::net::SocketAddr) -> tokio::task::JoinHandle<()>
     })
 }
 
+/// With kms-service hung, a page of many items (more than are unwrapped
+/// at once) fails after one kms timeout, not one per wave of unwraps; a
+/// BatchWriteItem hands every put back unprocessed as quickly.
+#[tokio::test]
+async fn a_hung_kms_service_costs_a_page_one_timeout_not_one_per_wave() {
+    let mut stack = start_with(|c| {
+        c.data_key_cache_ttl_secs = 0;
+        c.authz_cache_ttl_secs = 60;
+        c.kms_timeout_ms = 1000;
+        c.kms_unwrap_concurrency = 5;
+    })
+    .await;
+    stack.create("waves", ("id", S), None).await;
+    for i in 0..40 {
+        stack
+            .put("waves", item(&[("id", s(&format!("i{i:02}")))]))
+            .await;
+    }
+    let page = || pb::ScanRequest {
+        table_name: "waves".into(),
+        limit: 40,
+        ..Default::default()
+    };
+    assert_eq!(
+        stack.scan(page()).await.unwrap().items.len(),
+        40,
+        "allow cached"
+    );
+    let kms_addr = stack.stop_kms().await;
+    let hung = unresponsive(kms_addr).await;
+    let started = Instant::now();
+    let result = stack.scan(page()).await;
+    let elapsed = started.elapsed();
+    check_status(
+        result,
+        Code::Unavailable,
+        "KMSUnavailableException",
+        "unavailable",
+    );
+    // Eight waves of five would take eight seconds.
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "a page of 40 items took {elapsed:?} with kms-service hung"
+    );
+    let puts: Vec<pb::WriteRequest> = (0..25)
+        .map(|i| write_put(item(&[("id", s(&format!("new{i:02}")))])))
+        .collect();
+    let started = Instant::now();
+    let result = stack
+        .c()
+        .batch_write_item(stack.req(batch_write(vec![("waves", puts)])))
+        .await;
+    let elapsed = started.elapsed();
+    check_status(
+        result,
+        Code::Unavailable,
+        "KMSUnavailableException",
+        "unavailable",
+    );
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "a batch of 25 puts took {elapsed:?} with kms-service hung"
+    );
+    hung.abort();
+    let _ = hung.await;
+    stack.restart_kms(kms_addr).await;
+    assert_eq!(stack.scan(page()).await.unwrap().items.len(), 40);
+    stack.stop().await;
+}
+
 #[tokio::test]
 async fn kms_service_down_fails_fast_and_writes_nothing() {
     let mut stack = start_with(|c| {

@@ -650,12 +650,21 @@ impl Tables {
                 }),
             }
         }
-        let sealed = super::spawn_bounded(self.unwrap_concurrency, seals)
+        // Once one put finds kms-service unreachable (or fails), no more
+        // are tried: the rest come back unprocessed without waiting for it.
+        let sealed = super::spawn_bounded(self.unwrap_concurrency, seals, |(m, _)| m.is_err())
             .await
             .map_err(|e| TableError::Internal(format!("seal task: {e}")))?;
         let mut unprocessed: BTreeMap<String, Vec<BatchWrite>> = BTreeMap::new();
         let mut unreachable = None;
-        for ((name, write), (mutation, outcome)) in puts.into_iter().zip(sealed) {
+        for ((name, write), sealed) in puts.into_iter().zip(sealed) {
+            let Some((mutation, outcome)) = sealed else {
+                unprocessed
+                    .entry(name.clone())
+                    .or_default()
+                    .push(write.clone());
+                continue;
+            };
             call.absorb(&outcome);
             match mutation {
                 Ok(mutation) => mutations.push(mutation),

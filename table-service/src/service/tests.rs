@@ -45,10 +45,12 @@ fn tasks(
 async fn bounded_tasks_overlap_up_to_their_width_and_keep_their_order() {
     for (count, width, peak) in [(40, 8, 8), (40, 1, 1), (5, 100, 5), (0, 4, 0), (3, 0, 1)] {
         let gauge = Arc::new(Gauge::default());
-        let out = spawn_bounded(width, tasks(&gauge, count)).await.unwrap();
+        let out = spawn_bounded(width, tasks(&gauge, count), |_| false)
+            .await
+            .unwrap();
         assert_eq!(
             out,
-            (0..count).collect::<Vec<_>>(),
+            (0..count).map(Some).collect::<Vec<_>>(),
             "{count} tasks, width {width}"
         );
         assert_eq!(
@@ -81,7 +83,7 @@ async fn dropping_bounded_tasks_aborts_those_running_and_starts_no_more() {
             gauge.hold(Duration::from_secs(3600)).await
         }
     });
-    let run = spawn_bounded(4, slow);
+    let run = spawn_bounded(4, slow, |_| false);
     assert!(
         tokio::time::timeout(Duration::from_millis(100), run)
             .await
@@ -100,13 +102,30 @@ async fn dropping_bounded_tasks_aborts_those_running_and_starts_no_more() {
     );
 }
 
+/// Once an output says stop, no further task starts; those running end,
+/// and the rest are `None`, in their places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_tasks_stop_starting_after_a_stopping_output() {
+    let gauge = Arc::new(Gauge::default());
+    let out = spawn_bounded(3, tasks(&gauge, 20), |&i| i == 4)
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 20);
+    let ran: Vec<usize> = out.iter().flatten().copied().collect();
+    assert!(ran.contains(&4), "{out:?}");
+    // Task 4 ended before any task after the next `width` could start.
+    assert!(ran.len() <= 4 + 3, "{} ran: {out:?}", ran.len());
+    assert!(out[ran.len()..].iter().all(Option::is_none), "{out:?}");
+    assert_eq!(gauge.finished.load(Ordering::SeqCst), ran.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_bounded_task_is_reported_not_lost() {
     let tasks = (0..5).map(|i| async move {
         assert!(i != 3, "task {i} fails");
         i
     });
-    let error = spawn_bounded(2, tasks).await.unwrap_err();
+    let error = spawn_bounded(2, tasks, |_| false).await.unwrap_err();
     assert!(error.is_panic());
 }
 
