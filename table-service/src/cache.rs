@@ -114,8 +114,11 @@ fn digest(parts: &[&[u8]]) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Plaintext data keys per principal, keyed by the digest of (principal,
-/// wrapped key).
+/// Plaintext data keys per principal and credential, keyed by the digest
+/// of (principal, credential, wrapped key). The credential is part of the
+/// key because a principal is known by name: a principal deleted and made
+/// again under its name (with new tokens) must not be served what the old
+/// one unwrapped.
 pub struct DataKeyCache(Bounded<[u8; 32], Zeroizing<Vec<u8>>>);
 
 impl DataKeyCache {
@@ -123,8 +126,8 @@ impl DataKeyCache {
         DataKeyCache(Bounded::new(config))
     }
 
-    fn key(principal: &str, wrapped: &[u8]) -> [u8; 32] {
-        digest(&[principal.as_bytes(), wrapped])
+    fn key(principal: &str, credential: &str, wrapped: &[u8]) -> [u8; 32] {
+        digest(&[principal.as_bytes(), credential.as_bytes(), wrapped])
     }
 
     /// Whether entries are kept at all (a TTL or size of 0 disables it).
@@ -132,16 +135,22 @@ impl DataKeyCache {
         self.0.config.enabled()
     }
 
-    /// The data key `principal` unwrapped earlier from `wrapped`, if live.
-    pub fn get(&self, principal: &str, wrapped: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        self.0.get(&Self::key(principal, wrapped), |k| {
+    /// The data key `principal`, calling with `credential`, unwrapped
+    /// earlier from `wrapped`, if live.
+    pub fn get(
+        &self,
+        principal: &str,
+        credential: &str,
+        wrapped: &[u8],
+    ) -> Option<Zeroizing<Vec<u8>>> {
+        self.0.get(&Self::key(principal, credential, wrapped), |k| {
             Zeroizing::new(k.to_vec())
         })
     }
 
-    pub fn insert(&self, principal: &str, wrapped: &[u8], plaintext: &[u8]) {
+    pub fn insert(&self, principal: &str, credential: &str, wrapped: &[u8], plaintext: &[u8]) {
         self.0.insert(
-            Self::key(principal, wrapped),
+            Self::key(principal, credential, wrapped),
             Zeroizing::new(plaintext.to_vec()),
         );
     }

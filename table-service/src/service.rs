@@ -652,7 +652,8 @@ impl Tables {
         // Entries are the principal's own; a call whose principal is not
         // known (not yet authorized) neither reads nor fills the cache.
         let principal = call.outcome.principal.as_deref();
-        let cached = principal.and_then(|p| self.data_keys.get(p, parsed.wrapped_key));
+        let credential = call.caller.authorization.as_str();
+        let cached = principal.and_then(|p| self.data_keys.get(p, credential, parsed.wrapped_key));
         let data_key = match cached {
             Some(k) => {
                 call.outcome.cache_hits += 1;
@@ -664,7 +665,7 @@ impl Tables {
                     .unwrap_data_key(&call.caller, table, stored, parsed.wrapped_key)
                     .await?;
                 if let Some(p) = principal {
-                    self.data_keys.insert(p, parsed.wrapped_key, &k);
+                    self.data_keys.insert(p, credential, parsed.wrapped_key, &k);
                 }
                 k
             }

@@ -703,6 +703,52 @@ async fn data_key_cache_is_per_principal_and_expires() {
     stack.kms.stop().await.unwrap();
 }
 
+/// A principal deleted and made again under its name is a new principal:
+/// it is not served the data keys the old one had unwrapped, however long
+/// the cache keeps them.
+#[tokio::test]
+async fn a_principal_made_again_under_a_deleted_name_inherits_no_cached_data_key() {
+    let stack = start(60).await;
+    let kms_ch = channel(stack.kms.addr).await;
+    let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
+    let mut iam_client = IdentityServiceClient::new(kms_ch);
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let admin = stack.admin.clone();
+    encrypted_table(&mut keys, &mut tables, &admin, "reborn").await;
+    let get = |token: &str| {
+        authed(
+            token,
+            pb::GetItemRequest {
+                table_name: "reborn".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        )
+    };
+    // The old alice may use every key (identity policy): her read is
+    // cached.
+    let old = user_token(&mut iam_client, &admin, "alice", Some("AdministratorAccess")).await;
+    assert!(tables.get_item(get(&old)).await.is_ok());
+    iam_client
+        .delete_user(authed(
+            &admin,
+            iam::DeleteUserRequest {
+                user_name: "alice".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    // The new alice may use the table, not the key.
+    let new = user_token(&mut iam_client, &admin, "alice", Some("TableFullAccess")).await;
+    check_status(
+        tables.get_item(get(&new)).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    stack.tables.stop().await.unwrap();
+    stack.kms.stop().await.unwrap();
+}
+
 /// A user named in the key policy (kms:Decrypt) but without the table
 /// right, one with the table right but no key right, one with neither.
 /// With the data-key cache off, table-service reads an existing item with

@@ -14,36 +14,43 @@ fn config(ttl_ms: u64, capacity: usize) -> CacheConfig {
 #[test]
 fn an_entry_of_one_principal_never_serves_another() {
     let cache = DataKeyCache::new(config(60_000, 10));
-    cache.insert("user/alice", b"wrapped", b"data key");
+    cache.insert("user/alice", "Bearer t", b"wrapped", b"data key");
     assert_eq!(
         cache
-            .get("user/alice", b"wrapped")
+            .get("user/alice", "Bearer t", b"wrapped")
             .as_deref()
             .map(Vec::as_slice),
         Some(&b"data key"[..])
     );
-    assert!(cache.get("user/bob", b"wrapped").is_none());
-    assert!(cache.get("user/alice", b"other wrapped").is_none());
+    assert!(cache.get("user/bob", "Bearer t", b"wrapped").is_none());
+    assert!(
+        cache
+            .get("user/alice", "Bearer t", b"other wrapped")
+            .is_none()
+    );
+    // Nor another credential of a principal of the same name (one deleted
+    // and made again has new tokens).
+    assert!(cache.get("user/alice", "Bearer u", b"wrapped").is_none());
 }
 
 #[test]
 fn entries_expire() {
     let cache = DataKeyCache::new(config(30, 10));
-    cache.insert("user/alice", b"w", b"k");
-    assert!(cache.get("user/alice", b"w").is_some());
+    cache.insert("user/alice", "Bearer t", b"w", b"k");
+    assert!(cache.get("user/alice", "Bearer t", b"w").is_some());
     std::thread::sleep(Duration::from_millis(60));
-    assert!(cache.get("user/alice", b"w").is_none());
+    assert!(cache.get("user/alice", "Bearer t", b"w").is_none());
 }
 
 #[test]
 fn size_is_bounded() {
     let cache = DataKeyCache::new(config(60_000, 3));
     for i in 0..10u8 {
-        cache.insert("user/a", &[i], b"k");
+        cache.insert("user/a", "Bearer t", &[i], b"k");
     }
     assert_eq!(cache.len(), 3);
     assert!(
-        cache.get("user/a", &[9]).is_some(),
+        cache.get("user/a", "Bearer t", &[9]).is_some(),
         "the newest entry stays"
     );
 }
@@ -52,8 +59,8 @@ fn size_is_bounded() {
 fn zero_ttl_or_size_disables() {
     for (ttl, capacity) in [(0, 10), (60_000, 0)] {
         let cache = DataKeyCache::new(config(ttl, capacity));
-        cache.insert("user/a", b"w", b"k");
-        assert!(cache.get("user/a", b"w").is_none());
+        cache.insert("user/a", "Bearer t", b"w", b"k");
+        assert!(cache.get("user/a", "Bearer t", b"w").is_none());
         assert!(cache.is_empty());
     }
 }
@@ -80,8 +87,8 @@ fn authz_allows_are_per_credential_action_and_resource() {
 #[test]
 fn key_parts_do_not_run_into_each_other() {
     let keys = DataKeyCache::new(config(60_000, 10));
-    keys.insert("user/a", b"bc", b"k");
-    assert!(keys.get("user/ab", b"c").is_none());
+    keys.insert("user/a", "Bearer t", b"bc", b"k");
+    assert!(keys.get("user/ab", "Bearer t", b"c").is_none());
     let allows = AuthzCache::new(config(60_000, 10));
     allows.record_allow("Bearer a", "table:GetItem", "table/t", "user/a");
     assert!(
@@ -100,16 +107,16 @@ fn key_parts_do_not_run_into_each_other() {
 fn a_sweep_drops_expired_entries_that_nobody_looks_up() {
     let keys = DataKeyCache::new(config(40, 10));
     let allows = AuthzCache::new(config(40, 10));
-    keys.insert("user/alice", b"old", b"k");
+    keys.insert("user/alice", "Bearer t", b"old", b"k");
     allows.record_allow("Bearer a", "table:GetItem", "table/t", "user/a");
     assert_eq!((keys.purge_expired(), allows.purge_expired()), (0, 0));
     std::thread::sleep(Duration::from_millis(60));
-    keys.insert("user/alice", b"new", b"k");
+    keys.insert("user/alice", "Bearer t", b"new", b"k");
     assert_eq!(keys.len(), 2, "nothing looked the old entry up");
     assert_eq!((keys.purge_expired(), allows.purge_expired()), (1, 1));
     assert_eq!(keys.len(), 1);
     assert!(
-        keys.get("user/alice", b"new").is_some(),
+        keys.get("user/alice", "Bearer t", b"new").is_some(),
         "a live entry stays"
     );
 }
