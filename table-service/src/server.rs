@@ -43,13 +43,27 @@ pub async fn open(config: &ServeConfig) -> Result<Arc<Tables>, StartError> {
 /// here.
 pub fn kms_client(config: &ServeConfig) -> Result<KmsClient, StartError> {
     let kms_tls = config.kms_tls()?;
-    let token = std::fs::read_to_string(&config.token_file).map_err(|e| {
+    // Read into a buffer that is wiped when dropped, as is the trimmed copy
+    // kept.
+    let token = std::fs::read(&config.token_file)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| {
         StartError::Config(format!(
             "cannot read the service token file {} (TABLE_TOKEN_FILE / --token-file): {e}; kms-service writes it when started with --table-service-token-file",
             config.token_file.display()
         ))
-    })?;
-    let token = zeroize::Zeroizing::new(token.trim().to_string());
+        })?;
+    let token = zeroize::Zeroizing::new(
+        std::str::from_utf8(&token)
+            .map_err(|_| {
+                StartError::Config(format!(
+                    "the service token file {} (TABLE_TOKEN_FILE / --token-file) is not text",
+                    config.token_file.display()
+                ))
+            })?
+            .trim()
+            .to_string(),
+    );
     if token.is_empty() {
         return Err(StartError::Config(format!(
             "the service token file {} (TABLE_TOKEN_FILE / --token-file) is empty",

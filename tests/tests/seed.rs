@@ -726,7 +726,13 @@ async fn a_principal_made_again_under_a_deleted_name_inherits_no_cached_data_key
     };
     // The old alice may use every key (identity policy): her read is
     // cached.
-    let old = user_token(&mut iam_client, &admin, "alice", Some("AdministratorAccess")).await;
+    let old = user_token(
+        &mut iam_client,
+        &admin,
+        "alice",
+        Some("AdministratorAccess"),
+    )
+    .await;
     assert!(tables.get_item(get(&old)).await.is_ok());
     iam_client
         .delete_user(authed(
