@@ -1785,7 +1785,7 @@ async fn an_unreachable_kms_service_is_not_asked_again_for_the_decision() {
 }
 
 #[tokio::test]
-async fn a_writer_without_get_item_reads_nothing_through_return_values() {
+async fn a_writer_without_get_item_reads_nothing_through_return_values_or_conditions() {
     // The service-managed key lets any caller unwrap through table-service,
     // so on such a table `table:GetItem` is all that guards a read.
     let stack = start(60).await;
@@ -1941,6 +1941,66 @@ async fn a_writer_without_get_item_reads_nothing_through_return_values() {
             },
         )
     };
+    assert_eq!(
+        tables
+            .get_item(get(&admin))
+            .await
+            .unwrap()
+            .into_inner()
+            .item,
+        secret
+    );
+    // Nor through conditions: whether one on a value holds tells the value
+    // (a guess at a time), so a condition on an attribute outside the key
+    // needs table:GetItem too, whatever the guess.
+    let begins = |prefix: &str| pb::Condition {
+        kind: Some(pb::condition::Kind::Comparison(pb::Comparison {
+            attribute: "secret".into(),
+            operator: pb::ComparisonOperator::BeginsWith.into(),
+            value: Some(s(prefix)),
+            value2: None,
+        })),
+    };
+    let exists = |attribute: &str| pb::Condition {
+        kind: Some(pb::condition::Kind::AttributeExists(attribute.into())),
+    };
+    let reads = "User: user/writer is not authorized to perform: table:GetItem on resource: table/ledger \
+         because no identity-based policy allows the table:GetItem action \
+         (a condition on secret reads the item, which needs table:GetItem)";
+    for guess in ["l", "x"] {
+        let mut request = update(pb::ReturnValues::None, remove_nothing());
+        request.get_mut().conditions = vec![begins(guess)];
+        check_status(
+            tables.update_item(request).await,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            reads,
+        );
+        let mut request = put(pb::ReturnValues::None);
+        request.get_mut().conditions = vec![exists("pk"), begins(guess)];
+        check_status(
+            tables.put_item(request).await,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            reads,
+        );
+        let mut request = delete(pb::ReturnValues::None);
+        request.get_mut().conditions = vec![begins(guess)];
+        check_status(
+            tables.delete_item(request).await,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            reads,
+        );
+    }
+    // A condition on the key only tells whether the item exists, which a
+    // writer may learn by writing: it stays the writer's.
+    let mut request = update(pb::ReturnValues::None, remove_nothing());
+    request.get_mut().conditions = vec![exists("pk")];
+    tables
+        .update_item(request)
+        .await
+        .expect("a condition on the key alone");
     assert_eq!(
         tables
             .get_item(get(&admin))

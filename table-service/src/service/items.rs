@@ -84,23 +84,45 @@ impl Tables {
     }
 
     /// Authorizes a write's `action` (when given: PutItem may have it
-    /// decided already) and, when `return_values` hands back item contents,
-    /// `table:GetItem` too, in one `Authorize`. Those answers are a read
-    /// (even UPDATED_NEW: a number's new value after ADD tells its old
-    /// one), and a caller who may only write must not read items through
-    /// its writes' answers.
+    /// decided already) and, when the write reads the item for its caller,
+    /// `table:GetItem` too, in one `Authorize`. It reads when
+    /// `return_values` hands back item contents (even UPDATED_NEW: a
+    /// number's new value after ADD tells its old one), or when a condition
+    /// names an attribute that is not part of the key (its answer, checked
+    /// or not, tells that attribute's value, a condition at a time): a
+    /// caller who may only write must not read items through its writes.
     async fn authorize_write(
         &self,
         call: &mut Call,
         action: Option<&str>,
-        resource: &str,
+        table_name: &str,
         return_values: ReturnValues,
+        conditions: &[Condition],
     ) -> Result<(), TableError> {
-        let reads = return_values != ReturnValues::None;
+        let resource = resource(table_name);
+        let reads = if return_values != ReturnValues::None {
+            Some(format!(
+                "return_values {} returns the item",
+                return_values.name()
+            ))
+        } else {
+            // A table that does not exist (reported after the decision)
+            // has no key attributes to tell apart: any condition reads.
+            let table = self.table(table_name).ok();
+            conditions
+                .iter()
+                .map(Condition::attribute)
+                .find(|name| {
+                    table
+                        .as_ref()
+                        .is_none_or(|t| !t.schema.is_key_attribute(name))
+                })
+                .map(|name| format!("a condition on {name} reads the item"))
+        };
         let asked: Vec<(&str, &str)> = action
             .into_iter()
-            .chain(reads.then_some("table:GetItem"))
-            .map(|action| (action, resource))
+            .chain(reads.is_some().then_some("table:GetItem"))
+            .map(|action| (action, resource.as_str()))
             .collect();
         match self.authorize_each(call, &asked).await? {
             None => Ok(()),
@@ -115,8 +137,8 @@ impl Tables {
                 code,
                 reason,
                 message: format!(
-                    "{message} (return_values {} returns the item, which needs table:GetItem)",
-                    return_values.name()
+                    "{message} ({}, which needs table:GetItem)",
+                    reads.unwrap_or_default()
                 ),
             }),
             Some((_, error)) => Err(error),
@@ -228,7 +250,7 @@ impl Tables {
         let deciding = !cached && conditions.is_empty() && return_values == ReturnValues::None;
         if !deciding {
             let action = (!cached).then_some(ACTION);
-            self.authorize_write(call, action, &resource, return_values)
+            self.authorize_write(call, action, table_name, return_values, conditions)
                 .await?;
         }
         let _writes = self.table_lock(table_name).read().await;
@@ -349,8 +371,9 @@ impl Tables {
         self.authorize_write(
             call,
             Some("table:DeleteItem"),
-            &resource(table_name),
+            table_name,
             return_values,
+            conditions,
         )
         .await?;
         let _writes = self.table_lock(table_name).read().await;
@@ -387,8 +410,9 @@ impl Tables {
         self.authorize_write(
             call,
             Some("table:UpdateItem"),
-            &resource(table_name),
+            table_name,
             return_values,
+            conditions,
         )
         .await?;
         let _writes = self.table_lock(table_name).read().await;
