@@ -24,6 +24,11 @@ impl Kms {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             let mut mutations = Vec::new();
             let mut events = Vec::new();
+            // Set once the root key cannot wrap (its token is unavailable,
+            // logged): no other rotation is tried this pass (not every key,
+            // one after another), but what is due for destruction, which
+            // needs no root key, still is.
+            let mut cannot_rotate = false;
             for entry in state.keys.values() {
                 let r = &entry.record;
                 if r.state == KeyState::PendingDeletion && r.deletion_date.is_some_and(|d| d <= now)
@@ -39,6 +44,7 @@ impl Kms {
                     report.destroyed.push(r.key_id.clone());
                     events.push(("DeleteKey", r.key_id.clone(), None));
                 } else if r.state == KeyState::Enabled
+                    && !cannot_rotate
                     && let (Some(period), Some(next)) = (r.rotation_period_days, r.next_rotation)
                     && next <= now
                 {
@@ -53,10 +59,12 @@ impl Kms {
                         now,
                     ) {
                         Ok(version) => version,
-                        // The root key's token cannot be used (logged):
-                        // the rotations are due still, and the next pass
-                        // tries again (not every key now, one after another).
-                        Err(_) => break,
+                        // The rotations are due still: the next pass tries
+                        // again.
+                        Err(_) => {
+                            cannot_rotate = true;
+                            continue;
+                        }
                     };
                     events.push(("RotateKey", r.key_id.clone(), Some(record.current_version)));
                     report.rotated.push(r.key_id.clone());

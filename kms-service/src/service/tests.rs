@@ -4608,6 +4608,18 @@ async fn keys_and_principals_are_limited_by_the_quotas() {
 struct Forgetful {
     inner: SoftwareRootKey,
     forgotten: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Wraps fail as unavailable while set (a token that cannot be used).
+    cannot_wrap: std::sync::atomic::AtomicBool,
+}
+
+impl Forgetful {
+    fn new() -> Forgetful {
+        Forgetful {
+            inner: SoftwareRootKey::generate(),
+            forgotten: std::sync::Mutex::new(Vec::new()),
+            cannot_wrap: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl RootKey for Forgetful {
@@ -4616,6 +4628,11 @@ impl RootKey for Forgetful {
         label: &[u8],
         material: &[u8],
     ) -> Result<Vec<u8>, crate::crypto::root_key::RootKeyUnavailable> {
+        if self.cannot_wrap.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::crypto::root_key::RootKeyUnavailable(
+                "the token is unavailable".into(),
+            ));
+        }
         self.inner.wrap(label, material)
     }
 
@@ -4639,26 +4656,72 @@ impl RootKey for Forgetful {
     }
 }
 
+/// A fixture over a [`Forgetful`] root key.
+async fn forgetful_fixture() -> (Fixture, Arc<Forgetful>) {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let root = Arc::new(Forgetful::new());
+    let store = SqliteStore::open(&dir.path().join("kms.db")).unwrap();
+    let audit = audit_for(dir.path(), root.as_ref());
+    let kms = Kms::open(Arc::new(store), root.clone(), audit, clock.clone()).unwrap();
+    let admin = bootstrap_admin(&kms).await;
+    (
+        Fixture {
+            kms,
+            admin,
+            clock,
+            dir,
+        },
+        root,
+    )
+}
+
+/// While the root key cannot wrap (its token is unavailable), maintenance
+/// rotates nothing but still destroys what is due, whatever order the keys
+/// come in; once it can, the rotation that was due happens.
+#[tokio::test]
+async fn a_root_key_that_cannot_wrap_holds_back_rotations_not_destructions() {
+    let (f, root) = forgetful_fixture().await;
+    let mut keys = [
+        f.key(KeySpec::SymmetricDefault).await,
+        f.key(KeySpec::SymmetricDefault).await,
+    ];
+    // The rotating key comes first in the pass (key id order).
+    keys.sort();
+    let [rotating, deleting] = keys;
+    f.kms
+        .enable_key_rotation(&f.admin, &rotating, Some(90))
+        .await
+        .unwrap();
+    f.kms
+        .schedule_key_deletion(&f.admin, &deleting, Some(7))
+        .await
+        .unwrap();
+    f.clock.advance(90 * DAY);
+    root.cannot_wrap
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let report = f.kms.run_maintenance().await.unwrap();
+    assert_eq!(report.destroyed, vec![deleting.clone()]);
+    assert!(report.rotated.is_empty(), "{report:?}");
+    assert!(
+        root.forgotten
+            .lock()
+            .unwrap()
+            .contains(&crate::keys::wrap_label(&deleting, 1))
+    );
+    root.cannot_wrap
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let report = f.kms.run_maintenance().await.unwrap();
+    assert_eq!(report.rotated, vec![rotating]);
+}
+
 /// A root key that keeps unwrapped backing keys (the PKCS#11 one) is told
 /// to drop every version's when the key is destroyed, and not before.
 #[tokio::test]
 async fn a_destroyed_keys_backing_keys_are_forgotten_by_the_root_key() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
-    let root = Arc::new(Forgetful {
-        inner: SoftwareRootKey::generate(),
-        forgotten: std::sync::Mutex::new(Vec::new()),
-    });
-    let store = SqliteStore::open(&dir.path().join("kms.db")).unwrap();
-    let audit = audit_for(dir.path(), root.as_ref());
-    let kms = Kms::open(Arc::new(store), root.clone(), audit, clock.clone()).unwrap();
-    let admin = bootstrap_admin(&kms).await;
-    let f = Fixture {
-        kms,
-        admin,
-        clock,
-        dir,
-    };
+    let (f, root) = forgetful_fixture().await;
     let key = f.key(KeySpec::SymmetricDefault).await;
     let other = f.key(KeySpec::SymmetricDefault).await;
     f.kms.rotate_key_on_demand(&f.admin, &key).await.unwrap();
