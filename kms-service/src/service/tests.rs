@@ -4719,8 +4719,6 @@ async fn a_root_key_that_cannot_wrap_holds_back_rotations_not_destructions() {
 /// to drop every version's when the key is destroyed, and not before.
 #[tokio::test]
 async fn a_destroyed_keys_backing_keys_are_forgotten_by_the_root_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
     let (f, root) = forgetful_fixture().await;
     let key = f.key(KeySpec::SymmetricDefault).await;
     let other = f.key(KeySpec::SymmetricDefault).await;
