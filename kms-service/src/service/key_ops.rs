@@ -52,11 +52,25 @@ pub(super) fn validate_policy(text: &str) -> Result<PolicyDocument, KmsError> {
 
 /// A key description: at most [`MAX_DESCRIPTION_LEN`] characters, counted
 /// as AWS and this service's tag checks count them (not bytes).
-fn validate_description(description: &str) -> Result<(), KmsError> {
+/// Room in an answer for a key's metadata besides its description.
+const METADATA_ROOM: usize = 2048;
+
+/// A description of at most [`MAX_DESCRIPTION_LEN`] characters, and short
+/// enough in bytes that the key's metadata fits the answers the server
+/// sends (`response_limit`): one that did not would be stored, and then
+/// every answer carrying it refused.
+fn validate_description(description: &str, response_limit: usize) -> Result<(), KmsError> {
     let chars = description.chars().count();
     if chars > MAX_DESCRIPTION_LEN {
         return Err(KmsError::validation(format!(
             "description is {chars} characters; at most {MAX_DESCRIPTION_LEN} are allowed"
+        )));
+    }
+    let most = response_limit.saturating_sub(METADATA_ROOM);
+    if description.len() > most {
+        return Err(KmsError::LimitExceeded(format!(
+            "description is {} bytes; the key's metadata must fit the {response_limit}-byte answers kms-service sends (--max-message-bytes / KMS_MAX_MESSAGE_BYTES), which leaves {most} bytes for it: shorten it or raise that setting",
+            description.len()
         )));
     }
     Ok(())
@@ -313,7 +327,7 @@ impl Kms {
         input: CreateKeyInput,
     ) -> Result<KeyRecord, KmsError> {
         self.run(creds, "CreateKey", |ctx| {
-            validate_description(&input.description)?;
+            validate_description(&input.description, ctx.kms.response_limit())?;
             if let Some(usage) = input.usage
                 && usage != input.spec.usage()
             {
@@ -447,7 +461,7 @@ impl Kms {
         description: &str,
     ) -> Result<(), KmsError> {
         self.run(creds, "UpdateKeyDescription", |ctx| {
-            validate_description(description)?;
+            validate_description(description, ctx.kms.response_limit())?;
             ctx.update_key(key_id, "kms:UpdateKeyDescription", |r, _| {
                 not_pending(r, "change its description")?;
                 r.description = description.to_string();

@@ -5048,3 +5048,48 @@ async fn the_services_own_name_is_reserved() {
     }
     f.user("kms-service", PrincipalKind::User, &[]).await;
 }
+
+/// A description whose bytes would not leave the key's metadata room in an
+/// answer (under a small `--max-message-bytes`) is refused before anything
+/// is stored, rather than stored and then refused in every answer.
+#[tokio::test]
+async fn a_description_too_large_to_answer_is_refused_before_it_is_stored() {
+    let f = fixture().await;
+    f.kms.set_response_limit(16 * 1024);
+    let keys = || async { f.kms.list_keys(&f.admin, 0, "").await.unwrap().items.len() };
+    let before = keys().await;
+    // 8150 characters (within the 8192 allowed), 16300 bytes.
+    let long = "é".repeat(8150);
+    let input = |description: &str| CreateKeyInput {
+        description: description.to_string(),
+        spec: KeySpec::SymmetricDefault,
+        usage: None,
+        policy: None,
+        tags: vec![],
+    };
+    check_err(
+        f.kms.create_key(&f.admin, input(&long)).await,
+        "LimitExceededException",
+        "description is 16300 bytes; the key's metadata must fit the 16384-byte answers",
+    );
+    assert_eq!(keys().await, before, "nothing was created");
+    let key = f
+        .kms
+        .create_key(&f.admin, input(&"é".repeat(1000)))
+        .await
+        .expect("a description that fits")
+        .key_id;
+    check_err(
+        f.kms.update_key_description(&f.admin, &key, &long).await,
+        "LimitExceededException",
+        "shorten it or raise that setting",
+    );
+    assert_eq!(
+        f.kms
+            .describe_key(&f.admin, &key, &[])
+            .await
+            .unwrap()
+            .description,
+        "é".repeat(1000)
+    );
+}
