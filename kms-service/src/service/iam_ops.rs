@@ -179,7 +179,10 @@ impl Kms {
             request_id: uuid::Uuid::new_v4().to_string(),
             event_name: event_name.into(),
             principal: Some(super::SERVICE_PRINCIPAL.into()),
-            resources: vec![principal.to_string()],
+            resources: vec![
+                principal.to_string(),
+                format!("token/{}", token.record.token_id),
+            ],
             ..AuditEvent::default()
         };
         self.finish(event, seq, vec![seq], Ok(())).await?;
@@ -469,6 +472,10 @@ impl Kms {
                 room_for_a_token(state, &principal, "try again")?;
                 let minted = mint_token(&principal, now);
                 let record = minted.record.clone();
+                // The record names the token made (its id, never the secret).
+                ctx.event
+                    .resources
+                    .push(format!("token/{}", record.token_id));
                 Ok((
                     BootstrapToken {
                         principal: principal.clone(),
@@ -525,6 +532,15 @@ impl Kms {
         self.run(creds, "DeleteAccessToken", |ctx| {
             let principal = principal_arg(user_name)?;
             ctx.event.resources = vec![principal.clone()];
+            // Named in the record when it could be a token id (`tok-` and
+            // hex), so a request cannot put anything else there.
+            if token_id.len() <= 64
+                && token_id
+                    .strip_prefix("tok-")
+                    .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                ctx.event.resources.push(format!("token/{token_id}"));
+            }
             let now = ctx.kms.now();
             ctx.write(|ctx, state| {
                 ctx.authorize(

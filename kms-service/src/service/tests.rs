@@ -5093,3 +5093,41 @@ async fn a_description_too_large_to_answer_is_refused_before_it_is_stored() {
         "é".repeat(1000)
     );
 }
+
+/// The records of CreateAccessToken and DeleteAccessToken name the token
+/// (its id, never its secret), so the log tells which of a principal's
+/// tokens was made or revoked.
+#[tokio::test]
+async fn token_records_name_the_token() {
+    let f = fixture().await;
+    f.user("bob", PrincipalKind::User, &[]).await;
+    let second = f.kms.create_access_token(&f.admin, "bob").await.unwrap();
+    let made = f.last_record(|r| r["event_name"] == "CreateAccessToken");
+    let resources = made["resources"].to_string();
+    assert!(
+        resources.contains(&format!("token/{}", second.token_id)),
+        "{made}"
+    );
+    assert!(!made.to_string().contains(second.token.as_str()), "{made}");
+    f.kms
+        .delete_access_token(&f.admin, "bob", &second.token_id)
+        .await
+        .unwrap();
+    let revoked = f.last_record(|r| r["event_name"] == "DeleteAccessToken");
+    assert!(
+        revoked["resources"]
+            .to_string()
+            .contains(&format!("token/{}", second.token_id)),
+        "{revoked}"
+    );
+    // A token id that cannot be one is not named among the resources.
+    let odd = "not a token id ".repeat(10);
+    assert!(
+        f.kms
+            .delete_access_token(&f.admin, "bob", &odd)
+            .await
+            .is_err()
+    );
+    let refused = f.last_record(|r| r["event_name"] == "DeleteAccessToken");
+    assert_eq!(refused["resources"], serde_json::json!(["user/bob"]));
+}
