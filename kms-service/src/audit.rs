@@ -233,6 +233,20 @@ pub struct AuditEvent {
     /// every question, as answered, in order (its own `decision` is "Allow"
     /// when all were allowed, "Partial" when some, else "Deny").
     pub conditions: Vec<AuditCondition>,
+    /// ReEncrypt: the ciphertext's source key, version and context (the
+    /// record's own `key_id`, `key_version` and `encryption_context` are
+    /// the destination's).
+    pub source: Option<AuditSource>,
+}
+
+/// The source side of a ReEncrypt.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSource {
+    /// The key the ciphertext names (`None`: it could not be read).
+    pub key_id: Option<String>,
+    pub key_version: Option<u32>,
+    pub encryption_context: BTreeMap<String, String>,
 }
 
 /// One condition of a call (an `x-authorize: <action> <resource>` pair, or

@@ -48,6 +48,9 @@ pub(crate) struct StoredRecord {
     /// without them are as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) conditions: Vec<super::AuditCondition>,
+    /// Written only for ReEncrypt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) source: Option<super::AuditSource>,
     pub(crate) previous_hash: String,
     /// Never serialized by serde: [`encode_line`] appends it by hand after
     /// hashing the rest. Required when parsing.
@@ -79,6 +82,7 @@ impl StoredRecord {
             error_message,
             resources,
             conditions,
+            source,
         } = event;
         StoredRecord {
             sequence,
@@ -99,6 +103,7 @@ impl StoredRecord {
             error_message,
             resources,
             conditions,
+            source,
             previous_hash: hash_hex(previous_hash).into_string(),
             hash: String::new(),
         }
@@ -123,6 +128,7 @@ impl StoredRecord {
             error_message: self.error_message.clone(),
             resources: self.resources.clone(),
             conditions: self.conditions.clone(),
+            source: self.source.clone(),
         }
     }
 }

@@ -29,7 +29,7 @@ const KEY: [u8; 32] = [7; 32];
 const OTHER_KEY: [u8; 32] = [8; 32];
 
 /// The keys of a stored record, in the documented order.
-const RECORD_KEYS: [&str; 20] = [
+const RECORD_KEYS: [&str; 21] = [
     "sequence",
     "event_id",
     "event_time",
@@ -48,6 +48,7 @@ const RECORD_KEYS: [&str; 20] = [
     "error_message",
     "resources",
     "conditions",
+    "source",
     "previous_hash",
     "hash",
 ];
@@ -81,6 +82,12 @@ fn event(i: usize) -> AuditEvent {
             }],
             _ => vec![],
         },
+        // Both shapes: with a source side (a ReEncrypt's), and without.
+        source: (i % 2 == 0).then(|| crate::audit::AuditSource {
+            key_id: Some("key-0".into()),
+            key_version: Some(1),
+            encryption_context: BTreeMap::from([("table".to_string(), "old".to_string())]),
+        }),
     }
 }
 
@@ -469,7 +476,7 @@ async fn records_have_exactly_the_documented_keys_in_order() -> TestResult {
     let KeysInOrder(empty) = serde_json::from_str(&lines[1])?;
     let without: Vec<&str> = RECORD_KEYS
         .into_iter()
-        .filter(|k| *k != "conditions")
+        .filter(|k| *k != "conditions" && *k != "source")
         .collect();
     assert_eq!(empty, without, "{}", lines[1]);
     #[derive(serde::Deserialize)]

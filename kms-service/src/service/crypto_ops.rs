@@ -314,13 +314,22 @@ impl Kms {
             ctx.event.encryption_context = Some(destination_context.clone());
             let state = ctx.state();
             ctx.check_grant_tokens(&state, grant_tokens)?;
+            // The source side, in the record's `source`: what the opening
+            // found (the destination's then fill the record's own fields,
+            // which keep the source's when the call ends at the opening).
             let opened = ctx.open_with(
                 &state,
                 ciphertext_blob,
                 source_key_id,
                 "kms:ReEncryptFrom",
                 source_context,
-            )?;
+            );
+            ctx.event.source = Some(crate::audit::AuditSource {
+                key_id: ctx.event.key_id.clone(),
+                key_version: ctx.event.key_version,
+                encryption_context: source_context.clone(),
+            });
+            let opened = opened?;
             let mut sealed = ctx.seal_with(
                 &state,
                 destination_key_id,

@@ -1251,6 +1251,28 @@ async fn rotation_keeps_every_version_and_reencrypt_moves_forward() {
         .await
         .unwrap();
     assert_eq!(across.key_id, other);
+    // Its record gives both sides: the destination as the record's own
+    // key, version and context, the source in `source`.
+    let record = f.last_record(|r| r["event_name"] == "ReEncrypt");
+    assert_eq!(
+        (
+            &record["key_id"],
+            &record["key_version"],
+            &record["encryption_context"]
+        ),
+        (
+            &serde_json::json!(other),
+            &serde_json::json!(1),
+            &serde_json::json!({"x": "z"})
+        )
+    );
+    assert_eq!(
+        record["source"],
+        serde_json::json!({"key_id": key, "key_version": 1, "encryption_context": {"x": "y"}})
+    );
+    // Other calls' records have no `source`.
+    let encrypted = f.last_record(|r| r["event_name"] == "Encrypt");
+    assert!(encrypted.get("source").is_none(), "{encrypted}");
     check_err(
         f.kms
             .decrypt(&f.admin, &across.ciphertext_blob, &c, "", &[])
