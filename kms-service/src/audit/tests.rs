@@ -83,7 +83,7 @@ fn event(i: usize) -> AuditEvent {
             _ => vec![],
         },
         // Both shapes: with a source side (a ReEncrypt's), and without.
-        source: (i % 2 == 0).then(|| crate::audit::AuditSource {
+        source: i.is_multiple_of(2).then(|| crate::audit::AuditSource {
             key_id: Some("key-0".into()),
             key_version: Some(1),
             encryption_context: BTreeMap::from([("table".to_string(), "old".to_string())]),
