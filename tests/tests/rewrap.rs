@@ -1011,9 +1011,10 @@ async fn tables_come_and_go_while_a_rewrap_runs() {
     kms_server.stop().await.unwrap();
 }
 
-/// CreateTable and UpdateTable take only an enabled key the caller can see:
-/// a disabled key (DisabledException), one pending deletion
-/// (KMSInvalidStateException) and an unknown one (NotFoundException) are
+/// CreateTable and UpdateTable take only an enabled encryption key the
+/// caller can see: a disabled key (DisabledException), one pending deletion
+/// (KMSInvalidStateException), an HMAC key, which cannot make data keys
+/// (InvalidKeyUsageException), and an unknown one (NotFoundException) are
 /// refused naming the key, as is switching to the key the table already
 /// uses; nothing changes (no table, no grant, the table on its key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1040,6 +1041,31 @@ async fn tables_take_only_an_enabled_key_and_a_refusal_changes_nothing() {
     .await
     .unwrap();
     let unknown = "0f0e0d0c-0b0a-4908-8706-050403020100".to_string();
+    // An HMAC key can neither make nor unwrap data keys; named by alias.
+    let mac_key = keys
+        .create_key(authed(
+            &admin,
+            kms::CreateKeyRequest {
+                key_spec: kms::KeySpec::Hmac256.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    keys.create_alias(authed(
+        &admin,
+        kms::CreateAliasRequest {
+            alias_name: "alias/mac".into(),
+            target_key_id: mac_key.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    let mac_alias = "alias/mac".to_string();
     create_table(&mut tables, &admin, "kept", Some(&current)).await;
 
     let refusals = [
@@ -1054,6 +1080,14 @@ async fn tables_take_only_an_enabled_key_and_a_refusal_changes_nothing() {
             tonic::Code::FailedPrecondition,
             "KMSInvalidStateException",
             format!("key {pending} is PendingDeletion; a table needs an enabled key"),
+        ),
+        (
+            &mac_alias,
+            tonic::Code::InvalidArgument,
+            "InvalidKeyUsageException",
+            format!(
+                "key {mac_key} is not an encryption key (its usage is not ENCRYPT_DECRYPT), so it cannot protect a table's data keys; use a SYMMETRIC_DEFAULT key"
+            ),
         ),
         (
             &unknown,
@@ -1121,7 +1155,7 @@ async fn tables_take_only_an_enabled_key_and_a_refusal_changes_nothing() {
     let kept = describe(&mut tables, &admin, "kept").await;
     assert_eq!(kept.table_status, pb::TableStatus::Active as i32);
     assert_eq!(kept.sse_description.unwrap().kms_key_id, current);
-    for key in [&disabled, &pending] {
+    for key in [&disabled, &pending, &mac_key] {
         let grants = grants_on(&mut keys, &admin, key).await;
         assert!(grants.is_empty(), "grants on {key}: {grants:?}");
     }
@@ -1184,108 +1218,6 @@ async fn items_written_during_a_key_change_are_not_rewrapped_again() {
     // All of them read with the old key disabled.
     set_enabled(&mut keys, &admin, &old_key, false).await;
     read_all(&mut tables, &admin, "moving", OLD).await;
-    tables_server.stop().await.unwrap();
-    kms_server.stop().await.unwrap();
-}
-
-/// An HMAC key cannot make or unwrap data keys: CreateTable and UpdateTable
-/// refuse it (by id or alias), naming the key and what to use, and leave
-/// nothing behind.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_table_is_refused_a_key_that_cannot_encrypt() {
-    let dir = tempfile::tempdir().unwrap();
-    let Started {
-        kms_server,
-        tables_server,
-        mut keys,
-        mut tables,
-        admin,
-    } = start_both(dir.path()).await;
-    let mac_key = keys
-        .create_key(authed(
-            &admin,
-            kms::CreateKeyRequest {
-                key_spec: kms::KeySpec::Hmac256.into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
-    keys.create_alias(authed(
-        &admin,
-        kms::CreateAliasRequest {
-            alias_name: "alias/mac".into(),
-            target_key_id: mac_key.clone(),
-        },
-    ))
-    .await
-    .unwrap();
-    for named in [mac_key.as_str(), "alias/mac"] {
-        let refused = tables
-            .create_table(authed(
-                &admin,
-                pb::CreateTableRequest {
-                    table_name: "macs".into(),
-                    key_schema: Some(pb::KeySchema {
-                        partition_key: Some(pb::KeyElement {
-                            name: "id".into(),
-                            r#type: pb::ScalarType::S.into(),
-                        }),
-                        sort_key: None,
-                    }),
-                    sse_specification: Some(pb::SseSpecification {
-                        kms_key_id: named.into(),
-                    }),
-                },
-            ))
-            .await
-            .unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
-        assert_eq!(
-            reason(&refused).as_deref(),
-            Some("InvalidKeyUsageException")
-        );
-        assert!(
-            refused.message().contains(&mac_key)
-                && refused.message().contains("use a SYMMETRIC_DEFAULT key"),
-            "{refused:?}"
-        );
-    }
-    let listed = tables
-        .list_tables(authed(&admin, pb::ListTablesRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .table_names;
-    assert!(listed.is_empty(), "{listed:?}");
-    // A table under an encryption key may not move to the HMAC key.
-    let key = create_key(&mut keys, &admin).await;
-    create_table(&mut tables, &admin, "orders", Some(&key)).await;
-    let refused = switch_key(&mut tables, &admin, "orders", "alias/mac")
-        .await
-        .unwrap_err();
-    assert_eq!(
-        reason(&refused).as_deref(),
-        Some("InvalidKeyUsageException"),
-        "{refused:?}"
-    );
-    let table = tables
-        .describe_table(authed(
-            &admin,
-            pb::DescribeTableRequest {
-                table_name: "orders".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .table
-        .unwrap();
-    assert_eq!(table.sse_description.unwrap().kms_key_id, key);
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
 }
