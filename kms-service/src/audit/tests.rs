@@ -1950,7 +1950,8 @@ async fn removed_oldest_segments_leave_a_chain_that_verifies_from_a_checkpoint()
 /// A broken first line of the active log of a rotated chain is named as the
 /// record that belongs there (the one after the newest rotated segment),
 /// at start-up (which reads no segments) and by `audit verify` once every
-/// segment is removed, never as record 1.
+/// segment is removed, never as record 1; by its line alone when the
+/// rotation may not have finished.
 #[tokio::test]
 async fn a_broken_first_line_after_a_rotation_is_named_as_its_record() -> TestResult {
     let fx = Fixture::new()?;
@@ -1977,6 +1978,17 @@ async fn a_broken_first_line_after_a_rotation_is_named_as_its_record() -> TestRe
         (Some(first), 1),
         "{failure}"
     );
+    // When the newest checkpoint is a rotation's (a stop may have come
+    // before the file was moved, leaving its record the log's own), the
+    // line is named by its number alone.
+    let checkpoints = read_lines(&fx.checkpoints)?;
+    let last_rotation = checkpoint_lines(&fx)?
+        .iter()
+        .rposition(|c| c.rotated)
+        .ok_or("no rotation checkpoint")?;
+    write_lines(&fx.checkpoints, &checkpoints[..=last_rotation])?;
+    let (_, failure) = expect_corrupt(fx.open_rotating(SMALL_ROTATION))?;
+    assert_eq!((failure.sequence, failure.line), (None, 1), "{failure}");
     Ok(())
 }
 

@@ -369,14 +369,23 @@ struct CheckpointSet {
 }
 
 impl CheckpointSet {
-    /// The newest record a rotation checkpoint names: the last of the
-    /// newest rotated segment.
+    /// Whether any checkpoint is a rotation's: the log was rotated.
+    fn any_rotated(&self) -> bool {
+        self.by_sequence.values().any(|expected| expected.rotated)
+    }
+
+    /// The newest record a rotation checkpoint names, when a later
+    /// checkpoint shows the rotation was finished: then it is the last of
+    /// the newest rotated segment, and the log begins after it. (When the
+    /// rotation checkpoint is the newest, a stop may have come between it
+    /// and the file's move, leaving that record the log's own last.)
     fn last_rotated(&self) -> Option<u64> {
         self.by_sequence
             .iter()
             .rev()
             .find(|(_, expected)| expected.rotated)
             .map(|(&sequence, _)| sequence)
+            .filter(|&sequence| sequence < self.highest)
     }
 
     /// Fails if some checkpoint names a record after the log's last one.
@@ -481,19 +490,21 @@ impl ChainScanner<'_> {
     /// at the start of a segment read first (the ones before it removed),
     /// the one its name gives; at the start of the active log read first
     /// (at start-up, or with every segment removed), the one after the
-    /// newest rotation checkpoint, since the log was begun after it.
-    fn belongs_here(&self) -> u64 {
+    /// newest finished rotation (see [`CheckpointSet::last_rotated`]), or,
+    /// when a rotation may not have finished, none that can be named.
+    fn belongs_here(&self) -> Option<u64> {
         if self.records == 0 && self.head == ChainHead::GENESIS {
             if let Some(first) = self.named_first {
-                return first;
+                return Some(first);
             }
-            if self.segment.is_none()
-                && let Some(last_rotated) = self.checkpoints.last_rotated()
-            {
-                return last_rotated.saturating_add(1);
+            if self.segment.is_none() && self.checkpoints.any_rotated() {
+                return self
+                    .checkpoints
+                    .last_rotated()
+                    .map(|last| last.saturating_add(1));
             }
         }
-        self.expected()
+        Some(self.expected())
     }
 }
 
@@ -601,7 +612,7 @@ impl LineVisitor for ChainScanner<'_> {
         VerifyFailure {
             file: AuditFile::Log,
             segment: self.segment.clone(),
-            sequence: Some(self.belongs_here()),
+            sequence: self.belongs_here(),
             line: number,
             reason,
         }

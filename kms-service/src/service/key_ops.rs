@@ -50,12 +50,11 @@ pub(super) fn validate_policy(text: &str) -> Result<PolicyDocument, KmsError> {
         .map_err(|e| KmsError::MalformedPolicy(format!("key policy: {e}")))
 }
 
-/// A key description: at most [`MAX_DESCRIPTION_LEN`] characters, counted
-/// as AWS and this service's tag checks count them (not bytes).
 /// Room in an answer for a key's metadata besides its description.
 const METADATA_ROOM: usize = 2048;
 
-/// A description of at most [`MAX_DESCRIPTION_LEN`] characters, and short
+/// A description of at most [`MAX_DESCRIPTION_LEN`] characters (counted as
+/// AWS and this service's tag checks count them, not bytes), and short
 /// enough in bytes that the key's metadata fits the answers the server
 /// sends (`response_limit`): one that did not would be stored, and then
 /// every answer carrying it refused.
