@@ -106,13 +106,13 @@ impl<'a> Ctx<'a> {
     ) -> Result<Encrypted, KmsError> {
         let entry = self.resolve(state, key_id)?;
         let record = &entry.record;
+        let version = record.current_version;
         self.event.key_id = Some(record.key_id.clone());
+        self.event.key_version = Some(version);
         self.event.resources.push(record.resource());
         self.authorize(state, action, Target::Key(entry), context, &[])?;
         require_enabled(record)?;
         require_usage(record, KeyUsage::EncryptDecrypt, action)?;
-        let version = record.current_version;
-        self.event.key_version = Some(version);
         let backing = self.backing_key(entry, version)?;
         let header = BlobHeader {
             key_id: key_uuid(&record.key_id)?,
@@ -311,12 +311,19 @@ impl Kms {
                     "destination_key_id is required (it may be the source key, to move to its newest version)",
                 ));
             }
-            ctx.event.encryption_context = Some(destination_context.clone());
             let state = ctx.state();
             ctx.check_grant_tokens(&state, grant_tokens)?;
-            // The source side, in the record's `source`: what the opening
-            // found (the destination's then fill the record's own fields,
-            // which keep the source's when the call ends at the opening).
+            // The source side goes in the record's `source`: the key and
+            // version the ciphertext names (when it can be read) and the
+            // context given for it. The record's own key, version and
+            // context are the destination's alone, left empty when the
+            // call ends before the destination.
+            let header = blob::parse_header(ciphertext_blob).ok();
+            ctx.event.source = Some(crate::audit::AuditSource {
+                key_id: header.map(|h| uuid::Uuid::from_bytes(h.key_id).to_string()),
+                key_version: header.map(|h| h.key_version),
+                encryption_context: source_context.clone(),
+            });
             let opened = ctx.open_with(
                 &state,
                 ciphertext_blob,
@@ -324,12 +331,10 @@ impl Kms {
                 "kms:ReEncryptFrom",
                 source_context,
             );
-            ctx.event.source = Some(crate::audit::AuditSource {
-                key_id: ctx.event.key_id.clone(),
-                key_version: ctx.event.key_version,
-                encryption_context: source_context.clone(),
-            });
+            ctx.event.key_id = None;
+            ctx.event.key_version = None;
             let opened = opened?;
+            ctx.event.encryption_context = Some(destination_context.clone());
             let mut sealed = ctx.seal_with(
                 &state,
                 destination_key_id,

@@ -1273,6 +1273,37 @@ async fn rotation_keeps_every_version_and_reencrypt_moves_forward() {
     // Other calls' records have no `source`.
     let encrypted = f.last_record(|r| r["event_name"] == "Encrypt");
     assert!(encrypted.get("source").is_none(), "{encrypted}");
+    // Refused at the destination (an HMAC key cannot encrypt): the record's
+    // own key and version are the destination's, the source still the
+    // ciphertext's.
+    let mac = f.key(KeySpec::Hmac256).await;
+    assert!(
+        f.kms
+            .re_encrypt(&f.admin, &v1.ciphertext_blob, &c, "", &mac, &c2, &[])
+            .await
+            .is_err()
+    );
+    let record = f.last_record(|r| r["event_name"] == "ReEncrypt");
+    assert_eq!(
+        (&record["key_id"], &record["key_version"]),
+        (&serde_json::json!(mac), &serde_json::json!(1))
+    );
+    assert_eq!(record["source"]["key_id"], serde_json::json!(key));
+    assert_eq!(record["source"]["key_version"], serde_json::json!(1));
+    // Refused at the source (the request names another key than the
+    // ciphertext's): the source is still the key the ciphertext names, and
+    // the record has no destination.
+    check_err(
+        f.kms
+            .re_encrypt(&f.admin, &v1.ciphertext_blob, &c, &other, &other, &c2, &[])
+            .await,
+        "IncorrectKeyException",
+        "",
+    );
+    let record = f.last_record(|r| r["event_name"] == "ReEncrypt");
+    assert_eq!(record["source"]["key_id"], serde_json::json!(key));
+    assert!(record["key_id"].is_null(), "{record}");
+    assert!(record["encryption_context"].is_null(), "{record}");
     check_err(
         f.kms
             .decrypt(&f.admin, &across.ciphertext_blob, &c, "", &[])
