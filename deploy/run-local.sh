@@ -12,14 +12,18 @@ KMS_LISTEN=${KMS_LISTEN:-127.0.0.1:50051}
 TABLE_LISTEN=${TABLE_LISTEN:-127.0.0.1:50052}
 mkdir -p "$DATA"
 
-./target/release/kms-service serve --data-dir "$DATA/kms-service" --listen "$KMS_LISTEN" \
-  --table-service-token-file "$DATA/kms-service/table-service.token" &
-kms=$!
-# Ctrl-C reaches both services (they share the terminal's process group)
-# and each stops by itself; signalling them again would make them exit at
-# once, unfinished. A SIGTERM for this script alone is passed on.
-trap ':' INT
-trap 'kill -TERM $kms ${tables:-} 2>/dev/null || true' TERM
+# Each service in a session of its own, so a signal for this script (a
+# Ctrl-C, a SIGTERM to its process group) reaches it alone, and it passes
+# one SIGTERM to each service: a service signalled twice exits at once,
+# unfinished. A second Ctrl-C does pass a second one on, to stop at once.
+stopping=0
+kms=""
+tables=""
+stop() {
+  stopping=1
+  for pid in $kms $tables; do kill -TERM "$pid" 2>/dev/null || true; done
+}
+trap stop INT TERM
 # The exit status of service $1, waiting through the signals that stop it.
 status_of() {
   while :; do
@@ -27,18 +31,26 @@ status_of() {
     kill -0 "$1" 2>/dev/null || { wait "$1"; return; }
   done
 }
+setsid ./target/release/kms-service serve --data-dir "$DATA/kms-service" --listen "$KMS_LISTEN" \
+  --table-service-token-file "$DATA/kms-service/table-service.token" &
+kms=$!
 for _ in $(seq 100); do
+  [ "$stopping" = 1 ] && break
   [ -s "$DATA/kms-service/table-service.token" ] && break
   kill -0 "$kms" 2>/dev/null || { echo "kms-service failed to start" >&2; exit 1; }
-  sleep 0.1
+  sleep 0.1 || true  # a signal for the group ends the sleep too
 done
-./target/release/table-service serve --data-dir "$DATA/table-service" --listen "$TABLE_LISTEN" \
-  --kms-endpoint "http://$KMS_LISTEN" --token-file "$DATA/kms-service/table-service.token" &
-tables=$!
-echo "kms-service on $KMS_LISTEN, table-service on $TABLE_LISTEN"
-echo "administrator token: $DATA/kms-service/admin.token"
-echo "try: grpcurl -plaintext $KMS_LISTEN list"
+if [ "$stopping" = 0 ]; then
+  setsid ./target/release/table-service serve --data-dir "$DATA/table-service" --listen "$TABLE_LISTEN" \
+    --kms-endpoint "http://$KMS_LISTEN" --token-file "$DATA/kms-service/table-service.token" &
+  tables=$!
+  echo "kms-service on $KMS_LISTEN, table-service on $TABLE_LISTEN"
+  echo "administrator token: $DATA/kms-service/admin.token"
+  echo "try: grpcurl -plaintext $KMS_LISTEN list"
+fi
 rc=0
 status_of "$kms" || { rc=$?; echo "kms-service exited with status $rc" >&2; }
-status_of "$tables" || { r=$?; rc=$r; echo "table-service exited with status $r" >&2; }
+if [ -n "$tables" ]; then
+  status_of "$tables" || { r=$?; rc=$r; echo "table-service exited with status $r" >&2; }
+fi
 exit "$rc"
