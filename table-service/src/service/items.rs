@@ -105,6 +105,8 @@ impl Tables {
                 "return_values {} returns the item",
                 return_values.name()
             ))
+        } else if conditions.is_empty() {
+            None
         } else {
             // A table that does not exist (reported after the decision)
             // has no key attributes to tell apart: any condition reads.
