@@ -49,6 +49,18 @@ fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     request
 }
 
+/// Creates a symmetric key as `admin`; returns its id.
+async fn new_key(client: &mut KeyManagementServiceClient<Channel>, admin: &str) -> String {
+    client
+        .create_key(authed(admin, pb::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id
+}
+
 /// Asserts the status code, the `ErrorInfo` reason and a message fragment.
 #[track_caller]
 fn check_status<T: std::fmt::Debug>(
@@ -346,14 +358,7 @@ async fn state_and_ciphertexts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let kms = start(dir.path()).await;
     let mut client = KeyManagementServiceClient::new(channel(&kms).await);
-    let key = client
-        .create_key(authed(&kms.admin, pb::CreateKeyRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let key = new_key(&mut client, &kms.admin).await;
     client
         .create_alias(authed(
             &kms.admin,
@@ -917,14 +922,7 @@ async fn list_pages_fit_in_an_answer() {
     let dir = tempfile::tempdir().unwrap();
     let kms = start(dir.path()).await;
     let mut client = KeyManagementServiceClient::new(channel(&kms).await);
-    let key = client
-        .create_key(authed(&kms.admin, pb::CreateKeyRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let key = new_key(&mut client, &kms.admin).await;
     let mut made = std::collections::BTreeSet::new();
     for g in 0..100 {
         // 64 pairs of 60 + 60 bytes: just under the 8 KiB a grant may hold.
@@ -1210,14 +1208,7 @@ async fn an_answer_over_the_message_limit_is_refused_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let kms = start(dir.path()).await;
     let mut client = KeyManagementServiceClient::new(channel(&kms).await);
-    let key = client
-        .create_key(authed(&kms.admin, pb::CreateKeyRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .key_metadata
-        .unwrap()
-        .key_id;
+    let key = new_key(&mut client, &kms.admin).await;
     let padding: Vec<String> = (0..95)
         .map(|i| {
             format!(

@@ -438,11 +438,15 @@ impl Tables {
         if old.is_none() && only_removes {
             return Ok(None);
         }
-        let (new_key, attributes) = model::split_item(&table.schema, new.clone())?;
-        debug_assert_eq!(new_key, key);
         // An update with no actions leaves an existing item as it is:
         // nothing to seal or write.
-        let writes = old.is_none() || !actions.is_empty();
+        let attributes = if old.is_none() || !actions.is_empty() {
+            let (new_key, attributes) = model::split_item(&table.schema, new.clone())?;
+            debug_assert_eq!(new_key, key);
+            Some(attributes)
+        } else {
+            None
+        };
         let answer = match return_values {
             ReturnValues::None => None,
             ReturnValues::AllOld => old,
@@ -451,7 +455,7 @@ impl Tables {
             ReturnValues::UpdatedNew => named_by(Some(new), actions),
         };
         self.answer_fits(answer.as_ref(), encoded_size)?;
-        if writes {
+        if let Some(attributes) = attributes {
             let envelope = self.seal(call, &table, &key, &attributes).await?;
             self.put_sealed(&table, key, envelope).await?;
         }
