@@ -1221,3 +1221,139 @@ async fn items_written_during_a_key_change_are_not_rewrapped_again() {
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
 }
+
+/// A front on kms-service that loses answers: CreateGrant number `lose`
+/// (counting from 1) is carried out but answered as a reset connection
+/// would be (UNAVAILABLE, no ErrorInfo), and the first `fail_retires`
+/// RetireGrant calls never reach kms-service and are answered the same.
+#[derive(Clone)]
+struct LoseGrantAnswers<S> {
+    inner: S,
+    lose: usize,
+    creates: Arc<std::sync::atomic::AtomicUsize>,
+    fail_retires: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for LoseGrantAnswers<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use std::sync::atomic::Ordering::SeqCst;
+        let lost = || tonic::Status::unavailable("connection reset").into_http();
+        let path = request.uri().path();
+        if path.ends_with("/RetireGrant")
+            && self
+                .fail_retires
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Box::pin(async move { Ok(lost()) });
+        }
+        if path.ends_with("/CreateGrant") && self.creates.fetch_add(1, SeqCst) + 1 == self.lose {
+            let made = self.inner.call(request);
+            return Box::pin(async move {
+                made.await?;
+                Ok(lost())
+            });
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// UpdateTable makes two grants (one per key). When kms-service makes one
+/// but its answer is lost, UpdateTable fails as UNAVAILABLE and changes
+/// nothing, and no grant is left behind: table-service asks again under
+/// the same name (CreateGrant is idempotent) and retires what it gets,
+/// with the grant it already had, retrying a retire kms-service could not
+/// take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_whose_grant_answer_was_lost_leaves_no_grant_behind() {
+    for lose in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let (kms_server, admin) = start_kms(dir.path()).await;
+        let (kms_grpc, iam_grpc) = kms_service::grpc::services(kms_server.kms.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = listener.local_addr().unwrap();
+        let creates = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let fail_retires = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let (counted, failing) = (creates.clone(), fail_retires.clone());
+        let front = tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(tower::layer::layer_fn(move |inner| LoseGrantAnswers {
+                    inner,
+                    lose,
+                    creates: counted.clone(),
+                    fail_retires: failing.clone(),
+                }))
+                .add_service(
+                    kms::key_management_service_server::KeyManagementServiceServer::new(kms_grpc),
+                )
+                .add_service(
+                    lockbox_proto::iam::v1::identity_service_server::IdentityServiceServer::new(
+                        iam_grpc,
+                    ),
+                )
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let mut config = table_config(dir.path(), &kms_server);
+        config.kms_endpoint = format!("http://{front_addr}");
+        let tables_server = TableServer::start(config).await.unwrap();
+        let mut keys = KeyManagementServiceClient::new(channel(kms_server.addr).await);
+        let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+        let old_key = create_key(&mut keys, &admin).await;
+        let new_key = create_key(&mut keys, &admin).await;
+        create_table(&mut tables, &admin, "lost", Some(&old_key)).await;
+
+        let status = switch_key(&mut tables, &admin, "lost", &new_key)
+            .await
+            .expect_err("the key change's grant answer was lost");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert_eq!(reason(&status).as_deref(), Some("KMSUnavailableException"));
+        let table = describe(&mut tables, &admin, "lost").await;
+        assert_eq!(
+            table.sse_description.as_ref().unwrap().kms_key_id,
+            old_key,
+            "the failed change moved the table"
+        );
+        assert!(table.rewrap_progress.is_none(), "{table:?}");
+
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut left = Vec::new();
+            for key in [&old_key, &new_key] {
+                left.extend(grants_on(&mut keys, &admin, key).await);
+            }
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "losing CreateGrant answer {lose} left grants behind: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            fail_retires.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no retire was refused, so none was retried"
+        );
+        tables_server.stop().await.unwrap();
+        front.abort();
+        kms_server.stop().await.unwrap();
+    }
+}

@@ -23,6 +23,123 @@ use crate::store::{Mutation, ScanQuery, TableRecord};
 const PAGE: usize = 100;
 /// The principal the grants are for.
 pub const SELF_PRINCIPAL: &str = "service/table-service";
+/// How long re-wrap grants that kms-service could not retire (or could
+/// not say whether it made) are retried in the background, and the waits
+/// between tries.
+const CLEANUP_FOR: Duration = Duration::from_secs(600);
+const CLEANUP_FIRST_WAIT: Duration = Duration::from_millis(250);
+const CLEANUP_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether a failed kms-service call may have taken effect all the same:
+/// its answer was lost (a timeout, a reset connection) or kms-service
+/// failed inside.
+fn may_have_happened(error: &TableError) -> bool {
+    matches!(
+        error,
+        TableError::KmsUnavailable { .. }
+            | TableError::Kms {
+                code: tonic::Code::Internal | tonic::Code::Unknown,
+                ..
+            }
+    )
+}
+
+/// Whether a failed kms-service call is worth trying again later.
+fn retryable(error: &TableError) -> bool {
+    may_have_happened(error)
+        || matches!(
+            error,
+            TableError::Kms {
+                code: tonic::Code::Unavailable | tonic::Code::ResourceExhausted,
+                ..
+            }
+        )
+}
+
+/// A CreateGrant whose answer was lost: asked again (same name and
+/// parameters, so kms-service answers with the grant if it made it), its
+/// grant can be retired.
+struct UnsureGrant {
+    caller: crate::kms::CallerCredential,
+    key: String,
+    operations: Vec<GrantOperation>,
+    subset: std::collections::HashMap<String, String>,
+    name: String,
+}
+
+/// Re-wrap grants that must go: the grants to retire, by key and id, and
+/// a grant that may have been made.
+struct GrantCleanup {
+    kms: crate::kms::KmsClient,
+    retire: Vec<(String, String)>,
+    unsure: Option<UnsureGrant>,
+}
+
+impl GrantCleanup {
+    /// One try at everything left; whether nothing is.
+    async fn attempt(&mut self) -> bool {
+        if let Some(unsure) = &self.unsure {
+            match self
+                .kms
+                .create_grant(
+                    &unsure.caller,
+                    &unsure.key,
+                    SELF_PRINCIPAL,
+                    &unsure.operations,
+                    unsure.subset.clone(),
+                    &unsure.name,
+                )
+                .await
+            {
+                Ok(grant) => {
+                    self.retire.push((unsure.key.clone(), grant));
+                    self.unsure = None;
+                }
+                Err(error) if retryable(&error) => {}
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        key = %unsure.key,
+                        name = %unsure.name,
+                        "cannot find out whether kms-service made a re-wrap grant whose answer was lost; if ListGrants shows a grant of this name, revoke it with RevokeGrant"
+                    );
+                    self.unsure = None;
+                }
+            }
+        }
+        let mut left = Vec::new();
+        for (key, grant) in std::mem::take(&mut self.retire) {
+            match self.kms.retire_grant(&key, &grant).await {
+                Ok(()) => {}
+                // Retired or revoked already.
+                Err(TableError::Kms {
+                    code: tonic::Code::NotFound,
+                    ..
+                }) => {}
+                Err(error) if retryable(&error) => left.push((key, grant)),
+                Err(error) => {
+                    tracing::warn!(%error, %grant, %key, "could not retire a re-wrap grant; revoke it with RevokeGrant");
+                }
+            }
+        }
+        self.retire = left;
+        self.retire.is_empty() && self.unsure.is_none()
+    }
+
+    /// Logs what is left after the last try.
+    fn give_up(&self) {
+        for (key, grant) in &self.retire {
+            tracing::warn!(%grant, %key, "kms-service could not retire a re-wrap grant in time; revoke it with RevokeGrant");
+        }
+        if let Some(unsure) = &self.unsure {
+            tracing::warn!(
+                key = %unsure.key,
+                name = %unsure.name,
+                "cannot find out whether kms-service made a re-wrap grant whose answer was lost; if ListGrants shows a grant of this name, revoke it with RevokeGrant"
+            );
+        }
+    }
+}
 
 /// A failed page as DescribeTable shows it: the reason and the message, as
 /// the caller of a request would see them (an internal error's details stay
@@ -85,7 +202,18 @@ impl Tables {
             {
                 Ok(grant) => grants.push((key.to_string(), grant)),
                 Err(e) => {
-                    self.retire_rewrap_grants(&grants).await;
+                    // An answer lost on the way (a timeout, a reset) may
+                    // hide a grant that was made: asking again with the
+                    // same name finds it (CreateGrant is idempotent), and
+                    // it goes with the others.
+                    let unsure = may_have_happened(&e).then(|| UnsureGrant {
+                        caller: call.caller.clone(),
+                        key: key.to_string(),
+                        operations: ops.to_vec(),
+                        subset: subset.clone(),
+                        name: name.clone(),
+                    });
+                    self.settle_grants(grants, unsure).await;
                     return Err(e);
                 }
             }
@@ -93,15 +221,43 @@ impl Tables {
         Ok(grants)
     }
 
-    /// Retires re-wrap grants (as table-service, their grantee). A grant
-    /// that cannot be retired now is logged; it allows nothing but
-    /// re-wrapping this table's data keys for table-service.
+    /// Retires re-wrap grants (as table-service, their grantee). Those
+    /// kms-service cannot retire now (unreachable, failing) are retried in
+    /// the background with back-off, for about [`CLEANUP_FOR`]; a grant
+    /// that still cannot be retired is logged. Such a grant allows nothing
+    /// but re-wrapping this table's data keys for table-service.
     pub(super) async fn retire_rewrap_grants(&self, grants: &[(String, String)]) {
-        for (key, grant) in grants {
-            if let Err(error) = self.kms.retire_grant(key, grant).await {
-                tracing::warn!(%error, %grant, %key, "could not retire a re-wrap grant; revoke it with RevokeGrant");
-            }
+        self.settle_grants(grants.to_vec(), None).await;
+    }
+
+    /// Retires `grants` at once if kms-service answers, and in the
+    /// background what is left, with the grant `unsure` may have made (a
+    /// kms-service that just lost an answer is not asked again while the
+    /// caller waits).
+    async fn settle_grants(&self, grants: Vec<(String, String)>, unsure: Option<UnsureGrant>) {
+        let mut cleanup = GrantCleanup {
+            kms: self.kms.clone(),
+            retire: grants,
+            unsure,
+        };
+        if cleanup.unsure.is_none() && cleanup.attempt().await {
+            return;
         }
+        let job = tokio::spawn(async move {
+            let mut wait = CLEANUP_FIRST_WAIT;
+            let until = tokio::time::Instant::now() + CLEANUP_FOR;
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(wait).await;
+                if cleanup.attempt().await {
+                    return;
+                }
+                wait = (wait * 2).min(CLEANUP_MAX_WAIT);
+            }
+            cleanup.give_up();
+        });
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.retain(|j| !j.is_finished());
+        jobs.push(job);
     }
 
     /// Starts the re-wrap of every table that has one pending (at start-up).
