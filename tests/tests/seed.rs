@@ -1784,8 +1784,18 @@ async fn an_unreachable_kms_service_is_not_asked_again_for_the_decision() {
     kms.stop().await.unwrap();
 }
 
+/// `item` with its attribute `n` set to the number `value`.
+fn with_n(
+    item: &HashMap<String, pb::AttributeValue>,
+    value: &str,
+) -> HashMap<String, pb::AttributeValue> {
+    let mut item = item.clone();
+    item.insert("n".into(), n(value));
+    item
+}
+
 #[tokio::test]
-async fn a_writer_without_get_item_reads_nothing_through_return_values_or_conditions() {
+async fn a_writer_without_get_item_reads_nothing_through_return_values_conditions_or_updates() {
     // The service-managed key lets any caller unwrap through table-service,
     // so on such a table `table:GetItem` is all that guards a read.
     let stack = start(60).await;
@@ -2010,23 +2020,77 @@ async fn a_writer_without_get_item_reads_nothing_through_return_values_or_condit
             .item,
         secret
     );
-    // Without return values the same writes are the writer's to make, and
-    // answer nothing.
+    // Nor through ADD or DELETE: whether they succeed tells what is stored
+    // (ADD 1E+50 to 7 fails for its 51 digits and would name the sum; a
+    // DELETE from a string fails for its type), so they need table:GetItem
+    // too, without return values.
+    let add_huge = || {
+        pb::update_action::Action::Add(pb::SetAction {
+            attribute: "n".into(),
+            value: Some(n("1E+50")),
+        })
+    };
+    let delete_member = || {
+        pb::update_action::Action::Delete(pb::SetAction {
+            attribute: "secret".into(),
+            value: Some(pb::AttributeValue {
+                value: Some(pb::attribute_value::Value::Ss(pb::StringSet {
+                    values: vec!["launch code".into()],
+                })),
+            }),
+        })
+    };
+    for (action, needs) in [
+        (add_huge(), "ADD to n reads the item"),
+        (add_one(), "ADD to n reads the item"),
+        (delete_member(), "DELETE from secret reads the item"),
+    ] {
+        let answer = tables
+            .update_item(update(pb::ReturnValues::None, action))
+            .await;
+        assert!(!format!("{answer:?}").contains("launch"), "{answer:?}");
+        assert!(!format!("{answer:?}").contains("0007"), "{answer:?}");
+        check_status(
+            answer,
+            Code::PermissionDenied,
+            "AccessDeniedException",
+            &format!("({needs}, which needs table:GetItem)"),
+        );
+    }
+    // Without return values a SET is the writer's to make, and answers
+    // nothing; one that makes the item too large does not say how large
+    // the stored part is.
+    let set = |attribute: &str, value: pb::AttributeValue| {
+        pb::update_action::Action::Set(pb::SetAction {
+            attribute: attribute.into(),
+            value: Some(value),
+        })
+    };
     let answer = tables
-        .update_item(update(pb::ReturnValues::None, add_one()))
+        .update_item(update(pb::ReturnValues::None, set("n", n("8"))))
         .await
         .expect("a write without return values")
         .into_inner();
     assert!(answer.attributes.is_empty());
+    check_status(
+        tables
+            .update_item(update(
+                pb::ReturnValues::None,
+                set("big", s(&"b".repeat(409_590))),
+            ))
+            .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "Item size has exceeded the maximum allowed size: the updated item would be larger than 409600 bytes (400 KiB)",
+    );
     assert_eq!(
         tables
             .get_item(get(&admin))
             .await
             .unwrap()
             .into_inner()
-            .item
-            .get("n"),
-        Some(&n("8"))
+            .item,
+        with_n(&secret, "8")
     );
     // With table:GetItem as well, return values come back.
     iam_client
@@ -2046,6 +2110,19 @@ async fn a_writer_without_get_item_reads_nothing_through_return_values_or_condit
         .into_inner()
         .attributes;
     assert_eq!(old.get("secret"), Some(&s("launch code")));
+    tables
+        .update_item(update(pb::ReturnValues::None, add_one()))
+        .await
+        .expect("a reader and writer adds");
+    assert_eq!(
+        tables
+            .get_item(get(&admin))
+            .await
+            .unwrap()
+            .into_inner()
+            .item,
+        with_n(&secret, "9")
+    );
     stack.tables.stop().await.unwrap();
     stack.kms.stop().await.unwrap();
 }

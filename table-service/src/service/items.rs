@@ -89,8 +89,11 @@ impl Tables {
     /// `return_values` hands back item contents (even UPDATED_NEW: a
     /// number's new value after ADD tells its old one), or when a condition
     /// names an attribute that is not part of the key (its answer, checked
-    /// or not, tells that attribute's value, a condition at a time): a
-    /// caller who may only write must not read items through its writes.
+    /// or not, tells that attribute's value, a condition at a time), or
+    /// when the write's own work reads (`reads`, the reason: UpdateItem's
+    /// ADD and DELETE succeed or fail by the value stored): a caller who
+    /// may only write must not read items through its writes. Returns
+    /// whether `table:GetItem` was asked for (and so allowed).
     async fn authorize_write(
         &self,
         call: &mut Call,
@@ -98,13 +101,16 @@ impl Tables {
         table_name: &str,
         return_values: ReturnValues,
         conditions: &[Condition],
-    ) -> Result<(), TableError> {
+        reads: Option<String>,
+    ) -> Result<bool, TableError> {
         let resource = resource(table_name);
         let reads = if return_values != ReturnValues::None {
             Some(format!(
                 "return_values {} returns the item",
                 return_values.name()
             ))
+        } else if reads.is_some() {
+            reads
         } else if conditions.is_empty() {
             None
         } else {
@@ -126,8 +132,9 @@ impl Tables {
             .chain(reads.is_some().then_some("table:GetItem"))
             .map(|action| (action, resource.as_str()))
             .collect();
+        let reads_item = reads.is_some();
         match self.authorize_each(call, &asked).await? {
-            None => Ok(()),
+            None => Ok(reads_item),
             Some((
                 i,
                 TableError::Kms {
@@ -252,7 +259,7 @@ impl Tables {
         let deciding = !cached && conditions.is_empty() && return_values == ReturnValues::None;
         if !deciding {
             let action = (!cached).then_some(ACTION);
-            self.authorize_write(call, action, table_name, return_values, conditions)
+            self.authorize_write(call, action, table_name, return_values, conditions, None)
                 .await?;
         }
         let _writes = self.table_lock(table_name).read().await;
@@ -376,6 +383,7 @@ impl Tables {
             table_name,
             return_values,
             conditions,
+            None,
         )
         .await?;
         let _writes = self.table_lock(table_name).read().await;
@@ -409,14 +417,26 @@ impl Tables {
         return_values: ReturnValues,
         encoded_size: &EncodedSize,
     ) -> Result<Option<Item>, TableError> {
-        self.authorize_write(
-            call,
-            Some("table:UpdateItem"),
-            table_name,
-            return_values,
-            conditions,
-        )
-        .await?;
+        // ADD and DELETE succeed or fail by what is stored (a number's
+        // digits, an attribute's type): their outcome reads the item.
+        let reads = actions
+            .iter()
+            .find_map(|a| match a {
+                UpdateAction::Add(name, _) => Some(("ADD to", name)),
+                UpdateAction::Delete(name, _) => Some(("DELETE from", name)),
+                _ => None,
+            })
+            .map(|(what, name)| format!("{what} {name} reads the item"));
+        let may_read = self
+            .authorize_write(
+                call,
+                Some("table:UpdateItem"),
+                table_name,
+                return_values,
+                conditions,
+                reads,
+            )
+            .await?;
         let _writes = self.table_lock(table_name).read().await;
         let table = self.table(table_name)?;
         let key = table.schema.validate_key_map(key_map)?;
@@ -441,7 +461,17 @@ impl Tables {
         // An update with no actions leaves an existing item as it is:
         // nothing to seal or write.
         let attributes = if old.is_none() || !actions.is_empty() {
-            let (new_key, attributes) = model::split_item(&table.schema, new.clone())?;
+            let (new_key, attributes) = model::split_item(&table.schema, new.clone())
+                .map_err(|e| match e {
+                    // The exact size would tell a caller who may not read
+                    // the item how large the stored part is.
+                    model::ModelError::ItemTooLarge { .. } if !may_read && old.is_some() => {
+                        TableError::validation(
+                            "Item size has exceeded the maximum allowed size: the updated item would be larger than 409600 bytes (400 KiB); move large values elsewhere",
+                        )
+                    }
+                    other => other.into(),
+                })?;
             debug_assert_eq!(new_key, key);
             Some(attributes)
         } else {
