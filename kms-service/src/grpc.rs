@@ -23,24 +23,36 @@ pub fn services(kms: Arc<Kms>) -> (KeyManagementGrpc, IdentityGrpc) {
     (KeyManagementGrpc::new(kms.clone()), IdentityGrpc::new(kms))
 }
 
-/// Answers a request over the message-size limit (`--max-message-bytes`),
-/// which tonic refuses before any handler runs, as any other bad input:
-/// authenticated, audited, `RESOURCE_EXHAUSTED` with
-/// `LimitExceededException`.
+/// Answers a request tonic refuses before any handler runs as any other
+/// bad input, authenticated and audited: one over the message-size limit
+/// (`--max-message-bytes`) `RESOURCE_EXHAUSTED` with
+/// `LimitExceededException`, one whose message cannot be decoded
+/// `INVALID_ARGUMENT` with `ValidationException`.
 pub fn oversize_layer(kms: Arc<Kms>) -> lockbox_proto::oversize::OversizeLayer {
     lockbox_proto::oversize::OversizeLayer::new(Arc::new(move |refused| {
         let kms = kms.clone();
         Box::pin(async move {
             let creds = credentials_from(&refused.metadata, refused.remote_addr);
-            let error = crate::error::KmsError::LimitExceeded(format!(
-                "the request message is too large ({}); kms-service takes messages up to \
-                 --max-message-bytes (KMS_MAX_MESSAGE_BYTES)",
-                refused.detail
-            ));
+            let error = match refused.problem {
+                lockbox_proto::oversize::Problem::TooLarge => {
+                    crate::error::KmsError::LimitExceeded(format!(
+                        "the request message is too large ({}); kms-service takes messages up to \
+                         --max-message-bytes (KMS_MAX_MESSAGE_BYTES)",
+                        refused.detail
+                    ))
+                }
+                lockbox_proto::oversize::Problem::Malformed => {
+                    crate::error::KmsError::validation(format!(
+                        "the request message is not a valid {}Request ({}); build it from \
+                         the service's proto files",
+                        refused.method, refused.detail
+                    ))
+                }
+            };
             let refused: Result<(), _> = kms.refuse(&creds, &refused.method, error).await;
             // With `x-principal`, as every answer to a forwarded call.
             match answer(&creds, refused) {
-                Ok(_) => tonic::Status::internal("an oversized request was not refused"),
+                Ok(_) => tonic::Status::internal("a request tonic refused was not refused"),
                 Err(status) => status,
             }
         })

@@ -1,14 +1,16 @@
-//! The answer to a request over the message-size limit.
+//! The answer to a request tonic refuses before any handler runs: one over
+//! the message-size limit, or one whose message cannot be decoded.
 //!
 //! tonic refuses a request whose message is larger than the service's
-//! decoding limit before any handler runs, with a bare `OUT_OF_RANGE`
-//! status: no `google.rpc.ErrorInfo`, no reason, nothing audited. This
-//! layer replaces that answer with the one the service gives for any bad
+//! decoding limit with a bare `OUT_OF_RANGE` status, and one whose bytes are
+//! not a valid protobuf message of the method's request type with a bare
+//! `INTERNAL`: no `google.rpc.ErrorInfo`, no reason, nothing audited. This
+//! layer replaces those answers with the one the service gives for any bad
 //! input, which it makes with `refuse`: kms-service authenticates and
-//! audits the call and answers `RESOURCE_EXHAUSTED` with its reason;
-//! table-service answers likewise. Every other answer passes through
-//! untouched; the layer keeps only the three request headers a refusal
-//! needs (cheap, reference-counted clones), and the address.
+//! audits the call and answers with its reason; table-service answers
+//! likewise. Every other answer passes through untouched; the layer keeps
+//! only the three request headers a refusal needs (cheap, reference-counted
+//! clones), and the address.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,9 +31,21 @@ pub struct Refused {
     pub remote_addr: Option<SocketAddr>,
     /// The gRPC method, e.g. `Encrypt` of `/kms.v1.KeyManagementService/Encrypt`.
     pub method: String,
-    /// tonic's account of the sizes, e.g. "found 307212 bytes, the limit
-    /// is: 262144 bytes".
+    /// What was wrong with the request.
+    pub problem: Problem,
+    /// tonic's account of it: of the sizes, e.g. "found 307212 bytes, the
+    /// limit is: 262144 bytes"; or prost's of the decoding, e.g. "failed
+    /// to decode Protobuf message: invalid varint".
     pub detail: String,
+}
+
+/// Why tonic refused a request before any handler ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// The message is over the decoding limit.
+    TooLarge,
+    /// The message's bytes are not a valid request message.
+    Malformed,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -74,18 +88,32 @@ const KEPT: [HeaderName; 3] = [
     HeaderName::from_static(REQUEST_ID),
 ];
 
-/// Whether `status` is tonic's refusal of an oversized request message.
-fn oversized(headers: &HeaderMap) -> Option<String> {
+/// Whether a response is tonic's refusal of a request message it could
+/// not take (over the size limit, or undecodable), and its account of why.
+fn refused(headers: &HeaderMap) -> Option<(Problem, String)> {
     // The refusal is a trailers-only answer: its status is in the headers.
     let code = headers.get("grpc-status")?;
-    if code.as_bytes() != b"11" {
+    if code.as_bytes() != b"11" && code.as_bytes() != b"13" {
         return None;
     }
     let status = tonic::Status::from_header_map(headers)?;
-    status
-        .message()
-        .strip_prefix("Error, decoded message length too large: ")
-        .map(str::to_string)
+    match status.code() {
+        tonic::Code::OutOfRange => status
+            .message()
+            .strip_prefix("Error, decoded message length too large: ")
+            .map(|detail| (Problem::TooLarge, detail.to_string())),
+        // prost's `DecodeError`, as tonic's codec reports it (the services'
+        // own INTERNAL answers carry ErrorInfo).
+        tonic::Code::Internal
+            if status.details().is_empty()
+                && status
+                    .message()
+                    .starts_with("failed to decode Protobuf message") =>
+        {
+            Some((Problem::Malformed, status.message().to_string()))
+        }
+        _ => None,
+    }
 }
 
 fn remote_addr(extensions: &http::Extensions) -> Option<SocketAddr> {
@@ -131,7 +159,7 @@ where
         let refuse = self.refuse.clone();
         Box::pin(async move {
             let response = answer.await?;
-            let Some(detail) = oversized(response.headers()) else {
+            let Some((problem, detail)) = refused(response.headers()) else {
                 return Ok(response);
             };
             let mut headers = HeaderMap::new();
@@ -145,6 +173,7 @@ where
                 metadata: tonic::metadata::MetadataMap::from_headers(headers),
                 remote_addr,
                 method: method.to_string(),
+                problem,
                 detail,
             })
             .await;

@@ -13,10 +13,11 @@ pub use table::TableGrpc;
 use crate::error::TableError;
 use crate::kms::CallerCredential;
 
-/// Answers a request over the message-size limit (`--max-message-bytes`),
-/// which tonic refuses before any handler runs, as any other bad input:
-/// `RESOURCE_EXHAUSTED` with `ErrorInfo` (`ValidationException`) and a
-/// message naming the setting. Nothing reaches kms-service or the store.
+/// Answers a request tonic refuses before any handler runs as any other
+/// bad input, with `ErrorInfo` (`ValidationException`): one over the
+/// message-size limit (`--max-message-bytes`) `RESOURCE_EXHAUSTED` and a
+/// message naming the setting, one whose message cannot be decoded
+/// `INVALID_ARGUMENT`. Nothing reaches kms-service or the store.
 pub fn oversize_layer() -> lockbox_proto::oversize::OversizeLayer {
     lockbox_proto::oversize::OversizeLayer::new(std::sync::Arc::new(|refused| {
         Box::pin(async move {
@@ -33,16 +34,27 @@ pub fn oversize_layer() -> lockbox_proto::oversize::OversizeLayer {
                 outcome = "ValidationException", kms_calls = 0u32, cache_hits = 0u32,
                 detail = %refused.detail,
             );
-            let base = to_status(&TableError::Validation(format!(
-                "the request message is too large ({}); table-service takes messages up to \
-                 --max-message-bytes (TABLE_MAX_MESSAGE_BYTES), and an item at most 400 KiB",
-                refused.detail
-            )));
-            tonic::Status::with_details(
-                tonic::Code::ResourceExhausted,
-                base.message(),
-                base.details().to_vec().into(),
-            )
+            match refused.problem {
+                lockbox_proto::oversize::Problem::TooLarge => {
+                    let base = to_status(&TableError::Validation(format!(
+                        "the request message is too large ({}); table-service takes messages up to \
+                         --max-message-bytes (TABLE_MAX_MESSAGE_BYTES), and an item at most 400 KiB",
+                        refused.detail
+                    )));
+                    tonic::Status::with_details(
+                        tonic::Code::ResourceExhausted,
+                        base.message(),
+                        base.details().to_vec().into(),
+                    )
+                }
+                lockbox_proto::oversize::Problem::Malformed => {
+                    to_status(&TableError::Validation(format!(
+                        "the request message is not a valid {}Request ({}); build it from \
+                         the service's proto files",
+                        refused.method, refused.detail
+                    )))
+                }
+            }
         })
     }))
 }

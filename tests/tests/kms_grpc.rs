@@ -20,6 +20,9 @@ struct Kms {
     admin: String,
 }
 
+#[path = "support/raw.rs"]
+mod raw;
+
 async fn start(dir: &std::path::Path) -> Kms {
     let server = RunningServer::start(ServeConfig::for_data_dir(dir.to_path_buf()))
         .await
@@ -473,7 +476,7 @@ async fn unreadable_requests_are_authenticated_and_audited() {
     let kms = start(dir.path()).await;
     let ch = channel(&kms).await;
     let mut client = KeyManagementServiceClient::new(ch.clone());
-    let mut iam_client = IdentityServiceClient::new(ch);
+    let mut iam_client = IdentityServiceClient::new(ch.clone());
     let audit = dir.path().join("audit/audit.jsonl");
     let records = || std::fs::read_to_string(&audit).unwrap().lines().count();
     let bad_mac = || pb::GenerateMacRequest {
@@ -574,6 +577,31 @@ async fn unreadable_requests_are_authenticated_and_audited() {
         "MissingAuthenticationTokenException",
         "",
     );
+    // Bytes that are no EncryptRequest (its key_id, field 1, not UTF-8):
+    // tonic refuses them before any handler, and the answer is still
+    // kms-service's own, authenticated and audited.
+    check_status(
+        raw::call(
+            ch.clone(),
+            "/kms.v1.KeyManagementService/Encrypt",
+            authed(&kms.admin, vec![0x0a, 0x01, 0xff]),
+        )
+        .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "the request message is not a valid EncryptRequest (failed to decode Protobuf message: EncryptRequest.key_id",
+    );
+    check_status(
+        raw::call(
+            ch.clone(),
+            "/kms.v1.KeyManagementService/Encrypt",
+            authed("", vec![0xff, 0xff]),
+        )
+        .await,
+        Code::Unauthenticated,
+        "MissingAuthenticationTokenException",
+        "",
+    );
     // The connection still serves.
     check_status(
         client.generate_mac(authed(&kms.admin, bad_mac())).await,
@@ -587,7 +615,7 @@ async fn unreadable_requests_are_authenticated_and_audited() {
         .skip(before)
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(records() - before, 8, "{lines:#?}");
+    assert_eq!(records() - before, 10, "{lines:#?}");
     let names: Vec<&str> = lines
         .iter()
         .map(|r| r["event_name"].as_str().unwrap())
@@ -602,9 +630,14 @@ async fn unreadable_requests_are_authenticated_and_audited() {
             "CreateUser",
             "Encrypt",
             "Encrypt",
+            "Encrypt",
+            "Encrypt",
             "GenerateMac"
         ]
     );
+    assert_eq!(lines[7]["principal"], "user/admin");
+    assert_eq!(lines[7]["error_code"], "ValidationException");
+    assert_eq!(lines[8]["decision"], "Unauthenticated");
     assert_eq!(lines[0]["decision"], "Unauthenticated");
     assert_eq!(lines[1]["principal"], "user/admin");
     assert_eq!(lines[5]["principal"], "user/admin");

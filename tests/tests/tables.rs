@@ -26,6 +26,9 @@ type Item = HashMap<String, Av>;
 
 // ---------------------------------------------------------------- the stack
 
+#[path = "support/raw.rs"]
+mod raw;
+
 struct Stack {
     /// `None` while a test has kms-service stopped.
     kms: Option<KmsServer>,
@@ -2869,6 +2872,24 @@ async fn a_batch_get_larger_than_a_message_is_answered_in_parts() {
         Code::ResourceExhausted,
         "ValidationException",
         "the limit is: 1048576 bytes); table-service takes messages up to --max-message-bytes (TABLE_MAX_MESSAGE_BYTES)",
+    );
+    // So are bytes that are no valid request message (a GetItemRequest's
+    // table_name, field 1, not UTF-8).
+    let channel = Channel::from_shared(format!("http://{}", stack.tables.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    check_status(
+        raw::call(
+            channel,
+            "/table.v1.TableService/GetItem",
+            stack.req(vec![0x0a, 0x01, 0xff]),
+        )
+        .await,
+        Code::InvalidArgument,
+        "ValidationException",
+        "the request message is not a valid GetItemRequest (failed to decode Protobuf message: GetItemRequest.table_name",
     );
     assert!(
         stack
