@@ -42,8 +42,10 @@ pub enum TableError {
     ConditionalCheckFailed(String),
     /// Stored item bytes failed authentication: tampered, or copied from
     /// another item or table. Never answered with data.
-    #[error("item integrity check failed for table {table}: the stored item was altered or moved")]
-    ItemIntegrity { table: String },
+    #[error(
+        "item integrity check failed for table {table}, item {key}: the stored item was altered or moved; overwrite or delete that item"
+    )]
+    ItemIntegrity { table: String, key: String },
     /// A key that items of the table are encrypted under was deleted (its
     /// deletion window passed): the items are intact but nobody can decrypt
     /// them any more. The message names the key and the table.

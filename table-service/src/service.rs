@@ -127,9 +127,11 @@ fn store_error(e: StoreError) -> TableError {
     TableError::Unavailable(format!("item store unavailable: {e}"))
 }
 
-fn integrity(table: &TableRecord) -> TableError {
+/// The integrity error of item `key` of `table`.
+fn integrity(table: &TableRecord, key: &crate::model::ItemKey) -> TableError {
     TableError::ItemIntegrity {
         table: table.name.clone(),
+        key: table.schema.describe_key(key),
     }
 }
 
@@ -147,12 +149,13 @@ fn open_envelope(
     stored: &StoredItem,
     data_key: &[u8],
 ) -> Result<Item, TableError> {
-    let parsed = envelope::parse(&stored.envelope).map_err(|_| integrity(table))?;
+    let broken = || integrity(table, &stored.key);
+    let parsed = envelope::parse(&stored.envelope).map_err(|_| broken())?;
     let plain = parsed
         .open(&table.table_id, &stored.key, data_key)
-        .map_err(|_| integrity(table))?;
-    let attributes = model::decode_attributes(&plain).map_err(|_| integrity(table))?;
-    model::join_item(&table.schema, &stored.key, attributes).map_err(|_| integrity(table))
+        .map_err(|_| broken())?;
+    let attributes = model::decode_attributes(&plain).map_err(|_| broken())?;
+    model::join_item(&table.schema, &stored.key, attributes).map_err(|_| broken())
 }
 
 impl Tables {
@@ -602,6 +605,7 @@ impl Tables {
         &self,
         call: &mut Call,
         table: &TableRecord,
+        key: &crate::model::ItemKey,
         error: TableError,
     ) -> TableError {
         if !unwrap_refused(&error) {
@@ -619,13 +623,14 @@ impl Tables {
             call.outcome.kms_calls += 1;
             match self.kms.describe_key(&call.caller, key_id).await {
                 Err(TableError::Kms { reason, .. }) if reason == "NotFoundException" => {
+                    let item = table.schema.describe_key(key);
                     return TableError::KeyDeleted(if moving_from {
                         format!(
-                            "key {key_id}, which table {name} is moving its items from, no longer exists (it was deleted); the items not yet moved cannot be decrypted: delete or overwrite them (the key change then goes on)"
+                            "key {key_id}, which table {name} is moving its items from, no longer exists (it was deleted); the items not yet moved, such as item {item}, cannot be decrypted: delete or overwrite them (the key change then goes on)"
                         )
                     } else {
                         format!(
-                            "key {key_id} of table {name} no longer exists (it was deleted); its items cannot be decrypted, and none can be written under it: delete the items or the table"
+                            "key {key_id} of table {name} no longer exists (it was deleted); its items, such as item {item}, cannot be decrypted, and none can be written under it: delete the items or the table"
                         )
                     });
                 }
@@ -634,7 +639,7 @@ impl Tables {
                 _ => {}
             }
         }
-        integrity(table)
+        integrity(table, key)
     }
 
     /// Opens a stored item for the caller: unwraps its data key through
@@ -648,7 +653,8 @@ impl Tables {
         table: &TableRecord,
         stored: &StoredItem,
     ) -> Result<Item, TableError> {
-        let parsed = envelope::parse(&stored.envelope).map_err(|_| integrity(table))?;
+        let parsed =
+            envelope::parse(&stored.envelope).map_err(|_| integrity(table, &stored.key))?;
         // Entries are the principal's own; a call whose principal is not
         // known (not yet authorized) neither reads nor fills the cache.
         let principal = call.outcome.principal.as_deref();
@@ -709,7 +715,11 @@ impl Tables {
             let table = table.clone();
             let mut sub = call.sub();
             async move {
-                let r = this.open_item(&mut sub, &table, &item).await;
+                // A failure keeps the item's key, for the error to name.
+                let r = this
+                    .open_item(&mut sub, &table, &item)
+                    .await
+                    .map_err(|e| (e, item.key));
                 (r, sub.outcome)
             }
         });
@@ -729,7 +739,7 @@ impl Tables {
             }
         }
         match first_error {
-            Some(e) => Err(self.unwrap_error(call, table, e).await),
+            Some((e, key)) => Err(self.unwrap_error(call, table, &key, e).await),
             None => Ok(items),
         }
     }

@@ -600,7 +600,8 @@ async fn items_left_under_a_deleted_old_key_say_so_and_overwriting_them_lets_the
     );
     assert!(
         refused.message().contains(&format!(
-            "key {old_key}, which table moving is moving its items from, no longer exists"
+            "key {old_key}, which table moving is moving its items from, no longer exists \
+             (it was deleted); the items not yet moved, such as item id (S) \"0000\", cannot be decrypted"
         )),
         "{refused:?}"
     );

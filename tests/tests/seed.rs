@@ -1466,7 +1466,9 @@ async fn items_of_a_deleted_key_say_the_key_is_gone_not_that_they_were_altered()
     let report = stack.kms.kms.run_maintenance().await.unwrap();
     assert_eq!(report.destroyed, [key.as_str()]);
 
-    let gone = format!("key {key} of table orphaned no longer exists (it was deleted)");
+    let gone = format!(
+        "key {key} of table orphaned no longer exists (it was deleted); its items, such as item pk (S) \"a\", cannot be decrypted"
+    );
     let got = get(&tables).await;
     assert!(
         !format!("{got:?}").contains("integrity"),

@@ -178,6 +178,29 @@ impl KeySchema {
     }
 
     /// Turns stored key bytes back into the key attributes.
+    /// `key` as messages name an item, e.g. `pk (S) "order-1", sk (N) 5`:
+    /// strings quoted, binary values in base64, long values shortened.
+    pub fn describe_key(&self, key: &ItemKey) -> String {
+        use base64::Engine;
+        let one = |(name, ty): &(String, ScalarType), bytes: &[u8]| {
+            let value = match decode_key_value(name, *ty, bytes) {
+                Ok(AttributeValue::S(s)) => format!("{:?}", abbreviate(&s)),
+                Ok(AttributeValue::N(n)) => n.to_string(),
+                Ok(AttributeValue::B(b)) => {
+                    abbreviate(&base64::engine::general_purpose::STANDARD.encode(b))
+                }
+                _ => "(unreadable)".to_string(),
+            };
+            format!("{} ({ty}) {value}", abbreviate(name))
+        };
+        let mut out = one(&self.partition, &key.partition);
+        if let Some(sort) = &self.sort {
+            out.push_str(", ");
+            out.push_str(&one(sort, &key.sort));
+        }
+        out
+    }
+
     pub fn key_attributes(&self, key: &ItemKey) -> Result<Item, ModelError> {
         let mut out = Item::new();
         let (name, ty) = &self.partition;

@@ -1218,3 +1218,27 @@ fn codec_round_trips_and_decoder_never_panics() {
         accepts_only_canonical(&bytes);
     }
 }
+
+#[test]
+fn a_key_is_described_by_its_names_types_and_values() {
+    let item = |pairs: Vec<(&str, AttributeValue)>| -> Item {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    };
+    let pk_sk = schema(("pk", ScalarType::B), Some(("sk", ScalarType::N)));
+    let key = pk_sk
+        .extract_key(&item(vec![
+            ("pk", AttributeValue::B(vec![0xfb, 0xff])),
+            ("sk", n("-1.50")),
+        ]))
+        .unwrap();
+    assert_eq!(pk_sk.describe_key(&key), "pk (B) +/8=, sk (N) -1.5");
+    let long = schema(("id", ScalarType::S), None);
+    let key = long
+        .extract_key(&item(vec![("id", AttributeValue::S("\"é\"".repeat(40)))]))
+        .unwrap();
+    let described = long.describe_key(&key);
+    assert!(
+        described.starts_with(r#"id (S) "\"é\"\"é\""#) && described.ends_with(r#"… (160 bytes)""#),
+        "{described}"
+    );
+}

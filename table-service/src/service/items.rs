@@ -176,7 +176,7 @@ impl Tables {
         };
         match self.open_item(call, table, &stored).await {
             Ok(item) => Ok(Some(item)),
-            Err(e) => Err(self.unwrap_error(call, table, e).await),
+            Err(e) => Err(self.unwrap_error(call, table, &stored.key, e).await),
         }
     }
 
@@ -356,14 +356,14 @@ impl Tables {
                 .await;
             let data_key = match self.settle(call, ACTION, &resource, answer).await {
                 Ok(data_key) => data_key,
-                Err(e) => return Err(self.unwrap_error(call, table, e).await),
+                Err(e) => return Err(self.unwrap_error(call, table, &stored.key, e).await),
             };
             return open_envelope(table, stored, &data_key).map(Some);
         }
         self.authorize_uncached(call, ACTION, &resource).await?;
         match local? {
             (_, None) => Ok(None),
-            (table, Some(_)) => Err(integrity(&table)),
+            (table, Some(stored)) => Err(integrity(&table, &stored.key)),
         }
     }
 

@@ -418,14 +418,17 @@ impl Tables {
                 continue;
             }
             let kms = self.kms.clone();
-            let (table_id, target, name) = (
+            let (table_id, target, name, schema) = (
                 table.table_id.clone(),
                 rewrap.target_key_id.clone(),
                 table.name.clone(),
+                table.schema.clone(),
             );
             set.spawn(async move {
-                let parsed = envelope::parse(&bytes)
-                    .map_err(|_| TableError::ItemIntegrity { table: name })?;
+                let parsed = envelope::parse(&bytes).map_err(|_| TableError::ItemIntegrity {
+                    table: name,
+                    key: schema.describe_key(&key),
+                })?;
                 let wrapped = kms
                     .re_encrypt_under_grant(
                         parsed.wrapped_key,
