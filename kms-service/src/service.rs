@@ -700,7 +700,9 @@ fn auth_error(failure: AuthFailure, of: CredentialOf) -> KmsError {
         AuthFailure::Missing => {
             format!("missing {whose}: send metadata \"authorization: Bearer <token>\"")
         }
-        AuthFailure::Malformed => format!("malformed {whose}: expected \"Bearer <token>\""),
+        AuthFailure::Malformed => format!(
+            "malformed {whose}: expected \"Bearer <token>\", sent once, with a token of 1 to 256 visible ASCII characters"
+        ),
         AuthFailure::Unknown => format!("the {whose} is not a valid access token"),
         AuthFailure::Revoked => format!("the {whose} has been revoked"),
     };

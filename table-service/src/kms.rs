@@ -174,7 +174,7 @@ impl KmsClient {
                 .map_err(|_| TableError::Kms {
                     code: tonic::Code::Unauthenticated,
                     reason: "IncompleteSignatureException".into(),
-                    message: "malformed credential: expected \"Bearer <token>\"".into(),
+                    message: "malformed credential: expected \"Bearer <token>\", sent once, with a token of 1 to 256 visible ASCII characters".into(),
                 })?,
         );
         if let Ok(id) = caller.request_id.parse() {

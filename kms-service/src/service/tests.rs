@@ -523,6 +523,12 @@ async fn missing_malformed_unknown_and_revoked_tokens_are_unauthenticated() {
                 ..Credentials::default()
             },
             "IncompleteSignatureException",
+            "malformed credential: expected \"Bearer <token>\", sent once, with a token of 1 to 256 visible ASCII characters",
+        ),
+        (creds(""), "IncompleteSignatureException", "malformed"),
+        (
+            creds(&"t".repeat(257)),
+            "IncompleteSignatureException",
             "malformed",
         ),
         (
@@ -540,7 +546,7 @@ async fn missing_malformed_unknown_and_revoked_tokens_are_unauthenticated() {
         .iter()
         .filter(|r| r["decision"] == "Unauthenticated")
         .count();
-    assert_eq!(unauth, 4, "every failed authentication is audited");
+    assert_eq!(unauth, 6, "every failed authentication is audited");
 }
 
 #[tokio::test]
