@@ -56,6 +56,9 @@ pub mod backup;
 #[cfg(feature = "service")]
 pub mod config_file;
 #[cfg(feature = "service")]
+#[doc(hidden)]
+pub mod errors_doc;
+#[cfg(feature = "service")]
 pub mod health;
 #[cfg(feature = "service")]
 pub mod job_thread;

@@ -208,6 +208,11 @@ mod tests {
                 KmsError::Unauthenticated { of, .. } => assert_eq!(credential, Some(of.name())),
                 _ => assert_eq!(credential, None, "{error:?}"),
             }
+            lockbox_proto::errors_doc::assert_documented(
+                include_str!("../../../README.md"),
+                reason,
+                code,
+            );
         }
     }
 }

@@ -74,4 +74,39 @@ mod tests {
             assert_eq!(status.message(), error.to_string());
         }
     }
+
+    /// Every reason table-service answers with of its own is in the
+    /// README's Errors table, with its code.
+    #[test]
+    fn every_reason_is_documented_with_its_code() {
+        let s = |text: &str| text.to_string();
+        for error in [
+            TableError::KmsUnavailable {
+                endpoint: s("http://kms"),
+                detail: s("timeout"),
+            },
+            TableError::ResourceNotFound(s("t")),
+            TableError::TableExists(s("t")),
+            TableError::ResourceInUse(s("t")),
+            TableError::ConcurrentChange(s("t")),
+            TableError::Validation(s("v")),
+            TableError::ResponseTooLarge(s("v")),
+            TableError::ConditionalCheckFailed(s("c")),
+            TableError::ItemIntegrity {
+                table: s("t"),
+                key: s("id (S) \"a\""),
+            },
+            TableError::KeyDeleted(s("k")),
+            TableError::Unavailable(s("u")),
+            TableError::Internal(s("i")),
+        ] {
+            let status = to_status(&error);
+            let reason = status.get_details_error_info().expect("ErrorInfo").reason;
+            lockbox_proto::errors_doc::assert_documented(
+                include_str!("../../../README.md"),
+                &reason,
+                status.code(),
+            );
+        }
+    }
 }
