@@ -510,6 +510,29 @@ async fn seed_walkthrough_end_to_end() {
     tables.put_item(put(&user, "10")).await.unwrap();
 
     // Disabling the key refuses everyone; re-enabling restores access.
+    // DescribeTable shows the key's state as it goes.
+    let key_state = |tables: &TableServiceClient<Channel>| {
+        let mut tables = tables.clone();
+        let admin = admin.clone();
+        async move {
+            let sse = tables
+                .describe_table(authed(
+                    &admin,
+                    pb::DescribeTableRequest {
+                        table_name: "nextwork-kms-table".into(),
+                    },
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .table
+                .unwrap()
+                .sse_description
+                .unwrap();
+            (sse.kms_key_id, sse.key_state)
+        }
+    };
+    assert_eq!(key_state(&tables).await, (key.clone(), "Enabled".into()));
     keys.disable_key(authed(
         &admin,
         kms::DisableKeyRequest {
@@ -518,6 +541,7 @@ async fn seed_walkthrough_end_to_end() {
     ))
     .await
     .unwrap();
+    assert_eq!(key_state(&tables).await, (key.clone(), "Disabled".into()));
     for token in [&admin, &user] {
         check_status(
             tables.get_item(get(token)).await,
@@ -540,8 +564,20 @@ async fn seed_walkthrough_end_to_end() {
     ))
     .await
     .unwrap();
-    assert!(tables.get_item(get(&user)).await.is_ok());
-    assert!(tables.get_item(get(&admin)).await.is_ok());
+    assert_eq!(key_state(&tables).await, (key.clone(), "Enabled".into()));
+    for token in [&user, &admin] {
+        assert_eq!(
+            tables
+                .get_item(get(token))
+                .await
+                .unwrap()
+                .into_inner()
+                .item
+                .get("note"),
+            Some(&s("bikes 2"))
+        );
+    }
+    tables.put_item(put(&user, "12")).await.unwrap();
 
     // The audit log holds the user's refused and allowed Decrypt via the table service.
     stack.tables.stop().await.unwrap();
@@ -1445,6 +1481,22 @@ async fn items_of_a_deleted_key_say_the_key_is_gone_not_that_they_were_altered()
         async move { tables.get_item(request).await }
     };
     get(&tables).await.expect("readable while the key exists");
+    // DescribeTable shows the key's state as kms-service tells it.
+    let key_state = |tables: &TableServiceClient<Channel>| {
+        let mut tables = tables.clone();
+        let request = authed(
+            &admin,
+            pb::DescribeTableRequest {
+                table_name: "orphaned".into(),
+            },
+        );
+        async move {
+            let table = tables.describe_table(request).await.unwrap().into_inner();
+            let table = table.table.unwrap();
+            (table.sse_description.unwrap().key_state, table.item_count)
+        }
+    };
+    assert_eq!(key_state(&tables).await, ("Enabled".into(), 1));
 
     keys.schedule_key_deletion(authed(
         &admin,
@@ -1462,9 +1514,14 @@ async fn items_of_a_deleted_key_say_the_key_is_gone_not_that_they_were_altered()
         "KMSInvalidStateException",
         "pending deletion",
     );
+    assert_eq!(key_state(&tables).await, ("PendingDeletion".into(), 1));
     clock.advance(8 * 24 * 3600);
     let report = stack.kms.kms.run_maintenance().await.unwrap();
     assert_eq!(report.destroyed, [key.as_str()]);
+    assert_eq!(
+        key_state(&tables).await,
+        ("Unknown (NotFoundException)".into(), 1)
+    );
 
     let gone = format!(
         "key {key} of table orphaned no longer exists (it was deleted); its items, such as item pk (S) \"a\", cannot be decrypted"
