@@ -528,6 +528,15 @@ async fn bad_input_is_refused_with_a_helpful_message() {
             whole(s("x"), s(&long(1025))),
             "Size of sort key sk is 1025 bytes, which exceeds the maximum size limit of 1024",
         ),
+        // Bytes of UTF-8, not characters: 513 "é" are 1026 bytes.
+        (
+            whole(s("x"), s(&"é".repeat(513))),
+            "Size of sort key sk is 1026 bytes, which exceeds the maximum size limit of 1024",
+        ),
+        (
+            whole(s(&"é".repeat(1025)), s("y")),
+            "Size of partition key id is 2050 bytes, which exceeds the maximum size limit of 2048",
+        ),
         // Sizes count names and values: 3 + 3 of key, 3 + 409_592 of "big".
         (
             extra(&[("big", s(&long(409_592)))]),
@@ -669,6 +678,8 @@ async fn bad_input_is_refused_with_a_helpful_message() {
     let boundary = [
         item(&[("id", s(&long(2048))), ("sk", s("y"))]),
         item(&[("id", s("x")), ("sk", s(&long(1024)))]),
+        item(&[("id", s(&"é".repeat(1024))), ("sk", s("y"))]),
+        item(&[("id", s("x")), ("sk", s(&"é".repeat(512)))]),
         with(&key, &[("big", s(&long(409_591)))]),
     ];
     for accepted in &boundary {
