@@ -3282,6 +3282,80 @@ async fn batch_write_then_batch_get_across_tables() {
 
 // ------------------------------------------------------------------ integrity
 
+/// Item contents are only ever stored sealed: after puts, an update and a
+/// batch write, no non-key value is in table-service's database or WAL, nor
+/// in kms-service's files, while the key values (stored in clear, for
+/// lookup and order) are.
+#[tokio::test]
+async fn no_item_value_reaches_the_disk_in_clear() {
+    let stack = start().await;
+    stack.create("sealed", ("id", S), None).await;
+    let secret = "value that must stay sealed 9d2e";
+    stack
+        .put(
+            "sealed",
+            item(&[("id", s("key-in-clear-1")), ("v", s(secret))]),
+        )
+        .await;
+    stack
+        .c()
+        .update_item(stack.req(pb::UpdateItemRequest {
+            table_name: "sealed".into(),
+            key: item(&[("id", s("key-in-clear-1"))]),
+            actions: vec![set("w", s(&format!("{secret} (updated)")))],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    stack
+        .c()
+        .batch_write_item(stack.req(batch_write(vec![(
+            "sealed",
+            vec![write_put(item(&[
+                ("id", s("key-in-clear-2")),
+                ("v", s(secret)),
+            ]))],
+        )])))
+        .await
+        .unwrap();
+    assert_eq!(
+        stack
+            .get("sealed", item(&[("id", s("key-in-clear-1"))]))
+            .await
+            .get("v"),
+        Some(&s(secret))
+    );
+    let mut all = Vec::new();
+    for dir in ["tables", "kms", "kms/audit"] {
+        for entry in std::fs::read_dir(stack.dir.path().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                all.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    let contains = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    let tables_files: Vec<_> = all
+        .iter()
+        .filter(|(p, _)| p.starts_with(stack.dir.path().join("tables")))
+        .collect();
+    assert!(
+        tables_files
+            .iter()
+            .any(|(_, bytes)| contains(bytes, b"key-in-clear-2")),
+        "the key values are where the search looks: {:?}",
+        tables_files.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    for (path, bytes) in &all {
+        assert!(
+            !contains(bytes, secret.as_bytes()),
+            "an item value is in {} in clear",
+            path.display()
+        );
+    }
+    stack.stop().await;
+}
+
 /// Overwrites the stored envelope of `to` with that of `from`; keys are
 /// (table id, partition key bytes) of tables without a sort key.
 /// Edits the database file under a running table-service. Its readers keep

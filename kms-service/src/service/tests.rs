@@ -4667,6 +4667,8 @@ async fn keys_and_principals_are_limited_by_the_quotas() {
 struct Forgetful {
     inner: SoftwareRootKey,
     forgotten: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// Every material it was given to wrap (backing keys).
+    wrapped: std::sync::Mutex<Vec<Vec<u8>>>,
     /// Wraps fail as unavailable while set (a token that cannot be used).
     cannot_wrap: std::sync::atomic::AtomicBool,
 }
@@ -4676,6 +4678,7 @@ impl Forgetful {
         Forgetful {
             inner: SoftwareRootKey::generate(),
             forgotten: std::sync::Mutex::new(Vec::new()),
+            wrapped: std::sync::Mutex::new(Vec::new()),
             cannot_wrap: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -4692,6 +4695,7 @@ impl RootKey for Forgetful {
                 "the token is unavailable".into(),
             ));
         }
+        self.wrapped.lock().unwrap().push(material.to_vec());
         self.inner.wrap(label, material)
     }
 
@@ -5189,4 +5193,103 @@ async fn token_records_name_the_token() {
     );
     let refused = f.last_record(|r| r["event_name"] == "DeleteAccessToken");
     assert_eq!(refused["resources"], serde_json::json!(["user/bob"]));
+}
+
+/// Nothing secret reaches the disk in clear: the backing keys are stored
+/// only wrapped by the root key, and no plaintext, data key or access
+/// token is in the key store (database and WAL) or the audit log, raw,
+/// in hex or in base64.
+#[tokio::test]
+async fn no_secret_reaches_the_disk_in_clear() {
+    use base64::Engine;
+    let (f, root) = forgetful_fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let mac = f.key(KeySpec::Hmac256).await;
+    f.kms.rotate_key_on_demand(&f.admin, &key).await.unwrap();
+    let plaintext = b"plaintext that must stay secret 4f1c";
+    let context = ctx(&[("purpose", "disk test")]);
+    let blob = f.blob(&key, plaintext, &context).await;
+    let data_key = f
+        .kms
+        .generate_data_key(&f.admin, &key, &context, DataKeyLength::Aes256, &[])
+        .await
+        .unwrap();
+    f.kms
+        .generate_mac(&f.admin, &mac, plaintext, MacAlgorithm::HmacSha256, &[])
+        .await
+        .unwrap();
+    let user = f
+        .kms
+        .create_user(&f.admin, "carol", Some(PrincipalKind::User))
+        .await
+        .unwrap();
+    let token = f
+        .kms
+        .create_access_token(&f.admin, &user.principal)
+        .await
+        .unwrap();
+    assert_eq!(
+        &f.kms
+            .decrypt(&f.admin, &blob, &context, "", &[])
+            .await
+            .unwrap()
+            .plaintext[..],
+        plaintext
+    );
+
+    let mut secrets: Vec<(String, Vec<u8>)> = root
+        .wrapped
+        .lock()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("backing key {i}"), m.clone()))
+        .collect();
+    assert!(secrets.len() >= 3, "two versions of one key, one MAC key");
+    secrets.push(("plaintext".into(), plaintext.to_vec()));
+    secrets.push(("data key".into(), data_key.plaintext[..].to_vec()));
+    secrets.push(("access token".into(), token.token.as_bytes().to_vec()));
+    let forms = |secret: &[u8]| {
+        [
+            secret.to_vec(),
+            hex::encode(secret).into_bytes(),
+            base64::engine::general_purpose::STANDARD
+                .encode(secret)
+                .into_bytes(),
+        ]
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(f.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            files.push(path);
+        }
+    }
+    let names: Vec<_> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for expected in ["kms.db", "kms.db-wal", "audit.jsonl"] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+    let contains = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    // The search sees what is stored: the key's id in the store, the new
+    // user in the audit log.
+    let read = |name: &str| std::fs::read(f.dir.path().join(name)).unwrap();
+    assert!(
+        contains(&read("kms.db"), key.as_bytes()) || contains(&read("kms.db-wal"), key.as_bytes())
+    );
+    assert!(contains(&read("audit.jsonl"), b"user/carol"));
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        for (what, secret) in &secrets {
+            for form in forms(secret) {
+                assert!(
+                    !contains(&bytes, &form),
+                    "{what} is in {} in clear",
+                    file.display()
+                );
+            }
+        }
+    }
 }
