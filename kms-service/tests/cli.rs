@@ -323,8 +323,15 @@ impl Drop for Server {
 }
 
 fn start(dir: &Path, extra: &[&std::ffi::OsStr]) -> Server {
+    start_logging(dir, extra, "warn")
+}
+
+/// [`start`] with `RUST_LOG` set to `filter`; the log goes to `serve.log`
+/// in `dir`.
+fn start_logging(dir: &Path, extra: &[&std::ffi::OsStr], filter: &str) -> Server {
     let port = free_port();
     let child = kms()
+        .env("RUST_LOG", filter)
         .args([
             "serve",
             "--listen",
@@ -363,6 +370,45 @@ fn wait_serving(server: &mut Server, args: &[&std::ffi::OsStr]) {
         assert!(Instant::now() < deadline, "never healthy: {}", stderr(&out));
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A first start with `--log-format json` logs only JSON lines, one of
+/// which names the administrator's token file (mode 0600); the token itself
+/// appears in no log line.
+#[test]
+fn the_first_start_logs_json_naming_the_token_file_but_never_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start_logging(
+        dir.path(),
+        &["--log-format".as_ref(), "json".as_ref()],
+        "info",
+    );
+    let addr = format!("http://127.0.0.1:{}", server.port);
+    wait_serving(&mut server, &["--addr".as_ref(), addr.as_ref()]);
+    let token_file = dir.path().join("data/admin.token");
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let token = token.trim();
+    assert!(token.len() >= 20, "{token:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    drop(server);
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.to_string().contains(&*token_file.to_string_lossy())),
+        "no line names {}: {log}",
+        token_file.display()
+    );
+    assert!(!log.contains(token), "the token is in the log");
 }
 
 #[test]

@@ -238,3 +238,23 @@ impl Store for SqliteStore {
         tx.commit().map_err(engine)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every commit is durable: WAL, `synchronous=FULL` (2).
+    #[test]
+    fn the_store_is_in_wal_mode_and_syncs_fully() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteStore::open(&dir.path().join("kms.db")).expect("open");
+        let conn = store.conn.lock().expect("connection");
+        let journal: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("journal_mode");
+        let synchronous: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("synchronous");
+        assert_eq!((journal.as_str(), synchronous), ("wal", 2));
+    }
+}

@@ -382,6 +382,21 @@ mod tests {
             .count()
     }
 
+    /// The writer commits durably (WAL, `synchronous=FULL`: 2).
+    #[test]
+    fn the_writer_is_in_wal_mode_and_syncs_fully() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteTableStore::open(&dir.path().join("items.sqlite")).expect("open");
+        let writer = store.writer.lock().expect("writer");
+        let journal: String = writer
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("journal_mode");
+        let synchronous: i64 = writer
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .expect("synchronous");
+        assert_eq!((journal.as_str(), synchronous), ("wal", 2));
+    }
+
     /// A reader keeps its transaction after a read that succeeded, for the
     /// next one, and ends it after a read that failed.
     #[test]
