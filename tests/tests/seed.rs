@@ -739,6 +739,117 @@ async fn data_key_cache_is_per_principal_and_expires() {
     stack.kms.stop().await.unwrap();
 }
 
+/// With both caches on, a change of the key policy or of the caller's
+/// identity policies takes effect within the caches' lifetime: until then a
+/// cached read may still be served, after it the read is refused, naming
+/// the permission that is now missing.
+#[tokio::test]
+async fn policy_changes_take_effect_within_the_cache_lifetime() {
+    const TTL: Duration = Duration::from_secs(2);
+    let stack = start_with_caches(TTL.as_secs(), TTL.as_secs()).await;
+    let kms_ch = channel(stack.kms.addr).await;
+    let mut keys = KeyManagementServiceClient::new(kms_ch.clone());
+    let mut iam_client = IdentityServiceClient::new(kms_ch);
+    let mut tables = TableServiceClient::new(channel(stack.tables.addr).await);
+    let admin = stack.admin.clone();
+    let key = encrypted_table(&mut keys, &mut tables, &admin, "cached").await;
+    let dana = user_token(&mut iam_client, &admin, "dana", Some("TableReadOnlyAccess")).await;
+    let policy_of = |with_dana: bool| {
+        let mut statements = vec![json!({
+            "Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": "user/admin"},
+            "Action": "kms:*", "Resource": "*"
+        })];
+        if with_dana {
+            statements.push(json!({
+                "Sid": "Dana", "Effect": "Allow", "Principal": {"AWS": "user/dana"},
+                "Action": ["kms:Decrypt", "kms:DescribeKey"], "Resource": "*"
+            }));
+        }
+        json!({"Version": "2012-10-17", "Statement": statements}).to_string()
+    };
+    let put_policy = |with_dana: bool| {
+        authed(
+            &admin,
+            kms::PutKeyPolicyRequest {
+                key_id: key.clone(),
+                policy_name: "default".into(),
+                policy: policy_of(with_dana),
+            },
+        )
+    };
+    let get = || {
+        authed(
+            &dana,
+            pb::GetItemRequest {
+                table_name: "cached".into(),
+                key: item(&[("pk", s("a"))]),
+            },
+        )
+    };
+    // Refused (and the caller's caches empty) without the key permission.
+    keys.put_key_policy(put_policy(false)).await.unwrap();
+    check_status(
+        tables.get_item(get()).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    // Allowed: the read fills dana's caches.
+    keys.put_key_policy(put_policy(true)).await.unwrap();
+    let filled = std::time::Instant::now();
+    assert_eq!(
+        tables
+            .get_item(get())
+            .await
+            .unwrap()
+            .into_inner()
+            .item
+            .get("secret"),
+        Some(&s("x"))
+    );
+    // The key permission goes: served from the cache at most until it
+    // expires, refused after.
+    keys.put_key_policy(put_policy(false)).await.unwrap();
+    let soon = tables.get_item(get()).await;
+    if filled.elapsed() < TTL / 2 {
+        assert!(soon.is_ok(), "a cached read within the lifetime: {soon:?}");
+    }
+    tokio::time::sleep(TTL + Duration::from_millis(300)).await;
+    check_status(
+        tables.get_item(get()).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        "kms:Decrypt",
+    );
+    // The table permission goes the same way.
+    keys.put_key_policy(put_policy(true)).await.unwrap();
+    let filled = std::time::Instant::now();
+    tables.get_item(get()).await.expect("allowed again");
+    iam_client
+        .detach_user_policy(authed(
+            &admin,
+            iam::DetachUserPolicyRequest {
+                user_name: "dana".into(),
+                policy_name: "TableReadOnlyAccess".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let soon = tables.get_item(get()).await;
+    if filled.elapsed() < TTL / 2 {
+        assert!(soon.is_ok(), "a cached read within the lifetime: {soon:?}");
+    }
+    tokio::time::sleep(TTL + Duration::from_millis(300)).await;
+    check_status(
+        tables.get_item(get()).await,
+        Code::PermissionDenied,
+        "AccessDeniedException",
+        "table:GetItem",
+    );
+    stack.tables.stop().await.unwrap();
+    stack.kms.stop().await.unwrap();
+}
+
 /// A principal deleted and made again under its name is a new principal:
 /// it is not served the data keys the old one had unwrapped, however long
 /// the cache keeps them.
