@@ -2053,11 +2053,150 @@ async fn state_survives_a_restart() {
     kms.create_user(&admin, "bob", Some(PrincipalKind::User))
         .await
         .unwrap();
+    // The rest of what a key and a principal carry: a key policy that lets
+    // bob decrypt, tags, a rotation schedule, a grant with a constraint, a
+    // disabled key and one pending deletion; bob's inline and attached
+    // policies, a live token and a revoked one.
+    let bob_token = kms.create_access_token(&admin, "bob").await.unwrap();
+    let revoked = kms.create_access_token(&admin, "bob").await.unwrap();
+    kms.delete_access_token(&admin, "bob", &revoked.token_id)
+        .await
+        .unwrap();
+    let bob = creds(&bob_token.token);
+    let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Admin", "Effect": "Allow", "Principal": {"AWS": "user/admin"},
+         "Action": "kms:*", "Resource": "*"},
+        {"Sid": "Bob", "Effect": "Allow", "Principal": {"AWS": "user/bob"},
+         "Action": "kms:Decrypt", "Resource": "*"}]})
+    .to_string();
+    kms.put_key_policy(&admin, &key, "default", &policy)
+        .await
+        .unwrap();
+    kms.tag_resource(&admin, &key, &[("team".into(), "payments".into())])
+        .await
+        .unwrap();
+    kms.enable_key_rotation(&admin, &key, Some(90))
+        .await
+        .unwrap();
+    kms.create_grant(
+        &admin,
+        CreateGrantInput {
+            key_id: key.clone(),
+            grantee: "user/bob".into(),
+            retiring: None,
+            operations: vec![GrantOperation::Encrypt],
+            constraints: GrantConstraints {
+                equals: None,
+                subset: Some(c.clone()),
+            },
+            name: "bob-encrypts".into(),
+            grant_tokens: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    kms.put_user_policy(
+        &admin,
+        "bob",
+        "Describe",
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"kms:DescribeKey","Resource":"*"}]}"#,
+    )
+    .await
+    .unwrap();
+    kms.attach_user_policy(&admin, "bob", "TableReadOnlyAccess")
+        .await
+        .unwrap();
+    let plain_key = async |kms: &Kms| {
+        kms.create_key(
+            &admin,
+            CreateKeyInput {
+                description: String::new(),
+                spec: KeySpec::SymmetricDefault,
+                usage: None,
+                policy: None,
+                tags: vec![],
+            },
+        )
+        .await
+        .unwrap()
+        .key_id
+    };
+    let disabled = plain_key(&kms).await;
+    kms.disable_key(&admin, &disabled).await.unwrap();
+    let pending = plain_key(&kms).await;
+    kms.schedule_key_deletion(&admin, &pending, Some(9))
+        .await
+        .unwrap();
+    // Everything the API shows of them, before and after the restart.
+    let keys = [key.clone(), disabled.clone(), pending.clone()];
+    let snapshot = async |kms: &Kms| {
+        let mut out = Vec::new();
+        for k in &keys {
+            out.push(format!("{:?}", kms.describe_key(&admin, k, &[]).await));
+            out.push(format!(
+                "{:?}",
+                kms.get_key_policy(&admin, k, "default").await
+            ));
+            out.push(format!(
+                "{:?}",
+                kms.get_key_rotation_status(&admin, k).await
+            ));
+            out.push(format!(
+                "{:?}",
+                kms.list_key_rotations(&admin, k, 100, "").await
+            ));
+            out.push(format!(
+                "{:?}",
+                kms.list_resource_tags(&admin, k, 100, "").await
+            ));
+            out.push(format!(
+                "{:?}",
+                kms.list_grants(&admin, k, "", "", 100, "").await
+            ));
+        }
+        out.push(format!("{:?}", kms.list_user_policies(&admin, "bob").await));
+        out
+    };
+    let before = snapshot(&kms).await;
+    assert!(
+        before.iter().all(|line| !line.starts_with("Err")),
+        "{before:#?}"
+    );
     kms.audit_log().close().await.unwrap();
     drop(kms);
 
     let root = Arc::new(SoftwareRootKey::read_file(&root_path).unwrap());
     let kms = open_at(dir.path(), root, clock.clone()).await;
+    assert_eq!(snapshot(&kms).await, before);
+    for expected in [
+        "Disabled",
+        "PendingDeletion",
+        "team",
+        "payments",
+        "bob-encrypts",
+        "TableReadOnlyAccess",
+        "Describe",
+    ] {
+        assert!(
+            before.iter().any(|l| l.contains(expected)),
+            "{expected} in {before:#?}"
+        );
+    }
+    // bob's token still works, with bob's key permission; the revoked one
+    // is still refused as revoked.
+    assert_eq!(
+        kms.decrypt(&bob, &blob, &c, "", &[])
+            .await
+            .unwrap()
+            .plaintext
+            .as_slice(),
+        b"persist"
+    );
+    check_err(
+        kms.describe_key(&creds(&revoked.token), &key, &[]).await,
+        "UnrecognizedClientException",
+        "revoked",
+    );
     assert!(
         kms.bootstrap_principal("user/admin", PrincipalKind::User, &[])
             .await
