@@ -1855,19 +1855,38 @@ async fn an_update_that_cannot_succeed_is_refused_before_any_key_use() {
     );
 }
 
-/// A front on kms-service that answers every Decrypt as an unreachable
-/// kms-service would (UNAVAILABLE, no ErrorInfo) and counts the Authorize
-/// calls that pass through it.
-#[derive(Clone)]
-struct DecryptDown<S> {
-    inner: S,
-    authorizes: Arc<std::sync::atomic::AtomicUsize>,
+/// What a [`KmsFront`] does with the Decrypt calls through it.
+#[derive(Clone, Copy)]
+enum DecryptsAre {
+    /// Answered as an unreachable kms-service would (UNAVAILABLE, no
+    /// ErrorInfo).
+    Down,
+    /// Passed on, and answered only this long after kms-service answered.
+    Slow(Duration),
 }
 
-impl<S, B> tower::Service<http::Request<B>> for DecryptDown<S>
+/// A front on kms-service that counts the Authorize calls through it, and
+/// the Decrypt calls in flight at once (the most seen), and treats Decrypts
+/// as [`DecryptsAre`] says.
+#[derive(Clone)]
+struct KmsFront<S> {
+    inner: S,
+    decrypts: DecryptsAre,
+    counts: Arc<FrontCounts>,
+}
+
+#[derive(Default)]
+struct FrontCounts {
+    authorizes: std::sync::atomic::AtomicUsize,
+    decrypts_in_flight: std::sync::atomic::AtomicUsize,
+    most_decrypts_in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for KmsFront<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
+    S::Error: Send,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -1883,18 +1902,65 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use std::sync::atomic::Ordering::SeqCst;
         let path = request.uri().path();
         if path.ends_with("/Authorize") {
-            self.authorizes
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.counts.authorizes.fetch_add(1, SeqCst);
         }
-        if path.ends_with("/Decrypt") {
-            return Box::pin(async {
-                Ok(tonic::Status::unavailable("connection refused").into_http())
-            });
+        if !path.ends_with("/Decrypt") {
+            return Box::pin(self.inner.call(request));
         }
-        Box::pin(self.inner.call(request))
+        match self.decrypts {
+            DecryptsAre::Down => {
+                Box::pin(async { Ok(tonic::Status::unavailable("connection refused").into_http()) })
+            }
+            DecryptsAre::Slow(delay) => {
+                let counts = self.counts.clone();
+                let now = counts.decrypts_in_flight.fetch_add(1, SeqCst) + 1;
+                counts.most_decrypts_in_flight.fetch_max(now, SeqCst);
+                let answer = self.inner.call(request);
+                Box::pin(async move {
+                    let answer = answer.await;
+                    tokio::time::sleep(delay).await;
+                    counts.decrypts_in_flight.fetch_sub(1, SeqCst);
+                    answer
+                })
+            }
+        }
     }
+}
+
+/// kms-service's services behind a [`KmsFront`] on a port of its own;
+/// returns the front's address, its counts and its task.
+async fn kms_front(
+    kms: &KmsServer,
+    decrypts: DecryptsAre,
+) -> (
+    std::net::SocketAddr,
+    Arc<FrontCounts>,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let (kms_grpc, iam_grpc) = kms_service::grpc::services(kms.kms.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = listener.local_addr().unwrap();
+    let counts = Arc::new(FrontCounts::default());
+    let shared = counts.clone();
+    let front = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(tower::layer::layer_fn(move |inner| KmsFront {
+                inner,
+                decrypts,
+                counts: shared.clone(),
+            }))
+            .add_service(
+                lockbox_proto::kms::v1::key_management_service_server::KeyManagementServiceServer::new(kms_grpc),
+            )
+            .add_service(
+                lockbox_proto::iam::v1::identity_service_server::IdentityServiceServer::new(iam_grpc),
+            )
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (front_addr, counts, front)
 }
 
 /// When kms-service cannot be reached for a GetItem's conditional
@@ -1905,31 +1971,13 @@ where
 async fn an_unreachable_kms_service_is_not_asked_again_for_the_decision() {
     let dir = tempfile::tempdir().unwrap();
     let (kms, admin, token_file) = kms_for_tables(dir.path()).await;
-    let (kms_grpc, iam_grpc) = kms_service::grpc::services(kms.kms.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let front_addr = listener.local_addr().unwrap();
-    let authorizes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = authorizes.clone();
-    let front = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(tower::layer::layer_fn(move |inner| DecryptDown {
-                inner,
-                authorizes: counter.clone(),
-            }))
-            .add_service(
-                lockbox_proto::kms::v1::key_management_service_server::KeyManagementServiceServer::new(kms_grpc),
-            )
-            .add_service(
-                lockbox_proto::iam::v1::identity_service_server::IdentityServiceServer::new(iam_grpc),
-            )
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (front_addr, counts, front) = kms_front(&kms, DecryptsAre::Down).await;
     let tables_server = tables_on(dir.path(), front_addr, token_file).await;
     let mut keys = KeyManagementServiceClient::new(channel(kms.addr).await);
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
     encrypted_table(&mut keys, &mut tables, &admin, "down").await;
 
-    let before = authorizes.load(std::sync::atomic::Ordering::SeqCst);
+    let before = counts.authorizes.load(std::sync::atomic::Ordering::SeqCst);
     check_status(
         tables
             .get_item(authed(
@@ -1945,10 +1993,135 @@ async fn an_unreachable_kms_service_is_not_asked_again_for_the_decision() {
         "",
     );
     assert_eq!(
-        authorizes.load(std::sync::atomic::Ordering::SeqCst),
+        counts.authorizes.load(std::sync::atomic::Ordering::SeqCst),
         before,
         "an Authorize was tried after kms-service could not be reached"
     );
+    tables_server.stop().await.unwrap();
+    front.abort();
+    kms.stop().await.unwrap();
+}
+
+/// Query, Scan and BatchGetItem unwrap their items' data keys at the same
+/// time, not one kms-service round trip after another: behind a
+/// kms-service whose Decrypts each take 100 ms longer, many are in flight
+/// at once (caches off, so each item is one Decrypt).
+#[tokio::test]
+async fn a_page_unwraps_its_data_keys_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kms, admin, token_file) = kms_for_tables(dir.path()).await;
+    let (front_addr, counts, front) =
+        kms_front(&kms, DecryptsAre::Slow(Duration::from_millis(100))).await;
+    let tables_server = tables_on(dir.path(), front_addr, token_file).await;
+    let mut keys = KeyManagementServiceClient::new(channel(kms.addr).await);
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let key = keys
+        .create_key(authed(&admin, kms::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    tables
+        .create_table(authed(
+            &admin,
+            pb::CreateTableRequest {
+                table_name: "wide".into(),
+                key_schema: Some(pb::KeySchema {
+                    partition_key: Some(pb::KeyElement {
+                        name: "pk".into(),
+                        r#type: pb::ScalarType::S.into(),
+                    }),
+                    sort_key: Some(pb::KeyElement {
+                        name: "n".into(),
+                        r#type: pb::ScalarType::N.into(),
+                    }),
+                }),
+                sse_specification: Some(pb::SseSpecification { kms_key_id: key }),
+            },
+        ))
+        .await
+        .unwrap();
+    const ITEMS: usize = 20;
+    for i in 0..ITEMS {
+        tables
+            .put_item(authed(
+                &admin,
+                pb::PutItemRequest {
+                    table_name: "wide".into(),
+                    item: item(&[("pk", s("p")), ("n", n(&i.to_string())), ("v", s("x"))]),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+    }
+    let most = || {
+        counts
+            .most_decrypts_in_flight
+            .swap(0, std::sync::atomic::Ordering::SeqCst)
+    };
+    most();
+    let query = tables
+        .query(authed(
+            &admin,
+            pb::QueryRequest {
+                table_name: "wide".into(),
+                partition_key_value: Some(s("p")),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(query.items.len(), ITEMS);
+    let after_query = most();
+    let scan = tables
+        .scan(authed(
+            &admin,
+            pb::ScanRequest {
+                table_name: "wide".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(scan.items.len(), ITEMS);
+    let after_scan = most();
+    let batch = tables
+        .batch_get_item(authed(
+            &admin,
+            pb::BatchGetItemRequest {
+                request_items: HashMap::from([(
+                    "wide".to_string(),
+                    pb::KeysAndAttributes {
+                        keys: (0..ITEMS)
+                            .map(|i| pb::Item {
+                                attributes: item(&[("pk", s("p")), ("n", n(&i.to_string()))]),
+                            })
+                            .collect(),
+                    },
+                )]),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.responses["wide"].items.len(), ITEMS);
+    let after_batch = most();
+    // One after another, there would never be more than one in flight.
+    for (call, most) in [
+        ("Query", after_query),
+        ("Scan", after_scan),
+        ("BatchGetItem", after_batch),
+    ] {
+        assert!(
+            most >= ITEMS / 2,
+            "{call}: at most {most} of {ITEMS} Decrypts were in flight at once"
+        );
+    }
     tables_server.stop().await.unwrap();
     front.abort();
     kms.stop().await.unwrap();
