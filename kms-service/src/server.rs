@@ -694,8 +694,18 @@ const HEALTH_SERVICES: &[&str] = &[
 
 /// Reflection over our contract plus the descriptors clients need to
 /// render it: health, and `google.rpc` so grpcurl shows `ErrorInfo`.
+/// It lists only the services this port serves (the contract's descriptor
+/// set holds the other service's too).
 fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
+    HEALTH_SERVICES
+        .iter()
+        .chain(&[
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ])
+        .fold(tonic_reflection::server::Builder::configure(), |b, name| {
+            b.with_service_name(*name)
+        })
         .register_encoded_file_descriptor_set(lockbox_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)

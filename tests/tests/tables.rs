@@ -28,6 +28,8 @@ type Item = HashMap<String, Av>;
 
 #[path = "support/raw.rs"]
 mod raw;
+#[path = "support/reflection.rs"]
+mod reflection;
 
 struct Stack {
     /// `None` while a test has kms-service stopped.
@@ -3281,6 +3283,27 @@ async fn batch_write_then_batch_get_across_tables() {
 }
 
 // ------------------------------------------------------------------ integrity
+
+/// Reflection lists exactly what table-service's port serves, not
+/// kms-service's services, whose descriptors are in the same contract.
+#[tokio::test]
+async fn reflection_lists_only_the_services_served() {
+    let stack = start().await;
+    let channel = Channel::from_shared(format!("http://{}", stack.tables.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let served = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "table.v1.TableService",
+    ];
+    let (v1, v1alpha) = reflection::list_services(channel).await;
+    assert_eq!(v1, served);
+    assert_eq!(v1alpha, served);
+    stack.stop().await;
+}
 
 /// Item contents are only ever stored sealed: after puts, an update and a
 /// batch write, no non-key value is in table-service's database or WAL, nor
