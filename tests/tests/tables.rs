@@ -483,15 +483,36 @@ async fn bad_input_is_refused_with_a_helpful_message() {
         ),
         (
             extra(&[("tags", ss(&["a", "b", "a"]))]),
-            "contains duplicates: \"a\"",
+            "attribute tags: One or more parameter values were invalid: Input collection contains duplicates: \"a\"",
         ),
-        (extra(&[("nums", ns(&["1", "1.0"]))]), "contains duplicates"),
-        (extra(&[("bins", bs(&[b"x", b"x"]))]), "contains duplicates"),
+        (
+            extra(&[("nums", ns(&["1", "1.0"]))]),
+            "attribute nums: One or more parameter values were invalid: Input collection contains duplicates",
+        ),
+        (
+            extra(&[("bins", bs(&[b"x", b"x"]))]),
+            "attribute bins: One or more parameter values were invalid: Input collection contains duplicates",
+        ),
         (
             extra(&[("n", n(&"9".repeat(39)))]),
-            "has 39 significant digits: at most 38",
+            "attribute n: Number 999999999999999999999999999999999999999 has 39 significant digits: at most 38",
         ),
-        (extra(&[("n", n("abc"))]), "\"abc\" is not a valid number"),
+        (
+            extra(&[("n", n("abc"))]),
+            "attribute n: Number \"abc\" is not a valid number",
+        ),
+        // Deep inside a document, the message gives the whole path.
+        (
+            extra(&[(
+                "doc",
+                m(&[("lines", l(vec![s("ok"), m(&[("qty", n("x1"))])]))]),
+            )]),
+            "attribute doc.lines[1].qty: Number \"x1\" is not a valid number",
+        ),
+        (
+            extra(&[("doc", m(&[("tags", ns(&["1", "1"]))]))]),
+            "attribute doc.tags: One or more parameter values were invalid: Input collection contains duplicates",
+        ),
         (extra(&[("n", n("1e126"))]), "out of range"),
         (extra(&[("z", v(V::Null(false)))]), "null must be true"),
         (
@@ -3174,7 +3195,7 @@ async fn batch_write_then_batch_get_across_tables() {
             .await,
         Code::InvalidArgument,
         "ValidationException",
-        "duplicates",
+        "Provided list of item keys contains duplicates: item id (S) \"dup\" of table bw1 is written twice",
     );
     check_status(
         stack
@@ -3238,7 +3259,7 @@ async fn batch_write_then_batch_get_across_tables() {
             .await,
         Code::InvalidArgument,
         "ValidationException",
-        "duplicates",
+        "Provided list of item keys contains duplicates: item id (S) \"a\" of table bw1 is asked for twice",
     );
     check_status(
         stack

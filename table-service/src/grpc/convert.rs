@@ -13,45 +13,102 @@ fn number(text: &str) -> Result<Number, TableError> {
     text.parse::<Number>().map_err(TableError::from)
 }
 
+/// Where a value sits in a request, for messages: `a`, `a.b`, `a.b[2]`.
+/// Built as the conversion descends and written out only for an error.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Top(&'a str),
+    Field(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Top(name) => f.write_str(name),
+            Path::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+/// A bad value's error, naming where it is.
+fn at(path: &Path<'_>, error: impl Into<TableError>) -> TableError {
+    match error.into() {
+        TableError::Validation(message) => {
+            TableError::Validation(format!("attribute {path}: {message}"))
+        }
+        other => other,
+    }
+}
+
 pub fn value(name: &str, v: pb::AttributeValue) -> Result<AttributeValue, TableError> {
+    value_at(&Path::Top(name), v)
+}
+
+fn value_at(path: &Path<'_>, v: pb::AttributeValue) -> Result<AttributeValue, TableError> {
     use pb::attribute_value::Value as V;
     Ok(match v.value {
         Some(V::S(s)) => AttributeValue::S(s),
-        Some(V::N(n)) => AttributeValue::N(number(&n)?),
+        Some(V::N(n)) => AttributeValue::N(number(&n).map_err(|e| at(path, e))?),
         Some(V::B(b)) => AttributeValue::B(b),
         Some(V::Bool(b)) => AttributeValue::Bool(b),
         Some(V::Null(true)) => AttributeValue::Null,
         Some(V::Null(false)) => {
             return Err(TableError::validation(format!(
-                "attribute {name}: null must be true"
+                "attribute {path}: null must be true"
             )));
         }
-        Some(V::M(m)) => AttributeValue::M(item(m.fields)?),
+        Some(V::M(m)) => AttributeValue::M(item_at(Some(path), m.fields)?),
         Some(V::L(l)) => AttributeValue::L(
             l.values
                 .into_iter()
-                .map(|v| value(name, v))
+                .enumerate()
+                .map(|(i, v)| value_at(&Path::Index(path, i), v))
                 .collect::<Result<_, _>>()?,
         ),
-        Some(V::Ss(s)) => AttributeValue::Ss(Set::try_from_members(s.values)?),
-        Some(V::Ns(s)) => AttributeValue::Ns(Set::try_from_members(
-            s.values
-                .iter()
-                .map(|n| number(n))
-                .collect::<Result<Vec<_>, _>>()?,
-        )?),
-        Some(V::Bs(s)) => AttributeValue::Bs(Set::try_from_members(s.values)?),
+        Some(V::Ss(s)) => {
+            AttributeValue::Ss(Set::try_from_members(s.values).map_err(|e| at(path, e))?)
+        }
+        Some(V::Ns(s)) => AttributeValue::Ns(
+            Set::try_from_members(
+                s.values
+                    .iter()
+                    .map(|n| number(n))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| at(path, e))?,
+            )
+            .map_err(|e| at(path, e))?,
+        ),
+        Some(V::Bs(s)) => {
+            AttributeValue::Bs(Set::try_from_members(s.values).map_err(|e| at(path, e))?)
+        }
         None => {
             return Err(TableError::validation(format!(
-                "attribute {name} has no value: set one of s, n, b, bool, null, m, l, ss, ns, bs"
+                "attribute {path} has no value: set one of s, n, b, bool, null, m, l, ss, ns, bs"
             )));
         }
     })
 }
 
 pub fn item(map: HashMap<String, pb::AttributeValue>) -> Result<Item, TableError> {
+    item_at(None, map)
+}
+
+/// The attributes of an item, or of a map value at `parent`.
+fn item_at(
+    parent: Option<&Path<'_>>,
+    map: HashMap<String, pb::AttributeValue>,
+) -> Result<Item, TableError> {
     map.into_iter()
-        .map(|(k, v)| value(&k, v).map(|v| (k, v)))
+        .map(|(k, v)| {
+            let path = match parent {
+                Some(parent) => Path::Field(parent, &k),
+                None => Path::Top(&k),
+            };
+            let v = value_at(&path, v)?;
+            Ok((k, v))
+        })
         .collect()
 }
 

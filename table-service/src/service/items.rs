@@ -541,9 +541,10 @@ impl Tables {
             for key_map in keys {
                 let key = table.schema.validate_key_map(key_map)?;
                 if !seen.insert(key.clone()) {
-                    return Err(TableError::validation(
-                        "Provided list of item keys contains duplicates",
-                    ));
+                    return Err(TableError::validation(format!(
+                        "Provided list of item keys contains duplicates: item {} of table {name} is asked for twice; ask for each item once",
+                        table.schema.describe_key(&key)
+                    )));
                 }
                 valid.push((key, key_map));
             }
@@ -667,9 +668,10 @@ impl Tables {
                     BatchWrite::Delete(key) => table.schema.validate_key_map(key)?,
                 };
                 if !seen.insert(key.clone()) {
-                    return Err(TableError::validation(
-                        "Provided list of item keys contains duplicates",
-                    ));
+                    return Err(TableError::validation(format!(
+                        "Provided list of item keys contains duplicates: item {} of table {name} is written twice; put or delete each item once per batch",
+                        table.schema.describe_key(&key)
+                    )));
                 }
                 planned.push((name, table.clone(), key, write));
             }
