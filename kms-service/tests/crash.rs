@@ -186,6 +186,37 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
             ))
             .await
             .unwrap_or_else(|e| panic!("acknowledged key {key} lost: {e}"));
+        // Its key material too: it encrypts and decrypts.
+        let blob = client
+            .encrypt(request(
+                &token,
+                "check",
+                pb::EncryptRequest {
+                    key_id: key.clone(),
+                    plaintext: b"after the crash".to_vec(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged key {key} does not encrypt: {e}"))
+            .into_inner()
+            .ciphertext_blob;
+        let opened = client
+            .decrypt(request(
+                &token,
+                "check",
+                pb::DecryptRequest {
+                    ciphertext_blob: blob,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged key {key} does not decrypt: {e}"))
+            .into_inner();
+        assert_eq!(
+            (opened.key_id.as_str(), opened.plaintext.as_slice()),
+            (key.as_str(), &b"after the crash"[..])
+        );
     }
     for (blob, plaintext, n) in &acked.blobs {
         let got = client
@@ -221,15 +252,24 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         String::from_utf8_lossy(&verify.stdout)
     );
     let text = std::fs::read_to_string(&log).expect("audit log");
-    let recorded: std::collections::HashSet<String> = text
+    // Each acknowledged call has its record: the right event, allowed.
+    let recorded: HashMap<String, (String, String)> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["request_id"].as_str().map(str::to_string))
+        .filter_map(|v| {
+            let id = v["request_id"].as_str()?.to_string();
+            let event = v["event_name"].as_str()?.to_string();
+            let decision = v["decision"].as_str()?.to_string();
+            Some((id, (event, decision)))
+        })
         .collect();
     for id in &acked.request_ids {
-        assert!(
-            recorded.contains(id),
-            "acknowledged call {id} has no audit record"
+        let i: usize = id.rsplit('-').next().unwrap().parse().unwrap();
+        let event = ["CreateKey", "Encrypt", "GenerateDataKey"][i % 3];
+        assert_eq!(
+            recorded.get(id),
+            Some(&(event.to_string(), "Allow".to_string())),
+            "acknowledged call {id}'s audit record"
         );
     }
     eprintln!(
