@@ -5432,3 +5432,152 @@ async fn no_secret_reaches_the_disk_in_clear() {
         }
     }
 }
+
+/// Every call that changes a key, made without a usable credential
+/// (missing, malformed, unknown, revoked) or by a principal the key's
+/// policy does not name, is refused, changes nothing the API shows, and
+/// has one audit record with its refusal.
+#[tokio::test]
+async fn refused_changes_change_nothing_and_are_each_recorded() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    f.kms
+        .create_alias(&f.admin, "alias/kept", &key)
+        .await
+        .unwrap();
+    let bob = f.user("bob", PrincipalKind::User, &[]).await;
+    let revoked = f
+        .kms
+        .create_access_token(&f.admin, "user/bob")
+        .await
+        .unwrap();
+    f.kms
+        .delete_access_token(&f.admin, "bob", &revoked.token_id)
+        .await
+        .unwrap();
+    let snapshot = async || {
+        let a = &f.admin;
+        [
+            format!("{:?}", f.kms.describe_key(a, &key, &[]).await),
+            format!("{:?}", f.kms.get_key_policy(a, &key, "default").await),
+            format!("{:?}", f.kms.list_aliases(a, "", 100, "").await),
+            format!("{:?}", f.kms.list_resource_tags(a, &key, 100, "").await),
+            format!("{:?}", f.kms.list_grants(a, &key, "", "", 100, "").await),
+            format!("{:?}", f.kms.get_key_rotation_status(a, &key).await),
+            format!("{:?}", f.kms.list_key_rotations(a, &key, 100, "").await),
+        ]
+    };
+    let before = snapshot().await;
+    let callers: [(&str, Credentials, &str); 5] = [
+        (
+            "no credential",
+            Credentials::default(),
+            "MissingAuthenticationTokenException",
+        ),
+        (
+            "a malformed credential",
+            Credentials {
+                authorization: Some("Basic Ym9iOnB3".into()),
+                ..Credentials::default()
+            },
+            "IncompleteSignatureException",
+        ),
+        (
+            "an unknown token",
+            creds("lbx_not-a-real-token"),
+            "UnrecognizedClientException",
+        ),
+        (
+            "a revoked token",
+            creds(&revoked.token),
+            "UnrecognizedClientException",
+        ),
+        ("bob", bob, "AccessDeniedException"),
+    ];
+    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"kms:*","Resource":"*"}]}"#;
+    let records = || f.audit_lines().len();
+    for (who, c, reason) in &callers {
+        let before_records = records();
+        let refusals: Vec<(&str, Result<(), KmsError>)> = vec![
+            (
+                "ScheduleKeyDeletion",
+                f.kms
+                    .schedule_key_deletion(c, &key, Some(7))
+                    .await
+                    .map(drop),
+            ),
+            ("DisableKey", f.kms.disable_key(c, &key).await),
+            (
+                "PutKeyPolicy",
+                f.kms.put_key_policy(c, &key, "default", policy).await,
+            ),
+            (
+                "CreateAlias",
+                f.kms.create_alias(c, "alias/taken-over", &key).await,
+            ),
+            (
+                "TagResource",
+                f.kms
+                    .tag_resource(c, &key, &[("owner".into(), "mallory".into())])
+                    .await,
+            ),
+            (
+                "EnableKeyRotation",
+                f.kms.enable_key_rotation(c, &key, Some(90)).await,
+            ),
+            (
+                "UpdateKeyDescription",
+                f.kms.update_key_description(c, &key, "mine now").await,
+            ),
+            (
+                "RotateKeyOnDemand",
+                f.kms.rotate_key_on_demand(c, &key).await.map(drop),
+            ),
+            (
+                "CreateGrant",
+                f.kms
+                    .create_grant(
+                        c,
+                        CreateGrantInput {
+                            key_id: key.clone(),
+                            grantee: "user/bob".into(),
+                            retiring: None,
+                            operations: vec![GrantOperation::Decrypt],
+                            constraints: GrantConstraints::default(),
+                            name: String::new(),
+                            grant_tokens: vec![],
+                        },
+                    )
+                    .await
+                    .map(drop),
+            ),
+        ];
+        let calls = refusals.len();
+        for (call, result) in refusals {
+            match result {
+                Err(e) => assert_eq!(e.reason(), *reason, "{call} with {who}: {e}"),
+                Ok(()) => panic!("{call} with {who} was allowed"),
+            }
+        }
+        let lines = f.audit_lines();
+        assert_eq!(
+            lines.len() - before_records,
+            calls,
+            "one record per refused call by {who}"
+        );
+        for record in &lines[before_records..] {
+            let expected = if *reason == "AccessDeniedException" {
+                "Deny"
+            } else {
+                "Unauthenticated"
+            };
+            assert_eq!(record["decision"], expected, "{record}");
+            assert_eq!(record["error_code"], *reason, "{record}");
+        }
+        assert_eq!(
+            snapshot().await,
+            before,
+            "a refused call by {who} changed something"
+        );
+    }
+}
