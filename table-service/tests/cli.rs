@@ -744,6 +744,25 @@ async fn mutual_tls_end_to_end() {
     let mut client = TableServiceClient::new(channel);
     let admin = admin_token(dir.path());
     round_trip(&mut client, &admin).await;
+    // The same read again, answered from the caches; then a refusal.
+    let get = |table: &str| {
+        authed(
+            &admin,
+            pb::GetItemRequest {
+                table_name: table.into(),
+                key: HashMap::from([("id".to_string(), s("42"))]),
+            },
+        )
+    };
+    client
+        .get_item(get("orders"))
+        .await
+        .expect("cached GetItem");
+    let missing = client.get_item(get("no-such-table")).await;
+    assert_eq!(
+        missing.expect_err("no such table").code(),
+        tonic::Code::NotFound
+    );
     let mut huge = authed(
         &admin,
         pb::PutItemRequest {
@@ -792,6 +811,8 @@ async fn mutual_tls_end_to_end() {
             "CreateTable user/admin orders ok kms_calls=2 cache_hits=0",
             "PutItem user/admin orders ok kms_calls=1 cache_hits=0",
             "GetItem user/admin orders ok kms_calls=2 cache_hits=0",
+            "GetItem user/admin orders ok kms_calls=0 cache_hits=2",
+            "GetItem user/admin no-such-table ResourceNotFoundException kms_calls=1 cache_hits=0",
             "PutItem - - ValidationException kms_calls=0 cache_hits=0",
         ],
         "{log}"
@@ -801,7 +822,7 @@ async fn mutual_tls_end_to_end() {
             .iter()
             .all(|e| e["request_id"].as_str().is_some_and(|id| !id.is_empty()))
     );
-    assert_eq!(events[3]["request_id"], "huge-1");
+    assert_eq!(events[5]["request_id"], "huge-1");
     // Each event's request id is that of the kms-service calls it made:
     // its kms audit records carry it, as many as its kms_calls.
     drop(binary);
