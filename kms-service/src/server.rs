@@ -702,6 +702,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .chain(&[
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
         ])
         .fold(tonic_reflection::server::Builder::configure(), |b, name| {
             b.with_service_name(*name)
@@ -710,6 +711,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
 /// Binds `addr`, with a message that names the address when it is taken.

@@ -8,7 +8,9 @@
 //! layer replaces those answers with the one the service gives for any bad
 //! input, which it makes with `refuse`: kms-service authenticates and
 //! audits the call and answers with its reason; table-service answers
-//! likewise. Every other answer passes through untouched; the layer keeps
+//! likewise. Health and reflection calls (`/grpc.…`), which take no
+//! credential, keep tonic's answers. Every other answer passes through
+//! untouched; the layer keeps
 //! only the three request headers a refusal needs (cheap, reference-counted
 //! clones), and the address.
 
@@ -159,6 +161,11 @@ where
         let refuse = self.refuse.clone();
         Box::pin(async move {
             let response = answer.await?;
+            // Only the services' own calls: health and reflection keep
+            // tonic's answers (they take no credential).
+            if uri.path().starts_with("/grpc.") {
+                return Ok(response);
+            }
             let Some((problem, detail)) = refused(response.headers()) else {
                 return Ok(response);
             };

@@ -114,7 +114,7 @@ pub enum ModelError {
 
 /// Shortens user-supplied text before it is echoed in an error message, so a
 /// 400 KiB attribute name or number string cannot blow up logs and responses.
-fn abbreviate(text: &str) -> String {
+pub(crate) fn abbreviate(text: &str) -> String {
     const LIMIT: usize = 64;
     if text.len() <= LIMIT {
         return text.to_owned();

@@ -689,6 +689,13 @@ async fn mutual_tls_end_to_end() {
             .env("TABLE_TLS_CLIENT_CA", file("ca.crt"))
             .args(["--kms-wait-secs", "10"])
             .args(["--log-format", "json", "--max-message-bytes", "1048576"])
+            // The events below count cache hits: both caches outlive the test.
+            .args([
+                "--data-key-cache-ttl-secs",
+                "600",
+                "--authz-cache-ttl-secs",
+                "600",
+            ])
             .env("RUST_LOG", "warn,table_event=info"),
         dir.path().join("table-service.log"),
     );

@@ -602,6 +602,16 @@ async fn unreadable_requests_are_authenticated_and_audited() {
         "MissingAuthenticationTokenException",
         "",
     );
+    // Health (no credential) keeps tonic's own answer, and records nothing.
+    let health = raw::call(
+        ch.clone(),
+        "/grpc.health.v1.Health/Check",
+        authed("", vec![0x0a, 0x01, 0xff]),
+    )
+    .await
+    .expect_err("not a HealthCheckRequest");
+    assert_eq!(health.code(), Code::Internal, "{health:?}");
+    assert!(health.get_details_error_info().is_none(), "{health:?}");
     // The connection still serves.
     check_status(
         client.generate_mac(authed(&kms.admin, bad_mac())).await,

@@ -1926,6 +1926,7 @@ async fn reflection_lists_the_services() {
     let served = [
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
         "iam.v1.IdentityService",
         "kms.v1.KeyManagementService",
     ];

@@ -1358,3 +1358,58 @@ async fn a_key_change_whose_grant_answer_was_lost_leaves_no_grant_behind() {
         kms_server.stop().await.unwrap();
     }
 }
+
+/// A re-wrap stopped by an altered item says so in DescribeTable without
+/// naming the item: DescribeTable's callers may not read items, and key
+/// values are often personal data (the log names it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrap_stopped_by_an_altered_item_does_not_show_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let Stalled {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+        old_key,
+        ..
+    } = stalled_key_change(dir.path(), Arc::new(SystemClock), "altered", 5).await;
+    let table_id = describe(&mut tables, &admin, "altered").await.table_id;
+    let db = rusqlite::Connection::open(dir.path().join("tables/tables.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE items SET envelope = x'00' WHERE table_id = ?1 AND pk = ?2",
+            rusqlite::params![table_id, b"0002".to_vec()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    // A commit of its own ends table-service's read snapshots.
+    tables
+        .put_item(authed(&admin, put_request("altered", "unrelated", "x")))
+        .await
+        .unwrap();
+    set_enabled(&mut keys, &admin, &old_key, true).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        let progress = describe(&mut tables, &admin, "altered")
+            .await
+            .rewrap_progress
+            .expect("still changing its key");
+        if progress.last_error.starts_with("ItemIntegrityException") {
+            break progress.last_error;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no integrity error: {progress:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        error,
+        "ItemIntegrityException: item integrity check failed for table altered: a stored item was altered or moved; the table-service log names it"
+    );
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}

@@ -23,10 +23,13 @@ enum Path<'a> {
 }
 
 impl std::fmt::Display for Path<'_> {
+    /// Long names are shortened (a name may have 64 KiB, and a document
+    /// 32 levels).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::model::abbreviate;
         match self {
-            Path::Top(name) => f.write_str(name),
-            Path::Field(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Top(name) => f.write_str(&abbreviate(name)),
+            Path::Field(parent, name) => write!(f, "{parent}.{}", abbreviate(name)),
             Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
         }
     }

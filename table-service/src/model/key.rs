@@ -177,7 +177,6 @@ impl KeySchema {
         encode_key_value(name, *ty, Some(value), Role::Sort)
     }
 
-    /// Turns stored key bytes back into the key attributes.
     /// `key` as messages name an item, e.g. `pk (S) "order-1", sk (N) 5`:
     /// strings quoted, binary values in base64, long values shortened.
     pub fn describe_key(&self, key: &ItemKey) -> String {
@@ -201,6 +200,7 @@ impl KeySchema {
         out
     }
 
+    /// Turns stored key bytes back into the key attributes.
     pub fn key_attributes(&self, key: &ItemKey) -> Result<Item, ModelError> {
         let mut out = Item::new();
         let (name, ty) = &self.partition;

@@ -29,6 +29,9 @@ pub const SELF_PRINCIPAL: &str = "service/table-service";
 const CLEANUP_FOR: Duration = Duration::from_secs(600);
 const CLEANUP_FIRST_WAIT: Duration = Duration::from_millis(250);
 const CLEANUP_MAX_WAIT: Duration = Duration::from_secs(30);
+/// How long a grant whose CreateGrant answer was lost is asked for again,
+/// on behalf of the caller whose credential that needs (held no longer).
+const UNSURE_FOR: Duration = Duration::from_secs(60);
 
 /// Whether a failed kms-service call may have taken effect all the same:
 /// its answer was lost (a timeout, a reset connection) or kms-service
@@ -58,26 +61,82 @@ fn retryable(error: &TableError) -> bool {
 
 /// A CreateGrant whose answer was lost: asked again (same name and
 /// parameters, so kms-service answers with the grant if it made it), its
-/// grant can be retired.
+/// grant can be retired. Asked on behalf of the caller (with a request id
+/// of its own, derived from the caller's), for [`UNSURE_FOR`] at most.
 struct UnsureGrant {
     caller: crate::kms::CallerCredential,
     key: String,
     operations: Vec<GrantOperation>,
     subset: std::collections::HashMap<String, String>,
     name: String,
+    until: tokio::time::Instant,
+}
+
+impl UnsureGrant {
+    fn new(
+        caller: &crate::kms::CallerCredential,
+        key: &str,
+        operations: &[GrantOperation],
+        subset: &std::collections::HashMap<String, String>,
+        name: &str,
+    ) -> UnsureGrant {
+        let mut caller = caller.clone();
+        caller.request_id = format!("{}.grant-cleanup", caller.request_id);
+        UnsureGrant {
+            caller,
+            key: key.to_string(),
+            operations: operations.to_vec(),
+            subset: subset.clone(),
+            name: name.to_string(),
+            until: tokio::time::Instant::now() + UNSURE_FOR,
+        }
+    }
+
+    fn warn_unknown(&self, why: &dyn std::fmt::Display) {
+        tracing::warn!(
+            %why,
+            key = %self.key,
+            name = %self.name,
+            "cannot find out whether kms-service made a re-wrap grant whose answer was lost; if ListGrants shows a grant of this name, revoke it with RevokeGrant"
+        );
+    }
 }
 
 /// Re-wrap grants that must go: the grants to retire, by key and id, and
-/// a grant that may have been made.
+/// a grant that may have been made. Whatever is left when it is dropped
+/// (its time ran out, or table-service stopped) is logged.
 struct GrantCleanup {
     kms: crate::kms::KmsClient,
     retire: Vec<(String, String)>,
     unsure: Option<UnsureGrant>,
+    /// Whether a failure to retire was logged already.
+    warned: bool,
+}
+
+impl Drop for GrantCleanup {
+    fn drop(&mut self) {
+        for (key, grant) in &self.retire {
+            tracing::warn!(%grant, %key, "a re-wrap grant was not retired (kms-service could not be reached in time, or table-service stopped); revoke it with RevokeGrant");
+        }
+        if let Some(unsure) = &self.unsure {
+            unsure.warn_unknown(
+                &"kms-service could not be reached in time, or table-service stopped",
+            );
+        }
+    }
 }
 
 impl GrantCleanup {
     /// One try at everything left; whether nothing is.
     async fn attempt(&mut self) -> bool {
+        if self
+            .unsure
+            .as_ref()
+            .is_some_and(|u| tokio::time::Instant::now() >= u.until)
+            && let Some(unsure) = self.unsure.take()
+        {
+            unsure.warn_unknown(&"its owner's request ended too long ago");
+        }
         if let Some(unsure) = &self.unsure {
             match self
                 .kms
@@ -97,12 +156,7 @@ impl GrantCleanup {
                 }
                 Err(error) if retryable(&error) => {}
                 Err(error) => {
-                    tracing::warn!(
-                        %error,
-                        key = %unsure.key,
-                        name = %unsure.name,
-                        "cannot find out whether kms-service made a re-wrap grant whose answer was lost; if ListGrants shows a grant of this name, revoke it with RevokeGrant"
-                    );
+                    unsure.warn_unknown(&error);
                     self.unsure = None;
                 }
             }
@@ -116,28 +170,20 @@ impl GrantCleanup {
                     code: tonic::Code::NotFound,
                     ..
                 }) => {}
-                Err(error) if retryable(&error) => left.push((key, grant)),
+                Err(error) if retryable(&error) => {
+                    if !self.warned {
+                        tracing::warn!(%error, %grant, %key, "could not retire a re-wrap grant yet; retrying in the background");
+                    }
+                    left.push((key, grant));
+                }
                 Err(error) => {
                     tracing::warn!(%error, %grant, %key, "could not retire a re-wrap grant; revoke it with RevokeGrant");
                 }
             }
         }
+        self.warned |= !left.is_empty();
         self.retire = left;
         self.retire.is_empty() && self.unsure.is_none()
-    }
-
-    /// Logs what is left after the last try.
-    fn give_up(&self) {
-        for (key, grant) in &self.retire {
-            tracing::warn!(%grant, %key, "kms-service could not retire a re-wrap grant in time; revoke it with RevokeGrant");
-        }
-        if let Some(unsure) = &self.unsure {
-            tracing::warn!(
-                key = %unsure.key,
-                name = %unsure.name,
-                "cannot find out whether kms-service made a re-wrap grant whose answer was lost; if ListGrants shows a grant of this name, revoke it with RevokeGrant"
-            );
-        }
     }
 }
 
@@ -147,6 +193,11 @@ impl GrantCleanup {
 fn failure_text(error: &TableError) -> String {
     let message = match error {
         TableError::Internal(_) => "internal error; see the table-service log".to_string(),
+        // Which item stays in the log: DescribeTable's callers may not read
+        // items (key values are often personal data).
+        TableError::ItemIntegrity { table, .. } => format!(
+            "item integrity check failed for table {table}: a stored item was altered or moved; the table-service log names it"
+        ),
         other => other.to_string(),
     };
     format!("{}: {message}", error.reason())
@@ -206,13 +257,8 @@ impl Tables {
                     // hide a grant that was made: asking again with the
                     // same name finds it (CreateGrant is idempotent), and
                     // it goes with the others.
-                    let unsure = may_have_happened(&e).then(|| UnsureGrant {
-                        caller: call.caller.clone(),
-                        key: key.to_string(),
-                        operations: ops.to_vec(),
-                        subset: subset.clone(),
-                        name: name.clone(),
-                    });
+                    let unsure = may_have_happened(&e)
+                        .then(|| UnsureGrant::new(&call.caller, key, ops, &subset, &name));
                     self.settle_grants(grants, unsure).await;
                     return Err(e);
                 }
@@ -239,6 +285,7 @@ impl Tables {
             kms: self.kms.clone(),
             retire: grants,
             unsure,
+            warned: false,
         };
         if cleanup.unsure.is_none() && cleanup.attempt().await {
             return;
@@ -253,7 +300,7 @@ impl Tables {
                 }
                 wait = (wait * 2).min(CLEANUP_MAX_WAIT);
             }
-            cleanup.give_up();
+            // Dropped here: what is left is logged.
         });
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         jobs.retain(|j| !j.is_finished());
