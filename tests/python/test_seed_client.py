@@ -79,8 +79,13 @@ def service_env():
     token = token_file.read_text().strip() if token_file.is_file() else ""
     if not token:
         pytest.fail(f"ADMIN_TOKEN_FILE={token_file} is missing or empty", pytrace=False)
+    # A bare host:port, as grpc takes it; a URL (as the Rust example takes
+    # it) is accepted too.
+    def target(name):
+        return os.environ[name].removeprefix("http://")
+
     return types.SimpleNamespace(
-        kms=os.environ["KMS_ADDR"], tables=os.environ["TABLES_ADDR"], admin_token=token
+        kms=target("KMS_ADDR"), tables=target("TABLES_ADDR"), admin_token=token
     )
 
 
