@@ -1413,3 +1413,86 @@ async fn a_rewrap_stopped_by_an_altered_item_does_not_show_its_key() {
     tables_server.stop().await.unwrap();
     kms_server.stop().await.unwrap();
 }
+
+/// A re-wrap resumes from its saved progress after a restart rather than
+/// starting over: held up by an altered item on its second page, it has
+/// saved the first page (100 items done); restarted, it goes on failing at
+/// the second page with 100 done, not 200 (a re-wrap started over would
+/// count the first page's items again, as already under the new key).
+/// Overwriting the altered item lets it finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrap_resumes_after_a_restart_from_its_saved_page() {
+    const N: usize = 250;
+    let dir = tempfile::tempdir().unwrap();
+    let Stalled {
+        kms_server,
+        tables_server,
+        mut keys,
+        mut tables,
+        admin,
+        old_key,
+        target,
+    } = stalled_key_change(dir.path(), Arc::new(SystemClock), "resumed", N).await;
+    let table_id = describe(&mut tables, &admin, "resumed").await.table_id;
+    let db = rusqlite::Connection::open(dir.path().join("tables/tables.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE items SET envelope = x'00' WHERE table_id = ?1 AND pk = ?2",
+            rusqlite::params![table_id, b"0150".to_vec()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    // A commit of its own ends table-service's read snapshots.
+    tables
+        .put_item(authed(&admin, put_request("resumed", "zzzz", "last")))
+        .await
+        .unwrap();
+    set_enabled(&mut keys, &admin, &old_key, true).await;
+    // Held at the second page, the first one saved.
+    let held = async |tables: &mut TableServiceClient<Channel>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let progress = describe(tables, &admin, "resumed")
+                .await
+                .rewrap_progress
+                .expect("still changing its key");
+            if progress.last_error.starts_with("ItemIntegrityException") {
+                break progress;
+            }
+            assert!(Instant::now() < deadline, "not held: {progress:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let before = held(&mut tables).await;
+    assert_eq!(before.items_done, 100, "{before:?}");
+    tables_server.stop().await.unwrap();
+    let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
+        .await
+        .unwrap();
+    let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
+    let after = held(&mut tables).await;
+    // Failed again (more than once) at the same page.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_retries = describe(&mut tables, &admin, "resumed")
+        .await
+        .rewrap_progress
+        .unwrap();
+    assert_eq!(
+        (after.items_done, after_retries.items_done),
+        (100, 100),
+        "{after:?} {after_retries:?}"
+    );
+    // Mended by overwriting the altered item: the change finishes.
+    tables
+        .put_item(authed(&admin, put_request("resumed", "0150", "value 150")))
+        .await
+        .unwrap();
+    let done = wait_active(&mut tables, &admin, "resumed").await;
+    assert_eq!(done.sse_description.unwrap().kms_key_id, target);
+    set_enabled(&mut keys, &admin, &old_key, false).await;
+    read_all(&mut tables, &admin, "resumed", N).await;
+    tables_server.stop().await.unwrap();
+    kms_server.stop().await.unwrap();
+}
