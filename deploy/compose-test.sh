@@ -29,12 +29,17 @@ export COMPOSE_FILE=$PWD/deploy/docker-compose.yml
 export COMPOSE_PROJECT_NAME="lockbox-test-$$"
 export KMS_PORT=${KMS_PORT:-$(free_port)}
 export TABLE_PORT=${TABLE_PORT:-$(free_port)}
-export LOCKBOX_IMAGE=${LOCKBOX_IMAGE:-lockbox:local}
+# An image of its own unless one is named, so a test run never replaces the
+# image a deployment on this machine uses; removed afterwards.
+own_image=
+if [ -z "${LOCKBOX_IMAGE:-}" ]; then own_image="lockbox:compose-test-$$"; fi
+export LOCKBOX_IMAGE=${LOCKBOX_IMAGE:-$own_image}
 repo=$PWD
 cleanup() {
   local rc=$?
   if [ "$rc" != 0 ]; then docker compose logs --no-color --tail 80 || true; fi
   docker compose down -v --remove-orphans >/dev/null 2>&1 || true
+  if [ -n "$own_image" ]; then docker image rm "$own_image" >/dev/null 2>&1 || true; fi
   if [ -n "$work" ]; then rm -rf "$work"; fi
   exit "$rc"
 }
