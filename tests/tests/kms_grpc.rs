@@ -140,7 +140,7 @@ async fn seed_walkthrough_over_grpc() {
         client.decrypt(decrypt(&kms.admin, wrong)).await,
         Code::InvalidArgument,
         "InvalidCiphertextException",
-        "",
+        "the ciphertext is invalid, was altered, or does not match the encryption context",
     );
 
     iam_client

@@ -250,7 +250,7 @@ async fn bad_input_is_refused_with_reason_and_message() {
         k.generate_data_key(a, &key, &none, DataKeyLength::Bytes(0), &[])
             .await,
         "ValidationException",
-        "",
+        "number_of_bytes 0 is out of range; use 1–1024",
     );
     check_err(
         data_key_length(None, Some(0)),
