@@ -42,11 +42,7 @@ pub fn oversize_layer(kms: Arc<Kms>) -> lockbox_proto::oversize::OversizeLayer {
                     ))
                 }
                 lockbox_proto::oversize::Problem::Malformed => {
-                    crate::error::KmsError::validation(format!(
-                        "the request message is not a valid {}Request ({}); build it from \
-                         the service's proto files",
-                        refused.method, refused.detail
-                    ))
+                    crate::error::KmsError::validation(refused.malformed_message())
                 }
             };
             let refused: Result<(), _> = kms.refuse(&creds, &refused.method, error).await;

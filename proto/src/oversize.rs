@@ -41,6 +41,17 @@ pub struct Refused {
     pub detail: String,
 }
 
+impl Refused {
+    /// The message for a [`Problem::Malformed`] request, the same from
+    /// both services: it names the request type and prost's account.
+    pub fn malformed_message(&self) -> String {
+        format!(
+            "the request message is not a valid {}Request ({}); build it from the service's proto files",
+            self.method, self.detail
+        )
+    }
+}
+
 /// Why tonic refused a request before any handler ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Problem {

@@ -48,11 +48,7 @@ pub fn oversize_layer() -> lockbox_proto::oversize::OversizeLayer {
                     )
                 }
                 lockbox_proto::oversize::Problem::Malformed => {
-                    to_status(&TableError::Validation(format!(
-                        "the request message is not a valid {}Request ({}); build it from \
-                         the service's proto files",
-                        refused.method, refused.detail
-                    )))
+                    to_status(&TableError::Validation(refused.malformed_message()))
                 }
             }
         })

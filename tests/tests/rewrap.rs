@@ -1359,6 +1359,58 @@ async fn a_key_change_whose_grant_answer_was_lost_leaves_no_grant_behind() {
     }
 }
 
+/// Replaces the stored envelope of item `id` of table `name` with one byte
+/// that no envelope parses as (editing table-service's database under it),
+/// then has table-service commit a write of its own, which ends its read
+/// snapshots.
+async fn alter_item(
+    dir: &std::path::Path,
+    tables: &mut TableServiceClient<Channel>,
+    admin: &str,
+    name: &str,
+    id: &str,
+) {
+    let table_id = describe(tables, admin, name).await.table_id;
+    let db = rusqlite::Connection::open(dir.join("tables/tables.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE items SET envelope = x'00' WHERE table_id = ?1 AND pk = ?2",
+            rusqlite::params![table_id, id.as_bytes().to_vec()],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    tables
+        .put_item(authed(admin, put_request(name, "unrelated", "x")))
+        .await
+        .unwrap();
+}
+
+/// Waits (at most 30 s) until table `name`'s re-wrap shows an
+/// `ItemIntegrityException`; its progress then.
+async fn held_by_an_altered_item(
+    tables: &mut TableServiceClient<Channel>,
+    admin: &str,
+    name: &str,
+) -> pb::RewrapProgress {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let progress = describe(tables, admin, name)
+            .await
+            .rewrap_progress
+            .expect("still changing its key");
+        if progress.last_error.starts_with("ItemIntegrityException") {
+            return progress;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no integrity error: {progress:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A re-wrap stopped by an altered item says so in DescribeTable without
 /// naming the item: DescribeTable's callers may not read items, and key
 /// values are often personal data (the log names it).
@@ -1374,38 +1426,11 @@ async fn a_rewrap_stopped_by_an_altered_item_does_not_show_its_key() {
         old_key,
         ..
     } = stalled_key_change(dir.path(), Arc::new(SystemClock), "altered", 5).await;
-    let table_id = describe(&mut tables, &admin, "altered").await.table_id;
-    let db = rusqlite::Connection::open(dir.path().join("tables/tables.db")).unwrap();
-    db.busy_timeout(Duration::from_secs(10)).unwrap();
-    let changed = db
-        .execute(
-            "UPDATE items SET envelope = x'00' WHERE table_id = ?1 AND pk = ?2",
-            rusqlite::params![table_id, b"0002".to_vec()],
-        )
-        .unwrap();
-    assert_eq!(changed, 1);
-    drop(db);
-    // A commit of its own ends table-service's read snapshots.
-    tables
-        .put_item(authed(&admin, put_request("altered", "unrelated", "x")))
-        .await
-        .unwrap();
+    alter_item(dir.path(), &mut tables, &admin, "altered", "0002").await;
     set_enabled(&mut keys, &admin, &old_key, true).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let error = loop {
-        let progress = describe(&mut tables, &admin, "altered")
-            .await
-            .rewrap_progress
-            .expect("still changing its key");
-        if progress.last_error.starts_with("ItemIntegrityException") {
-            break progress.last_error;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no integrity error: {progress:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let error = held_by_an_altered_item(&mut tables, &admin, "altered")
+        .await
+        .last_error;
     assert_eq!(
         error,
         "ItemIntegrityException: item integrity check failed for table altered: a stored item was altered or moved; the table-service log names it"
@@ -1433,46 +1458,17 @@ async fn a_rewrap_resumes_after_a_restart_from_its_saved_page() {
         old_key,
         target,
     } = stalled_key_change(dir.path(), Arc::new(SystemClock), "resumed", N).await;
-    let table_id = describe(&mut tables, &admin, "resumed").await.table_id;
-    let db = rusqlite::Connection::open(dir.path().join("tables/tables.db")).unwrap();
-    db.busy_timeout(Duration::from_secs(10)).unwrap();
-    let changed = db
-        .execute(
-            "UPDATE items SET envelope = x'00' WHERE table_id = ?1 AND pk = ?2",
-            rusqlite::params![table_id, b"0150".to_vec()],
-        )
-        .unwrap();
-    assert_eq!(changed, 1);
-    drop(db);
-    // A commit of its own ends table-service's read snapshots.
-    tables
-        .put_item(authed(&admin, put_request("resumed", "zzzz", "last")))
-        .await
-        .unwrap();
+    alter_item(dir.path(), &mut tables, &admin, "resumed", "0150").await;
     set_enabled(&mut keys, &admin, &old_key, true).await;
     // Held at the second page, the first one saved.
-    let held = async |tables: &mut TableServiceClient<Channel>| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let progress = describe(tables, &admin, "resumed")
-                .await
-                .rewrap_progress
-                .expect("still changing its key");
-            if progress.last_error.starts_with("ItemIntegrityException") {
-                break progress;
-            }
-            assert!(Instant::now() < deadline, "not held: {progress:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let before = held(&mut tables).await;
+    let before = held_by_an_altered_item(&mut tables, &admin, "resumed").await;
     assert_eq!(before.items_done, 100, "{before:?}");
     tables_server.stop().await.unwrap();
     let tables_server = TableServer::start(table_config(dir.path(), &kms_server))
         .await
         .unwrap();
     let mut tables = TableServiceClient::new(channel(tables_server.addr).await);
-    let after = held(&mut tables).await;
+    let after = held_by_an_altered_item(&mut tables, &admin, "resumed").await;
     // Failed again (more than once) at the same page.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after_retries = describe(&mut tables, &admin, "resumed")
