@@ -8,7 +8,8 @@
 //! `BENCH_ROUNDS` (default 3) sets how many times each level's workloads
 //! are run in turn; `BENCH_WORKLOADS` (a comma-separated subset of `echo`,
 //! `decrypt`, `generate-data-key`, `unsynced`) runs only some workloads,
-//! for a profile of one (a ratio needs the echo).
+//! for a profile of one (a ratio needs the echo); `BENCH_COMMIT_DELAY_US`
+//! sets the real KMS's `--audit-commit-delay-us` (default 500).
 //!
 //! What is measured:
 //!
@@ -673,6 +674,7 @@ fn fsync_baseline(dir: &Path, samples: usize) -> Result<FsyncBaseline, BoxError>
 fn print_report(
     settings: &Settings,
     data_dir: &Path,
+    commit_delay_us: u64,
     fsync: &FsyncBaseline,
     results: &[RunResult],
 ) {
@@ -704,7 +706,8 @@ fn print_report(
     println!(
         "fdatasync after appending 1 KiB to a file in that directory, measured before \
          the runs: p50 {:.3} ms, p99 {:.3} ms ({} samples). Every KMS call waits for \
-         one; \"records/sync\" is how many calls share each (group commit).",
+         one; \"records/sync\" is how many calls share each (group commit, audit \
+         commit delay {commit_delay_us} µs).",
         ms(fsync.p50),
         ms(fsync.p99),
         fsync.samples
@@ -815,7 +818,18 @@ async fn bench() -> Result<(), BoxError> {
         tokio::task::spawn_blocking(move || fsync_baseline(&dir, samples)).await??
     };
     let (echo_addr, echo_stop, echo_task) = start_echo().await?;
-    let server = RunningServer::start(ServeConfig::for_data_dir(data_dir.clone())).await?;
+    let mut config = ServeConfig::for_data_dir(data_dir.clone());
+    if let Ok(us) = std::env::var("BENCH_COMMIT_DELAY_US") {
+        config.storage.audit_commit_delay_us = us.parse().map_err(|_| {
+            format!(
+                "BENCH_COMMIT_DELAY_US={us:?}: give the audit commit delay in microseconds \
+                 (0 to {}, as --audit-commit-delay-us)",
+                kms_service::audit::MAX_COMMIT_DELAY.as_micros()
+            )
+        })?;
+    }
+    let commit_delay_us = config.storage.audit_commit_delay_us;
+    let server = RunningServer::start(config).await?;
     let reference = start_reference(&dir.path().join("reference")).await?;
     let token_file = server
         .admin_token_file
@@ -917,7 +931,7 @@ async fn bench() -> Result<(), BoxError> {
         }
     }
 
-    print_report(&settings, &data_dir, &fsync, &results);
+    print_report(&settings, &data_dir, commit_delay_us, &fsync, &results);
     Ok(())
 }
 
