@@ -28,6 +28,7 @@ pub mod table {
 }
 
 pub mod codec;
+pub mod status_message;
 pub mod tcp;
 pub mod transport;
 

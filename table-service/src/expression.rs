@@ -5,7 +5,15 @@
 use std::cmp::Ordering;
 
 use crate::error::TableError;
-use crate::model::{AttributeValue, Item, KeySchema};
+use crate::model::{AttributeValue, Item, KeySchema, abbreviate};
+
+/// The most update actions one UpdateItem may carry. DynamoDB bounds an
+/// update expression at 4 KB, which fits a few hundred actions.
+pub const MAX_UPDATE_ACTIONS: usize = 1000;
+
+/// The most conditions one write may carry (DynamoDB: a condition
+/// expression of at most 4 KB).
+pub const MAX_CONDITIONS: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operator {
@@ -165,6 +173,8 @@ impl Condition {
                 "a condition names an empty attribute",
             ));
         }
+        // As it appears in messages: a long name is shortened.
+        let attribute = abbreviate(attribute);
         operator.check_value2(&format!("condition on {attribute}"), upper)?;
         let scalar = |v: &AttributeValue| {
             matches!(
@@ -225,13 +235,13 @@ impl Condition {
 
     pub fn describe(&self) -> String {
         match self {
-            Condition::Exists(n) => format!("attribute_exists({n})"),
-            Condition::NotExists(n) => format!("attribute_not_exists({n})"),
+            Condition::Exists(n) => format!("attribute_exists({})", abbreviate(n)),
+            Condition::NotExists(n) => format!("attribute_not_exists({})", abbreviate(n)),
             Condition::Compare {
                 attribute,
                 operator,
                 ..
-            } => format!("{attribute} {operator:?} value"),
+            } => format!("{} {operator:?} value", abbreviate(attribute)),
         }
     }
 }
@@ -260,7 +270,8 @@ pub fn validate_actions(schema: &KeySchema, actions: &[UpdateAction]) -> Result<
         let n = action.attribute();
         if !named.insert(n) {
             return Err(TableError::validation(format!(
-                "two update actions name attribute {n}; act on each attribute at most once per request"
+                "two update actions name attribute {}; act on each attribute at most once per request",
+                abbreviate(n)
             )));
         }
     }
@@ -273,7 +284,8 @@ pub fn validate_actions(schema: &KeySchema, actions: &[UpdateAction]) -> Result<
         }
         if schema.is_key_attribute(name) {
             return Err(TableError::validation(format!(
-                "Cannot update attribute {name}. This attribute is part of the key"
+                "Cannot update attribute {}. This attribute is part of the key",
+                abbreviate(name)
             )));
         }
         match action {
@@ -287,7 +299,8 @@ pub fn validate_actions(schema: &KeySchema, actions: &[UpdateAction]) -> Result<
                 ) =>
             {
                 return Err(TableError::validation(format!(
-                    "ADD to {n}: cannot add {}; ADD works on numbers and sets",
+                    "ADD to {}: cannot add {}; ADD works on numbers and sets",
+                    abbreviate(n),
                     v.type_name()
                 )));
             }
@@ -299,7 +312,8 @@ pub fn validate_actions(schema: &KeySchema, actions: &[UpdateAction]) -> Result<
             {
                 // As DynamoDB: the operand must be a set whatever is stored.
                 return Err(TableError::validation(format!(
-                    "DELETE from {n}: the value must be a set (SS, NS or BS), not {}",
+                    "DELETE from {}: the value must be a set (SS, NS or BS), not {}",
+                    abbreviate(n),
                     v.type_name()
                 )));
             }
@@ -359,7 +373,8 @@ pub fn apply(
                     }
                     (old, v) => {
                         return Err(TableError::validation(format!(
-                            "ADD to {n}: cannot add {} to {}; ADD works on numbers and sets of the same type",
+                            "ADD to {}: cannot add {} to {}; ADD works on numbers and sets of the same type",
+                            abbreviate(n),
                             v.type_name(),
                             old.as_ref()
                                 .map_or("a missing attribute", |o| o.type_name())
@@ -391,7 +406,8 @@ pub fn apply(
                     }
                     (Some(old), v) => {
                         return Err(TableError::validation(format!(
-                            "DELETE from {n}: cannot remove {} members from {}; DELETE works on sets of the same type",
+                            "DELETE from {}: cannot remove {} members from {}; DELETE works on sets of the same type",
+                            abbreviate(n),
                             v.type_name(),
                             old.type_name()
                         )));

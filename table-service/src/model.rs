@@ -23,7 +23,7 @@ pub use key::{
 pub use number::{MAX_SIGNIFICANT_DIGITS, Number};
 pub use value::{
     AttributeValue, BinarySet, MAX_ATTRIBUTE_NAME_BYTES, MAX_DEPTH, MAX_ITEM_BYTES, NumberSet, Set,
-    SetMember, StringSet, item_size, validate_item,
+    SetMember, StringSet, check_name as check_attribute_name, item_size, validate_item,
 };
 
 /// An item (or a key map, or the non-key part of an item): attribute name to value.

@@ -1309,3 +1309,38 @@ async fn an_answer_over_the_message_limit_is_refused_naming_the_setting() {
         .expect("a small answer is sent");
     kms.server.stop().await.unwrap();
 }
+
+/// An error that quotes a long request field reaches the caller as that
+/// error: its message is cut to 1 KiB, since a status message travels
+/// twice in the trailers and a client past its trailer bound (hyper's:
+/// 16 KiB) fails the call, or the whole connection, with a transport error.
+#[tokio::test]
+async fn an_error_quoting_a_long_field_reaches_the_caller_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let kms = start(dir.path()).await;
+    let channel = channel(&kms).await;
+    let mut iam_client = IdentityServiceClient::new(channel.clone());
+    let quotes = "\"".repeat(200 * 1024);
+    let refused = iam_client
+        .get_user(authed(
+            &kms.admin,
+            iam::GetUserRequest {
+                user_name: quotes.clone(),
+            },
+        ))
+        .await
+        .expect_err("not a user name");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    let info = refused.get_details_error_info().expect("ErrorInfo detail");
+    assert_eq!(info.reason, "ValidationException");
+    assert!(refused.message().starts_with("user name \"\\\"\\\""));
+    assert!(
+        refused.message().ends_with(" bytes)") && refused.message().len() <= 1100,
+        "{} bytes: {:.100}",
+        refused.message().len(),
+        refused.message()
+    );
+    // The connection is still good.
+    let mut client = KeyManagementServiceClient::new(channel);
+    new_key(&mut client, &kms.admin).await;
+}

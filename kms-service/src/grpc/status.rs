@@ -49,7 +49,7 @@ pub fn to_status(error: &KmsError) -> Status {
     }
     Status::with_error_details(
         code,
-        message,
+        lockbox_proto::status_message::bounded(message),
         ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata),
     )
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use lockbox_proto::table::v1 as pb;
 
 use crate::error::TableError;
-use crate::expression::{Condition, Operator, UpdateAction};
+use crate::expression::{Condition, MAX_CONDITIONS, MAX_UPDATE_ACTIONS, Operator, UpdateAction};
 use crate::model::{AttributeValue, Item, KeySchema, Number, ScalarType, Set};
 use crate::service::{ReturnValues, SortCondition, TableView};
 
@@ -267,12 +267,28 @@ fn operand(name: &str, v: pb::AttributeValue) -> Result<AttributeValue, TableErr
         .expect("the one value just put in"))
 }
 
+/// An attribute name a condition or a REMOVE gives without a value: held
+/// to the length of an item's names (an empty one is refused by the
+/// condition or action itself, saying so).
+fn bare_name(name: String) -> Result<String, TableError> {
+    if !name.is_empty() {
+        crate::model::check_attribute_name(&name)?;
+    }
+    Ok(name)
+}
+
 pub fn conditions(list: Vec<pb::Condition>) -> Result<Vec<Condition>, TableError> {
     use pb::condition::Kind;
+    if list.len() > MAX_CONDITIONS {
+        return Err(TableError::validation(format!(
+            "{} conditions given: a request may carry at most {MAX_CONDITIONS}",
+            list.len()
+        )));
+    }
     list.into_iter()
         .map(|c| match c.kind {
-            Some(Kind::AttributeExists(n)) => Ok(Condition::Exists(n)),
-            Some(Kind::AttributeNotExists(n)) => Ok(Condition::NotExists(n)),
+            Some(Kind::AttributeExists(n)) => Ok(Condition::Exists(bare_name(n)?)),
+            Some(Kind::AttributeNotExists(n)) => Ok(Condition::NotExists(bare_name(n)?)),
             Some(Kind::Comparison(cmp)) => {
                 let operator = operator(cmp.operator)?;
                 Ok(Condition::Compare {
@@ -292,13 +308,19 @@ pub fn conditions(list: Vec<pb::Condition>) -> Result<Vec<Condition>, TableError
 
 pub fn actions(list: Vec<pb::UpdateAction>) -> Result<Vec<UpdateAction>, TableError> {
     use pb::update_action::Action;
+    if list.len() > MAX_UPDATE_ACTIONS {
+        return Err(TableError::validation(format!(
+            "{} update actions given: an UpdateItem may carry at most {MAX_UPDATE_ACTIONS}",
+            list.len()
+        )));
+    }
     list.into_iter()
         .map(|a| match a.action {
             Some(Action::Set(s)) => Ok(UpdateAction::Set(
                 s.attribute.clone(),
                 required(&s.attribute, s.value)?,
             )),
-            Some(Action::Remove(n)) => Ok(UpdateAction::Remove(n)),
+            Some(Action::Remove(n)) => Ok(UpdateAction::Remove(bare_name(n)?)),
             Some(Action::Add(s)) => Ok(UpdateAction::Add(
                 s.attribute.clone(),
                 required(&s.attribute, s.value)?,

@@ -35,7 +35,7 @@ pub fn to_status(error: &TableError) -> Status {
     };
     Status::with_error_details(
         code,
-        message,
+        lockbox_proto::status_message::bounded(message),
         ErrorDetails::with_error_info(
             error.reason(),
             ERROR_DOMAIN,

@@ -146,7 +146,13 @@ impl KeySchema {
         let expected: Vec<&str> = self.key_names().collect();
         let matches = key.len() == expected.len() && expected.iter().all(|n| key.contains_key(*n));
         if !matches {
-            let given: Vec<String> = key.keys().map(|k| abbreviate(k)).collect();
+            // The first few names given, so a key map of thousands of
+            // attributes does not make a message as long.
+            const SHOWN: usize = 5;
+            let mut given: Vec<String> = key.keys().take(SHOWN).map(|k| abbreviate(k)).collect();
+            if key.len() > SHOWN {
+                given.push(format!("and {} more", key.len() - SHOWN));
+            }
             return Err(ModelError::KeySchemaMismatch {
                 detail: format!(
                     "give exactly the key attributes [{}], got [{}]",

@@ -280,7 +280,9 @@ pub fn validate_item(item: &Item) -> Result<(), ModelError> {
     Ok(())
 }
 
-fn check_name(name: &str) -> Result<(), ModelError> {
+/// Refuses an attribute name (or nested map key) that is empty or over
+/// [`MAX_ATTRIBUTE_NAME_BYTES`].
+pub fn check_name(name: &str) -> Result<(), ModelError> {
     if name.is_empty() || name.len() > MAX_ATTRIBUTE_NAME_BYTES {
         return Err(ModelError::AttributeNameLength {
             name: abbreviate(name),

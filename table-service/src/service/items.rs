@@ -8,7 +8,7 @@ use super::{Call, Tables, integrity, open_envelope, store_error};
 use crate::envelope;
 use crate::error::TableError;
 use crate::expression::{self, Condition, UpdateAction};
-use crate::model::{self, Item, ItemKey};
+use crate::model::{self, Item, ItemKey, abbreviate};
 use crate::store::{Mutation, StoredItem, TableRecord};
 
 pub const MAX_BATCH_GET_KEYS: usize = 100;
@@ -57,7 +57,8 @@ impl ReturnValues {
 /// The attributes of `item` that `actions` name.
 fn named_by(item: Option<Item>, actions: &[UpdateAction]) -> Option<Item> {
     let mut item = item?;
-    item.retain(|name, _| actions.iter().any(|a| a.attribute() == name));
+    let named: std::collections::HashSet<&str> = actions.iter().map(|a| a.attribute()).collect();
+    item.retain(|name, _| named.contains(name.as_str()));
     Some(item)
 }
 
@@ -125,7 +126,7 @@ impl Tables {
                         .as_ref()
                         .is_none_or(|t| !t.schema.is_key_attribute(name))
                 })
-                .map(|name| format!("a condition on {name} reads the item"))
+                .map(|name| format!("a condition on {} reads the item", abbreviate(name)))
         };
         let asked: Vec<(&str, &str)> = action
             .into_iter()
@@ -426,7 +427,7 @@ impl Tables {
                 UpdateAction::Delete(name, _) => Some(("DELETE from", name)),
                 _ => None,
             })
-            .map(|(what, name)| format!("{what} {name} reads the item"));
+            .map(|(what, name)| format!("{what} {} reads the item", abbreviate(name)));
         let may_read = self
             .authorize_write(
                 call,
