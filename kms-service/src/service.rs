@@ -648,7 +648,10 @@ fn complete(event: &mut AuditEvent, result: Result<(), &KmsError>) {
         }
         Err(e) => {
             event.error_code = Some(e.reason().to_string());
-            event.error_message = Some(e.to_string());
+            // The message the caller gets: bounded, since many quote what
+            // the request sent, which would otherwise make a record as
+            // large as the request.
+            event.error_message = Some(lockbox_proto::status_message::bounded(e.to_string()));
             if event.decision.is_empty() {
                 event.decision = match e {
                     KmsError::Unauthenticated { .. } => "Unauthenticated",

@@ -5581,3 +5581,65 @@ async fn refused_changes_change_nothing_and_are_each_recorded() {
         );
     }
 }
+
+/// A request cannot make its audit record as large as itself: error
+/// messages that quote what was sent are bounded like the status the
+/// caller gets, and a grant id that cannot be one is shortened. (A
+/// 256 KiB name of `"` characters made a record of about 1 MiB: escaped
+/// once in the message, again in JSON.)
+#[tokio::test]
+async fn records_of_refused_requests_stay_small_whatever_they_quote() {
+    let f = fixture().await;
+    let nobody = f.user("nobody", PrincipalKind::User, &[]).await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    let quotes = "\"".repeat(256 * 1024);
+    let long_id = "g".repeat(100_000);
+
+    let refused = f.kms.get_user(&nobody, &quotes).await.unwrap_err();
+    assert_eq!(refused.reason(), "ValidationException");
+    let record = f.last_record(|r| r["event_name"] == "GetUser");
+    let message = record["error_message"].as_str().expect("a message");
+    assert!(
+        message.ends_with(&format!(
+            "… (message cut; it was {} bytes)",
+            refused.to_string().len()
+        )),
+        "{message:.200}"
+    );
+    assert!(message.len() <= 1100, "{}", message.len());
+    assert!(
+        record.to_string().len() < 4096,
+        "{}",
+        record.to_string().len()
+    );
+
+    for creds in [&nobody, &f.admin] {
+        assert!(f.kms.revoke_grant(creds, &key, &long_id).await.is_err());
+        let record = f.last_record(|r| r["event_name"] == "RevokeGrant");
+        assert_eq!(
+            record["grant_id"],
+            format!("{}… (100000 bytes)", "g".repeat(64)),
+            "{record:.300}"
+        );
+        assert!(
+            record.to_string().len() < 4096,
+            "{}",
+            record.to_string().len()
+        );
+    }
+    // A grant id of the right length is recorded as given.
+    let plausible = "ab".repeat(32);
+    assert!(
+        f.kms
+            .revoke_grant(&f.admin, &key, &plausible)
+            .await
+            .is_err()
+    );
+    let record = f.last_record(|r| r["event_name"] == "RevokeGrant");
+    assert_eq!(record["grant_id"], plausible.as_str());
+
+    // Short messages are recorded whole.
+    let refused = f.kms.get_user(&f.admin, "ghost").await.unwrap_err();
+    let record = f.last_record(|r| r["event_name"] == "GetUser");
+    assert_eq!(record["error_message"], refused.to_string().as_str());
+}
