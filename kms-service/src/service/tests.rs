@@ -5643,3 +5643,74 @@ async fn records_of_refused_requests_stay_small_whatever_they_quote() {
     let record = f.last_record(|r| r["event_name"] == "GetUser");
     assert_eq!(record["error_message"], refused.to_string().as_str());
 }
+
+/// A destroyed key's wrapped material is gone from every file of the data
+/// directory, not only from what the store loads: SQLite overwrites deleted
+/// rows (`secure_delete`) and the WAL, which still held the pages as they
+/// were, is checkpointed and emptied.
+#[tokio::test]
+async fn a_destroyed_keys_material_is_in_no_file() {
+    let f = fixture().await;
+    let key = f.key(KeySpec::SymmetricDefault).await;
+    f.kms.rotate_key_on_demand(&f.admin, &key).await.unwrap();
+    let kept = f.key(KeySpec::SymmetricDefault).await;
+    let wrapped_of = |key_id: &str| -> Vec<Vec<u8>> {
+        let db = rusqlite::Connection::open(f.dir.path().join("kms.db")).unwrap();
+        let mut stmt = db
+            .prepare("SELECT wrapped FROM key_versions WHERE key_id = ?1")
+            .unwrap();
+        stmt.query_map([key_id], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let material = wrapped_of(&key);
+    assert_eq!(material.len(), 2);
+    let other = wrapped_of(&kept);
+    let files = || -> Vec<(String, Vec<u8>)> {
+        std::fs::read_dir(f.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+            .collect()
+    };
+    let holds = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    // Before: the search finds it.
+    assert!(
+        files()
+            .iter()
+            .any(|(_, bytes)| material.iter().all(|m| holds(bytes, m)))
+    );
+
+    f.kms
+        .schedule_key_deletion(&f.admin, &key, Some(7))
+        .await
+        .unwrap();
+    f.clock.advance(7 * DAY);
+    assert_eq!(
+        f.kms.run_maintenance().await.unwrap().destroyed,
+        vec![key.clone()]
+    );
+    for (name, bytes) in files() {
+        for m in &material {
+            assert!(!holds(&bytes, m), "{name} still holds a destroyed version");
+        }
+    }
+    // The other key's material is where it was.
+    assert!(
+        files()
+            .iter()
+            .any(|(_, bytes)| other.iter().all(|m| holds(bytes, m)))
+    );
+    let blob = f.blob(&kept, b"still here", &ctx(&[])).await;
+    assert_eq!(
+        f.kms
+            .decrypt(&f.admin, &blob, &ctx(&[]), "", &[])
+            .await
+            .unwrap()
+            .plaintext
+            .as_slice(),
+        b"still here"
+    );
+}

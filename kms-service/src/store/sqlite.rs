@@ -58,6 +58,14 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(engine)?;
         let mut store = Self::init(conn)?;
         store._lock = Some(lock);
+        // What a destruction before a crash left in the WAL goes now.
+        let truncated = {
+            let conn = store.conn.lock().map_err(|_| StoreError::Poisoned)?;
+            truncate_wal(&conn)
+        };
+        if let Err(e) = truncated {
+            tracing::warn!(error = %e, "kms.db-wal could not be checkpointed at start");
+        }
         Ok(store)
     }
 
@@ -74,6 +82,11 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(engine)?;
         conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(engine)?;
+        // Deleted rows (a destroyed key's wrapped versions) are overwritten
+        // with zeros, not left in free space for a copy of the file to give
+        // back; see `commit` for the WAL.
+        conn.pragma_update(None, "secure_delete", "ON")
             .map_err(engine)?;
         conn.execute_batch(SCHEMA).map_err(engine)?;
         Ok(SqliteStore {
@@ -235,8 +248,39 @@ impl Store for SqliteStore {
             }
             .map_err(engine)?;
         }
-        tx.commit().map_err(engine)
+        tx.commit().map_err(engine)?;
+        if batch
+            .iter()
+            .any(|m| matches!(m, Mutation::DeleteKey { .. }))
+        {
+            // The WAL still holds the pages as they were before: copy the
+            // zeroed ones into the database and empty the WAL, so no file
+            // of the data directory holds a destroyed key's material.
+            // Failing here loses nothing (the deletion is committed); the
+            // next start, or the next destruction, tries again.
+            if let Err(e) = truncate_wal(&conn) {
+                tracing::warn!(error = %e, "a destroyed key's material may remain in kms.db-wal until the next checkpoint");
+            }
+        }
+        Ok(())
     }
+}
+
+/// Checkpoints every WAL frame into the database and truncates the WAL to
+/// nothing. Only this store's one connection uses the file, so nothing can
+/// hold the checkpoint back; if something did, it says so.
+fn truncate_wal(conn: &Connection) -> Result<(), String> {
+    let (busy, log, checkpointed): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .map_err(|e| e.to_string())?;
+    if busy != 0 {
+        return Err(format!(
+            "the checkpoint was held back ({checkpointed} of {log} WAL frames copied)"
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
