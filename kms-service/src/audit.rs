@@ -137,6 +137,14 @@ pub const DEFAULT_MAX_BATCH: usize = 1024;
 /// yet written (twice `max_batch`), so it is bounded to keep that memory
 /// bounded.
 pub const MAX_BATCH_LIMIT: usize = 65_536;
+/// The most records kms-service ever leaves after its newest checkpoint:
+/// a checkpoint falls due when a sync passes a multiple of
+/// [`DEFAULT_CHECKPOINT_EVERY`], nothing more is appended until it is
+/// written, and the other syncer may have appended one batch meanwhile. A
+/// longer uncheckpointed tail (`audit verify` refuses it) means
+/// checkpoints were taken out of their file, or records added after the
+/// service wrote the log.
+pub const MAX_UNCHECKPOINTED: u64 = DEFAULT_CHECKPOINT_EVERY + 2 * DEFAULT_MAX_BATCH as u64;
 /// Default [`Batching::commit_delay`].
 pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_micros(500);
 /// Largest accepted [`Batching::commit_delay`].

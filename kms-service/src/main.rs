@@ -263,6 +263,25 @@ async fn main() -> ExitCode {
                     );
                     ExitCode::FAILURE
                 }
+                Ok(report)
+                    if report.last_sequence.saturating_sub(
+                        report
+                            .last_checkpointed
+                            .max(report.first_sequence.saturating_sub(1)),
+                    ) > kms_service::audit::MAX_UNCHECKPOINTED =>
+                {
+                    let after = match report.last_checkpointed {
+                        0 => "no checkpoint names any of them".to_string(),
+                        last => format!("the last checkpoint names record {last}"),
+                    };
+                    println!(
+                        "FAILED: the records chain correctly up to {}, but {after}: kms-service never leaves more than {} records without a checkpoint, so checkpoints were removed from {} or records added to the log after it was written; the records after the last checkpoint cannot be trusted",
+                        report.last_sequence,
+                        kms_service::audit::MAX_UNCHECKPOINTED,
+                        checkpoints.display()
+                    );
+                    ExitCode::FAILURE
+                }
                 Ok(report) => {
                     let uncovered = report
                         .last_sequence

@@ -635,6 +635,70 @@ async fn audit_verify_needs_the_checkpoints_to_pass() {
     );
 }
 
+/// A log whose checkpoints were taken out of their file fails `audit
+/// verify` once more records rest on the hash chain alone than kms-service
+/// ever leaves so (`MAX_UNCHECKPOINTED`): whoever can rewrite the unkeyed
+/// chain cannot pass off an altered tail by removing the checkpoints after
+/// it, or by emptying the file. Fewer pass, as a crash may leave them.
+#[tokio::test]
+async fn audit_verify_refuses_a_tail_longer_than_the_service_leaves_uncheckpointed() {
+    use kms_service::audit::{AuditConfig, AuditEvent, AuditLog, MAX_UNCHECKPOINTED};
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("audit.jsonl");
+    let checkpoints = dir.path().join("audit.jsonl.checkpoints");
+    let config = AuditConfig::new(&log_path, &checkpoints, zeroize::Zeroizing::new([7u8; 32]));
+    let log = AuditLog::open(config).unwrap();
+    let total = MAX_UNCHECKPOINTED + 52;
+    for chunk in 0..total.div_ceil(100) {
+        let events = (chunk * 100..((chunk + 1) * 100).min(total))
+            .map(|i| AuditEvent {
+                request_id: format!("r{i}"),
+                event_name: "Decrypt".into(),
+                decision: "Allow".into(),
+                ..AuditEvent::default()
+            })
+            .collect();
+        log.append_all(events).await.unwrap();
+    }
+    log.close().await.unwrap();
+    let verify = || run(kms().args(["audit", "verify"]).arg(&log_path));
+    let out = verify();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("OK: {total} records")),
+        "{}",
+        stdout(&out)
+    );
+
+    // Only the first checkpoint (record 1000) left: the 2100 records after
+    // it are fewer than a crash may leave; they pass, reported.
+    let whole = std::fs::read(&checkpoints).unwrap();
+    let first = whole.split_inclusive(|&b| b == b'\n').next().unwrap();
+    std::fs::write(&checkpoints, first).unwrap();
+    let out = verify();
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "the newest {} record(s), after the last checkpoint (record 1000), rest on the hash chain alone",
+            total - 1000
+        )),
+        "{}",
+        stdout(&out)
+    );
+
+    // No checkpoint left, the file emptied: more than the service leaves.
+    std::fs::write(&checkpoints, b"").unwrap();
+    let out = verify();
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "FAILED: the records chain correctly up to {total}, but no checkpoint names any of them: kms-service never leaves more than {MAX_UNCHECKPOINTED} records without a checkpoint"
+        )),
+        "{}",
+        stdout(&out)
+    );
+}
+
 /// `--config FILE` (or `KMS_CONFIG`): the file's settings apply below the
 /// environment and the command line; `serve` and `init` share one file; a
 /// misspelt key is refused naming the file and the key.
