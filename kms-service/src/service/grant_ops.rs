@@ -180,6 +180,12 @@ impl Kms {
     ) -> Result<Page<GrantRecord>, KmsError> {
         self.run(creds, "ListGrants", |ctx| {
             let limit = page_limit(limit, MAX_SMALL_PAGE)?;
+            // Held to CreateGrant's rules, so a filter that could match no
+            // grant (`alice` for `user/alice`) is refused, not silently empty.
+            let grantee = match grantee {
+                "" => None,
+                given => Some(grant_principal(given, "grantee_principal")?),
+            };
             let state = ctx.state();
             let entry = ctx.resolve(&state, key_id)?;
             ctx.event.key_id = Some(entry.record.key_id.clone());
@@ -201,7 +207,7 @@ impl Kms {
                     .range::<str, _>(super::after(marker))
                     .filter_map(|id| state.grants.get(id))
                     .filter(|g| grant_id.is_empty() || g.grant_id == grant_id)
-                    .filter(|g| grantee.is_empty() || g.grantee == grantee),
+                    .filter(|g| grantee.as_ref().is_none_or(|p| g.grantee == *p)),
                 |g| g.grant_id.as_str(),
                 marker,
                 limit,

@@ -1109,6 +1109,21 @@ async fn grants_allow_within_their_constraints_until_revoked() {
         .await
         .unwrap();
     assert_eq!(listed.items.len(), 1);
+    // Filtered by grantee: named as CreateGrant names it; a name that could
+    // be no grantee is refused rather than matching nothing.
+    for (grantee, found) in [("user/bob", 1), ("service/bob", 0), ("user/alice", 0)] {
+        let listed = f
+            .kms
+            .list_grants(&f.admin, &key, "", grantee, 0, "")
+            .await
+            .unwrap();
+        assert_eq!(listed.items.len(), found, "{grantee}");
+    }
+    check_err(
+        f.kms.list_grants(&f.admin, &key, "", "bob", 0, "").await,
+        "ValidationException",
+        "grantee_principal \"bob\" must be a principal such as user/alice",
+    );
     let audit = f.last_record(|r| r["event_name"] == "Decrypt" && r["decision"] == "Allow");
     assert_eq!(audit["grant_id"], grant.grant_id.as_str());
     // The grantee may retire it (RetireGrant is among its operations).
