@@ -4022,8 +4022,19 @@ async fn batch_puts_that_cannot_be_sealed_come_back_unprocessed() {
         .expect_err("nothing could be written");
     assert_eq!(only_puts.code(), Code::Unavailable, "{only_puts:?}");
     assert!(only_puts.message().contains(&named), "{only_puts:?}");
+    // Handed back exactly as sent: numbers as the caller wrote them, not in
+    // their canonical form ("1e38" would come back as 39 digits).
     let puts: Vec<pb::WriteRequest> = (0..5)
-        .map(|i| write_put(with(&key(&format!("new{i}")), &[("v", s(&i.to_string()))])))
+        .map(|i| {
+            write_put(with(
+                &key(&format!("new{i}")),
+                &[
+                    ("v", s(&i.to_string())),
+                    ("big", n("1e38")),
+                    ("odd", n("007.50")),
+                ],
+            ))
+        })
         .collect();
     let mut requests = puts.clone();
     requests.insert(2, write_delete(key("old")));
@@ -4056,7 +4067,14 @@ async fn batch_puts_that_cannot_be_sealed_come_back_unprocessed() {
         let id = format!("new{i}");
         assert_eq!(
             stack.get("bwu", key(&id)).await,
-            with(&key(&id), &[("v", s(&i.to_string()))])
+            with(
+                &key(&id),
+                &[
+                    ("v", s(&i.to_string())),
+                    ("big", n(&format!("1{}", "0".repeat(38)))),
+                    ("odd", n("7.5")),
+                ]
+            )
         );
     }
     stack.stop().await;

@@ -554,6 +554,11 @@ impl TableService for TableGrpc {
     ) -> Result<Response<pb::BatchWriteItemResponse>, Status> {
         handle!(self, request, "BatchWriteItem", |tables, call, r| {
             use pb::write_request::Request as W;
+            // Kept to hand unprocessed writes back exactly as sent (a
+            // number's canonical form can be longer than what the caller
+            // wrote, so a rebuilt answer could outgrow the message limit
+            // after part of the batch was written).
+            let sent = r.request_items.clone();
             let parsed: Result<BTreeMap<String, Vec<BatchWrite>>, TableError> = r
                 .request_items
                 .into_iter()
@@ -582,28 +587,13 @@ impl TableService for TableGrpc {
                     .await
                     .map(|unprocessed| pb::BatchWriteItemResponse {
                         unprocessed_items: unprocessed
-                            .iter()
-                            .map(|(t, writes)| {
-                                (
-                                    t.clone(),
-                                    pb::WriteRequests {
-                                        requests: writes
-                                            .iter()
-                                            .map(|w| pb::WriteRequest {
-                                                request: Some(match w {
-                                                    BatchWrite::Put(i) => W::PutRequest(pb::Item {
-                                                        attributes: convert::item_out(i),
-                                                    }),
-                                                    BatchWrite::Delete(k) => {
-                                                        W::DeleteRequest(pb::Item {
-                                                            attributes: convert::item_out(k),
-                                                        })
-                                                    }
-                                                }),
-                                            })
-                                            .collect(),
-                                    },
-                                )
+                            .into_iter()
+                            .map(|(t, indexes)| {
+                                let requests = indexes
+                                    .into_iter()
+                                    .map(|i| sent[&t].requests[i].clone())
+                                    .collect();
+                                (t, pb::WriteRequests { requests })
                             })
                             .collect(),
                     }),

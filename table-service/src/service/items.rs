@@ -636,7 +636,7 @@ impl Tables {
         self: &Arc<Self>,
         call: &mut Call,
         requests: &BTreeMap<String, Vec<BatchWrite>>,
-    ) -> Result<BTreeMap<String, Vec<BatchWrite>>, TableError> {
+    ) -> Result<BTreeMap<String, Vec<usize>>, TableError> {
         let total: usize = requests.values().map(Vec::len).sum();
         if total == 0 || total > MAX_BATCH_WRITES {
             return Err(TableError::validation(format!(
@@ -659,11 +659,11 @@ impl Tables {
             .collect();
         self.authorize_all(call, &asked).await?;
         let _writes = self.table_locks_shared(requests.keys()).await;
-        let mut planned: Vec<(&String, TableRecord, ItemKey, &BatchWrite)> = Vec::new();
+        let mut planned: Vec<(&String, usize, TableRecord, ItemKey, &BatchWrite)> = Vec::new();
         for (name, writes) in requests {
             let table = self.table(name)?;
             let mut seen = std::collections::BTreeSet::new();
-            for write in writes {
+            for (index, write) in writes.iter().enumerate() {
                 let key = match write {
                     BatchWrite::Put(item) => table.schema.extract_key(item)?,
                     BatchWrite::Delete(key) => table.schema.validate_key_map(key)?,
@@ -674,12 +674,12 @@ impl Tables {
                         table.schema.describe_key(&key)
                     )));
                 }
-                planned.push((name, table.clone(), key, write));
+                planned.push((name, index, table.clone(), key, write));
             }
         }
         let stripes: std::collections::BTreeSet<usize> = planned
             .iter()
-            .map(|(_, table, key, _)| self.stripe_index(table, key))
+            .map(|(_, _, table, key, _)| self.stripe_index(table, key))
             .collect();
         let mut guards = Vec::with_capacity(stripes.len());
         for i in stripes {
@@ -688,15 +688,15 @@ impl Tables {
         // Every put's data key is generated at the same time (as a page's
         // are unwrapped), not one round trip after another.
         let mut mutations = Vec::new();
-        let mut puts: Vec<(&String, &BatchWrite)> = Vec::new();
+        let mut puts: Vec<(&String, usize)> = Vec::new();
         let mut seals = Vec::new();
-        for (name, table, key, write) in planned {
+        for (name, index, table, key, write) in planned {
             match write {
                 BatchWrite::Put(item) => {
                     let (key, attributes) = model::split_item(&table.schema, item.clone())?;
                     let this = self.clone();
                     let mut sub = call.sub();
-                    puts.push((name, write));
+                    puts.push((name, index));
                     seals.push(async move {
                         let sealed = this.seal(&mut sub, &table, &key, &attributes).await;
                         let mutation = sealed.map(|envelope| Mutation::PutItem {
@@ -718,24 +718,20 @@ impl Tables {
         let sealed = super::spawn_bounded(self.unwrap_concurrency, seals, |(m, _)| m.is_err())
             .await
             .map_err(|e| TableError::Internal(format!("seal task: {e}")))?;
-        let mut unprocessed: BTreeMap<String, Vec<BatchWrite>> = BTreeMap::new();
+        // Each table's unprocessed writes, by their place in its request
+        // list: the caller hands back its own requests, as it sent them.
+        let mut unprocessed: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         let mut unreachable = None;
-        for ((name, write), sealed) in puts.into_iter().zip(sealed) {
+        for ((name, index), sealed) in puts.into_iter().zip(sealed) {
             let Some((mutation, outcome)) = sealed else {
-                unprocessed
-                    .entry(name.clone())
-                    .or_default()
-                    .push(write.clone());
+                unprocessed.entry(name.clone()).or_default().push(index);
                 continue;
             };
             call.absorb(&outcome);
             match mutation {
                 Ok(mutation) => mutations.push(mutation),
                 Err(e @ TableError::KmsUnavailable { .. }) => {
-                    unprocessed
-                        .entry(name.clone())
-                        .or_default()
-                        .push(write.clone());
+                    unprocessed.entry(name.clone()).or_default().push(index);
                     unreachable.get_or_insert(e);
                 }
                 Err(e) => return Err(e),
