@@ -88,7 +88,9 @@ pub struct RangeQuery {
     pub max_bytes: usize,
 }
 
-/// A page of a table in (partition, sort) order.
+/// A page of a table in (partition, sort) order; a page of one segment of
+/// a parallel scan in (segment hash, partition, sort) order, so that a
+/// segment is one contiguous run of an index, not a filter over the table.
 #[derive(Debug, Clone)]
 pub struct ScanQuery {
     pub table_id: String,
@@ -121,10 +123,24 @@ pub trait TableStore: Send + Sync + 'static {
     fn count_items(&self, table_id: &str) -> Result<u64, StoreError>;
 }
 
-/// The parallel-scan segment of a partition key: a stable hash, so every
-/// item of a partition is in one segment.
+/// The parallel-scan hash of a partition key: stable, so every item of a
+/// partition is in one segment.
 pub fn segment_hash(partition: &[u8]) -> u32 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(partition);
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// The segment (of `total`, at least 1) a segment hash falls in: segment
+/// `i` holds the hashes of [`segment_hashes`]`(i, total)`, one contiguous
+/// `total`-th of the hash space.
+pub fn segment_of(hash: u32, total: u32) -> u32 {
+    ((u64::from(hash) * u64::from(total)) >> 32) as u32
+}
+
+/// The hashes of segment `segment` of `total`: from the first (inclusive)
+/// to the second (exclusive; up to 2³²).
+pub fn segment_hashes(segment: u32, total: u32) -> (u64, u64) {
+    let start = |i: u32| (u64::from(i) << 32).div_ceil(u64::from(total));
+    (start(segment), start(segment + 1))
 }

@@ -11,7 +11,7 @@ use super::{Call, Tables, store_error};
 use crate::error::TableError;
 use crate::expression::Operator;
 use crate::model::{self, AttributeValue, Item, ItemKey, KeySchema, ScalarType};
-use crate::store::{RangeQuery, ScanQuery, StoredItem, TableRecord, segment_hash};
+use crate::store::{RangeQuery, ScanQuery, StoredItem, TableRecord, segment_hash, segment_of};
 
 pub const MAX_PAGE_ITEMS: u32 = 1000;
 pub const DEFAULT_PAGE_ITEMS: usize = 100;
@@ -265,11 +265,11 @@ impl Tables {
         // The store finds a segment's items after the start key among those
         // of the segment: a start key of another segment would skip some.
         if let (Some(after), Some((segment, total))) = (&after, segment)
-            && segment_hash(&after.partition) % total != segment
+            && segment_of(segment_hash(&after.partition), total) != segment
         {
             return Err(TableError::validation(format!(
                 "The provided starting key is invalid: Invalid ExclusiveStartKey. Please use ExclusiveStartKey with correct Segment. exclusive_start_key belongs to segment {} of total_segments {total}, not segment {segment}; continue a segment's scan with that segment's last_evaluated_key",
-                segment_hash(&after.partition) % total
+                segment_of(segment_hash(&after.partition), total)
             )));
         }
         let request = ScanQuery {

@@ -26,6 +26,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::{
     Mutation, RangeQuery, ScanQuery, StoreError, StoredItem, TableRecord, TableStore, segment_hash,
+    segment_hashes,
 };
 use crate::model::ItemKey;
 
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS items (
     envelope BLOB NOT NULL,
     PRIMARY KEY (table_id, pk, sk)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS items_by_segment ON items (table_id, seg, pk, sk);
 ";
 
 const READERS: usize = 4;
@@ -327,24 +329,7 @@ impl TableStore for SqliteTableStore {
     }
 
     fn scan(&self, q: &ScanQuery) -> Result<Vec<StoredItem>, StoreError> {
-        let mut sql = String::from("SELECT pk, sk, envelope FROM items WHERE table_id = ?1");
-        let mut args: Vec<Value> = vec![Value::Text(q.table_id.clone())];
-        if let Some(after) = &q.after {
-            args.push(Value::Blob(after.partition.clone()));
-            args.push(Value::Blob(after.sort.clone()));
-            sql.push_str(&format!(
-                " AND (pk, sk) > (?{}, ?{})",
-                args.len() - 1,
-                args.len()
-            ));
-        }
-        if let Some((segment, total)) = q.segment {
-            args.push(Value::Integer(i64::from(total)));
-            args.push(Value::Integer(i64::from(segment)));
-            sql.push_str(&format!(" AND seg % ?{} = ?{}", args.len() - 1, args.len()));
-        }
-        args.push(Value::Integer(q.limit as i64));
-        sql.push_str(&format!(" ORDER BY pk, sk LIMIT ?{}", args.len()));
+        let (sql, args) = scan_sql(q);
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(&sql).map_err(engine)?;
             let rows = stmt
@@ -369,6 +354,53 @@ impl TableStore for SqliteTableStore {
     }
 }
 
+/// The statement of a scan page and its arguments.
+fn scan_sql(q: &ScanQuery) -> (String, Vec<Value>) {
+    let mut sql = String::from("SELECT pk, sk, envelope FROM items WHERE table_id = ?1");
+    let mut args: Vec<Value> = vec![Value::Text(q.table_id.clone())];
+    match q.segment {
+        None => {
+            if let Some(after) = &q.after {
+                args.push(Value::Blob(after.partition.clone()));
+                args.push(Value::Blob(after.sort.clone()));
+                sql.push_str(&format!(
+                    " AND (pk, sk) > (?{}, ?{})",
+                    args.len() - 1,
+                    args.len()
+                ));
+            }
+            sql.push_str(" ORDER BY pk, sk");
+        }
+        // One run of `items_by_segment`: the segment's hashes, in
+        // (hash, partition, sort) order.
+        Some((segment, total)) => {
+            let (first, end) = segment_hashes(segment, total);
+            args.push(Value::Integer(first as i64));
+            args.push(Value::Integer(end as i64));
+            sql.push_str(&format!(
+                " AND seg >= ?{} AND seg < ?{}",
+                args.len() - 1,
+                args.len()
+            ));
+            if let Some(after) = &q.after {
+                args.push(Value::Integer(i64::from(segment_hash(&after.partition))));
+                args.push(Value::Blob(after.partition.clone()));
+                args.push(Value::Blob(after.sort.clone()));
+                sql.push_str(&format!(
+                    " AND (seg, pk, sk) > (?{}, ?{}, ?{})",
+                    args.len() - 2,
+                    args.len() - 1,
+                    args.len()
+                ));
+            }
+            sql.push_str(" ORDER BY seg, pk, sk");
+        }
+    }
+    args.push(Value::Integer(q.limit as i64));
+    sql.push_str(&format!(" LIMIT ?{}", args.len()));
+    (sql, args)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +412,57 @@ mod tests {
             .iter()
             .filter(|r| !r.lock().expect("reader").conn.is_autocommit())
             .count()
+    }
+
+    /// A page of one segment of a parallel scan reads only that segment:
+    /// a range of `items_by_segment`, not the whole table filtered (which
+    /// made each page of a sparse segment read every row, and a scan in T
+    /// segments read the table T times).
+    #[test]
+    fn a_segment_page_searches_its_range_of_the_segment_index() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = SqliteTableStore::open(&dir.path().join("items.sqlite")).expect("open");
+        let writer = store.writer.lock().expect("writer");
+        let plan = |q: &ScanQuery| -> String {
+            let (sql, args) = scan_sql(q);
+            let mut stmt = writer
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("plan");
+            stmt.query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(3))
+                .expect("plan rows")
+                .map(Result::unwrap)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let after = ItemKey {
+            partition: b"p".to_vec(),
+            sort: Vec::new(),
+        };
+        for after in [None, Some(after)] {
+            let segment = plan(&ScanQuery {
+                table_id: "t".into(),
+                after: after.clone(),
+                segment: Some((3, 8)),
+                limit: 10,
+                max_bytes: usize::MAX,
+            });
+            assert!(
+                segment.contains(
+                    "SEARCH items USING INDEX items_by_segment (table_id=? AND seg>? AND seg<?)"
+                ),
+                "{segment}"
+            );
+            assert!(!segment.contains("TEMP B-TREE"), "{segment}");
+            let whole = plan(&ScanQuery {
+                table_id: "t".into(),
+                after,
+                segment: None,
+                limit: 10,
+                max_bytes: usize::MAX,
+            });
+            assert!(whole.contains("SEARCH items USING PRIMARY KEY"), "{whole}");
+            assert!(!whole.contains("TEMP B-TREE"), "{whole}");
+        }
     }
 
     /// The writer commits durably (WAL, `synchronous=FULL`: 2).

@@ -720,23 +720,23 @@ fn scan_segments_partition_the_table(engine: &dyn Engine) {
     let all = fill_scan_fixture(&*store);
     for total in [1u32, 2, 3, 7] {
         let mut union: Vec<StoredItem> = Vec::new();
-        let mut segment_of: BTreeMap<Vec<u8>, BTreeSet<u32>> = BTreeMap::new();
+        let mut segments_of: BTreeMap<Vec<u8>, BTreeSet<u32>> = BTreeMap::new();
         let mut non_empty = 0;
         for segment in 0..total {
             let items = paginate(&*store, Some((segment, total)), 3);
             let mut sorted = items.clone();
-            sorted.sort_by(|a, b| a.key.cmp(&b.key));
+            sorted.sort_by_key(|item| (segment_hash(&item.key.partition), item.key.clone()));
             assert_eq!(items, sorted, "segment {segment}/{total} out of order");
             non_empty += usize::from(!items.is_empty());
             for item in &items {
                 // Engines agree on the segment of a partition.
                 assert_eq!(
-                    segment_hash(&item.key.partition) % total,
+                    segment_of(segment_hash(&item.key.partition), total),
                     segment,
                     "{:?} in segment {segment}/{total}",
                     item.key
                 );
-                segment_of
+                segments_of
                     .entry(item.key.partition.clone())
                     .or_default()
                     .insert(segment);
@@ -746,14 +746,14 @@ fn scan_segments_partition_the_table(engine: &dyn Engine) {
         // Disjoint, and together the whole table.
         union.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(union, all, "union of {total} segments");
-        for (partition, segments) in &segment_of {
+        for (partition, segments) in &segments_of {
             assert_eq!(
                 segments.len(),
                 1,
                 "partition {partition:?} split over {segments:?}"
             );
         }
-        assert_eq!(segment_of.len(), 40);
+        assert_eq!(segments_of.len(), 40);
         assert!(
             non_empty == total as usize,
             "{total} segments: {non_empty} hold items"
@@ -932,6 +932,51 @@ fn group_commit_refuses_writes_queued_behind_a_failure(engine: &dyn Engine) {
 }
 
 // ------------------------------------------------ engine-free
+
+/// Segment `i` of `T` is one contiguous `T`-th of the hash space: every
+/// hash is in exactly one segment, the one whose range holds it, and the
+/// ranges tile 0..2³² in order.
+#[test]
+fn segments_tile_the_hash_space_in_order() {
+    for total in [1u32, 2, 3, 7, 1000, 999_983, 1_000_000] {
+        let picked: BTreeSet<u32> = [0, 1, total / 2, total.saturating_sub(2), total - 1]
+            .into_iter()
+            .filter(|&s| s < total)
+            .collect();
+        let mut previous: Option<(u32, u64)> = None;
+        for segment in picked {
+            let (first, end) = segment_hashes(segment, total);
+            assert!(first < end, "{segment}/{total} is empty");
+            if segment == 0 {
+                assert_eq!(first, 0);
+            }
+            if segment == total - 1 {
+                assert_eq!(end, 1 << 32);
+            }
+            if let Some((before, its_end)) = previous
+                && before + 1 == segment
+            {
+                assert_eq!(
+                    first, its_end,
+                    "{segment}/{total} starts where {before} ends"
+                );
+            }
+            previous = Some((segment, end));
+            for hash in [first, first + (end - first) / 2, end - 1] {
+                assert_eq!(segment_of(hash as u32, total), segment, "{hash}/{total}");
+            }
+            if first > 0 {
+                assert_eq!(segment_of(first as u32 - 1, total), segment - 1);
+            }
+            if end < 1 << 32 {
+                assert_eq!(segment_of(end as u32, total), segment + 1);
+            }
+        }
+    }
+    assert_eq!(segment_of(u32::MAX, 1_000_000), 999_999);
+    assert_eq!(segment_of(0x8000_0000, 2), 1);
+    assert_eq!(segment_of(0x7fff_ffff, 2), 0);
+}
 
 /// FORMAT: segment numbers derive from the first four bytes of SHA-256 of
 /// the partition (big-endian). Engines may persist them (SQLite's `seg`
