@@ -217,9 +217,13 @@ pub struct AuditEvent {
     pub request_id: String,
     /// API operation: "Decrypt", "CreateKey", "Authenticate"…
     pub event_name: String,
-    /// End caller, e.g. "user/bob"; `None` when authentication failed.
+    /// End caller, e.g. "user/bob"; `None` when authentication failed (a
+    /// user that may not forward a credential is named, having
+    /// authenticated itself).
     pub principal: Option<String>,
-    /// Forwarding service, e.g. "service/table-service".
+    /// Forwarding service, e.g. "service/table-service"; also on a refused
+    /// forwarding (a bad forwarded credential: `principal` is `None`; the
+    /// service's own credential forwarded: both name the service).
     pub via_service: Option<String>,
     pub source_address: Option<String>,
     pub key_id: Option<String>,

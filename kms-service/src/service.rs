@@ -553,7 +553,14 @@ impl Kms {
                     ctx.event.put_condition_resources_first();
                     result
                 }
-                Err(e) => Err(e),
+                Err((e, established)) => {
+                    // Whoever did authenticate is named, so a refused
+                    // forwarding is attributed to the service (or the
+                    // caller) that attempted it.
+                    ctx.event.principal = established.principal;
+                    ctx.event.via_service = established.via_service;
+                    Err(e)
+                }
             }
         };
         let event = std::mem::take(&mut ctx.event);
@@ -741,17 +748,18 @@ fn token_principal(
     ))
 }
 
-fn authenticate(state: &State, creds: &Credentials) -> Result<Caller, KmsError> {
+fn authenticate(state: &State, creds: &Credentials) -> Result<Caller, (KmsError, Established)> {
     let own = if creds.on_behalf_of.is_some() {
         CredentialOf::Service
     } else {
         CredentialOf::Caller
     };
+    let nobody = |e| (e, Established::default());
     let header = creds
         .authorization
         .as_deref()
-        .ok_or_else(|| auth_error(AuthFailure::Missing, own))?;
-    let (principal, token_id, kind) = token_principal(state, header, own)?;
+        .ok_or_else(|| nobody(auth_error(AuthFailure::Missing, own)))?;
+    let (principal, token_id, kind) = token_principal(state, header, own).map_err(nobody)?;
     let Some(forwarded) = creds.on_behalf_of.as_deref() else {
         return Ok(Caller {
             principal,
@@ -760,11 +768,23 @@ fn authenticate(state: &State, creds: &Credentials) -> Result<Caller, KmsError> 
         });
     };
     if kind != PrincipalKind::Service {
-        return Err(KmsError::AccessDenied(format!(
+        let error = KmsError::AccessDenied(format!(
             "User: {principal} is not a service principal and may not act on behalf of another principal (x-on-behalf-of)"
-        )));
+        ));
+        return Err((
+            error,
+            Established {
+                principal: Some(principal),
+                via_service: None,
+            },
+        ));
     }
-    let (end_principal, end_token, _) = token_principal(state, forwarded, CredentialOf::Forwarded)?;
+    let service = || Established {
+        principal: None,
+        via_service: Some(principal.clone()),
+    };
+    let (end_principal, end_token, _) =
+        token_principal(state, forwarded, CredentialOf::Forwarded).map_err(|e| (e, service()))?;
     // A service may not forward its own credential: that would be decided
     // as "<service> via <service>", which an "any principal, only via the
     // service" statement allows, so one leaked service token would be
@@ -772,15 +792,31 @@ fn authenticate(state: &State, creds: &Credentials) -> Result<Caller, KmsError> 
     // service calling through it, with its own token, is a caller like any
     // other.)
     if end_principal == principal {
-        return Err(KmsError::AccessDenied(format!(
+        let error = KmsError::AccessDenied(format!(
             "User: {principal} may not act on behalf of itself; x-on-behalf-of must carry the credential of the caller it serves"
-        )));
+        ));
+        return Err((
+            error,
+            Established {
+                principal: Some(end_principal),
+                via_service: Some(principal),
+            },
+        ));
     }
     Ok(Caller {
         principal: end_principal,
         token_id: end_token,
         via_service: Some(principal),
     })
+}
+
+/// What a refused authentication did establish, for its record: the
+/// service whose forwarded credential was refused (`via_service`), or the
+/// caller that may not forward one (`principal`).
+#[derive(Default)]
+struct Established {
+    principal: Option<String>,
+    via_service: Option<String>,
 }
 
 /// A refused authorization: the error to answer with, and whether a Deny

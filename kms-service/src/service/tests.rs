@@ -640,6 +640,21 @@ async fn forwarded_identity_is_decided_for_the_end_caller() {
         "AccessDeniedException",
         "may not act on behalf of itself",
     );
+    // Its record names the service on both sides.
+    let refused = f.last_record(|r| r["event_name"] == "GenerateDataKey");
+    assert_eq!(
+        (
+            &refused["principal"],
+            &refused["via_service"],
+            &refused["decision"]
+        ),
+        (
+            &serde_json::json!("service/table-service"),
+            &serde_json::json!("service/table-service"),
+            &serde_json::json!("Deny")
+        ),
+        "{refused}"
+    );
     for caller in [&other, &bob] {
         f.kms
             .generate_data_key(&via(caller), &anyone_key, &c, DataKeyLength::Aes256, &[])
@@ -661,6 +676,10 @@ async fn forwarded_identity_is_decided_for_the_end_caller() {
         "AccessDeniedException",
         "not a service principal",
     );
+    // Its record names bob, who tried.
+    let refused = f.last_record(|r| r["event_name"] == "DescribeKey");
+    assert_eq!(refused["principal"], "user/bob", "{refused}");
+    assert!(refused["via_service"].is_null(), "{refused}");
     // A key policy can allow bob only via the table service.
     let policy = r#"{"Version":"2012-10-17","Statement":[
       {"Sid":"Admin","Effect":"Allow","Principal":{"AWS":"user/admin"},"Action":"kms:*","Resource":"*"},
@@ -709,6 +728,32 @@ async fn forwarded_identity_is_decided_for_the_end_caller() {
             .await,
         "UnrecognizedClientException",
         "revoked",
+    );
+    // Its record names the service that forwarded it; the caller is not
+    // known.
+    let refused = f.last_record(|r| r["event_name"] == "Decrypt");
+    assert_eq!(
+        (
+            &refused["principal"],
+            &refused["via_service"],
+            &refused["decision"]
+        ),
+        (
+            &serde_json::Value::Null,
+            &serde_json::json!("service/table-service"),
+            &serde_json::json!("Unauthenticated")
+        ),
+        "{refused}"
+    );
+    // A service whose own credential fails is named by nothing.
+    f.kms
+        .describe_key(&broken_service, &key, &[])
+        .await
+        .unwrap_err();
+    let refused = f.last_record(|r| r["event_name"] == "DescribeKey");
+    assert!(
+        refused["principal"].is_null() && refused["via_service"].is_null(),
+        "{refused}"
     );
 }
 
