@@ -4338,3 +4338,107 @@ async fn failed_forwarded_authentications_count_against_the_callers_address() {
         "127.0.0.1 (forwarded by a service)"
     );
 }
+
+/// BatchGetItem opens every item it found before the response budget
+/// counts its size: a caller without kms:Decrypt on one table's key is
+/// refused whatever the sizes, rather than handed that table's key back
+/// unprocessed when its stored envelope would not have fit (which told
+/// such a caller how large the item is, and that it exists).
+#[tokio::test]
+async fn batch_get_item_sizes_count_only_after_the_caller_unwrapped_them() {
+    use lockbox_proto::iam::v1 as iam;
+    use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
+    use lockbox_proto::kms::v1 as kms_pb;
+    use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
+    // A 1 MiB message limit: 512 KiB of items per answer.
+    let stack = start_with(|c| c.max_message_bytes = 1024 * 1024).await;
+    let kms = stack.kms.as_ref().expect("kms-service runs");
+    let channel = Channel::from_shared(format!("http://{}", kms.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut iam_client = IdentityServiceClient::new(channel.clone());
+    iam_client
+        .create_user(stack.req(iam::CreateUserRequest {
+            user_name: "reader".into(),
+            kind: 0,
+        }))
+        .await
+        .unwrap();
+    iam_client
+        .attach_user_policy(stack.req(iam::AttachUserPolicyRequest {
+            user_name: "reader".into(),
+            policy_name: "TableFullAccess".into(),
+        }))
+        .await
+        .unwrap();
+    let token = iam_client
+        .create_access_token(stack.req(iam::CreateAccessTokenRequest {
+            user_name: "reader".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    // The admin's own key, which reader may not use; the other table is on
+    // the service-managed key, which anyone may use through table-service.
+    let closed_key = KeyManagementServiceClient::new(channel)
+        .create_key(stack.req(kms_pb::CreateKeyRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .key_metadata
+        .unwrap()
+        .key_id;
+    stack.create("aaa-open", ("id", S), None).await;
+    run(&stack, create_with_key("zzz-closed", &closed_key))
+        .await
+        .unwrap();
+    let key = item(&[("id", s("k"))]);
+    stack
+        .put("aaa-open", with(&key, &[("blob", b(&vec![1; 350 * 1024]))]))
+        .await;
+    stack
+        .put(
+            "zzz-closed",
+            with(&key, &[("blob", b(&vec![2; 250 * 1024]))]),
+        )
+        .await;
+    let both = || {
+        batch_get(vec![
+            ("aaa-open", vec![key.clone()]),
+            ("zzz-closed", vec![key.clone()]),
+        ])
+    };
+
+    let Err(refused) = stack.c().batch_get_item(authed(&token, both())).await else {
+        panic!("reader may not decrypt zzz-closed's items, yet the batch succeeded");
+    };
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("kms:Decrypt") && refused.message().contains(&closed_key),
+        "{refused:?}"
+    );
+    // The open table alone reads; the admin, who may use both keys, gets
+    // what fits and the rest back unprocessed.
+    let open = stack
+        .c()
+        .batch_get_item(authed(
+            &token,
+            batch_get(vec![("aaa-open", vec![key.clone()])]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(open.responses["aaa-open"].items.len(), 1);
+    let admin = stack
+        .c()
+        .batch_get_item(stack.req(both()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(admin.responses["aaa-open"].items.len(), 1);
+    assert_eq!(admin.unprocessed_keys["zzz-closed"].keys.len(), 1);
+    stack.stop().await;
+}

@@ -521,9 +521,10 @@ impl Tables {
         let mut responses = BTreeMap::new();
         let mut unprocessed: BTreeMap<String, Vec<Item>> = BTreeMap::new();
         let mut unreachable = None;
-        // Stored bytes, to leave items unread past the budget before their
-        // data keys are unwrapped; then the items' response bytes.
-        let mut bytes = 0usize;
+        // The items' response bytes. Every item found is opened (its data
+        // key unwrapped for the caller) before its size counts: a cut by
+        // stored size before that would tell a caller without kms:Decrypt
+        // how large an item is (fits: refused; does not: handed back).
         let mut answered = 0usize;
         // The whole request is checked (each table allowed and existing,
         // each key valid and unique) before anything is read or unwrapped,
@@ -554,7 +555,6 @@ impl Tables {
         for (name, table, valid) in checked {
             let mut stored = Vec::new();
             let mut stored_keys = Vec::new();
-            let mut table_bytes = 0;
             for (key, key_map) in valid {
                 let store = self.store.clone();
                 let (table_id, lookup) = (table.table_id.clone(), key.clone());
@@ -563,17 +563,6 @@ impl Tables {
                     .map_err(|e| TableError::Internal(e.to_string()))?
                     .map_err(store_error)?;
                 if let Some(envelope) = found {
-                    // The first item is always read, so a batch makes
-                    // progress (or fails on that item, naming the limit).
-                    if bytes > 0 && bytes + envelope.len() > budget {
-                        unprocessed
-                            .entry(name.clone())
-                            .or_default()
-                            .push(key_map.clone());
-                        continue;
-                    }
-                    bytes += envelope.len();
-                    table_bytes += envelope.len();
                     stored.push(StoredItem { key, envelope });
                     stored_keys.push(key_map);
                 }
@@ -594,7 +583,6 @@ impl Tables {
                 },
             };
             let Some(items) = opened else {
-                bytes -= table_bytes;
                 unprocessed
                     .entry(name.clone())
                     .or_default()
@@ -604,6 +592,8 @@ impl Tables {
             let mut fitting = Vec::with_capacity(items.len());
             for (item, key_map) in items.into_iter().zip(stored_keys) {
                 let size = encoded_size(&item);
+                // The first item is always answered, so a batch makes
+                // progress (or fails on that item, naming the limit).
                 if answered > 0 && answered + size > budget {
                     unprocessed
                         .entry(name.clone())
