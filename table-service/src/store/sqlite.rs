@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS items (
     PRIMARY KEY (table_id, pk, sk)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS items_by_segment ON items (table_id, seg, pk, sk);
+CREATE TABLE IF NOT EXISTS item_counts (table_id TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 const READERS: usize = 4;
@@ -126,9 +127,10 @@ impl SqliteTableStore {
     /// Refused while another process has it open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let lock = lockbox_proto::store_lock::lock(path).map_err(StoreError::Engine)?;
-        let writer = Connection::open(path).map_err(engine)?;
+        let mut writer = Connection::open(path).map_err(engine)?;
         configure(&writer)?;
         writer.execute_batch(SCHEMA).map_err(engine)?;
+        count_uncounted_tables(&mut writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let conn = Connection::open(path).map_err(engine)?;
@@ -151,8 +153,25 @@ impl SqliteTableStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        let mut reader = match self.readers[i].lock() {
+        // The first idle reader from a rotating start; only when every one
+        // is busy (long pages) does a read wait, for the one at the start.
+        // Point reads run on the runtime's threads: they must not queue
+        // behind a page while another reader is free.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.readers.len();
+        let idle = (0..n).find_map(|j| {
+            let i = (start + j) % n;
+            match self.readers[i].try_lock() {
+                Ok(reader) => Some((i, Ok(reader))),
+                Err(TryLockError::Poisoned(poisoned)) => Some((i, Err(poisoned))),
+                Err(TryLockError::WouldBlock) => None,
+            }
+        });
+        let (i, locked) = match idle {
+            Some(found) => found,
+            None => (start % n, self.readers[start % n].lock()),
+        };
+        let mut reader = match locked {
             Ok(reader) => reader,
             // A read panicked with this reader: end whatever it left open
             // (an open transaction would pin the WAL) and go on.
@@ -192,15 +211,30 @@ impl SqliteTableStore {
 
     fn apply(conn: &mut Connection, batch: &[Mutation]) -> Result<(), StoreError> {
         let tx = conn.transaction().map_err(engine)?;
+        // Items added (or removed) per table, kept in `item_counts` in the
+        // same transaction, so DescribeTable's count costs one lookup, not
+        // a pass over the table.
+        let mut added: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
         for m in batch {
             match m {
-                Mutation::PutTable(t) => tx.execute(
-                    "INSERT INTO tables (table_id, name, body) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (table_id) DO UPDATE SET name = excluded.name, body = excluded.body",
-                    params![t.table_id, t.name, serde_json::to_string(t).map_err(engine)?],
-                ),
+                Mutation::PutTable(t) => {
+                    tx.execute(
+                        "INSERT INTO tables (table_id, name, body) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (table_id) DO UPDATE SET name = excluded.name, body = excluded.body",
+                        params![t.table_id, t.name, serde_json::to_string(t).map_err(engine)?],
+                    )
+                    .map_err(engine)?;
+                    tx.execute(
+                        "INSERT INTO item_counts (table_id, n) VALUES (?1, 0)
+                         ON CONFLICT (table_id) DO NOTHING",
+                        [&t.table_id],
+                    )
+                }
                 Mutation::DeleteTable { table_id } => {
                     tx.execute("DELETE FROM items WHERE table_id = ?1", [table_id])
+                        .map_err(engine)?;
+                    added.remove(table_id.as_str());
+                    tx.execute("DELETE FROM item_counts WHERE table_id = ?1", [table_id])
                         .map_err(engine)?;
                     tx.execute("DELETE FROM tables WHERE table_id = ?1", [table_id])
                 }
@@ -208,17 +242,60 @@ impl SqliteTableStore {
                     table_id,
                     key,
                     envelope,
-                } => tx.execute(
-                    "INSERT INTO items (table_id, pk, sk, seg, envelope) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (table_id, pk, sk) DO UPDATE SET envelope = excluded.envelope",
-                    params![table_id, key.partition, key.sort, segment_hash(&key.partition), envelope],
-                ),
-                Mutation::DeleteItem { table_id, key } => tx.execute(
-                    "DELETE FROM items WHERE table_id = ?1 AND pk = ?2 AND sk = ?3",
-                    params![table_id, key.partition, key.sort],
-                ),
+                } => {
+                    if !added.contains_key(table_id.as_str()) {
+                        ensure_counted(&tx, table_id)?;
+                        added.insert(table_id, 0);
+                    }
+                    let replaced = tx
+                        .prepare_cached(
+                            "UPDATE items SET envelope = ?4 WHERE table_id = ?1 AND pk = ?2 AND sk = ?3",
+                        )
+                        .and_then(|mut stmt| {
+                            stmt.execute(params![table_id, key.partition, key.sort, envelope])
+                        })
+                        .map_err(engine)?;
+                    if replaced > 0 {
+                        Ok(replaced)
+                    } else {
+                        *added.entry(table_id).or_default() += 1;
+                        tx.prepare_cached(
+                            "INSERT INTO items (table_id, pk, sk, seg, envelope) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )
+                        .and_then(|mut stmt| {
+                            stmt.execute(params![
+                                table_id,
+                                key.partition,
+                                key.sort,
+                                segment_hash(&key.partition),
+                                envelope
+                            ])
+                        })
+                    }
+                }
+                Mutation::DeleteItem { table_id, key } => {
+                    if !added.contains_key(table_id.as_str()) {
+                        ensure_counted(&tx, table_id)?;
+                        added.insert(table_id, 0);
+                    }
+                    let removed = tx
+                        .prepare_cached(
+                            "DELETE FROM items WHERE table_id = ?1 AND pk = ?2 AND sk = ?3",
+                        )
+                        .and_then(|mut stmt| stmt.execute(params![table_id, key.partition, key.sort]))
+                        .map_err(engine)?;
+                    *added.entry(table_id).or_default() -= removed as i64;
+                    Ok(removed)
+                }
             }
             .map_err(engine)?;
+        }
+        for (table_id, n) in added {
+            if n != 0 {
+                tx.prepare_cached("UPDATE item_counts SET n = n + ?2 WHERE table_id = ?1")
+                    .and_then(|mut stmt| stmt.execute(params![table_id, n]))
+                    .map_err(engine)?;
+            }
         }
         tx.commit().map_err(engine)
     }
@@ -344,14 +421,48 @@ impl TableStore for SqliteTableStore {
     fn count_items(&self, table_id: &str) -> Result<u64, StoreError> {
         self.read(|conn| {
             conn.query_row(
-                "SELECT COUNT(*) FROM items WHERE table_id = ?1",
+                "SELECT n FROM item_counts WHERE table_id = ?1",
                 [table_id],
                 |r| r.get::<_, i64>(0),
             )
-            .map(|n| n as u64)
+            .optional()
+            .map(|n| n.unwrap_or(0).max(0) as u64)
             .map_err(engine)
         })
     }
+}
+
+/// Makes sure `table_id` has its entry in `item_counts` before a batch
+/// changes its items: a table without one (items stored under no table
+/// record) is counted first, once.
+fn ensure_counted(tx: &rusqlite::Transaction<'_>, table_id: &str) -> Result<(), StoreError> {
+    let counted = tx
+        .prepare_cached("SELECT 1 FROM item_counts WHERE table_id = ?1")
+        .and_then(|mut stmt| stmt.exists([table_id]))
+        .map_err(engine)?;
+    if !counted {
+        tx.execute(
+            "INSERT INTO item_counts (table_id, n)
+             SELECT ?1, COUNT(*) FROM items WHERE table_id = ?1",
+            [table_id],
+        )
+        .map_err(engine)?;
+    }
+    Ok(())
+}
+
+/// Counts, once, the items of every table that has no entry in
+/// `item_counts` (tables of a database made before it was kept).
+fn count_uncounted_tables(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(engine)?;
+    tx.execute(
+        "INSERT INTO item_counts (table_id, n)
+         SELECT t.table_id, (SELECT COUNT(*) FROM items i WHERE i.table_id = t.table_id)
+         FROM tables t WHERE t.table_id NOT IN (SELECT table_id FROM item_counts)",
+        [],
+    )
+    .map_err(engine)?;
+    tx.commit().map_err(engine)
 }
 
 /// The statement of a scan page and its arguments.
@@ -463,6 +574,117 @@ mod tests {
             assert!(whole.contains("SEARCH items USING PRIMARY KEY"), "{whole}");
             assert!(!whole.contains("TEMP B-TREE"), "{whole}");
         }
+    }
+
+    fn item(table_id: &str, i: u32) -> Mutation {
+        Mutation::PutItem {
+            table_id: table_id.into(),
+            key: ItemKey {
+                partition: i.to_be_bytes().to_vec(),
+                sort: Vec::new(),
+            },
+            envelope: vec![7; 16],
+        }
+    }
+
+    /// DescribeTable's count is kept with the items, not counted from them:
+    /// reading it is one lookup (the query plan touches `item_counts` only),
+    /// it follows inserts, overwrites and deletes, survives a reopen, and a
+    /// database made before it was kept is counted once, at open.
+    #[test]
+    fn item_counts_are_kept_not_counted() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("items.sqlite");
+        {
+            let store = SqliteTableStore::open(&path).expect("open");
+            let mut batch: Vec<Mutation> = (0..100).map(|i| item("t1", i)).collect();
+            batch.extend((0..7).map(|i| item("t2", i)));
+            store.commit(&batch).expect("commit");
+            // Overwrites change nothing; a delete of an absent item neither.
+            store
+                .commit(&[
+                    item("t1", 5),
+                    Mutation::DeleteItem {
+                        table_id: "t1".into(),
+                        key: ItemKey {
+                            partition: 1000u32.to_be_bytes().to_vec(),
+                            sort: Vec::new(),
+                        },
+                    },
+                    Mutation::DeleteItem {
+                        table_id: "t1".into(),
+                        key: ItemKey {
+                            partition: 6u32.to_be_bytes().to_vec(),
+                            sort: Vec::new(),
+                        },
+                    },
+                ])
+                .expect("commit");
+            assert_eq!(store.count_items("t1").unwrap(), 99);
+            assert_eq!(store.count_items("t2").unwrap(), 7);
+            assert_eq!(store.count_items("t3").unwrap(), 0);
+            let writer = store.writer.lock().expect("writer");
+            let plan: String = writer
+                .query_row(
+                    "EXPLAIN QUERY PLAN SELECT n FROM item_counts WHERE table_id = ?1",
+                    ["t1"],
+                    |r| r.get(3),
+                )
+                .expect("plan");
+            assert!(plan.contains("item_counts"), "{plan}");
+            // As a database made before counts were kept: none.
+            writer.execute("DELETE FROM item_counts", []).unwrap();
+            writer
+                .execute(
+                    "INSERT INTO tables (table_id, name, body) VALUES ('t1', 'one', '{}'), ('t2', 'two', '{}')",
+                    [],
+                )
+                .unwrap();
+        }
+        let store = SqliteTableStore::open(&path).expect("reopen");
+        assert_eq!(store.count_items("t1").unwrap(), 99);
+        assert_eq!(store.count_items("t2").unwrap(), 7);
+        store
+            .commit(&[Mutation::DeleteTable {
+                table_id: "t2".into(),
+            }])
+            .expect("commit");
+        assert_eq!(store.count_items("t2").unwrap(), 0);
+        store.commit(&[item("t2", 1)]).expect("commit");
+        assert_eq!(store.count_items("t2").unwrap(), 1);
+    }
+
+    /// A read takes an idle reader when there is one: a point read does not
+    /// wait behind a reader busy with a long page (or a held one) while
+    /// another is free.
+    #[test]
+    fn a_read_takes_an_idle_reader_rather_than_waiting_for_a_busy_one() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store = std::sync::Arc::new(
+            SqliteTableStore::open(&dir.path().join("items.sqlite")).expect("open"),
+        );
+        store.commit(&[item("t", 1)]).expect("commit");
+        let key = ItemKey {
+            partition: 1u32.to_be_bytes().to_vec(),
+            sort: Vec::new(),
+        };
+        // Every reader but the last is busy.
+        let held: Vec<_> = store.readers[..READERS - 1]
+            .iter()
+            .map(|r| r.lock().expect("reader"))
+            .collect();
+        let (done, finished) = std::sync::mpsc::channel();
+        let reading = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || {
+            for _ in 0..(4 * READERS) {
+                let found = reading.get_item("t", &key).expect("get_item");
+                assert!(found.is_some());
+            }
+            let _ = done.send(());
+        });
+        let result = finished.recv_timeout(std::time::Duration::from_secs(10));
+        drop(held);
+        assert!(result.is_ok(), "reads waited for busy readers");
     }
 
     /// The writer commits durably (WAL, `synchronous=FULL`: 2).
