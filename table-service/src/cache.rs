@@ -13,7 +13,7 @@
 //!
 //! Both are bounded in size and time; a TTL or size of 0 disables them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,26 +35,77 @@ impl CacheConfig {
 
 struct Bounded<K, V> {
     config: CacheConfig,
-    entries: Mutex<HashMap<K, (V, Instant)>>,
+    entries: Mutex<Entries<K, V>>,
+}
+
+/// The entries, and their keys in the order they were stored: every entry
+/// lives as long (the TTL), so that is also the order they expire in, and
+/// eviction and sweeps take from the front instead of searching the map.
+/// An entry stored again or removed early leaves a stale record in `order`
+/// (its time no longer the entry's), skipped when reached.
+struct Entries<K, V> {
+    map: HashMap<K, (V, Instant)>,
+    order: VecDeque<(K, Instant)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Entries<K, V> {
+    /// Removes the entry `record` stands for, if it is still that entry.
+    fn remove_if_current(&mut self, (key, expires): &(K, Instant)) -> bool {
+        if self.map.get(key).is_some_and(|(_, e)| e == expires) {
+            self.map.remove(key);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Drops the expired entries (the front of `order`); returns how many.
+    fn drop_expired(&mut self, now: Instant) -> usize {
+        let mut dropped = 0;
+        while let Some(front) = self.order.front() {
+            if front.1 > now {
+                break;
+            }
+            let record = self.order.pop_front().expect("a front record");
+            dropped += usize::from(self.remove_if_current(&record));
+        }
+        dropped
+    }
+
+    /// Drops the entry that expires first.
+    fn drop_oldest(&mut self) {
+        while let Some(record) = self.order.pop_front() {
+            if self.remove_if_current(&record) {
+                return;
+            }
+        }
+    }
 }
 
 impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
     fn new(config: CacheConfig) -> Self {
         Bounded {
             config,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries<K, V>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get<R>(&self, key: &K, read: impl FnOnce(&V) -> R) -> Option<R> {
         if !self.config.enabled() {
             return None;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(key) {
+        let mut entries = self.lock();
+        match entries.map.get(key) {
             Some((value, expires)) if *expires > Instant::now() => Some(read(value)),
             Some(_) => {
-                entries.remove(key);
+                entries.map.remove(key);
                 None
             }
             None => None,
@@ -66,35 +117,33 @@ impl<K: std::hash::Hash + Eq + Clone, V> Bounded<K, V> {
             return;
         }
         let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= self.config.capacity && !entries.contains_key(&key) {
-            entries.retain(|_, (_, expires)| *expires > now);
-            if entries.len() >= self.config.capacity {
+        let expires = now + self.config.ttl;
+        let mut entries = self.lock();
+        if entries.map.len() >= self.config.capacity && !entries.map.contains_key(&key) {
+            entries.drop_expired(now);
+            if entries.map.len() >= self.config.capacity {
                 // Full of live entries: drop the one closest to expiry.
-                if let Some(oldest) = entries
-                    .iter()
-                    .min_by_key(|(_, (_, expires))| *expires)
-                    .map(|(k, _)| k.clone())
-                {
-                    entries.remove(&oldest);
-                }
+                entries.drop_oldest();
             }
         }
-        entries.insert(key, (value, now + self.config.ttl));
+        entries.map.insert(key.clone(), (value, expires));
+        entries.order.push_back((key, expires));
+        // Stale records (entries stored again, or removed by a lookup
+        // after they expired) are bounded too.
+        if entries.order.len() > 2 * self.config.capacity.max(8) {
+            let Entries { map, order } = &mut *entries;
+            order.retain(|(k, e)| map.get(k).is_some_and(|(_, me)| me == e));
+        }
     }
 
     fn len(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().map.len()
     }
 
     /// Drops (and so, for secrets, zeroizes) every expired entry; returns
     /// how many.
     fn purge_expired(&self) -> usize {
-        let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let before = entries.len();
-        entries.retain(|_, (_, expires)| *expires > now);
-        before - entries.len()
+        self.lock().drop_expired(Instant::now())
     }
 }
 

@@ -120,3 +120,73 @@ fn a_sweep_drops_expired_entries_that_nobody_looks_up() {
         "a live entry stays"
     );
 }
+
+/// A full cache drops the entry that expires first, and an entry stored
+/// again lives from its new store (its earlier place in line is stale).
+#[test]
+fn a_full_cache_drops_the_entry_closest_to_expiry() {
+    let cache = DataKeyCache::new(config(60_000, 3));
+    for i in 0..3u8 {
+        cache.insert("user/a", "Bearer t", &[i], &[i]);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // 0 stored again: now the newest.
+    cache.insert("user/a", "Bearer t", &[0], b"again");
+    cache.insert("user/a", "Bearer t", &[3], &[3]);
+    assert_eq!(cache.len(), 3);
+    assert!(
+        cache.get("user/a", "Bearer t", &[1]).is_none(),
+        "1 was oldest"
+    );
+    for i in [0u8, 2, 3] {
+        assert!(cache.get("user/a", "Bearer t", &[i]).is_some(), "{i} stays");
+    }
+    cache.insert("user/a", "Bearer t", &[4], &[4]);
+    assert!(cache.get("user/a", "Bearer t", &[2]).is_none(), "then 2");
+    assert_eq!(
+        cache
+            .get("user/a", "Bearer t", &[0])
+            .as_deref()
+            .map(Vec::as_slice),
+        Some(&b"again"[..])
+    );
+}
+
+/// A large full cache takes many inserts (each drops the entry first in
+/// line, rather than searching every entry for it), and entries stored
+/// again and again do not grow its bookkeeping past its bound.
+#[test]
+fn a_large_full_cache_keeps_its_bound_under_many_inserts() {
+    let cache = AuthzCache::new(config(60_000, 20_000));
+    for i in 0..60_000u32 {
+        cache.record_allow(&format!("Bearer {i}"), "table:GetItem", "table/t", "user/a");
+    }
+    assert_eq!(cache.0.len(), 20_000);
+    assert!(
+        cache
+            .allowed("Bearer 59999", "table:GetItem", "table/t")
+            .is_some()
+    );
+    assert!(
+        cache
+            .allowed("Bearer 39999", "table:GetItem", "table/t")
+            .is_none()
+    );
+    assert!(
+        cache
+            .allowed("Bearer 40000", "table:GetItem", "table/t")
+            .is_some()
+    );
+    for _ in 0..5 {
+        for i in 40_000..60_000u32 {
+            cache.record_allow(&format!("Bearer {i}"), "table:GetItem", "table/t", "user/a");
+        }
+    }
+    let entries = cache.0.lock();
+    assert_eq!(entries.map.len(), 20_000);
+    assert!(
+        entries.order.len() <= 2 * 20_000 + 1,
+        "{}",
+        entries.order.len()
+    );
+}
