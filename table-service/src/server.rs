@@ -311,6 +311,7 @@ pub async fn serve_with_tls(
     let limit = config.max_message_bytes as usize;
     tables.resume_rewraps();
     tables.sweep_caches();
+    tables.purge_dropped_tables();
     let v1 = reflection()
         .build_v1()
         .map_err(|e| StartError::Config(format!("reflection: {e}")))?;

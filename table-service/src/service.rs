@@ -20,7 +20,7 @@ use crate::envelope;
 use crate::error::TableError;
 use crate::kms::{CallerCredential, Conditional, KmsClient};
 use crate::model::{self, Item, ItemKey};
-use crate::store::{GroupCommit, StoreError, StoredItem, TableRecord, TableStore};
+use crate::store::{GroupCommit, Mutation, StoreError, StoredItem, TableRecord, TableStore};
 
 pub use items::{BatchWrite, ReturnValues};
 pub use query::{Page, SortCondition};
@@ -36,6 +36,11 @@ const TABLE_WRITE_LOCKS: usize = 64;
 /// How long shutdown waits for writes still running (each bounded by its
 /// kms-service calls' timeout and its commit).
 pub const WRITES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Items of a deleted table purged per commit (see
+/// [`Tables::purge_dropped_tables`]).
+pub const PURGE_BATCH: usize = 1000;
+/// How often deleted tables are looked for while none is being purged.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 pub struct TablesConfig {
@@ -209,6 +214,61 @@ impl Tables {
                 };
                 tables.data_keys.purge_expired();
                 tables.authz.purge_expired();
+            }
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(job);
+    }
+
+    /// Purges the items of deleted tables in the background,
+    /// [`PURGE_BATCH`] at a time per table and commit, so the writes queued
+    /// behind one wait milliseconds, not the whole deletion; a restart goes
+    /// on with what is left. Runs until the service stops, or a commit
+    /// fails (the store then refuses every write until restarted anyway).
+    pub fn purge_dropped_tables(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        let job = tokio::spawn(async move {
+            let mut purging = std::collections::BTreeSet::new();
+            loop {
+                let Some(tables) = this.upgrade() else {
+                    return;
+                };
+                let store = tables.store.clone();
+                let dropped = match tokio::task::spawn_blocking(move || store.dropped_tables())
+                    .await
+                {
+                    Ok(Ok(dropped)) => dropped,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot list deleted tables to purge; trying again");
+                        Vec::new()
+                    }
+                    Err(_) => return,
+                };
+                for done in purging.iter().filter(|id| !dropped.contains(*id)) {
+                    tracing::info!(table_id = %done, "the items of a deleted table are purged");
+                }
+                purging.retain(|id| dropped.contains(id));
+                for table_id in &dropped {
+                    if purging.insert(table_id.clone()) {
+                        tracing::info!(table_id = %table_id, "purging the items of a deleted table");
+                    }
+                    let purge = Mutation::PurgeDropped {
+                        table_id: table_id.clone(),
+                        limit: PURGE_BATCH,
+                    };
+                    if let Err(e) = tables.commit.commit(vec![purge]).await {
+                        tracing::error!(error = %e, table_id = %table_id, "purging a deleted table's items failed; the rest are purged after a restart");
+                        return;
+                    }
+                }
+                drop(tables);
+                if dropped.is_empty() {
+                    tokio::time::sleep(PURGE_EVERY).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
             }
         });
         self.jobs

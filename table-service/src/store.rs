@@ -51,9 +51,18 @@ pub struct TableRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mutation {
     PutTable(TableRecord),
-    /// Removes the table and all its items.
+    /// Removes the table at once; its items are left for
+    /// [`Mutation::PurgeDropped`] (a table id is never used again, and
+    /// nothing reads a table without its record), so deleting a large
+    /// table is not one long transaction that every write waits behind.
     DeleteTable {
         table_id: String,
+    },
+    /// Deletes up to `limit` items of a deleted table; once none is left,
+    /// the table is no longer among [`TableStore::dropped_tables`].
+    PurgeDropped {
+        table_id: String,
+        limit: usize,
     },
     PutItem {
         table_id: String,
@@ -121,6 +130,8 @@ pub trait TableStore: Send + Sync + 'static {
     fn query(&self, query: &RangeQuery) -> Result<Vec<StoredItem>, StoreError>;
     fn scan(&self, query: &ScanQuery) -> Result<Vec<StoredItem>, StoreError>;
     fn count_items(&self, table_id: &str) -> Result<u64, StoreError>;
+    /// Deleted tables whose items are not all purged yet.
+    fn dropped_tables(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// The parallel-scan hash of a partition key: stable, so every item of a

@@ -94,6 +94,9 @@ impl TableStore for GatedStore {
     fn count_items(&self, table_id: &str) -> Result<u64, StoreError> {
         self.inner.count_items(table_id)
     }
+    fn dropped_tables(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.dropped_tables()
+    }
 }
 
 struct Stack {

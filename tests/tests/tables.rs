@@ -4442,3 +4442,68 @@ async fn batch_get_item_sizes_count_only_after_the_caller_unwrapped_them() {
     assert_eq!(admin.unprocessed_keys["zzz-closed"].keys.len(), 1);
     stack.stop().await;
 }
+
+/// DeleteTable answers at once and its items are purged in the
+/// background, a thousand per commit, so the writes of other tables never
+/// wait behind one long deletion; the name is free again at once, for a
+/// new, empty table; the other tables keep their items.
+#[tokio::test]
+async fn a_deleted_tables_items_are_purged_in_the_background() {
+    let stack = start().await;
+    let gone_id = stack.create("big", ("id", S), None).await.table_id;
+    stack.create("kept", ("id", S), None).await;
+    for chunk in 0..50 {
+        let writes = (0..25)
+            .map(|i| write_put(item(&[("id", s(&format!("{chunk}-{i}"))), ("v", n("1"))])))
+            .collect();
+        let unprocessed = stack
+            .c()
+            .batch_write_item(stack.req(batch_write(vec![("big", writes)])))
+            .await
+            .unwrap()
+            .into_inner()
+            .unprocessed_items;
+        assert!(unprocessed.is_empty());
+    }
+    stack.put("kept", item(&[("id", s("stays"))])).await;
+    let db = stack.dir.path().join("tables/tables.db");
+    let rows = |table_id: &str| -> i64 {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row(
+            "SELECT COUNT(*) FROM items WHERE table_id = ?1",
+            [table_id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(rows(&gone_id), 1250);
+
+    stack
+        .c()
+        .delete_table(stack.req(pb::DeleteTableRequest {
+            table_name: "big".into(),
+        }))
+        .await
+        .unwrap();
+    // The name makes a new, empty table at once.
+    let new_id = stack.create("big", ("id", S), None).await.table_id;
+    assert_ne!(new_id, gone_id);
+    let scanned = stack
+        .scan(pb::ScanRequest {
+            table_name: "big".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(scanned.items.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows(&gone_id) > 0 {
+        assert!(Instant::now() < deadline, "{} items left", rows(&gone_id));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stack.get("kept", item(&[("id", s("stays"))])).await,
+        item(&[("id", s("stays"))])
+    );
+    stack.stop().await;
+}

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS items (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS items_by_segment ON items (table_id, seg, pk, sk);
 CREATE TABLE IF NOT EXISTS item_counts (table_id TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dropped_tables (table_id TEXT PRIMARY KEY) WITHOUT ROWID;
 ";
 
 const READERS: usize = 4;
@@ -231,12 +232,35 @@ impl SqliteTableStore {
                     )
                 }
                 Mutation::DeleteTable { table_id } => {
-                    tx.execute("DELETE FROM items WHERE table_id = ?1", [table_id])
-                        .map_err(engine)?;
                     added.remove(table_id.as_str());
                     tx.execute("DELETE FROM item_counts WHERE table_id = ?1", [table_id])
                         .map_err(engine)?;
-                    tx.execute("DELETE FROM tables WHERE table_id = ?1", [table_id])
+                    let deleted = tx
+                        .execute("DELETE FROM tables WHERE table_id = ?1", [table_id])
+                        .map_err(engine)?;
+                    if deleted > 0 {
+                        tx.execute(
+                            "INSERT INTO dropped_tables (table_id) VALUES (?1)
+                             ON CONFLICT (table_id) DO NOTHING",
+                            [table_id],
+                        )
+                    } else {
+                        Ok(0)
+                    }
+                }
+                Mutation::PurgeDropped { table_id, limit } => {
+                    let purged = tx
+                        .prepare_cached(
+                            "DELETE FROM items WHERE table_id = ?1 AND (pk, sk) IN
+                               (SELECT pk, sk FROM items WHERE table_id = ?1 LIMIT ?2)",
+                        )
+                        .and_then(|mut stmt| stmt.execute(params![table_id, *limit as i64]))
+                        .map_err(engine)?;
+                    if purged < *limit {
+                        tx.execute("DELETE FROM dropped_tables WHERE table_id = ?1", [table_id])
+                    } else {
+                        Ok(purged)
+                    }
                 }
                 Mutation::PutItem {
                     table_id,
@@ -415,6 +439,16 @@ impl TableStore for SqliteTableStore {
                 })
                 .map_err(engine)?;
             rows_to_items(rows, q.max_bytes)
+        })
+    }
+
+    fn dropped_tables(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT table_id FROM dropped_tables ORDER BY table_id")
+                .map_err(engine)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(engine)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(engine)
         })
     }
 
@@ -650,6 +684,13 @@ mod tests {
             }])
             .expect("commit");
         assert_eq!(store.count_items("t2").unwrap(), 0);
+        store
+            .commit(&[Mutation::PurgeDropped {
+                table_id: "t2".into(),
+                limit: 100,
+            }])
+            .expect("commit");
+        assert!(store.dropped_tables().unwrap().is_empty());
         store.commit(&[item("t2", 1)]).expect("commit");
         assert_eq!(store.count_items("t2").unwrap(), 1);
     }

@@ -96,6 +96,9 @@ impl TableStore for FailingStore {
     fn count_items(&self, table_id: &str) -> Result<u64, StoreError> {
         self.inner.count_items(table_id)
     }
+    fn dropped_tables(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.dropped_tables()
+    }
 }
 
 // ------------------------------------------------------------- helpers
@@ -326,7 +329,20 @@ fn delete_table_removes_the_table_and_only_its_items(engine: &dyn Engine) {
             table_id: T1.to_owned(),
         }],
     );
+    // The table is gone at once; its items go in purges of a few at a
+    // time (nothing reads a table without its record).
     check_tables(&*store, &[table("two", T2)]);
+    assert_eq!(store.count_items(T1).unwrap(), 0);
+    assert_eq!(store.dropped_tables().unwrap(), [T1]);
+    let purge = || Mutation::PurgeDropped {
+        table_id: T1.to_owned(),
+        limit: 2,
+    };
+    commit(&*store, &[purge()]);
+    assert_eq!(scan_all(&*store, T1).len(), 1, "two of three purged");
+    assert_eq!(store.dropped_tables().unwrap(), [T1]);
+    commit(&*store, &[purge()]);
+    assert_eq!(store.dropped_tables().unwrap(), Vec::<String>::new());
     check_items(&*store, T1, &[]);
     for k in &keys {
         assert_eq!(store.get_item(T1, k).unwrap(), None, "{k:?}");
@@ -345,6 +361,7 @@ fn delete_table_removes_the_table_and_only_its_items(engine: &dyn Engine) {
         ],
     );
     check_tables(&*store, &[table("two", T2), table("one", t3)]);
+    assert_eq!(store.dropped_tables().unwrap(), Vec::<String>::new());
     check_items(&*store, t3, &[]);
     check_items(&*store, T2, &kept);
 }
