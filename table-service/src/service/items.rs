@@ -54,6 +54,29 @@ impl ReturnValues {
     }
 }
 
+/// The table (its id; `None`: there was none) whose key attributes told
+/// [`Tables::authorize_write`] which conditions read the item, and so
+/// whether `table:GetItem` was needed.
+pub(super) struct Judged(Option<String>);
+
+impl Judged {
+    /// Refuses the write when the table under the write lock is another
+    /// one of the same name (deleted and created again meanwhile, with
+    /// other key attributes, perhaps): a condition judged to name a key
+    /// attribute might now read the item, for a caller who may not.
+    /// (Judged against no table, every condition was taken to read.)
+    fn check(&self, name: &str, now: Option<&TableRecord>) -> Result<(), TableError> {
+        match (&self.0, now) {
+            (Some(judged), Some(table)) if *judged != table.table_id => {
+                Err(TableError::ConcurrentChange(format!(
+                    "table {name} was deleted and created again while this request was being authorized; retry it"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The attributes of `item` that `actions` name.
 fn named_by(item: Option<Item>, actions: &[UpdateAction]) -> Option<Item> {
     let mut item = item?;
@@ -94,7 +117,9 @@ impl Tables {
     /// when the write's own work reads (`reads`, the reason: UpdateItem's
     /// ADD and DELETE succeed or fail by the value stored): a caller who
     /// may only write must not read items through its writes. Returns
-    /// whether `table:GetItem` was asked for (and so allowed).
+    /// whether `table:GetItem` was asked for (and so allowed), and the
+    /// table whose key attributes told which conditions read the item
+    /// (see [`Judged::check`]).
     async fn authorize_write(
         &self,
         call: &mut Call,
@@ -103,7 +128,8 @@ impl Tables {
         return_values: ReturnValues,
         conditions: &[Condition],
         reads: Option<String>,
-    ) -> Result<bool, TableError> {
+    ) -> Result<(bool, Judged), TableError> {
+        let judged = Judged(self.table(table_name).ok().map(|t| t.table_id));
         let resource = resource(table_name);
         let reads = if return_values != ReturnValues::None {
             Some(format!(
@@ -135,7 +161,7 @@ impl Tables {
             .collect();
         let reads_item = reads.is_some();
         match self.authorize_each(call, &asked).await? {
-            None => Ok(reads_item),
+            None => Ok((reads_item, judged)),
             Some((
                 i,
                 TableError::Kms {
@@ -258,10 +284,13 @@ impl Tables {
         // (`x-authorize`): one kms-service call instead of two.
         let cached = self.cached_allow(call, ACTION, &resource);
         let deciding = !cached && conditions.is_empty() && return_values == ReturnValues::None;
+        let mut judged = Judged(None);
         if !deciding {
             let action = (!cached).then_some(ACTION);
-            self.authorize_write(call, action, table_name, return_values, conditions, None)
-                .await?;
+            judged = self
+                .authorize_write(call, action, table_name, return_values, conditions, None)
+                .await?
+                .1;
         }
         let _writes = self.table_lock(table_name).read().await;
         let prepared = self.table(table_name).and_then(|table| {
@@ -280,6 +309,7 @@ impl Tables {
                 return Err(e);
             }
         };
+        judged.check(table_name, Some(&table))?;
         let (envelope, _guard, old) = if deciding {
             // Nothing to read first: the data key (and the decision) before
             // the item's lock, so a caller who may not write never holds
@@ -378,17 +408,19 @@ impl Tables {
         encoded_size: &EncodedSize,
     ) -> Result<Option<Item>, TableError> {
         return_values.check_for("DeleteItem")?;
-        self.authorize_write(
-            call,
-            Some("table:DeleteItem"),
-            table_name,
-            return_values,
-            conditions,
-            None,
-        )
-        .await?;
+        let (_, judged) = self
+            .authorize_write(
+                call,
+                Some("table:DeleteItem"),
+                table_name,
+                return_values,
+                conditions,
+                None,
+            )
+            .await?;
         let _writes = self.table_lock(table_name).read().await;
         let table = self.table(table_name)?;
+        judged.check(table_name, Some(&table))?;
         let key = table.schema.validate_key_map(key)?;
         let _guard = self.stripe(&table, &key).lock().await;
         let old = self
@@ -428,7 +460,7 @@ impl Tables {
                 _ => None,
             })
             .map(|(what, name)| format!("{what} {} reads the item", abbreviate(name)));
-        let may_read = self
+        let (may_read, judged) = self
             .authorize_write(
                 call,
                 Some("table:UpdateItem"),
@@ -440,6 +472,7 @@ impl Tables {
             .await?;
         let _writes = self.table_lock(table_name).read().await;
         let table = self.table(table_name)?;
+        judged.check(table_name, Some(&table))?;
         let key = table.schema.validate_key_map(key_map)?;
         // A request that cannot succeed whatever the item holds is refused
         // before the item is read: no data key is unwrapped for it.
@@ -746,4 +779,44 @@ impl Tables {
 pub enum BatchWrite {
     Put(Item),
     Delete(Item),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{KeySchema, ScalarType};
+
+    fn record(table_id: &str) -> TableRecord {
+        TableRecord {
+            name: "t".into(),
+            table_id: table_id.into(),
+            schema: KeySchema {
+                partition: ("id".into(), ScalarType::S),
+                sort: None,
+            },
+            kms_key_id: "k".into(),
+            service_managed: false,
+            created: 0,
+            rewrap: None,
+        }
+    }
+
+    /// A write is refused (ABORTED, retry) when the table it was authorized
+    /// against was deleted and created again before its write lock: which
+    /// conditions read the item was judged on the old table's keys.
+    #[test]
+    fn a_write_judged_on_another_table_of_the_name_is_refused() {
+        let judged = Judged(Some("one".into()));
+        assert!(judged.check("t", Some(&record("one"))).is_ok());
+        let refused = judged.check("t", Some(&record("two"))).unwrap_err();
+        assert!(
+            matches!(refused, TableError::ConcurrentChange(_)),
+            "{refused:?}"
+        );
+        assert!(refused.to_string().contains("deleted and created again"));
+        // Judged with no table, every condition counted as reading.
+        assert!(Judged(None).check("t", Some(&record("two"))).is_ok());
+        // No table now: the write reports that itself.
+        assert!(judged.check("t", None).is_ok());
+    }
 }
