@@ -211,7 +211,14 @@ impl SqliteTableStore {
     }
 
     fn apply(conn: &mut Connection, batch: &[Mutation]) -> Result<(), StoreError> {
-        let tx = conn.transaction().map_err(engine)?;
+        // IMMEDIATE: the write lock from the start. The batch reads before it
+        // writes (whether a table is counted, whether an item exists), and
+        // a deferred transaction that began by reading could not be turned
+        // into a write once its snapshot was no longer the newest (busy,
+        // with no waiting).
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(engine)?;
         // Items added (or removed) per table, kept in `item_counts` in the
         // same transaction, so DescribeTable's count costs one lookup, not
         // a pass over the table.
@@ -488,7 +495,9 @@ fn ensure_counted(tx: &rusqlite::Transaction<'_>, table_id: &str) -> Result<(), 
 /// Counts, once, the items of every table that has no entry in
 /// `item_counts` (tables of a database made before it was kept).
 fn count_uncounted_tables(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn.transaction().map_err(engine)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(engine)?;
     tx.execute(
         "INSERT INTO item_counts (table_id, n)
          SELECT t.table_id, (SELECT COUNT(*) FROM items i WHERE i.table_id = t.table_id)
