@@ -97,6 +97,48 @@ impl Stack {
         self.client.clone()
     }
 
+    /// A connection to kms-service, which must run.
+    async fn kms_channel(&self) -> Channel {
+        let kms = self.kms.as_ref().expect("kms-service runs");
+        Channel::from_shared(format!("http://{}", kms.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Makes user `name` with the managed policies `policies`, as the
+    /// administrator; returns its token.
+    async fn user(&self, name: &str, policies: &[&str]) -> String {
+        use lockbox_proto::iam::v1 as iam;
+        use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
+        let mut iam_client = IdentityServiceClient::new(self.kms_channel().await);
+        iam_client
+            .create_user(self.req(iam::CreateUserRequest {
+                user_name: name.into(),
+                kind: 0,
+            }))
+            .await
+            .unwrap();
+        for policy in policies {
+            iam_client
+                .attach_user_policy(self.req(iam::AttachUserPolicyRequest {
+                    user_name: name.into(),
+                    policy_name: (*policy).into(),
+                }))
+                .await
+                .unwrap();
+        }
+        iam_client
+            .create_access_token(self.req(iam::CreateAccessTokenRequest {
+                user_name: name.into(),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    }
+
     /// Stops kms-service; returns the address it listened on.
     async fn stop_kms(&mut self) -> std::net::SocketAddr {
         let kms = self.kms.take().expect("kms-service runs");
@@ -798,31 +840,8 @@ async fn list_tables_pages_in_name_order() {
 /// table; a well-formed name is that caller's AccessDenied.
 #[tokio::test]
 async fn a_bad_table_name_is_a_validation_error_for_any_caller() {
-    use lockbox_proto::iam::v1 as iam;
-    use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
     let stack = start().await;
-    let kms = stack.kms.as_ref().expect("kms-service runs");
-    let channel = Channel::from_shared(format!("http://{}", kms.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut iam_client = IdentityServiceClient::new(channel);
-    iam_client
-        .create_user(stack.req(iam::CreateUserRequest {
-            user_name: "no-rights".into(),
-            kind: 0,
-        }))
-        .await
-        .unwrap();
-    let token = iam_client
-        .create_access_token(stack.req(iam::CreateAccessTokenRequest {
-            user_name: "no-rights".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = stack.user("no-rights", &[]).await;
     let key = item(&[("id", s("k"))]);
     for (name, code, reason, needle) in [
         (
@@ -4346,44 +4365,14 @@ async fn failed_forwarded_authentications_count_against_the_callers_address() {
 /// such a caller how large the item is, and that it exists).
 #[tokio::test]
 async fn batch_get_item_sizes_count_only_after_the_caller_unwrapped_them() {
-    use lockbox_proto::iam::v1 as iam;
-    use lockbox_proto::iam::v1::identity_service_client::IdentityServiceClient;
     use lockbox_proto::kms::v1 as kms_pb;
     use lockbox_proto::kms::v1::key_management_service_client::KeyManagementServiceClient;
     // A 1 MiB message limit: 512 KiB of items per answer.
     let stack = start_with(|c| c.max_message_bytes = 1024 * 1024).await;
-    let kms = stack.kms.as_ref().expect("kms-service runs");
-    let channel = Channel::from_shared(format!("http://{}", kms.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut iam_client = IdentityServiceClient::new(channel.clone());
-    iam_client
-        .create_user(stack.req(iam::CreateUserRequest {
-            user_name: "reader".into(),
-            kind: 0,
-        }))
-        .await
-        .unwrap();
-    iam_client
-        .attach_user_policy(stack.req(iam::AttachUserPolicyRequest {
-            user_name: "reader".into(),
-            policy_name: "TableFullAccess".into(),
-        }))
-        .await
-        .unwrap();
-    let token = iam_client
-        .create_access_token(stack.req(iam::CreateAccessTokenRequest {
-            user_name: "reader".into(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = stack.user("reader", &["TableFullAccess"]).await;
     // The admin's own key, which reader may not use; the other table is on
     // the service-managed key, which anyone may use through table-service.
-    let closed_key = KeyManagementServiceClient::new(channel)
+    let closed_key = KeyManagementServiceClient::new(stack.kms_channel().await)
         .create_key(stack.req(kms_pb::CreateKeyRequest::default()))
         .await
         .unwrap()
