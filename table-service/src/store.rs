@@ -104,7 +104,8 @@ pub struct RangeQuery {
 pub struct ScanQuery {
     pub table_id: String,
     pub after: Option<ItemKey>,
-    /// (segment, total segments) of a parallel scan.
+    /// (segment, total segments) of a parallel scan; `after` must then be
+    /// a key of that segment.
     pub segment: Option<(u32, u32)>,
     pub limit: usize,
     /// As [`RangeQuery::max_bytes`].

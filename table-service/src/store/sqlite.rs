@@ -529,24 +529,29 @@ fn scan_sql(q: &ScanQuery) -> (String, Vec<Value>) {
         // (hash, partition, sort) order.
         Some((segment, total)) => {
             let (first, end) = segment_hashes(segment, total);
-            args.push(Value::Integer(first as i64));
-            args.push(Value::Integer(end as i64));
-            sql.push_str(&format!(
-                " AND seg >= ?{} AND seg < ?{}",
-                args.len() - 1,
-                args.len()
-            ));
-            if let Some(after) = &q.after {
-                args.push(Value::Integer(i64::from(segment_hash(&after.partition))));
-                args.push(Value::Blob(after.partition.clone()));
-                args.push(Value::Blob(after.sort.clone()));
-                sql.push_str(&format!(
-                    " AND (seg, pk, sk) > (?{}, ?{}, ?{})",
-                    args.len() - 2,
-                    args.len() - 1,
-                    args.len()
-                ));
+            // The start key (in this segment: the service checks) is the
+            // lower bound on its own, so the index is entered at it; with
+            // `seg >= first` beside it SQLite would enter at the segment's
+            // start and step over every row of the pages before.
+            match &q.after {
+                Some(after) => {
+                    args.push(Value::Integer(i64::from(segment_hash(&after.partition))));
+                    args.push(Value::Blob(after.partition.clone()));
+                    args.push(Value::Blob(after.sort.clone()));
+                    sql.push_str(&format!(
+                        " AND (seg, pk, sk) > (?{}, ?{}, ?{})",
+                        args.len() - 2,
+                        args.len() - 1,
+                        args.len()
+                    ));
+                }
+                None => {
+                    args.push(Value::Integer(first as i64));
+                    sql.push_str(&format!(" AND seg >= ?{}", args.len()));
+                }
             }
+            args.push(Value::Integer(end as i64));
+            sql.push_str(&format!(" AND seg < ?{}", args.len()));
             sql.push_str(" ORDER BY seg, pk, sk");
         }
     }
@@ -592,7 +597,15 @@ mod tests {
             partition: b"p".to_vec(),
             sort: Vec::new(),
         };
-        for after in [None, Some(after)] {
+        // A later page enters the index at its start key, not at the
+        // segment's start (which would step over every earlier page).
+        for (after, range) in [
+            (None, "(table_id=? AND seg>? AND seg<?)"),
+            (
+                Some(after),
+                "(table_id=? AND (seg,pk,sk)>(?,?,?) AND seg<?)",
+            ),
+        ] {
             let segment = plan(&ScanQuery {
                 table_id: "t".into(),
                 after: after.clone(),
@@ -601,9 +614,9 @@ mod tests {
                 max_bytes: usize::MAX,
             });
             assert!(
-                segment.contains(
-                    "SEARCH items USING INDEX items_by_segment (table_id=? AND seg>? AND seg<?)"
-                ),
+                segment.contains(&format!(
+                    "SEARCH items USING INDEX items_by_segment {range}"
+                )),
                 "{segment}"
             );
             assert!(!segment.contains("TEMP B-TREE"), "{segment}");
