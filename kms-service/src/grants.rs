@@ -223,19 +223,6 @@ impl GrantRecord {
     }
 }
 
-/// A grant id a request gave, as its audit record shows it: whole when it
-/// could be one (64 hex digits), else its first 64 bytes and its length.
-pub fn shown_grant_id(grant_id: &str) -> String {
-    if grant_id.len() <= 64 {
-        return grant_id.to_string();
-    }
-    let mut end = 64;
-    while !grant_id.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &grant_id[..end], grant_id.len())
-}
-
 /// The grant id a grant token names, if it is well-formed.
 pub fn grant_id_from_token(token: &str) -> Option<&str> {
     token

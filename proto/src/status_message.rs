@@ -29,6 +29,25 @@ pub fn bounded(message: String) -> String {
     )
 }
 
+/// How long a name the caller sent may be before [`abbreviate`] shortens
+/// it.
+pub const NAME_BYTES: usize = 64;
+
+/// Shortens user-supplied text before it is echoed in a message or a
+/// record: its first [`NAME_BYTES`] bytes (at a character boundary) and
+/// its length, so a 400 KiB attribute name or a made-up grant id cannot
+/// blow up logs, records and answers.
+pub fn abbreviate(text: &str) -> String {
+    if text.len() <= NAME_BYTES {
+        return text.to_owned();
+    }
+    let mut end = NAME_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +77,22 @@ mod tests {
             "{cut}"
         );
         assert!(cut.ends_with(&format!("it was {} bytes)", MAX_BYTES + 12)));
+    }
+
+    #[test]
+    fn names_are_abbreviated_past_64_bytes() {
+        assert_eq!(abbreviate("short"), "short");
+        let name = "n".repeat(NAME_BYTES);
+        assert_eq!(abbreviate(&name), name);
+        assert_eq!(
+            abbreviate(&"n".repeat(100)),
+            format!("{}… (100 bytes)", "n".repeat(NAME_BYTES))
+        );
+        // "é" is two bytes: one straddling the bound is left out whole.
+        let name = format!("{}é", "n".repeat(NAME_BYTES - 1));
+        assert_eq!(
+            abbreviate(&name),
+            format!("{}… (65 bytes)", "n".repeat(NAME_BYTES - 1))
+        );
     }
 }

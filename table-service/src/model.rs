@@ -112,16 +112,4 @@ pub enum ModelError {
     Corrupt { reason: String },
 }
 
-/// Shortens user-supplied text before it is echoed in an error message, so a
-/// 400 KiB attribute name or number string cannot blow up logs and responses.
-pub(crate) fn abbreviate(text: &str) -> String {
-    const LIMIT: usize = 64;
-    if text.len() <= LIMIT {
-        return text.to_owned();
-    }
-    let mut end = LIMIT;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes)", &text[..end], text.len())
-}
+pub(crate) use lockbox_proto::status_message::abbreviate;

@@ -307,7 +307,7 @@ impl Kms {
                 // What was asked for, shortened when it cannot be a grant
                 // id, so a request cannot make its record as large as
                 // itself.
-                ctx.event.grant_id = Some(crate::grants::shown_grant_id(grant_id));
+                ctx.event.grant_id = Some(lockbox_proto::status_message::abbreviate(grant_id));
                 ctx.authorize(
                     state,
                     "kms:RevokeGrant",

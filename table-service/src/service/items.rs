@@ -65,13 +65,11 @@ impl Judged {
     /// other key attributes, perhaps): a condition judged to name a key
     /// attribute might now read the item, for a caller who may not.
     /// (Judged against no table, every condition was taken to read.)
-    fn check(&self, name: &str, now: Option<&TableRecord>) -> Result<(), TableError> {
-        match (&self.0, now) {
-            (Some(judged), Some(table)) if *judged != table.table_id => {
-                Err(TableError::ConcurrentChange(format!(
-                    "table {name} was deleted and created again while this request was being authorized; retry it"
-                )))
-            }
+    fn check(&self, name: &str, now: &TableRecord) -> Result<(), TableError> {
+        match &self.0 {
+            Some(judged) if *judged != now.table_id => Err(TableError::ConcurrentChange(format!(
+                "table {name} was deleted and created again while this request was being authorized; retry it"
+            ))),
             _ => Ok(()),
         }
     }
@@ -129,7 +127,9 @@ impl Tables {
         conditions: &[Condition],
         reads: Option<String>,
     ) -> Result<(bool, Judged), TableError> {
-        let judged = Judged(self.table(table_name).ok().map(|t| t.table_id));
+        // One look at the table: the one judged is the one recorded.
+        let table = self.table(table_name).ok();
+        let judged = Judged(table.as_ref().map(|t| t.table_id.clone()));
         let resource = resource(table_name);
         let reads = if return_values != ReturnValues::None {
             Some(format!(
@@ -143,7 +143,6 @@ impl Tables {
         } else {
             // A table that does not exist (reported after the decision)
             // has no key attributes to tell apart: any condition reads.
-            let table = self.table(table_name).ok();
             conditions
                 .iter()
                 .map(Condition::attribute)
@@ -309,7 +308,7 @@ impl Tables {
                 return Err(e);
             }
         };
-        judged.check(table_name, Some(&table))?;
+        judged.check(table_name, &table)?;
         let (envelope, _guard, old) = if deciding {
             // Nothing to read first: the data key (and the decision) before
             // the item's lock, so a caller who may not write never holds
@@ -420,7 +419,7 @@ impl Tables {
             .await?;
         let _writes = self.table_lock(table_name).read().await;
         let table = self.table(table_name)?;
-        judged.check(table_name, Some(&table))?;
+        judged.check(table_name, &table)?;
         let key = table.schema.validate_key_map(key)?;
         let _guard = self.stripe(&table, &key).lock().await;
         let old = self
@@ -472,7 +471,7 @@ impl Tables {
             .await?;
         let _writes = self.table_lock(table_name).read().await;
         let table = self.table(table_name)?;
-        judged.check(table_name, Some(&table))?;
+        judged.check(table_name, &table)?;
         let key = table.schema.validate_key_map(key_map)?;
         // A request that cannot succeed whatever the item holds is refused
         // before the item is read: no data key is unwrapped for it.
@@ -807,16 +806,14 @@ mod tests {
     #[test]
     fn a_write_judged_on_another_table_of_the_name_is_refused() {
         let judged = Judged(Some("one".into()));
-        assert!(judged.check("t", Some(&record("one"))).is_ok());
-        let refused = judged.check("t", Some(&record("two"))).unwrap_err();
+        assert!(judged.check("t", &record("one")).is_ok());
+        let refused = judged.check("t", &record("two")).unwrap_err();
         assert!(
             matches!(refused, TableError::ConcurrentChange(_)),
             "{refused:?}"
         );
         assert!(refused.to_string().contains("deleted and created again"));
         // Judged with no table, every condition counted as reading.
-        assert!(Judged(None).check("t", Some(&record("two"))).is_ok());
-        // No table now: the write reports that itself.
-        assert!(judged.check("t", None).is_ok());
+        assert!(Judged(None).check("t", &record("two")).is_ok());
     }
 }
