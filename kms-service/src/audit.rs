@@ -140,7 +140,8 @@ pub const MAX_BATCH_LIMIT: usize = 65_536;
 /// The most records kms-service ever leaves after its newest checkpoint:
 /// a checkpoint falls due when a sync passes a multiple of
 /// [`DEFAULT_CHECKPOINT_EVERY`], nothing more is appended until it is
-/// written, and the other syncer may have appended one batch meanwhile. A
+/// written, the other syncer may have appended one batch meanwhile, and
+/// a reopened log checkpoints an uncovered tail before appending. A
 /// longer uncheckpointed tail (`audit verify` refuses it) means
 /// checkpoints were taken out of their file, or records added after the
 /// service wrote the log.
