@@ -4496,3 +4496,54 @@ async fn a_deleted_tables_items_are_purged_in_the_background() {
     );
     stack.stop().await;
 }
+
+/// BatchGetItem unwraps a chunk of keys at a time (of
+/// `--kms-unwrap-concurrency`) and stops once its answer is full: the keys
+/// left come back unprocessed without their data keys being unwrapped, so
+/// a batch of large items costs about one chunk of key uses more than it
+/// answers, not one per key named.
+#[tokio::test]
+async fn batch_get_item_stops_unwrapping_once_its_answer_is_full() {
+    // A 1 MiB message limit: 512 KiB of items per answer; chunks of 4.
+    let stack = start_with(|c| {
+        c.max_message_bytes = 1024 * 1024;
+        c.kms_unwrap_concurrency = 4;
+        c.data_key_cache_ttl_secs = 0;
+    })
+    .await;
+    stack.create("large", ("id", S), None).await;
+    let keys: Vec<Item> = (0..20)
+        .map(|i| item(&[("id", s(&format!("k{i:02}")))]))
+        .collect();
+    for key in &keys {
+        stack
+            .put("large", with(key, &[("blob", b(&vec![3; 200 * 1024]))]))
+            .await;
+    }
+    let decrypts = || {
+        std::fs::read_to_string(stack.dir.path().join("kms/audit/audit.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"event_name\":\"Decrypt\""))
+            .count()
+    };
+    let before = decrypts();
+    let got = stack
+        .c()
+        .batch_get_item(stack.req(batch_get(vec![("large", keys.clone())])))
+        .await
+        .unwrap()
+        .into_inner();
+    // Two 200 KiB items fit in 512 KiB; the other 18 come back, in order.
+    assert_eq!(got.responses["large"].items.len(), 2);
+    let handed_back: Vec<_> = got.unprocessed_keys["large"]
+        .keys
+        .iter()
+        .map(|k| text(k.attributes.get("id")))
+        .collect();
+    let expected: Vec<_> = (2..20).map(|i| format!("k{i:02}")).collect();
+    assert_eq!(handed_back, expected);
+    // One chunk of 4 was unwrapped; none of the 16 keys after it.
+    assert_eq!(decrypts() - before, 4);
+    stack.stop().await;
+}

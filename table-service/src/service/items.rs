@@ -584,59 +584,87 @@ impl Tables {
             }
             checked.push((name, table, valid));
         }
+        // Once the budget is spent, the keys left are handed back unread.
+        let mut full = false;
         for (name, table, valid) in checked {
-            let mut stored = Vec::new();
-            let mut stored_keys = Vec::new();
-            for (key, key_map) in valid {
-                let store = self.store.clone();
-                let (table_id, lookup) = (table.table_id.clone(), key.clone());
-                let found = tokio::task::spawn_blocking(move || store.get_item(&table_id, &lookup))
-                    .await
-                    .map_err(|e| TableError::Internal(e.to_string()))?
-                    .map_err(store_error)?;
-                if let Some(envelope) = found {
-                    stored.push(StoredItem { key, envelope });
-                    stored_keys.push(key_map);
+            let mut fitting = Vec::new();
+            let mut left: Vec<&Item> = Vec::new();
+            let mut kept_back = false;
+            // A chunk of keys at a time, each chunk's items unwrapped in
+            // parallel: once the answer is full the rest are not read, so
+            // a large batch costs one chunk of unwraps more than it answers,
+            // not every item it names. Whether to go on depends only on
+            // items the caller could open.
+            for chunk in valid.chunks(self.unwrap_concurrency) {
+                if full {
+                    left.extend(chunk.iter().map(|(_, key_map)| *key_map));
+                    continue;
+                }
+                let mut stored = Vec::new();
+                let mut stored_keys = Vec::new();
+                for (key, key_map) in chunk {
+                    let store = self.store.clone();
+                    let (table_id, lookup) = (table.table_id.clone(), key.clone());
+                    let found =
+                        tokio::task::spawn_blocking(move || store.get_item(&table_id, &lookup))
+                            .await
+                            .map_err(|e| TableError::Internal(e.to_string()))?
+                            .map_err(store_error)?;
+                    if let Some(envelope) = found {
+                        stored.push(StoredItem {
+                            key: key.clone(),
+                            envelope,
+                        });
+                        stored_keys.push(*key_map);
+                    }
+                }
+                if stored.is_empty() {
+                    continue;
+                }
+                // As for BatchWriteItem: with kms-service unreachable these
+                // keys come back unprocessed, and the other tables' items
+                // are still answered; once it was found unreachable it is
+                // not waited for again.
+                let opened = match &unreachable {
+                    Some(_) => None,
+                    None => match self.open_all(call, &table, stored).await {
+                        Ok(items) => Some(items),
+                        Err(e @ TableError::KmsUnavailable { .. }) => {
+                            unreachable.get_or_insert(e);
+                            None
+                        }
+                        Err(e) => return Err(e),
+                    },
+                };
+                let Some(items) = opened else {
+                    kept_back = true;
+                    left.extend(stored_keys);
+                    continue;
+                };
+                for (item, key_map) in items.into_iter().zip(stored_keys) {
+                    let size = encoded_size(&item);
+                    // The first item is always answered, so a batch makes
+                    // progress (or fails on that item, naming the limit).
+                    if full || (answered > 0 && answered + size > budget) {
+                        full = true;
+                        left.push(key_map);
+                    } else {
+                        answered += size;
+                        fitting.push(item);
+                    }
                 }
             }
-            // As for BatchWriteItem: with kms-service unreachable this
-            // table's keys come back unprocessed (their bytes freed for the
-            // others), and the other tables' items are still answered; once
-            // it was found unreachable it is not waited for again.
-            let opened = match &unreachable {
-                Some(_) if !stored.is_empty() => None,
-                _ => match self.open_all(call, &table, stored).await {
-                    Ok(items) => Some(items),
-                    Err(e @ TableError::KmsUnavailable { .. }) => {
-                        unreachable.get_or_insert(e);
-                        None
-                    }
-                    Err(e) => return Err(e),
-                },
-            };
-            let Some(items) = opened else {
+            if !left.is_empty() {
                 unprocessed
                     .entry(name.clone())
                     .or_default()
-                    .extend(stored_keys.into_iter().cloned());
-                continue;
-            };
-            let mut fitting = Vec::with_capacity(items.len());
-            for (item, key_map) in items.into_iter().zip(stored_keys) {
-                let size = encoded_size(&item);
-                // The first item is always answered, so a batch makes
-                // progress (or fails on that item, naming the limit).
-                if answered > 0 && answered + size > budget {
-                    unprocessed
-                        .entry(name.clone())
-                        .or_default()
-                        .push(key_map.clone());
-                } else {
-                    answered += size;
-                    fitting.push(item);
-                }
+                    .extend(left.into_iter().cloned());
             }
-            responses.insert(name.clone(), fitting);
+            // A table none of whose items could be unwrapped (kms-service
+            // unreachable) has no answer, only its keys handed back.
+            if !(kept_back && fitting.is_empty()) {
+                responses.insert(name.clone(), fitting);
+            }
         }
         // Nothing could be read: the caller learns why, rather than being
         // handed everything back to retry at once.
