@@ -61,6 +61,7 @@ impl SqliteStore {
         // What a destruction before a crash left in the WAL goes now.
         let truncated = {
             let conn = store.conn.lock().map_err(|_| StoreError::Poisoned)?;
+            scrub_once(&conn)?;
             truncate_wal(&conn)
         };
         if let Err(e) = truncated {
@@ -266,6 +267,25 @@ impl Store for SqliteStore {
     }
 }
 
+/// `user_version` of a key store whose free space holds no deleted rows.
+const SCRUBBED: i64 = 1;
+
+/// Rewrites, once, a key store made before `secure_delete` was on
+/// (`user_version` below [`SCRUBBED`]): keys destroyed then left their
+/// wrapped material in its free pages. VACUUM copies only live rows; the
+/// store is small (keys, principals, grants), so this takes moments.
+fn scrub_once(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(engine)?;
+    if version >= SCRUBBED {
+        return Ok(());
+    }
+    conn.execute_batch("VACUUM").map_err(engine)?;
+    conn.pragma_update(None, "user_version", SCRUBBED)
+        .map_err(engine)
+}
+
 /// Checkpoints every WAL frame into the database and truncates the WAL to
 /// nothing. Only this store's one connection uses the file, so nothing can
 /// hold the checkpoint back; if something did, it says so.
@@ -300,5 +320,54 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .expect("synchronous");
         assert_eq!((journal.as_str(), synchronous), ("wal", 2));
+    }
+
+    /// A key store written before `secure_delete` was on keeps a destroyed
+    /// key's material in its free pages; the first open since scrubs it,
+    /// once, and leaves the live rows as they were.
+    #[test]
+    fn a_store_made_before_secure_delete_is_scrubbed_once() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("kms.db");
+        let gone = [0x5a_u8; 48];
+        let kept = [0xa5_u8; 48];
+        drop(SqliteStore::open(&path).expect("create"));
+        {
+            // As the earlier version left it.
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "secure_delete", "OFF").unwrap();
+            conn.pragma_update(None, "user_version", 0).unwrap();
+            for (id, wrapped) in [("gone", &gone), ("kept", &kept)] {
+                conn.execute(
+                    "INSERT INTO key_versions (key_id, version, wrapped, created, origin) VALUES (?1, 1, ?2, 0, 'created')",
+                    params![id, wrapped.as_slice()],
+                )
+                .unwrap();
+            }
+            conn.execute("DELETE FROM key_versions WHERE key_id = 'gone'", [])
+                .unwrap();
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .unwrap();
+        }
+        let holds = |needle: &[u8]| {
+            ["kms.db", "kms.db-wal"].iter().any(|name| {
+                std::fs::read(dir.path().join(name))
+                    .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+            })
+        };
+        assert!(holds(&gone), "the deleted row is still in the file");
+        let store = SqliteStore::open(&path).expect("open");
+        assert!(!holds(&gone), "scrubbed");
+        assert!(holds(&kept));
+        let versions = store.load().expect("load").versions;
+        assert_eq!(versions.len(), 1);
+        assert_eq!(versions[0].wrapped, kept);
+        let version: i64 = store
+            .conn
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCRUBBED);
     }
 }

@@ -130,6 +130,19 @@ impl SqliteTableStore {
         let lock = lockbox_proto::store_lock::lock(path).map_err(StoreError::Engine)?;
         let mut writer = Connection::open(path).map_err(engine)?;
         configure(&writer)?;
+        let indexing = writer
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'items')
+                   AND NOT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'items_by_segment')",
+                [],
+                |r| r.get::<_, bool>(0),
+            )
+            .map_err(engine)?;
+        if indexing {
+            tracing::info!(
+                "building the scan-segment index over the stored items (once, for a data directory of an earlier version)"
+            );
+        }
         writer.execute_batch(SCHEMA).map_err(engine)?;
         count_uncounted_tables(&mut writer)?;
         let mut readers = Vec::with_capacity(READERS);
