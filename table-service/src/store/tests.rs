@@ -334,6 +334,10 @@ fn delete_table_removes_the_table_and_only_its_items(engine: &dyn Engine) {
     check_tables(&*store, &[table("two", T2)]);
     assert_eq!(store.count_items(T1).unwrap(), 0);
     assert_eq!(store.dropped_tables().unwrap(), [T1]);
+    // What is left to purge outlives a restart.
+    drop(store);
+    let store = engine.open();
+    assert_eq!(store.dropped_tables().unwrap(), [T1]);
     let purge = || Mutation::PurgeDropped {
         table_id: T1.to_owned(),
         limit: 2,
